@@ -1,0 +1,72 @@
+"""The ``edgeattn`` command line (typer + rich).
+
+Each subcommand lives in its own module here and imports heavy libraries (torch, runtimes) inside its
+function body, so ``edgeattn --help`` stays fast. Errors a user can cause are raised as
+:class:`edgeattn.errors.EdgeAttnError` (or ``ValueError``) and end as one line on stderr with the
+error's exit code; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from edgeattn import __version__
+from edgeattn.cli import approx, demo, export, hls, models, profile, profiles, qat
+from edgeattn.cli._common import fail
+
+app = typer.Typer(
+    name="edgeattn",
+    help="Take attention models from PyTorch to edge hardware: approximate, quantize, export, profile, HLS.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"edgeattn {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """edgeattn: hardware-aware deployment of attention models."""
+
+
+app.add_typer(profiles.app, name="profiles")
+app.add_typer(models.app, name="models")
+app.add_typer(approx.app, name="approx")
+app.command("qat")(qat.qat)
+app.command("export")(export.export)
+app.command("profile")(profile.profile)
+app.command("hls")(hls.hls)
+app.command("demo")(demo.demo)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point: run the app, turning user errors into one line and an exit code."""
+    from edgeattn.errors import EdgeAttnError
+
+    try:
+        app(args=argv, standalone_mode=True)
+    except SystemExit as exc:
+        return int(exc.code or 0) if not isinstance(exc.code, str) else 1
+    except EdgeAttnError as exc:
+        return fail(str(exc), exc.exit_code)
+    except ValueError as exc:  # library-level input validation (e.g. unknown approx method)
+        return fail(str(exc), 2)
+    except KeyboardInterrupt:
+        return fail("interrupted", 130)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,85 @@
+"""`edgeattn profiles list|show|fields`: the shipped device profiles and host detection."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from edgeattn.cli._common import console, write_json
+
+app = typer.Typer(help="Device profiles (what each deployment target needs).", no_args_is_help=True)
+
+
+@app.command("list")
+def list_profiles(
+    json_out: Path | None = typer.Option(None, "--json", help="Also write the list as JSON to this file."),
+) -> None:
+    """List the shipped profiles with their runtime, precision and bit widths."""
+    from edgeattn.device_profile import load_profile, shipped_profile_names
+
+    profiles = [load_profile(name) for name in shipped_profile_names()]
+    table = Table(title="Shipped device profiles")
+    for col in ("name", "targets", "runtime", "precision", "W/A bits", "softmax/GELU", "description"):
+        table.add_column(col)
+    for p in profiles:
+        table.add_row(
+            p.name,
+            ",".join(p.targets),
+            f"{p.runtime.name} {p.runtime.version} ({p.runtime.device})",
+            p.precision,
+            f"{p.quant.weight_bits}/{p.quant.act_bits}",
+            f"{p.approx.softmax}/{p.approx.gelu}",
+            p.description,
+        )
+    console.print(table)
+    if json_out:
+        write_json(json_out, [p.model_dump(mode="json") for p in profiles])
+
+
+@app.command("show")
+def show(
+    name: str = typer.Argument(..., help="Shipped profile name or path to a profile YAML file."),
+    json_out: Path | None = typer.Option(None, "--json", help="Also write the profile as JSON to this file."),
+) -> None:
+    """Show one profile; for `host-cpu`, also what was detected about this machine."""
+    import yaml
+
+    from edgeattn.device_profile import HOST_PROFILE, load_profile
+
+    profile = load_profile(name)
+    payload: dict = {"profile": profile.model_dump(mode="json")}
+    console.print(f"[bold]{profile.name}[/]: {profile.description}")
+    console.print(yaml.safe_dump(payload["profile"], sort_keys=False).rstrip(), highlight=False)
+    if profile.name == HOST_PROFILE:
+        from edgeattn.hostinfo import detect_host
+
+        host = detect_host()
+        payload["host"] = host.model_dump(mode="json")
+        table = Table(title="Detected host", show_header=False)
+        table.add_row("CPU", host.cpu_model)
+        table.add_row("cores", f"{host.physical_cores} physical, {host.logical_cores} logical")
+        table.add_row("ISA flags", " ".join(host.isa_flags) or "-")
+        table.add_row("VNNI / AMX", f"{host.has_vnni} / {host.has_amx}")
+        table.add_row("GPUs", ", ".join(host.gpus) or "none")
+        for pkg, ver in host.runtimes.items():
+            table.add_row(pkg, ver or "[dim]not installed[/]")
+        table.add_row("weight bits here", str(host.recommended_weight_bits))
+        table.add_row("matching profile", f"[bold]{host.matching_profile}[/]")
+        console.print(table)
+    if json_out:
+        write_json(json_out, payload)
+
+
+@app.command("fields")
+def fields() -> None:
+    """Document every profile field: dotted name, type and meaning."""
+    from edgeattn.device_profile import describe_fields
+
+    table = Table(title="Device profile fields")
+    for col in ("field", "type", "meaning"):
+        table.add_column(col)
+    for row in describe_fields():
+        table.add_row(*row)
+    console.print(table)

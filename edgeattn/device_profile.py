@@ -1,0 +1,294 @@
+"""Device profiles: the single place that says what a deployment target needs.
+
+A profile is a YAML file validated by :class:`DeviceProfile`. Shipped profiles live in the
+``edgeattn.profiles`` package (``profiles/`` in the repository); any other YAML file is found by path.
+
+Every field is documented on the model below (``edgeattn profiles show NAME`` prints them); unknown
+fields are rejected so that a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from edgeattn.errors import ProfileError
+
+Target = Literal["onnx", "tensorrt", "openvino", "coreml", "hls"]
+Runtime = Literal["onnxruntime", "tensorrt", "openvino", "coreml", "vitis_hls"]
+Precision = Literal["fp32", "fp16", "int8"]
+SoftmaxMethod = Literal["exact", "online", "ibert", "shift", "base2"]
+GeluMethod = Literal["exact", "tanh", "edgemoe", "ibert", "sigmoid"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RuntimeSpec(_Strict):
+    """Which runtime runs the artifact, on which device, and which version line it must work with."""
+
+    name: Runtime = Field(description="runtime that executes the exported artifact")
+    version: str = Field(description="supported version line, e.g. '10.x', '11.x', '>=2024.4'")
+    device: str = Field("CPU", description="device inside the runtime: CPU, GPU, NPU, ANE, FPGA ...")
+
+
+class QuantSpec(_Strict):
+    """How the model is quantized for this target (brevitas presets are chosen from these)."""
+
+    weight_bits: int = Field(8, ge=2, le=16, description="weight bit width (7 on x86 CPUs without VNNI)")
+    act_bits: int = Field(8, ge=2, le=16, description="activation bit width")
+    low_act_bits: int = Field(
+        4, ge=2, le=16, description="activation bits for low-importance tokens (EdgeQAT token-adaptive bits)"
+    )
+    weight_per_channel: bool = Field(True, description="per-output-channel weight scales (axis 0)")
+    act_signed: bool = Field(True, description="signed activations (zero point 0)")
+    softmax_signed: bool = Field(
+        True, description="signed int8 for the softmax output (TensorRT rejects unsigned inside a graph)"
+    )
+    bias: Literal["float", "int32"] = Field("float", description="bias representation in the exported graph")
+    preset: Literal["tensorrt", "openvino", "coreml", "fpga", "generic"] = Field(
+        "generic", description="brevitas quantizer preset family"
+    )
+
+
+class Tolerance(_Strict):
+    """Parity-gate thresholds for one precision (artifact in its runtime vs the PyTorch reference)."""
+
+    max_abs: float = Field(description="max abs error allowed, relative to the reference output range")
+    min_cosine: float = Field(description="minimum cosine similarity of flattened outputs")
+    min_top1_agreement: float = Field(0.0, description="minimum fraction of inputs with the same argmax")
+
+
+def _default_tolerances() -> dict[str, Tolerance]:
+    return {
+        "fp32": Tolerance(max_abs=1e-4, min_cosine=0.99999, min_top1_agreement=1.0),
+        "fp16": Tolerance(max_abs=2e-2, min_cosine=0.999, min_top1_agreement=0.95),
+        "int8": Tolerance(max_abs=5e-2, min_cosine=0.995, min_top1_agreement=0.9),
+    }
+
+
+class ExportSpec(_Strict):
+    """Graph-level export settings."""
+
+    opset: int = Field(17, ge=13, le=23, description="ONNX opset (17+ keeps LayerNorm a single op)")
+    input_shape: tuple[int, ...] = Field((1, 3, 224, 224), description="default model input shape, NCHW")
+    dynamic_batch: bool = Field(False, description="export the batch dimension as dynamic")
+
+
+class ApproxSpec(_Strict):
+    """Which hardware-friendly nonlinearities the deployed model uses (see edgeattn.approx)."""
+
+    softmax: SoftmaxMethod = Field("exact", description="softmax method")
+    gelu: GeluMethod = Field("exact", description="GELU method")
+
+
+class TensorRTSpec(_Strict):
+    """TensorRT build settings."""
+
+    major: Literal[10, 11] = Field(description="TensorRT major version line")
+    strongly_typed: bool = Field(
+        True, description="precision from the typed graph and its Q/DQ (10.x: --stronglyTyped; 11.x: always)"
+    )
+    fp16_fallback: bool = Field(
+        True, description="10.x only: let non-quantized layers run in FP16 (--fp16); ignored by 11.x"
+    )
+    workspace_mib: int = Field(1024, ge=16, description="builder workspace limit")
+    sm: str | None = Field(None, description="GPU compute capability the profile was written for, e.g. '8.7'")
+
+
+class OpenVINOSpec(_Strict):
+    """OpenVINO conversion and runtime settings."""
+
+    compress_to_fp16: bool = Field(False, description="store FP32 weights as FP16 in the IR")
+    hint: Literal["latency", "throughput", "none"] = Field("latency", description="performance hint")
+    inference_precision: Literal["f32", "f16", "bf16", "auto"] = Field(
+        "f32", description="CPU plugin inference precision for non-quantized ops"
+    )
+
+
+class CoreMLSpec(_Strict):
+    """Core ML conversion settings."""
+
+    deployment_target: Literal["iOS16", "iOS17", "iOS18", "macOS13", "macOS14", "macOS15"] = Field(
+        "iOS17", description="minimum deployment target of the mlprogram"
+    )
+    compute_precision: Literal["fp16", "fp32"] = Field("fp16", description="compute precision")
+    compute_units: Literal["ALL", "CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE"] = Field(
+        "ALL", description="compute units requested at load time"
+    )
+
+
+class FixedPoint(_Strict):
+    """An ap_fixed<width, integer> type: `integer` bits before the binary point, sign included."""
+
+    width: int = Field(ge=2, le=64)
+    integer: int = Field(ge=1, le=64)
+
+    @model_validator(mode="after")
+    def _fits(self) -> FixedPoint:
+        if self.integer > self.width:
+            raise ValueError(f"integer bits ({self.integer}) exceed the width ({self.width})")
+        return self
+
+    @property
+    def frac(self) -> int:
+        return self.width - self.integer
+
+
+class HLSSpec(_Strict):
+    """FPGA (Vitis HLS) settings for the Edge-MoE-style accelerator."""
+
+    part: str = Field(description="FPGA part, e.g. xczu9eg-ffvb1156-2-e (ZCU102)")
+    board: str = Field("", description="board name, informational")
+    clock_mhz: float = Field(gt=0, description="target clock")
+    act: FixedPoint = Field(description="activation type")
+    weight: FixedPoint = Field(description="linear-layer weight type")
+    softmax_in: FixedPoint = Field(FixedPoint(width=16, integer=6), description="attention score type")
+    softmax_out_frac: int = Field(8, ge=4, le=24, description="fraction bits of softmax probabilities")
+    gelu_table_frac: int = Field(16, ge=8, le=24, description="fraction bits of the GELU residual table")
+    attn_parallel: int = Field(4, ge=1, le=64, description="query rows in flight in the attention unit")
+    mac_rows: int = Field(16, ge=1, description="rows of the shared multiply-accumulate array")
+    mac_cols: int = Field(16, ge=1, description="columns of the shared multiply-accumulate array")
+    dsp_budget: int = Field(ge=1, description="DSP slices available")
+    bram_budget: int = Field(ge=1, description="BRAM18K blocks available")
+
+
+class DeviceProfile(_Strict):
+    """A deployment target: runtime, precision, bit widths, export settings and target sections."""
+
+    name: str = Field(description="profile name (file stem for shipped profiles)")
+    description: str = Field("", description="one line for humans")
+    targets: tuple[Target, ...] = Field(description="export targets this profile is written for")
+    runtime: RuntimeSpec
+    precision: Precision = Field(description="default precision of exported artifacts")
+    quant: QuantSpec = QuantSpec()
+    export: ExportSpec = ExportSpec()
+    approx: ApproxSpec = ApproxSpec()
+    tolerance: dict[Precision, Tolerance] = Field(default_factory=_default_tolerances)
+    tensorrt: TensorRTSpec | None = None
+    openvino: OpenVINOSpec | None = None
+    coreml: CoreMLSpec | None = None
+    hls: HLSSpec | None = None
+
+    @model_validator(mode="after")
+    def _sections_match_targets(self) -> DeviceProfile:
+        for target in ("tensorrt", "openvino", "coreml", "hls"):
+            if target in self.targets and getattr(self, target) is None:
+                raise ValueError(f"targets lists '{target}' but the '{target}' section is missing")
+        return self
+
+    def tolerance_for(self, precision: str) -> Tolerance:
+        """Parity thresholds for ``precision``, falling back to the shipped defaults."""
+        return self.tolerance.get(precision) or _default_tolerances()[precision]  # type: ignore[index]
+
+    def require_target(self, target: str) -> None:
+        """Raise a ProfileError if this profile is not written for ``target``."""
+        if target not in self.targets:
+            raise ProfileError(
+                f"profile '{self.name}' is for {', '.join(self.targets)}, not '{target}'; "
+                f"pick a profile whose targets include '{target}' (edgeattn profiles list)"
+            )
+
+
+HOST_PROFILE = "host-cpu"
+
+
+def shipped_profile_names() -> list[str]:
+    """Names of the profiles shipped inside the package."""
+    files = resources.files("edgeattn.profiles")
+    return sorted(p.name[: -len(".yaml")] for p in files.iterdir() if p.name.endswith(".yaml"))
+
+
+def _format_validation_error(source: str, err: ValidationError) -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    got = first.get("input")
+    if first["type"] == "extra_forbidden":
+        return f"{source}: unknown field '{loc}'"
+    if first["type"] == "missing":
+        return f"{source}: field '{loc}' is required but missing"
+    got_text = "" if isinstance(got, dict) else f", got {got!r}"
+    return f"{source}: field '{loc}': {first['msg'].lower()}{got_text}"
+
+
+def profile_from_mapping(data: Any, source: str) -> DeviceProfile:
+    """Validate a parsed YAML mapping; errors name ``source``, the field and what was expected."""
+    if not isinstance(data, dict):
+        raise ProfileError(f"{source}: expected a mapping of profile fields, got {type(data).__name__}")
+    try:
+        return DeviceProfile.model_validate(data)
+    except ValidationError as err:
+        raise ProfileError(_format_validation_error(source, err)) from None
+
+
+def _read_yaml(text: str, source: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ProfileError(f"{source}: not valid YAML{where}: {problem}") from None
+
+
+def load_profile(name_or_path: str | Path) -> DeviceProfile:
+    """Load a profile by shipped name (``jetson-orin-trt10``) or by path to a YAML file.
+
+    ``host-cpu`` is resolved against the machine it runs on: its weight bit width follows the CPU
+    (7 bits on x86 without VNNI, see :mod:`edgeattn.hostinfo`).
+    """
+    text_name = str(name_or_path)
+    path = Path(text_name)
+    looks_like_path = path.suffix in (".yaml", ".yml") or "/" in text_name or path.exists()
+    if looks_like_path:
+        if not path.is_file():
+            raise ProfileError(f"{path}: profile file not found")
+        source = str(path)
+        data = _read_yaml(path.read_text(encoding="utf-8"), source)
+    else:
+        names = shipped_profile_names()
+        if text_name not in names:
+            raise ProfileError(f"unknown profile '{text_name}'; shipped profiles: {', '.join(names)}")
+        resource = resources.files("edgeattn.profiles").joinpath(f"{text_name}.yaml")
+        source = f"profiles/{text_name}.yaml"
+        data = _read_yaml(resource.read_text(encoding="utf-8"), source)
+    profile = profile_from_mapping(data, source)
+    if profile.name == HOST_PROFILE:
+        profile = _resolve_host(profile)
+    return profile
+
+
+def _resolve_host(profile: DeviceProfile) -> DeviceProfile:
+    from edgeattn.hostinfo import detect_host
+
+    bits = detect_host().recommended_weight_bits
+    if bits == profile.quant.weight_bits:
+        return profile
+    return profile.model_copy(update={"quant": profile.quant.model_copy(update={"weight_bits": bits})})
+
+
+def describe_fields(model: type[BaseModel] = DeviceProfile, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(dotted field, type, description) for every field of the schema, for documentation."""
+    rows: list[tuple[str, str, str]] = []
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        sub = _nested_model(annotation)
+        type_name = getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+        rows.append((prefix + name, type_name, field.description or (sub.__doc__ or "").strip().split("\n")[0]))
+        if sub is not None:
+            rows.extend(describe_fields(sub, prefix + name + "."))
+    return rows
+
+
+def _nested_model(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()) or ():
+        if isinstance(arg, type) and issubclass(arg, BaseModel):
+            return arg
+    return None

@@ -1,0 +1,24 @@
+"""Errors a user can cause. The CLI turns each into one line on stderr and its exit code."""
+
+from __future__ import annotations
+
+
+class EdgeAttnError(ValueError):
+    """A problem with the user's input (file, flag, profile, model). ``exit_code`` is what the CLI returns."""
+
+    exit_code: int = 2
+
+    def __init__(self, message: str, exit_code: int | None = None) -> None:
+        super().__init__(message)
+        if exit_code is not None:
+            self.exit_code = exit_code
+
+
+class ProfileError(EdgeAttnError):
+    """A device profile that is missing, malformed or does not fit the request."""
+
+
+class MissingBackendError(EdgeAttnError):
+    """An optional runtime or tool (openvino, coremltools, tensorrt, g++, ap_types headers) is not available."""
+
+    exit_code = 4

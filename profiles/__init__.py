@@ -1,0 +1,1 @@
+"""Shipped device profiles (YAML). Data only: the schema lives in :mod:`edgeattn.device_profile`."""
