@@ -1,7 +1,78 @@
-"""`edgeattn approx ...`: accuracy report of the softmax/GELU approximations (filled by the approx issue)."""
+"""`edgeattn approx ...`: accuracy report of the softmax/GELU approximations (float and fixed point)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
+from edgeattn.cli._common import console, write_json
+
 app = typer.Typer(help="Hardware-friendly softmax and GELU approximations.", no_args_is_help=True)
+
+
+@app.command("report")
+def report(
+    json_path: Path | None = typer.Option(None, "--json", help="Write the records as JSON to FILE."),
+    plot: Path | None = typer.Option(None, "--plot", help="Write the error curves as a PNG to FILE.png."),
+    bits: str | None = typer.Option(
+        None,
+        "--bits",
+        help="Fixed-point widths: 'IN,OUT' for softmax (signed IN-bit scores with IN-8 fraction bits, OUT-bit"
+        " "
+        "probabilities; default 16,8) or 'IN,OUT,GIN,GOUT' adding the GELU input width (GIN-5 fraction bits) "
+        "and output fraction bits (default 16,16).",
+    ),
+    seed: int = typer.Option(0, "--seed", help="Seed of the input distributions."),
+    force: bool = typer.Option(False, "--force", help="Overwrite existing --json/--plot files."),
+) -> None:
+    """For every method: float and fixed-point error against float64 (max/mean abs, row sums, KL)."""
+    from edgeattn.errors import EdgeAttnError
+
+    if plot is not None and plot.suffix.lower() != ".png":
+        raise EdgeAttnError(f"--plot must name a .png file, got {plot}")
+    for p in (json_path, plot):
+        if p is not None and p.exists() and not force:
+            raise EdgeAttnError(f"{p} exists; pass --force to overwrite")
+    try:
+        from edgeattn.approx.report import parse_bits
+
+        rb = parse_bits(bits)
+    except ValueError as exc:
+        raise EdgeAttnError(str(exc)) from None
+
+    import torch
+    from rich.progress import Progress
+    from rich.table import Table
+
+    from edgeattn.approx.report import build_report, plot_report, progress_steps
+
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    with Progress(console=console, transient=True) as prog:
+        task = prog.add_task("measuring approximations", total=progress_steps())
+        rep = build_report(rb, seed=seed, progress=lambda: prog.advance(task))
+
+    table = Table(
+        title=f"approximation error vs float64 (softmax {rep['bits']['softmax_in']} -> "
+        f"{rb.softmax_out} bits, GELU {rep['bits']['gelu_in']} -> {rb.gelu_out_frac} frac bits)"
+    )
+    for col in ("op", "method", "repr", "max |err|", "mean |err|", "row-sum dev", "KL"):
+        table.add_column(col, justify="right" if "err" in col or col in ("KL", "row-sum dev") else "left")
+    for r in rep["records"]:
+        table.add_row(
+            r["op"],
+            r["method"],
+            r["repr"],
+            f"{r['max_abs_err']:.3g}",
+            f"{r['mean_abs_err']:.3g}",
+            f"{r['worst_row_sum_dev']:.3g}" if "worst_row_sum_dev" in r else "",
+            f"{r['kl_div']:.3g}" if "kl_div" in r else "",
+        )
+    console.print(table)
+    if plot is not None:
+        plot_report(rep, str(plot))
+        console.print(f"plot written to {plot}")
+    rep.pop("_curves")
+    if json_path is not None:
+        write_json(json_path, rep)
+        console.print(f"JSON written to {json_path}")

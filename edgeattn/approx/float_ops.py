@@ -1,0 +1,362 @@
+"""Differentiable float (torch) versions of the hardware-friendly softmax and GELU approximations.
+
+Each function evaluates the *approximation formula* in real (float) arithmetic, so it can sit inside a model
+that is trained (including brevitas QAT) and exported with ``torch.onnx.export``. Only standard ops are used
+(floor/ceil, abs, sign, clamp, where, Gather on a constant table, exp, reciprocal, reductions), so the
+exported graph runs in ONNX Runtime, OpenVINO, TensorRT and Core ML without custom ops.
+
+Gradients: the integer parts (``floor``/``ceil`` of the exponent split, the table index) are piecewise
+constant, and every approximation below is continuous (or nearly: i-exp jumps by 5e-5 relative at
+multiples of ln2), so the autograd derivative *is* the derivative of the piecewise formula; no
+straight-through estimator is needed for the float emulation. Quantization of inputs/outputs is the job of
+the quant points around these ops (brevitas), and of :mod:`edgeattn.approx.fixed` for the integer model.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+SOFTMAX_METHODS: tuple[str, ...] = ("exact", "online", "ibert", "shift", "base2")
+GELU_METHODS: tuple[str, ...] = ("exact", "tanh", "edgemoe", "edgemoe_mm", "ibert", "sigmoid", "respoly")
+
+LOG2E = math.log2(math.e)
+LN2 = math.log(2.0)
+
+# I-BERT i-exp polynomial: exp(p) ~ A*(p + B)^2 + C on p in (-ln2, 0].
+IBERT_EXP_A, IBERT_EXP_B, IBERT_EXP_C = 0.3585, 1.353, 0.344
+# I-BERT i-GELU: L(t) = sgn(t) * (A*(min(|t|, -B) + B)^2 + 1), GELU(x) ~ x/2 * (1 + L(x/sqrt2)).
+IBERT_GELU_A, IBERT_GELU_B = -0.2888, -1.769
+# I-ViT Shiftmax: x*log2(e) ~ x + x/2 - x/16 (shifts), 2^r ~ 1 + r/2 on r in (-1, 0].
+SHIFT_LOG2E = 1.0 + 0.5 - 1.0 / 16.0
+# Softermax-style base-2: 2^f on f in [0, 1) by linear interpolation over BASE2_SEGMENTS equal segments.
+BASE2_SEGMENTS = 8
+# Edge-MoE GELU: delta(t) = t * Phi(-t) tabulated for t in [0, 5.5] at step 1/32 (177 entries).
+EDGEMOE_STEP_LOG2 = 5
+EDGEMOE_ENTRIES = 177
+EDGEMOE_LIMIT = (EDGEMOE_ENTRIES - 1) / (1 << EDGEMOE_STEP_LOG2)  # 5.5
+
+
+def _check_method(method: str, allowed: tuple[str, ...], what: str) -> None:
+    if method not in allowed:
+        raise ValueError(
+            f"argument 'method': unknown {what} method {method!r}; allowed: {', '.join(allowed)}"
+        )
+
+
+def _as_tensor(x: torch.Tensor, fn: str) -> torch.Tensor:
+    """``x`` itself, or the float ``.value`` of a quantized-tensor wrapper (e.g. brevitas' QuantTensor, which
+    is not a torch.Tensor), checked to be floating point."""
+    if not isinstance(x, torch.Tensor) and isinstance(getattr(x, "value", None), torch.Tensor):
+        x = x.value
+    _check_float(x, fn)
+    return x
+
+
+def _check_float(x: torch.Tensor, fn: str) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"{fn}: argument 'x' must be a torch.Tensor, got {type(x).__name__}")
+    if not torch.is_floating_point(x):
+        raise ValueError(
+            f"{fn}: argument 'x' must be a floating-point tensor (float16/bfloat16/float32/float64), "
+            f"got dtype {x.dtype}"
+        )
+
+
+def _pow2_int(n: torch.Tensor) -> torch.Tensor:
+    """2**n for integer-valued float ``n`` (n <= 0 here), as ``exp(n*ln2)``: ONNX ``Exp`` is a fast kernel in
+    every runtime while ``Pow`` is a slow generic one; the result is 2**n to within float rounding."""
+    return torch.exp(n * LN2)
+
+
+# Exp arguments are clamped here before the integer/fraction split: exp(-128) underflows float32 anyway, and
+# without the clamp a masked score of -inf would give floor(inf) - inf = NaN.
+MIN_EXP_ARG = 128.0
+
+
+def _shifted(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """``x - max(x)`` along ``dim``, clamped below at ``-MIN_EXP_ARG``."""
+    return torch.clamp(x - torch.amax(x, dim=dim, keepdim=True), min=-MIN_EXP_ARG)
+
+
+def _take(table: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """``table[idx]`` for a 1-D constant table, written so that it exports as a plain ONNX Gather."""
+    return torch.index_select(table, 0, idx.reshape(-1)).reshape(idx.shape)
+
+
+# ----------------------------------------------------------------------------------------------- softmax
+def softmax_exact(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """Reference softmax (torch's own kernel)."""
+    return torch.softmax(x, dim=dim)
+
+
+def softmax_online(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """Online softmax in its deferred form ``exp(s - m) * (1/d)`` on a whole tensor.
+
+    In a batched graph the single-pass running max/sum gives exactly the row max and the row sum, so this is
+    mathematically the exact softmax; it is written in the deployed form (one reciprocal per row, one
+    multiply per element). The streaming form is :class:`OnlineSoftmaxStream`.
+    """
+    m = torch.amax(x, dim=dim, keepdim=True)
+    e = torch.exp(x - m)
+    inv_d = torch.reciprocal(torch.sum(e, dim=dim, keepdim=True))
+    return e * inv_d
+
+
+def ibert_exp(x: torch.Tensor) -> torch.Tensor:
+    """I-BERT i-exp for ``x <= 0``: ``x = -z*ln2 + p``, ``exp(p) ~ A(p+B)^2 + C``, result ``>> z``."""
+    z = torch.floor(-x / LN2)
+    p = x + z * LN2
+    pb = p + IBERT_EXP_B
+    poly = IBERT_EXP_A * (pb * pb) + IBERT_EXP_C
+    return poly * _pow2_int(-z)
+
+
+def softmax_ibert(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """I-BERT softmax: i-exp of ``x - max`` normalised by its row sum."""
+    e = ibert_exp(_shifted(x, dim))
+    return e / torch.sum(e, dim=dim, keepdim=True)
+
+
+def shift_exp(x: torch.Tensor) -> torch.Tensor:
+    """I-ViT ShiftExp for ``x <= 0``: ``t = 1.4375 x`` (shift-add log2e), ``2^t ~ (1 + r/2) * 2^-q``."""
+    t = x * SHIFT_LOG2E
+    q = torch.floor(-t)
+    r = t + q  # in (-1, 0]
+    return (1.0 + 0.5 * r) * _pow2_int(-q)
+
+
+def softmax_shift(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """I-ViT Shiftmax: ShiftExp of ``x - max`` normalised by its row sum."""
+    e = shift_exp(_shifted(x, dim))
+    return e / torch.sum(e, dim=dim, keepdim=True)
+
+
+def base2_pow2_frac(f: torch.Tensor) -> torch.Tensor:
+    """Piecewise-linear ``2^f`` on ``f in [0, 1)``, :data:`BASE2_SEGMENTS` equal segments, exact at knots.
+
+    The knot values ``2^(j/S)`` are computed as ``exp(j*ln2/S)`` rather than read from a 9-entry table: the
+    same numbers to float rounding, and an ONNX ``Exp`` is much faster than a ``Gather`` in the CPU runtimes.
+    """
+    s = f * BASE2_SEGMENTS
+    j = torch.clamp(torch.floor(s), 0, BASE2_SEGMENTS - 1)
+    lo = torch.exp(j * (LN2 / BASE2_SEGMENTS))
+    return lo * (1.0 + _BASE2_STEP_M1 * (s - j))
+
+
+_BASE2_STEP_M1 = 2.0 ** (1.0 / BASE2_SEGMENTS) - 1.0  # knot[j+1] / knot[j] - 1
+
+
+def softmax_base2(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """Softermax-style softmax: base 2, integer running max, piecewise-linear ``2^frac``.
+
+    ``t = x*log2(e)`` (in deployment the constant folds into the 1/sqrt(d) score scale),
+    ``m = ceil(max t)`` is an integer so rescaling a running sum by a change of max is a shift;
+    ``2^(t-m) = 2^floor * 2^frac``.
+    """
+    t = x * LOG2E
+    m = torch.ceil(torch.amax(t, dim=dim, keepdim=True))
+    u = torch.clamp(t - m, min=-MIN_EXP_ARG * LOG2E)
+    k = torch.floor(u)
+    e = base2_pow2_frac(u - k) * _pow2_int(k)
+    return e / torch.sum(e, dim=dim, keepdim=True)
+
+
+class OnlineSoftmaxStream:
+    """Float streaming form of the Edge-MoE single-pass softmax (running max ``m`` and running sum ``d``).
+
+    Feed a row in chunks along the last dim with :meth:`update`; nothing but ``(m, d)`` is kept. ``finalize``
+    gives ``(m, 1/d)`` and :meth:`weights` (or :func:`deferred_weights`) computes ``exp(s - m) * (1/d)`` for
+    any score chunk on the fly, as the A·V pass does. Works on batched rows (leading dims are broadcast).
+    """
+
+    def __init__(self) -> None:
+        self.m: torch.Tensor | None = None
+        self.d: torch.Tensor | None = None
+
+    def update(self, chunk: torch.Tensor) -> None:
+        """Consume the next scores ``chunk`` (..., n) of the rows."""
+        _check_float(chunk, "OnlineSoftmaxStream.update")
+        cmax = torch.amax(chunk, dim=-1, keepdim=True)
+        if self.m is None:
+            self.m = cmax
+            self.d = torch.sum(torch.exp(chunk - cmax), dim=-1, keepdim=True)
+            return
+        m_new = torch.maximum(self.m, cmax)
+        self.d = self.d * torch.exp(self.m - m_new) + torch.sum(
+            torch.exp(chunk - m_new), dim=-1, keepdim=True
+        )
+        self.m = m_new
+
+    def finalize(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return ``(m, inv_d)`` with shape (..., 1)."""
+        if self.m is None:
+            raise ValueError("OnlineSoftmaxStream.finalize: no scores were given (call update first)")
+        return self.m, torch.reciprocal(self.d)
+
+    @staticmethod
+    def weights(s: torch.Tensor, m: torch.Tensor, inv_d: torch.Tensor) -> torch.Tensor:
+        """Deferred probabilities ``exp(s - m) * inv_d``."""
+        return deferred_weights(s, m, inv_d)
+
+
+def deferred_weights(s: torch.Tensor, m: torch.Tensor, inv_d: torch.Tensor) -> torch.Tensor:
+    """The deferred softmax weights ``exp(s - m) * inv_d`` used inside A·V."""
+    return torch.exp(s - m) * inv_d
+
+
+def online_softmax_chunked(x: torch.Tensor, chunk: int, dim: int = -1) -> torch.Tensor:
+    """Softmax of ``x`` by streaming each row through :class:`OnlineSoftmaxStream`, ``chunk`` at a time."""
+    _check_float(x, "online_softmax_chunked")
+    if chunk < 1:
+        raise ValueError(f"online_softmax_chunked: argument 'chunk' must be >= 1, got {chunk}")
+    xt = x.movedim(dim, -1)
+    st = OnlineSoftmaxStream()
+    for start in range(0, xt.shape[-1], chunk):
+        st.update(xt[..., start : start + chunk])
+    m, inv_d = st.finalize()
+    return deferred_weights(xt, m, inv_d).movedim(-1, dim)
+
+
+_SOFTMAX = {
+    "exact": softmax_exact,
+    "online": softmax_online,
+    "ibert": softmax_ibert,
+    "shift": softmax_shift,
+    "base2": softmax_base2,
+}
+
+
+def softmax(x: torch.Tensor, dim: int = -1, method: str = "exact") -> torch.Tensor:
+    """Softmax of ``x`` along ``dim`` by ``method`` (one of :data:`SOFTMAX_METHODS`). Differentiable."""
+    _check_method(method, SOFTMAX_METHODS, "softmax")
+    x = _as_tensor(x, "softmax")
+    return _SOFTMAX[method](x, dim=dim)
+
+
+# -------------------------------------------------------------------------------------------------- GELU
+def _edgemoe_table_f64(kind: str = "exact") -> torch.Tensor:
+    """The 177 table values: ``"exact"`` = ``delta(t_i)``; ``"mm"`` = ``delta(t_i) - delta''(t_i) h^2/16``.
+
+    The ``mm`` (near-minimax) table shifts each knot by half the chord's midpoint error, ``delta'' h^2 / 8``,
+    so linear interpolation errs by about +-``|delta''| h^2/16`` instead of ``0..|delta''| h^2/8``: the same
+    datapath with half the maximum error. ``delta''(t) = (t^2 - 2) phi(t)``, ``h = 1/32``.
+    """
+    t = torch.arange(EDGEMOE_ENTRIES, dtype=torch.float64) / (1 << EDGEMOE_STEP_LOG2)
+    delta = t * 0.5 * torch.erfc(t / math.sqrt(2.0))  # t * Phi(-t)
+    if kind == "exact":
+        return delta
+    phi = torch.exp(-0.5 * t * t) / math.sqrt(2.0 * math.pi)
+    return delta - (t * t - 2.0) * phi / (16.0 * (1 << (2 * EDGEMOE_STEP_LOG2)))
+
+
+_EDGEMOE_TABLE = _edgemoe_table_f64("exact")
+_EDGEMOE_MM_TABLE = _edgemoe_table_f64("mm")
+
+
+def edgemoe_delta(a: torch.Tensor, table: torch.Tensor | None = None) -> torch.Tensor:
+    """``delta(|x|) = |x| Phi(-|x|)`` from the 1/32-step table, interpolated, 0 for ``|x| >= 5.5``."""
+    table = (_EDGEMOE_TABLE if table is None else table).to(a.dtype)
+    s = torch.clamp(a, max=EDGEMOE_LIMIT) * (1 << EDGEMOE_STEP_LOG2)
+    i = torch.clamp(torch.floor(s), max=EDGEMOE_ENTRIES - 2)
+    w = s - i
+    idx = i.to(torch.int64)
+    lo = _take(table, idx)
+    hi = _take(table, idx + 1)
+    delta = lo + (hi - lo) * w
+    return torch.where(a < EDGEMOE_LIMIT, delta, torch.zeros_like(delta))
+
+
+def gelu_edgemoe(x: torch.Tensor) -> torch.Tensor:
+    """Edge-MoE GELU: ``ReLU(x) - delta(|x|)``."""
+    return torch.relu(x) - edgemoe_delta(torch.abs(x))
+
+
+def gelu_edgemoe_mm(x: torch.Tensor) -> torch.Tensor:
+    """Edge-MoE GELU with this project's near-minimax table (same datapath, half the max error)."""
+    return torch.relu(x) - edgemoe_delta(torch.abs(x), _EDGEMOE_MM_TABLE)
+
+
+def gelu_ibert(x: torch.Tensor) -> torch.Tensor:
+    """I-BERT i-GELU: ``x/2 * (1 + L(x/sqrt2))`` with the clipped second-order erf polynomial ``L``."""
+    t = x * (1.0 / math.sqrt(2.0))
+    c = torch.clamp(torch.abs(t), max=-IBERT_GELU_B)
+    cb = c + IBERT_GELU_B
+    erf = torch.sign(t) * (IBERT_GELU_A * (cb * cb) + 1.0)
+    return 0.5 * x * (1.0 + erf)
+
+
+# "respoly": this project's own GELU at the cost of i-GELU (4 multiplies, a clip, no table, no exp): the
+# Edge-MoE residual form ReLU(x) - delta(|x|) with delta(t) = t*Phi(-t) replaced by a clipped cubic that has a
+# double root at the clip point (so the curve is C1 there):
+# delta(t) ~ tc*(c - tc)^2*(k1 + k2*tc), tc = min(t, c).
+# Constants from a minimax fit on [0, 8] (docs/approx.md); max abs error 5.9e-3 vs i-GELU's 1.8e-2.
+RESPOLY_K1, RESPOLY_K2, RESPOLY_C = 0.0511279, -0.0163458, 3.12988
+
+
+def respoly_delta(a: torch.Tensor) -> torch.Tensor:
+    """The clipped-cubic residual ``tc*(c - tc)^2*(k1 + k2*tc)`` for ``a = |x|`` (0 beyond ``c``)."""
+    tc = torch.clamp(a, max=RESPOLY_C)
+    u = RESPOLY_C - tc
+    return (tc * (RESPOLY_K1 + RESPOLY_K2 * tc)) * (u * u)
+
+
+def gelu_respoly(x: torch.Tensor) -> torch.Tensor:
+    """This project's GELU ``ReLU(x) - respoly_delta(|x|)``: ``ibert``'s op count, 3x lower max error."""
+    return torch.relu(x) - respoly_delta(torch.abs(x))
+
+
+def gelu_sigmoid(x: torch.Tensor) -> torch.Tensor:
+    """``x * sigmoid(1.702 x)``."""
+    return x * torch.sigmoid(1.702 * x)
+
+
+_GELU = {
+    "exact": lambda x: F.gelu(x),
+    "tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "edgemoe": gelu_edgemoe,
+    "edgemoe_mm": gelu_edgemoe_mm,
+    "ibert": gelu_ibert,
+    "sigmoid": gelu_sigmoid,
+    "respoly": gelu_respoly,
+}
+
+
+def gelu(x: torch.Tensor, method: str = "exact") -> torch.Tensor:
+    """GELU of ``x`` by ``method`` (one of :data:`GELU_METHODS`). Differentiable."""
+    _check_method(method, GELU_METHODS, "gelu")
+    x = _as_tensor(x, "gelu")
+    return _GELU[method](x)
+
+
+class ApproxSoftmax(torch.nn.Module):
+    """``softmax(x, dim, method)`` as a module (what the attention blocks hold)."""
+
+    def __init__(self, method: str = "exact", dim: int = -1) -> None:
+        super().__init__()
+        _check_method(method, SOFTMAX_METHODS, "softmax")
+        self.method = method
+        self.dim = dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return softmax(x, dim=self.dim, method=self.method)
+
+    def extra_repr(self) -> str:
+        return f"method={self.method!r}, dim={self.dim}"
+
+
+class ApproxGELU(torch.nn.Module):
+    """``gelu(x, method)`` as a module (what the MLP blocks hold)."""
+
+    def __init__(self, method: str = "exact") -> None:
+        super().__init__()
+        _check_method(method, GELU_METHODS, "gelu")
+        self.method = method
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return gelu(x, method=self.method)
+
+    def extra_repr(self) -> str:
+        return f"method={self.method!r}"

@@ -1,0 +1,47 @@
+"""`edgeattn approx report`: JSON records against the stated targets, the plot, and bad input (exit 2)."""
+
+from __future__ import annotations
+
+import json
+
+from edgeattn.cli import main
+
+
+def test_report_json_and_plot(tmp_path) -> None:
+    js, png = tmp_path / "approx.json", tmp_path / "approx.png"
+    assert main(["approx", "report", "--json", str(js), "--plot", str(png)]) == 0
+    data = json.loads(js.read_text())
+    recs = {(r["op"], r["method"], r["repr"]): r for r in data["records"]}
+    ops = {
+        "softmax": ["exact", "online", "ibert", "shift", "base2"],
+        "gelu": ["exact", "tanh", "edgemoe", "ibert", "sigmoid", "respoly"],
+    }
+    for op, methods in ops.items():
+        for m in methods:
+            for rep in ("float", "fixed"):
+                r = recs[(op, m, rep)]
+                assert r["max_abs_err"] >= r["mean_abs_err"] >= 0
+                if op == "softmax":
+                    assert "worst_row_sum_dev" in r and "kl_div" in r
+    assert recs[("gelu", "edgemoe", "fixed")]["max_abs_err"] <= 2e-4
+    assert (
+        recs[("gelu", "edgemoe_mm", "fixed")]["max_abs_err"]
+        < 0.6 * recs[("gelu", "edgemoe", "fixed")]["max_abs_err"]
+    )
+    assert abs(recs[("gelu", "ibert", "float")]["max_abs_err"] - 1.8e-2) <= 1.8e-3
+    online = recs[("softmax", "online", "fixed")]
+    assert online["max_abs_err"] <= 2.0**-8 and online["worst_row_sum_dev"] <= 2 * 2.0**-8
+    assert recs[("softmax", "online", "float")]["max_abs_err"] < 1e-6
+    assert png.stat().st_size > 10_000 and png.read_bytes()[:4] == b"\x89PNG"
+    # refuses to overwrite without --force
+    assert main(["approx", "report", "--json", str(js)]) == 2
+
+
+def test_report_bad_bits(tmp_path, capsys) -> None:
+    for bad in ("16", "a,b", "4,8", "16,8,40,16"):
+        assert main(["approx", "report", "--bits", bad, "--json", str(tmp_path / "x.json")]) == 2
+    err = capsys.readouterr().err
+    assert "--bits" in err or "bits must be" in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "x.json").exists()
+    assert main(["approx", "report", "--plot", str(tmp_path / "x.svg")]) == 2
