@@ -1,10 +1,173 @@
-"""`edgeattn hls` (placeholder until its issue lands)."""
+"""`edgeattn hls MODEL --profile zcu102-hls -o PRJ [--checkpoint FILE] [--csim]`: write an HLS project.
+
+The project holds the Edge-MoE-style accelerator's C++ (one encoder layer, or the whole tiny ViT with
+``--layer all``), weights at the profile's widths, test vectors from the PyTorch model with the fixed-point
+golden outputs, a test bench and a Vitis HLS Tcl script. ``--csim`` compiles and runs the test bench with g++
+and the ``ap_types`` headers from hls4ml, and writes ``PRJ/csim_report.json``.
+"""
 
 from __future__ import annotations
 
-from edgeattn.errors import EdgeAttnError
+from pathlib import Path
+
+import typer
+
+from edgeattn.cli._common import console, write_json
 
 
-def hls() -> None:
-    """Not implemented yet."""
-    raise EdgeAttnError("'edgeattn hls' is not implemented yet", exit_code=1)
+def _parse_layer(text: str) -> int | None:
+    from edgeattn.errors import EdgeAttnError
+
+    if text.strip().lower() in ("all", "model", "vit"):
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise EdgeAttnError(f"--layer must be an encoder layer index or 'all', got {text!r}") from None
+
+
+def _parse_sets(items: list[str]) -> dict:
+    import yaml
+
+    from edgeattn.errors import EdgeAttnError
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise EdgeAttnError(f"--set takes KEY=VALUE (a model argument), got {item!r}")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def _load_model(model: str, checkpoint: Path | None, kwargs: dict):
+    """The model to generate for: from a checkpoint when given, else the registry with ``kwargs``."""
+    import torch
+
+    from edgeattn.errors import EdgeAttnError
+    from edgeattn.models import create_model
+
+    if checkpoint is None:
+        return create_model(model, **kwargs)
+    if not checkpoint.is_file():
+        raise EdgeAttnError(f"--checkpoint '{checkpoint}' not found")
+    try:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is a user error here
+        raise EdgeAttnError(
+            f"--checkpoint '{checkpoint}' is not a torch checkpoint ({type(exc).__name__})"
+        ) from None
+    if isinstance(state, dict) and state.get("format") == "edgeattn-checkpoint":
+        from edgeattn.quant.checkpoint import load_checkpoint  # written by `edgeattn qat`
+
+        net, meta = load_checkpoint(checkpoint)
+        if meta.get("model") != model:
+            raise EdgeAttnError(
+                f"--checkpoint '{checkpoint}' holds a '{meta.get('model')}' model, not '{model}'"
+            )
+        return net
+    # otherwise a plain state_dict of the registry model built with --set arguments
+    net = create_model(model, **kwargs)
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    try:
+        net.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise EdgeAttnError(f"--checkpoint '{checkpoint}' does not fit '{model}': {first}") from None
+    return net
+
+
+def hls(
+    model: str = typer.Argument(
+        ..., help="Registry model with plain ViT encoder layers: vit_tiny, edge_moe_vit."
+    ),
+    profile: str = typer.Option(
+        "zcu102-hls", "--profile", "-p", help="Device profile with an 'hls' section."
+    ),
+    output: Path = typer.Option(..., "--output", "-o", help="Project folder to write."),
+    checkpoint: Path | None = typer.Option(
+        None, "--checkpoint", help="Weights: an `edgeattn qat` checkpoint or a state_dict."
+    ),
+    layer: str = typer.Option(
+        "0", "--layer", help="Encoder layer for encoder_layer_top, or 'all' for vit_top."
+    ),
+    vectors: int = typer.Option(4, "--vectors", help="Number of test vectors."),
+    parallel: int | None = typer.Option(
+        None, "--parallel", help="Query rows in flight (default: the profile's)."
+    ),
+    seed: int = typer.Option(0, "--seed", help="Seed of the test images (and of the random weights)."),
+    sets: list[str] = typer.Option(
+        [], "--set", help="Model argument KEY=VALUE (repeatable), e.g. --set embed_dim=96."
+    ),
+    csim: bool = typer.Option(
+        False, "--csim", help="Compile and run the C simulation with g++ (writes csim_report.json)."
+    ),
+    force: bool = typer.Option(False, "--force", help="Replace an existing project folder."),
+    json_out: Path | None = typer.Option(None, "--json", help="Also write the summary as JSON here."),
+) -> None:
+    """Generate an HLS C++ project (Vitis HLS) for the Edge-MoE-style attention accelerator."""
+    import shutil
+
+    import torch
+
+    from edgeattn.errors import EdgeAttnError
+    from edgeattn.fpga_hls import find_ap_types, find_compiler, generate_project, run_csim
+
+    which = _parse_layer(layer)
+    kwargs = _parse_sets(sets)
+    if output.exists() and not force:
+        raise EdgeAttnError(f"{output} already exists; pass --force to replace it")
+    if csim:  # fail before writing anything when the C simulation cannot run here
+        find_compiler()
+        find_ap_types()
+    torch.manual_seed(seed)
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    net = _load_model(model, checkpoint, kwargs)
+    with console.status(f"generating {output} ..."):
+        info = generate_project(
+            net,
+            profile,
+            output,
+            layer=which,
+            vectors=vectors,
+            seed=seed,
+            attn_parallel=parallel,
+            force=force,
+            model_name=model,
+        )
+    summary = info.to_json()
+    console.print(
+        f"[bold]{output}[/]: {info.top} for {model}"
+        + ("" if info.layer is None else f" layer {info.layer}")
+        + f"; fixed point vs float: max abs err {info.golden_vs_float['max_abs_err']:.3g}, "
+        f"cosine {info.golden_vs_float['cosine']:.6f}"
+    )
+    est = info.estimate
+    console.print(
+        f"estimate: {est['cycles']['total']} cycles = {est['latency_us']:.1f} us at {est['clock_mhz']:g} MHz "
+        f"(DSP floor {est['dsp_floor_us']:.1f} us), DSP {est['dsp']['total']}, "
+        f"BRAM18K {est['bram18k']['total']}"
+    )
+    if csim:
+        try:
+            with console.status("C simulation (g++) ..."):
+                report = run_csim(output)
+        except BaseException:
+            shutil.rmtree(output, ignore_errors=True)  # no half-checked project left behind
+            raise
+        summary["csim"] = {k: v for k, v in report.items() if k != "estimate"}
+        console.print(
+            f"csim: {report['mismatches']} mismatches over {report['vectors']} vectors "
+            f"({report['outputs']} outputs) vs the golden model; vs float: max abs err "
+            f"{report['max_abs_err_vs_float']:.3g}, cosine {report['cosine_vs_float']:.6f} "
+            f"(compile {report['compile_s']:.1f} s, run {report['run_s']:.2f} s)"
+        )
+        if report["mismatches"]:
+            if json_out is not None:
+                write_json(json_out, summary)
+            raise EdgeAttnError(
+                f"C simulation differs from the golden model in {report['mismatches']} outputs", 1
+            )
+    if json_out is not None:
+        write_json(json_out, summary)

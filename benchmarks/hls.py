@@ -1,0 +1,124 @@
+"""HLS benchmark: C simulation of one encoder layer (65 tokens, dim 192, 3 heads) at parallelism 1, 2, 4,
+the fixed-point error against float as the widths shrink, and the analytical estimate.
+
+    python benchmarks/hls.py [--json benchmarks/hls.json] [--vectors 4]
+
+Writes JSON with, per run: csim compile/run seconds, mismatches against the golden model, max abs error and
+cosine against the float PyTorch layer; the width sweep (golden model, which the C simulation equals bit for
+bit, confirmed by a C simulation at the narrowest setting); and cycles / DSP / BRAM / latency per parallelism.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from edgeattn.fpga_hls import HLSFormats, estimate_model, generate_project, run_csim
+
+from edgeattn.models import create_model
+
+WIDTHS = [  # (act width, act integer, weight width, weight integer, softmax_out_frac)
+    (32, 10, 16, 2, 12),  # wider softmax probabilities: the 8-bit probabilities dominate the default error
+    (32, 10, 16, 2, 8),
+    (28, 10, 14, 2, 8),
+    (24, 10, 12, 2, 8),
+    (20, 8, 10, 2, 6),
+    (16, 6, 8, 2, 6),
+]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--json", default="benchmarks/hls.json")
+    ap.add_argument("--vectors", type=int, default=4)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    model = create_model("edge_moe_vit").eval()  # 32x32 input, patch 4 -> 65 tokens, dim 192, 3 heads
+    result: dict = {"model": "edge_moe_vit", "tokens": 65, "dim": 192, "heads": 3, "csim": [], "widths": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        outs = {}
+        for layer, kind in ((0, "dense"), (1, "moe")):
+            for p in (1, 2, 4):
+                if kind == "moe" and p != 4:
+                    continue
+                prj = Path(tmp) / f"l{layer}p{p}"
+                t0 = time.perf_counter()
+                generate_project(model, "zcu102-hls", prj, layer=layer, vectors=args.vectors, attn_parallel=p)
+                gen_s = time.perf_counter() - t0
+                rep = run_csim(prj)
+                outs[(layer, p)] = np.loadtxt(prj / "tb_data/csim_results.dat")
+                row = {
+                    k: rep[k]
+                    for k in (
+                        "layer",
+                        "attn_parallel",
+                        "vectors",
+                        "outputs",
+                        "mismatches",
+                        "max_abs_err_vs_float",
+                        "cosine_vs_float",
+                        "float_max_abs",
+                        "compile_s",
+                        "run_s",
+                    )
+                }
+                row.update(
+                    mlp=kind,
+                    generate_s=round(gen_s, 3),
+                    csim_total_s=round(rep["compile_s"] + rep["run_s"], 3),
+                )
+                result["csim"].append(row)
+                print(json.dumps(row))
+        result["outputs_identical_across_parallelism"] = bool(
+            np.array_equal(outs[(0, 1)], outs[(0, 2)]) and np.array_equal(outs[(0, 1)], outs[(0, 4)])
+        )
+        for i, (aw, ai, ww, wi, pf) in enumerate(WIDTHS):
+            fmt = HLSFormats(act_width=aw, act_int=ai, weight_width=ww, weight_int=wi, prob_frac=pf)
+            prj = Path(tmp) / f"w{i}"
+            info = generate_project(model, "zcu102-hls", prj, layer=0, vectors=args.vectors, formats=fmt)
+            row = {
+                "act": f"ap_fixed<{aw},{ai}>",
+                "weight": f"ap_fixed<{ww},{wi}>",
+                "softmax_out_frac": pf,
+                "max_abs_err_vs_float": info.golden_vs_float["max_abs_err"],
+                "cosine_vs_float": info.golden_vs_float["cosine"],
+            }
+            if i == len(WIDTHS) - 1:  # confirm the narrowest setting in C simulation too
+                rep = run_csim(prj)
+                row["csim_mismatches"] = rep["mismatches"]
+            result["widths"].append(row)
+            print(json.dumps(row))
+    result["estimate"] = {}
+    for p in (1, 2, 4):
+        est = estimate_model(model, "zcu102-hls", layer=0, attn_parallel=p)
+        result["estimate"][f"layer0_p{p}"] = {
+            k: est[k]
+            for k in ("cycles", "dsp", "bram18k", "latency_us", "dsp_floor_us", "efficiency", "fits")
+        }
+    est = estimate_model(model, "zcu102-hls", layer=None)
+    result["estimate"]["whole_model_p4"] = {
+        k: est[k]
+        for k in (
+            "cycles",
+            "dsp",
+            "bram18k",
+            "latency_us",
+            "dsp_floor_us",
+            "efficiency",
+            "fits",
+            "arithmetic",
+        )
+    }
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()

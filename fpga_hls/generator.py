@@ -1,0 +1,532 @@
+"""Write an HLS project (hls4ml-like layout) for one encoder layer or a whole tiny ViT.
+
+::
+
+    PRJ/
+      firmware/edgeattn_top.cpp, edgeattn_top.h   top functions (the same for every model)
+      firmware/ea/*.h                             the accelerator library (MAC unit, attention, ...)
+      firmware/ea/ea_tables.h                     exp / GELU tables from edgeattn.approx.fixed (generated)
+      firmware/parameters.h                       widths and sizes (generated)
+      firmware/weights.h                          raw integer weights at the profile's widths (generated)
+      tb/edgeattn_tb.cpp                          test bench: runs the top, compares with the golden model
+      tb_data/tb_input.dat, tb_golden.dat         test vectors (raw ints) and golden outputs
+      tb_data/tb_float.dat                        the float PyTorch outputs for the same inputs
+      build_prj.tcl                               Vitis HLS script: csim, csynth, cosim, export
+      project.json                                what was generated: shapes, formats, estimate, errors
+
+The project is written to a temporary folder beside ``out_dir`` and renamed at the end: a failure never
+leaves a partial project behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field, replace
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from edgeattn.fpga_hls import golden as G
+from edgeattn.fpga_hls.estimate import LayerShape, estimate
+from edgeattn.fpga_hls.extract import SUPPORTED_SHAPE, check_vit, layer_params, model_params
+
+from edgeattn.errors import EdgeAttnError
+
+__all__ = ["ProjectInfo", "generate_project", "compare"]
+
+
+@dataclass
+class ProjectInfo:
+    """What :func:`generate_project` wrote."""
+
+    path: Path
+    model: str
+    top: str  # "encoder_layer_top" or "vit_top"
+    layer: int | None  # None: whole ViT
+    vectors: int
+    formats: G.HLSFormats
+    shape: LayerShape
+    golden_vs_float: dict[str, float]
+    estimate: dict[str, Any]
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "path": str(self.path),
+            "model": self.model,
+            "top": self.top,
+            "layer": self.layer,
+            "vectors": self.vectors,
+            "formats": self.formats.__dict__,
+            "shape": self.shape.__dict__,
+            "golden_vs_float": self.golden_vs_float,
+            "estimate": self.estimate,
+            "stats": self.stats,
+        }
+
+
+def compare(fixed: np.ndarray, ref: np.ndarray) -> dict[str, float]:
+    """Max abs error and cosine similarity of two flattened float arrays."""
+    a = np.asarray(fixed, dtype=np.float64).ravel()
+    b = np.asarray(ref, dtype=np.float64).ravel()
+    denom = float(np.linalg.norm(a) * np.linalg.norm(b))
+    cos = float(a @ b / denom) if denom > 0 else float(np.array_equal(a, b))
+    return {
+        "max_abs_err": float(np.max(np.abs(a - b))) if a.size else 0.0,
+        "cosine": cos,
+        "ref_max_abs": float(np.max(np.abs(b))) if b.size else 0.0,
+    }
+
+
+def _resolve_profile(profile: Any):
+    from edgeattn.device_profile import DeviceProfile, load_profile
+
+    prof = profile if isinstance(profile, DeviceProfile) else load_profile(profile)
+    prof.require_target("hls")
+    assert prof.hls is not None
+    return prof
+
+
+def _resolve_model(model: Any) -> tuple[Any, str]:
+    if isinstance(model, str):
+        from edgeattn.models import create_model
+
+        return create_model(model), model
+    return model, type(model).__name__
+
+
+def _reference(model: Any, images: Any, layer: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """(inputs, float outputs) of the part that becomes hardware: block ``layer``, or the whole model."""
+    import torch
+
+    if layer is None:
+        with torch.no_grad():
+            return images.double().numpy(), model(images).double().numpy()
+    seen: dict[str, torch.Tensor] = {}
+
+    def hook(_mod, args, out):
+        seen["in"], seen["out"] = args[0].detach(), out.detach()
+        raise _Stop
+
+    handle = model.blocks[layer].register_forward_hook(hook)
+    try:
+        with torch.no_grad():
+            model(images)
+    except _Stop:
+        pass
+    finally:
+        handle.remove()
+    return seen["in"].double().numpy(), seen["out"].double().numpy()
+
+
+class _Stop(Exception):
+    """Ends the forward pass once the block of interest has run."""
+
+
+def _overflow_error(stats: G.GoldenStats, fmt: G.HLSFormats) -> EdgeAttnError:
+    stage, count = max(stats.overflow.items(), key=lambda kv: kv[1])
+    peak = stats.max_abs.get(stage, float("nan"))
+    return EdgeAttnError(
+        f"activation overflow on the test vectors: {count} values at '{stage}' (up to {peak:.4g}) exceed "
+        f"ap_fixed<{fmt.act_width},{fmt.act_int}> (range +-{2.0 ** (fmt.act_int - 1):g}); "
+        f"raise hls.act.integer in the profile"
+    )
+
+
+def generate_project(
+    model: Any,
+    profile: Any,
+    out_dir: str | Path,
+    *,
+    layer: int | None = 0,
+    vectors: int = 4,
+    seed: int = 0,
+    attn_parallel: int | None = None,
+    formats: G.HLSFormats | None = None,
+    force: bool = False,
+    model_name: str | None = None,
+) -> ProjectInfo:
+    """Generate an HLS project for encoder layer ``layer`` of ``model`` (``None``: the whole tiny ViT).
+
+    Args:
+        model: a registry name (``vit_tiny``, ``edge_moe_vit``) or a model instance of that shape (eval mode
+            is set here). Its weights are quantized to the profile's widths.
+        profile: a device profile (name, path or :class:`~edgeattn.device_profile.DeviceProfile`) with an
+            ``hls`` section.
+        out_dir: project folder; must not exist unless ``force``.
+        layer: which encoder layer becomes ``encoder_layer_top``; ``None`` builds ``vit_top`` for the model.
+        vectors: number of test vectors (random images through the float model).
+        seed: seed of the test images.
+        attn_parallel: query rows in flight (default: the profile's ``hls.attn_parallel``).
+        formats: override the profile's widths (for width sweeps).
+        force: replace an existing ``out_dir``.
+        model_name: name recorded in the project (default: the registry name or class name).
+
+    Raises:
+        EdgeAttnError: unsupported model shape, weights or activations that overflow the declared widths,
+            an existing ``out_dir`` without ``force``.
+    """
+    import torch
+
+    prof = _resolve_profile(profile)
+    hls = prof.hls
+    if attn_parallel is not None:
+        if attn_parallel < 1:
+            raise EdgeAttnError(f"attn_parallel must be >= 1, got {attn_parallel}")
+        hls = hls.model_copy(update={"attn_parallel": int(attn_parallel)})
+    fmt = formats or G.HLSFormats.from_profile(hls)
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not force:
+        raise EdgeAttnError(f"{out_dir} already exists; pass --force to replace it")
+    if vectors < 1:
+        raise EdgeAttnError(f"vectors must be >= 1, got {vectors}")
+
+    net, default_name = _resolve_model(model)
+    name = model_name or default_name
+    net.eval()
+    check_vit(net, name)
+    depth = len(net.blocks)
+    if layer is not None and not 0 <= layer < depth:
+        raise EdgeAttnError(f"layer {layer} does not exist: {name} has encoder layers 0..{depth - 1}")
+    blocks = list(net.blocks) if layer is None else [net.blocks[layer]]
+    attn0 = blocks[0].attn
+    dim, heads = attn0.qkv.in_features, attn0.num_heads
+    try:
+        fmt.check(head_dim=dim // heads)
+    except ValueError as exc:
+        raise EdgeAttnError(f"profile '{prof.name}': {exc}") from None
+
+    # the parameters the hardware holds, quantized to the profile's widths
+    mp: G.ModelParams | None = model_params(net, fmt) if layer is None else None
+    lps = mp.layers if mp is not None else [layer_params(net.blocks[layer], fmt, f"blocks.{layer}")]
+    _check_uniform(lps, name)
+
+    gen = torch.Generator().manual_seed(seed)
+    images = torch.randn(vectors, *net.input_size, generator=gen)
+    inputs, ref = _reference(net, images, layer)
+    try:
+        in_raw = fmt.act.quantize(inputs, rounding="half-even", saturate=False)
+    except ValueError:
+        raise EdgeAttnError(
+            f"test-vector inputs (up to {np.max(np.abs(inputs)):.4g}) exceed ap_fixed<{fmt.act_width},"
+            f"{fmt.act_int}>; raise hls.act.integer in the profile"
+        ) from None
+    stats = G.GoldenStats()
+    if mp is None:
+        gold = np.stack([G.encoder_layer(x, lps[0], fmt, stats, f"blocks.{layer}") for x in in_raw])
+    else:
+        gold = np.stack([G.vit_forward(x, mp, fmt, stats) for x in in_raw])
+    if stats.overflow:
+        raise _overflow_error(stats, fmt)
+    metrics = compare(fmt.act.dequantize(gold), ref)
+
+    tokens = int(inputs.shape[1]) if layer is not None else int(net.pos_embed.shape[1])
+    moe = [lp for lp in lps if lp.is_moe]
+    shape = LayerShape(
+        tokens=tokens,
+        dim=dim,
+        heads=heads,
+        hidden=_hidden(lps[0]),
+        experts=int(moe[0].gate_w.shape[0]) if moe else 0,
+        top_k=moe[0].top_k if moe else 0,
+        depth=len(lps),
+        moe_layers=len(moe),
+        patch_dim=int(mp.patch_w.shape[1]) if mp is not None else 0,
+        classes=int(mp.head_w.shape[0]) if mp is not None else 0,
+    )
+    est = estimate(shape, hls, fmt)
+    top = "vit_top" if layer is None else "encoder_layer_top"
+    info = ProjectInfo(
+        path=out_dir,
+        model=name,
+        top=top,
+        layer=layer,
+        vectors=vectors,
+        formats=fmt,
+        shape=shape,
+        golden_vs_float=metrics,
+        estimate=est,
+        stats={
+            "score_saturated": stats.score_saturated,
+            "scores": stats.scores,
+            "max_abs": stats.max_abs,
+            "attn_parallel": hls.attn_parallel,
+            "part": hls.part,
+            "clock_mhz": hls.clock_mhz,
+            "profile": prof.name,
+        },
+    )
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
+    try:
+        _write_project(tmp, info, hls, lps, mp, in_raw, gold, ref)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return info
+
+
+def _hidden(lp: G.LayerParams) -> int:
+    return int(lp.efc1_w.shape[1]) if lp.is_moe else int(lp.fc1_w.shape[0])
+
+
+def _check_uniform(lps: list[G.LayerParams], name: str) -> None:
+    first = lps[0]
+    for i, lp in enumerate(lps):
+        if (
+            lp.qkv_w.shape != first.qkv_w.shape
+            or lp.num_heads != first.num_heads
+            or _hidden(lp) != _hidden(first)
+        ):
+            raise EdgeAttnError(
+                f"{name}: layer {i} has a different width, head count or MLP width than layer 0; "
+                f"the templates "
+                f"take {SUPPORTED_SHAPE} with one shape for all layers"
+            )
+    moe = [lp for lp in lps if lp.is_moe]
+    if any(lp.gate_w.shape != moe[0].gate_w.shape or lp.top_k != moe[0].top_k for lp in moe):
+        raise EdgeAttnError(f"{name}: all MoE layers must have the same number of experts and top_k")
+
+
+# ----------------------------------------------------------------------------------- file writers
+def _c_array(ctype: str, name: str, arr: np.ndarray, dims: list[str]) -> str:
+    flat = np.asarray(arr, dtype=np.int64).ravel().tolist()
+    rows = [", ".join(map(str, flat[i : i + 24])) for i in range(0, len(flat), 24)]
+    body = ",\n    ".join(rows)
+    return f"static const {ctype} {name}{''.join(f'[{d}]' for d in dims)} = {{\n    {body}}};\n"
+
+
+def _raw_ctype(width: int) -> str:
+    return "short" if width <= 16 else "int"
+
+
+def _parameters_h(info: ProjectInfo, hls, lps: list[G.LayerParams], mp: G.ModelParams | None) -> str:
+    fmt, s = info.formats, info.shape
+    n_dense = sum(not lp.is_moe for lp in lps)
+    n_moe = len(lps) - n_dense
+    head_dim = s.dim // s.heads
+    eps = max(lp.ln1_eps for lp in lps)  # eps is a per-model constant in practice; checked below
+    if any(lp.ln1_eps != eps or lp.ln2_eps != eps for lp in lps) or (mp is not None and mp.norm_eps != eps):
+        raise EdgeAttnError(f"{info.model}: all LayerNorms must share one eps for the templates")
+    ln_f = fmt.ln_frac(s.dim)
+    defs: list[tuple[str, Any, str]] = [
+        ("EA_ACT_W", fmt.act_width, "activations: ap_fixed<W, I>"),
+        ("EA_ACT_I", fmt.act_int, ""),
+        ("EA_W_W", fmt.weight_width, "linear weights: ap_fixed<W, I>"),
+        ("EA_W_I", fmt.weight_int, ""),
+        ("EA_SM_IN_W", fmt.score_width, "attention scores (softmax input)"),
+        ("EA_SM_IN_I", fmt.score_int, ""),
+        ("EA_SM_OUT_F", fmt.prob_frac, "softmax probability fraction bits"),
+        ("EA_GELU_F", fmt.gelu_table_frac, "GELU residual table fraction bits"),
+        ("EA_QK_F", G.QK_FRAC, "fraction bits of q*scale and k"),
+        ("EA_SCALE_F", G.SCALE_FRAC, "fraction bits of 1/sqrt(head_dim)"),
+        ("EA_QSCALE_RAW", G.qscale_raw(head_dim), f"1/sqrt({head_dim})"),
+        ("EA_LN_F", ln_f, "LayerNorm centred-value fraction bits"),
+        ("EA_LN_R", G.LN_INV_FRAC, "LayerNorm 1/std fraction bits"),
+        ("EA_LN_EPS_RAW", G.ln_eps_raw(eps, ln_f), f"LayerNorm eps {eps:g}"),
+        ("EA_ATTN_P", hls.attn_parallel, "query rows in flight"),
+        ("EA_MAC_R", hls.mac_rows, "MAC array rows (inputs per cycle)"),
+        ("EA_MAC_C", hls.mac_cols, "MAC array columns (outputs per cycle)"),
+        ("EA_TOKENS", s.tokens, ""),
+        ("EA_MAX_ROWS", s.tokens, ""),
+        ("EA_DIM", s.dim, ""),
+        ("EA_HEADS", s.heads, ""),
+        ("EA_HIDDEN", s.hidden, "MLP / expert hidden width"),
+        ("EA_DEPTH", len(lps), "encoder layers in weights.h"),
+        ("EA_LAYER", 0, "layer run by encoder_layer_top"),
+        ("EA_N_DENSE", n_dense, "layers with a dense MLP"),
+        ("EA_N_MOE", n_moe, "layers with an MoE MLP"),
+        ("EA_EXPERTS", max(s.experts, 1), ""),
+        ("EA_TOPK", max(s.top_k, 1), ""),
+        ("EA_LAYER_DEPTH", s.tokens * s.dim, "m_axi depth of encoder_layer_top ports"),
+        ("EA_HAS_VIT", int(mp is not None), "vit_top is generated"),
+        ("EA_TOP_VIT", int(info.top == "vit_top"), "the test bench runs vit_top"),
+        ("EA_WRAW_T", _raw_ctype(fmt.weight_width), "raw weight ROM type"),
+        ("EA_ARAW_T", _raw_ctype(fmt.act_width), "raw activation-typed parameter ROM type"),
+    ]
+    if mp is not None:
+        defs += [
+            ("EA_IN_CHANS", mp.in_chans, ""),
+            ("EA_IMG", mp.img_size, ""),
+            ("EA_PATCH", mp.patch, ""),
+            ("EA_NUM_PATCHES", (mp.img_size // mp.patch) ** 2, ""),
+            ("EA_PATCH_DIM", int(mp.patch_w.shape[1]), ""),
+            ("EA_CLASSES", int(mp.head_w.shape[0]), ""),
+            ("EA_IMAGE_DEPTH", mp.in_chans * mp.img_size**2, "m_axi depth of the image port"),
+        ]
+    lines = [
+        f"// Generated by `edgeattn hls` for {info.model} "
+        f"({'whole model' if mp is not None else f'layer {info.layer}'}).",
+        f"// Profile {info.stats['profile']}: {hls.part} at {hls.clock_mhz:g} MHz.",
+        "#ifndef EA_PARAMETERS_H",
+        "#define EA_PARAMETERS_H",
+        "",
+    ]
+    for key, value, comment in defs:
+        lines.append(f"#define {key} {value}" + (f"  // {comment}" if comment else ""))
+    lines += ["", "#endif", ""]
+    return "\n".join(lines)
+
+
+def _weights_h(info: ProjectInfo, lps: list[G.LayerParams], mp: G.ModelParams | None) -> str:
+    w, a = "wraw_t", "araw_t"
+    dense = [lp for lp in lps if not lp.is_moe]
+    moe = [lp for lp in lps if lp.is_moe]
+    layer_moe, layer_dense, im, idn = [], [], 0, 0
+    for lp in lps:
+        layer_moe.append(im if lp.is_moe else -1)
+        layer_dense.append(-1 if lp.is_moe else idn)
+        im, idn = im + lp.is_moe, idn + (not lp.is_moe)
+    out = [
+        f"// Generated by `edgeattn hls`: raw integer parameters of {info.model} at the profile's widths.",
+        "#ifndef EA_WEIGHTS_H",
+        "#define EA_WEIGHTS_H",
+        "",
+        '#include "ea/ea_types.h"',
+        "",
+        "namespace ea {",
+        "",
+        _c_array("short", "layer_moe", np.array(layer_moe), ["EA_DEPTH"]),
+        _c_array("short", "layer_dense", np.array(layer_dense), ["EA_DEPTH"]),
+    ]
+
+    def stack(attr: str, group: list[G.LayerParams]) -> np.ndarray:
+        return np.stack([getattr(lp, attr) for lp in group])
+
+    for attr, ctype, dims in [
+        ("ln1_g", a, ["EA_DEPTH", "EA_DIM"]),
+        ("ln1_b", a, ["EA_DEPTH", "EA_DIM"]),
+        ("qkv_w", w, ["EA_DEPTH", "3 * EA_DIM", "EA_DIM"]),
+        ("qkv_b", a, ["EA_DEPTH", "3 * EA_DIM"]),
+        ("proj_w", w, ["EA_DEPTH", "EA_DIM", "EA_DIM"]),
+        ("proj_b", a, ["EA_DEPTH", "EA_DIM"]),
+        ("ln2_g", a, ["EA_DEPTH", "EA_DIM"]),
+        ("ln2_b", a, ["EA_DEPTH", "EA_DIM"]),
+    ]:
+        out.append(_c_array(ctype, attr, stack(attr, lps), dims))
+    if dense:
+        out.append("// dense MLPs, indexed by layer_dense[l]")
+        for attr, ctype, dims in [
+            ("fc1_w", w, ["EA_N_DENSE", "EA_HIDDEN", "EA_DIM"]),
+            ("fc1_b", a, ["EA_N_DENSE", "EA_HIDDEN"]),
+            ("fc2_w", w, ["EA_N_DENSE", "EA_DIM", "EA_HIDDEN"]),
+            ("fc2_b", a, ["EA_N_DENSE", "EA_DIM"]),
+        ]:
+            out.append(_c_array(ctype, attr, stack(attr, dense), dims))
+    if moe:
+        out.append("// MoE MLPs, indexed by layer_moe[l]: gate and experts")
+        for attr, ctype, dims in [
+            ("gate_w", w, ["EA_N_MOE", "EA_EXPERTS", "EA_DIM"]),
+            ("gate_b", a, ["EA_N_MOE", "EA_EXPERTS"]),
+            ("efc1_w", w, ["EA_N_MOE", "EA_EXPERTS", "EA_HIDDEN", "EA_DIM"]),
+            ("efc1_b", a, ["EA_N_MOE", "EA_EXPERTS", "EA_HIDDEN"]),
+            ("efc2_w", w, ["EA_N_MOE", "EA_EXPERTS", "EA_DIM", "EA_HIDDEN"]),
+            ("efc2_b", a, ["EA_N_MOE", "EA_EXPERTS", "EA_DIM"]),
+        ]:
+            out.append(_c_array(ctype, attr, stack(attr, moe), dims))
+    if mp is not None:
+        out.append("// patch embedding, class token, positions, final norm and head")
+        out.append(_c_array(w, "patch_w", mp.patch_w, ["EA_DIM", "EA_PATCH_DIM"]))
+        out.append(_c_array(a, "patch_b", mp.patch_b, ["EA_DIM"]))
+        out.append(_c_array(a, "cls_token", mp.cls_token, ["EA_DIM"]))
+        out.append(_c_array(a, "pos_embed", mp.pos_embed, ["EA_TOKENS", "EA_DIM"]))
+        out.append(_c_array(a, "norm_g", mp.norm_g, ["EA_DIM"]))
+        out.append(_c_array(a, "norm_b", mp.norm_b, ["EA_DIM"]))
+        out.append(_c_array(w, "head_w", mp.head_w, ["EA_CLASSES", "EA_DIM"]))
+        out.append(_c_array(a, "head_b", mp.head_b, ["EA_CLASSES"]))
+    out += ["}  // namespace ea", "", "#endif", ""]
+    return "\n".join(out)
+
+
+def _tables_h(fmt: G.HLSFormats) -> str:
+    from edgeattn.approx.fixed import EXP2_HI, EXP2_LO
+
+    table = G.gelu_table(fmt)
+    return "\n".join(
+        [
+            "// Generated by `edgeattn hls` from edgeattn.approx.fixed (docs/fixed_point.md): the 2^f tables",
+            f"// (24 fraction bits) and the Edge-MoE GELU residual table delta(i/32) "
+            f"({fmt.gelu_table_frac} bits).",
+            "#ifndef EA_TABLES_H",
+            "#define EA_TABLES_H",
+            "",
+            f"#define EA_GELU_ENTRIES {len(table)}",
+            _c_array("unsigned int", "EA_EXP2_HI", EXP2_HI, [str(len(EXP2_HI))]),
+            _c_array("unsigned int", "EA_EXP2_LO", EXP2_LO, [str(len(EXP2_LO))]),
+            _c_array("int", "EA_GELU_DELTA", table, ["EA_GELU_ENTRIES"]),
+            "#endif",
+            "",
+        ]
+    )
+
+
+def _write_rows(path: Path, rows: np.ndarray, header: str | None = None, fmt: str = "%d") -> None:
+    with open(path, "w", encoding="ascii") as fh:
+        if header:
+            fh.write(header + "\n")
+        np.savetxt(fh, rows.reshape(rows.shape[0], -1), fmt=fmt, delimiter=" ")
+
+
+def _tcl(info: ProjectInfo, hls) -> str:
+    text = (
+        resources.files("edgeattn.fpga_hls").joinpath("templates/build_prj.tcl").read_text(encoding="utf-8")
+    )
+    safe = "".join(ch if ch.isalnum() or ch == "_" else "_" for ch in info.path.name) or "edgeattn"
+    subs = {
+        "@MODEL@": info.model + ("" if info.layer is None else f" layer {info.layer}"),
+        "@PROJECT@": safe,
+        "@TOP@": info.top,
+        "@PART@": hls.part,
+        "@PERIOD_NS@": f"{1000.0 / hls.clock_mhz:.3f}",
+    }
+    for key, value in subs.items():
+        text = text.replace(key, str(value))
+    return text
+
+
+def _copy_templates(dst: Path) -> None:
+    root = resources.files("edgeattn.fpga_hls").joinpath("templates")
+    for rel in ("firmware/edgeattn_top.cpp", "firmware/edgeattn_top.h", "tb/edgeattn_tb.cpp"):
+        (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+        (dst / rel).write_bytes(root.joinpath(rel).read_bytes())
+    lib = root.joinpath("firmware/ea")
+    (dst / "firmware/ea").mkdir(parents=True, exist_ok=True)
+    for item in lib.iterdir():
+        if item.name.endswith(".h"):
+            (dst / "firmware/ea" / item.name).write_bytes(item.read_bytes())
+
+
+def _write_project(
+    dst: Path,
+    info: ProjectInfo,
+    hls,
+    lps: list[G.LayerParams],
+    mp: G.ModelParams | None,
+    in_raw: np.ndarray,
+    gold: np.ndarray,
+    ref: np.ndarray,
+) -> None:
+    final = info.path
+    info_tmp = replace(info, path=dst)
+    _copy_templates(dst)
+    (dst / "firmware/parameters.h").write_text(_parameters_h(info_tmp, hls, lps, mp), encoding="ascii")
+    (dst / "firmware/weights.h").write_text(_weights_h(info_tmp, lps, mp), encoding="ascii")
+    (dst / "firmware/ea/ea_tables.h").write_text(_tables_h(info.formats), encoding="ascii")
+    data = dst / "tb_data"
+    data.mkdir()
+    v = in_raw.shape[0]
+    in_len = int(np.prod(in_raw.shape[1:]))
+    out_len = int(np.prod(gold.shape[1:]))
+    _write_rows(data / "tb_input.dat", in_raw, header=f"{v} {in_len} {out_len}")
+    _write_rows(data / "tb_golden.dat", gold)
+    _write_rows(data / "tb_float.dat", ref, fmt="%.9g")
+    (dst / "build_prj.tcl").write_text(_tcl(replace(info, path=final), hls), encoding="utf-8")
+    (dst / "project.json").write_text(json.dumps(info.to_json(), indent=2) + "\n", encoding="utf-8")
