@@ -8,13 +8,8 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+# Imported eagerly (the module needs no torch) so that the package attribute `edgeattn.reparameterize` is
+# the function, not the submodule of the same name.
+from edgeattn.reparameterize import reparameterize  # noqa: E402
+
 __all__ = ["__version__", "reparameterize"]
-
-
-def __getattr__(name: str):
-    # Lazy so that `import edgeattn` (and `edgeattn --version`) does not import torch.
-    if name == "reparameterize":
-        from edgeattn.reparameterize import reparameterize
-
-        return reparameterize
-    raise AttributeError(f"module 'edgeattn' has no attribute {name!r}")

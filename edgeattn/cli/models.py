@@ -1,7 +1,96 @@
-"""`edgeattn models ...`: the model registry."""
+"""`edgeattn models list|info`: the model registry with parameter and MAC counts."""
 
 from __future__ import annotations
 
+import inspect
+from pathlib import Path
+
 import typer
 
+from edgeattn.cli._common import console, write_json
+
 app = typer.Typer(help="Models in the registry.", no_args_is_help=True)
+
+
+def _describe(name: str, img_size: int | None = None) -> dict:
+    """Counts for one model at its default input (or ``img_size``): train and deploy form."""
+    import torch
+
+    import edgeattn
+    from edgeattn.models import count_macs, count_params, create_model, example_input, model_entrypoint
+
+    factory = model_entrypoint(name)  # unknown names fail here with the list of valid ones
+    takes_img_size = "img_size" in inspect.signature(factory).parameters
+    kwargs = {"img_size": img_size} if img_size is not None and takes_img_size else {}
+    train = create_model(name, **kwargs).eval()
+    deploy = edgeattn.reparameterize(train)
+    x = example_input(train)
+    bn = (torch.nn.modules.batchnorm._BatchNorm,)
+    return {
+        "name": name,
+        "input_shape": list(x.shape),
+        "input_dtype": str(x.dtype).replace("torch.", ""),
+        "params": count_params(deploy),
+        "params_train": count_params(train),
+        "macs": count_macs(deploy, x),
+        "macs_train": count_macs(train, x),
+        "batchnorm_train": sum(isinstance(m, bn) for m in train.modules()),
+        "reparam_blocks": sum(callable(getattr(m, "reparameterize", None)) for m in train.modules()),
+    }
+
+
+@app.command("list")
+def list_cmd(
+    img_size: int | None = typer.Option(
+        None, "--img-size", min=8, help="Input side for the vision models (default: each model's own)."
+    ),
+    json_out: Path | None = typer.Option(None, "--json", help="Also write the table as JSON to this file."),
+) -> None:
+    """List every registered model with parameters and MACs at its default input (deploy form; train form
+    in brackets, where over-parameterized branches and BatchNorm add to it). Language models keep their
+    own input under --img-size."""
+    import torch
+    from rich.progress import Progress
+    from rich.table import Table
+
+    from edgeattn.models import list_models
+
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    names = list_models()
+    rows = []
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("counting", total=len(names))
+        for name in names:
+            progress.update(task, description=name)
+            rows.append(_describe(name, img_size))
+            progress.advance(task)
+    table = Table(title="Registered models (MACs from torch.utils.flop_counter)")
+    for col in ("name", "input", "params (train)", "MACs (train)"):
+        table.add_column(col, justify="left" if col in ("name", "input") else "right")
+    for r in rows:
+        table.add_row(
+            r["name"],
+            "x".join(map(str, r["input_shape"][1:])) + ("" if r["input_dtype"] == "float32" else " ids"),
+            f"{r['params'] / 1e6:.2f}M ({r['params_train'] / 1e6:.2f}M)",
+            f"{r['macs'] / 1e6:.0f}M ({r['macs_train'] / 1e6:.0f}M)",
+        )
+    console.print(table)
+    if json_out:
+        write_json(json_out, rows)
+
+
+@app.command("info")
+def info(
+    name: str = typer.Argument(..., help="Registered model name (see `edgeattn models list`)."),
+    img_size: int | None = typer.Option(None, "--img-size", min=8, help="Input side for vision models."),
+    json_out: Path | None = typer.Option(None, "--json", help="Also write the figures as JSON to this file."),
+) -> None:
+    """Show one model: input, params and MACs of train and deploy forms, BN and reparameterizable blocks."""
+    import torch
+
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    record = _describe(name, img_size)
+    for key, value in record.items():
+        console.print(f"[bold]{key}[/]: {value}", highlight=False)
+    if json_out:
+        write_json(json_out, record)

@@ -1,0 +1,107 @@
+"""Multi-head self-attention and MLP written from plain Linear / matmul / softmax.
+
+Every tensor that quantization cares about passes through a named ``nn.Identity`` "quant point", so
+``edgeattn.quant`` can swap it for a brevitas quantizer and hooks can probe it, and every exporter sees
+ordinary MatMul / Softmax / Gemm nodes (no fused ``scaled_dot_product_attention``).
+
+Order of operations (the shared contract): the 1/sqrt(head_dim) scale multiplies q *before* ``q_quant``
+and the first matmul, which is what TensorRT's INT8 attention fusion looks for.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from edgeattn.approx import ApproxGELU, ApproxSoftmax
+
+__all__ = ["Attention", "Mlp"]
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention over (B, N, C) tokens with a pluggable softmax approximation.
+
+    Args:
+        dim: token width C; must divide by ``num_heads``.
+        num_heads: number of heads H; ``head_dim = dim // num_heads``.
+        qkv_bias: bias on the fused q/k/v projection.
+        softmax: an ``edgeattn.approx`` softmax method name.
+        attn_drop: dropout on the attention probabilities (train only).
+        proj_drop: dropout after the output projection (train only).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int = 8,
+        qkv_bias: bool = True,
+        softmax: str = "exact",
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if dim <= 0 or num_heads <= 0:
+            raise ValueError(f"Attention: dim ({dim}) and num_heads ({num_heads}) must be positive")
+        if dim % num_heads:
+            raise ValueError(f"Attention: dim={dim} must be divisible by num_heads={num_heads}")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = float(self.head_dim**-0.5)
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+        self.softmax = ApproxSoftmax(method=softmax, dim=-1)
+        self.attn_drop = nn.Dropout(attn_drop)
+        self.proj_drop = nn.Dropout(proj_drop)
+        # Quant points: identities in float, brevitas quantizers after edgeattn.quant.quantize_model.
+        self.in_quant = nn.Identity()
+        self.q_quant = nn.Identity()
+        self.k_quant = nn.Identity()
+        self.v_quant = nn.Identity()
+        self.logits_probe = nn.Identity()  # never quantized; EdgeQAT's distribution loss reads it
+        self.attn_quant = nn.Identity()
+        self.proj_in_quant = nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, N, C) -> (B, N, C)."""
+        b, n, c = x.shape
+        x = self.in_quant(x)
+        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]  # each (B, H, N, hd)
+        q = self.q_quant(q * self.scale)
+        k = self.k_quant(k)
+        v = self.v_quant(v)
+        logits = self.logits_probe(q @ k.transpose(-2, -1))
+        attn = self.attn_quant(self.softmax(logits))
+        attn = self.attn_drop(attn)
+        out = (attn @ v).transpose(1, 2).reshape(b, n, c)
+        return self.proj_drop(self.proj(self.proj_in_quant(out)))
+
+
+class Mlp(nn.Module):
+    """Two-layer MLP ``fc2(act(fc1(x)))`` with a pluggable GELU approximation.
+
+    Quant points: ``in_quant`` (before fc1) and ``hidden_quant`` (before fc2).
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        hidden_features: int,
+        out_features: int | None = None,
+        gelu: str = "exact",
+        drop: float = 0.0,
+    ) -> None:
+        super().__init__()
+        out_features = out_features or in_features
+        self.in_quant = nn.Identity()
+        self.fc1 = nn.Linear(in_features, hidden_features)
+        self.act = ApproxGELU(method=gelu)
+        self.hidden_quant = nn.Identity()
+        self.fc2 = nn.Linear(hidden_features, out_features)
+        self.drop = nn.Dropout(drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(..., in_features) -> (..., out_features)."""
+        x = self.act(self.fc1(self.in_quant(x)))
+        x = self.drop(x)
+        return self.drop(self.fc2(self.hidden_quant(x)))

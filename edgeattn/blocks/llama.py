@@ -1,0 +1,131 @@
+"""LLaMA-style decoder parts: RMSNorm, rotary position embedding, causal attention, SwiGLU MLP.
+
+Written from plain Linear/matmul/elementwise ops (no fused attention, no ``nn.RMSNorm``) so quantization and
+every exporter see inside them. Quant points follow :class:`edgeattn.blocks.Attention`; RoPE is applied
+before ``q_quant``/``k_quant`` (EdgeQAT quantizes Q and K after RoPE) and the 1/sqrt(d) scale before
+``q_quant``. ``logits_probe`` sees the logits before the causal mask.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from edgeattn.approx import ApproxSoftmax
+
+__all__ = ["RMSNorm", "rope_tables", "apply_rope", "LlamaAttention", "SwiGLU", "LlamaBlock", "MASK_VALUE"]
+
+# Added to masked logits. Finite and fp16-representable (TensorRT FP16 engines), and far below any real
+# logit so every softmax approximation sends it to 0.
+MASK_VALUE = -1.0e4
+
+
+class RMSNorm(nn.Module):
+    """``x / sqrt(mean(x^2) + eps) * weight`` over the last dimension."""
+
+    def __init__(self, dim: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + self.eps) * self.weight
+
+
+def rope_tables(seq_len: int, head_dim: int, theta: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cos, sin) tables of shape (seq_len, head_dim) for rotate-half RoPE (computed in float64)."""
+    if head_dim % 2:
+        raise ValueError(f"RoPE needs an even head_dim, got {head_dim}")
+    inv_freq = theta ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+    angles = torch.outer(torch.arange(seq_len, dtype=torch.float64), inv_freq)  # (T, hd/2)
+    angles = torch.cat([angles, angles], dim=-1)
+    return angles.cos().float(), angles.sin().float()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate (..., T, hd) by the tables' first T rows: ``x*cos + rotate_half(x)*sin``."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos + rotated * sin
+
+
+class LlamaAttention(nn.Module):
+    """Causal multi-head attention with RoPE over (B, T, C), T <= ``seq_len`` (tables are built for it)."""
+
+    def __init__(
+        self, dim: int, num_heads: int, seq_len: int, softmax: str = "exact", rope_theta: float = 10000.0
+    ) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"LlamaAttention: dim={dim} must be divisible by num_heads={num_heads}")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = float(self.head_dim**-0.5)
+        self.seq_len = seq_len
+        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
+        self.proj = nn.Linear(dim, dim, bias=False)
+        self.softmax = ApproxSoftmax(method=softmax, dim=-1)
+        cos, sin = rope_tables(seq_len, self.head_dim, rope_theta)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        causal = torch.triu(torch.full((seq_len, seq_len), MASK_VALUE), diagonal=1)
+        self.register_buffer("causal_mask", causal, persistent=False)
+        self.in_quant = nn.Identity()
+        self.q_quant = nn.Identity()
+        self.k_quant = nn.Identity()
+        self.v_quant = nn.Identity()
+        self.logits_probe = nn.Identity()
+        self.attn_quant = nn.Identity()
+        self.proj_in_quant = nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, C) -> (B, T, C)."""
+        b, t, c = x.shape
+        if t > self.seq_len:
+            raise ValueError(f"sequence length {t} exceeds the model's seq_len={self.seq_len}")
+        x = self.in_quant(x)
+        qkv = self.qkv(x).reshape(b, t, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        cos, sin = self.rope_cos[:t], self.rope_sin[:t]
+        q = apply_rope(qkv[0], cos, sin)
+        k = apply_rope(qkv[1], cos, sin)
+        q = self.q_quant(q * self.scale)
+        k = self.k_quant(k)
+        v = self.v_quant(qkv[2])
+        logits = self.logits_probe(q @ k.transpose(-2, -1))  # before the mask (EdgeQAT distribution loss)
+        attn = self.attn_quant(self.softmax(logits + self.causal_mask[:t, :t]))
+        out = (attn @ v).transpose(1, 2).reshape(b, t, c)
+        return self.proj(self.proj_in_quant(out))
+
+
+class SwiGLU(nn.Module):
+    """``down(silu(gate(x)) * up(x))``; quant points ``in_quant`` (MLP input) and ``hidden_quant``."""
+
+    def __init__(self, dim: int, hidden_dim: int) -> None:
+        super().__init__()
+        self.in_quant = nn.Identity()
+        self.gate_proj = nn.Linear(dim, hidden_dim, bias=False)
+        self.up_proj = nn.Linear(dim, hidden_dim, bias=False)
+        self.act = nn.SiLU()
+        self.hidden_quant = nn.Identity()
+        self.down_proj = nn.Linear(hidden_dim, dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.in_quant(x)
+        return self.down_proj(self.hidden_quant(self.act(self.gate_proj(x)) * self.up_proj(x)))
+
+
+class LlamaBlock(nn.Module):
+    """Pre-norm decoder block: ``x + attn(attn_norm(x))`` then ``x + mlp(mlp_norm(x))``."""
+
+    def __init__(
+        self, dim: int, num_heads: int, hidden_dim: int, seq_len: int, softmax: str = "exact"
+    ) -> None:
+        super().__init__()
+        self.attn_norm = RMSNorm(dim)
+        self.attn = LlamaAttention(dim, num_heads, seq_len, softmax=softmax)
+        self.mlp_norm = RMSNorm(dim)
+        self.mlp = SwiGLU(dim, hidden_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.attn_norm(x))
+        return x + self.mlp(self.mlp_norm(x))

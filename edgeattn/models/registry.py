@@ -1,0 +1,66 @@
+"""The model registry: ``@register_model``, ``create_model(name, **kwargs)``, ``list_models()``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TypeVar
+
+from torch import nn
+
+from edgeattn.errors import EdgeAttnError
+
+__all__ = ["register_model", "create_model", "list_models", "model_entrypoint"]
+
+_F = TypeVar("_F", bound=Callable[..., nn.Module])
+_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_model(fn: _F | None = None, *, name: str | None = None):
+    """Register a model factory under ``name`` (default: the function's name).
+
+    Usable as ``@register_model`` or ``@register_model(name="x")``. Registering a name twice is an error
+    (two modules silently fighting over one name would make ``create_model`` depend on import order).
+    """
+
+    def _wrap(f: _F) -> _F:
+        key = name or f.__name__
+        if key in _REGISTRY and _REGISTRY[key] is not f:
+            raise ValueError(f"model {key!r} is already registered (by {_REGISTRY[key].__module__})")
+        _REGISTRY[key] = f
+        return f
+
+    return _wrap(fn) if fn is not None else _wrap
+
+
+def list_models() -> list[str]:
+    """Sorted names of every registered model."""
+    _load_builtin()
+    return sorted(_REGISTRY)
+
+
+def model_entrypoint(name: str) -> Callable[..., nn.Module]:
+    """The factory registered as ``name``; raises ``EdgeAttnError`` naming the valid models otherwise."""
+    _load_builtin()
+    if name not in _REGISTRY:
+        raise EdgeAttnError(f"unknown model {name!r}; valid models: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name]
+
+
+def create_model(name: str, **kwargs) -> nn.Module:
+    """Build the registered model ``name`` with ``kwargs`` passed to its factory (random weights).
+
+    Raises ``EdgeAttnError`` (a ``ValueError``) for an unknown name or an argument the factory does not take.
+    """
+    fn = model_entrypoint(name)
+    try:
+        return fn(**kwargs)
+    except TypeError as exc:
+        # An unexpected keyword is a user error; anything else raised as TypeError is a bug and propagates.
+        if "unexpected keyword argument" not in str(exc):
+            raise
+        raise EdgeAttnError(f"model {name!r}: {exc}") from exc
+
+
+def _load_builtin() -> None:
+    # Importing the package registers the built-in models (each module's decorators run on import).
+    import edgeattn.models  # noqa: F401

@@ -1,0 +1,60 @@
+"""``tiny_llama``: a small byte-level LLaMA-style decoder LM (RMSNorm, RoPE, SwiGLU, causal attention)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from edgeattn.blocks.llama import LlamaBlock, RMSNorm
+from edgeattn.models.registry import register_model
+
+__all__ = ["TinyLlama", "tiny_llama"]
+
+
+class TinyLlama(nn.Module):
+    """Decoder LM mapping token ids (B, T) with T <= seq_len to logits (B, T, vocab_size).
+
+    Embedding and ``lm_head`` are separate (untied) and carry no quant points: EdgeQAT leaves them in float.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int = 256,
+        seq_len: int = 128,
+        dim: int = 128,
+        depth: int = 4,
+        num_heads: int = 4,
+        hidden_dim: int | None = None,
+        softmax: str = "exact",
+    ) -> None:
+        super().__init__()
+        for key, value in (("vocab_size", vocab_size), ("seq_len", seq_len), ("dim", dim), ("depth", depth)):
+            if int(value) <= 0:
+                raise ValueError(f"tiny_llama: {key} must be a positive integer, got {value}")
+        # LLaMA's SwiGLU width: 2/3 of 4*dim, rounded up to a multiple of 32.
+        hidden_dim = hidden_dim or 32 * -(-(8 * dim // 3) // 32)
+        self.vocab_size, self.seq_len, self.dim = vocab_size, seq_len, dim
+        self.input_size = (seq_len,)
+        self.embed = nn.Embedding(vocab_size, dim)
+        self.blocks = nn.Sequential(
+            *[LlamaBlock(dim, num_heads, hidden_dim, seq_len, softmax=softmax) for _ in range(depth)]
+        )
+        self.norm = RMSNorm(dim)
+        self.lm_head = nn.Linear(dim, vocab_size, bias=False)
+        self.apply(_init_weights)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.lm_head(self.norm(self.blocks(self.embed(ids))))
+
+
+def _init_weights(module: nn.Module) -> None:
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(module.weight, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+
+@register_model
+def tiny_llama(vocab_size: int = 256, seq_len: int = 128, softmax: str = "exact", **kwargs) -> TinyLlama:
+    """Byte-level LLaMA-style LM: dim 128, 4 layers, 4 heads, SwiGLU 352, vocab 256, seq_len 128 (0.87M)."""
+    return TinyLlama(vocab_size=vocab_size, seq_len=seq_len, softmax=softmax, **kwargs)

@@ -1,0 +1,144 @@
+"""Model registry, shapes, parameter/MAC counts against the papers, and the `edgeattn models` CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from _reparam_helpers import small_model
+from torch import nn
+
+import edgeattn
+from edgeattn.blocks import ELA, ULSAM
+from edgeattn.cli import main
+from edgeattn.errors import EdgeAttnError
+from edgeattn.models import count_macs, count_params, create_model, example_input, list_models
+from edgeattn.models.mobilenetv2 import InvertedResidual
+
+REQUIRED = {
+    "fmvit_t",
+    "fmvit_s",
+    "fmvit_b",
+    "mobilenetv2",
+    "mobilenetv2_ela",
+    "mobilenetv2_ulsam",
+    "vit_tiny",
+    "tiny_llama",
+}
+
+
+def test_registry_has_required_models():
+    assert set(list_models()) >= REQUIRED
+    assert list_models() == sorted(list_models())
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_every_model_runs_at_small_input(name):
+    model = small_model(name).eval()
+    x = example_input(model, batch_size=2)
+    with torch.no_grad():
+        y = model(x)
+    if name == "tiny_llama":
+        assert x.dtype == torch.int64 and y.shape == (2, 32, model.vocab_size)
+    else:
+        assert x.shape[1:] == model.input_size and y.shape == (2, model.num_classes)
+    assert torch.isfinite(y).all()
+
+
+@pytest.mark.parametrize("name", ["fmvit_t", "mobilenetv2_ela", "vit_tiny"])
+def test_vision_models_take_in_chans_and_approx_names(name):
+    kwargs = {"img_size": 32, "in_chans": 1, "num_classes": 7}
+    if name != "mobilenetv2_ela":
+        kwargs.update(softmax="shift", gelu="ibert")
+    m = create_model(name, **kwargs).eval()
+    assert m.input_size == (1, 32, 32)
+    assert m(torch.randn(1, 1, 32, 32)).shape == (1, 7)
+    methods = {getattr(mod, "method", None) for mod in m.modules()} - {None}
+    assert methods <= {"shift", "ibert"} or name == "mobilenetv2_ela"
+
+
+def test_unknown_model_and_bad_kwargs():
+    with pytest.raises(EdgeAttnError, match="unknown model 'resnet9'; valid models: .*fmvit_t"):
+        create_model("resnet9")
+    with pytest.raises(EdgeAttnError, match="fmvit_t.*unexpected keyword"):
+        create_model("fmvit_t", colour="red")
+    with pytest.raises(ValueError, match="img_size=30 must be divisible"):
+        create_model("vit_tiny", img_size=30)
+
+
+def test_count_macs_against_hand_count():
+    lin = nn.Linear(10, 7)
+    assert count_macs(lin, torch.randn(3, 10)) == 3 * 10 * 7
+    conv = nn.Conv2d(4, 6, 3, padding=1, groups=2)
+    assert count_macs(conv, torch.randn(1, 4, 5, 5)) == 6 * (4 // 2) * 9 * 25
+
+
+def test_fmvit_sizes_span_2m_to_25m_at_224():
+    params = {}
+    for size in "tsb":
+        deploy = edgeattn.reparameterize(create_model(f"fmvit_{size}"))
+        params[size] = count_params(deploy)
+    assert 1.8e6 <= params["t"] < params["s"] < params["b"] <= 25e6, params
+
+
+def test_mobilenetv2_matches_published_size():
+    m = create_model("mobilenetv2")
+    assert 3.45e6 <= count_params(edgeattn.reparameterize(m)) <= 3.55e6  # 3.4-3.5M published
+    assert 295e6 <= count_macs(m, torch.randn(1, 3, 224, 224)) <= 305e6  # ~300M MACs published
+
+
+def test_mobilenetv2_ela_placement_and_cost():
+    base, ela = create_model("mobilenetv2"), create_model("mobilenetv2_ela")
+    modules = [m for m in ela.modules() if isinstance(m, ELA)]
+    expanding = [b for b in ela.modules() if isinstance(b, InvertedResidual) and len(b.conv) == 4]
+    assert (
+        len(modules) == len(expanding) == 16
+    )  # every expanding inverted residual (t=6), none in the t=1 block
+    for block in expanding:  # expand 1x1, depthwise 3x3, ELA-L, project 1x1
+        dw, attn = block.conv[1].conv, block.conv[2]
+        assert dw.groups == dw.in_channels and isinstance(attn, ELA) and attn.variant == "L"
+        assert block.conv[3].conv.kernel_size == (1, 1)
+    extra = sum(56 * m.conv.in_channels + 2 * m.conv.in_channels for m in modules)  # ELA-L: 7*8 C + GN 2C
+    assert count_params(ela) - count_params(base) == extra
+
+
+def test_mobilenetv2_ulsam_placement_and_cost():
+    base, ul = create_model("mobilenetv2"), create_model("mobilenetv2_ulsam")
+    modules = [m for m in ul.modules() if isinstance(m, ULSAM)]
+    assert [m.channels for m in modules] == [96, 160, 160] and all(m.num_subspaces == 4 for m in modules)
+    conv_weights = sum(m.conv_dw.weight.numel() + m.conv_pw.weight.numel() for m in modules)
+    assert conv_weights == 2 * (96 + 160 + 160)  # 2m per module
+    per_module = [2 * m.channels + (m.channels + 4) + 2 * (m.channels + 4) for m in modules]  # + biases + BN
+    assert count_params(ul) - count_params(base) == sum(per_module)
+
+
+def test_tiny_llama_defaults():
+    m = create_model("tiny_llama")
+    assert (m.vocab_size, m.seq_len, m.dim, len(m.blocks)) == (256, 128, 128, 4)
+    blk = m.blocks[0]
+    for name in ("in_quant", "q_quant", "k_quant", "v_quant", "logits_probe", "attn_quant", "proj_in_quant"):
+        assert isinstance(getattr(blk.attn, name), nn.Identity)
+    assert isinstance(blk.mlp.in_quant, nn.Identity) and isinstance(blk.mlp.hidden_quant, nn.Identity)
+
+
+def test_cli_models_list_and_info(tmp_path, capsys):
+    out = tmp_path / "models.json"
+    assert main(["models", "list", "--img-size", "32", "--json", str(out)]) == 0
+    rows = {r["name"]: r for r in json.loads(out.read_text())}
+    assert set(rows) >= REQUIRED
+    # figures are the library's own counts
+    m = create_model("fmvit_t", img_size=32)
+    assert rows["fmvit_t"]["params_train"] == count_params(m)
+    assert rows["fmvit_t"]["macs"] == count_macs(edgeattn.reparameterize(m), torch.randn(1, 3, 32, 32))
+    assert rows["fmvit_t"]["macs"] < rows["fmvit_t"]["macs_train"]
+    assert rows["tiny_llama"]["input_shape"] == [1, 128] and rows["tiny_llama"]["input_dtype"] == "int64"
+    info = tmp_path / "info.json"
+    assert main(["models", "info", "mobilenetv2_ulsam", "--img-size", "32", "--json", str(info)]) == 0
+    assert json.loads(info.read_text())["params"] == rows["mobilenetv2_ulsam"]["params"]
+
+
+def test_cli_unknown_model_is_one_line_exit_2(capsys):
+    assert main(["models", "info", "resnet9"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "unknown model 'resnet9'" in err and "fmvit_t" in err
