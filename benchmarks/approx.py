@@ -12,20 +12,15 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-# Running a script puts its folder first on sys.path, where benchmarks/profile.py would shadow the standard
-# library's `profile` module that torch.export imports.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from edgeattn.approx import GELU_METHODS, SOFTMAX_METHODS  # noqa: E402
-from edgeattn.approx.onnx_lowering import approx_module, export_onnx  # noqa: E402
+from edgeattn.approx import GELU_METHODS, SOFTMAX_METHODS
+from edgeattn.approx.onnx_lowering import approx_module, export_onnx
 
 SHAPES = {"softmax": (1, 12, 197, 197), "gelu": (197, 3072)}
 

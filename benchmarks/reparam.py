@@ -26,18 +26,13 @@ import warnings
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
-# Running this file puts benchmarks/ first on sys.path, where benchmarks/profile.py would shadow the
-# standard library's `profile` (which torch._dynamo imports through cProfile): drop that entry.
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+import numpy as np
+import torch
+from torch import nn
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
-
-import edgeattn  # noqa: E402
-from edgeattn.cli._common import write_json  # noqa: E402
-from edgeattn.models import count_macs, count_params, create_model, example_input, list_models  # noqa: E402
+import edgeattn
+from edgeattn.cli._common import write_json
+from edgeattn.models import count_macs, count_params, create_model, example_input, list_models
 
 
 def _export(model: nn.Module, x: torch.Tensor, path: Path) -> None:

@@ -1,10 +1,128 @@
-"""`edgeattn profile` (placeholder until its issue lands)."""
+"""`edgeattn profile`: measure what exported artifacts really cost on this device, and where."""
 
 from __future__ import annotations
+
+from pathlib import Path
+
+import typer
 
 from edgeattn.errors import EdgeAttnError
 
 
-def profile() -> None:
-    """Not implemented yet."""
-    raise EdgeAttnError("'edgeattn profile' is not implemented yet", exit_code=1)
+def _parse_shapes(specs: list[str] | None) -> dict[str, list[int]]:
+    shapes: dict[str, list[int]] = {}
+    for spec in specs or []:
+        name, sep, dims = spec.partition("=")
+        try:
+            if not sep or not name:
+                raise ValueError
+            shapes[name] = [int(d) for d in dims.lower().split("x")]
+        except ValueError:
+            raise EdgeAttnError(f"--shape {spec!r} is not NAME=D0xD1x... (e.g. input=1x3x224x224)") from None
+    return shapes
+
+
+def profile(
+    artifacts: list[Path] = typer.Argument(
+        None, help="Artifacts to profile: .onnx, .xml (OpenVINO IR), .engine/.plan (TensorRT), .mlpackage."
+    ),
+    runtime: str = typer.Option(
+        "auto", "--runtime", "-r", help="auto|onnxruntime|openvino|tensorrt|coreml (auto: by file extension)."
+    ),
+    device: str = typer.Option(
+        None,
+        "--device",
+        "-d",
+        help="Device inside the runtime: CPU, GPU, NPU ... (default: CPU; GPU for TensorRT).",
+    ),
+    warmup: int = typer.Option(10, "--warmup", help="Untimed runs after the cold first inference."),
+    iters: int = typer.Option(None, "--iters", "-n", help="Timed runs per artifact (default 100)."),
+    seconds: float = typer.Option(None, "--seconds", "-t", help="Time the artifacts for S seconds in total."),
+    batch: int = typer.Option(
+        None, "--batch", "-b", help="Batch size (the artifact's batch dim must allow it)."
+    ),
+    threads: int = typer.Option(
+        None, "--threads", help="CPU threads the runtime may use (default: its own)."
+    ),
+    per_layer: bool = typer.Option(False, "--per-layer", help="Add the runtime's per-layer breakdown."),
+    layer_runs: int = typer.Option(
+        20, "--layer-runs", help="Profiled inferences the per-layer medians are taken over."
+    ),
+    hint: str = typer.Option("latency", "--hint", help="OpenVINO performance hint: latency|throughput|none."),
+    infer_precision: str = typer.Option(
+        None,
+        "--infer-precision",
+        help="OpenVINO precision of non-quantized ops: f32|bf16|f16 (default: device's).",
+    ),
+    shape: list[str] = typer.Option(None, "--shape", help="Input shape NAME=D0xD1x... (repeatable)."),
+    json_out: Path = typer.Option(None, "--json", help="Write the full report (schema v1) as JSON."),
+    plot: Path = typer.Option(None, "--plot", help="Write latency distributions / per-layer bars (PNG)."),
+    list_devices: bool = typer.Option(
+        False, "--list-devices", help="Show the runtimes and devices here, then exit."
+    ),
+) -> None:
+    """Profile artifacts on this machine: cold start, latency statistics, memory, MACs vs peak, per-layer.
+
+    Several artifacts are timed interleaved (A B A B ...) and reported side by side with ratios to the first.
+    Ctrl-C stops the timing and prints what was measured so far.
+    """
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from edgeattn.cli._common import console, write_json
+    from edgeattn.profile import list_devices as _list_devices
+    from edgeattn.profile import plot_report, profile_artifacts, render_devices, render_table
+
+    if list_devices:
+        rows = _list_devices()
+        render_devices(rows, console)
+        if json_out:
+            write_json(json_out, {"runtimes": rows})
+        return
+    if not artifacts:
+        raise EdgeAttnError("give at least one ARTIFACT to profile (or --list-devices)")
+    for p in (json_out, plot):
+        if p is not None and p.exists() and p.is_dir():
+            raise EdgeAttnError(f"output '{p}' is a directory")
+    shapes = _parse_shapes(shape)
+    labels = {"load": "loading", "warmup": "warm-up", "timed": "timed runs", "layers": "per-layer"}
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed:.0f}/{task.total:.0f}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    ) as bar:
+        tasks: dict[str, int] = {}
+
+        def progress(phase: str, done: float, total: float) -> None:
+            if phase not in tasks:
+                tasks[phase] = bar.add_task(labels.get(phase, phase), total=total)
+            bar.update(tasks[phase], completed=done, total=total)
+
+        report = profile_artifacts(
+            artifacts,
+            runtime=runtime,
+            device=device,
+            warmup=warmup,
+            iters=iters,
+            seconds=seconds,
+            batch=batch,
+            threads=threads,
+            per_layer=per_layer,
+            shapes=shapes,
+            hint=hint,
+            infer_precision=infer_precision,
+            layer_runs=layer_runs,
+            progress=progress,
+        )
+    render_table(report, console)
+    if json_out:
+        write_json(json_out, report)
+        console.print(f"wrote {json_out}")
+    if plot:
+        plot_report(report, plot)
+        console.print(f"wrote {plot}")
+    if report.interrupted:
+        console.print("[red]interrupted: the figures above are what was measured before Ctrl-C[/]")
+        raise typer.Exit(130)

@@ -1,0 +1,203 @@
+"""Per-layer breakdown in one schema for every runtime.
+
+Each runtime's own profiler is read and turned into :class:`~edgeattn.profile.schema.LayerRecord` rows:
+ONNX Runtime's profiling trace (``*_kernel_time`` node events), OpenVINO's per-node performance counters
+(with the kernel actually executed, e.g. ``jit_avx2_I8`` vs ``brgconv_avx2_f32``), TensorRT's
+``IProfiler`` layer times, and Core ML's compute plan (estimated relative cost, scaled to the measured
+median: marked ``estimated``).
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import re
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeattn.profile.schema import LayerBreakdown, LayerRecord
+
+_PRECISION_PATTERNS = (
+    ("int8", re.compile(r"(^|[_\W])(i8|u8|int8|uint8|i4|u4)($|[_\W])", re.I)),
+    ("bf16", re.compile(r"bf16", re.I)),
+    ("fp16", re.compile(r"(^|[_\W])(f16|fp16|float16|half)($|[_\W])", re.I)),
+    ("fp32", re.compile(r"(^|[_\W])(f32|fp32|float32|float)($|[_\W])", re.I)),
+)
+_INT_ONNX_OPS = {
+    "QLinearConv",
+    "QLinearMatMul",
+    "ConvInteger",
+    "MatMulInteger",
+    "QGemm",
+    "QLinearAdd",
+    "QLinearMul",
+    "QLinearSigmoid",
+    "QLinearAveragePool",
+    "QLinearGlobalAveragePool",
+}
+
+
+def precision_from_kernel(kernel: str) -> str:
+    """Execution precision in a kernel name (``jit_avx2_I8`` -> int8, ``brgemm_avx512_f32`` -> fp32)."""
+    for name, pattern in _PRECISION_PATTERNS:
+        if pattern.search(kernel):
+            return name
+    return "unknown"
+
+
+@dataclass
+class LayerAccumulator:
+    """Collects per-layer times over several profiled inferences, keeping first-seen order.
+
+    A layer's time is the median over the profiled inferences (a layer run several times in one
+    inference has its times summed for that inference first), so one stalled run, common on a busy
+    machine, does not skew the breakdown; the mean is kept as well.
+    """
+
+    runs: int = 0
+    wall_ms: list[float] = field(default_factory=list)  # end-to-end time of each profiled inference
+    _rows: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def timed(self, fn: Any) -> None:
+        """Call ``fn()`` (one profiled inference) and record its wall time."""
+        t0 = time.perf_counter_ns()
+        fn()
+        self.wall_ms.append((time.perf_counter_ns() - t0) / 1e6)
+
+    def add(
+        self,
+        name: str,
+        op_type: str,
+        kernel: str,
+        precision: str,
+        device: str,
+        ms: float,
+        estimated: bool = False,
+        run: int | None = None,
+    ) -> None:
+        """Add ``ms`` to layer ``name`` for inference ``run`` (default: the current one, ``self.runs``)."""
+        row = self._rows.setdefault(
+            name,
+            {
+                "meta": {
+                    "name": name,
+                    "op_type": op_type,
+                    "kernel": kernel,
+                    "precision": precision,
+                    "device": device,
+                    "estimated": estimated,
+                },
+                "times": {},
+            },
+        )
+        key = self.runs if run is None else run
+        row["times"][key] = row["times"].get(key, 0.0) + ms
+
+    def breakdown(self, source: str, end_to_end_p50_ms: float) -> LayerBreakdown:
+        """Median (and mean) per inference of every layer, as a :class:`LayerBreakdown`."""
+        runs = max(self.runs, 1)
+        rows = []
+        for r in self._rows.values():
+            times = list(r["times"].values())
+            # a layer missing from some inferences counts 0 there
+            full = times + [0.0] * max(0, runs - len(times))
+            rows.append(dict(r["meta"], time_ms=float(np.median(full)), mean_ms=float(np.mean(full))))
+        total = sum(r["time_ms"] for r in rows)
+        layers = [LayerRecord(**r, share=(r["time_ms"] / total if total else 0.0)) for r in rows]
+        by_op: dict[str, float] = {}
+        by_prec: dict[str, float] = {}
+        for layer in layers:
+            by_op[layer.op_type] = by_op.get(layer.op_type, 0.0) + layer.time_ms
+            by_prec[layer.precision] = by_prec.get(layer.precision, 0.0) + layer.time_ms
+        profiled = float(np.median(self.wall_ms)) if self.wall_ms else None
+        coverage = None
+        if self.wall_ms and len(self.wall_ms) == self.runs:
+            # per inference: what its layers add up to over its own wall time (robust to other runs' stalls)
+            per_run = [
+                sum(r["times"].get(k, 0.0) for r in self._rows.values()) / wall
+                for k, wall in enumerate(self.wall_ms)
+                if wall > 0
+            ]
+            coverage = float(np.median(per_run)) if per_run else None
+        return LayerBreakdown(
+            source=source,
+            runs=self.runs,
+            layers=layers,
+            total_ms=total,
+            end_to_end_p50_ms=end_to_end_p50_ms,
+            sum_over_end_to_end=(total / end_to_end_p50_ms) if end_to_end_p50_ms > 0 else 0.0,
+            profiled_p50_ms=profiled,
+            sum_over_profiled=(total / profiled) if profiled else None,
+            per_run_coverage=coverage,
+            by_op_type=dict(sorted(by_op.items(), key=lambda kv: -kv[1])),
+            by_precision=dict(sorted(by_prec.items(), key=lambda kv: -kv[1])),
+        )
+
+
+def _onnx_event_precision(op_name: str, args: dict[str, Any]) -> str:
+    if op_name in _INT_ONNX_OPS:
+        return "int8"
+    for entry in args.get("input_type_shape", [])[:1]:
+        for dtype in entry:
+            if dtype in ("int8", "uint8"):
+                return "int8"
+            if dtype == "float16":
+                return "fp16"
+            if dtype == "float":
+                return "fp32"
+    return "unknown"
+
+
+def read_ort_trace(path: str | Path, acc: LayerAccumulator, skip_runs: int = 0) -> int:
+    """Add the node times of an ONNX Runtime profiling trace to ``acc``; returns the runs it held.
+
+    Node events are named ``<node>_kernel_time`` (category ``Node``); runs are delimited by the
+    ``model_run`` session events. The first ``skip_runs`` runs are ignored (warm-up inside the trace).
+    """
+    events = json.loads(Path(path).read_text())
+    run_ends = sorted(
+        e["ts"] + e["dur"] for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"
+    )
+    if not run_ends:
+        return 0
+    start_ts = run_ends[skip_runs - 1] if skip_runs else -1
+    used = len(run_ends) - skip_runs
+    base = acc.runs
+    for e in events:
+        if e.get("cat") != "Node" or not e.get("name", "").endswith("_kernel_time") or e["ts"] <= start_ts:
+            continue
+        args = e.get("args", {})
+        op = args.get("op_name", "?")
+        provider = args.get("provider", "")
+        run = bisect.bisect_left(run_ends, e["ts"]) - skip_runs  # the model_run this node event ends in
+        acc.add(
+            e["name"][: -len("_kernel_time")],
+            op,
+            f"{op} ({provider.replace('ExecutionProvider', '')})",
+            _onnx_event_precision(op, args),
+            provider,
+            e["dur"] / 1000.0,
+            run=base + run,
+        )
+    acc.runs += used
+    return used
+
+
+def add_openvino_counters(infos: Iterable[Any], acc: LayerAccumulator, device: str) -> None:
+    """Add one inference's OpenVINO ``ProfilingInfo`` list (``request.profiling_info``) to ``acc``.
+
+    Nodes that were not run or were fused away (``status`` other than EXECUTED) are left out.
+    """
+    for info in infos:
+        if str(info.status).rsplit(".", 1)[-1] != "EXECUTED":
+            continue
+        ms = info.real_time.total_seconds() * 1000.0
+        acc.add(
+            info.node_name, info.node_type, info.exec_type, precision_from_kernel(info.exec_type), device, ms
+        )
+    acc.runs += 1

@@ -1,0 +1,272 @@
+"""The timing loop: cold start, warm-up, interleaved timed runs, statistics, efficiency, per-layer.
+
+Several artifacts are timed in alternation (A B A B ...): each turn runs one artifact for a block of
+inferences (sized so a turn lasts about ``turn_ms``), so slow drifts of the machine's speed (thermal,
+other tenants) hit every artifact alike and the ratios stay fair. Python's garbage collector is paused
+during timed runs (as :mod:`timeit` does) so its pauses are not charged to the model.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from edgeattn.errors import EdgeAttnError
+from edgeattn.profile import system
+from edgeattn.profile.runners import Runner, open_runner
+from edgeattn.profile.schema import ArtifactResult, Efficiency, LatencyStats, ProfileReport
+
+ProgressFn = Callable[[str, float, float], None]
+"""``progress(phase, completed, total)``; phases: 'load', 'warmup', 'timed', 'layers'."""
+
+DEFAULT_ITERS = 100
+
+
+def latency_stats(samples_ms: Sequence[float], batch: int) -> LatencyStats:
+    """Mean, std (ddof=1), min, max, p50/p90/p99 (linear interpolation) and throughput of ``samples_ms``."""
+    if not samples_ms:
+        raise ValueError("no samples")
+    a = np.asarray(samples_ms, dtype=np.float64)
+    mean = float(a.mean())
+    return LatencyStats(
+        count=int(a.size),
+        mean_ms=mean,
+        std_ms=float(a.std(ddof=1)) if a.size > 1 else 0.0,
+        min_ms=float(a.min()),
+        max_ms=float(a.max()),
+        p50_ms=float(np.percentile(a, 50)),
+        p90_ms=float(np.percentile(a, 90)),
+        p99_ms=float(np.percentile(a, 99)),
+        throughput=batch * 1000.0 / mean if mean > 0 else math.inf,
+    )
+
+
+def _timed(runner: Runner) -> float:
+    t0 = time.perf_counter_ns()
+    runner.run()
+    return (time.perf_counter_ns() - t0) / 1e6
+
+
+def interleave(
+    runners: Sequence[Runner],
+    iters: int | None,
+    seconds: float | None,
+    block: Sequence[int],
+    progress: ProgressFn | None = None,
+) -> tuple[list[list[float]], bool]:
+    """Timed runs in turns: runner 0 for ``block[0]`` runs, runner 1 for ``block[1]`` ..., repeated.
+
+    Stops when every runner has ``iters`` samples, or after ``seconds`` of wall time (at least one full
+    round). Returns the samples per runner and whether Ctrl-C interrupted the loop (samples so far kept).
+    """
+    samples: list[list[float]] = [[] for _ in runners]
+    start = time.perf_counter()
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        while True:
+            for i, runner in enumerate(runners):
+                n = block[i] if iters is None else min(block[i], iters - len(samples[i]))
+                for _ in range(n):
+                    samples[i].append(_timed(runner))
+            elapsed = time.perf_counter() - start
+            if iters is not None:
+                done = min(len(s) for s in samples)
+                if progress:
+                    progress("timed", done, iters)
+                if done >= iters:
+                    break
+            else:
+                if progress:
+                    progress("timed", min(elapsed, seconds), seconds)
+                if elapsed >= seconds:
+                    break
+    except KeyboardInterrupt:
+        return samples, True
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    return samples, False
+
+
+def _label(paths: Sequence[Path]) -> list[str]:
+    names = [p.name for p in paths]
+    if len(set(names)) == len(names):
+        return names
+    return [str(p) for p in paths]
+
+
+def profile_artifacts(
+    paths: Sequence[str | Path],
+    runtime: str = "auto",
+    device: str | None = None,
+    warmup: int = 10,
+    iters: int | None = None,
+    seconds: float | None = None,
+    batch: int | None = None,
+    threads: int | None = None,
+    per_layer: bool = False,
+    shapes: Mapping[str, Sequence[int]] | None = None,
+    hint: str = "latency",
+    infer_precision: str | None = None,
+    layer_runs: int = 20,
+    turn_ms: float = 25.0,
+    keep_samples: bool = True,
+    progress: ProgressFn | None = None,
+) -> ProfileReport:
+    """Profile one or more artifacts on this machine and return a :class:`ProfileReport`.
+
+    Per artifact: load time, the cold first inference, ``warmup`` untimed runs, then timed runs
+    (``iters`` each, or for ``seconds`` in total; default ``DEFAULT_ITERS``), interleaved across artifacts.
+    ``per_layer`` adds the runtime's own per-layer breakdown over ``layer_runs`` extra inferences.
+    Ctrl-C during warm-up or timing returns the results measured so far with ``interrupted=True``.
+    """
+    if not paths:
+        raise EdgeAttnError("give at least one artifact to profile")
+    if iters is not None and seconds is not None:
+        raise EdgeAttnError("give either --iters or --seconds, not both")
+    if iters is not None and iters < 1:
+        raise EdgeAttnError(f"--iters must be >= 1, got {iters}")
+    if seconds is not None and seconds <= 0:
+        raise EdgeAttnError(f"--seconds must be > 0, got {seconds}")
+    if warmup < 0:
+        raise EdgeAttnError(f"--warmup must be >= 0, got {warmup}")
+    if iters is None and seconds is None:
+        iters = DEFAULT_ITERS
+    paths = [Path(p) for p in paths]
+    sysrec = system.system_record()
+    runners: list[Runner] = []
+    load_ms: list[float] = []
+    rss_growth: list[float] = []
+    cold_ms: list[float] = []
+    interrupted = False
+    try:
+        for k, path in enumerate(paths):
+            if progress:
+                progress("load", k, len(paths))
+            rss0 = system.current_rss_mb()
+            t0 = time.perf_counter_ns()
+            runners.append(
+                open_runner(
+                    path,
+                    runtime,
+                    device,
+                    threads,
+                    batch,
+                    shapes,
+                    hint,
+                    ort_spinning=len(paths) == 1,
+                    infer_precision=infer_precision,
+                )
+            )
+            load_ms.append((time.perf_counter_ns() - t0) / 1e6)
+            cold_ms.append(_timed(runners[-1]))  # the first inference: lazy allocations, kernel JIT, caches
+            rss_growth.append(system.current_rss_mb() - rss0)
+        if progress:
+            progress("load", len(paths), len(paths))
+        est: list[float] = []
+        try:
+            for k, runner in enumerate(runners):
+                times = [_timed(runner) for _ in range(warmup)]
+                est.append(float(np.median(times[len(times) // 2 :])) if times else cold_ms[k])
+                if progress:
+                    progress("warmup", k + 1, len(runners))
+            # A turn of ~turn_ms per artifact. A single artifact runs back to back anyway; its turns only
+            # pace the progress updates, so they can be longer.
+            turn = turn_ms if len(runners) > 1 else 8 * turn_ms
+            block = [max(1, min(1000, round(turn / max(e, 1e-3)))) for e in est]
+            samples, interrupted = interleave(runners, iters, seconds, block, progress)
+        except KeyboardInterrupt:
+            interrupted = True
+            samples = [[] for _ in runners]
+            block = [1 for _ in runners]
+        results: list[ArtifactResult] = []
+        labels = _label(paths)
+        eff_batch = batch or 1
+        for k, runner in enumerate(runners):
+            stats = latency_stats(samples[k], eff_batch) if samples[k] else None
+            macs, macs_source = runner.macs()
+            peak, formula = system.peak_gmacs(runner.compute_precision, threads)
+            eff = Efficiency(
+                macs=macs,
+                macs_source=macs_source,
+                peak_gmacs=peak,
+                peak_precision=runner.compute_precision,
+                peak_formula=formula,
+            )
+            if stats and macs:
+                eff.achieved_gmacs = macs / (stats.p50_ms * 1e-3) / 1e9
+                eff.fraction_of_peak = eff.achieved_gmacs / peak if peak else None
+                if eff.fraction_of_peak is not None and eff.fraction_of_peak > 1:
+                    eff.note = (
+                        "achieved GMAC/s exceed the computed peak: the cores ran faster than the clock "
+                        f"used ({formula.split(' x ')[-1]}) or the kernels compute fewer MACs than the "
+                        "graph (e.g. Winograd)"
+                    )
+            results.append(
+                ArtifactResult(
+                    artifact=str(paths[k]),
+                    label=labels[k],
+                    runtime=runner.runtime,
+                    runtime_version=runner.version,
+                    device=runner.device,
+                    precision=runner.precision,
+                    input_shapes=runner.input_shapes,
+                    settings=runner.settings,
+                    load_ms=load_ms[k],
+                    cold_ms=cold_ms[k],
+                    warmup=warmup,
+                    latency=stats,
+                    efficiency=eff,
+                    rss_after_load_mb=rss_growth[k],
+                    samples_ms=samples[k] if keep_samples else [],
+                )
+            )
+        first = results[0].latency
+        for r in results:
+            if first and r.latency:
+                r.ratio_to_first = r.latency.p50_ms / first.p50_ms
+        if per_layer and not interrupted:
+            try:
+                for k, runner in enumerate(runners):
+                    if progress:
+                        progress("layers", k, len(runners))
+                    p50 = results[k].latency.p50_ms if results[k].latency else 0.0
+                    results[k].layers = runner.profile_layers(layer_runs, p50)
+                if progress:
+                    progress("layers", len(runners), len(runners))
+            except KeyboardInterrupt:
+                interrupted = True
+    finally:
+        for runner in runners:
+            runner.close()
+    return ProfileReport(
+        created_utc=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        system=sysrec,
+        settings={
+            "runtime": runtime,
+            "device": device,
+            "warmup": warmup,
+            "iters": iters,
+            "seconds": seconds,
+            "batch": eff_batch,
+            "threads": threads,
+            "hint": hint,
+            "infer_precision": infer_precision,
+            "per_layer": per_layer,
+            "layer_runs": layer_runs,
+            "block": block,
+            "gc_disabled_while_timing": True,
+        },
+        interleaved=len(runners) > 1,
+        interrupted=interrupted,
+        peak_rss_mb=system.peak_rss_mb(),
+        load_average_end=system.load_average(),
+        results=results,
+    )

@@ -1,0 +1,87 @@
+"""Figures of a report: per-artifact latency distributions and per-layer stacked bars (by op type)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from edgeattn.profile.schema import ProfileReport
+
+
+def plot_report(report: ProfileReport, path: str | Path, top_ops: int = 8) -> Path:
+    """Write a PNG (or any matplotlib format, by suffix) of ``report`` atomically; returns the path.
+
+    Left: latency distribution of every artifact (box + individual runs), with p50 and the ratio to the
+    first artifact. Right (when per-layer data exists): one stacked bar per artifact, time per op type.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    with_layers = any(r.layers for r in report.results)
+    fig, axes = plt.subplots(
+        1, 2 if with_layers else 1, figsize=(12 if with_layers else 7, 4.5), squeeze=False
+    )
+    ax = axes[0][0]
+    data = [r.samples_ms or ([r.latency.p50_ms] if r.latency else [0.0]) for r in report.results]
+    labels = [r.label for r in report.results]
+    ax.boxplot(data, showfliers=False)
+    ax.set_xticks(range(1, len(labels) + 1), labels, rotation=20, ha="right", fontsize=8)
+    for i, (r, d) in enumerate(zip(report.results, data, strict=True), start=1):
+        ax.scatter([i] * len(d), d, s=3, alpha=0.3)
+        if r.latency:
+            ratio = f" (x{r.ratio_to_first:.2f})" if r.ratio_to_first is not None and i > 1 else ""
+            ax.annotate(
+                f"p50 {r.latency.p50_ms:.3f}{ratio}",
+                (i, r.latency.p50_ms),
+                fontsize=7,
+                xytext=(6, 0),
+                textcoords="offset points",
+            )
+    ax.set_ylabel("latency per inference (ms)")
+    ax.set_title("Latency distribution" + (" (interleaved)" if report.interleaved else ""))
+    if with_layers:
+        ax2 = axes[0][1]
+        totals: dict[str, float] = {}
+        for r in report.results:
+            for op, ms in (r.layers.by_op_type if r.layers else {}).items():
+                totals[op] = totals.get(op, 0.0) + ms
+        ops = [op for op, _ in sorted(totals.items(), key=lambda kv: -kv[1])[:top_ops]]
+        bottoms = [0.0] * len(report.results)
+        for op in [*ops, "other"]:
+            heights = []
+            for r in report.results:
+                by = r.layers.by_op_type if r.layers else {}
+                heights.append(
+                    sum(v for k, v in by.items() if k not in ops) if op == "other" else by.get(op, 0.0)
+                )
+            ax2.bar(range(len(labels)), heights, bottom=bottoms, label=op)
+            bottoms = [b + h for b, h in zip(bottoms, heights, strict=True)]
+        # the end-to-end median beside the stacked per-layer sum shows how well the layers add up
+        e2e = [r.layers.end_to_end_p50_ms if r.layers else 0.0 for r in report.results]
+        ax2.scatter(
+            range(len(labels)), e2e, marker="_", s=900, color="black", label="end-to-end p50", zorder=3
+        )
+        ax2.set_xticks(range(len(labels)), labels, rotation=20, ha="right", fontsize=8)
+        ax2.set_ylabel("per-layer time per inference (ms)")
+        ax2.set_title("Per-layer breakdown by op type")
+        ax2.legend(fontsize=7)
+    fig.suptitle(
+        f"{report.system.cpu_model}, {report.settings.get('threads') or 'default'} threads", fontsize=9
+    )
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix or ".png")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=120)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    finally:
+        plt.close(fig)
+    return path

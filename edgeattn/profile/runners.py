@@ -1,0 +1,783 @@
+"""One runner per runtime: load an artifact, feed it fixed random inputs, run one inference at a time.
+
+Runners share one small interface (:class:`Runner`) used by the timing loop in
+:mod:`edgeattn.profile.measure`: ``run()`` does exactly one synchronous inference with inputs bound once at
+load time, so the loop times the runtime and not input preparation. ``profile_layers()`` runs the
+runtime's own per-layer profiler on a separate session/compiled model, so the timed runs are never slowed
+by profiling instrumentation.
+
+Runtimes: ONNX Runtime (``.onnx``), OpenVINO (``.xml`` IR, or ``.onnx`` with ``--runtime openvino``),
+TensorRT (``.engine``/``.plan``, when ``tensorrt`` and a CUDA torch import), Core ML
+(``.mlpackage``/``.mlmodel``, predictions on macOS only).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import platform
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeattn.errors import EdgeAttnError, MissingBackendError
+from edgeattn.profile import layers as L
+from edgeattn.profile.schema import LayerBreakdown
+
+RUNTIMES = ("onnxruntime", "openvino", "tensorrt", "coreml")
+_EXTENSIONS = {
+    ".onnx": "onnxruntime",
+    ".xml": "openvino",
+    ".engine": "tensorrt",
+    ".plan": "tensorrt",
+    ".trt": "tensorrt",
+    ".mlpackage": "coreml",
+    ".mlmodel": "coreml",
+}
+_PACKAGES = {
+    "onnxruntime": ("onnxruntime", "pip install onnxruntime"),
+    "openvino": ("openvino", "pip install openvino"),
+    "tensorrt": ("tensorrt", "install TensorRT for this GPU (pip install tensorrt, or JetPack on Jetson)"),
+    "coreml": ("coremltools", "pip install coremltools (predictions need macOS)"),
+}
+# ONNX Runtime devices (as the user names them) -> execution provider.
+_ORT_DEVICES = {
+    "CPU": "CPUExecutionProvider",
+    "GPU": "CUDAExecutionProvider",
+    "CUDA": "CUDAExecutionProvider",
+    "TENSORRT": "TensorrtExecutionProvider",
+    "DML": "DmlExecutionProvider",
+    "OPENVINO": "OpenVINOExecutionProvider",
+    "COREML": "CoreMLExecutionProvider",
+    "ANE": "CoreMLExecutionProvider",
+    "ROCM": "ROCMExecutionProvider",
+    "NPU": "QNNExecutionProvider",
+}
+_COREML_UNITS = {
+    "ALL": "ALL",
+    "CPU": "CPU_ONLY",
+    "GPU": "CPU_AND_GPU",
+    "NPU": "CPU_AND_NE",
+    "ANE": "CPU_AND_NE",
+}
+
+
+def runtime_for(path: str | Path, runtime: str = "auto") -> str:
+    """The runtime that runs ``path``: ``runtime`` itself, or picked by the file extension for ``auto``."""
+    if runtime != "auto":
+        if runtime not in RUNTIMES:
+            raise EdgeAttnError(
+                f"--runtime {runtime!r} is not known; choose one of auto, {', '.join(RUNTIMES)}"
+            )
+        return runtime
+    suffix = Path(path).suffix.lower()
+    if suffix not in _EXTENSIONS:
+        raise EdgeAttnError(
+            f"cannot tell the runtime of '{path}' from its extension; expected one of "
+            f"{', '.join(sorted(_EXTENSIONS))} or pass --runtime"
+        )
+    return _EXTENSIONS[suffix]
+
+
+def require_runtime(runtime: str) -> None:
+    """Raise :class:`MissingBackendError` (naming what to install) if ``runtime`` cannot be imported."""
+    module, how = _PACKAGES[runtime]
+    if importlib.util.find_spec(module) is None:
+        raise MissingBackendError(f"runtime '{runtime}' is not installed: {how}")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:300] if text else type(exc).__name__
+
+
+def resolve_shape(
+    name: str, dims: Sequence[int | None], batch: int | None, override: Sequence[int] | None, artifact: str
+) -> list[int]:
+    """Concrete input shape: ``override`` if given, else ``dims`` with the batch (first) dim set to ``batch``.
+
+    A static dimension that differs from what is asked is an error naming the artifact and the input.
+    Dynamic (None) dims other than the batch must be given with ``--shape``.
+    """
+    if override is not None:
+        override = [int(d) for d in override]
+        if len(override) != len(dims) or any(
+            d is not None and d != o for d, o in zip(dims, override, strict=True)
+        ):
+            raise EdgeAttnError(
+                f"'{artifact}' cannot take input '{name}' of shape {override}: it takes {_fmt_dims(dims)}"
+            )
+        return override
+    shape: list[int] = []
+    for i, d in enumerate(dims):
+        if i == 0 and batch is not None:
+            if d is not None and d != batch:
+                raise EdgeAttnError(
+                    f"'{artifact}' cannot take --batch {batch}: input '{name}' has a fixed batch of {d} "
+                    f"(shape {_fmt_dims(dims)}); export it with a dynamic batch"
+                )
+            shape.append(batch)
+        elif d is None:
+            if i == 0:
+                shape.append(1)
+            else:
+                raise EdgeAttnError(
+                    f"input '{name}' of '{artifact}' has a dynamic dimension {i} ({_fmt_dims(dims)}); "
+                    f"give its shape with --shape {name}=D0xD1x..."
+                )
+        else:
+            shape.append(int(d))
+    return shape
+
+
+def _fmt_dims(dims: Sequence[int | None]) -> str:
+    return "[" + ", ".join("?" if d is None else str(d) for d in dims) + "]"
+
+
+def make_input(shape: Sequence[int], dtype: np.dtype, seed: int) -> np.ndarray:
+    """Fixed random input: standard normal for floats, 0/1 for integers (valid token ids and indices)."""
+    rng = np.random.default_rng(seed)
+    dtype = np.dtype(dtype)
+    if np.issubdtype(dtype, np.floating):
+        return rng.standard_normal(shape).astype(dtype)
+    if dtype == np.bool_:
+        return np.ones(shape, dtype=dtype)
+    return rng.integers(0, 2, size=shape).astype(dtype)
+
+
+class Runner:
+    """One loaded artifact ready to run. Subclasses set the attributes below in ``__init__``."""
+
+    runtime: str = ""
+    version: str = ""
+    device: str = "CPU"
+    precision: str = "fp32"
+    compute_precision: str = "fp32"
+    input_shapes: dict[str, list[int]]
+    settings: dict[str, Any]
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.input_shapes = {}
+        self.settings = {}
+
+    def run(self) -> None:
+        """One synchronous inference on the bound inputs."""
+        raise NotImplementedError
+
+    def macs(self) -> tuple[int | None, str]:
+        """MACs of one inference (None if they cannot be counted) and how they were counted."""
+        return None, "not countable for this artifact"
+
+    def profile_layers(self, runs: int, end_to_end_p50_ms: float) -> LayerBreakdown:
+        """Run the runtime's per-layer profiler for ``runs`` inferences and return the breakdown."""
+        raise EdgeAttnError(f"per-layer profiling is not available for runtime '{self.runtime}'")
+
+    def close(self) -> None:
+        """Release the runtime objects."""
+
+
+def _sibling_onnx_macs(path: Path, shapes: Mapping[str, Sequence[int]]) -> tuple[int | None, str]:
+    onnx_path = path.with_suffix(".onnx")
+    if not onnx_path.exists():
+        return None, f"no ONNX beside {path.name} to count MACs from"
+    import onnx
+
+    from edgeattn.profile.macs import onnx_macs
+
+    macs, unresolved = onnx_macs(onnx.load(str(onnx_path), load_external_data=False), shapes)
+    note = f" ({unresolved} ops with unresolved shapes not counted)" if unresolved else ""
+    return macs, f"ONNX graph beside the artifact ({onnx_path.name}){note}"
+
+
+class OrtRunner(Runner):
+    """ONNX Runtime InferenceSession, sequential execution, ``threads`` intra-op threads."""
+
+    runtime = "onnxruntime"
+
+    def __init__(
+        self,
+        path: Path,
+        device: str,
+        threads: int | None,
+        batch: int | None,
+        shapes: Mapping[str, Sequence[int]] | None,
+        spin: bool = True,
+    ) -> None:
+        super().__init__(path)
+        import onnx
+        import onnxruntime as ort
+
+        self._ort = ort
+        self.version = ort.__version__
+        self.device = device.upper()
+        available = ort.get_available_providers()
+        provider = _ORT_DEVICES.get(self.device)
+        if provider is None or provider not in available:
+            have = sorted({d for d, p in _ORT_DEVICES.items() if p in available})
+            raise EdgeAttnError(
+                f"--device {device} is not available in onnxruntime here; it has: {', '.join(have)} "
+                f"(providers: {', '.join(available)})"
+            )
+        self._provider = provider
+        self._threads = threads
+        self._spin = spin
+        try:
+            self._model = onnx.load(str(path), load_external_data=False)
+            self.session = ort.InferenceSession(str(path), self._options(), providers=[provider])
+        except Exception as exc:  # onnx/ORT raise many types for corrupt files
+            raise EdgeAttnError(f"cannot load '{path}' with onnxruntime: {_first_line(exc)}") from exc
+        from edgeattn.profile.macs import onnx_precision
+
+        self.precision = onnx_precision(self._model)
+        self.compute_precision = self.precision
+        self.feeds: dict[str, np.ndarray] = {}
+        for i, inp in enumerate(self.session.get_inputs()):
+            dims = [d if isinstance(d, int) and d > 0 else None for d in inp.shape]
+            shape = resolve_shape(inp.name, dims, batch, (shapes or {}).get(inp.name), str(path))
+            dtype = _ORT_TYPES.get(inp.type)
+            if dtype is None:
+                raise EdgeAttnError(
+                    f"input '{inp.name}' of '{path}' has type {inp.type}, which the profiler cannot feed"
+                )
+            self.input_shapes[inp.name] = shape
+            self.feeds[inp.name] = make_input(shape, dtype, seed=i)
+        self.settings = {
+            "provider": provider,
+            "intra_op_num_threads": threads or "default (physical cores)",
+            "execution_mode": "sequential",
+            "graph_optimization_level": "ORT_ENABLE_ALL",
+            "allow_spinning": spin,
+        }
+
+    def _options(self, profile_prefix: str | None = None) -> Any:
+        so = self._ort.SessionOptions()
+        if self._threads:
+            so.intra_op_num_threads = self._threads
+        so.inter_op_num_threads = 1
+        so.execution_mode = self._ort.ExecutionMode.ORT_SEQUENTIAL
+        so.log_severity_level = 3
+        if not self._spin:  # idle worker threads would otherwise spin and steal cores from the next artifact
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        if profile_prefix:
+            so.enable_profiling = True
+            so.profile_file_prefix = profile_prefix
+        return so
+
+    def run(self) -> None:
+        try:
+            self.session.run(None, self.feeds)
+        except self._ort.capi.onnxruntime_pybind11_state.Fail as exc:
+            raise EdgeAttnError(
+                f"'{self.path}' failed to run on inputs {self.input_shapes}: {_first_line(exc)}"
+            ) from exc
+        except self._ort.capi.onnxruntime_pybind11_state.InvalidArgument as exc:
+            raise EdgeAttnError(
+                f"'{self.path}' cannot take inputs {self.input_shapes}: {_first_line(exc)}"
+            ) from exc
+
+    def macs(self) -> tuple[int | None, str]:
+        from edgeattn.profile.macs import onnx_macs
+
+        macs, unresolved = onnx_macs(self._model, self.input_shapes)
+        note = f" ({unresolved} ops with unresolved shapes not counted)" if unresolved else ""
+        return macs, "ONNX graph: Conv/Gemm/MatMul (+integer/QLinear forms) after shape inference" + note
+
+    def profile_layers(self, runs: int, end_to_end_p50_ms: float) -> LayerBreakdown:
+        warm = 2
+        with tempfile.TemporaryDirectory(prefix="edgeattn-ortprof-") as tmp:
+            sess = self._ort.InferenceSession(
+                str(self.path), self._options(str(Path(tmp) / "ort")), providers=[self._provider]
+            )
+            acc = L.LayerAccumulator()
+            for i in range(warm + runs):
+                if i < warm:
+                    sess.run(None, self.feeds)
+                else:
+                    acc.timed(lambda: sess.run(None, self.feeds))
+            trace = sess.end_profiling()
+            L.read_ort_trace(trace, acc, skip_runs=warm)
+        return acc.breakdown("onnxruntime profiler (node *_kernel_time events)", end_to_end_p50_ms)
+
+    def close(self) -> None:
+        self.session = None
+
+
+_ORT_TYPES = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(double)": np.float64,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+    "tensor(int8)": np.int8,
+    "tensor(uint8)": np.uint8,
+    "tensor(bool)": np.bool_,
+}
+
+
+class OpenVINORunner(Runner):
+    """OpenVINO compiled model, one infer request; ``hint`` latency/throughput/none as in benchmark_app."""
+
+    runtime = "openvino"
+
+    def __init__(
+        self,
+        path: Path,
+        device: str,
+        threads: int | None,
+        batch: int | None,
+        shapes: Mapping[str, Sequence[int]] | None,
+        hint: str = "latency",
+        infer_precision: str | None = None,
+    ) -> None:
+        super().__init__(path)
+        import openvino as ov
+
+        self._ov = ov
+        self.version = ov.__version__.split("-")[0]
+        self.core = ov.Core()
+        self.device = device.upper()
+        available = self.core.available_devices
+        virtual = self.device.split(":")[0] in (
+            "AUTO",
+            "HETERO",
+            "MULTI",
+            "BATCH",
+        )  # plugins over real devices
+        if not virtual and self.device.split(".")[0] not in {d.split(".")[0] for d in available}:
+            raise EdgeAttnError(
+                f"--device {device} is not available in openvino here; it has: {', '.join(available)}"
+            )
+        if path.suffix.lower() == ".xml" and not path.with_suffix(".bin").exists():
+            raise EdgeAttnError(
+                f"OpenVINO IR '{path}' has no weights file beside it ({path.with_suffix('.bin').name})"
+            )
+        try:
+            model = self.core.read_model(str(path))
+        except Exception as exc:
+            raise EdgeAttnError(f"cannot load '{path}' with openvino: {_first_line(exc)}") from exc
+        new_shapes: dict[str, list[int]] = {}
+        for inp in model.inputs:
+            name = inp.get_any_name()
+            pshape = inp.get_partial_shape()
+            dims = [d.get_length() if d.is_static else None for d in pshape]
+            new_shapes[name] = resolve_shape(name, dims, batch, (shapes or {}).get(name), str(path))
+        if any(not inp.get_partial_shape().is_static for inp in model.inputs):
+            try:
+                model.reshape({name: ov.PartialShape(s) for name, s in new_shapes.items()})
+            except Exception as exc:
+                raise EdgeAttnError(
+                    f"'{path}' cannot take input shapes {new_shapes}: {_first_line(exc)}"
+                ) from exc
+        self.model = model
+        from edgeattn.profile.macs import openvino_precision
+
+        self.precision = openvino_precision(model)
+        self.input_shapes = new_shapes
+        self._config = self._make_config(hint, threads, infer_precision)
+        self._hint = hint
+        try:
+            self.compiled = self.core.compile_model(model, self.device, self._config)
+        except Exception as exc:
+            raise EdgeAttnError(
+                f"openvino cannot compile '{path}' for {self.device}: {_first_line(exc)}"
+            ) from exc
+        self.request, self._inputs = self._bind(self.compiled)
+        infer_prec = self._prop("INFERENCE_PRECISION_HINT")
+        self.compute_precision = "int8" if self.precision == "int8" else _ov_precision_name(infer_prec)
+        self.settings = {
+            "hint": hint,
+            "config": {k: str(v) for k, v in self._config.items()},
+            "PERFORMANCE_HINT": str(self._prop("PERFORMANCE_HINT")),
+            "NUM_STREAMS": str(self._prop("NUM_STREAMS")),
+            "INFERENCE_NUM_THREADS": str(self._prop("INFERENCE_NUM_THREADS")),
+            "INFERENCE_PRECISION_HINT": _ov_precision_name(infer_prec),
+            "api": "sync, one infer request",
+        }
+
+    def _prop(self, name: str) -> Any:
+        try:
+            return self.compiled.get_property(name)
+        except Exception:  # not every device reports every property
+            return None
+
+    @staticmethod
+    def _make_config(hint: str, threads: int | None, infer_precision: str | None = None) -> dict[str, Any]:
+        hint = hint.lower()
+        if hint not in ("latency", "throughput", "none"):
+            raise EdgeAttnError(f"--hint {hint!r} is not known; choose latency, throughput or none")
+        config: dict[str, Any] = {}
+        if hint == "none":
+            config["NUM_STREAMS"] = "1"  # benchmark_app's -hint none -nstreams 1
+        else:
+            config["PERFORMANCE_HINT"] = hint.upper()
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = int(threads)
+        if infer_precision:
+            if infer_precision not in ("f32", "bf16", "f16"):
+                raise EdgeAttnError(
+                    f"--infer-precision {infer_precision!r} is not known; choose f32, bf16 or f16"
+                )
+            # precision of the non-quantized ops; the CPU plugin's default is bf16 where the CPU has it
+            config["INFERENCE_PRECISION_HINT"] = infer_precision
+        return config
+
+    def _bind(self, compiled: Any) -> tuple[Any, list[Any]]:
+        request = compiled.create_infer_request()
+        arrays = []
+        for i, inp in enumerate(compiled.inputs):
+            dtype = inp.get_element_type().to_dtype()
+            arr = make_input(list(inp.get_shape()), dtype, seed=i)
+            request.set_input_tensor(i, self._ov.Tensor(arr))
+            arrays.append(arr)  # keep the buffers alive
+        return request, arrays
+
+    def run(self) -> None:
+        self.request.infer()
+
+    def macs(self) -> tuple[int | None, str]:
+        from edgeattn.profile.macs import openvino_macs
+
+        macs, unresolved = openvino_macs(self.model)
+        note = f" ({unresolved} ops with unresolved shapes not counted)" if unresolved else ""
+        return macs, "OpenVINO model ops: Convolution/GroupConvolution/MatMul with static shapes" + note
+
+    def profile_layers(self, runs: int, end_to_end_p50_ms: float) -> LayerBreakdown:
+        compiled = self.core.compile_model(self.model, self.device, {**self._config, "PERF_COUNT": True})
+        request, _keep = self._bind(compiled)
+        for _ in range(2):
+            request.infer()
+        acc = L.LayerAccumulator()
+        for _ in range(runs):
+            acc.timed(request.infer)
+            L.add_openvino_counters(request.profiling_info, acc, self.device)
+        return acc.breakdown(
+            "openvino per-node performance counters (PERF_COUNT, exec_type = kernel)", end_to_end_p50_ms
+        )
+
+    def close(self) -> None:
+        self.request = None
+        self.compiled = None
+
+
+def _ov_precision_name(value: Any) -> str:
+    """OpenVINO element type (``<Type: 'bfloat16'>``, ``f32`` ...) as bf16/fp16/fp32."""
+    text = str(value).lower()
+    if "bf16" in text or "bfloat16" in text:
+        return "bf16"
+    if "f16" in text or "float16" in text:
+        return "fp16"
+    return "fp32"
+
+
+class TensorRTRunner(Runner):
+    """A serialized TensorRT engine run with ``execute_async_v3`` on a CUDA stream (buffers from torch)."""
+
+    runtime = "tensorrt"
+
+    def __init__(
+        self, path: Path, device: str, batch: int | None, shapes: Mapping[str, Sequence[int]] | None
+    ) -> None:
+        super().__init__(path)
+        import tensorrt as trt
+        import torch
+
+        if not torch.cuda.is_available():
+            raise MissingBackendError(
+                "TensorRT engines need a CUDA GPU and a CUDA build of torch; none found here"
+            )
+        self._trt, self._torch = trt, torch
+        self.version = trt.__version__
+        self.device = device.upper()
+        index = int(self.device.split(":")[1]) if ":" in self.device else 0
+        if not self.device.startswith("GPU") or index >= torch.cuda.device_count():
+            have = [f"GPU:{i}" for i in range(torch.cuda.device_count())]
+            raise EdgeAttnError(
+                f"--device {device} is not available for tensorrt here; it has: {', '.join(have)}"
+            )
+        torch.cuda.set_device(index)
+        self._logger = trt.Logger(trt.Logger.WARNING)
+        self._runtime = trt.Runtime(self._logger)
+        try:
+            engine = self._runtime.deserialize_cuda_engine(path.read_bytes())
+        except Exception:  # some TensorRT versions raise instead of returning None
+            engine = None
+        if engine is None:
+            raise EdgeAttnError(
+                f"cannot load '{path}' as a TensorRT {self.version} engine (corrupt, or built by "
+                "another TensorRT version or for another GPU)"
+            )
+        self.engine = engine
+        self.context = engine.create_execution_context()
+        self.stream = torch.cuda.Stream()
+        self.buffers: dict[str, Any] = {}
+        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+        inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        for i, name in enumerate(inputs):
+            dims = [d if d >= 0 else None for d in engine.get_tensor_shape(name)]
+            shape = resolve_shape(name, dims, batch, (shapes or {}).get(name), str(path))
+            if not self.context.set_input_shape(name, shape):
+                raise EdgeAttnError(
+                    f"'{path}' cannot take input '{name}' of shape {shape} (engine profile range)"
+                )
+            dtype = trt.nptype(engine.get_tensor_dtype(name))
+            self.buffers[name] = torch.from_numpy(make_input(shape, dtype, seed=i)).cuda()
+            self.input_shapes[name] = shape
+        for name in names:
+            if name not in self.buffers:
+                shape = list(self.context.get_tensor_shape(name))
+                dtype = trt.nptype(engine.get_tensor_dtype(name))
+                self.buffers[name] = torch.empty(
+                    shape, dtype=torch.from_numpy(np.zeros(1, dtype)).dtype, device="cuda"
+                )
+            self.context.set_tensor_address(name, self.buffers[name].data_ptr())
+        self.precision = self._engine_precision()
+        self.compute_precision = self.precision
+        self.settings = {
+            "stream": "execute_async_v3 + synchronize",
+            "cuda_device": torch.cuda.get_device_name(index),
+        }
+
+    def _layer_info(self) -> dict[str, dict[str, Any]]:
+        """Layer name -> engine inspector JSON (type, tactic, precision) if the engine kept details."""
+        import json
+
+        info: dict[str, dict[str, Any]] = {}
+        try:
+            inspector = self.engine.create_engine_inspector()
+            for i in range(self.engine.num_layers):
+                data = json.loads(inspector.get_layer_information(i, self._trt.LayerInformationFormat.JSON))
+                if isinstance(data, dict) and "Name" in data:
+                    info[data["Name"]] = data
+        except Exception:  # engines built without detailed profiling verbosity carry names only
+            return {}
+        return info
+
+    def _engine_precision(self) -> str:
+        text = " ".join(
+            str(v.get("Outputs", "")) + str(v.get("Precision", "")) for v in self._layer_info().values()
+        )
+        return (
+            "int8"
+            if "Int8" in text or "INT8" in text
+            else "fp16"
+            if "Half" in text or "FP16" in text
+            else "fp32"
+        )
+
+    def run(self) -> None:
+        self.context.execute_async_v3(self.stream.cuda_stream)
+        self.stream.synchronize()
+
+    def macs(self) -> tuple[int | None, str]:
+        return _sibling_onnx_macs(self.path, self.input_shapes)
+
+    def profile_layers(self, runs: int, end_to_end_p50_ms: float) -> LayerBreakdown:
+        trt = self._trt
+
+        class _Profiler(trt.IProfiler):
+            def __init__(self) -> None:
+                trt.IProfiler.__init__(self)
+                self.rows: list[tuple[str, float]] = []
+
+            def report_layer_time(self, layer_name: str, ms: float) -> None:
+                self.rows.append((layer_name, ms))
+
+        profiler = _Profiler()
+        self.context.profiler = profiler
+        info = self._layer_info()
+        acc = L.LayerAccumulator()
+        try:
+            for i in range(2 + runs):
+                profiler.rows.clear()
+                if i < 2:  # warm-up inside the profiled context
+                    self.run()
+                    continue
+                acc.timed(self.run)
+                for name, ms in profiler.rows:
+                    meta = info.get(name, {})
+                    kernel = str(meta.get("TacticName", "tensorrt"))
+                    precision = L.precision_from_kernel(str(meta.get("Outputs", "")) + " " + kernel)
+                    acc.add(name, str(meta.get("LayerType", "layer")), kernel, precision, self.device, ms)
+                acc.runs += 1
+        finally:
+            self.context.profiler = None
+        return acc.breakdown(
+            "tensorrt IProfiler layer times (+ engine inspector when available)", end_to_end_p50_ms
+        )
+
+    def close(self) -> None:
+        self.context = None
+        self.engine = None
+
+
+class CoreMLRunner(Runner):
+    """A Core ML model loaded with coremltools; ``device`` picks compute units (ALL, CPU, GPU, NPU/ANE)."""
+
+    runtime = "coreml"
+
+    def __init__(
+        self, path: Path, device: str, batch: int | None, shapes: Mapping[str, Sequence[int]] | None
+    ) -> None:
+        super().__init__(path)
+        if platform.system() != "Darwin":
+            raise MissingBackendError(
+                f"Core ML predictions need macOS; this is {platform.system()} (coremltools converts only)"
+            )
+        import coremltools as ct
+
+        self._ct = ct
+        self.version = ct.__version__
+        self.device = device.upper()
+        if self.device not in _COREML_UNITS:
+            raise EdgeAttnError(
+                f"--device {device} is not a Core ML compute unit; it has: {', '.join(_COREML_UNITS)}"
+            )
+        self._units = ct.ComputeUnit[_COREML_UNITS[self.device]]
+        try:
+            self.model = ct.models.MLModel(str(path), compute_units=self._units)
+        except Exception as exc:
+            raise EdgeAttnError(f"cannot load '{path}' with coremltools: {_first_line(exc)}") from exc
+        self.feeds: dict[str, np.ndarray] = {}
+        for i, inp in enumerate(self.model.get_spec().description.input):
+            arr = inp.type.multiArrayType
+            dims = [int(d) for d in arr.shape] or None
+            if dims is None:
+                raise EdgeAttnError(
+                    f"input '{inp.name}' of '{path}' is not a multi-array; the profiler cannot feed it"
+                )
+            shape = resolve_shape(inp.name, dims, batch, (shapes or {}).get(inp.name), str(path))
+            dtype = {65568: np.float32, 65552: np.float16, 131104: np.int32}.get(arr.dataType, np.float32)
+            self.feeds[inp.name] = make_input(shape, dtype, seed=i)
+            self.input_shapes[inp.name] = shape
+        self.precision = "fp16"  # mlprograms compute in fp16 unless converted with compute_precision fp32
+        self.compute_precision = "fp16"
+        self.settings = {"compute_units": _COREML_UNITS[self.device]}
+
+    def run(self) -> None:
+        self.model.predict(self.feeds)
+
+    def macs(self) -> tuple[int | None, str]:
+        return _sibling_onnx_macs(self.path, self.input_shapes)
+
+    def profile_layers(self, runs: int, end_to_end_p50_ms: float) -> LayerBreakdown:
+        from coremltools.models.compute_plan import MLComputePlan
+
+        plan = MLComputePlan.load_from_path(
+            path=self.model.get_compiled_model_path(), compute_units=self._units
+        )
+        program = plan.model_structure.program
+        if program is None:
+            raise EdgeAttnError("Core ML compute plans are only available for mlprogram models")
+        acc = L.LayerAccumulator()
+        for function in program.functions.values():
+            for op in function.block.operations:
+                cost = plan.get_estimated_cost_for_mlprogram_operation(op)
+                usage = plan.get_compute_device_usage_for_mlprogram_operation(op)
+                if cost is None:
+                    continue
+                dev = type(usage.preferred_compute_device).__name__ if usage else ""
+                name = ",".join(o.name for o in op.outputs) or op.operator_name
+                acc.add(
+                    name, op.operator_name, dev, "fp16", dev, cost.weight * end_to_end_p50_ms, estimated=True
+                )
+        acc.runs = 1
+        return acc.breakdown(
+            "Core ML compute plan (estimated cost share x measured median)", end_to_end_p50_ms
+        )
+
+
+def open_runner(
+    path: str | Path,
+    runtime: str = "auto",
+    device: str | None = None,
+    threads: int | None = None,
+    batch: int | None = None,
+    shapes: Mapping[str, Sequence[int]] | None = None,
+    hint: str = "latency",
+    ort_spinning: bool = True,
+    infer_precision: str | None = None,
+) -> Runner:
+    """Load ``path`` in its runtime; every user-caused problem becomes one :class:`EdgeAttnError`.
+
+    ``ort_spinning=False`` stops ONNX Runtime's idle threads from spin-waiting (used when several
+    artifacts are interleaved, where spinning threads would steal cores from the others).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise EdgeAttnError(f"artifact not found: {path}")
+    if path.is_dir() and path.suffix.lower() != ".mlpackage":
+        raise EdgeAttnError(f"artifact '{path}' is a directory, not a model file")
+    rt = runtime_for(path, runtime)
+    require_runtime(rt)
+    if batch is not None and batch < 1:
+        raise EdgeAttnError(f"--batch must be >= 1, got {batch}")
+    if threads is not None and threads < 1:
+        raise EdgeAttnError(f"--threads must be >= 1, got {threads}")
+    if rt == "onnxruntime":
+        return OrtRunner(path, device or "CPU", threads, batch, shapes, spin=ort_spinning)
+    if rt == "openvino":
+        return OpenVINORunner(path, device or "CPU", threads, batch, shapes, hint, infer_precision)
+    if rt == "tensorrt":
+        return TensorRTRunner(path, device or "GPU", batch, shapes)
+    return CoreMLRunner(path, device or "ALL", batch, shapes)
+
+
+def list_devices() -> list[dict[str, Any]]:
+    """Runtimes and their devices on this machine: ``[{runtime, version, installed, devices, note}]``."""
+    rows: list[dict[str, Any]] = []
+    for rt in RUNTIMES:
+        module, how = _PACKAGES[rt]
+        row: dict[str, Any] = {"runtime": rt, "version": None, "installed": False, "devices": [], "note": ""}
+        if importlib.util.find_spec(module) is None:
+            row["note"] = how
+            rows.append(row)
+            continue
+        row["installed"] = True
+        try:
+            if rt == "onnxruntime":
+                import onnxruntime as ort
+
+                row["version"] = ort.__version__
+                providers = ort.get_available_providers()
+                row["devices"] = sorted({d for d, p in _ORT_DEVICES.items() if p in providers})
+                row["note"] = "providers: " + ", ".join(providers)
+            elif rt == "openvino":
+                import openvino as ov
+
+                core = ov.Core()
+                row["version"] = ov.__version__.split("-")[0]
+                row["devices"] = list(core.available_devices)
+                row["note"] = "; ".join(
+                    f"{d}: {core.get_property(d, 'FULL_DEVICE_NAME')}" for d in core.available_devices
+                )
+            elif rt == "tensorrt":
+                import tensorrt as trt
+                import torch
+
+                row["version"] = trt.__version__
+                row["devices"] = [f"GPU:{i}" for i in range(torch.cuda.device_count())]
+                row["note"] = "" if row["devices"] else "no CUDA GPU visible"
+            else:
+                from importlib import metadata
+
+                # not imported: on Linux coremltools prints a page of warnings about its missing native parts
+                row["version"] = metadata.version("coremltools")
+                if platform.system() == "Darwin":
+                    row["devices"] = list(_COREML_UNITS)
+                else:
+                    row["note"] = "converts only; predictions need macOS"
+        except Exception as exc:  # a broken install must not hide the other runtimes
+            row["note"] = f"import failed: {_first_line(exc)}"
+        rows.append(row)
+    return rows
+
+
+def time_call(fn: Any) -> float:
+    """Wall time of one call of ``fn()`` in milliseconds."""
+    t0 = time.perf_counter_ns()
+    fn()
+    return (time.perf_counter_ns() - t0) / 1e6

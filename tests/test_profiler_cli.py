@@ -1,0 +1,172 @@
+"""`edgeattn profile` through the CLI entry: reports, JSON/plot output, --list-devices, bad input, Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import sys
+
+import pytest
+from _profiler_models import conv_stack, to_openvino_ir
+
+from edgeattn.cli import main
+from edgeattn.profile import ProfileReport, measure
+from edgeattn.profile.runners import Runner
+
+pytest.importorskip("openvino")
+
+
+@pytest.fixture(scope="module")
+def art(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cli_artifacts")
+    conv_stack(d / "small.onnx", size=16, ch=16, n=2)
+    to_openvino_ir(d / "small.onnx", d / "small.xml")
+    return d
+
+
+def test_profile_two_artifacts_writes_json_and_plot(art, tmp_path, capsys):
+    out, png = tmp_path / "r" / "lat.json", tmp_path / "lat.png"
+    rc = main(
+        [
+            "profile",
+            str(art / "small.onnx"),
+            str(art / "small.xml"),
+            "--threads",
+            "1",
+            "--warmup",
+            "2",
+            "--iters",
+            "8",
+            "--per-layer",
+            "--layer-runs",
+            "3",
+            "--json",
+            str(out),
+            "--plot",
+            str(png),
+        ]
+    )
+    assert rc == 0
+    report = ProfileReport.model_validate(json.loads(out.read_text()))
+    assert [r.runtime for r in report.results] == ["onnxruntime", "openvino"]
+    assert report.interleaved and not report.interrupted
+    assert all(r.latency.count == 8 and r.layers and r.layers.runs == 3 for r in report.results)
+    assert report.results[0].ratio_to_first == 1.0
+    assert report.results[1].ratio_to_first == pytest.approx(
+        report.results[1].latency.p50_ms / report.results[0].latency.p50_ms
+    )
+    assert report.system.cpu_model and report.system.runtimes["openvino"]
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list(tmp_path.glob(".*tmp"))  # no temp files left behind
+    text = capsys.readouterr().out
+    assert "small.onnx" in text and "p50" in text and "GMAC/s" in text
+
+
+def test_list_devices(tmp_path, capsys):
+    out = tmp_path / "dev.json"
+    assert main(["profile", "--list-devices", "--json", str(out)]) == 0
+    rows = {r["runtime"]: r for r in json.loads(out.read_text())["runtimes"]}
+    assert "CPU" in rows["onnxruntime"]["devices"] and "CPU" in rows["openvino"]["devices"]
+    assert set(rows) == {"onnxruntime", "openvino", "tensorrt", "coreml"}
+    assert "onnxruntime" in capsys.readouterr().out
+
+
+def _err(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    return err
+
+
+@pytest.mark.parametrize(
+    ("make", "args", "code", "needle"),
+    [
+        (None, ["missing.onnx"], 2, "artifact not found"),
+        ("garbage.onnx", [], 2, "cannot load"),
+        ("garbage.xml", [], 2, "no weights file"),
+        ("model.txt", [], 2, "cannot tell the runtime"),
+        ("small.onnx", ["--device", "GPU"], 2, "it has: CPU"),
+        ("small.xml", ["--device", "NPU"], 2, "it has: CPU"),
+        ("small.onnx", ["--batch", "4"], 2, "fixed batch of 1"),
+        ("small.onnx", ["--shape", "x=1x3x20x20"], 2, "cannot take input 'x' of shape [1, 3, 20, 20]"),
+        ("small.onnx", ["--shape", "nonsense"], 2, "--shape"),
+        ("small.onnx", ["--iters", "3", "--seconds", "1"], 2, "not both"),
+        ("small.onnx", ["--runtime", "tflite"], 2, "--runtime 'tflite' is not known"),
+    ],
+)
+def test_bad_input_is_one_line_and_nonzero(art, tmp_path, capsys, make, args, code, needle):
+    if make is None:
+        target = tmp_path / args.pop(0)
+    elif (art / make).exists():
+        target = art / make
+    else:
+        target = tmp_path / make
+        target.write_bytes(b"\x00not a model\xff" * 8)
+    rc = main(["profile", str(target), "--iters", "2", "--warmup", "0", *args])
+    assert rc == code
+    assert needle in _err(capsys)
+
+
+def test_tensorrt_engine_without_tensorrt_names_what_to_install(tmp_path, capsys):
+    try:
+        import tensorrt  # noqa: F401
+
+        pytest.skip("tensorrt is installed here; this checks the message when it is not")
+    except ImportError:
+        pass
+    engine = tmp_path / "m.engine"
+    engine.write_bytes(b"\x00" * 64)
+    assert main(["profile", str(engine)]) == 4
+    assert "pip install tensorrt" in _err(capsys)
+
+
+def test_coreml_on_linux_says_it_needs_macos(tmp_path, capsys):
+    if platform.system() == "Darwin":
+        pytest.skip("on macOS Core ML predictions run; this checks the message elsewhere")
+    pytest.importorskip("coremltools")
+    pkg = tmp_path / "m.mlpackage"
+    pkg.mkdir()
+    assert main(["profile", str(pkg)]) == 4
+    assert "macOS" in _err(capsys)
+
+
+def test_error_in_a_subprocess_has_no_traceback(tmp_path):
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from edgeattn.cli import main; sys.exit(main())",
+            "profile",
+            str(tmp_path / "nope.xml"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and "artifact not found" in proc.stderr
+
+
+class _Interrupting(Runner):
+    runtime = "fake"
+
+    def __init__(self, counter):
+        super().__init__(path=None)
+        self.counter, self.version, self.input_shapes = counter, "0", {"x": [1]}
+
+    def run(self):
+        self.counter.append(1)
+        if len(self.counter) > 12:
+            raise KeyboardInterrupt
+
+
+def test_ctrl_c_prints_and_saves_partial_results(tmp_path, monkeypatch, capsys):
+    counter: list[int] = []
+    monkeypatch.setattr(measure, "open_runner", lambda *a, **k: _Interrupting(counter))
+    out = tmp_path / "partial.json"
+    rc = main(["profile", str(tmp_path / "a.onnx"), "--warmup", "2", "--iters", "100", "--json", str(out)])
+    assert rc == 130
+    data = json.loads(out.read_text())
+    assert data["interrupted"] is True and data["results"][0]["latency"]["count"] == 12 - 3
+    assert "interrupted" in capsys.readouterr().out
