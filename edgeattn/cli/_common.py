@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 
 console = Console()
 err_console = Console(stderr=True)
@@ -16,7 +17,7 @@ err_console = Console(stderr=True)
 
 def fail(message: str, exit_code: int = 2) -> int:
     """Print one error line to stderr and return ``exit_code`` (for ``main``)."""
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     return exit_code
 
 

@@ -1,0 +1,230 @@
+"""Export benchmarks -> benchmarks/export.json.
+
+1. ``all_targets``: wall time of exporting ``fmvit_t`` to ONNX, TensorRT (ONNX + lint + trtexec line),
+   OpenVINO and Core ML in one process, each with its parity gate (goal: < 60 s on 2 cores).
+2. ``openvino_int8_vs_fp32``: OpenVINO CPU latency of the FP32 and INT8 IRs of ``fmvit_t`` and of a
+   7-layer 3x3 conv stack (REFERENCE.md's case), medians of interleaved runs on ``--threads`` threads, the
+   int8/fp32 speed ratio, and whether every Conv/MatMul of the INT8 IR ran in an I8 kernel. With
+   ``--isa AVX2`` the same is measured in a child process whose oneDNN kernels are capped at AVX2
+   (what a CPU without VNNI runs).
+
+Usage: python benchmarks/export.py [--img-size 224] [--threads 2] [--out benchmarks/export.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _fmvit_t(img: int):
+    import torch
+
+    from edgeattn.models import create_model
+    from edgeattn.reparameterize import reparameterize
+
+    torch.manual_seed(0)
+    return reparameterize(create_model("fmvit_t", num_classes=10, img_size=img)).eval()
+
+
+def _conv_stack(img: int):
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    layers, c = [], 3
+    for _ in range(7):
+        layers += [nn.Conv2d(c, 64, 3, padding=1), nn.ReLU()]
+        c = 64
+    model = nn.Sequential(*layers).eval()
+    model.input_size = (3, img, img)
+    return model
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process and its finished children (the machine is shared: wall time inflates)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def all_targets(img: int, n_inputs: int, threads: int) -> dict:
+    """Export fmvit_t to the four targets in one run; time each and the total."""
+    from edgeattn.export import ParityFailure, export_model
+
+    runs = [
+        ("onnx", "host-cpu", None),
+        ("tensorrt", "jetson-orin-trt10", None),
+        ("openvino", "intel-vnni-openvino", None),
+        ("coreml", "apple-a17-coreml", None),
+    ]
+    tmp = Path(tempfile.mkdtemp(prefix="edgeattn-bench-"))
+    out = {"model": "fmvit_t", "img_size": img, "n_inputs": n_inputs, "targets": {}}
+    cache: dict = {}  # one run: the model, its PTQ twin, references and ONNX are built once and shared
+    t_all = time.perf_counter()
+    cpu_all = _cpu_seconds()
+    try:
+        for target, profile, precision in runs:
+            t0 = time.perf_counter()
+            try:
+                rep = export_model(
+                    "fmvit_t",
+                    target,
+                    profile,
+                    tmp / target,
+                    precision=precision,
+                    n_inputs=n_inputs,
+                    model_kwargs={"img_size": img, "num_classes": 10},
+                    threads=threads,
+                    cache=cache,
+                )
+            except ParityFailure as exc:  # still a complete export run: keep its figures
+                rep = exc.report
+            out["targets"][target] = {
+                "profile": profile,
+                "precision": rep.precision,
+                "seconds": round(time.perf_counter() - t0, 2),
+                "passed": rep.passed,
+                "timings_s": rep.timings_s,
+                "parity": {p["runtime"]: round(p["max_abs_rel_range"], 6) for p in rep.parity},
+                "first_diverging_node": {
+                    p["runtime"]: p["first_diverging_node"]["node"]
+                    for p in rep.parity
+                    if p.get("first_diverging_node")
+                },
+            }
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    out["total_seconds"] = round(time.perf_counter() - t_all, 2)
+    out["total_cpu_seconds"] = round(_cpu_seconds() - cpu_all, 2)
+    out["load_average_1m"] = os.getloadavg()[0]
+    out["goal_seconds"] = 60
+    return out
+
+
+def _irs(model, img: int, tmp: Path) -> dict[str, Path]:
+    """FP32 and INT8 (PTQ on digits, intel-vnni-openvino bits) OpenVINO IRs of ``model``."""
+    import torch
+    from edgeattn.export.onnx_export import export_onnx, save_onnx
+    from edgeattn.export.openvino_target import convert_to_ir
+    from edgeattn.quant import ptq
+
+    from edgeattn.data import digits_dataset
+
+    x = torch.randn(1, 3, img, img)
+    calib = digits_dataset(img_size=img, in_chans=3, split="train").tensors[0][:16]
+    qmodel = ptq(model, "intel-vnni-openvino", [calib]).eval()
+    paths = {}
+    for tag, m, prec in (("fp32", model, "fp32"), ("int8", qmodel, "int8")):
+        onnx_path = save_onnx(export_onnx(m, x, precision=prec).model, tmp / f"{tag}.onnx")
+        paths[tag] = convert_to_ir(onnx_path, tmp / f"{tag}.xml")
+    return paths
+
+
+def latency_pair(paths: dict[str, str], img: int, threads: int, reps: int) -> dict:
+    """Interleaved median latencies of the FP32 and INT8 IRs + the INT8 IR's kernel check (in-process)."""
+    from edgeattn.export.openvino_target import OpenVINORunner, kernel_report
+
+    x = np.random.default_rng(0).standard_normal((1, 3, img, img)).astype(np.float32)
+    runners = {k: OpenVINORunner(v, threads=threads) for k, v in paths.items()}
+    times: dict[str, list[float]] = {k: [] for k in runners}
+    for r in runners.values():
+        for _ in range(3):
+            r(x)  # warm-up
+    for _ in range(reps):
+        for k, r in runners.items():
+            t0 = time.perf_counter()
+            r(x)
+            times[k].append((time.perf_counter() - t0) * 1e3)
+    kernels = kernel_report(runners["int8"], x)
+    exec_types = sorted({n["exec_type"] for n in kernels["nodes"]})
+    for r in runners.values():
+        r.close()
+    fp32, int8 = statistics.median(times["fp32"]), statistics.median(times["int8"])
+    return {
+        "fp32_ms": round(fp32, 3),
+        "int8_ms": round(int8, 3),
+        "int8_speedup": round(fp32 / int8, 3),
+        "int8_all_i8_kernels": kernels["all_int8"],
+        "int8_compute_nodes": kernels["count"],
+        "int8_exec_types": exec_types,
+        "reps": reps,
+        "threads": threads,
+    }
+
+
+def openvino_int8_vs_fp32(img: int, threads: int, reps: int, isa: str | None) -> dict:
+    from edgeattn.hostinfo import detect_host
+
+    host = detect_host()
+    out: dict = {"host_cpu": host.cpu_model, "host_has_vnni": host.has_vnni, "img_size": img}
+    tmp = Path(tempfile.mkdtemp(prefix="edgeattn-bench-ov-"))
+    try:
+        for name, build in (("conv_stack_7x3x3", _conv_stack), ("fmvit_t", _fmvit_t)):
+            (tmp / name).mkdir()
+            paths = {k: str(v) for k, v in _irs(build(img), img, tmp / name).items()}
+            out[name] = {"native": latency_pair(paths, img, threads, reps)}
+            if isa:
+                env = dict(os.environ, ONEDNN_MAX_CPU_ISA=isa)
+                cmd = [
+                    sys.executable,
+                    __file__,
+                    "--latency-child",
+                    json.dumps(paths),
+                    "--img-size",
+                    str(img),
+                    "--threads",
+                    str(threads),
+                    "--reps",
+                    str(reps),
+                ]
+                child = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+                out[name][f"isa_{isa.lower()}"] = json.loads(child.stdout.strip().splitlines()[-1])
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--img-size", type=int, default=224)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--reps", type=int, default=30)
+    ap.add_argument("--n-inputs", type=int, default=8)
+    ap.add_argument("--isa", default="AVX2", help="also measure with oneDNN capped at this ISA ('' to skip)")
+    ap.add_argument("--skip-all-targets", action="store_true")
+    ap.add_argument("--out", default=str(Path(__file__).with_suffix(".json")))
+    ap.add_argument("--latency-child", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    if args.latency_child:
+        print(
+            json.dumps(latency_pair(json.loads(args.latency_child), args.img_size, args.threads, args.reps))
+        )
+        return
+    result = {"command": " ".join([Path(sys.executable).name, *sys.argv])}
+    if not args.skip_all_targets:
+        result["all_targets"] = all_targets(args.img_size, args.n_inputs, args.threads)
+    result["openvino_int8_vs_fp32"] = openvino_int8_vs_fp32(
+        args.img_size, args.threads, args.reps, args.isa or None
+    )
+    from edgeattn.cli._common import write_json
+
+    write_json(args.out, result)
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

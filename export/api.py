@@ -1,0 +1,563 @@
+"""``export_model``: one export run (model -> deploy form -> artifact -> parity gate -> report.json).
+
+Everything is built in a temporary directory next to ``out_dir`` and renamed into place at the end, so a
+failed run leaves nothing half-written; a run whose parity gate fails still writes its artifact, under a
+name containing ``FAILED_PARITY``, and its report, then raises :class:`ParityFailure` (exit code 3).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from edgeattn.export.report import ExportReport, ParityFailure, environment, write_report
+
+from edgeattn.errors import EdgeAttnError
+
+__all__ = ["TARGETS", "export_model", "resolve_model"]
+
+TARGETS = ("onnx", "tensorrt", "openvino", "coreml")
+FAILED_TAG = "FAILED_PARITY"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# model resolution
+# ----------------------------------------------------------------------------------------------------------
+def _looks_like_file(text: str) -> bool:
+    return os.path.sep in text or text.endswith((".pt", ".pth", ".ckpt")) or Path(text).is_file()
+
+
+def _load_ckpt(path: str) -> tuple[Any, dict[str, Any]]:
+    from edgeattn.quant.checkpoint import load_checkpoint
+
+    if not Path(path).is_file():
+        raise EdgeAttnError(f"checkpoint '{path}' not found", exit_code=7)
+    try:
+        return load_checkpoint(path)
+    except EdgeAttnError as exc:
+        raise EdgeAttnError(str(exc), exit_code=7) from None
+
+
+def resolve_model(
+    model: Any, checkpoint: str | None, profile: Any, model_kwargs: dict[str, Any] | None
+) -> tuple[Any, str, dict[str, Any] | None]:
+    """(module in eval mode, name for the report, checkpoint meta or None)."""
+    if not isinstance(model, str):
+        if checkpoint:
+            raise EdgeAttnError("--checkpoint goes with a registry model name, not an in-memory module")
+        return model.eval(), type(model).__name__, None
+    if _looks_like_file(model):
+        module, meta = _load_ckpt(model)
+        return module, str(meta.get("model", model)), meta
+    from edgeattn.models import create_model, list_models
+
+    if model not in list_models():
+        raise EdgeAttnError(f"unknown model '{model}'; registered models: {', '.join(list_models())}")
+    if checkpoint:
+        module, meta = _load_ckpt(checkpoint)
+        if meta.get("model") != model:
+            raise EdgeAttnError(
+                f"checkpoint '{checkpoint}' is for model '{meta.get('model')}', not '{model}'", exit_code=7
+            )
+        return module, model, meta
+    kwargs = dict(model_kwargs or {})
+    if model != "tiny_llama":
+        c, h, _ = profile.export.input_shape[1:4] if len(profile.export.input_shape) == 4 else (3, 224, 224)
+        kwargs.setdefault("img_size", h)
+        kwargs.setdefault("in_chans", c)
+    return create_model(model, **kwargs).eval(), model, None
+
+
+def _input_shape(model: Any, profile: Any, batch: int | None) -> tuple[int, ...]:
+    size = getattr(model, "input_size", None)
+    base = tuple(profile.export.input_shape)
+    rest = tuple(size) if size is not None else base[1:]
+    return (batch or base[0], *rest)
+
+
+def _parity_inputs(
+    shape: tuple[int, ...], n: int, meta: dict[str, Any] | None, seed: int, given: np.ndarray | None
+) -> tuple[np.ndarray, dict[str, int]]:
+    """``n`` inputs: random normal, half replaced by real samples when the checkpoint names its data."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, *shape[1:])).astype(np.float32)
+    counts = {"random": n, "real": 0}
+    if given is not None:
+        x = np.asarray(given, np.float32)[:n]
+        return x, {"random": 0, "real": 0, "given": len(x)}
+    data = (meta or {}).get("data") or (meta or {}).get("dataset")
+    name = data.get("name") if isinstance(data, dict) else data
+    if name == "digits" and len(shape) == 4:
+        from edgeattn.data import digits_dataset
+
+        ds = digits_dataset(img_size=shape[2], in_chans=shape[1], split="val", seed=0)
+        real = ds.tensors[0][: n // 2].numpy()
+        x[: len(real)] = real
+        counts = {"random": n - len(real), "real": len(real)}
+    return x, counts
+
+
+def _calibration_batches(shape: tuple[int, ...], calib_inputs: Any, seed: int) -> list[Any]:
+    if calib_inputs is not None:
+        import torch
+
+        return [torch.as_tensor(np.asarray(calib_inputs, np.float32))]
+    import torch
+
+    from edgeattn.data import digits_dataset
+
+    if len(shape) == 4:
+        ds = digits_dataset(img_size=shape[2], in_chans=shape[1], split="train", seed=seed)
+        return [ds.tensors[0][:64]]
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randn(16, *shape[1:], generator=gen)]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the run
+# ----------------------------------------------------------------------------------------------------------
+def export_model(
+    model: Any,
+    target: str,
+    profile: Any,
+    out_dir: str | Path,
+    *,
+    precision: str | None = None,
+    checkpoint: str | None = None,
+    opset: int | None = None,
+    batch: int | None = None,
+    dynamic_batch: bool | None = None,
+    atol: float | None = None,
+    force: bool = False,
+    n_inputs: int = 32,
+    inputs: np.ndarray | None = None,
+    calib_inputs: Any = None,
+    model_kwargs: dict[str, Any] | None = None,
+    exporter: str = "torchscript",
+    cpu_isa: str | None = None,
+    threads: int = 2,
+    seed: int = 0,
+    cache: dict | None = None,
+) -> ExportReport:
+    """Export ``model`` for ``target`` with ``profile`` into ``out_dir`` and run the parity gate.
+
+    Args:
+        model: a registry name, a checkpoint path written by ``edgeattn qat``, or an ``nn.Module`` (float or
+            brevitas-quantized; float modules are reparameterized, quantized ones are taken as deploy form).
+        target: ``onnx``, ``tensorrt``, ``openvino`` or ``coreml``.
+        profile: a DeviceProfile or a profile name/path; it must list ``target``.
+        out_dir: created; an existing directory needs ``force=True``.
+        precision: ``fp32``/``fp16``/``int8`` (default: the profile's). INT8 of a float model runs PTQ
+            (edgeattn.quant.ptq with the profile's bits) on ``calib_inputs`` or digits samples.
+        atol: overrides the profile's ``max_abs`` tolerance (fraction of the output range).
+        n_inputs / inputs: parity inputs (``inputs`` replaces the generated ones).
+        cpu_isa: run OpenVINO's CPU plugin capped at this oneDNN ISA (e.g. ``"AVX2"``) in a child process.
+        cache: a dict shared by several calls in one process (e.g. one model to several targets): the
+            resolved/PTQ'd model, its reference outputs and the exported ONNX are reused when their inputs are
+            the same (registry names only; in-memory modules are keyed by identity).
+    Returns the :class:`ExportReport` (also written to ``out_dir/report.json``). Raises
+    :class:`ParityFailure` (exit 3) after writing everything when a gate fails.
+    """
+    from edgeattn.device_profile import DeviceProfile, load_profile
+
+    t_start = time.perf_counter()
+    if target not in TARGETS:
+        raise EdgeAttnError(f"unknown target '{target}'; choose one of {', '.join(TARGETS)}")
+    prof = profile if isinstance(profile, DeviceProfile) else load_profile(profile)
+    prof.require_target(target)
+    if precision is not None and precision not in ("fp32", "fp16", "int8"):
+        raise EdgeAttnError(f"--precision must be fp32, fp16 or int8, got '{precision}'")
+    if opset is not None and not 13 <= opset <= 23:
+        raise EdgeAttnError(f"--opset must be between 13 and 23, got {opset}")
+    if batch is not None and batch < 1:
+        raise EdgeAttnError(f"--batch must be >= 1, got {batch}")
+    if n_inputs < 1:
+        raise EdgeAttnError(f"n_inputs must be >= 1, got {n_inputs}")
+    _require_backend(target)
+    out = Path(out_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
+        raise EdgeAttnError(
+            f"output directory '{out}' exists and is not empty; pass --force to replace it", exit_code=6
+        )
+
+    model_key = (
+        model if isinstance(model, str) else id(model),
+        repr(sorted((model_kwargs or {}).items())),
+        checkpoint,
+        repr(prof.export.input_shape),
+    )
+    module, name, meta = _cached(
+        cache, ("model", *model_key), lambda: resolve_model(model, checkpoint, prof, model_kwargs)
+    )
+    size = getattr(module, "input_size", None)
+    if size is not None and len(tuple(size)) != 3:
+        raise EdgeAttnError(
+            f"edgeattn export handles vision models with (B, C, H, W) inputs; '{name}' takes input_size "
+            f"{tuple(size)} (token-id models are not supported by the exporter yet)"
+        )
+    from edgeattn.export.onnx_export import is_quantized
+
+    quantized = is_quantized(module)
+    if not quantized and not (meta or {}).get("reparameterized"):
+        from edgeattn.reparameterize import reparameterize
+
+        module = _cached(cache, ("deploy", *model_key), lambda: reparameterize(module).eval())
+    prec = precision or prof.precision
+    if quantized and prec != "int8":
+        if precision is not None:
+            raise EdgeAttnError(f"the model is quantized: it exports as int8, not {precision}")
+        prec = "int8"
+    if target == "coreml" and prec == "fp32" and prof.coreml and prof.coreml.compute_precision == "fp16":
+        prec = "fp16"
+    shape = _input_shape(module, prof, batch)
+    dyn = prof.export.dynamic_batch if dynamic_batch is None else dynamic_batch
+    if target == "coreml":
+        dyn = False
+    notes: list[str] = []
+    if prec == "int8" and not quantized and target != "coreml":
+        from edgeattn.quant import ptq
+
+        calib_key = ("ptq", *model_key, prof.quant.model_dump_json(), shape, seed)
+        module = _cached(
+            cache if calib_inputs is None else None,
+            calib_key,
+            lambda: ptq(module, prof, _calibration_batches(shape, calib_inputs, seed)).eval(),
+        )
+        quantized = True
+        notes.append("float model quantized by PTQ (edgeattn.quant.ptq) with the profile's bit widths")
+
+    tol = prof.tolerance_for(prec)
+    if atol is not None:
+        tol = tol.model_copy(update={"max_abs": float(atol)})
+    x, counts = _parity_inputs(shape, n_inputs, meta, seed, inputs)
+    report = ExportReport(
+        model=name,
+        target=target,
+        precision=prec,
+        profile=prof.model_dump(mode="json"),
+        out_dir=str(out),
+        inputs=[{"name": "input", "shape": ["batch" if dyn else shape[0], *shape[1:]], "dtype": "float32"}],
+        parity_inputs=counts,
+        notes=notes,
+        versions=environment(),
+    )
+    from edgeattn.export.parity import reference_outputs
+
+    ref_key = ("ref", id(module), x.shape, float(x.sum()))
+    ref = _cached(cache, ref_key, lambda: reference_outputs(module, x))
+    report.outputs = [
+        {"name": "output", "shape": ["batch" if dyn else shape[0], *ref.shape[1:]], "dtype": "float32"}
+    ]
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    try:
+        import torch
+
+        example = torch.from_numpy(np.ascontiguousarray(x[: shape[0]]))
+        if target == "coreml":
+            _run_coreml(module, example, prof, prec, stage, x, ref, tol, report)
+        else:
+            _run_onnx_based(
+                module,
+                example,
+                prof,
+                prec,
+                target,
+                stage,
+                x,
+                ref,
+                tol,
+                report,
+                opset or prof.export.opset,
+                dyn,
+                exporter,
+                cpu_isa,
+                threads,
+                shape,
+                cache,
+            )
+        report.passed = all(p["passed"] for p in report.parity)
+        if not report.passed:
+            _tag_failed(stage, report)
+        report.timings_s["total"] = round(time.perf_counter() - t_start, 3)
+        write_report(stage / "report.json", report)
+        if out.exists():
+            shutil.rmtree(out) if out.is_dir() else out.unlink()
+        os.replace(stage, out)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    report.artifacts = {k: str(out / Path(v).name) for k, v in report.artifacts.items()}
+    if not report.passed:
+        failed = [p for p in report.parity if not p["passed"]]
+        first = failed[0]
+        where = ""
+        if first.get("first_diverging_node"):
+            d = first["first_diverging_node"]
+            where = f"; first diverging node {d['node']} ({d['op_type']})"
+        raise ParityFailure(
+            f"parity gate failed for {name} on {first['runtime']}: {'; '.join(first['failures'])}{where} "
+            f"(report: {out / 'report.json'})",
+            report,
+        )
+    return report
+
+
+def _require_backend(target: str) -> None:
+    if target == "openvino":
+        from edgeattn.export.openvino_target import require_openvino
+
+        require_openvino()
+    elif target == "coreml":
+        from edgeattn.export.coreml_target import require_coremltools
+
+        require_coremltools()
+
+
+def _tag_failed(stage: Path, report: ExportReport) -> None:
+    """Rename every artifact to a name that says it failed parity."""
+    renamed = {}
+    for key, path in report.artifacts.items():
+        p = Path(path)
+        stem, dot, ext = p.name.partition(".")
+        new = p.with_name(f"{stem}.{FAILED_TAG}{dot}{ext}")
+        os.replace(p, new)
+        renamed[key] = str(new)
+    # an OpenVINO IR is two files: keep the .bin next to its renamed .xml
+    for p in stage.glob("*.bin"):
+        if FAILED_TAG not in p.name:
+            stem, dot, ext = p.name.partition(".")
+            os.replace(p, p.with_name(f"{stem}.{FAILED_TAG}{dot}{ext}"))
+    report.artifacts = renamed
+
+
+def _gate(
+    report: ExportReport,
+    ref: np.ndarray,
+    got: np.ndarray,
+    tol: Any,
+    runtime: str,
+    bisect: Any = None,
+    note: str = "",
+) -> bool:
+    from edgeattn.export.parity import compare_outputs
+
+    res = compare_outputs(ref, got, tol, runtime=runtime)
+    res.note = note
+    if not res.passed and bisect is not None:
+        try:
+            res.first_diverging_node = bisect()
+        except Exception as exc:  # bisecting is best effort; the failure itself is what matters
+            res.note = (note + "; " if note else "") + f"bisect failed: {type(exc).__name__}: {exc}"
+    report.parity.append(res.to_dict())
+    return res.passed
+
+
+def _cached(cache: dict | None, key: Any, build: Any) -> Any:
+    """``build()``, memoised in ``cache`` under ``key`` when a cache is given."""
+    if cache is None:
+        return build()
+    if key not in cache:
+        cache[key] = build()
+    return cache[key]
+
+
+def _run_onnx_based(
+    module,
+    example,
+    prof,
+    prec,
+    target,
+    stage,
+    x,
+    ref,
+    tol,
+    report,
+    opset,
+    dyn,
+    exporter,
+    cpu_isa,
+    threads,
+    shape,
+    cache=None,
+) -> None:
+    from edgeattn.export import lint as lint_mod
+    from edgeattn.export.onnx_export import export_onnx, node_counts, save_onnx
+    from edgeattn.export.parity import first_diverging_node, ort_reference_session, run_batched, run_ort
+    from edgeattn.export.qdq import summarize_qdq
+
+    t0 = time.perf_counter()
+    exported = _cached(
+        cache,
+        ("onnx", id(module), opset, prec, dyn, exporter, tuple(example.shape)),
+        lambda: export_onnx(
+            module, example, opset=opset, precision=prec, dynamic_batch=dyn, exporter=exporter
+        ),
+    )
+    report.timings_s["onnx_export"] = round(time.perf_counter() - t0, 3)
+    onnx_model = exported.model
+    onnx_path = save_onnx(onnx_model, stage / "model.onnx")
+    report.artifacts["onnx"] = str(onnx_path)
+    report.node_counts = node_counts(onnx_model)
+    if exported.quantized:
+        report.qdq = {**summarize_qdq(onnx_model).__dict__, "cleanup": exported.cleanup}
+    batch = shape[0]
+    x_run = x if dyn or batch == 1 else x[: (len(x) // batch) * batch]
+    ref_run = ref[: len(x_run)]
+    onnx_bytes = onnx_model.SerializeToString()
+
+    # second reference: ONNX Runtime, no graph optimisations
+    t0 = time.perf_counter()
+    ort_ref = ort_reference_session(onnx_bytes, threads)
+    _gate(report, ref_run, run_batched(lambda b: run_ort(ort_ref, b), x_run, batch), tol, "onnxruntime-noopt")
+    report.timings_s["parity_ort"] = round(time.perf_counter() - t0, 3)
+
+    if target == "onnx":
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.log_severity_level = 3
+        sess = ort.InferenceSession(onnx_bytes, opts, providers=["CPUExecutionProvider"])
+
+        def run_ort_model(m, xb):
+            return run_ort(
+                ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"]), xb
+            )
+
+        _gate(
+            report,
+            ref_run,
+            run_batched(lambda b: run_ort(sess, b), x_run, batch),
+            tol,
+            "onnxruntime",
+            bisect=lambda: first_diverging_node(onnx_model, x_run[:batch], run_ort_model, tol),
+        )
+    elif target == "tensorrt":
+        spec = prof.tensorrt
+        findings = lint_mod.lint_tensorrt(
+            onnx_model, major=spec.major, precision=prec, profile_name=prof.name
+        )
+        report.lint = [f.to_dict() for f in findings]
+        report.attention_fusion = [a.to_dict() for a in lint_mod.attention_fusion(onnx_model)]
+        errors = [f for f in findings if f.severity == "error"]
+        if errors:
+            first = errors[0]
+            raise EdgeAttnError(
+                f"{first.message} [{first.rule}]"
+                + (f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""),
+                exit_code=5,
+            )
+        from edgeattn.export import tensorrt_target as trt_mod
+
+        report.trtexec = trt_mod.trtexec_command(
+            "model.onnx", "model.engine", spec, prec, "input", shape, dyn
+        )
+        if trt_mod.tensorrt_available():
+            engine = trt_mod.build_engine(onnx_bytes, stage / "model.engine", spec, prec, "input", shape, dyn)
+            report.artifacts["engine"] = str(engine)
+            runner = trt_mod.TensorRTRunner(engine)
+            _gate(report, ref_run, run_batched(runner, x_run, batch), tol, f"tensorrt-{spec.major}")
+        else:
+            report.notes.append(
+                "tensorrt is not importable here: ONNX + lint + trtexec command written; the "
+                "engine build and its parity gate run where TensorRT is installed"
+            )
+    elif target == "openvino":
+        from edgeattn.export.openvino_target import OpenVINORunner, convert_to_ir, for_openvino, kernel_report
+
+        ovs = prof.openvino
+        compress = bool(ovs and ovs.compress_to_fp16) or prec == "fp16"
+        t0 = time.perf_counter()
+        ov_model, n_split = for_openvino(onnx_model)
+        ov_onnx = onnx_path
+        if n_split:
+            report.notes.append(
+                f"OpenVINO IR: {n_split} Concat->Q/DQ->Conv rewritten as per-part convs + Add (same integers;"
+                " "
+                "works around OpenVINO CPU's wrong int8 Conv after a Concat, see docs/export.md)"
+            )
+            ov_onnx = save_onnx(ov_model, stage / ".openvino_input.onnx")
+        xml = convert_to_ir(ov_onnx, stage / "model.xml", compress_to_fp16=compress and prec != "int8")
+        if n_split:
+            ov_onnx.unlink()
+        report.timings_s["openvino_convert"] = round(time.perf_counter() - t0, 3)
+        report.artifacts["openvino_xml"] = str(xml)
+        report.artifacts["openvino_bin"] = str(xml.with_suffix(".bin"))
+        infer_prec = ovs.inference_precision if ovs else "f32"
+        hint = ovs.hint if ovs else "latency"
+        t0 = time.perf_counter()
+        label = "openvino-cpu" + (f"-{cpu_isa.lower()}" if cpu_isa else "")
+        with OpenVINORunner(
+            xml, threads=threads, inference_precision=infer_prec, hint=hint, isa=cpu_isa
+        ) as r:
+            got = run_batched(r, x_run, batch)
+            with OpenVINORunner(
+                ov_model, threads=threads, inference_precision=infer_prec, hint=hint, isa=cpu_isa
+            ) as probe:
+                _gate(
+                    report,
+                    ref_run,
+                    got,
+                    tol,
+                    label,
+                    bisect=lambda: first_diverging_node(ov_model, x_run[:batch], probe.run_model, tol),
+                )
+            if prec == "int8" and not cpu_isa:
+                report.kernels = kernel_report(r, x_run[:batch], ov_model)
+        report.timings_s["parity_openvino"] = round(time.perf_counter() - t0, 3)
+
+
+def _run_coreml(module, example, prof, prec, stage, x, ref, tol, report) -> None:
+    from edgeattn.export import coreml_target as cm
+    from edgeattn.export.mil_eval import MILProgram, UnsupportedMILOp
+    from edgeattn.export.parity import run_batched
+
+    t0 = time.perf_counter()
+    path = stage / "model.mlpackage"
+    info = cm.convert_coreml(module, example, prof, prec, path)
+    report.timings_s["coreml_convert"] = round(time.perf_counter() - t0, 3)
+    report.artifacts["mlpackage"] = str(path)
+    target_name = info["deployment_target"]
+    spec = cm.validate_spec(path, deployment_target=target_name, input_shape=tuple(example.shape))
+    report.coreml = {**info, "spec": spec}
+    report.node_counts = spec["op_counts"]
+    if not spec["passed"]:
+        raise EdgeAttnError(
+            f"Core ML spec check failed for profile '{prof.name}': {'; '.join(spec['problems'])}", exit_code=5
+        )
+    batch = example.shape[0]
+    x_run = x[: (len(x) // batch) * batch]
+    ref_run = ref[: len(x_run)]
+    t0 = time.perf_counter()
+    if cm.coreml_prediction_available():
+        units = prof.coreml.compute_units if prof.coreml else "ALL"
+        _gate(
+            report,
+            ref_run,
+            run_batched(lambda b: cm.predict_macos(path, b, units), x_run, batch),
+            tol,
+            f"coreml-{units.lower()}",
+        )
+    else:
+        try:
+            prog = MILProgram.from_package(path)
+            got = run_batched(lambda b: prog(input=b)["output"], x_run, batch)
+            _gate(
+                report,
+                ref_run,
+                got,
+                tol,
+                "coreml-mil-reference",
+                note="numpy reference evaluator of the saved mlprogram (FP16 storage per op); Core ML itself "
+                "runs only on macOS, so on-device numeric parity awaits a macOS run",
+            )
+        except UnsupportedMILOp as exc:
+            report.notes.append(f"spec validated; numeric parity awaits a macOS run ({exc})")
+    report.timings_s["parity_coreml"] = round(time.perf_counter() - t0, 3)

@@ -1,0 +1,247 @@
+"""The parity gate: an exported artifact, run in its own runtime, against the PyTorch reference.
+
+Figures per comparison (outputs flattened per sample, all inputs pooled):
+
+* ``max_abs``: largest absolute difference;
+* ``max_abs_rel_range``: ``max_abs`` divided by the reference output range (``max - min``); this is
+  what the profile's ``tolerance.max_abs`` bounds, so one threshold works for logits of any scale;
+* ``max_rel``: largest ``|a - r| / max(|r|, 1e-3 * range)`` (the floor keeps near-zeros from dominating);
+* ``cosine``: the smallest per-sample cosine similarity;
+* ``top1``: fraction of samples whose argmax over the last axis agrees (every position for sequence
+  outputs).
+
+A gate passes when ``max_abs_rel_range <= max_abs``, ``cosine >= min_cosine`` and
+``top1 >= min_top1_agreement``. ONNX models can be bisected: :func:`first_diverging_node` adds single
+intermediate outputs and binary-searches the topological order for the first node whose value in the
+runtime under test departs from ONNX Runtime with graph optimisations disabled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "ParityResult",
+    "compare_outputs",
+    "first_diverging_node",
+    "ort_reference_session",
+    "reference_outputs",
+    "run_batched",
+    "run_ort",
+]
+
+
+@dataclass
+class ParityResult:
+    """Outcome of one parity comparison."""
+
+    runtime: str
+    reference: str
+    n_inputs: int
+    max_abs: float
+    max_abs_rel_range: float
+    max_rel: float
+    cosine: float
+    top1: float
+    tolerance: dict[str, float]
+    passed: bool
+    failures: list[str] = field(default_factory=list)
+    first_diverging_node: dict[str, Any] | None = None
+    note: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict for report.json."""
+        return asdict(self)
+
+
+def _metrics(ref: np.ndarray, out: np.ndarray) -> dict[str, float]:
+    ref = np.asarray(ref, dtype=np.float64)
+    out = np.asarray(out, dtype=np.float64)
+    if ref.shape != out.shape:
+        raise ValueError(f"output shapes differ: reference {ref.shape}, artifact {out.shape}")
+    diff = np.abs(out - ref)
+    span = float(ref.max() - ref.min()) if ref.size else 0.0
+    span = span if span > 0 else max(float(np.abs(ref).max(initial=0.0)), 1e-12)
+    max_abs = float(diff.max(initial=0.0))
+    floor = 1e-3 * span
+    max_rel = float((diff / np.maximum(np.abs(ref), floor)).max(initial=0.0))
+    n = ref.shape[0] if ref.ndim else 1
+    r2, o2 = ref.reshape(n, -1), out.reshape(n, -1)
+    norms = np.linalg.norm(r2, axis=1) * np.linalg.norm(o2, axis=1)
+    cos = np.where(norms > 0, (r2 * o2).sum(1) / np.maximum(norms, 1e-300), 1.0)
+    if not np.all(np.isfinite(out)):
+        cos = np.zeros_like(cos)
+        max_abs = max_rel = float("inf")
+    top1 = float(np.mean(ref.argmax(-1) == out.argmax(-1))) if ref.ndim >= 2 else 1.0
+    return {
+        "max_abs": max_abs,
+        "max_abs_rel_range": max_abs / span,
+        "max_rel": max_rel,
+        "cosine": float(cos.min(initial=1.0)),
+        "top1": top1,
+    }
+
+
+def compare_outputs(
+    reference: np.ndarray,
+    artifact: np.ndarray,
+    tolerance: Any,
+    *,
+    runtime: str,
+    reference_name: str = "pytorch",
+) -> ParityResult:
+    """Compare two stacked outputs (samples on axis 0) against a profile ``Tolerance``."""
+    tol = {
+        "max_abs": float(tolerance.max_abs),
+        "min_cosine": float(tolerance.min_cosine),
+        "min_top1_agreement": float(tolerance.min_top1_agreement),
+    }
+    m = _metrics(reference, artifact)
+    failures = []
+    if not m["max_abs_rel_range"] <= tol["max_abs"]:
+        failures.append(
+            f"max abs error {m['max_abs_rel_range']:.3g} of the output range > {tol['max_abs']:g}"
+        )
+    if not m["cosine"] >= tol["min_cosine"]:
+        failures.append(f"cosine {m['cosine']:.6f} < {tol['min_cosine']:g}")
+    if not m["top1"] >= tol["min_top1_agreement"]:
+        failures.append(f"top-1 agreement {m['top1']:.3f} < {tol['min_top1_agreement']:g}")
+    return ParityResult(
+        runtime=runtime,
+        reference=reference_name,
+        n_inputs=int(np.asarray(reference).shape[0]),
+        tolerance=tol,
+        passed=not failures,
+        failures=failures,
+        **m,
+    )
+
+
+def run_batched(fn: Callable[[np.ndarray], np.ndarray], inputs: np.ndarray, batch: int) -> np.ndarray:
+    """Run ``fn`` over ``inputs`` in chunks of ``batch`` (the artifact's static batch); stack the outputs."""
+    outs = [np.asarray(fn(inputs[i : i + batch])) for i in range(0, len(inputs), batch)]
+    return np.concatenate(outs, axis=0)
+
+
+def ort_reference_session(model_bytes: bytes, threads: int = 2):
+    """An ONNX Runtime CPU session with every graph optimisation disabled (the exact second reference:
+    fused int8 paths such as QGemm can saturate on CPUs without VNNI, REFERENCE.md)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    return ort.InferenceSession(model_bytes, opts, providers=["CPUExecutionProvider"])
+
+
+def run_ort(session, x: np.ndarray) -> np.ndarray:
+    """Run the single-input, first-output ONNX Runtime ``session`` on ``x``."""
+    name = session.get_inputs()[0].name
+    return session.run([session.get_outputs()[0].name], {name: x})[0]
+
+
+def _with_output(model, name: str):
+    """A copy of an ONNX model whose only graph output is the float tensor ``name``."""
+    import onnx
+
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    del copy.graph.output[:]
+    copy.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
+    return copy
+
+
+def _float_outputs(model) -> list[tuple[str, str]]:
+    """(tensor name, node name) of every node output that holds a float value, in topological order."""
+    import onnx
+
+    inferred = onnx.shape_inference.infer_shapes(model)
+    types = {vi.name: vi.type.tensor_type.elem_type for vi in inferred.graph.value_info}
+    types.update({vi.name: vi.type.tensor_type.elem_type for vi in inferred.graph.output})
+    floats = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)
+    skip = {"Constant", "Shape", "QuantizeLinear"}
+    return [
+        (out, node.name or node.op_type)
+        for node in model.graph.node
+        if node.op_type not in skip
+        for out in node.output[:1]
+        if types.get(out) in floats
+    ]
+
+
+def first_diverging_node(
+    model,
+    x: np.ndarray,
+    run_candidate: Callable[[Any, np.ndarray], np.ndarray],
+    tolerance: Any,
+    *,
+    max_steps: int = 12,
+) -> dict[str, Any] | None:
+    """Bisect ``model`` (ONNX) for the first node whose output in ``run_candidate`` leaves ``tolerance``.
+
+    ``run_candidate(model_with_one_output, x)`` runs the runtime under test; the reference is ONNX
+    Runtime without graph optimisations on the same one-output model. Assumes divergence persists
+    downstream once it appears (binary search over the topological order, ``log2(nodes)`` runs).
+    Returns ``{"node", "tensor", "op_type", "index", "max_abs_rel_range", "cosine"}`` or None.
+    """
+    candidates = _float_outputs(model)
+    if not candidates:
+        return None
+    ops = {n.output[0]: n.op_type for n in model.graph.node if n.output}
+
+    def check(i: int) -> tuple[bool, dict[str, float]]:
+        tensor = candidates[i][0]
+        sub = _with_output(model, tensor)
+        ref = run_ort(ort_reference_session(sub.SerializeToString()), x)
+        got = run_candidate(sub, x)
+        m = _metrics(ref.reshape(len(x), -1), np.asarray(got).reshape(len(x), -1))
+        ok = m["max_abs_rel_range"] <= tolerance.max_abs and m["cosine"] >= tolerance.min_cosine
+        return ok, m
+
+    lo, hi = 0, len(candidates) - 1
+    last_ok, last_m = check(hi)
+    if last_ok:  # the last float tensor agrees: nothing to report
+        return None
+    found, found_m = hi, last_m
+    steps = 0
+    while lo < hi and steps < max_steps:
+        mid = (lo + hi) // 2
+        ok, m = check(mid)
+        steps += 1
+        if ok:
+            lo = mid + 1
+        else:
+            hi, found, found_m = mid, mid, m
+    tensor, node = candidates[found]
+    return {
+        "node": node,
+        "tensor": tensor,
+        "op_type": ops.get(tensor, "?"),
+        "index": found,
+        "max_abs_rel_range": found_m["max_abs_rel_range"],
+        "cosine": found_m["cosine"],
+        "exact": steps < max_steps,
+    }
+
+
+def reference_outputs(model: Any, inputs: np.ndarray, batch: int = 8) -> np.ndarray:
+    """The PyTorch reference (eval mode, fake-quant for quantized models) on ``inputs``."""
+    import torch
+
+    model = model.eval()
+    outs = []
+    with torch.no_grad():
+        for i in range(0, len(inputs), batch):
+            outs.append(model(torch.from_numpy(inputs[i : i + batch])).float().numpy())
+    return np.concatenate(outs, axis=0)
+
+
+def summarize(results: Sequence[ParityResult]) -> bool:
+    """True when every result passed."""
+    return all(r.passed for r in results)

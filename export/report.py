@@ -1,0 +1,112 @@
+"""``ExportReport``: what one export run produced and measured, written as ``OUT_DIR/report.json``."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgeattn.errors import EdgeAttnError
+
+__all__ = ["EXIT_CODES", "ExportReport", "ParityFailure", "environment", "write_report"]
+
+# Exit codes of `edgeattn export` (documented in docs/export.md).
+EXIT_CODES = {
+    0: "exported, every parity gate passed",
+    2: "bad input: unknown target/profile, a profile for another target, bad flag value",
+    3: "parity gate failed (the artifact is written under a name that says so)",
+    4: "a backend package is missing (the message names the pip extra)",
+    5: "the target cannot run an op of the model, or the exporter failed (node, op and profile named)",
+    6: "the output directory exists (use --force)",
+    7: "the checkpoint is unreadable or belongs to another model",
+}
+
+
+@dataclass
+class ExportReport:
+    """Everything report.json holds; ``passed`` is the AND of every parity gate that ran."""
+
+    model: str
+    target: str
+    precision: str
+    profile: dict[str, Any]
+    out_dir: str
+    artifacts: dict[str, str] = field(default_factory=dict)
+    inputs: list[dict[str, Any]] = field(default_factory=list)
+    outputs: list[dict[str, Any]] = field(default_factory=list)
+    node_counts: dict[str, int] = field(default_factory=dict)
+    qdq: dict[str, Any] | None = None
+    lint: list[dict[str, Any]] = field(default_factory=list)
+    attention_fusion: list[dict[str, Any]] = field(default_factory=list)
+    trtexec: str | None = None
+    kernels: dict[str, Any] | None = None
+    coreml: dict[str, Any] | None = None
+    parity: list[dict[str, Any]] = field(default_factory=list)
+    parity_inputs: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    timings_s: dict[str, float] = field(default_factory=dict)
+    versions: dict[str, Any] = field(default_factory=dict)
+    passed: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict for JSON."""
+        return asdict(self)
+
+    def model_dump(self, mode: str = "json") -> dict[str, Any]:  # lets _common.write_json serialise it
+        return self.to_dict()
+
+    def summary(self) -> str:
+        """One line per parity comparison, for the console."""
+        lines = []
+        for p in self.parity:
+            status = "ok" if p["passed"] else "FAILED"
+            lines.append(
+                f"{p['runtime']:<28} max|err|/range {p['max_abs_rel_range']:.2e}  cos {p['cosine']:.6f}  "
+                f"top1 {p['top1']:.3f}  {status}"
+            )
+        return "\n".join(lines)
+
+
+class ParityFailure(EdgeAttnError):
+    """A parity gate failed; ``report`` holds the figures (report.json is already written)."""
+
+    exit_code = 3
+
+    def __init__(self, message: str, report: ExportReport) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+def environment() -> dict[str, Any]:
+    """Versions of Python, the runtimes and the host CPU, recorded in every report."""
+    from edgeattn.hostinfo import detect_host
+
+    host = detect_host()
+    return {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "cpu": host.cpu_model,
+        "has_vnni": host.has_vnni,
+        "isa_flags": host.isa_flags,
+        "runtimes": host.runtimes,
+    }
+
+
+def write_report(path: str | Path, report: ExportReport) -> Path:
+    """Write ``report`` as pretty JSON atomically (temp file + rename)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(report.to_dict(), fh, indent=2, default=str)
+            fh.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

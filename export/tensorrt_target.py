@@ -1,0 +1,151 @@
+"""TensorRT target: the equivalent ``trtexec`` line, and an engine build + runner when ``tensorrt`` imports.
+
+Version lines (REFERENCE.md): TensorRT 11 dropped the precision flags (``--fp16``, ``--int8``,
+``--best``) and calibrators, so precision comes only from the typed graph and its Q/DQ nodes;
+TensorRT 10.x (the Jetson line) opts into the same with ``--stronglyTyped``. A 10.x profile with
+``strongly_typed: false`` gets the weakly-typed flags (``--int8`` for Q/DQ graphs, ``--fp16`` for the
+FP16 fallback of unquantized layers).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeattn.errors import MissingBackendError
+
+__all__ = ["build_engine", "tensorrt_available", "trtexec_command", "TensorRTRunner"]
+
+
+def tensorrt_available() -> bool:
+    """True when the ``tensorrt`` Python module imports (and so a GPU build can be tried)."""
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _flags(spec: Any, precision: str) -> list[str]:
+    if spec.major >= 11:
+        return []  # precision only from the typed graph
+    if spec.strongly_typed:
+        return ["--stronglyTyped"]
+    flags = []
+    if precision == "int8":
+        flags.append("--int8")
+    if precision == "fp16" or spec.fp16_fallback:
+        flags.append("--fp16")
+    return flags
+
+
+def trtexec_command(
+    onnx_file: str,
+    engine_file: str,
+    spec: Any,
+    precision: str,
+    input_name: str,
+    input_shape: tuple[int, ...],
+    dynamic_batch: bool,
+    max_batch: int = 32,
+) -> str:
+    """The ``trtexec`` line that builds the same engine as :func:`build_engine` (written into report.json)."""
+    parts = [
+        "trtexec",
+        f"--onnx={onnx_file}",
+        f"--saveEngine={engine_file}",
+        *_flags(spec, precision),
+        f"--memPoolSize=workspace:{spec.workspace_mib}M",
+    ]
+    dims = "x".join(str(d) for d in input_shape[1:])
+    if dynamic_batch:
+        parts += [
+            f"--minShapes={input_name}:1x{dims}",
+            f"--optShapes={input_name}:{input_shape[0]}x{dims}",
+            f"--maxShapes={input_name}:{max_batch}x{dims}",
+        ]
+    if spec.major >= 11 and precision == "fp16":
+        pass  # FP16 comes from the FP16 weights in the graph
+    return " ".join(parts)
+
+
+def build_engine(
+    onnx_bytes: bytes,
+    engine_path: str | Path,
+    spec: Any,
+    precision: str,
+    input_name: str,
+    input_shape: tuple[int, ...],
+    dynamic_batch: bool,
+    max_batch: int = 32,
+) -> Path:
+    """Parse the ONNX with TensorRT, build with the profile's settings and serialize the engine."""
+    try:
+        import tensorrt as trt
+    except ImportError as exc:
+        raise MissingBackendError(
+            "building a TensorRT engine needs the 'tensorrt' package (NVIDIA's wheel, JetPack on Jetson): "
+            "edgeattn's 'tensorrt' extra: pip install tensorrt"
+        ) from exc
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    flags = 0
+    strongly = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+    if spec.strongly_typed and strongly is not None and spec.major < 11:
+        flags |= 1 << int(strongly)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse(onnx_bytes):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise RuntimeError(f"TensorRT could not parse the ONNX graph: {errors}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, spec.workspace_mib << 20)
+    if spec.major < 11 and not spec.strongly_typed:
+        if precision == "int8":
+            config.set_flag(trt.BuilderFlag.INT8)
+        if precision == "fp16" or spec.fp16_fallback:
+            config.set_flag(trt.BuilderFlag.FP16)
+    if dynamic_batch:
+        profile = builder.create_optimization_profile()
+        rest = tuple(input_shape[1:])
+        profile.set_shape(input_name, (1, *rest), tuple(input_shape), (max_batch, *rest))
+        config.add_optimization_profile(profile)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise RuntimeError("TensorRT engine build failed (see the TensorRT log above)")
+    path = Path(engine_path)
+    path.write_bytes(bytes(serialized))
+    return path
+
+
+class TensorRTRunner:
+    """Runs a serialized engine on the GPU with torch CUDA tensors as I/O buffers (one input, one output)."""
+
+    def __init__(self, engine_path: str | Path) -> None:
+        import tensorrt as trt
+        import torch
+
+        if not torch.cuda.is_available():
+            raise MissingBackendError("running a TensorRT engine needs a CUDA build of torch and a GPU")
+        self._torch = torch
+        runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        self.engine = runtime.deserialize_cuda_engine(Path(engine_path).read_bytes())
+        self.context = self.engine.create_execution_context()
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        self.inp = next(n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT)
+        self.out = next(n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        torch = self._torch
+        xin = torch.from_numpy(np.ascontiguousarray(x)).cuda()
+        self.context.set_input_shape(self.inp, tuple(xin.shape))
+        shape = tuple(self.context.get_tensor_shape(self.out))
+        y = torch.empty(shape, dtype=torch.float32, device="cuda")
+        self.context.set_tensor_address(self.inp, xin.data_ptr())
+        self.context.set_tensor_address(self.out, y.data_ptr())
+        stream = torch.cuda.current_stream()
+        self.context.execute_async_v3(stream.cuda_stream)
+        stream.synchronize()
+        return y.cpu().numpy()

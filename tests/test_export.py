@@ -1,0 +1,498 @@
+"""edgeattn.export: clean ONNX, Q/DQ clean-up, TensorRT lint, OpenVINO, Core ML, the parity gate, the CLI.
+
+Models are the small ones in tests/_export_models.py (a conv + attention net in float and as brevitas W8A8 /
+W7A8), so every check compares against an independent reference the test controls: PyTorch (fake-quant),
+ONNX Runtime without optimisations, numpy integer arithmetic.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _export_models import TinyViT, brevitas_layers, calibrate, tiny_quant_vit  # noqa: E402
+from edgeattn.export import ParityFailure, export_model  # noqa: E402
+from edgeattn.export.lint import attention_fusion, lint_tensorrt  # noqa: E402
+from edgeattn.export.onnx_export import export_onnx  # noqa: E402
+from edgeattn.export.parity import (  # noqa: E402
+    compare_outputs,
+    first_diverging_node,
+    ort_reference_session,
+    reference_outputs,
+    run_ort,
+)
+from edgeattn.export.qdq import fold_weight_qcdq, summarize_qdq  # noqa: E402
+
+from edgeattn.cli import main  # noqa: E402
+from edgeattn.device_profile import load_profile  # noqa: E402
+
+RNG = np.random.default_rng(0)
+X = RNG.standard_normal((8, 3, 32, 32)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def float_vit():
+    torch.manual_seed(0)
+    return TinyViT().eval()
+
+
+@pytest.fixture(scope="module")
+def quant_vit():
+    return tiny_quant_vit(weight_bits=8)
+
+
+@pytest.fixture(scope="module")
+def float_onnx(float_vit):
+    return export_onnx(float_vit, torch.from_numpy(X[:1]), opset=17, dynamic_batch=True)
+
+
+@pytest.fixture(scope="module")
+def int8_onnx(quant_vit):
+    return export_onnx(quant_vit, torch.from_numpy(X[:1]), opset=17, precision="int8", dynamic_batch=True)
+
+
+# ------------------------------------------------------------------------------------------------ ONNX / QDQ
+def test_qcdq_weight_fold_matches_numpy_integer_math():
+    """Q -> Clip -> DQ on a float weight becomes an int8 initializer equal to round-half-even + clip."""
+    w = np.array([[0.30, -0.74, 0.05], [1.0, -1.0, 0.125]], np.float32)
+    scale = np.array([0.01, 0.0078125], np.float32)
+    nodes = [
+        helper.make_node("QuantizeLinear", ["W", "s", "zp"], ["wq"], axis=0),
+        helper.make_node("Clip", ["wq", "lo", "hi"], ["wc"]),
+        helper.make_node("DequantizeLinear", ["wc", "s", "zp"], ["wd"], axis=0),
+        helper.make_node("Gemm", ["x", "wd"], ["y"], transB=1),
+    ]
+    inits = [
+        numpy_helper.from_array(w, "W"),
+        numpy_helper.from_array(scale, "s"),
+        numpy_helper.from_array(np.zeros(2, np.int8), "zp"),
+        numpy_helper.from_array(np.array(-63, np.int8), "lo"),
+        numpy_helper.from_array(np.array(63, np.int8), "hi"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    x = np.array([[1.0, 2.0, -3.0]], np.float32)
+    before = run_ort(ort_reference_session(model.SerializeToString()), x)
+    assert fold_weight_qcdq(model) == 1
+    assert [n.op_type for n in model.graph.node] == ["DequantizeLinear", "Gemm"]
+    q = numpy_helper.to_array(
+        next(i for i in model.graph.initializer if i.data_type == TensorProto.INT8 and len(i.dims) == 2)
+    )
+    # hand-computed: 0.30/0.01=30, -74, 5 ; 1/0.0078125=128 -> clip 63, -128 -> -63, 16
+    np.testing.assert_array_equal(q, [[30, -63, 5], [63, -63, 16]])
+    after = run_ort(ort_reference_session(model.SerializeToString()), x)
+    np.testing.assert_array_equal(before, after)
+
+
+def test_float_onnx_is_clean_and_matches_torch(float_vit, float_onnx):
+    m = float_onnx.model
+    assert m.opset_import[0].version == 17
+    assert not {i.name for i in m.graph.initializer} & {i.name for i in m.graph.input}
+    ops = [n.op_type for n in m.graph.node]
+    assert ops.count("LayerNormalization") == 2  # LayerNorm as the single opset-17 op
+    assert "BatchNormalization" not in ops and "Constant" not in ops
+    assert m.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+    ref = reference_outputs(float_vit, X)
+    got = run_ort(ort_reference_session(m.SerializeToString()), X)
+    res = compare_outputs(ref, got, load_profile("host-cpu").tolerance_for("fp32"), runtime="ort")
+    assert res.passed and res.max_abs < 1e-5, res
+
+
+def test_int8_onnx_qdq_placement(quant_vit, int8_onnx):
+    m = int8_onnx.model
+    s = summarize_qdq(m)
+    # 6 weights (stem, qkv, proj, fc1, fc2, head): int8 initializers straight into DequantizeLinear
+    assert s.weight_dq_int8 == 6 and s.weight_qcdq_left == 0 and s.clip_between_q_dq == 0
+    assert s.nonzero_zero_points == 0 and s.int32_dq == 0 and "Clip" not in [n.op_type for n in m.graph.node]
+    findings = lint_tensorrt(m, major=10, precision="int8")
+    assert findings == [], [f.message for f in findings]
+    (block,) = attention_fusion(m)
+    assert block.fusable, block.reasons
+    ref = reference_outputs(quant_vit, X)
+    got = run_ort(ort_reference_session(m.SerializeToString()), X)
+    assert np.abs(ref - got).max() / np.ptp(ref) < 1e-5
+
+
+def test_lint_names_offending_nodes(int8_onnx):
+    m = onnx.ModelProto()
+    m.CopyFrom(int8_onnx.model)
+    sm = next(n for n in m.graph.node if n.op_type == "Softmax")
+    q = next(n for n in m.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == sm.output[0])
+    # make the softmax output quantizer unsigned, as brevitas' default would
+    zp_name = q.input[2]
+    m.graph.initializer.append(numpy_helper.from_array(np.array(0, np.uint8), "zp_u8"))
+    for n in m.graph.node:
+        if n.op_type in ("QuantizeLinear", "DequantizeLinear") and len(n.input) > 2 and n.input[2] == zp_name:
+            n.input[2] = "zp_u8"
+    m.graph.node.append(helper.make_node("Det", ["x_unused"], ["d"], name="my_det"))
+    findings = lint_tensorrt(m, major=11, precision="int8", profile_name="rtx-trt11")
+    rules = {(f.rule, f.severity) for f in findings}
+    assert ("unsigned", "error") in rules
+    det = next(f for f in findings if f.rule == "op-support")
+    assert "Det" in det.message and "my_det" in det.message and "rtx-trt11" in det.message
+    (block,) = attention_fusion(m)
+    assert not block.fusable and any("unsigned" in r for r in block.reasons)
+
+
+def test_attention_fusion_rejects_scale_after_matmul():
+    class LateScale(torch.nn.Module):
+        def forward(self, q, k):  # the scale after Q@K^T, which TensorRT's fusion does not accept
+            return (torch.matmul(q, k.transpose(-1, -2)) * 0.125).softmax(-1) @ k
+
+    q = torch.randn(1, 2, 4, 8)
+    path = Path(__import__("tempfile").mkdtemp()) / "late.onnx"
+    torch.onnx.export(LateScale(), (q, q), str(path), dynamo=False, opset_version=17)
+    (block,) = attention_fusion(onnx.load(str(path)))
+    assert not block.fusable
+    assert any("after the first MatMul" in r for r in block.reasons)
+
+
+# ------------------------------------------------------------------------------------------------ parity gate
+def test_gate_catches_a_corrupted_scale_and_names_the_node(quant_vit, int8_onnx):
+    m = onnx.ModelProto()
+    m.CopyFrom(int8_onnx.model)
+    dq = [
+        n
+        for n in m.graph.node
+        if n.op_type == "DequantizeLinear"
+        and any(i.name == n.input[0] and i.data_type == TensorProto.INT8 for i in m.graph.initializer)
+    ][2]
+    scale_init = next(i for i in m.graph.initializer if i.name == dq.input[1])
+    scale_init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(scale_init) * 3.0, scale_init.name))
+    tol = load_profile("host-cpu").tolerance_for("int8")
+    ref = reference_outputs(quant_vit, X)
+    good = run_ort(ort_reference_session(int8_onnx.model.SerializeToString()), X)
+    bad = run_ort(ort_reference_session(m.SerializeToString()), X)
+    assert compare_outputs(ref, good, tol, runtime="ort").passed
+    res = compare_outputs(ref, bad, tol, runtime="ort")
+    assert not res.passed and res.failures
+
+    def run_bad(sub, x):  # the "runtime under test": the corrupted graph, probed at the same tensor
+        names = {o.name for o in sub.graph.output}
+        probe = onnx.ModelProto()
+        probe.CopyFrom(m)
+        del probe.graph.output[:]
+        probe.graph.output.extend(sub.graph.output)
+        assert {o.name for o in probe.graph.output} == names
+        return run_ort(ort_reference_session(probe.SerializeToString()), x)
+
+    found = first_diverging_node(int8_onnx.model, X[:2], run_bad, tol)
+    consumer = next(n for n in m.graph.node if dq.output[0] in n.input)
+    assert found is not None and found["tensor"] in (dq.output[0], consumer.output[0])
+
+
+def test_compare_outputs_hand_computed():
+    ref = np.array([[0.0, 1.0, 2.0], [3.0, 2.0, 1.0]])
+    out = ref + np.array([[0.0, 0.0, 0.3], [0.0, 0.0, 0.0]])
+    tol = load_profile("host-cpu").tolerance_for("int8")
+    res = compare_outputs(ref, out, tol, runtime="x")
+    assert res.max_abs == pytest.approx(0.3)
+    assert res.max_abs_rel_range == pytest.approx(0.1)  # range 3
+    cos = (ref[0] @ out[0]) / np.linalg.norm(ref[0]) / np.linalg.norm(out[0])
+    assert res.cosine == pytest.approx(cos)
+    assert res.top1 == 1.0 and not res.passed  # 0.1 > 0.05
+
+
+# ------------------------------------------------------------------------------------------------ OpenVINO
+def test_openvino_int8_runs_int8_kernels_and_matches(quant_vit, tmp_path):
+    pytest.importorskip("openvino")
+    rep = export_model(
+        quant_vit,
+        "openvino",
+        "intel-vnni-openvino",
+        tmp_path / "ov",
+        n_inputs=8,
+        inputs=X,
+        dynamic_batch=True,
+    )
+    assert rep.passed and {p["runtime"] for p in rep.parity} == {"onnxruntime-noopt", "openvino-cpu"}
+    assert rep.kernels["all_int8"], rep.kernels
+    assert rep.kernels["count"] >= 6  # stem conv, qkv, proj, fc1, fc2, head (+ fused attention matmuls)
+    saved = json.loads((tmp_path / "ov" / "report.json").read_text())
+    assert saved["passed"] and saved["qdq"]["weight_dq_int8"] == 6
+    assert (tmp_path / "ov" / "model.xml").is_file() and (tmp_path / "ov" / "model.bin").is_file()
+
+
+def _positive_conv_stack(weight_bits: int):
+    """Conv layers with all-positive weights: the case where int8 pairs saturate a 16-bit accumulator."""
+    L = brevitas_layers(weight_bits)
+    torch.manual_seed(0)
+    layers = [L["identity"]()]
+    c = 3
+    for _ in range(2):
+        layers += [L["conv"](c, 64, 3, padding=1), torch.nn.ReLU(), L["identity"]()]
+        c = 64
+    model = torch.nn.Sequential(
+        *layers, torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), L["identity"](), L["linear"](64, 10)
+    )
+    for mod in model.modules():
+        if getattr(mod, "weight", None) is not None and mod.weight.dim() == 4:
+            mod.weight.data.abs_()
+    return calibrate(model, [torch.randn(4, 3, 32, 32) for _ in range(3)])
+
+
+def test_avx2_without_vnni_saturation_is_caught(tmp_path):
+    """REFERENCE.md: on AVX2 without VNNI, full 8-bit weights diverge in OpenVINO and 7-bit weights pass.
+
+    This host may have VNNI: OpenVINO's oneDNN kernels are capped at AVX2 (ONEDNN_MAX_CPU_ISA in a child
+    process) to compute what such a CPU computes.
+    """
+    pytest.importorskip("openvino")
+    from edgeattn.hostinfo import detect_host
+
+    if "avx2" not in detect_host().isa_flags:
+        pytest.skip("needs an x86 CPU with AVX2 (the ISA whose int8 kernels saturate)")
+    x = RNG.standard_normal((4, 3, 32, 32)).astype(np.float32)
+    with pytest.raises(ParityFailure) as info:
+        export_model(
+            _positive_conv_stack(8),
+            "openvino",
+            "intel-vnni-openvino",
+            tmp_path / "w8",
+            inputs=x,
+            n_inputs=4,
+            cpu_isa="AVX2",
+            dynamic_batch=True,
+        )
+    assert info.value.exit_code == 3
+    failed = info.value.report
+    ov = next(p for p in failed.parity if p["runtime"] == "openvino-cpu-avx2")
+    assert not ov["passed"] and ov["max_abs_rel_range"] > 0.05
+    assert ov["first_diverging_node"]["op_type"] == "Conv"
+    files = sorted(p.name for p in (tmp_path / "w8").iterdir())
+    assert (
+        "model.FAILED_PARITY.xml" in files and "model.FAILED_PARITY.bin" in files and "report.json" in files
+    )
+    # the shipped profile for such CPUs (7-bit weights) passes on the same ISA
+    ok = export_model(
+        _positive_conv_stack(load_profile("intel-avx2-openvino").quant.weight_bits),
+        "openvino",
+        "intel-avx2-openvino",
+        tmp_path / "w7",
+        inputs=x,
+        n_inputs=4,
+        cpu_isa="AVX2",
+        dynamic_batch=True,
+    )
+    assert ok.passed and ok.parity[-1]["max_abs_rel_range"] < 1e-5
+
+
+class _ConcatFuse(torch.nn.Module):
+    """Two conv paths concatenated, quantized, fused by a 1x1 conv (FMViT's CFB in miniature)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        L = brevitas_layers(8)
+        self.q0, self.qc = L["identity"](), L["identity"]()
+        self.a = L["conv"](8, 8, 3, padding=1, groups=8)
+        self.b = L["conv"](8, 8, 1)
+        self.fuse = L["conv"](16, 8, 1)
+
+    def forward(self, x):
+        x = self.q0(x)
+        return self.fuse(self.qc(torch.cat([self.a(x), self.b(x)], 1)))
+
+
+def test_split_concat_conv_is_exact_and_fixes_openvino():
+    pytest.importorskip("openvino")
+    from edgeattn.export.openvino_target import OpenVINORunner, for_openvino
+
+    torch.manual_seed(0)
+    model = calibrate(_ConcatFuse(), [torch.randn(4, 8, 8, 8) for _ in range(2)])
+    x = RNG.standard_normal((4, 8, 8, 8)).astype(np.float32)
+    exported = export_onnx(model, torch.from_numpy(x[:1]), precision="int8", dynamic_batch=True)
+    rewritten, n = for_openvino(exported.model)
+    assert n == 1 and "Concat" not in [node.op_type for node in rewritten.graph.node]
+    onnx.checker.check_model(rewritten, full_check=True)
+    ref = reference_outputs(model, x)
+    before = run_ort(ort_reference_session(exported.model.SerializeToString()), x)
+    after = run_ort(ort_reference_session(rewritten.SerializeToString()), x)
+    assert np.abs(after - before).max() <= 1e-6 * np.ptp(ref)  # same integers, float summation order aside
+    with OpenVINORunner(rewritten) as ov:
+        res = compare_outputs(
+            ref, ov(x), load_profile("intel-vnni-openvino").tolerance_for("int8"), runtime="ov"
+        )
+    assert res.passed and res.max_abs_rel_range < 1e-5, res
+
+
+# ------------------------------------------------------------------------------------------------ TensorRT
+def test_tensorrt_lint_and_command(quant_vit, tmp_path):
+    rep = export_model(quant_vit, "tensorrt", "jetson-orin-trt10", tmp_path / "trt", inputs=X, n_inputs=8)
+    assert rep.lint == [] and all(a["fusable"] for a in rep.attention_fusion)
+    assert "--stronglyTyped" in rep.trtexec and "--int8" not in rep.trtexec
+    rep11 = export_model(quant_vit, "tensorrt", "rtx-trt11", tmp_path / "trt11", inputs=X, n_inputs=8)
+    assert "--stronglyTyped" not in rep11.trtexec and "--fp16" not in rep11.trtexec
+    assert "--minShapes=input:1x3x32x32" in rep11.trtexec  # rtx-trt11 exports a dynamic batch
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        assert any("tensorrt is not importable" in n for n in rep.notes)
+
+
+# ------------------------------------------------------------------------------------------------ Core ML
+@pytest.mark.parametrize("which", ["fp16", "int8"])
+def test_coreml_package_spec_and_reference_parity(which, float_vit, quant_vit, tmp_path):
+    pytest.importorskip("coremltools")
+    model = float_vit if which == "fp16" else quant_vit
+    rep = export_model(
+        model, "coreml", "apple-a17-coreml", tmp_path / which, inputs=X[:4], n_inputs=4, batch=1
+    )
+    spec = rep.coreml["spec"]
+    assert spec["passed"] and spec["spec_version"] == 8 and spec["inputs"] == {"input": [1, 3, 32, 32]}
+    assert ("constexpr_affine_dequantize" in spec["op_counts"]) == (which == "int8")
+    assert {"softmax", "matmul", "layer_norm"} <= set(spec["op_counts"])
+    (par,) = rep.parity
+    assert par["runtime"] == "coreml-mil-reference" and par["passed"] and "macOS" in par["note"]
+    assert 0 < par["max_abs_rel_range"] < 1e-2  # FP16 storage shows: not bit-identical, but close
+
+
+def test_mil_evaluator_matches_float_twin_in_fp32(float_vit, tmp_path):
+    """With FP32 compute the numpy MIL evaluator must reproduce torch to float32 rounding."""
+    pytest.importorskip("coremltools")
+    from edgeattn.export.coreml_target import convert_coreml
+    from edgeattn.export.mil_eval import MILProgram
+
+    prof = load_profile("apple-a17-coreml")
+    convert_coreml(float_vit, torch.from_numpy(X[:1]), prof, "fp32", tmp_path / "m.mlpackage")
+    prog = MILProgram.from_package(tmp_path / "m.mlpackage")
+    got = np.concatenate([prog(input=X[i : i + 1])["output"] for i in range(4)])
+    np.testing.assert_allclose(got, reference_outputs(float_vit, X[:4]), rtol=1e-4, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------ CLI errors
+def _cli(capsys, *args):
+    code = main(["export", *args])
+    return code, capsys.readouterr().err
+
+
+def test_cli_bad_inputs(tmp_path, capsys):
+    code, err = _cli(
+        capsys, "mobilenetv2", "--target", "tflite", "--profile", "host-cpu", "-o", str(tmp_path / "a")
+    )
+    assert code == 2 and "unknown target 'tflite'" in err
+    code, err = _cli(
+        capsys, "mobilenetv2", "--target", "coreml", "--profile", "host-cpu", "-o", str(tmp_path / "a")
+    )
+    assert code == 2 and "not 'coreml'" in err
+    code, err = _cli(
+        capsys, "mobilenetv2", "--target", "onnx", "--profile", "nope", "-o", str(tmp_path / "a")
+    )
+    assert code == 2 and "unknown profile 'nope'" in err
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("keep")
+    code, err = _cli(
+        capsys, "mobilenetv2", "--target", "onnx", "--profile", "host-cpu", "-o", str(tmp_path / "full")
+    )
+    assert code == 6 and "--force" in err and (tmp_path / "full" / "x").read_text() == "keep"
+    assert not (tmp_path / "a").exists()
+
+
+def test_cli_missing_backend_and_foreign_checkpoint(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "openvino", None)  # import openvino -> ImportError
+    code, err = _cli(
+        capsys, "mobilenetv2", "--target", "openvino", "--profile", "host-cpu", "-o", str(tmp_path / "o")
+    )
+    assert code == 4 and "'openvino' extra: pip install openvino" in err and not (tmp_path / "o").exists()
+    from edgeattn.quant.checkpoint import save_checkpoint
+
+    from edgeattn.models import create_model
+
+    kwargs = {"img_size": 32, "num_classes": 10}
+    ckpt = tmp_path / "mnv2.pt"
+    save_checkpoint(
+        ckpt,
+        create_model("mobilenetv2", **kwargs),
+        {"model": "mobilenetv2", "model_kwargs": kwargs, "quant": None, "reparameterized": False},
+    )
+    code, err = _cli(
+        capsys,
+        "vit_tiny",
+        "--target",
+        "onnx",
+        "--profile",
+        "host-cpu",
+        "-o",
+        str(tmp_path / "c"),
+        "--checkpoint",
+        str(ckpt),
+    )
+    assert code == 7 and "is for model 'mobilenetv2', not 'vit_tiny'" in err and not (tmp_path / "c").exists()
+
+
+def test_unsupported_op_for_tensorrt_names_op_node_profile(tmp_path):
+    class Det(torch.nn.Module):
+        input_size = (3, 4, 4)
+
+        def forward(self, x):
+            return torch.linalg.det(x).flatten(1)
+
+    from edgeattn.errors import EdgeAttnError
+
+    with pytest.raises(EdgeAttnError) as info:
+        export_model(Det(), "tensorrt", "jetson-orin-trt10", tmp_path / "d", precision="fp32", n_inputs=2)
+    msg = str(info.value)
+    assert info.value.exit_code == 5 and "Det" in msg and "jetson-orin-trt10" in msg and "node" in msg
+    assert not (tmp_path / "d").exists()
+
+
+def test_cli_registry_model_onnx_end_to_end(tmp_path, capsys):
+    out = tmp_path / "mnv2"
+    code = main(
+        [
+            "export",
+            "mobilenetv2",
+            "--target",
+            "onnx",
+            "--profile",
+            "host-cpu",
+            "-o",
+            str(out),
+            "--img-size",
+            "32",
+            "--precision",
+            "fp32",
+            "--n-inputs",
+            "4",
+            "--json",
+            str(tmp_path / "r.json"),
+        ]
+    )
+    assert code == 0, capsys.readouterr().err
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["passed"] and rep["node_counts"]["Conv"] > 10 and rep["inputs"][0]["shape"] == [1, 3, 32, 32]
+    assert {p["runtime"] for p in rep["parity"]} == {"onnxruntime-noopt", "onnxruntime"}
+    assert json.loads((tmp_path / "r.json").read_text())["model"] == "mobilenetv2"
+    code = main(
+        [
+            "export",
+            "mobilenetv2",
+            "--target",
+            "onnx",
+            "--profile",
+            "host-cpu",
+            "-o",
+            str(out),
+            "--img-size",
+            "32",
+            "--precision",
+            "fp32",
+            "--n-inputs",
+            "4",
+            "--force",
+        ]
+    )
+    assert code == 0

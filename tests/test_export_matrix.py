@@ -1,0 +1,105 @@
+"""The model matrix: every registered vision model, FP32 and INT8, through every target that runs here.
+
+Per (model, precision) the ONNX graph is exported once (the artifact all ONNX-based targets share) and checked
+in ONNX Runtime (no optimisations and default), OpenVINO CPU (plus its int8-kernel counters for INT8) and
+TensorRT's lint + attention-fusion check; Core ML converts and is evaluated by the MIL reference evaluator.
+INT8 models are the registry model's deploy form quantized with edgeattn.quant (the profile's bits) and
+calibrated on digits samples. img_size 32 keeps it small.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from edgeattn.export.lint import lint_tensorrt
+from edgeattn.export.onnx_export import export_onnx
+from edgeattn.export.parity import compare_outputs, ort_reference_session, reference_outputs, run_ort
+
+from edgeattn.device_profile import load_profile
+from edgeattn.models import create_model, list_models
+
+VISION = [m for m in list_models() if m != "tiny_llama"]
+PROFILE = load_profile("intel-vnni-openvino")
+X = np.random.default_rng(1).standard_normal((8, 3, 32, 32)).astype(np.float32)
+
+
+def _model(name: str, precision: str):
+    from edgeattn.quant import ptq
+
+    from edgeattn.data import digits_dataset
+    from edgeattn.reparameterize import reparameterize
+
+    torch.manual_seed(0)
+    deploy = reparameterize(create_model(name, num_classes=10, img_size=32)).eval()
+    if precision == "fp32":
+        return deploy
+    calib = digits_dataset(img_size=32, in_chans=3, split="train").tensors[0][:32]
+    return ptq(deploy, PROFILE, [calib]).eval()
+
+
+# Known failures, reported as such (xfail, not pass): INT8 fmvit_t lands just outside the default int8
+# tolerance in OpenVINO CPU (cosine ~0.9915 < 0.995 on these random-weight, digits-calibrated inputs:
+# activation values on rounding boundaries flip between OpenVINO's FakeQuantize arithmetic and Q/DQ).
+_BORDERLINE = pytest.mark.xfail(reason="fmvit_t INT8 in OpenVINO: cosine ~0.9915 vs 0.995 (rounding flips)")
+CASES = [
+    pytest.param(name, prec, marks=_BORDERLINE if (name, prec) == ("fmvit_t", "int8") else ())
+    for name in VISION
+    for prec in ("fp32", "int8")
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("name", "precision"), CASES)
+def test_model_matrix_onnx_openvino_tensorrt(name, precision):
+    pytest.importorskip("openvino")
+    from edgeattn.export.openvino_target import OpenVINORunner, for_openvino, kernel_report
+
+    model = _model(name, precision)
+    exported = export_onnx(model, torch.from_numpy(X[:1]), precision=precision, dynamic_batch=True)
+    # TensorRT lint first: it must hold even where a runtime diverges
+    findings = lint_tensorrt(exported.model, major=10, precision=precision)
+    assert [f.message for f in findings if f.severity == "error"] == []
+    tol = PROFILE.tolerance_for(precision)
+    ref = reference_outputs(model, X)
+    got = run_ort(ort_reference_session(exported.model.SerializeToString()), X)
+    res = compare_outputs(ref, got, tol, runtime="onnxruntime-noopt")
+    assert res.passed, res
+    ov_model, _ = for_openvino(exported.model)
+    with OpenVINORunner(ov_model) as ov:
+        res = compare_outputs(ref, ov(X), tol, runtime="openvino-cpu")
+        assert res.passed, res
+        if precision == "int8":
+            kernels = kernel_report(ov, X[:1], ov_model)
+            slow = [(n["name"], n["exec_type"]) for n in kernels["nodes"] if not n["int8"]]
+            assert kernels["all_int8"], slow
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "name",
+    [
+        "mobilenetv2_ela",
+        "vit_tiny",
+        pytest.param(
+            "fmvit_t",
+            marks=pytest.mark.xfail(
+                reason="FP16 + activation fake-quant: 6.5% of range vs 5% (rounding flips)"
+            ),
+        ),
+    ],
+)
+def test_model_matrix_coreml(name, tmp_path):
+    pytest.importorskip("coremltools")
+    from edgeattn.export.coreml_target import convert_coreml, validate_spec
+    from edgeattn.export.mil_eval import MILProgram
+
+    prof = load_profile("apple-a17-coreml")
+    model = _model(name, "int8")
+    path = tmp_path / "m.mlpackage"
+    convert_coreml(model, torch.from_numpy(X[:1]), prof, "int8", path)
+    assert validate_spec(path, deployment_target="iOS17", input_shape=(1, 3, 32, 32))["passed"]
+    prog = MILProgram.from_package(path)
+    got = np.concatenate([prog(input=X[i : i + 1])["output"] for i in range(4)])
+    res = compare_outputs(reference_outputs(model, X[:4]), got, prof.tolerance_for("int8"), runtime="mil")
+    assert res.passed, res
