@@ -22,7 +22,7 @@ Target = Literal["onnx", "tensorrt", "openvino", "coreml", "hls"]
 Runtime = Literal["onnxruntime", "tensorrt", "openvino", "coreml", "vitis_hls"]
 Precision = Literal["fp32", "fp16", "int8"]
 SoftmaxMethod = Literal["exact", "online", "ibert", "shift", "base2"]
-GeluMethod = Literal["exact", "tanh", "edgemoe", "ibert", "sigmoid"]
+GeluMethod = Literal["exact", "tanh", "edgemoe", "edgemoe_mm", "ibert", "sigmoid", "respoly"]
 
 
 class _Strict(BaseModel):
@@ -126,8 +126,8 @@ class CoreMLSpec(_Strict):
 class FixedPoint(_Strict):
     """An ap_fixed<width, integer> type: `integer` bits before the binary point, sign included."""
 
-    width: int = Field(ge=2, le=64)
-    integer: int = Field(ge=1, le=64)
+    width: int = Field(ge=2, le=64, description="total bits, sign included")
+    integer: int = Field(ge=1, le=64, description="bits before the binary point, sign included")
 
     @model_validator(mode="after")
     def _fits(self) -> FixedPoint:

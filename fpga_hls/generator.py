@@ -21,9 +21,6 @@ leaves a partial project behind.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
@@ -34,6 +31,7 @@ from edgeattn.fpga_hls import golden as G
 from edgeattn.fpga_hls.estimate import LayerShape, estimate
 from edgeattn.fpga_hls.extract import SUPPORTED_SHAPE, check_vit, layer_params, model_params
 
+from edgeattn.atomic import staging_dir
 from edgeattn.errors import EdgeAttnError
 
 __all__ = ["ProjectInfo", "generate_project", "compare"]
@@ -261,16 +259,8 @@ def generate_project(
         },
     )
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
-    try:
+    with staging_dir(out_dir) as tmp:
         _write_project(tmp, info, hls, lps, mp, in_raw, gold, ref)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return info
 
 

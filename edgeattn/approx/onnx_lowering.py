@@ -9,14 +9,13 @@ the graph holds nothing outside :data:`STANDARD_OPS` (no custom domain), and :fu
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from edgeattn.approx.float_ops import GELU_METHODS, SOFTMAX_METHODS, ApproxGELU, ApproxSoftmax
+from edgeattn.atomic import atomic_path
 
 # ONNX default-domain ops the lowerings may use (all in TensorRT's, OpenVINO's and Core ML's ONNX op sets).
 STANDARD_OPS: frozenset[str] = frozenset(
@@ -84,26 +83,22 @@ def export_onnx(
     path = Path(path)
     model = approx_module(op, method).eval()
     x = torch.randn(*shape)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp.onnx")
-    os.close(fd)
-    try:
-        torch.onnx.export(
-            model,
-            (x,),
-            tmp,
-            input_names=["x"],
-            output_names=["y"],
-            opset_version=opset,
-            dynamo=True,
-            external_data=False,
-            verbose=False,
-        )
-        check_ops(tmp)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-        Path(tmp + ".data").unlink(missing_ok=True)
+    with atomic_path(path, suffix=".tmp.onnx") as tmp:
+        try:
+            torch.onnx.export(
+                model,
+                (x,),
+                tmp,
+                input_names=["x"],
+                output_names=["y"],
+                opset_version=opset,
+                dynamo=True,
+                external_data=False,
+                verbose=False,
+            )
+            check_ops(tmp)
+        finally:
+            Path(f"{tmp}.data").unlink(missing_ok=True)
     return path
 
 

@@ -24,6 +24,7 @@ import numpy as np
 
 from edgeattn.approx import float_ops as fo
 from edgeattn.approx.fixed import FixedFormat
+from edgeattn.atomic import atomic_path
 
 SOFTMAX_LENGTHS: tuple[int, ...] = (16, 64, 197, 512)
 SOFTMAX_SCALES: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0)
@@ -291,8 +292,6 @@ def progress_steps() -> int:
 
 def plot_report(report: dict[str, Any], path: str) -> None:
     """GELU error curves per method (float and fixed) and a softmax error summary, as a PNG (atomic write)."""
-    import os
-    import tempfile
     from pathlib import Path
 
     import matplotlib
@@ -334,12 +333,8 @@ def plot_report(report: dict[str, Any], path: str) -> None:
     axes[2].legend(fontsize=8)
     fig.tight_layout()
     path_ = Path(path)
-    path_.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path_.parent, prefix=f".{path_.name}.", suffix=".png")
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, path_)
+        with atomic_path(path_, suffix=".png") as tmp:
+            fig.savefig(tmp, dpi=110)
     finally:
         plt.close(fig)
-        Path(tmp).unlink(missing_ok=True)

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
+
+from edgeattn.atomic import write_text_atomic
 
 console = Console()
 err_console = Console(stderr=True)
@@ -23,18 +23,8 @@ def fail(message: str, exit_code: int = 2) -> int:
 
 def write_json(path: str | Path, payload: Any) -> Path:
     """Write ``payload`` as pretty JSON atomically (temp file + rename): never a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(payload, fh, indent=2, default=_jsonable)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    text = json.dumps(payload, indent=2, default=_jsonable) + "\n"
+    return write_text_atomic(path, text)
 
 
 def _jsonable(obj: Any) -> Any:

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
+from edgeattn.atomic import atomic_path
 from edgeattn.profile.schema import ProfileReport
 
 
@@ -73,15 +72,9 @@ def plot_report(report: ProfileReport, path: str | Path, top_ops: int = 8) -> Pa
         f"{report.system.cpu_model}, {report.settings.get('threads') or 'default'} threads", fontsize=9
     )
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix or ".png")
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=120)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        with atomic_path(path, suffix=path.suffix or ".png") as tmp:
+            fig.savefig(tmp, dpi=120)
     finally:
         plt.close(fig)
     return path

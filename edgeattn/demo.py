@@ -1,0 +1,409 @@
+"""`edgeattn demo`: the whole path a user takes, on data that ships here, ending in a report.
+
+Steps (each shows progress; a failing step is recorded with its reason and the steps that do not depend
+on it still run):
+
+1. ``train``   train ``fmvit_t`` on scikit-learn's digits, reparameterize it (FP32 accuracy);
+2. ``qat``     PTQ baseline and EdgeQAT W8A8 with the ``host-cpu`` profile;
+3. ``export``  ONNX (FP32 and Q/DQ INT8), OpenVINO IR, Core ML and the TensorRT-ready ONNX with its lint
+               and trtexec line, each through its parity gate;
+4. ``profile`` FP32 vs INT8 latency on ONNX Runtime and OpenVINO, interleaved;
+5. ``hls``     the FPGA accelerator: a small ViT trained on digits, one encoder layer to HLS C++, C simulation;
+6. ``report``  ``report.md`` + ``report.html`` with tables and plots.
+
+This module is a face: it imports every part of the toolchain.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from edgeattn.errors import EdgeAttnError
+from edgeattn.report import Report, fmt
+
+# The ViT whose MoE encoder layer the demo puts on the FPGA: 65 tokens (32x32, patch 4), width 96, 3 heads.
+HLS_MODEL = {"embed_dim": 96, "depth": 2, "num_heads": 3, "moe_every": 2}
+
+STEP_TITLES = {
+    "train": "Train fmvit_t on digits (FP32) and reparameterize",
+    "qat": "PTQ baseline and EdgeQAT W8A8 (host-cpu profile)",
+    "export": "Export to ONNX, OpenVINO, Core ML and TensorRT-ready ONNX, with parity gates",
+    "profile": "Profile FP32 vs INT8 on ONNX Runtime and OpenVINO",
+    "hls": "HLS C++ for one MoE encoder layer, C simulation",
+    "report": "Write the report",
+}
+
+
+@dataclass
+class StepResult:
+    name: str
+    status: str  # ok | failed | skipped
+    seconds: float = 0.0
+    detail: str = ""
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class DemoSettings:
+    """Sizes of the demo run; ``fast()`` is what the test suite runs."""
+
+    img_size: int = 32
+    fp_epochs: int = 6
+    qat_epochs: int = 1
+    max_train_samples: int | None = None
+    max_val_samples: int | None = 360
+    profile_seconds: float = 4.0
+    parity_samples: int = 32
+    hls_fp_epochs: int = 3
+    hls_vectors: int = 4
+    threads: int = 2
+
+    @classmethod
+    def fast(cls) -> DemoSettings:
+        return cls(fp_epochs=2, qat_epochs=1, max_train_samples=384, max_val_samples=128,
+                   profile_seconds=1.0, parity_samples=8, hls_fp_epochs=1, hls_vectors=2)
+
+
+class Demo:
+    """Runs the steps in order, tracking which succeeded so dependants can be skipped with a reason."""
+
+    def __init__(self, out_dir: Path, settings: DemoSettings, console: Console) -> None:
+        self.out = out_dir
+        self.s = settings
+        self.console = console
+        self.results: dict[str, StepResult] = {}
+        self.log_path = out_dir / "demo.log"
+
+    # ------------------------------------------------------------------ step runner
+    def step(self, name: str, fn: Callable[[], dict[str, Any]], needs: tuple[str, ...] = ()) -> StepResult:
+        index = list(STEP_TITLES).index(name) + 1
+        title = STEP_TITLES[name]
+        self.console.rule(f"[bold]{index}/{len(STEP_TITLES)} {title}")
+        missing = [n for n in needs if self.results.get(n) is None or self.results[n].status != "ok"]
+        if missing:
+            res = StepResult(name, "skipped", detail=f"needs step '{missing[0]}', which did not complete")
+            self.console.print(f"[yellow]skipped:[/] {res.detail}")
+        else:
+            t0 = time.perf_counter()
+            try:
+                data = fn()
+                res = StepResult(name, "ok", time.perf_counter() - t0, data=data or {})
+                self.console.print(f"[green]done[/] in {res.seconds:.1f} s")
+            except (Exception, KeyboardInterrupt) as exc:  # a failing step must not end the demo
+                if isinstance(exc, KeyboardInterrupt):
+                    raise
+                detail = f"{type(exc).__name__}: {exc}" if not isinstance(exc, EdgeAttnError) else str(exc)
+                res = StepResult(name, "failed", time.perf_counter() - t0, detail=detail.splitlines()[0])
+                with self.log_path.open("a", encoding="utf-8") as log:
+                    log.write(f"--- step {name} failed\n{traceback.format_exc()}\n")
+                self.console.print(f"[red]failed:[/] {res.detail} (traceback in {self.log_path})")
+        self.results[name] = res
+        return res
+
+    # ------------------------------------------------------------------ 1. train
+    def train(self) -> dict[str, Any]:
+        from edgeattn.quant.train import preset_config, run
+
+        cfg = preset_config(
+            "demo", model="fmvit_t", data="digits", img_size=self.s.img_size, fp_epochs=self.s.fp_epochs,
+            max_train_samples=self.s.max_train_samples, max_val_samples=self.s.max_val_samples,
+            profile="host-cpu", bits="w8a8", skip_qat=True, output_dir=str(self.out / "train"),
+            num_threads=self.s.threads,
+        )
+        result = run(cfg, force=True)
+        fp_model, _ = _load(self.out / "train" / "fp.pt")
+        deploy = _reparam_summary(fp_model, self.s.img_size)
+        return {"fp32": result["fp32"], "ptq": result["ptq"], "fp_checkpoint": result["fp_checkpoint"],
+                "seconds_fp": result.get("fp_train_seconds"), **deploy}
+
+    # ------------------------------------------------------------------ 2. qat
+    def qat(self) -> dict[str, Any]:
+        from edgeattn.quant.train import preset_config, run
+
+        cfg = preset_config(
+            "demo", model="fmvit_t", data="digits", img_size=self.s.img_size, epochs=self.s.qat_epochs,
+            max_train_samples=self.s.max_train_samples, max_val_samples=self.s.max_val_samples,
+            profile="host-cpu", bits="w8a8", fp_checkpoint=self.results["train"].data["fp_checkpoint"],
+            output_dir=str(self.out / "qat"), num_threads=self.s.threads,
+        )
+        result = run(cfg, force=True)
+        keys = ("fp32", "ptq", "qat", "attn_kl_ptq", "attn_kl_qat", "checkpoint", "history", "quant_config")
+        return {k: result.get(k) for k in keys}
+
+    # ------------------------------------------------------------------ 3. export
+    def export(self) -> dict[str, Any]:
+        from edgeattn.export import export_model
+        from edgeattn.export.report import ParityFailure
+
+        fp_ckpt = self.results["train"].data["fp_checkpoint"]
+        q_ckpt = self.results["qat"].data["checkpoint"]
+        jobs = [  # (artifact name, target, profile, precision, checkpoint)
+            ("onnx_fp32", "onnx", "host-cpu", "fp32", fp_ckpt),
+            ("onnx_int8", "onnx", "host-cpu", "int8", q_ckpt),
+            ("openvino_fp32", "openvino", "host-cpu", "fp32", fp_ckpt),
+            ("openvino_int8", "openvino", "host-cpu", "int8", q_ckpt),
+            ("coreml_fp16", "coreml", "apple-a17-coreml", "fp16", fp_ckpt),
+            ("tensorrt_int8", "tensorrt", "jetson-orin-trt10", "int8", q_ckpt),
+        ]
+        artifacts: list[dict[str, Any]] = []
+        for name, target, profile, precision, ckpt in jobs:
+            self.console.print(f"  {name} ({profile}) ...")
+            row: dict[str, Any] = {"name": name, "target": target, "profile": profile, "precision": precision}
+            try:
+                rep = export_model(ckpt, target=target, profile=profile, out_dir=self.out / "export" / name,
+                                   precision=precision, n_inputs=self.s.parity_samples, force=True,
+                                   threads=self.s.threads)
+                row.update(status="passed" if rep.passed else "failed", report=rep.to_dict())
+            except ParityFailure as exc:
+                row.update(status="failed", detail=str(exc), report=exc.report.to_dict())
+            except EdgeAttnError as exc:
+                row.update(status="error", detail=str(exc), report={})
+            row["artifact"] = _main_artifact(row.get("report", {}).get("artifacts", {}))
+            self.console.print(f"    {row['status']}" + (f": {row['detail']}" if row.get("detail") else ""))
+            artifacts.append(row)
+        if not any(a["status"] == "passed" for a in artifacts):
+            raise EdgeAttnError("no artifact passed its parity gate")
+        return {"artifacts": artifacts}
+
+    # ------------------------------------------------------------------ 4. profile
+    def profile(self) -> dict[str, Any]:
+        from edgeattn.profile import plot_report, profile_artifacts
+
+        exp = {a["name"]: a for a in self.results["export"].data["artifacts"]}
+        rows: list[dict[str, Any]] = []
+        plots: list[str] = []
+        for runtime, fp_name, q_name in (("onnxruntime", "onnx_fp32", "onnx_int8"),
+                                         ("openvino", "openvino_fp32", "openvino_int8")):
+            paths = [exp[n]["artifact"] for n in (fp_name, q_name) if n in exp and exp[n].get("artifact")]
+            if len(paths) < 2:
+                continue
+            report = profile_artifacts(paths, runtime=runtime, seconds=self.s.profile_seconds,
+                                       threads=self.s.threads, warmup=5)
+            plot = self.out / f"latency_{runtime}.png"
+            plot_report(report, str(plot))
+            plots.append(plot.name)
+            for label, res in zip(("FP32", "INT8"), report.results, strict=False):
+                if res.latency is None:
+                    continue
+                rows.append({"runtime": runtime, "precision": label, "p50_ms": res.latency.p50_ms,
+                             "p90_ms": res.latency.p90_ms, "speedup": 1.0 / res.ratio_to_first
+                             if res.ratio_to_first else None, "gmacs": res.efficiency.achieved_gmacs,
+                             "peak_fraction": res.efficiency.fraction_of_peak})
+        if not rows:
+            raise EdgeAttnError("no FP32/INT8 artifact pair to profile")
+        return {"rows": rows, "plots": plots}
+
+    # ------------------------------------------------------------------ 5. hls
+    def hls(self) -> dict[str, Any]:
+        from edgeattn.fpga_hls import generate_project, run_csim
+        from edgeattn.quant.train import preset_config, run
+
+        # The accelerator runs plain ViT encoder layers (Edge-MoE): fmvit_t is a conv/attention hybrid, so the
+        # FPGA path uses a small MoE ViT trained on the same digits; layer 1 is its MoE layer (4 experts, top-2).
+        cfg = preset_config(
+            "demo", model="edge_moe_vit", model_kwargs=HLS_MODEL, data="digits", img_size=self.s.img_size,
+            fp_epochs=self.s.hls_fp_epochs,
+            max_train_samples=self.s.max_train_samples, max_val_samples=self.s.max_val_samples,
+            skip_qat=True, output_dir=str(self.out / "hls_model"), num_threads=self.s.threads,
+        )
+        trained = run(cfg, force=True)
+        model, _ = _load(self.out / "hls_model" / "fp.pt")
+        info = generate_project(model, "zcu102-hls", self.out / "hls_prj", layer=1, vectors=self.s.hls_vectors,
+                                force=True, model_name="edge_moe_vit")
+        csim = run_csim(info.path)
+        return {"vit_top1": trained["fp32"], "project": str(info.path), "csim": csim,
+                "estimate": info.estimate, "golden_vs_float": info.golden_vs_float}
+
+    # ------------------------------------------------------------------ 6. report
+    def report(self) -> dict[str, Any]:
+        rep = build_report(self)
+        md, html = rep.write(self.out)
+        return {"markdown": str(md), "html": str(html)}
+
+    def run(self) -> dict[str, StepResult]:
+        self.step("train", self.train)
+        self.step("qat", self.qat, needs=("train",))
+        self.step("export", self.export, needs=("train", "qat"))
+        self.step("profile", self.profile, needs=("export",))
+        self.step("hls", self.hls)
+        self._approx_plot()
+        self.step("report", self.report)
+        summary = {name: {"status": r.status, "seconds": r.seconds, "detail": r.detail, "data": r.data}
+                   for name, r in self.results.items()}
+        (self.out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+        return self.results
+
+    def _approx_plot(self) -> None:
+        """Approximation error curves for the report (cheap; failures only lose the plot)."""
+        try:
+            from edgeattn.approx.report import build_report as approx_report
+            from edgeattn.approx.report import plot_report as approx_plot
+
+            data = approx_report()
+            approx_plot(data, str(self.out / "approx_errors.png"))
+            self.approx = data
+        except Exception:  # the report says the plot is missing
+            self.approx = None
+
+
+def _load(path: Path):
+    from edgeattn.quant.checkpoint import load_checkpoint
+
+    return load_checkpoint(path)
+
+
+def _reparam_summary(model: Any, img_size: int) -> dict[str, Any]:
+    import torch
+
+    from edgeattn.reparameterize import reparameterize
+
+    model.eval()
+    deploy = reparameterize(model)
+    x = torch.randn(4, *model.input_size[:1], img_size, img_size)
+    with torch.no_grad():
+        err = (model(x) - deploy(x)).abs().max().item()
+    n_mod = sum(1 for _ in model.modules())
+    return {"train_params": sum(p.numel() for p in model.parameters()),
+            "deploy_params": sum(p.numel() for p in deploy.parameters()),
+            "train_modules": n_mod, "deploy_modules": sum(1 for _ in deploy.modules()),
+            "reparam_max_abs_err": err}
+
+
+def _main_artifact(artifacts: dict[str, str]) -> str | None:
+    """The file a runtime loads: the IR's xml over the ONNX it came from, the engine over its ONNX."""
+    for key in ("engine", "openvino_xml", "mlpackage", "onnx"):
+        if key in artifacts:
+            return artifacts[key]
+    return None
+
+
+def build_report(demo: Demo) -> Report:
+    """Turn the demo's step results into the report a user reads."""
+    r = demo.results
+    rep = Report(
+        "edgeattn demo report",
+        intro=(
+            "What `edgeattn demo` did on this machine, end to end: train a deploy-friendly attention model "
+            "on scikit-learn's digits, quantize it with EdgeQAT, export it to every target with a parity gate, "
+            "profile it here, and run an FPGA attention layer in C simulation."
+        ),
+    )
+    steps = rep.section("Steps")
+    steps.table(["step", "status", "seconds", "note"],
+                [[STEP_TITLES[n], res.status, round(res.seconds, 1), res.detail or ""] for n, res in r.items()])
+    _accuracy_section(rep, r)
+    _export_section(rep, r)
+    _profile_section(rep, r)
+    _approx_section(rep, demo)
+    _hls_section(rep, r)
+    return rep
+
+
+def _ok(results: dict[str, StepResult], name: str) -> bool:
+    return name in results and results[name].status == "ok"
+
+
+def _accuracy_section(rep: Report, r: dict[str, StepResult]) -> None:
+    sec = rep.section("Accuracy per stage (fmvit_t on digits, top-1 %)")
+    if not _ok(r, "train"):
+        sec.text("Not available: the training step did not complete.")
+        return
+    t = r["train"].data
+    rows = [["FP32 (deploy form)", t["fp32"], "-"]]
+    if _ok(r, "qat"):
+        q = r["qat"].data
+        rows += [["PTQ W8A8 (percentile calibration)", q["ptq"], q.get("attn_kl_ptq")],
+                 ["EdgeQAT W8A8", q["qat"], q.get("attn_kl_qat")]]
+    sec.table(["stage", "top-1 %", "attention-map KL vs FP"], rows)
+    sec.text(
+        f"Reparameterization: {t['train_params']:,} train-time parameters -> {t['deploy_params']:,} deploy "
+        f"parameters, {t['train_modules']} -> {t['deploy_modules']} modules; max abs output difference "
+        f"{fmt(t['reparam_max_abs_err'])}."
+    )
+
+
+def _export_section(rep: Report, r: dict[str, StepResult]) -> None:
+    sec = rep.section("Parity per artifact")
+    if not _ok(r, "export"):
+        sec.text("Not available: the export step did not complete.")
+        return
+    rows = []
+    for a in r["export"].data["artifacts"]:
+        report = a.get("report") or {}
+        checks = report.get("parity") or [{}]
+        for par in checks:
+            note = "; ".join(par.get("failures") or []) or par.get("note", "")
+            if par.get("first_diverging_node"):
+                note += f" (first diverging node: {par['first_diverging_node'].get('node', '?')})"
+            rows.append([a["name"], a["profile"], "passed" if par.get("passed", True) else "FAILED",
+                         par.get("runtime", "-"), par.get("max_abs"), par.get("cosine"), par.get("top1"), note])
+        for note in report.get("notes") or []:
+            rows.append([a["name"], a["profile"], "note", "-", None, None, None, note])
+    sec.table(["artifact", "profile", "gate", "runtime", "max abs err", "cosine", "top-1 agree", "note"], rows)
+    trt = next((a for a in r["export"].data["artifacts"] if a["target"] == "tensorrt"), None)
+    if trt and trt.get("report"):
+        cmd = trt["report"].get("trtexec")
+        if cmd:
+            sec.text(f"TensorRT (not installed here) builds the engine on the device with:\n\n```\n{cmd}\n```")
+
+
+def _profile_section(rep: Report, r: dict[str, StepResult]) -> None:
+    sec = rep.section("Latency on this machine (median of interleaved runs)")
+    if not _ok(r, "profile"):
+        sec.text("Not available: the profile step did not complete.")
+        return
+    rows = [[x["runtime"], x["precision"], x["p50_ms"], x["p90_ms"], x["speedup"], x["gmacs"], x["peak_fraction"]]
+            for x in r["profile"].data["rows"]]
+    sec.table(["runtime", "precision", "p50 ms", "p90 ms", "speed-up vs FP32", "GMAC/s", "fraction of peak"],
+              rows)
+    for plot in r["profile"].data["plots"]:
+        sec.image(plot, plot)
+
+
+def _approx_section(rep: Report, demo: Demo) -> None:
+    sec = rep.section("Hardware-friendly softmax and GELU: error against float64")
+    data = getattr(demo, "approx", None)
+    if not data:
+        sec.text("Not available: the approximation report could not be computed.")
+        return
+    rows = [[x["op"], x["method"], x["repr"], x["max_abs_err"], x["mean_abs_err"]] for x in data["records"]]
+    sec.table(["op", "method", "representation", "max abs err", "mean abs err"], rows)
+    sec.image("approx_errors.png", "approximation error curves")
+
+
+def _hls_section(rep: Report, r: dict[str, StepResult]) -> None:
+    sec = rep.section("FPGA: one encoder layer in HLS C++ (zcu102-hls)")
+    if not _ok(r, "hls"):
+        sec.text("Not available: the HLS step did not complete.")
+        return
+    h = r["hls"].data
+    c = h["csim"]
+    sec.table(["C-sim vectors", "mismatches vs golden", "max abs err vs float", "cosine vs float"],
+              [[c.get("vectors"), c.get("mismatches"), c.get("max_abs_err_vs_float"), c.get("cosine_vs_float")]])
+    est = h.get("estimate") or {}
+    summary = est.get("summary") or {k: v for k, v in est.items() if not isinstance(v, dict | list)}
+    if summary:
+        sec.table(["estimate", "value"], [[k, v] for k, v in summary.items()])
+    sec.text(f"The project (firmware, test bench, vectors, Vitis HLS Tcl) is in `{h['project']}`.")
+
+
+def run_demo(out_dir: Path, settings: DemoSettings | None = None, force: bool = False,
+             console: Console | None = None) -> dict[str, StepResult]:
+    """Run the demo into ``out_dir`` (refused if it exists and is not empty, unless ``force``)."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        if not force:
+            raise EdgeAttnError(f"output directory '{out_dir}' is not empty; use --force to replace it")
+        shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    demo = Demo(out_dir, settings or DemoSettings(), console or Console())
+    return demo.run()

@@ -1,0 +1,177 @@
+"""Device profiles: every shipped profile validates, lookup by name and path, bad input is one clear line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from edgeattn import hostinfo
+from edgeattn.cli import main
+from edgeattn.device_profile import (
+    DeviceProfile,
+    describe_fields,
+    load_profile,
+    shipped_profile_names,
+)
+from edgeattn.errors import ProfileError
+
+REQUIRED = {
+    "jetson-orin-trt10",
+    "rtx-trt11",
+    "intel-avx2-openvino",
+    "intel-vnni-openvino",
+    "apple-a17-coreml",
+    "zcu102-hls",
+    "host-cpu",
+}
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_all_required_profiles_ship_and_validate():
+    names = set(shipped_profile_names())
+    assert names >= REQUIRED
+    for name in names:
+        profile = load_profile(name)
+        assert profile.name == name
+        assert profile.targets
+
+
+def test_profiles_encode_the_published_deployment_facts():
+    assert load_profile("intel-avx2-openvino").quant.weight_bits == 7
+    assert load_profile("intel-vnni-openvino").quant.weight_bits == 8
+    trt10, trt11 = load_profile("jetson-orin-trt10"), load_profile("rtx-trt11")
+    assert (trt10.tensorrt.major, trt11.tensorrt.major) == (10, 11)
+    for p in (trt10, trt11):
+        assert p.quant.softmax_signed and p.quant.act_signed and p.quant.bias == "float"
+        assert p.export.opset >= 17
+    apple = load_profile("apple-a17-coreml")
+    assert (apple.coreml.deployment_target, apple.coreml.compute_precision) == ("iOS17", "fp16")
+    hls = load_profile("zcu102-hls").hls
+    assert (hls.part, hls.clock_mhz) == ("xczu9eg-ffvb1156-2-e", 300)
+    assert (hls.act.width, hls.act.integer, hls.weight.width, hls.weight.integer) == (32, 10, 16, 2)
+
+
+def test_load_by_path_roundtrips(tmp_path):
+    data = load_profile("rtx-trt11").model_dump(mode="json")
+    data["name"] = "my-board"
+    path = tmp_path / "my-board.yaml"
+    path.write_text(yaml.safe_dump(data))
+    assert load_profile(path) == DeviceProfile.model_validate(data)
+
+
+def _bad_profile(tmp_path, mutate) -> Path:
+    data = load_profile("jetson-orin-trt10").model_dump(mode="json")
+    text = mutate(data)
+    path = tmp_path / "bad.yaml"
+    path.write_text(text if isinstance(text, str) else yaml.safe_dump(data))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("mutate", "expected"),
+    [
+        (lambda d: "name: [unclosed\n", "not valid YAML (line"),
+        (lambda d: d.update(colour="blue"), "unknown field 'colour'"),
+        (lambda d: d["quant"].update(weight_bits="eight"), "field 'quant.weight_bits'"),
+        (lambda d: d["quant"].update(weight_bits=40), "field 'quant.weight_bits'"),
+        (lambda d: d.pop("runtime"), "field 'runtime' is required"),
+        (lambda d: d.pop("tensorrt"), "'tensorrt' section is missing"),
+        (lambda d: d["runtime"].update(name="tflite"), "field 'runtime.name'"),
+    ],
+)
+def test_bad_profile_is_one_line_exit_2(tmp_path, capsys, mutate, expected):
+    path = _bad_profile(tmp_path, mutate)
+    with pytest.raises(ProfileError) as err:
+        load_profile(path)
+    assert str(path) in str(err.value) and expected in str(err.value)
+    assert main(["profiles", "show", str(path)]) == 2
+    stderr = capsys.readouterr().err.strip()
+    assert "Traceback" not in stderr
+    assert expected in " ".join(stderr.split())
+
+
+def test_missing_file_and_unknown_name(capsys):
+    assert main(["profiles", "show", "no/such/profile.yaml"]) == 2
+    assert "profile file not found" in capsys.readouterr().err
+    assert main(["profiles", "show", "tpu-v9"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown profile 'tpu-v9'" in err and "jetson-orin-trt10" in err
+
+
+def test_require_target_names_the_mismatch():
+    with pytest.raises(ProfileError, match="not 'coreml'"):
+        load_profile("jetson-orin-trt10").require_target("coreml")
+
+
+def test_every_field_is_documented():
+    rows = describe_fields()
+    names = {r[0] for r in rows}
+    assert {"quant.weight_bits", "hls.act.width", "tensorrt.strongly_typed", "export.opset"} <= names
+    assert all(desc for _, _, desc in rows), [r for r in rows if not r[2]]
+
+
+def _fake_host(monkeypatch, flags: set[str], machine: str = "x86_64") -> None:
+    monkeypatch.setattr(hostinfo, "_cpu_flags_and_model", lambda: (flags, "Test CPU"))
+    monkeypatch.setattr(hostinfo.platform, "machine", lambda: machine)
+    monkeypatch.setattr(hostinfo.platform, "system", lambda: "Linux")
+    hostinfo.detect_host.cache_clear()
+
+
+@pytest.mark.parametrize(
+    ("flags", "profile", "bits"),
+    [
+        ({"avx2", "fma"}, "intel-avx2-openvino", 7),
+        ({"avx2", "fma", "avx512f", "avx512_vnni"}, "intel-vnni-openvino", 8),
+        ({"avx2", "fma", "avx_vnni"}, "intel-vnni-openvino", 8),
+    ],
+)
+def test_host_detection_maps_isa_to_profile(monkeypatch, flags, profile, bits):
+    _fake_host(monkeypatch, flags)
+    try:
+        host = hostinfo.detect_host()
+        assert (host.matching_profile, host.recommended_weight_bits) == (profile, bits)
+        # host-cpu follows the detected ISA: 7-bit weights where int8 pairs saturate
+        assert load_profile("host-cpu").quant.weight_bits == bits
+    finally:
+        hostinfo.detect_host.cache_clear()
+
+
+def test_peak_is_fma_units_times_lanes_times_cores_times_clock(monkeypatch):
+    _fake_host(monkeypatch, {"avx2", "fma"})
+    try:
+        host = hostinfo.detect_host().model_copy(update={"physical_cores": 2})
+        # AVX2 fp32: 2 FMA units x 8 lanes x 2 cores x 3 GHz
+        assert host.peak_gmacs("fp32", clock_ghz=3.0) == pytest.approx(2 * 8 * 2 * 3.0)
+        assert host.peak_gmacs("int8", clock_ghz=3.0) == pytest.approx(2 * 8 * 4 * 2 * 3.0)
+    finally:
+        hostinfo.detect_host.cache_clear()
+
+
+def test_show_host_cpu_reports_detection(tmp_path):
+    out = tmp_path / "host.json"
+    assert main(["profiles", "show", "host-cpu", "--json", str(out)]) == 0
+    payload = json.loads(out.read_text())
+    real = hostinfo.detect_host()
+    assert payload["host"]["matching_profile"] == real.matching_profile
+    assert payload["host"]["logical_cores"] == real.logical_cores
+    assert payload["profile"]["quant"]["weight_bits"] == real.recommended_weight_bits
+
+
+def test_profiles_list_json_matches_loader(tmp_path):
+    out = tmp_path / "profiles.json"
+    assert main(["profiles", "list", "--json", str(out)]) == 0
+    listed = {p["name"]: p for p in json.loads(out.read_text())}
+    assert set(listed) == set(shipped_profile_names())
+    assert listed["rtx-trt11"] == load_profile("rtx-trt11").model_dump(mode="json")
+
+
+def test_console_script_runs_without_traceback():
+    exe = Path(sys.executable).with_name("edgeattn")
+    result = subprocess.run([str(exe), "profiles", "show", "nope"], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
