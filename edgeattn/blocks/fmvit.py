@@ -63,7 +63,7 @@ class RLMHSA(nn.Module):
     """Reduced lightweight multi-head self-attention over an NCHW feature map.
 
     ``x -> BN -> in_quant``; q from all H*W tokens, k and v from the ``sr_ratio`` x ``sr_ratio``
-    average-pooled map (no pooling when the map is smaller than ``sr_ratio``). The 1/sqrt(head_dim) scale
+    average-pooled map (re-quantized by ``kv_in_quant``, so every MatMul input carries Q/DQ) (no pooling when the map is smaller than ``sr_ratio``). The 1/sqrt(head_dim) scale
     is applied to q before ``q_quant`` (as in :class:`edgeattn.blocks.Attention`). Deploy: BN folded into
     ``q`` and ``kv``.
     """
@@ -92,6 +92,7 @@ class RLMHSA(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.softmax = ApproxSoftmax(method=softmax, dim=-1)
         self.in_quant = nn.Identity()
+        self.kv_in_quant = nn.Identity()  # pooled tokens: AveragePool's float output feeds the kv MatMul
         self.q_quant = nn.Identity()
         self.k_quant = nn.Identity()
         self.v_quant = nn.Identity()
@@ -109,7 +110,7 @@ class RLMHSA(nn.Module):
         tokens = x.flatten(2).transpose(1, 2)  # (B, N, C)
         r = self.sr_ratio if min(h, w) >= self.sr_ratio else 1  # static: depends on the shape only
         pooled = F.avg_pool2d(x, r, r) if r > 1 else x
-        kv_tokens = pooled.flatten(2).transpose(1, 2)  # (B, M, C), M = N / r^2
+        kv_tokens = self.kv_in_quant(pooled.flatten(2).transpose(1, 2))  # (B, M, C), M = N / r^2
         m = kv_tokens.shape[1]
         q = self.q(tokens).reshape(b, h * w, self.num_heads, self.head_dim).transpose(1, 2)
         kv = self.kv(kv_tokens).reshape(b, m, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
