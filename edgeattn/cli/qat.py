@@ -1,10 +1,114 @@
-"""`edgeattn qat` (placeholder until its issue lands)."""
+"""`edgeattn qat`: train (or load) an FP model, build the PTQ baseline, fine-tune with EdgeQAT, report.
+
+Settings come from ``--preset`` (default, demo, llama), then ``--config FILE`` (YAML, validated: unknown keys
+are
+errors), then flags. See docs/qat.md.
+"""
 
 from __future__ import annotations
 
-from edgeattn.errors import EdgeAttnError
+from pathlib import Path
+
+import typer
+
+from edgeattn.cli._common import console, write_json
 
 
-def qat() -> None:
-    """Not implemented yet."""
-    raise EdgeAttnError("'edgeattn qat' is not implemented yet", exit_code=1)
+def qat(
+    config: Path | None = typer.Option(None, "--config", "-c", help="YAML config file (keys: docs/qat.md)."),
+    preset: str | None = typer.Option(None, "--preset", help="Start from a preset: default, demo, llama."),
+    model: str | None = typer.Option(None, "--model", "-m", help="Registry model name (edgeattn models list)."),
+    data: str | None = typer.Option(
+        None, "--data", help="'digits', 'stdlib', an image folder (root/<class>/*) or a text file."
+    ),
+    profile: str | None = typer.Option(None, "--profile", "-p", help="Device profile name or YAML path."),
+    bits: str | None = typer.Option(None, "--bits", help="'profile' or wNaM: w8a8, w4a8, w4a4."),
+    epochs: int | None = typer.Option(None, "--epochs", help="QAT epochs."),
+    fp_epochs: int | None = typer.Option(None, "--fp-epochs", help="FP training epochs (no --fp-checkpoint)."),
+    lr: float | None = typer.Option(None, "--lr", help="QAT peak learning rate."),
+    lr_schedule: str | None = typer.Option(None, "--lr-schedule", help="cosine, constant or step."),
+    batch_size: int | None = typer.Option(None, "--batch-size", help="Global batch size."),
+    seed: int | None = typer.Option(None, "--seed", help="Random seed."),
+    img_size: int | None = typer.Option(None, "--img-size", help="Vision input size."),
+    output: Path | None = typer.Option(None, "--output", "-o", help="Output directory (default runs/qat)."),
+    fp_checkpoint: Path | None = typer.Option(None, "--fp-checkpoint", help="Start from this FP checkpoint."),
+    token_adaptive: bool | None = typer.Option(
+        None, "--token-adaptive/--no-token-adaptive", help="EdgeQAT token-importance-aware bits."
+    ),
+    kd: bool | None = typer.Option(None, "--kd/--no-kd", help="Logit distillation from the FP model."),
+    entropy: bool | None = typer.Option(None, "--entropy/--no-entropy", help="Entropy loss on Q and K."),
+    distribution: bool | None = typer.Option(
+        None, "--distribution/--no-distribution", help="Attention-logit distribution loss."
+    ),
+    max_train_samples: int | None = typer.Option(None, "--max-train-samples", help="Cap training samples."),
+    max_val_samples: int | None = typer.Option(None, "--max-val-samples", help="Cap validation samples."),
+    threads: int | None = typer.Option(None, "--threads", help="torch intra-op threads."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --output exactly where it stopped."),
+    force: bool = typer.Option(False, "--force", help="Start over in an --output that already holds a run."),
+    json_out: Path | None = typer.Option(None, "--json", help="Also write the result as JSON here."),
+) -> None:
+    """Quantization-aware training (EdgeQAT) with a PTQ baseline; writes checkpoints and metrics.json."""
+    from edgeattn.errors import EdgeAttnError
+    from edgeattn.quant.train import build_config, run
+
+    if fp_checkpoint is not None and not fp_checkpoint.is_file():
+        raise EdgeAttnError(f"--fp-checkpoint '{fp_checkpoint}' not found")
+    cfg = build_config(
+        config_file=str(config) if config else None,
+        preset=preset,
+        model=model,
+        data=data,
+        profile=profile,
+        bits=bits,
+        epochs=epochs,
+        fp_epochs=fp_epochs,
+        lr=lr,
+        lr_schedule=lr_schedule,
+        batch_size=batch_size,
+        seed=seed,
+        img_size=img_size,
+        output_dir=str(output) if output else None,
+        fp_checkpoint=str(fp_checkpoint) if fp_checkpoint else None,
+        token_adaptive=token_adaptive,
+        max_train_samples=max_train_samples,
+        max_val_samples=max_val_samples,
+        num_threads=threads,
+        loss_kd=kd,
+        loss_entropy=entropy,
+        loss_distribution=distribution,
+    )
+    if fp_checkpoint is not None:  # fail before any training if the checkpoint is unusable
+        from edgeattn.quant.checkpoint import read_checkpoint_file
+
+        read_checkpoint_file(fp_checkpoint)
+    result = run(cfg, resume=resume, progress=True, force=force)
+    _print_table(result)
+    if json_out is not None:
+        write_json(json_out, result)
+    if result.get("status") == "interrupted":
+        console.print(f"[yellow]stopped[/]: last complete epoch kept in {result['output_dir']} (--resume continues)")
+        raise typer.Exit(130)
+
+
+def _print_table(result: dict) -> None:
+    from rich.table import Table
+
+    metric = result.get("metric", "top1")
+    table = Table(
+        title=f"{result.get('model')} on {result.get('data')}, {result.get('bits')} ({result.get('profile')})"
+    )
+    table.add_column("model")
+    table.add_column("top-1 %" if metric == "top1" else "perplexity", justify="right")
+    table.add_column("attention KL vs FP", justify="right")
+    for key, label, kl in (
+        ("fp32", "FP32", None),
+        ("ptq", "PTQ", "attn_kl_ptq"),
+        ("qat", "QAT", "attn_kl_qat"),
+    ):
+        value = result.get(key)
+        if value is None:
+            continue
+        kl_value = result.get(kl) if kl else None
+        table.add_row(label, f"{value:.2f}", "" if kl_value is None else f"{kl_value:.5f}")
+    console.print(table)
+    console.print(f"outputs in {result.get('output_dir')} ({result.get('seconds', 0):.1f} s)")

@@ -1,0 +1,275 @@
+"""EdgeQAT benchmark: one table of FP32, PTQ (min-max, percentile), plain QAT and EdgeQAT, with ablations.
+
+Vision: ``fmvit_t`` on scikit-learn digits (32x32) at W8A8, W4A8, W4A4; EdgeQAT ablations (each loss off, and
+token-adaptive bits on) at W4A8. Language: ``tiny_llama`` on the stdlib byte corpus at W8A8 and W4A8.
+
+Every row starts from the same FP checkpoint (trained once, first), uses the same seed, epochs and data order,
+and is
+written to the JSON as soon as it finishes (``--resume`` skips rows already in the file), so a partial run
+still
+leaves a valid table. Top-1 is in %, perplexity is on the validation split, ``attn_kl`` is the mean
+KL(FP attention || quantized attention) over every attention row of 64 validation samples.
+
+    python benchmarks/qat.py --out benchmarks/qat.json            # the whole table
+    python benchmarks/qat.py --only vision --qat-epochs 1 --out /tmp/q.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from edgeattn.quant.train import TrainConfig, run
+
+QAT_SAMPLES: dict[str, int | None] = {}  # suite -> cap on QAT training samples (--qat-train-samples)
+EDGEQAT = {"kd": True, "entropy": True, "distribution": True}
+PLAIN = {"kd": False, "entropy": False, "distribution": False}
+
+
+def vision_rows(bits_list: list[str]) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    for bits in bits_list:
+        rows.append({"name": f"ptq-minmax-{bits}", "method": "PTQ (min-max)", "bits": bits, "ptq": "minmax"})
+        # the PTQ (percentile) baseline is the starting point of every QAT row: taken from the plain-QAT row
+        rows.append({"name": f"qat-{bits}", "method": "plain QAT", "bits": bits, "losses": PLAIN})
+        rows.append({"name": f"edgeqat-{bits}", "method": "EdgeQAT", "bits": bits, "losses": EDGEQAT})
+    return rows
+
+
+def ablation_rows(ablate_bits: str) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    for off in ("kd", "entropy", "distribution"):
+        rows.append(
+            {
+                "name": f"edgeqat-no-{off}-{ablate_bits}",
+                "method": f"EdgeQAT - {off}",
+                "bits": ablate_bits,
+                "losses": {**EDGEQAT, off: False},
+            }
+        )
+    rows.append(
+        {
+            "name": f"edgeqat-token-adaptive-{ablate_bits}",
+            "method": "EdgeQAT + token-adaptive bits",
+            "bits": ablate_bits,
+            "losses": EDGEQAT,
+            "token_adaptive": True,
+        }
+    )
+    return rows
+
+
+def language_rows(bits_list: list[str]) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    for bits in bits_list:
+        rows.append({"name": f"lm-qat-{bits}", "method": "plain QAT", "bits": bits, "losses": PLAIN})
+        rows.append({"name": f"lm-edgeqat-{bits}", "method": "EdgeQAT", "bits": bits, "losses": EDGEQAT})
+    return rows
+
+
+def _row_config(
+    base: dict[str, Any], row: dict[str, Any], fp_ckpt: str, out: str, qat_samples: int | None
+) -> TrainConfig:
+    cfg = {**base, "fp_checkpoint": fp_ckpt, "bits": row["bits"], "output_dir": out}
+    if qat_samples:  # fine-tuning sees the first qat_samples training samples (the FP model saw them all)
+        cfg["max_train_samples"] = min(qat_samples, cfg.get("max_train_samples") or qat_samples)
+    if "ptq" in row:
+        cfg.update(skip_qat=True, calibration=row["ptq"])
+    else:
+        cfg.update(losses=row["losses"], token_adaptive=row.get("token_adaptive", False))
+    return TrainConfig.parse(cfg, row["name"])
+
+
+def _save(path: Path, payload: dict[str, Any]) -> None:
+    from edgeattn.cli._common import write_json
+
+    write_json(path, payload)
+
+
+def run_suite(
+    suite: str,
+    base: dict[str, Any],
+    rows: list[dict[str, Any]],
+    payload: dict[str, Any],
+    out: Path,
+    work: Path,
+) -> None:
+    section = payload.setdefault(suite, {"config": base, "rows": {}})
+    section["config"] = base  # the settings of the rows run now (the FP model's own are in fp_config)
+    section.setdefault("fp_config", base)
+    done = section["rows"]
+    fp_dir = work / f"{suite}-fp"
+    fp_ckpt = fp_dir / "fp.pt"
+    if "fp32" not in section or not fp_ckpt.is_file():
+        t0 = time.perf_counter()
+        res = run(
+            TrainConfig.parse({**base, "output_dir": str(fp_dir), "skip_qat": True}, f"{suite} fp"),
+            progress=False,
+            force=True,
+        )
+        if res.get("status") != "done":
+            raise SystemExit(f"[{suite}] FP training interrupted; rerun with --resume")
+        section["fp32"] = res["fp32"]
+        section["fp_train_seconds"] = res.get("fp_train_seconds")
+        section["fp_total_seconds"] = time.perf_counter() - t0
+        section["metric"] = res["metric"]
+        _save(out, payload)
+        print(
+            f"[{suite}] FP32 {res['metric']} = {res['fp32']:.3f} ({section['fp_total_seconds']:.0f} s)",
+            flush=True,
+        )
+    for row in rows:
+        if row["name"] in done:
+            continue
+        t0 = time.perf_counter()
+        cfg = _row_config(base, row, str(fp_ckpt), str(work / row["name"]), QAT_SAMPLES.get(suite))
+        res = run(cfg, progress=False, force=True)
+        if res.get("status") != "done":  # Ctrl-C / SIGTERM: a truncated row must not enter the table
+            raise SystemExit(f"[{suite}] {row['name']} interrupted; rerun with --resume")
+        value = res["ptq"] if "ptq" in row else res["qat"]
+        done[row["name"]] = {
+            "method": row["method"],
+            "bits": row["bits"],
+            "value": value,
+            "ptq_value": res["ptq"],
+            "attn_kl": res["attn_kl_ptq"] if "ptq" in row else res["attn_kl_qat"],
+            "weight_bits": res["quant_config"]["weight_bits"],
+            "act_bits": res["quant_config"]["act_bits"],
+            "history": res.get("history", []),
+            "seconds": time.perf_counter() - t0,
+        }
+        if "ptq" not in row and row["method"] == "plain QAT":
+            done[row["name"].replace("qat-", "ptq-percentile-")] = {
+                "method": "PTQ (percentile)",
+                "bits": row["bits"],
+                "value": res["ptq"],
+                "ptq_value": res["ptq"],
+                "attn_kl": res["attn_kl_ptq"],
+                "weight_bits": res["quant_config"]["weight_bits"],
+                "act_bits": res["quant_config"]["act_bits"],
+                "history": [],
+                "seconds": None,
+            }
+        _summarise(payload)
+        _save(out, payload)
+        print(
+            f"[{suite}] {row['name']}: {value:.3f} (attn KL {done[row['name']]['attn_kl']}) "
+            f"{done[row['name']]['seconds']:.0f} s",
+            flush=True,
+        )
+
+
+def _summarise(payload: dict[str, Any]) -> None:
+    """Side-by-side comparisons computed from the rows present (targets from the issue)."""
+    summary: dict[str, Any] = {}
+    vis = payload.get("vision", {})
+    rows = vis.get("rows", {})
+    fp = vis.get("fp32")
+    for bits in ("w8a8", "w4a8", "w4a4"):
+        e, q = rows.get(f"edgeqat-{bits}"), rows.get(f"qat-{bits}")
+        ptqs = [rows[k]["value"] for k in (f"ptq-minmax-{bits}", f"ptq-percentile-{bits}") if k in rows]
+        if e and fp is not None:
+            summary[f"vision_{bits}_edgeqat_drop_points"] = fp - e["value"]
+        if e and ptqs:
+            summary[f"vision_{bits}_edgeqat_beats_best_ptq"] = e["value"] > max(ptqs)
+        if e and q:
+            summary[f"vision_{bits}_edgeqat_minus_plain_qat_points"] = e["value"] - q["value"]
+            if e["attn_kl"] is not None and q["attn_kl"] is not None:
+                summary[f"vision_{bits}_attn_kl_edgeqat_over_plain"] = e["attn_kl"] / max(q["attn_kl"], 1e-12)
+    for off in ("kd", "entropy", "distribution"):
+        a, e = rows.get(f"edgeqat-no-{off}-w4a8"), rows.get("edgeqat-w4a8")
+        if a and e:
+            summary[f"vision_w4a8_contribution_of_{off}_points"] = e["value"] - a["value"]
+    a, e = rows.get("edgeqat-token-adaptive-w4a8"), rows.get("edgeqat-w4a8")
+    if a and e:
+        summary["vision_w4a8_token_adaptive_minus_edgeqat_points"] = a["value"] - e["value"]
+    lm = payload.get("language", {})
+    lrows = lm.get("rows", {})
+    lfp = lm.get("fp32")
+    for bits in ("w8a8", "w4a8"):
+        e, q = lrows.get(f"lm-edgeqat-{bits}"), lrows.get(f"lm-qat-{bits}")
+        if e and lfp:
+            summary[f"language_{bits}_edgeqat_ppl_increase_pct"] = 100.0 * (e["value"] / lfp - 1.0)
+            summary[f"language_{bits}_ptq_ppl_increase_pct"] = 100.0 * (e["ptq_value"] / lfp - 1.0)
+        if e and q:
+            summary[f"language_{bits}_edgeqat_minus_plain_qat_ppl"] = e["value"] - q["value"]
+    payload["summary"] = summary
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", default="benchmarks/qat.json")
+    ap.add_argument("--only", choices=["vision", "language"], default=None)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--fp-epochs", type=int, default=6)
+    ap.add_argument("--qat-epochs", type=int, default=2)
+    ap.add_argument("--lm-fp-epochs", type=int, default=3)
+    ap.add_argument("--lm-qat-epochs", type=int, default=1)
+    ap.add_argument("--lm-train-samples", type=int, default=1024)
+    ap.add_argument("--lr", type=float, default=1e-4, help="QAT peak learning rate of every QAT row")
+    ap.add_argument("--qat-train-samples", type=int, default=None, help="cap QAT rows' training samples")
+    ap.add_argument("--resume", action="store_true", help="keep rows already in --out")
+    ap.add_argument("--workdir", default=None)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    payload: dict[str, Any] = json.loads(out.read_text()) if args.resume and out.is_file() else {}
+    payload["host"] = {
+        "machine": platform.machine(),
+        "processor": platform.processor(),
+        "torch": torch.__version__,
+        "threads": args.threads,
+        "note": "2 shared CPU cores; other jobs ran concurrently, so seconds are upper bounds",
+    }
+    payload["command"] = "python benchmarks/qat.py " + " ".join(
+        f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v not in (None, False) and k != "resume"
+    )
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="edgeattn-qat-bench-"))
+    QAT_SAMPLES.update(vision=args.qat_train_samples, language=args.qat_train_samples)
+    if args.only in (None, "vision"):
+        base = {
+            "model": "fmvit_t",
+            "data": "digits",
+            "img_size": 32,
+            "profile": "host-cpu",
+            "fp_epochs": args.fp_epochs,
+            "epochs": args.qat_epochs,
+            "lr": args.lr,
+            "seed": 0,
+            "num_threads": args.threads,
+        }
+        vis_base = base
+        run_suite("vision", base, vision_rows(["w8a8", "w4a8", "w4a4"]), payload, out, work)
+    if args.only in (None, "language"):
+        base = {
+            "model": "tiny_llama",
+            "data": "stdlib",
+            "seq_len": 64,
+            "profile": "host-cpu",
+            "batch_size": 32,
+            "fp_epochs": args.lm_fp_epochs,
+            "epochs": args.lm_qat_epochs,
+            "lr": args.lr,
+            "fp_lr": 2e-3,
+            "seed": 0,
+            "max_train_samples": args.lm_train_samples,
+            "max_val_samples": 256,
+            "corpus_bytes": 300_000,
+            "num_threads": args.threads,
+        }
+        run_suite("language", base, language_rows(["w8a8", "w4a8"]), payload, out, work)
+    if args.only in (None, "vision"):  # ablations last: the main table first if time runs short
+        run_suite("vision", vis_base, ablation_rows("w4a8"), payload, out, work)
+    _summarise(payload)
+    _save(out, payload)
+    print(json.dumps(payload.get("summary", {}), indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,165 @@
+"""Datasets that ship with the environment, plus a user's own image folder or text file.
+
+* :func:`digits_dataset`: scikit-learn's 8x8 handwritten digits (1797 images, 10 classes), upsampled
+  bilinearly to
+  the model's input size and repeated over ``in_chans`` channels, normalised to [-1, 1].
+* :func:`stdlib_corpus`: a byte-level corpus (vocabulary 256) built from the Python standard library's ``.py``
+  sources, cut into (input, next-byte target) windows for ``tiny_llama``.
+* :func:`image_folder` (``root/<class>/<image>``) and :func:`text_file` for a user's own data.
+
+Splits are deterministic given ``seed``: the same call always returns the same tensors.
+"""
+
+from __future__ import annotations
+
+import sysconfig
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import TensorDataset
+
+from edgeattn.errors import EdgeAttnError
+
+Split = Literal["train", "val", "all"]
+VAL_FRACTION = 0.2
+_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
+
+
+def _check_split(split: str) -> None:
+    if split not in ("train", "val", "all"):
+        raise ValueError(f"split must be 'train', 'val' or 'all', got {split!r}")
+
+
+def _split_indices(labels: np.ndarray, split: str, seed: int) -> np.ndarray:
+    """Stratified, seeded train/val split: ``VAL_FRACTION`` of every class goes to val."""
+    if split == "all":
+        return np.arange(len(labels))
+    rng = np.random.default_rng(seed)
+    val: list[np.ndarray] = []
+    train: list[np.ndarray] = []
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        rng.shuffle(idx)
+        n_val = max(1, int(round(len(idx) * VAL_FRACTION)))
+        val.append(idx[:n_val])
+        train.append(idx[n_val:])
+    chosen = np.concatenate(val if split == "val" else train)
+    return np.sort(chosen)
+
+
+def _to_model_input(images: torch.Tensor, img_size: int, in_chans: int) -> torch.Tensor:
+    """(N, C0, H, W) in [0, 1] -> (N, in_chans, img_size, img_size) in [-1, 1]."""
+    if images.shape[-1] != img_size or images.shape[-2] != img_size:
+        images = F.interpolate(images, size=(img_size, img_size), mode="bilinear", align_corners=False)
+    if images.shape[1] != in_chans:
+        images = images.mean(dim=1, keepdim=True).expand(-1, in_chans, -1, -1)
+    return (images.clamp(0, 1) - 0.5) / 0.5
+
+
+def digits_dataset(img_size: int = 32, in_chans: int = 3, split: Split = "train", seed: int = 0) -> TensorDataset:
+    """scikit-learn digits as ``TensorDataset(images (N, in_chans, img_size, img_size), labels (N,))``."""
+    from sklearn.datasets import load_digits
+
+    _check_split(split)
+    if img_size < 8 or in_chans < 1:
+        raise ValueError(f"digits_dataset: img_size must be >= 8 and in_chans >= 1, got {img_size}, {in_chans}")
+    digits = load_digits()
+    labels = digits.target.astype(np.int64)
+    idx = _split_indices(labels, split, seed)
+    images = torch.from_numpy(digits.images[idx].astype(np.float32) / 16.0).unsqueeze(1)
+    x = _to_model_input(images, img_size, in_chans).contiguous()
+    return TensorDataset(x, torch.from_numpy(labels[idx]))
+
+
+def stdlib_sources(max_bytes: int = 2_000_000) -> bytes:
+    """Concatenated bytes of the standard library's ``.py`` files (sorted by path), at most ``max_bytes``."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    chunks: list[bytes] = []
+    total = 0
+    for path in sorted(root.glob("*.py")) + sorted(root.glob("*/*.py")):
+        if "site-packages" in path.parts or "test" in path.parts:
+            continue
+        try:
+            data = path.read_bytes()
+        except OSError:
+            continue
+        chunks.append(data)
+        total += len(data)
+        if total >= max_bytes:
+            break
+    return b"".join(chunks)[:max_bytes]
+
+
+def _windows(data: bytes, seq_len: int, split: str) -> TensorDataset:
+    _check_split(split)
+    if seq_len < 2:
+        raise ValueError(f"seq_len must be >= 2, got {seq_len}")
+    arr = torch.frombuffer(bytearray(data), dtype=torch.uint8).long()
+    n_windows = (len(arr) - 1) // seq_len
+    if n_windows < 2:
+        raise EdgeAttnError(f"text corpus too short for seq_len={seq_len}: {len(arr)} bytes")
+    n_val = max(1, int(round(n_windows * VAL_FRACTION / 2)))  # 10% of windows for validation
+    # the last windows (a contiguous tail of the corpus) are validation, so no byte is in both splits
+    lo, hi = {"train": (0, n_windows - n_val), "val": (n_windows - n_val, n_windows), "all": (0, n_windows)}[split]
+    starts = torch.arange(lo, hi) * seq_len
+    offs = torch.arange(seq_len)
+    x = arr[starts[:, None] + offs]
+    y = arr[starts[:, None] + offs + 1]
+    return TensorDataset(x, y)
+
+
+def stdlib_corpus(seq_len: int = 64, split: Split = "train", max_bytes: int = 400_000, seed: int = 0) -> TensorDataset:
+    """Byte-level next-token windows from the stdlib sources: ``TensorDataset(x (N, T), y (N, T))``.
+
+    ``seed`` is accepted for a uniform signature; the split is positional (the tail is validation).
+    """
+    del seed
+    return _windows(stdlib_sources(max_bytes), seq_len, split)
+
+
+def text_file(
+    path: str | Path, seq_len: int = 64, split: Split = "train", max_bytes: int | None = None
+) -> TensorDataset:
+    """Byte-level next-token windows from a user's text file."""
+    path = Path(path)
+    if not path.is_file():
+        raise EdgeAttnError(f"data path '{path}' does not exist or is not a file")
+    data = path.read_bytes()
+    return _windows(data[:max_bytes] if max_bytes else data, seq_len, split)
+
+
+def image_folder(
+    root: str | Path, img_size: int = 32, in_chans: int = 3, split: Split = "train", seed: int = 0
+) -> tuple[TensorDataset, list[str]]:
+    """A user's images laid out as ``root/<class name>/<image>``; returns (dataset, class names)."""
+    from PIL import Image
+
+    root = Path(root)
+    if not root.is_dir():
+        raise EdgeAttnError(f"data path '{root}' does not exist or is not a directory")
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+    if not classes:
+        raise EdgeAttnError(f"data path '{root}': expected one sub-folder per class, found none")
+    images: list[torch.Tensor] = []
+    labels: list[int] = []
+    for ci, cname in enumerate(classes):
+        for f in sorted((root / cname).iterdir()):
+            if f.suffix.lower() not in _IMAGE_SUFFIXES:
+                continue
+            try:
+                with Image.open(f) as im:
+                    im = im.convert("RGB").resize((img_size, img_size), Image.BILINEAR)
+                    arr = np.asarray(im, dtype=np.float32) / 255.0
+            except OSError as err:
+                raise EdgeAttnError(f"data path '{f}': not a readable image ({err})") from None
+            images.append(torch.from_numpy(arr).permute(2, 0, 1))
+            labels.append(ci)
+    if not images:
+        raise EdgeAttnError(f"data path '{root}': no images found")
+    lab = np.asarray(labels, dtype=np.int64)
+    idx = _split_indices(lab, split, seed)
+    x = _to_model_input(torch.stack(images)[idx], img_size, in_chans).contiguous()
+    return TensorDataset(x, torch.from_numpy(lab[idx])), classes

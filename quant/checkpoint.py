@@ -1,0 +1,132 @@
+"""Model checkpoints written by ``edgeattn qat`` and read by ``export``/``hls``/``demo``.
+
+A checkpoint is one ``torch.save`` file holding ``{"format", "version", "meta", "state_dict"}``. ``meta`` says
+how
+to rebuild the module before loading the weights:
+
+* ``"model"``: registry name, ``"model_kwargs"``: its keyword arguments;
+* ``"reparameterized"``: whether the weights are the deploy form (``edgeattn.reparameterize``);
+* ``"quant"``: a :class:`~edgeattn.quant.config.QuantConfig` dict, or ``None`` for a float model.
+
+Files are written atomically (temp file + rename), so an interrupted run never leaves a half-written
+checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+import tempfile
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from edgeattn.errors import EdgeAttnError
+
+FORMAT = "edgeattn-checkpoint"
+VERSION = 1
+
+
+@contextlib.contextmanager
+def _full_state_dict() -> Iterator[None]:
+    # brevitas drops a runtime-stats scale that never saw data from state_dict(); keep every key so that a
+    # checkpoint always loads strictly into a freshly quantized model.
+    import brevitas.config as bcfg
+
+    old = bcfg._FULL_STATE_DICT
+    bcfg._FULL_STATE_DICT = True
+    try:
+        yield
+    finally:
+        bcfg._FULL_STATE_DICT = old
+
+
+def model_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """``model.state_dict()`` with every brevitas scale kept (see :func:`_full_state_dict`)."""
+    with _full_state_dict():
+        return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> Path:
+    """``torch.save`` to a temp file in the same folder, then rename over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, meta: dict[str, Any]) -> Path:
+    """Write ``model``'s weights and ``meta`` (see module docstring) atomically to ``path``."""
+    for key in ("model", "model_kwargs"):
+        if key not in meta:
+            raise ValueError(f"save_checkpoint: meta needs '{key}'")
+    meta = dict(meta)
+    meta.setdefault("quant", None)
+    meta.setdefault("reparameterized", False)
+    if hasattr(meta["quant"], "model_dump"):
+        meta["quant"] = meta["quant"].model_dump(mode="json")
+    payload = {"format": FORMAT, "version": VERSION, "meta": meta, "state_dict": model_state_dict(model)}
+    return atomic_torch_save(payload, path)
+
+
+def read_checkpoint_file(path: str | Path) -> dict[str, Any]:
+    """Load and check the raw payload; a missing or corrupt file raises :class:`EdgeAttnError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise EdgeAttnError(f"checkpoint '{path}' not found")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, OSError, ValueError) as err:
+        raise EdgeAttnError(
+            f"checkpoint '{path}' is corrupt or not a torch checkpoint ({type(err).__name__})"
+        ) from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise EdgeAttnError(f"checkpoint '{path}' is not an edgeattn checkpoint (written by 'edgeattn qat')")
+    if payload.get("version") != VERSION:
+        raise EdgeAttnError(f"checkpoint '{path}' has format version {payload.get('version')}, expected {VERSION}")
+    return payload
+
+
+def build_model(meta: dict[str, Any]) -> nn.Module:
+    """Rebuild the (possibly reparameterized and quantized) module that ``meta`` describes, untrained."""
+    from edgeattn.models import create_model
+
+    try:
+        model = create_model(meta["model"], **dict(meta.get("model_kwargs") or {}))
+    except (KeyError, TypeError, ValueError) as err:
+        raise EdgeAttnError(f"checkpoint meta cannot rebuild model '{meta.get('model')}': {err}") from None
+    if meta.get("reparameterized"):
+        from edgeattn.reparameterize import reparameterize
+
+        model = reparameterize(model, inplace=True)
+    if meta.get("quant"):
+        from edgeattn.quant.config import QuantConfig
+        from edgeattn.quant.quantize import quantize_model
+
+        model = quantize_model(model, QuantConfig.parse(meta["quant"], "checkpoint meta 'quant'"), inplace=True)
+    return model
+
+
+def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """``(model, meta)`` from a checkpoint written by :func:`save_checkpoint`; the model is in eval mode."""
+    payload = read_checkpoint_file(path)
+    meta = payload["meta"]
+    model = build_model(meta)
+    try:
+        model.load_state_dict(payload["state_dict"], strict=True)
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[0]
+        raise EdgeAttnError(f"checkpoint '{path}' does not match model '{meta.get('model')}': {first}") from None
+    return model.eval(), meta

@@ -1,0 +1,200 @@
+"""`QuantConfig`: what gets quantized, with how many bits, by which brevitas preset.
+
+A config is built from a device profile (:meth:`QuantConfig.from_profile`), from a bit-setting name
+(``"w8a8"``, ``"w4a8"``, ``"w4a4"``, via :meth:`QuantConfig.with_bits`) or field by field. Unknown keys
+and bit widths brevitas' integer quantizers cannot do are rejected with an :class:`EdgeAttnError`.
+"""
+
+from __future__ import annotations
+
+import re
+from fnmatch import fnmatchcase
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from edgeattn.errors import EdgeAttnError
+
+# Integer quantizers in brevitas need at least 2 levels on each side of zero for a symmetric signed
+# grid; above 16 bits the fake-quant grid is finer than float32 rounding of typical activations.
+MIN_BITS = 2
+MAX_BITS = 16
+
+Preset = Literal["tensorrt", "openvino", "coreml", "fpga", "generic"]
+Calibration = Literal["percentile", "minmax"]
+Importance = Literal["auto", "first", "mean"]
+
+_BITS_RE = re.compile(r"^w(\d+)a(\d+)$")
+
+
+def _check_bits(value: int | None, what: str) -> int | None:
+    if value is None:
+        return value
+    if not MIN_BITS <= value <= MAX_BITS:
+        raise ValueError(f"{what} must be between {MIN_BITS} and {MAX_BITS} bits, got {value}")
+    return value
+
+
+class LayerOverride(BaseModel):
+    """Per-layer bit widths for mixed precision (any field left out keeps the global value)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    weight_bits: int | None = Field(None, description="weight bits of matching Linear/Conv layers")
+    act_bits: int | None = Field(None, description="activation bits of matching quant points")
+    float: bool = Field(False, description="leave matching modules in float")
+
+    @field_validator("weight_bits")
+    @classmethod
+    def _wb(cls, v: int | None) -> int | None:
+        return _check_bits(v, "weight_bits")
+
+    @field_validator("act_bits")
+    @classmethod
+    def _ab(cls, v: int | None) -> int | None:
+        return _check_bits(v, "act_bits")
+
+
+class QuantConfig(BaseModel):
+    """How a model is quantized. Defaults are the TensorRT-friendly W8A8 setting."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    weight_bits: int = Field(8, description="weight bit width (LSQ-style learned scale, symmetric)")
+    act_bits: int = Field(8, description="activation bit width of the quant points")
+    softmax_bits: int | None = Field(None, description="softmax-output bit width (default: act_bits)")
+    low_act_bits: int = Field(4, description="bits of low-importance tokens (token-adaptive bits)")
+    weight_per_channel: bool = Field(True, description="per-output-channel weight scales (axis 0)")
+    act_signed: bool = Field(True, description="signed activations with zero point 0 (else asymmetric LSQ+)")
+    softmax_signed: bool = Field(True, description="signed softmax-output quantizer (TensorRT needs it)")
+    bias: Literal["float"] = Field("float", description="bias stays float in the graph (TensorRT-friendly)")
+    preset: Preset = Field("generic", description="quantizer preset family (fpga: power-of-two scales)")
+    calibration: Calibration = Field(
+        "percentile", description="activation range statistic used at calibration: percentile or minmax"
+    )
+    percentile: float = Field(99.99, gt=50.0, le=100.0, description="percentile for 'percentile' calibration")
+    quantize_attention: bool = Field(True, description="quantize Q, K, V and the softmax output")
+    token_adaptive: bool = Field(False, description="EdgeQAT token-importance-aware activation bits")
+    token_ratio: float = Field(0.5, ge=0.0, le=1.0, description="fraction of tokens that get low_act_bits")
+    importance: Importance = Field(
+        "auto", description="token score: attention from the first token, or mean attention received"
+    )
+    float_layers: tuple[str, ...] = Field(
+        (), description="module-name patterns (fnmatch) left in float, e.g. 'head' or 'lm_head'"
+    )
+    overrides: dict[str, LayerOverride] = Field(
+        default_factory=dict, description="module-name pattern (fnmatch) -> per-layer bit widths"
+    )
+
+    @field_validator("weight_bits", "act_bits", "low_act_bits", "softmax_bits")
+    @classmethod
+    def _bits(cls, v: int | None, info: Any) -> int | None:
+        return _check_bits(v, info.field_name)
+
+    @model_validator(mode="after")
+    def _low_bits(self) -> QuantConfig:
+        if self.token_adaptive and self.low_act_bits > self.act_bits:
+            raise ValueError(f"low_act_bits ({self.low_act_bits}) must not exceed act_bits ({self.act_bits})")
+        return self
+
+    # ------------------------------------------------------------------ constructors
+    @classmethod
+    def parse(cls, data: Any, source: str = "quant config") -> QuantConfig:
+        """Validate a mapping (e.g. parsed YAML); errors name ``source`` and the offending field."""
+        if isinstance(data, QuantConfig):
+            return data
+        if not isinstance(data, dict):
+            raise EdgeAttnError(f"{source}: expected a mapping of quant fields, got {type(data).__name__}")
+        try:
+            return cls.model_validate(data)
+        except ValidationError as err:
+            raise EdgeAttnError(format_validation_error(source, err)) from None
+
+    @classmethod
+    def from_profile(cls, profile: Any, **updates: Any) -> QuantConfig:
+        """Config from a device profile (name, path or :class:`DeviceProfile`), plus field updates."""
+        from edgeattn.device_profile import load_profile
+
+        if not hasattr(profile, "quant"):
+            profile = load_profile(profile)
+        q = profile.quant
+        if q.bias != "float":
+            raise EdgeAttnError(
+                f"profile '{profile.name}': quant.bias '{q.bias}' is not supported; use 'float' "
+                "(brevitas' dynamo export rejects quantized bias and TensorRT rejects int32 DequantizeLinear)"
+            )
+        data: dict[str, Any] = {
+            "weight_bits": q.weight_bits,
+            "act_bits": q.act_bits,
+            "low_act_bits": min(q.low_act_bits, q.act_bits),
+            "weight_per_channel": q.weight_per_channel,
+            "act_signed": q.act_signed,
+            "softmax_signed": q.softmax_signed,
+            "bias": "float",
+            "preset": q.preset,
+        }
+        data.update(updates)
+        return cls.parse(data, f"profile '{profile.name}'")
+
+    def with_bits(self, setting: str) -> QuantConfig:
+        """A copy at a bit setting: ``"w8a8"``, ``"w4a8"``, ``"w4a4"`` (any ``wNaM``) or ``"profile"``.
+
+        For ``"profile"`` the config is returned unchanged. A 7-bit-weight profile (x86 without VNNI) keeps
+        its 7-bit cap: ``w8a8`` on it means 7-bit weights, since 8-bit weights would saturate there.
+        """
+        if setting == "profile":
+            return self
+        m = _BITS_RE.match(setting.lower())
+        if not m:
+            raise EdgeAttnError(f"bits '{setting}': expected 'profile' or wNaM, e.g. w8a8, w4a8, w4a4")
+        wb, ab = int(m.group(1)), int(m.group(2))
+        for what, b in (("weight", wb), ("activation", ab)):
+            if not MIN_BITS <= b <= MAX_BITS:
+                raise EdgeAttnError(
+                    f"bits '{setting}': {b}-bit {what}s are not supported (brevitas integer quantizers here: "
+                    f"{MIN_BITS} to {MAX_BITS} bits)"
+                )
+        if self.preset in ("openvino", "generic") and self.weight_bits == 7 and wb == 8:
+            wb = 7
+        data = self.model_dump()
+        data.update(weight_bits=wb, act_bits=ab, low_act_bits=min(self.low_act_bits, ab))
+        return QuantConfig.parse(data, f"bits '{setting}'")
+
+    # ------------------------------------------------------------------ per-module lookup
+    def is_float(self, name: str) -> bool:
+        """True if the module called ``name`` is left in float."""
+        if any(fnmatchcase(name, pat) for pat in self.float_layers):
+            return True
+        return any(o.float for pat, o in self.overrides.items() if fnmatchcase(name, pat))
+
+    def weight_bits_for(self, name: str) -> int:
+        """Weight bits for the module called ``name`` (last matching override wins)."""
+        bits = self.weight_bits
+        for pat, o in self.overrides.items():
+            if o.weight_bits is not None and fnmatchcase(name, pat):
+                bits = o.weight_bits
+        return bits
+
+    def act_bits_for(self, name: str) -> int:
+        """Activation bits for the quant point called ``name`` (last matching override wins)."""
+        bits = self.act_bits
+        for pat, o in self.overrides.items():
+            if o.act_bits is not None and fnmatchcase(name, pat):
+                bits = o.act_bits
+        return bits
+
+
+def format_validation_error(source: str, err: ValidationError) -> str:
+    """One line naming ``source``, the field and what is allowed."""
+    first = err.errors()[0]
+    loc = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    if first["type"] == "extra_forbidden":
+        return f"{source}: unknown key '{loc}'"
+    if first["type"] == "missing":
+        return f"{source}: key '{loc}' is required but missing"
+    msg = first["msg"]
+    if msg.startswith("Value error, "):  # our own validators already say what they got
+        return f"{source}: '{loc}': {msg[len('Value error, ') :]}"
+    got = first.get("input")
+    got_text = "" if isinstance(got, (dict, list)) else f", got {got!r}"
+    return f"{source}: '{loc}': {msg.lower()}{got_text}"

@@ -1,0 +1,140 @@
+"""EdgeQAT losses and the attention-map fidelity metric.
+
+* :func:`entropy_loss` maximises the information in the quantized Q and K:
+  ``L_ent = -0.5 * log( sum( log(1 + Var(q)) + log(1 + Var(k)) ) )``, variance over the head dimension, the
+  sum over
+  layers, batch, heads and tokens.
+* :func:`distribution_loss` aligns the student's attention logits (before softmax and masking, read at
+  ``logits_probe``) with the full-precision teacher's by cosine similarity, with the sign that *increases*
+  similarity: ``-log(mean cos)``. (``-log sum cos`` differs from it by the constant ``log(count)``, so the
+  gradients
+  are the same; the mean keeps the value readable. The authors' public code has the sign reversed.) Below a
+  mean
+  cosine of 0.05 the loss continues linearly (log is undefined at <= 0), so it always pushes similarity up.
+* :func:`kd_loss`: logit distillation from the FP model, ``(1 - alpha) * CE + alpha * T^2 * KL`` with alpha
+  0.5, T 2.
+* :func:`attention_kl`: mean KL(FP attention || quantized-model attention) over all attention rows.
+
+Tensors are collected with :class:`Probe`, forward hooks on modules whose name ends with a given suffix.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+_EPS = 1e-6
+_COS_FLOOR = 0.05
+
+
+class Probe:
+    """Record the outputs of modules whose name ends with one of ``suffixes`` (in forward order).
+
+    Use as a context manager (hooks removed on exit); ``probe[suffix]`` is the list of tensors recorded for a
+    suffix
+    since the last :meth:`clear`.
+    """
+
+    def __init__(self, model: nn.Module, suffixes: Iterable[str]) -> None:
+        self.model = model
+        self.suffixes = tuple(suffixes)
+        self.records: dict[str, list[torch.Tensor]] = {s: [] for s in self.suffixes}
+        self._handles: list[Any] = []
+
+    def __enter__(self) -> Probe:
+        for name, module in self.model.named_modules():
+            leaf = name.rsplit(".", 1)[-1]
+            if leaf in self.suffixes:
+                self._handles.append(module.register_forward_hook(self._hook(leaf)))
+        return self
+
+    def _hook(self, leaf: str) -> Any:
+        def hook(_m: nn.Module, _a: Any, out: torch.Tensor) -> None:
+            self.records[leaf].append(out)
+
+        return hook
+
+    def __exit__(self, *exc: object) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+    def __getitem__(self, suffix: str) -> list[torch.Tensor]:
+        return self.records[suffix]
+
+    def clear(self) -> None:
+        for v in self.records.values():
+            v.clear()
+
+
+def entropy_loss(qs: Sequence[torch.Tensor], ks: Sequence[torch.Tensor]) -> torch.Tensor:
+    """EdgeQAT entropy loss from per-layer quantized Q and K tensors (each (B, H, N, head_dim))."""
+    if not qs or len(qs) != len(ks):
+        raise ValueError(f"entropy_loss: need matching non-empty Q/K lists, got {len(qs)} and {len(ks)}")
+    total = qs[0].new_zeros(())
+    for q, k in zip(qs, ks, strict=True):
+        total = total + torch.log1p(q.var(dim=-1, unbiased=False)).sum()
+        total = total + torch.log1p(k.var(dim=-1, unbiased=False)).sum()
+    return -0.5 * torch.log(total.clamp_min(_EPS))
+
+
+def distribution_loss(student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``-log(mean cosine)`` of student vs teacher attention logits, row by row (each (B, H, Nq, Nk))."""
+    if not student or len(student) != len(teacher):
+        raise ValueError(
+            f"distribution_loss: need matching non-empty logit lists, got {len(student)} and {len(teacher)}"
+        )
+    cos_sum = student[0].new_zeros(())
+    count = 0
+    for s, t in zip(student, teacher, strict=True):
+        cos = F.cosine_similarity(s, t.detach(), dim=-1, eps=1e-8)
+        cos_sum = cos_sum + cos.sum()
+        count += cos.numel()
+    mean_cos = cos_sum / count
+    # -log is undefined for mean cos <= 0 (a student far from its teacher); below _COS_FLOOR continue linearly
+    # with the slope -log has there, so the loss stays continuous and still pushes the similarity up.
+    floor = torch.as_tensor(_COS_FLOOR, dtype=mean_cos.dtype)
+    if mean_cos > _COS_FLOOR:
+        return -torch.log(mean_cos)
+    return -torch.log(floor) + (floor - mean_cos) / floor
+
+
+def kd_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    target: torch.Tensor | None,
+    alpha: float = 0.5,
+    temperature: float = 2.0,
+) -> torch.Tensor:
+    """Hinton distillation: ``(1 - alpha) * CE(student, target) + alpha * T^2 * KL(teacher_T || student_T)``.
+
+    Logits may be (B, C) or (B, T, V) (the class dim is last). With ``target=None`` only the KD term is used.
+    """
+    s = student_logits.reshape(-1, student_logits.shape[-1])
+    t = teacher_logits.detach().reshape(-1, teacher_logits.shape[-1])
+    kl = F.kl_div(
+        F.log_softmax(s / temperature, dim=-1),
+        F.log_softmax(t / temperature, dim=-1),
+        reduction="batchmean",
+        log_target=True,
+    )
+    kd = kl * temperature**2
+    if target is None:
+        return kd
+    ce = F.cross_entropy(s, target.reshape(-1))
+    return (1.0 - alpha) * ce + alpha * kd
+
+
+def attention_kl(student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Mean over all attention rows of KL(teacher || student); inputs are softmax outputs (B, H, Nq, Nk)."""
+    total = student[0].new_zeros((), dtype=torch.float64)
+    count = 0
+    for s, t in zip(student, teacher, strict=True):
+        s64, t64 = s.double().clamp_min(1e-12), t.double().clamp_min(1e-12)
+        total = total + (t64 * (t64.log() - s64.log())).sum()
+        count += t.numel() // t.shape[-1]
+    return total / max(count, 1)

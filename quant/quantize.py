@@ -1,0 +1,150 @@
+"""`quantize_model`: swap a float model's layers and quant points for brevitas modules.
+
+* ``nn.Linear`` -> ``QuantLinear``, ``nn.Conv1d/2d`` -> ``QuantConv1d/2d`` (weights quantized, bias float);
+* ``nn.Identity`` quant points (``in_quant``, ``q_quant``, ``k_quant``, ``v_quant``, ``attn_quant``,
+  ``proj_in_quant``, ``hidden_quant``, any ``*_quant``) -> ``QuantIdentity`` (``attn_quant`` gets the softmax
+  preset); ``logits_probe`` stays float (it only feeds the EdgeQAT distribution loss);
+* a Linear/Conv whose parent block has no quant points of its own (stems, heads, conv stages) also quantizes
+  its
+  input, so the exported graph is integer end to end; inside a block with quant points the points do that job.
+
+Apply it to the deploy (reparameterized) form, so the quantized weights are exactly what gets exported. The
+copy
+comes back in eval mode, fake-quantizing; its activation scales still need calibration
+(:func:`edgeattn.quant.ptq.calibrate`) or QAT.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from brevitas import nn as qnn
+from edgeattn.quant import presets
+from edgeattn.quant.config import QuantConfig
+from torch import nn
+
+LOGITS_PROBE = "logits_probe"
+SOFTMAX_POINT = "attn_quant"
+QUANT_POINTS = ("in_quant", "q_quant", "k_quant", "v_quant", "attn_quant", "proj_in_quant", "hidden_quant")
+ATTENTION_POINTS = ("q_quant", "k_quant", "v_quant", "attn_quant")
+
+
+def is_quant_point(name: str, module: nn.Module) -> bool:
+    """True for an ``nn.Identity`` whose attribute name marks it as a quant point (``*_quant``)."""
+    leaf = name.rsplit(".", 1)[-1]
+    return isinstance(module, nn.Identity) and leaf.endswith("_quant")
+
+
+def resolve_config(config_or_profile: Any) -> QuantConfig:
+    """A :class:`QuantConfig` from a config, a mapping, a DeviceProfile or a profile name/path."""
+    if isinstance(config_or_profile, QuantConfig):
+        return config_or_profile
+    if isinstance(config_or_profile, dict):
+        return QuantConfig.parse(config_or_profile)
+    return QuantConfig.from_profile(config_or_profile)
+
+
+def quantize_model(model: nn.Module, config_or_profile: Any = None, *, inplace: bool = False) -> nn.Module:
+    """Quantized copy of ``model`` (brevitas layers and quant points), in eval mode.
+
+    ``config_or_profile``: a :class:`QuantConfig`, a dict of its fields, a ``DeviceProfile`` or a profile
+    name/path (``"intel-avx2-openvino"`` -> 7-bit weights). ``None`` means the default W8A8 config.
+    """
+    config = QuantConfig() if config_or_profile is None else resolve_config(config_or_profile)
+    qmodel = model if inplace else copy.deepcopy(model)
+    blocks_with_points = {
+        name.rsplit(".", 1)[0] if "." in name else "" for name, m in qmodel.named_modules() if is_quant_point(name, m)
+    }
+    replacements: list[tuple[str, nn.Module]] = []
+    for name, module in qmodel.named_modules():
+        if not name or config.is_float(name):
+            continue
+        parent = name.rsplit(".", 1)[0] if "." in name else ""
+        if type(module) in (nn.Linear, nn.Conv1d, nn.Conv2d):
+            quant_input = parent not in blocks_with_points
+            replacements.append((name, _quant_layer(module, name, config, quant_input)))
+        elif is_quant_point(name, module):
+            leaf = name.rsplit(".", 1)[-1]
+            if leaf in ATTENTION_POINTS and not config.quantize_attention:
+                continue
+            replacements.append((name, _quant_point(leaf, name, config)))
+    for name, new in replacements:
+        _set_submodule(qmodel, name, new)
+    init_weight_scales(qmodel)
+    if config.token_adaptive:
+        from edgeattn.quant.adaptive import enable_token_adaptive
+
+        enable_token_adaptive(qmodel, config)
+    qmodel.quant_config = config  # type: ignore[assignment]  # read by checkpoint/export code
+    return qmodel.eval()
+
+
+@torch.no_grad()
+def init_weight_scales(model: nn.Module) -> None:
+    """Initialise every learned weight scale from its weights now.
+
+    brevitas does it lazily at the first weight-quantized forward; calibration runs with weight quantization
+    off,
+    so without this a calibrated model could be saved with the placeholder scale 1.0.
+    """
+    for module in model.modules():
+        if isinstance(module, (qnn.QuantLinear, qnn.QuantConv1d, qnn.QuantConv2d)):
+            module.quant_weight()
+
+
+def _quant_point(leaf: str, name: str, config: QuantConfig) -> nn.Module:
+    bits = config.act_bits_for(name)
+    if leaf == SOFTMAX_POINT:
+        quant = presets.softmax_quant(config, config.softmax_bits or bits)
+    else:
+        quant = presets.act_quant(config, bits)
+    return qnn.QuantIdentity(act_quant=quant, return_quant_tensor=False)
+
+
+def _quant_layer(module: nn.Module, name: str, config: QuantConfig, quant_input: bool) -> nn.Module:
+    wq = presets.weight_quant(config, config.weight_bits_for(name))
+    common: dict[str, Any] = {
+        "bias": module.bias is not None,
+        "weight_quant": wq,
+        "bias_quant": None,
+        "input_quant": presets.act_quant(config, config.act_bits_for(name)) if quant_input else None,
+        "output_quant": None,
+        "return_quant_tensor": False,
+        "device": module.weight.device,
+        "dtype": module.weight.dtype,
+    }
+    if isinstance(module, nn.Linear):
+        new: nn.Module = qnn.QuantLinear(module.in_features, module.out_features, **common)
+    else:
+        cls = qnn.QuantConv2d if isinstance(module, nn.Conv2d) else qnn.QuantConv1d
+        new = cls(
+            module.in_channels,
+            module.out_channels,
+            module.kernel_size,
+            stride=module.stride,
+            padding=module.padding,
+            dilation=module.dilation,
+            groups=module.groups,
+            padding_mode=module.padding_mode,
+            **common,
+        )
+    with torch.no_grad():
+        new.weight.copy_(module.weight)
+        if module.bias is not None:
+            new.bias.copy_(module.bias)
+    new.train(module.training)
+    return new
+
+
+def _set_submodule(root: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, leaf = name.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    setattr(parent, leaf, new)
+
+
+def quant_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """Name -> brevitas layer/quant point of a quantized model (for reports and tests)."""
+    kinds = (qnn.QuantLinear, qnn.QuantConv1d, qnn.QuantConv2d, qnn.QuantIdentity)
+    return {n: m for n, m in model.named_modules() if isinstance(m, kinds)}

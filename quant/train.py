@@ -1,0 +1,815 @@
+"""The QAT trainer: FP model -> deploy form -> PTQ baseline -> (Edge)QAT fine-tuning -> evaluation.
+
+Python API::
+
+    from edgeattn.quant.train import TrainConfig, run
+    result = run(TrainConfig(model="fmvit_t", data="digits", bits="w8a8", profile="host-cpu"))
+    result["fp32"], result["ptq"], result["qat"]       # top-1 % (vision) or perplexity (language)
+
+Command line (the same flags as ``edgeattn qat``), also under torch's distributed launcher::
+
+    python -m edgeattn.quant.train --config run.yaml --epochs 3
+    torchrun --nproc_per_node 2 -m edgeattn.quant.train --config run.yaml     # DDP on gloo (CPU)
+
+Flow: build the FP model (load ``fp_checkpoint`` or train it for ``fp_epochs``), reparameterize it
+(``edgeattn.reparameterize``), quantize (``quantize_model``) and calibrate on ``calib_samples`` training
+samples
+(the PTQ baseline, evaluated), then fine-tune the PTQ model with the enabled losses (the teacher is the FP
+deploy
+model) and evaluate. Every epoch writes ``metrics.json``, ``state.pt`` (everything ``--resume`` needs: model,
+optimizer, scheduler, RNG states; the data order is a function of seed and epoch) and ``qat_last.pt`` (a
+checkpoint
+for ``load_checkpoint``), all atomically. Ctrl-C / SIGTERM stop at the next step boundary and keep the last
+complete
+epoch's files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import os
+import random
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import yaml
+from edgeattn.quant.checkpoint import (
+    atomic_torch_save,
+    load_checkpoint,
+    model_state_dict,
+    save_checkpoint,
+)
+from edgeattn.quant.config import QuantConfig, format_validation_error
+from edgeattn.quant.losses import Probe, attention_kl, distribution_loss, entropy_loss, kd_loss
+from edgeattn.quant.ptq import calibrate
+from edgeattn.quant.quantize import quantize_model
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from edgeattn.errors import EdgeAttnError
+
+LANGUAGE_MODELS = ("tiny_llama",)
+
+
+class LossConfig(BaseModel):
+    """Which EdgeQAT losses are on, and their weights. All off = plain QAT (cross-entropy only)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kd: bool = Field(True, description="logit distillation from the FP model")
+    kd_alpha: float = Field(0.5, ge=0.0, le=1.0, description="weight of the KD term vs cross-entropy")
+    kd_temperature: float = Field(2.0, gt=0.0, description="distillation temperature")
+    entropy: bool = Field(True, description="entropy loss on quantized Q and K")
+    entropy_weight: float = Field(0.1, ge=0.0)
+    distribution: bool = Field(True, description="attention-logit distribution loss vs the FP teacher")
+    distribution_weight: float = Field(1.0, ge=0.0)
+
+
+class TrainConfig(BaseModel):
+    """Everything one ``edgeattn qat`` run needs (YAML keys = these field names; unknown keys are errors)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field("fmvit_t", description="registry name (edgeattn models list)")
+    model_kwargs: dict[str, Any] = Field(default_factory=dict, description="extra model factory arguments")
+    data: str = Field("digits", description="'digits', 'stdlib', an image folder (root/<class>/*) or a text file")
+    img_size: int = Field(32, ge=8, description="vision input size (digits are upsampled to it)")
+    in_chans: int = Field(3, ge=1)
+    seq_len: int = Field(64, ge=2, description="language-model context length")
+    corpus_bytes: int = Field(400_000, ge=1000, description="bytes of stdlib source used for 'stdlib'")
+    max_train_samples: int | None = Field(None, ge=1, description="cap on training samples (fast runs)")
+    max_val_samples: int | None = Field(None, ge=1, description="cap on validation samples")
+    profile: str = Field("host-cpu", description="device profile name or YAML path")
+    bits: str = Field("w8a8", description="'profile' or wNaM (w8a8, w4a8, w4a4)")
+    quant: dict[str, Any] = Field(default_factory=dict, description="QuantConfig field updates (overrides ...)")
+    token_adaptive: bool = Field(False, description="EdgeQAT token-importance-aware bits")
+    token_ratio: float = Field(0.5, ge=0.0, le=1.0)
+    losses: LossConfig = Field(default_factory=LossConfig)
+    fp_checkpoint: str | None = Field(None, description="start from this FP checkpoint instead of training one")
+    fp_epochs: int = Field(6, ge=0, description="epochs of FP training when no fp_checkpoint is given")
+    fp_lr: float = Field(2e-3, gt=0.0)
+    epochs: int = Field(2, ge=0, description="QAT epochs")
+    lr: float = Field(1e-4, gt=0.0, description="QAT peak learning rate (AdamW)")
+    lr_schedule: Literal["cosine", "constant", "step"] = Field("cosine")
+    weight_decay: float = Field(0.0, ge=0.0, description="QAT weight decay")
+    batch_size: int = Field(64, ge=1, description="global batch size (split over DDP processes)")
+    calib_samples: int = Field(256, ge=1, description="PTQ calibration samples")
+    calibration: Literal["percentile", "minmax"] = Field("percentile", description="PTQ statistic")
+    seed: int = Field(0)
+    output_dir: str = Field("runs/qat")
+    num_threads: int | None = Field(None, ge=1, description="torch intra-op threads (default: leave as is)")
+    skip_qat: bool = Field(False, description="stop after the PTQ baseline")
+
+    @field_validator("bits")
+    @classmethod
+    def _bits(cls, v: str) -> str:
+        QuantConfig().with_bits(v)  # raises with a clear message for a bad setting
+        return v.lower()
+
+    @classmethod
+    def parse(cls, data: Any, source: str = "config") -> TrainConfig:
+        """Validate a mapping; one clear error line naming ``source`` and the key."""
+        if not isinstance(data, dict):
+            raise EdgeAttnError(f"{source}: expected a mapping of settings, got {type(data).__name__}")
+        try:
+            return cls.model_validate(data)
+        except ValidationError as err:
+            raise EdgeAttnError(format_validation_error(source, err)) from None
+        except EdgeAttnError as err:
+            raise EdgeAttnError(f"{source}: {err}") from None
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, **updates: Any) -> TrainConfig:
+        """Read a YAML config file and apply ``updates`` (flag values) on top."""
+        path = Path(path)
+        if not path.is_file():
+            raise EdgeAttnError(f"config file '{path}' not found")
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as err:
+            raise EdgeAttnError(f"config file '{path}': not valid YAML ({str(err).splitlines()[0]})") from None
+        if not isinstance(data, dict):
+            raise EdgeAttnError(f"config file '{path}': expected a mapping of settings")
+        data.update(updates)
+        return cls.parse(data, f"config file '{path}'")
+
+    @property
+    def is_language(self) -> bool:
+        return self.model in LANGUAGE_MODELS or self.data == "stdlib" or Path(self.data).is_file()
+
+
+# Presets: "demo" is the fast path for `edgeattn demo` (FP 4 epochs + QAT 1 epoch: about 2 minutes on 2 cores).
+PRESETS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "demo": {"fp_epochs": 4, "epochs": 1, "calib_samples": 128},
+    "llama": {
+        "model": "tiny_llama",
+        "data": "stdlib",
+        "seq_len": 64,
+        "fp_epochs": 4,
+        "epochs": 2,
+        "fp_lr": 2e-3,
+        "lr": 1e-4,
+        "batch_size": 32,
+        "corpus_bytes": 300_000,
+    },
+}
+
+
+def preset_config(name: str, **updates: Any) -> TrainConfig:
+    """A :class:`TrainConfig` from a named preset (``default``, ``demo``, ``llama``) plus updates."""
+    if name not in PRESETS:
+        raise EdgeAttnError(f"unknown preset '{name}'; presets: {', '.join(PRESETS)}")
+    return TrainConfig.parse({**PRESETS[name], **updates}, f"preset '{name}'")
+
+
+# ---------------------------------------------------------------------------------------------- data / model
+def load_data(cfg: TrainConfig) -> tuple[TensorDataset, TensorDataset, dict[str, Any]]:
+    """(train, val, info) for ``cfg.data``; info has ``task`` ('vision'|'language'), classes or vocab."""
+    from edgeattn import data as D
+
+    if cfg.is_language:
+        if cfg.data == "stdlib":
+            train = D.stdlib_corpus(cfg.seq_len, "train", max_bytes=cfg.corpus_bytes)
+            val = D.stdlib_corpus(cfg.seq_len, "val", max_bytes=cfg.corpus_bytes)
+        else:
+            train = D.text_file(cfg.data, cfg.seq_len, "train")
+            val = D.text_file(cfg.data, cfg.seq_len, "val")
+        info: dict[str, Any] = {"task": "language", "vocab_size": 256}
+    elif cfg.data == "digits":
+        train = D.digits_dataset(cfg.img_size, cfg.in_chans, "train", cfg.seed)
+        val = D.digits_dataset(cfg.img_size, cfg.in_chans, "val", cfg.seed)
+        info = {"task": "vision", "num_classes": 10}
+    else:
+        path = Path(cfg.data)
+        if not path.exists():
+            raise EdgeAttnError(f"data path '{path}' does not exist (use 'digits', 'stdlib', a folder or a file)")
+        train, classes = D.image_folder(path, cfg.img_size, cfg.in_chans, "train", cfg.seed)
+        val, _ = D.image_folder(path, cfg.img_size, cfg.in_chans, "val", cfg.seed)
+        info = {"task": "vision", "num_classes": len(classes), "classes": classes}
+    train = _cap(train, cfg.max_train_samples)
+    val = _cap(val, cfg.max_val_samples)
+    return train, val, info
+
+
+def _cap(ds: TensorDataset, n: int | None) -> TensorDataset:
+    if n is None or n >= len(ds):
+        return ds
+    return TensorDataset(*(t[:n] for t in ds.tensors))
+
+
+def model_kwargs_for(cfg: TrainConfig, info: dict[str, Any]) -> dict[str, Any]:
+    """Factory arguments from the data (classes, channels, size / vocab, context) + ``cfg.model_kwargs``."""
+    if info["task"] == "language":
+        base: dict[str, Any] = {"vocab_size": info["vocab_size"], "seq_len": cfg.seq_len}
+    else:
+        base = {"num_classes": info["num_classes"], "in_chans": cfg.in_chans, "img_size": cfg.img_size}
+    return {**base, **cfg.model_kwargs}
+
+
+def quant_config_for(cfg: TrainConfig, info: dict[str, Any]) -> QuantConfig:
+    """The run's QuantConfig: profile, bit setting, then ``cfg.quant`` updates and the token-adaptive flag."""
+    base = QuantConfig.from_profile(cfg.profile).with_bits(cfg.bits)
+    data = base.model_dump()
+    data.update(calibration=cfg.calibration, token_adaptive=cfg.token_adaptive, token_ratio=cfg.token_ratio)
+    if info["task"] == "language":
+        # EdgeQAT leaves the o_proj input, embeddings and lm_head in float
+        data["float_layers"] = ("*lm_head*", "*.proj_in_quant")
+    data.update(cfg.quant)
+    return QuantConfig.parse(data, "quant settings")
+
+
+# ---------------------------------------------------------------------------------------------- distributed
+class _Dist:
+    """Process-group facts; single process when not launched by torchrun."""
+
+    def __init__(self) -> None:
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.active = False
+        if self.world > 1:
+            import torch.distributed as dist
+
+            if not dist.is_initialized():
+                dist.init_process_group("gloo")
+                self.active = True
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+    def close(self) -> None:
+        if self.active:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+    def any_rank(self, flag: bool) -> bool:
+        """True if ``flag`` is set on any process: all ranks stop at the same step (no hanging all-reduce)."""
+        if self.world == 1:
+            return flag
+        import torch.distributed as dist
+
+        t = torch.tensor([1.0 if flag else 0.0])
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item() > 0)
+
+    def mean_over_ranks(self, values: dict[str, float]) -> dict[str, float]:
+        """Average each value over the processes (identity for one process)."""
+        if self.world == 1 or not values:
+            return values
+        import torch.distributed as dist
+
+        keys = sorted(values)
+        t = torch.tensor([values[k] for k in keys], dtype=torch.float64)
+        dist.all_reduce(t)
+        return {k: float(v) / self.world for k, v in zip(keys, t.tolist(), strict=True)}
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        if self.world == 1:
+            return model
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        return DDP(model, find_unused_parameters=True)
+
+
+# ---------------------------------------------------------------------------------------------- stop handling
+class _StopFlag:
+    """Turns SIGINT/SIGTERM into a flag checked between steps (main thread only)."""
+
+    def __init__(self) -> None:
+        self.stop = False
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopFlag:
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        self.stop = True
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+
+
+def epoch_order(n: int, seed: int, epoch: int, rank: int = 0, world: int = 1) -> torch.Tensor:
+    """The sample order of one epoch: a pure function of (seed, epoch), sharded by rank."""
+    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    perm = torch.randperm(n, generator=g)
+    usable = (n // world) * world
+    return perm[:usable][rank::world]
+
+
+def _batches(ds: TensorDataset, order: torch.Tensor, batch_size: int) -> Iterator[tuple[torch.Tensor, ...]]:
+    for i in range(0, len(order), batch_size):
+        idx = order[i : i + batch_size]
+        yield tuple(t[idx] for t in ds.tensors)
+
+
+def _in_order(ds: TensorDataset, batch_size: int) -> Iterator[tuple[torch.Tensor, ...]]:
+    return _batches(ds, torch.arange(len(ds)), batch_size)
+
+
+def task_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1))
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, ds: TensorDataset, task: str, batch_size: int = 128) -> float:
+    """Top-1 accuracy in % (vision) or perplexity (language) of ``model`` on ``ds``."""
+    was = model.training
+    model.eval()
+    correct, total, nll = 0, 0, 0.0
+    for x, y in _in_order(ds, batch_size):
+        out = model(x)
+        if task == "vision":
+            correct += int((out.argmax(-1) == y).sum())
+            total += len(y)
+        else:
+            nll += float(F.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1), reduction="sum"))
+            total += y.numel()
+    model.train(was)
+    if task == "vision":
+        return 100.0 * correct / max(total, 1)
+    return math.exp(nll / max(total, 1))
+
+
+@torch.no_grad()
+def attention_fidelity(student: nn.Module, teacher: nn.Module, ds: TensorDataset, n: int = 64) -> float | None:
+    """Mean KL(FP attention || quantized-model attention) over every attention row of the first ``n`` samples.
+
+    The quantized model's map is its softmax output (computed from its quantized Q and K) before the output
+    quantizer; ``None`` if the model has no probed attention."""
+    x = ds.tensors[0][:n]
+    with Probe(student, ["softmax"]) as ps, Probe(teacher, ["softmax"]) as pt:
+        was = student.training
+        student.eval()
+        student(x)
+        teacher(x)
+        student.train(was)
+        s = [a for a in ps["softmax"] if a.dim() == 4]
+        t = [a for a in pt["softmax"] if a.dim() == 4]
+    if not s or len(s) != len(t):
+        return None
+    return float(attention_kl(s, t))
+
+
+def _make_scheduler(opt: torch.optim.Optimizer, kind: str, total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
+    total_steps = max(total_steps, 1)
+    if kind == "cosine":
+        return torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps))
+        )
+    if kind == "step":
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.1 ** (3 * s // total_steps))
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+
+
+def _write_json(path: Path, payload: Any) -> None:
+    from edgeattn.cli._common import write_json
+
+    write_json(path, payload)
+
+
+@contextlib.contextmanager
+def _threads(n: int | None) -> Iterator[None]:
+    old = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+class _Progress:
+    """A rich progress bar on the main process, nothing elsewhere."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self._p: Any = None
+
+    def __enter__(self) -> _Progress:
+        if self.enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            from edgeattn.cli._common import console
+
+            self._p = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TextColumn("{task.fields[info]}"),
+                console=console,
+                transient=False,
+            )
+            self._p.__enter__()
+        return self
+
+    def task(self, description: str, total: int) -> Any:
+        return self._p.add_task(description, total=total, info="") if self._p else None
+
+    def advance(self, task: Any, info: str = "") -> None:
+        if self._p and task is not None:
+            self._p.update(task, advance=1, info=info)
+
+    def log(self, text: str) -> None:
+        if self._p:
+            self._p.console.print(text, highlight=False)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._p:
+            self._p.__exit__(*exc)
+
+
+# ---------------------------------------------------------------------------------------------- phases
+def _train_fp(
+    cfg: TrainConfig,
+    model: nn.Module,
+    train: TensorDataset,
+    dist: _Dist,
+    progress: _Progress,
+    stop: _StopFlag,
+) -> None:
+    net = dist.wrap(model)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.fp_lr, weight_decay=0.05)
+    steps_per_epoch = math.ceil(len(epoch_order(len(train), cfg.seed, 0, dist.rank, dist.world)) / _local_bs(cfg, dist))
+    sched = _make_scheduler(opt, "cosine", cfg.fp_epochs * steps_per_epoch)
+    task = progress.task("FP32 training", cfg.fp_epochs * steps_per_epoch)
+    model.train()
+    for epoch in range(cfg.fp_epochs):
+        order = epoch_order(len(train), cfg.seed + 7, epoch, dist.rank, dist.world)
+        for x, y in _batches(train, order, _local_bs(cfg, dist)):
+            loss = task_loss(net(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            progress.advance(task, f"epoch {epoch + 1} loss {loss.item():.3f}")
+            if dist.any_rank(stop.stop):
+                raise KeyboardInterrupt
+    model.eval()
+
+
+def _local_bs(cfg: TrainConfig, dist: _Dist) -> int:
+    return max(1, cfg.batch_size // dist.world)
+
+
+def _qat_step_loss(
+    cfg: TrainConfig, net: nn.Module, student: nn.Module, teacher: nn.Module, x: torch.Tensor, y: torch.Tensor
+) -> tuple[torch.Tensor, dict[str, float]]:
+    losses = cfg.losses
+    need_teacher_logits = losses.distribution
+    with Probe(student, ["q_quant", "k_quant", "logits_probe"]) as ps:
+        out = net(x)
+    parts: dict[str, float] = {}
+    if losses.kd:
+        with torch.no_grad(), Probe(teacher, ["logits_probe"]) as pt:
+            t_out = teacher(x)
+            t_logits = list(pt["logits_probe"])
+        loss = kd_loss(out, t_out, y, alpha=losses.kd_alpha, temperature=losses.kd_temperature)
+    else:
+        loss = task_loss(out, y)
+        t_logits = []
+        if need_teacher_logits:
+            with torch.no_grad(), Probe(teacher, ["logits_probe"]) as pt:
+                teacher(x)
+                t_logits = list(pt["logits_probe"])
+    parts["task"] = float(loss.detach())
+    if losses.entropy and ps["q_quant"]:
+        ent = entropy_loss(ps["q_quant"], ps["k_quant"])
+        loss = loss + losses.entropy_weight * ent
+        parts["entropy"] = float(ent.detach())
+    if losses.distribution and ps["logits_probe"]:
+        dl = distribution_loss(ps["logits_probe"], t_logits)
+        loss = loss + losses.distribution_weight * dl
+        parts["distribution"] = float(dl.detach())
+    parts["total"] = float(loss.detach())
+    return loss, parts
+
+
+def run(
+    config: TrainConfig | dict[str, Any], *, resume: bool = False, progress: bool = True, force: bool = False
+) -> dict[str, Any]:
+    """Run FP -> PTQ -> QAT as configured; returns the result dict (also written to ``result.json``).
+
+    Keys: ``fp32``, ``ptq``, ``qat`` (top-1 % or perplexity), ``metric`` ('top1' or 'perplexity'),
+    ``attn_kl_ptq``/``attn_kl_qat`` (mean KL of attention maps vs FP), ``history`` (per-epoch metrics),
+    ``status`` ('done' or 'interrupted'), ``seconds``, ``output_dir`` and the checkpoint paths.
+    An output directory that already holds a run is refused unless ``resume`` or ``force``.
+    """
+    cfg = config if isinstance(config, TrainConfig) else TrainConfig.parse(config)
+    with _threads(cfg.num_threads):
+        dist = _Dist()
+        try:
+            return _run(cfg, resume, progress and dist.is_main, dist, force)
+        finally:
+            dist.close()
+
+
+def _run(cfg: TrainConfig, resume: bool, show: bool, dist: _Dist, force: bool) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    out_dir = Path(cfg.output_dir)
+    state_path = out_dir / "state.pt"
+    if resume and not state_path.is_file() and not (out_dir / "fp.pt").is_file():
+        raise EdgeAttnError(f"--resume: nothing to resume in '{out_dir}' (no state.pt or fp.pt)")
+    existing = [n for n in ("state.pt", "fp.pt", "model.pt", "result.json") if (out_dir / n).is_file()]
+    if not resume and not force and existing:
+        raise EdgeAttnError(
+            f"output directory '{out_dir}' already holds a run ({existing[0]}); "
+            "use --resume, --force or another --output"
+        )
+    train, val, info = load_data(cfg)
+    task = info["task"]
+    kwargs = model_kwargs_for(cfg, info)
+    qcfg = quant_config_for(cfg, info)
+    seed_everything(cfg.seed)
+    from edgeattn.models import create_model
+    from edgeattn.reparameterize import reparameterize
+
+    fp_meta = {"model": cfg.model, "model_kwargs": kwargs, "quant": None, "reparameterized": False, "data": cfg.data}
+    result: dict[str, Any] = {
+        "model": cfg.model,
+        "data": cfg.data,
+        "bits": cfg.bits,
+        "profile": cfg.profile,
+        "metric": "top1" if task == "vision" else "perplexity",
+        "quant_config": qcfg.model_dump(mode="json"),
+        "losses": cfg.losses.model_dump(),
+        "token_adaptive": cfg.token_adaptive,
+        "output_dir": str(out_dir),
+        "world_size": dist.world,
+    }
+    with _StopFlag() as stop, _Progress(show) as prog:
+        try:
+            # ---- FP model
+            fp_path = out_dir / "fp.pt"
+            if cfg.fp_checkpoint:
+                fp_model, meta = load_checkpoint(cfg.fp_checkpoint)
+                if meta.get("quant"):
+                    raise EdgeAttnError(f"fp_checkpoint '{cfg.fp_checkpoint}' is quantized; give a float checkpoint")
+                fp_meta = dict(meta)
+            elif resume and fp_path.is_file():
+                fp_model, fp_meta = load_checkpoint(fp_path)
+            else:
+                fp_model = create_model(cfg.model, **kwargs)
+                t_fp = time.perf_counter()
+                _train_fp(cfg, fp_model, train, dist, prog, stop)
+                result["fp_train_seconds"] = time.perf_counter() - t_fp
+                if dist.is_main:
+                    save_checkpoint(fp_path, fp_model, fp_meta)
+            result["fp_checkpoint"] = str(cfg.fp_checkpoint or fp_path)
+            teacher = fp_model if fp_meta.get("reparameterized") else reparameterize(fp_model, inplace=False)
+            teacher.eval()
+            for p in teacher.parameters():
+                p.requires_grad_(False)
+            result["fp32"] = evaluate(teacher, val, task)
+            prog.log(f"FP32 ({result['metric']}): {result['fp32']:.3f}")
+            # ---- PTQ baseline
+            ptq_model = quantize_model(teacher, qcfg)
+            calibrate(ptq_model, _in_order(train, cfg.batch_size), max_samples=cfg.calib_samples)
+            result["ptq"] = evaluate(ptq_model, val, task)
+            result["attn_kl_ptq"] = attention_fidelity(ptq_model, teacher, val)
+            prog.log(f"PTQ  ({result['metric']}): {result['ptq']:.3f}")
+            q_meta = {
+                "model": cfg.model,
+                "model_kwargs": kwargs,
+                "quant": qcfg,
+                "reparameterized": True,
+                "data": cfg.data,
+            }
+            if dist.is_main:
+                save_checkpoint(out_dir / "ptq.pt", ptq_model, q_meta)
+            if cfg.skip_qat:
+                result.update(qat=None, attn_kl_qat=None, history=[], status="done")
+                return _finish(result, out_dir, t0, dist)
+            # ---- QAT
+            history = _qat(cfg, ptq_model, teacher, train, val, task, q_meta, out_dir, resume, dist, prog, stop)
+            result["history"] = history
+            result["qat"] = evaluate(ptq_model, val, task)
+            result["attn_kl_qat"] = attention_fidelity(ptq_model, teacher, val)
+            result["status"] = "interrupted" if stop.stop else "done"
+            prog.log(f"QAT  ({result['metric']}): {result['qat']:.3f}")
+            if dist.is_main and not stop.stop:
+                save_checkpoint(out_dir / "model.pt", ptq_model, q_meta)
+                result["checkpoint"] = str(out_dir / "model.pt")
+        except KeyboardInterrupt:
+            result["status"] = "interrupted"
+    return _finish(result, out_dir, t0, dist)
+
+
+def _finish(result: dict[str, Any], out_dir: Path, t0: float, dist: _Dist) -> dict[str, Any]:
+    result["seconds"] = time.perf_counter() - t0
+    if dist.is_main:
+        _write_json(out_dir / "result.json", result)
+    return result
+
+
+def _qat(
+    cfg: TrainConfig,
+    student: nn.Module,
+    teacher: nn.Module,
+    train: TensorDataset,
+    val: TensorDataset,
+    task: str,
+    q_meta: dict[str, Any],
+    out_dir: Path,
+    resume: bool,
+    dist: _Dist,
+    prog: _Progress,
+    stop: _StopFlag,
+) -> list[dict[str, Any]]:
+    bs = _local_bs(cfg, dist)
+    steps_per_epoch = math.ceil(len(epoch_order(len(train), cfg.seed, 0, dist.rank, dist.world)) / bs)
+    history: list[dict[str, Any]] = []
+    start_epoch = 0
+    state_path = out_dir / "state.pt"
+    seed_everything(cfg.seed + 1)
+    state = torch.load(state_path, map_location="cpu", weights_only=False) if resume and state_path.is_file() else None
+    if state is not None:
+        # load the weights BEFORE building the optimizer: brevitas rebuilds its scale modules on load, so an
+        # optimizer made earlier would hold the replaced (orphaned) scale parameters
+        student.load_state_dict(state["model"])
+    for p in student.parameters():  # the teacher is frozen; its quantized copy trains everything
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(list(student.parameters()), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = _make_scheduler(opt, cfg.lr_schedule, cfg.epochs * steps_per_epoch)
+    if state is not None:
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"])
+        history = list(state["history"])
+        start_epoch = int(state["epoch"])
+    net = dist.wrap(student)
+    bar = prog.task("QAT", max(cfg.epochs - start_epoch, 0) * steps_per_epoch)
+    for epoch in range(start_epoch, cfg.epochs):
+        student.train()
+        t_ep = time.perf_counter()
+        sums: dict[str, float] = {}
+        n_steps = 0
+        for x, y in _batches(train, epoch_order(len(train), cfg.seed, epoch, dist.rank, dist.world), bs):
+            loss, parts = _qat_step_loss(cfg, net, student, teacher, x, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            n_steps += 1
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + v
+            prog.advance(bar, f"epoch {epoch + 1} loss {parts['total']:.4f}")
+            if dist.any_rank(stop.stop):
+                stop.stop = True
+                return history  # the last complete epoch's files stay as they are
+        sums = dist.mean_over_ranks(sums)  # metrics of the global batch, not of rank 0's shard
+        row: dict[str, Any] = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"]}
+        row.update({f"loss_{k}": v / max(n_steps, 1) for k, v in sums.items()})
+        row["val"] = evaluate(student, val, task)
+        row["seconds"] = time.perf_counter() - t_ep
+        history.append(row)
+        prog.log(
+            f"QAT epoch {epoch + 1}/{cfg.epochs}: loss {row.get('loss_total', float('nan')):.4f} val {row['val']:.3f}"
+        )
+        if dist.is_main:
+            state = {
+                "model": model_state_dict(student),
+                "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(),
+                "rng": rng_state(),
+                "history": history,
+                "epoch": epoch + 1,
+                "config": cfg.model_dump(mode="json"),
+            }
+            atomic_torch_save(state, state_path)
+            save_checkpoint(out_dir / "qat_last.pt", student, q_meta)
+            _write_json(out_dir / "metrics.json", {"history": history, "config": cfg.model_dump(mode="json")})
+        dist.barrier()
+    student.eval()
+    return history
+
+
+# ---------------------------------------------------------------------------------------------- command line
+def build_config(config_file: str | None = None, preset: str | None = None, **flags: Any) -> TrainConfig:
+    """Config from an optional preset, then an optional YAML file, then flags (``None`` flags are ignored)."""
+    if preset and preset not in PRESETS:
+        raise EdgeAttnError(f"unknown preset '{preset}'; presets: {', '.join(PRESETS)}")
+    data: dict[str, Any] = dict(PRESETS[preset]) if preset else {}
+    source = "flags"
+    if config_file:
+        path = Path(config_file)
+        if not path.is_file():
+            raise EdgeAttnError(f"config file '{path}' not found")
+        try:
+            file_data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as err:
+            raise EdgeAttnError(f"config file '{path}': not valid YAML ({str(err).splitlines()[0]})") from None
+        if not isinstance(file_data, dict):
+            raise EdgeAttnError(f"config file '{path}': expected a mapping of settings")
+        data.update(file_data)
+        source = f"config file '{path}'"
+    losses = dict(data.get("losses") or {})
+    for key in list(flags):
+        if key.startswith("loss_"):
+            value = flags.pop(key)
+            if value is not None:
+                losses[key[len("loss_") :]] = value
+    if losses:
+        data["losses"] = losses
+    data.update({k: v for k, v in flags.items() if v is not None})
+    return TrainConfig.parse(data, source)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m edgeattn.quant.train", description=__doc__.split("\n")[0])
+    p.add_argument("--config", dest="config_file")
+    p.add_argument("--preset", choices=sorted(PRESETS))
+    p.add_argument("--model")
+    p.add_argument("--data")
+    p.add_argument("--profile")
+    p.add_argument("--bits")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--fp-epochs", dest="fp_epochs", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--batch-size", dest="batch_size", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--output", dest="output_dir")
+    p.add_argument("--fp-checkpoint", dest="fp_checkpoint")
+    p.add_argument("--max-train-samples", dest="max_train_samples", type=int)
+    p.add_argument("--max-val-samples", dest="max_val_samples", type=int)
+    p.add_argument("--token-adaptive", dest="token_adaptive", action="store_true", default=None)
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--force", action="store_true")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m edgeattn.quant.train`` (and ``torchrun ... -m edgeattn.quant.train``)."""
+    args = vars(_parser().parse_args(argv))
+    resume = args.pop("resume")
+    no_progress = args.pop("no_progress")
+    force = args.pop("force")
+    try:
+        cfg = build_config(**args)
+        result = run(cfg, resume=resume, progress=not no_progress, force=force)
+    except EdgeAttnError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
+    return 130 if result.get("status") == "interrupted" else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+__all__ = [
+    "LossConfig",
+    "TrainConfig",
+    "PRESETS",
+    "preset_config",
+    "build_config",
+    "run",
+    "evaluate",
+    "attention_fidelity",
+    "load_data",
+    "quant_config_for",
+    "main",
+]

@@ -1,0 +1,85 @@
+"""edgeattn.data: digits, the stdlib byte corpus, a user's image folder and text file."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from edgeattn.data import digits_dataset, image_folder, stdlib_corpus, text_file
+from edgeattn.errors import EdgeAttnError
+
+
+def test_digits_shapes_range_and_upsampling():
+    from sklearn.datasets import load_digits
+
+    train = digits_dataset(img_size=16, in_chans=3, split="train", seed=0)
+    val = digits_dataset(img_size=16, in_chans=3, split="val", seed=0)
+    x, y = train.tensors
+    assert x.shape[1:] == (3, 16, 16) and x.dtype == torch.float32
+    assert len(train) + len(val) == 1797
+    assert float(x.min()) >= -1.0 and float(x.max()) <= 1.0
+    # every class is in both splits, about 20% of each class in val
+    counts = np.bincount(val.tensors[1].numpy(), minlength=10)
+    total = np.bincount(load_digits().target, minlength=10)
+    np.testing.assert_allclose(counts / total, 0.2, atol=0.02)
+    # channels are copies; at img_size 8 the image is the original scaled to [-1, 1]
+    torch.testing.assert_close(x[:, 0], x[:, 1])
+    raw = digits_dataset(img_size=8, in_chans=1, split="all")
+    np.testing.assert_allclose(raw.tensors[0][:, 0].numpy(), load_digits().images / 8.0 - 1.0, atol=1e-6)
+
+
+def test_digits_split_is_deterministic_and_disjoint():
+    a = digits_dataset(8, 1, "train", seed=3).tensors[0]
+    b = digits_dataset(8, 1, "train", seed=3).tensors[0]
+    torch.testing.assert_close(a, b)
+    val = digits_dataset(8, 1, "val", seed=3).tensors[0]
+    flat_train = {tuple(r) for r in a.reshape(len(a), -1).numpy().round(4).tolist()}
+    overlap = sum(tuple(r) in flat_train for r in val.reshape(len(val), -1).numpy().round(4).tolist())
+    assert overlap <= 2  # digits has a couple of duplicate images, nothing more
+
+
+def test_stdlib_corpus_targets_are_next_bytes_and_splits_do_not_overlap():
+    train = stdlib_corpus(seq_len=32, split="train", max_bytes=50_000)
+    val = stdlib_corpus(seq_len=32, split="val", max_bytes=50_000)
+    x, y = train.tensors
+    assert x.shape[1] == 32 and int(x.max()) < 256
+    torch.testing.assert_close(x[:, 1:], y[:, :-1])
+    # windows are consecutive slices of one byte stream: window i's last target is window i+1's first input
+    torch.testing.assert_close(y[:-1, -1], x[1:, 0])
+    assert len(val) >= 1 and len(train) > 5 * len(val)
+    allx = stdlib_corpus(seq_len=32, split="all", max_bytes=50_000).tensors[0]
+    torch.testing.assert_close(allx[-len(val) :], val.tensors[0])
+
+
+def test_text_file_and_errors(tmp_path):
+    f = tmp_path / "t.txt"
+    f.write_bytes(bytes(range(256)) * 4)
+    ds = text_file(f, seq_len=16, split="all")
+    assert ds.tensors[0][0].tolist() == list(range(16))
+    with pytest.raises(EdgeAttnError, match="does not exist"):
+        text_file(tmp_path / "missing.txt")
+    short = tmp_path / "short.txt"
+    short.write_bytes(b"abc")
+    with pytest.raises(EdgeAttnError, match="too short"):
+        text_file(short, seq_len=16)
+
+
+def test_image_folder(tmp_path):
+    from PIL import Image
+
+    for ci, cname in enumerate(["cat", "dog"]):
+        (tmp_path / cname).mkdir()
+        for i in range(5):
+            arr = np.full((10, 10, 3), 50 * ci + 10 * i, dtype=np.uint8)
+            Image.fromarray(arr).save(tmp_path / cname / f"{i}.png")
+    ds, classes = image_folder(tmp_path, img_size=8, in_chans=3, split="all")
+    assert classes == ["cat", "dog"]
+    x, y = ds.tensors
+    assert x.shape == (10, 3, 8, 8) and sorted(y.tolist()) == [0] * 5 + [1] * 5
+    # a constant image stays constant: value v/255 mapped to [-1, 1]
+    first_dog = x[y == 1][0]
+    assert float(first_dog.std()) < 1e-6
+    assert float(first_dog.mean()) == pytest.approx(50 / 255 * 2 - 1, abs=1e-3)
+    with pytest.raises(EdgeAttnError, match="does not exist"):
+        image_folder(tmp_path / "nope")

@@ -1,0 +1,242 @@
+"""edgeattn.quant: QuantConfig, presets, quantize_model, PTQ calibration, checkpoints, QCDQ export."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from brevitas import nn as qnn
+from edgeattn.quant import QuantConfig, calibrate, ptq, quantize_model
+from edgeattn.quant.checkpoint import load_checkpoint, save_checkpoint
+from torch import nn
+
+from edgeattn.errors import EdgeAttnError
+from edgeattn.models import create_model
+
+TINY_VIT = {"num_classes": 10, "img_size": 16, "depth": 1, "embed_dim": 32, "num_heads": 2, "patch_size": 4}
+
+
+def tiny_vit() -> nn.Module:
+    torch.manual_seed(0)
+    return create_model("vit_tiny", **TINY_VIT).eval()
+
+
+# ------------------------------------------------------------------------------------------------ config
+def test_config_from_profiles_follow_the_profile_bits():
+    assert QuantConfig.from_profile("intel-avx2-openvino").weight_bits == 7
+    trt = QuantConfig.from_profile("rtx-trt11")
+    assert (trt.weight_bits, trt.act_bits, trt.act_signed, trt.softmax_signed, trt.preset) == (
+        8,
+        8,
+        True,
+        True,
+        "tensorrt",
+    )
+    fpga = QuantConfig.from_profile("zcu102-hls")
+    assert (fpga.weight_bits, fpga.act_bits, fpga.preset) == (16, 16, "fpga")
+
+
+@pytest.mark.parametrize(
+    ("setting", "expected"), [("w8a8", (8, 8)), ("W4A8", (4, 8)), ("w4a4", (4, 4)), ("profile", (8, 8))]
+)
+def test_bit_settings(setting, expected):
+    cfg = QuantConfig().with_bits(setting)
+    assert (cfg.weight_bits, cfg.act_bits) == expected
+    assert cfg.low_act_bits <= cfg.act_bits
+
+
+def test_w8a8_on_a_7bit_profile_keeps_7bit_weights():
+    assert QuantConfig.from_profile("intel-avx2-openvino").with_bits("w8a8").weight_bits == 7
+
+
+@pytest.mark.parametrize(
+    ("data", "needle"),
+    [
+        ({"weight_bits": 1}, "weight_bits"),
+        ({"act_bits": 17}, "act_bits"),
+        ({"wieght_bits": 8}, "unknown key 'wieght_bits'"),
+        ({"overrides": {"head": {"bits": 8}}}, "unknown key"),
+        ({"calibration": "mse"}, "calibration"),
+    ],
+)
+def test_config_rejects_bad_input_with_one_clear_line(data, needle):
+    with pytest.raises(EdgeAttnError) as err:
+        QuantConfig.parse(data)
+    assert needle in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_bad_bit_setting_names_what_is_allowed():
+    with pytest.raises(EdgeAttnError, match="2 to 16"):
+        QuantConfig().with_bits("w1a8")
+    with pytest.raises(EdgeAttnError, match="wNaM"):
+        QuantConfig().with_bits("int8")
+
+
+# ------------------------------------------------------------------------------------------------
+# quantize_model
+def test_quantize_vit_swaps_layers_and_quant_points():
+    model = tiny_vit()
+    q = quantize_model(model, "intel-avx2-openvino")
+    assert not q.training
+    assert model.blocks[0].attn.qkv.__class__ is nn.Linear  # the original is untouched
+    attn = q.blocks[0].attn
+    assert isinstance(attn.qkv, qnn.QuantLinear) and isinstance(attn.proj, qnn.QuantLinear)
+    assert isinstance(q.patch_embed, qnn.QuantConv2d) and isinstance(q.head, qnn.QuantLinear)
+    for point in ("in_quant", "q_quant", "k_quant", "v_quant", "attn_quant", "proj_in_quant"):
+        assert isinstance(getattr(attn, point), qnn.QuantIdentity), point
+    assert isinstance(q.blocks[0].mlp.hidden_quant, qnn.QuantIdentity)
+    assert isinstance(attn.logits_probe, nn.Identity)  # never quantized
+    # inside a block the quant points quantize the layer inputs; stems and heads quantize their own input
+    assert not attn.qkv.input_quant.is_quant_enabled
+    assert q.patch_embed.input_quant.is_quant_enabled and q.head.input_quant.is_quant_enabled
+    # 7-bit weights for the no-VNNI profile, float bias everywhere
+    for layer in (attn.qkv, attn.proj, q.head, q.patch_embed):
+        assert int(layer.quant_weight().bit_width) == 7
+        assert not layer.bias_quant.is_quant_enabled
+
+
+def test_weight_fake_quant_matches_hand_computed_lsq_init():
+    torch.manual_seed(1)
+    lin = nn.Linear(16, 6)
+    q = quantize_model(nn.Sequential(lin), {"weight_bits": 7})[0]
+    qt = q.quant_weight()
+    w = lin.weight.detach().double().numpy()
+    # symmetric narrow range: 7 bits -> integers in [-63, 63], scale per output channel (axis 0) from abs-max
+    scale = np.abs(w).max(axis=1, keepdims=True) / 63.0
+    expected = np.clip(np.round(w / scale), -63, 63) * scale
+    assert tuple(qt.scale.shape) == (6, 1)
+    np.testing.assert_allclose(qt.scale.detach().double().numpy(), scale, rtol=1e-6)
+    np.testing.assert_allclose(qt.value.detach().double().numpy(), expected, rtol=0, atol=1e-6)
+    assert float(qt.zero_point.abs().max()) == 0.0
+    # the scale is a learned parameter (LSQ-style), initialised from the weights
+    assert any("scaling_impl.value" in n for n, _ in q.named_parameters())
+
+
+def test_per_tensor_weights_when_the_profile_says_so():
+    q = quantize_model(nn.Sequential(nn.Linear(8, 4)), {"weight_per_channel": False})[0]
+    assert q.quant_weight().scale.numel() == 1
+
+
+def test_minmax_calibration_gives_absmax_over_128_scale():
+    torch.manual_seed(2)
+    x = torch.randn(64, 8) * 3
+    q = quantize_model(nn.Sequential(nn.Linear(8, 4)), {"calibration": "minmax"})
+    calibrate(q, [x])
+    scale = float(q[0].input_quant.scale().detach())
+    # brevitas' signed, non-narrow int8 grid divides the range by 2^(8-1) = 128
+    assert scale == pytest.approx(float(x.abs().max()) / 128.0, rel=1e-5)
+    # the activation grid is signed int8 with zero point 0
+    assert float(q[0].input_quant.zero_point()) == 0.0
+    assert q[0].input_quant.is_signed
+
+
+def test_percentile_calibration_clips_outliers():
+    torch.manual_seed(3)
+    x = torch.randn(4096, 8)
+    x[0, 0] = 1000.0  # one outlier: min-max would follow it, the percentile must not
+    q = ptq(nn.Sequential(nn.Linear(8, 4)), {"percentile": 99.9}, [x], max_samples=4096)
+    scale = float(q[0].input_quant.scale().detach())
+    ref = float(np.percentile(x.abs().numpy(), 99.9)) / 128.0
+    assert scale == pytest.approx(ref, rel=0.02)
+
+
+def test_overrides_and_float_layers():
+    model = tiny_vit()
+    cfg = QuantConfig(weight_bits=4, act_bits=4, overrides={"head": {"weight_bits": 8}}, float_layers=("patch_embed",))
+    q = quantize_model(model, cfg)
+    assert int(q.head.quant_weight().bit_width) == 8
+    assert int(q.blocks[0].attn.qkv.quant_weight().bit_width) == 4
+    assert type(q.patch_embed) is nn.Conv2d
+
+
+def test_lower_bits_mean_larger_error_than_w8a8():
+    model = tiny_vit()
+    x = torch.randn(32, 3, 16, 16)
+    with torch.no_grad():
+        ref = model(x)
+        errs = {}
+        for bits in ("w8a8", "w4a4"):
+            q = ptq(model, QuantConfig().with_bits(bits), [x])
+            errs[bits] = float((q(x) - ref).abs().mean())
+    assert 0 < errs["w8a8"] < errs["w4a4"] / 4
+
+
+def test_conv_models_quantize_and_stay_close():
+    torch.manual_seed(4)
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1, groups=8),
+        nn.Conv1d(8, 8, 1) if False else nn.Identity(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 4),
+    ).eval()
+    x = torch.randn(16, 3, 12, 12)
+    q = ptq(net, "rtx-trt11", [x])
+    assert isinstance(q[0], qnn.QuantConv2d) and q[2].groups == 8
+    with torch.no_grad():
+        ref, out = net(x), q(x)
+    rel = float((out - ref).abs().max() / ref.abs().max())
+    assert 0 < rel < 0.05
+
+
+# ------------------------------------------------------------------------------------------------ checkpoints
+def test_checkpoint_roundtrip_quantized_model(tmp_path):
+    model = tiny_vit()
+    cfg = QuantConfig.from_profile("intel-avx2-openvino")
+    q = ptq(model, cfg, [torch.randn(8, 3, 16, 16)])
+    path = save_checkpoint(tmp_path / "q.pt", q, {"model": "vit_tiny", "model_kwargs": TINY_VIT, "quant": cfg})
+    loaded, meta = load_checkpoint(path)
+    assert meta["quant"]["weight_bits"] == 7 and meta["model"] == "vit_tiny"
+    x = torch.randn(4, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), q(x), rtol=0, atol=0)
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_checkpoint_errors(tmp_path):
+    with pytest.raises(EdgeAttnError, match="not found"):
+        load_checkpoint(tmp_path / "missing.pt")
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(EdgeAttnError, match="corrupt"):
+        load_checkpoint(bad)
+    other = tmp_path / "other.pt"
+    torch.save({"weights": torch.zeros(1)}, other)
+    with pytest.raises(EdgeAttnError, match="not an edgeattn checkpoint"):
+        load_checkpoint(other)
+
+
+# ------------------------------------------------------------------------------------------------ export
+def test_export_onnx_qcdq_matches_onnxruntime(tmp_path):
+    """The call the export engineer relies on: brevitas' QCDQ export (dynamo) from a deep copy."""
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    from brevitas.export import export_onnx_qcdq
+
+    model = tiny_vit()
+    x = torch.randn(8, 3, 16, 16)
+    q = ptq(model, "rtx-trt11", [x])
+    path = tmp_path / "q.onnx"
+    export_onnx_qcdq(copy.deepcopy(q), args=(x[:1],), export_path=str(path), opset_version=18)
+    graph = onnx.load(str(path)).graph
+    ops = [n.op_type for n in graph.node]
+    assert ops.count("QuantizeLinear") >= 8 and ops.count("DequantizeLinear") >= 8
+    # signed int8 everywhere (TensorRT), softmax output included; no int32 (bias) dequantization
+    inits = {i.name: i for i in graph.initializer}
+    consts = {n.output[0]: n.attribute[0].t for n in graph.node if n.op_type == "Constant" and n.attribute}
+    for node in graph.node:
+        if node.op_type == "QuantizeLinear" and len(node.input) > 2:
+            zp = inits.get(node.input[2]) or consts.get(node.input[2])
+            assert zp is not None and zp.data_type == onnx.TensorProto.INT8
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    out = sess.run(None, {sess.get_inputs()[0].name: x[:1].numpy()})[0]
+    with torch.no_grad():
+        ref = q(x[:1]).numpy()
+    np.testing.assert_allclose(out, ref, rtol=0, atol=1e-5)

@@ -1,0 +1,237 @@
+"""The QAT trainer: end-to-end run, exact --resume, clean SIGTERM stop, DDP on gloo, bad input via the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from edgeattn.quant import train as T
+from edgeattn.quant.checkpoint import load_checkpoint
+
+from edgeattn.cli import main as cli_main
+
+TINY = {"depth": 1, "embed_dim": 32, "num_heads": 2, "patch_size": 4}
+
+
+def tiny_cfg(out: Path, **kw) -> dict:
+    cfg = {
+        "model": "vit_tiny",
+        "model_kwargs": TINY,
+        "img_size": 16,
+        "in_chans": 1,
+        "max_train_samples": 128,
+        "max_val_samples": 64,
+        "batch_size": 32,
+        "fp_epochs": 1,
+        "epochs": 3,
+        "calib_samples": 64,
+        "output_dir": str(out),
+        "num_threads": 1,
+    }
+    cfg.update(kw)
+    return cfg
+
+
+def test_run_end_to_end_writes_checkpoints_and_metrics(tmp_path):
+    res = T.run(tiny_cfg(tmp_path / "r", epochs=1, token_adaptive=True), progress=False)
+    assert res["status"] == "done" and res["metric"] == "top1"
+    for key in ("fp32", "ptq", "qat"):
+        assert 0.0 <= res[key] <= 100.0
+    assert res["attn_kl_qat"] is not None and res["attn_kl_qat"] >= 0
+    hist = json.loads((tmp_path / "r" / "metrics.json").read_text())["history"]
+    assert len(hist) == 1 and {"loss_task", "loss_entropy", "loss_distribution", "val"} <= set(hist[0])
+    model, meta = load_checkpoint(tmp_path / "r" / "model.pt")
+    assert meta["quant"]["token_adaptive"] and meta["reparameterized"]
+    ds = T.load_data(T.TrainConfig.parse(tiny_cfg(tmp_path)))[1]
+    assert T.evaluate(model, ds, "vision") == pytest.approx(res["qat"])
+    # the same output directory is not silently overwritten
+    with pytest.raises(T.EdgeAttnError, match="already holds a run"):
+        T.run(tiny_cfg(tmp_path / "r", epochs=1), progress=False)
+
+
+def test_resume_continues_exactly(tmp_path, monkeypatch):
+    cfg = tiny_cfg(tmp_path / "straight", token_adaptive=True)
+    straight = T.run(cfg, progress=False)
+
+    class StopInEpoch2(T._StopFlag):
+        """Acts like a SIGTERM in QAT epoch 2: checked once per step, 4 FP steps + 4 per QAT epoch."""
+
+        checks = 0
+
+        @property
+        def stop(self):
+            StopInEpoch2.checks += 1
+            return StopInEpoch2.checks >= 4 + 4 + 2
+
+        @stop.setter
+        def stop(self, value):
+            pass
+
+    cut = tiny_cfg(tmp_path / "cut", token_adaptive=True)
+    monkeypatch.setattr(T, "_StopFlag", StopInEpoch2)
+    first = T.run(cut, progress=False)
+    assert first["status"] == "interrupted"
+    state = torch.load(tmp_path / "cut" / "state.pt", weights_only=False)
+    assert state["epoch"] == 1  # the last complete epoch is what stays on disk
+    monkeypatch.undo()
+    resumed = T.run(cut, resume=True, progress=False)
+    keys = ("loss_total", "loss_task", "loss_entropy", "loss_distribution", "val")
+    a = [[row[k] for k in keys] for row in straight["history"]]
+    b = [[row[k] for k in keys] for row in resumed["history"]]
+    assert len(a) == len(b) == 3
+    assert a == b  # bit for bit
+    m1, _ = load_checkpoint(tmp_path / "straight" / "model.pt")
+    m2, _ = load_checkpoint(tmp_path / "cut" / "model.pt")
+    for (n, p1), p2 in zip(m1.state_dict().items(), m2.state_dict().values(), strict=True):
+        assert torch.equal(p1, p2), n
+
+
+def _env() -> dict:
+    env = dict(os.environ)
+    env.update(OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    return env
+
+
+def test_sigterm_stops_cleanly_and_keeps_the_last_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    cfg_file = tmp_path / "cfg.yaml"
+    cfg_file.write_text(yaml.safe_dump(tiny_cfg(out, epochs=500, max_train_samples=64)))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edgeattn.quant.train", "--config", str(cfg_file), "--no-progress"],
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.time() + 90
+        while not (out / "metrics.json").is_file():
+            assert proc.poll() is None, proc.stderr.read().decode()
+            assert time.time() < deadline, "no epoch finished in time"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert rc == 130
+    state = torch.load(out / "state.pt", weights_only=False)
+    hist = json.loads((out / "metrics.json").read_text())["history"]
+    assert len(hist) == state["epoch"] >= 1
+    model, meta = load_checkpoint(out / "qat_last.pt")
+    assert meta["quant"] is not None
+    assert not list(out.glob(".*.tmp"))  # no half-written files left behind
+
+
+def test_ddp_two_gloo_processes_match_one_process(tmp_path):
+    torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
+    if not Path(torchrun).exists():
+        pytest.skip("torchrun is not installed next to this python")
+    losses = {"kd": True, "entropy": False, "distribution": False}  # per-sample-mean losses: DDP == big batch
+    common = {"max_train_samples": 64, "max_val_samples": 32, "epochs": 1, "losses": losses}
+    ddp_cfg, one_cfg = tmp_path / "ddp.yaml", tmp_path / "one.yaml"
+    ddp_cfg.write_text(yaml.safe_dump(tiny_cfg(tmp_path / "ddp", **common)))
+    one_cfg.write_text(yaml.safe_dump(tiny_cfg(tmp_path / "one", **common)))
+    proc = subprocess.run(
+        [
+            torchrun,
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            "29517",
+            "-m",
+            "edgeattn.quant.train",
+            "--config",
+            str(ddp_cfg),
+            "--no-progress",
+        ],
+        env=_env(),
+        capture_output=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    assert json.loads((tmp_path / "ddp" / "result.json").read_text())["world_size"] == 2
+    T.run(T.TrainConfig.parse(yaml.safe_load(one_cfg.read_text())), progress=False)
+    ddp = json.loads((tmp_path / "ddp" / "result.json").read_text())
+    one = json.loads((tmp_path / "one" / "result.json").read_text())
+    # gradients are averaged over the two half-batches, so the loss curve is the one-process curve
+    assert ddp["history"][0]["loss_total"] == pytest.approx(one["history"][0]["loss_total"], rel=1e-4)
+    # AdamW moves every weight by about lr per step whatever its gradient's size, so float-rounding
+    # differences in
+    # the all-reduce show up at the 1e-4 (FP, 2 steps) / 1e-3 (QAT) level; unsynchronised ranks (each training
+    # on
+    # its own half) would differ by several lr steps everywhere
+    for name, atol in (("fp.pt", 5e-4), ("model.pt", 3e-3)):
+        m_ddp, _ = load_checkpoint(tmp_path / "ddp" / name)
+        m_one, _ = load_checkpoint(tmp_path / "one" / name)
+        diffs = [
+            (a - b).abs()
+            for a, b in zip(m_ddp.state_dict().values(), m_one.state_dict().values(), strict=True)
+            if a.is_floating_point()
+        ]
+        assert max(float(d.max()) for d in diffs) < atol, name
+        assert float(torch.cat([d.flatten() for d in diffs]).mean()) < atol / 10, name
+
+
+def test_language_model_path(tmp_path):
+    res = T.run(
+        {
+            "model": "tiny_llama",
+            "model_kwargs": {"dim": 32, "depth": 1, "num_heads": 2},
+            "data": "stdlib",
+            "seq_len": 16,
+            "corpus_bytes": 20_000,
+            "max_train_samples": 64,
+            "max_val_samples": 16,
+            "batch_size": 16,
+            "fp_epochs": 2,
+            "epochs": 1,
+            "output_dir": str(tmp_path / "lm"),
+            "num_threads": 1,
+        },
+        progress=False,
+    )
+    assert res["metric"] == "perplexity"
+    assert 1.0 < res["fp32"] < 256.0  # learned something: better than a uniform guess over bytes
+    assert 1.0 < res["qat"] < 256.0
+    # EdgeQAT keeps the o_proj input and lm_head in float
+    assert "*lm_head*" in res["quant_config"]["float_layers"]
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--fp-checkpoint", "{tmp}/missing.pt"], "not found"),
+        (["--fp-checkpoint", "{tmp}/corrupt.pt"], "corrupt"),
+        (["--config", "{tmp}/unknown.yaml"], "unknown key 'learning_rate'"),
+        (["--bits", "w1a8"], "1-bit"),
+        (["--data", "{tmp}/no/such/folder"], "does not exist"),
+        (["--preset", "huge"], "unknown preset"),
+    ],
+)
+def test_cli_bad_input_one_line_exit_2_nothing_written(tmp_path, capsys, args, needle):
+    (tmp_path / "corrupt.pt").write_bytes(b"\x00garbage")
+    (tmp_path / "unknown.yaml").write_text("model: vit_tiny\nlearning_rate: 0.1\n")
+    out = tmp_path / "out"
+    argv = ["qat", "--output", str(out), *[a.format(tmp=tmp_path) for a in args]]
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and len(err.splitlines()) == 1
+    assert not out.exists()
+
+
+def test_cli_refuses_to_overwrite_without_force(tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "model.pt").write_bytes(b"keep me")
+    assert cli_main(["qat", "--output", str(out), "--model", "vit_tiny"]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert (out / "model.pt").read_bytes() == b"keep me"
