@@ -64,8 +64,8 @@ class RLMHSA(nn.Module):
 
     ``x -> BN -> in_quant``; q from all H*W tokens, k and v from the ``sr_ratio`` x ``sr_ratio``
     average-pooled map (no pooling when the map is smaller than ``sr_ratio``), re-quantized by ``kv_in_quant``
-    so that every MatMul input carries Q/DQ. The 1/sqrt(head_dim) scale is applied to q before ``q_quant`` (as in :class:`edgeattn.blocks.Attention`). Deploy: BN folded into
-    ``q`` and ``kv``.
+    so that every MatMul input carries Q/DQ. The 1/sqrt(head_dim) scale is applied to q before ``q_quant``
+    (as in :class:`edgeattn.blocks.Attention`). Deploy: BN folded into ``q`` and ``kv``.
     """
 
     def __init__(
