@@ -61,7 +61,7 @@ def find_compiler(cxx: str | None = None) -> str:
 
 def compile_testbench(project_dir: str | Path, *, cxx: str | None = None, timeout: float = 300.0) -> Path:
     """Compile the project's test bench; return the executable (under ``PRJ/build/``)."""
-    prj = Path(project_dir)
+    prj = Path(project_dir).resolve()  # the test bench runs with cwd=prj
     for rel in (
         "firmware/edgeattn_top.cpp",
         "tb/edgeattn_tb.cpp",
@@ -120,7 +120,7 @@ def run_csim(
     """
     from edgeattn.fpga_hls.generator import compare
 
-    prj = Path(project_dir)
+    prj = Path(project_dir).resolve()  # the test bench runs with cwd=prj
     t0 = time.perf_counter()
     exe = compile_testbench(prj, cxx=cxx, timeout=timeout)
     t1 = time.perf_counter()
