@@ -7,26 +7,7 @@ Public API (see :mod:`edgeattn.fpga_hls.api`): ``generate_project``, ``run_csim`
 
 from __future__ import annotations
 
-from edgeattn.fpga_hls.api import (
-    HLSFormats,
-    LayerShape,
-    ProjectInfo,
-    estimate,
-    estimate_model,
-    find_ap_types,
-    find_compiler,
-    generate_project,
-    run_csim,
-)
+from edgeattn.fpga_hls import api
+from edgeattn.fpga_hls.api import *  # noqa: F403  (the package's face is api.__all__)
 
-__all__ = [
-    "HLSFormats",
-    "LayerShape",
-    "ProjectInfo",
-    "estimate",
-    "estimate_model",
-    "find_ap_types",
-    "find_compiler",
-    "generate_project",
-    "run_csim",
-]
+__all__ = api.__all__
