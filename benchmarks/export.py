@@ -1,14 +1,16 @@
 """Export benchmarks -> benchmarks/export.json.
 
 1. ``all_targets``: wall time of exporting ``fmvit_t`` to ONNX, TensorRT (ONNX + lint + trtexec line),
-   OpenVINO and Core ML in one process, each with its parity gate (goal: < 60 s on 2 cores).
+   OpenVINO and Core ML with one ``export_all`` call, each with its parity gates on 32 inputs (goal: < 60 s
+   on 2 cores), with each report's per-stage seconds (~0 where the shared cache served a stage).
 2. ``openvino_int8_vs_fp32``: OpenVINO CPU latency of the FP32 and INT8 IRs of ``fmvit_t`` and of a
    7-layer 3x3 conv stack (REFERENCE.md's case), medians of interleaved runs on ``--threads`` threads, the
    int8/fp32 speed ratio, and whether every Conv/MatMul of the INT8 IR ran in an I8 kernel. With
    ``--isa AVX2`` the same is measured in a child process whose oneDNN kernels are capped at AVX2
    (what a CPU without VNNI runs).
 
-Usage: python benchmarks/export.py [--img-size 224] [--threads 2] [--out benchmarks/export.json]
+Usage: python benchmarks/export.py [--img-size 224] [--threads 2] [--torch-threads 1|none] [--skip-latency]
+       [--out benchmarks/export.json]
 """
 
 from __future__ import annotations
@@ -57,43 +59,43 @@ def _cpu_seconds() -> float:
     return t.user + t.system + t.children_user + t.children_system
 
 
-def all_targets(img: int, n_inputs: int, threads: int) -> dict:
-    """Export fmvit_t to the four targets in one run; time each and the total."""
-    from edgeattn.export import ParityFailure, export_model
+def all_targets(img: int, n_inputs: int, threads: int, torch_threads: int | None) -> dict:
+    """Export fmvit_t to the four targets in one call (``export_all``, as a user would); time each and the total."""
+    import torch
+    from edgeattn.export import DEFAULT_PROFILES, ParityFailure, export_all
 
-    runs = [
-        ("onnx", "host-cpu", None),
-        ("tensorrt", "jetson-orin-trt10", None),
-        ("openvino", "intel-vnni-openvino", None),
-        ("coreml", "apple-a17-coreml", None),
-    ]
     tmp = Path(tempfile.mkdtemp(prefix="edgeattn-bench-"))
-    out = {"model": "fmvit_t", "img_size": img, "n_inputs": n_inputs, "targets": {}}
-    cache: dict = {}  # one run: the model, its PTQ twin, references and ONNX are built once and shared
+    out = {
+        "model": "fmvit_t",
+        "img_size": img,
+        "n_inputs": n_inputs,
+        "threads": threads,
+        "torch_threads": torch_threads,
+        "targets": {},
+    }
+    torch.manual_seed(0)  # the registry model's random init: same weights every run
     t_all = time.perf_counter()
     cpu_all = _cpu_seconds()
     try:
-        for target, profile, precision in runs:
-            t0 = time.perf_counter()
-            try:
-                rep = export_model(
-                    "fmvit_t",
-                    target,
-                    profile,
-                    tmp / target,
-                    precision=precision,
-                    n_inputs=n_inputs,
-                    model_kwargs={"img_size": img, "num_classes": 10},
-                    threads=threads,
-                    cache=cache,
-                )
-            except ParityFailure as exc:  # still a complete export run: keep its figures
-                rep = exc.report
+        try:
+            reports = export_all(
+                "fmvit_t",
+                tmp,
+                n_inputs=n_inputs,
+                model_kwargs={"img_size": img, "num_classes": 10},
+                threads=threads,
+                torch_threads=torch_threads,
+            )
+        except ParityFailure as exc:  # still a complete export run: keep its figures
+            reports = exc.reports
+        out["total_seconds"] = round(time.perf_counter() - t_all, 2)
+        out["total_cpu_seconds"] = round(_cpu_seconds() - cpu_all, 2)
+        for target, rep in reports.items():
             out["targets"][target] = {
-                "profile": profile,
+                "profile": DEFAULT_PROFILES[target],
                 "precision": rep.precision,
-                "seconds": round(time.perf_counter() - t0, 2),
                 "passed": rep.passed,
+                "parity_inputs": sum(rep.parity_inputs.values()),
                 "timings_s": rep.timings_s,
                 "parity": {p["runtime"]: round(p["max_abs_rel_range"], 6) for p in rep.parity},
                 "first_diverging_node": {
@@ -104,9 +106,7 @@ def all_targets(img: int, n_inputs: int, threads: int) -> dict:
             }
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    out["total_seconds"] = round(time.perf_counter() - t_all, 2)
-    out["total_cpu_seconds"] = round(_cpu_seconds() - cpu_all, 2)
-    out["load_average_1m"] = os.getloadavg()[0]
+    out["load_average_1m"] = round(os.getloadavg()[0], 2)
     out["goal_seconds"] = 60
     return out
 
@@ -199,7 +199,14 @@ def main() -> None:
     ap.add_argument("--img-size", type=int, default=224)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reps", type=int, default=30)
-    ap.add_argument("--n-inputs", type=int, default=8)
+    ap.add_argument("--n-inputs", type=int, default=32, help="parity inputs per gate (export_model's default)")
+    ap.add_argument(
+        "--torch-threads",
+        default="1",
+        help="torch intra-op threads during the export (export_model's default 1; 'none': leave at --threads); "
+        "a comma list (e.g. '1,none') runs the all-targets export once per value, back to back",
+    )
+    ap.add_argument("--skip-latency", action="store_true", help="only the all-targets export run")
     ap.add_argument("--isa", default="AVX2", help="also measure with oneDNN capped at this ISA ('' to skip)")
     ap.add_argument("--skip-all-targets", action="store_true")
     ap.add_argument("--out", default=str(Path(__file__).with_suffix(".json")))
@@ -216,10 +223,16 @@ def main() -> None:
         return
     result = {"command": " ".join([Path(sys.executable).name, *sys.argv])}
     if not args.skip_all_targets:
-        result["all_targets"] = all_targets(args.img_size, args.n_inputs, args.threads)
-    result["openvino_int8_vs_fp32"] = openvino_int8_vs_fp32(
-        args.img_size, args.threads, args.reps, args.isa or None
-    )
+        runs = [None if v.strip().lower() == "none" else int(v) for v in args.torch_threads.split(",")]
+        result["all_targets"] = all_targets(args.img_size, args.n_inputs, args.threads, runs[0])
+        if len(runs) > 1:  # the same run with other torch thread counts, back to back (same machine load)
+            result["all_targets_other_torch_threads"] = [
+                all_targets(args.img_size, args.n_inputs, args.threads, tt) for tt in runs[1:]
+            ]
+    if not args.skip_latency:
+        result["openvino_int8_vs_fp32"] = openvino_int8_vs_fp32(
+            args.img_size, args.threads, args.reps, args.isa or None
+        )
     from edgeattn.cli._common import write_json
 
     write_json(args.out, result)

@@ -14,10 +14,33 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
-def _umask() -> int:
-    mask = os.umask(0)
+def current_umask() -> int:
+    """The process umask, read without changing it where /proc allows (``os.umask`` must set it to query it)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+def publish_modes(path: str | Path) -> None:
+    """Give ``path`` (a file, or a folder and everything under it) the modes the umask gives new files."""
+    mask = current_umask()
+    root = Path(path)
+    file_mode, dir_mode = 0o666 & ~mask, 0o777 & ~mask
+    if not root.is_dir():
+        os.chmod(root, file_mode)
+        return
+    os.chmod(root, dir_mode)
+    for dirpath, dirnames, filenames in os.walk(root):
+        for d in dirnames:
+            os.chmod(os.path.join(dirpath, d), dir_mode)
+        for f in filenames:
+            os.chmod(os.path.join(dirpath, f), file_mode)
 
 
 @contextmanager
@@ -33,7 +56,7 @@ def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
     tmp = Path(name)
     try:
         yield tmp
-        os.chmod(tmp, 0o666 & ~_umask())
+        publish_modes(tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -58,7 +81,7 @@ def staging_dir(out_dir: str | Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
     try:
         yield tmp
-        os.chmod(tmp, 0o777 & ~_umask())
+        publish_modes(tmp)  # files staged inside with mkstemp are private too
         if out_dir.exists():
             shutil.rmtree(out_dir)
         os.replace(tmp, out_dir)

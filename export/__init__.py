@@ -1,6 +1,7 @@
 """edgeattn.export: ONNX, TensorRT, OpenVINO and Core ML writers, lint rules and the parity gate.
 
-Entry point: :func:`export_model` (``edgeattn.export.api``). Modules: ``onnx_export`` (clean ONNX),
+Entry points: :func:`export_model` and, for several targets in one run, :func:`export_all`
+(``edgeattn.export.api``). Modules: ``onnx_export`` (clean ONNX),
 ``qdq`` (Q/DQ clean-up), ``lint`` (TensorRT rules, attention fusion), ``tensorrt_target``,
 ``openvino_target``, ``coreml_target``, ``mil_eval`` (numpy evaluator of saved mlprograms), ``parity``,
 ``report``. Heavy runtimes are imported inside functions.
@@ -8,7 +9,15 @@ Entry point: :func:`export_model` (``edgeattn.export.api``). Modules: ``onnx_exp
 
 from __future__ import annotations
 
-from edgeattn.export.api import TARGETS, export_model
+from edgeattn.export.api import DEFAULT_PROFILES, TARGETS, export_all, export_model
 from edgeattn.export.report import EXIT_CODES, ExportReport, ParityFailure
 
-__all__ = ["EXIT_CODES", "TARGETS", "ExportReport", "ParityFailure", "export_model"]
+__all__ = [
+    "DEFAULT_PROFILES",
+    "EXIT_CODES",
+    "TARGETS",
+    "ExportReport",
+    "ParityFailure",
+    "export_all",
+    "export_model",
+]

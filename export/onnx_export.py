@@ -33,6 +33,7 @@ from typing import Any
 import onnx
 from edgeattn.export.qdq import clean_qdq, remove_initializer_inputs, remove_unused, topological_sort
 
+from edgeattn.atomic import atomic_path
 from edgeattn.errors import EdgeAttnError
 
 __all__ = ["ExportedONNX", "export_onnx", "is_quantized", "node_counts", "save_onnx"]
@@ -203,14 +204,6 @@ def _to_fp16(proto: onnx.ModelProto) -> onnx.ModelProto:
 
 def save_onnx(model: onnx.ModelProto, path: str | Path) -> Path:
     """Write ``model`` atomically (temp file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path, suffix=".tmp") as tmp:
         onnx.save(model, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return Path(path)

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import platform
 import sys
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgeattn.atomic import write_text_atomic
 from edgeattn.errors import EdgeAttnError
 
 __all__ = ["EXIT_CODES", "ExportReport", "ParityFailure", "environment", "write_report"]
@@ -99,14 +98,4 @@ def environment() -> dict[str, Any]:
 
 def write_report(path: str | Path, report: ExportReport) -> Path:
     """Write ``report`` as pretty JSON atomically (temp file + rename)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(report.to_dict(), fh, indent=2, default=str)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_text_atomic(path, json.dumps(report.to_dict(), indent=2, default=str) + "\n")
