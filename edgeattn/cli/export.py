@@ -38,18 +38,16 @@ def export(
     exporter: str = typer.Option(
         "torchscript", "--exporter", help="torch ONNX exporter: torchscript or dynamo."
     ),
-    threads: int = typer.Option(2, "--threads", help="CPU threads for torch and the runtimes."),
+    threads: int = typer.Option(2, "--threads", help="Threads of ONNX Runtime and OpenVINO (torch runs on one)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing output directory."),
     json_out: Path | None = typer.Option(None, "--json", help="Also write report.json's content here."),
 ) -> None:
     """Export MODEL for a deployment target, then check the artifact in its runtime against PyTorch."""
-    import torch
 
     from edgeattn.errors import EdgeAttnError
     from edgeattn.export import export_model
     from edgeattn.export.report import ParityFailure
 
-    torch.set_num_threads(threads)
     if exporter not in ("torchscript", "dynamo"):
         raise EdgeAttnError(f"--exporter must be torchscript or dynamo, got '{exporter}'")
     kwargs = {"img_size": img_size} if img_size else None
