@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import statistics
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -341,3 +342,11 @@ def test_system_record_and_memory():
     rec = system.system_record()
     assert rec.logical_cores >= 1 and rec.runtimes["onnxruntime"]
     assert system.peak_rss_mb() >= system.current_rss_mb() * 0.9 > 0
+
+
+def test_labels_are_the_shortest_distinguishing_path_tails():
+    from edgeattn.profile.measure import _label
+
+    fp32, int8 = Path("/o/export/openvino_fp32/model.xml"), Path("/o/export/openvino_int8/model.xml")
+    assert _label([fp32, int8]) == ["openvino_fp32/model.xml", "openvino_int8/model.xml"]
+    assert _label([Path("a.onnx"), Path("b.onnx")]) == ["a.onnx", "b.onnx"]

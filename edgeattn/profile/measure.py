@@ -96,9 +96,11 @@ def interleave(
 
 
 def _label(paths: Sequence[Path]) -> list[str]:
-    names = [p.name for p in paths]
-    if len(set(names)) == len(names):
-        return names
+    """The shortest path tails (file name, then parent/file name, ...) that tell the artifacts apart."""
+    for depth in range(1, max(len(p.parts) for p in paths) + 1):
+        names = ["/".join(p.parts[-depth:]) for p in paths]
+        if len(set(names)) == len(names):
+            return names
     return [str(p) for p in paths]
 
 
