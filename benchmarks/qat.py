@@ -208,11 +208,12 @@ def main() -> None:
     ap.add_argument("--only", choices=["vision", "language"], default=None)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--fp-epochs", type=int, default=6)
-    ap.add_argument("--qat-epochs", type=int, default=2)
+    ap.add_argument("--qat-epochs", type=int, default=6, help="QAT epochs of every vision QAT row")
     ap.add_argument("--lm-fp-epochs", type=int, default=3)
     ap.add_argument("--lm-qat-epochs", type=int, default=1)
     ap.add_argument("--lm-train-samples", type=int, default=1024)
-    ap.add_argument("--lr", type=float, default=1e-4, help="QAT peak learning rate of every QAT row")
+    ap.add_argument("--lr", type=float, default=5e-4, help="QAT peak learning rate of every vision QAT row")
+    ap.add_argument("--lm-lr", type=float, default=1e-4, help="QAT peak learning rate of every language QAT row")
     ap.add_argument("--qat-train-samples", type=int, default=None, help="cap QAT rows' training samples")
     ap.add_argument("--resume", action="store_true", help="keep rows already in --out")
     ap.add_argument("--workdir", default=None)
@@ -225,7 +226,7 @@ def main() -> None:
         "processor": platform.processor(),
         "torch": torch.__version__,
         "threads": args.threads,
-        "note": "2 shared CPU cores; other jobs ran concurrently, so seconds are upper bounds",
+        "note": "2 shared CPU cores; other jobs may run concurrently, so seconds are upper bounds",
     }
     payload["command"] = "python benchmarks/qat.py " + " ".join(
         f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v not in (None, False) and k != "resume"
@@ -255,7 +256,7 @@ def main() -> None:
             "batch_size": 32,
             "fp_epochs": args.lm_fp_epochs,
             "epochs": args.lm_qat_epochs,
-            "lr": args.lr,
+            "lr": args.lm_lr,
             "fp_lr": 2e-3,
             "seed": 0,
             "max_train_samples": args.lm_train_samples,
