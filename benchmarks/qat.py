@@ -32,13 +32,17 @@ EDGEQAT = {"kd": True, "entropy": True, "distribution": True}
 PLAIN = {"kd": False, "entropy": False, "distribution": False}
 
 
-def vision_rows(bits_list: list[str]) -> list[dict[str, Any]]:
+def vision_rows(bits_list: list[str], lr_by_bits: dict[str, float] | None = None) -> list[dict[str, Any]]:
+    """PTQ (min-max), plain QAT and EdgeQAT rows per bit setting; ``lr_by_bits`` overrides the QAT lr of a
+    setting (the same lr for plain QAT and EdgeQAT, so the comparison stays fair)."""
+    lr_by_bits = lr_by_bits or {}
     rows: list[dict[str, Any]] = []
     for bits in bits_list:
+        lr = {"lr": lr_by_bits[bits]} if bits in lr_by_bits else {}
         rows.append({"name": f"ptq-minmax-{bits}", "method": "PTQ (min-max)", "bits": bits, "ptq": "minmax"})
         # the PTQ (percentile) baseline is the starting point of every QAT row: taken from the plain-QAT row
-        rows.append({"name": f"qat-{bits}", "method": "plain QAT", "bits": bits, "losses": PLAIN})
-        rows.append({"name": f"edgeqat-{bits}", "method": "EdgeQAT", "bits": bits, "losses": EDGEQAT})
+        rows.append({"name": f"qat-{bits}", "method": "plain QAT", "bits": bits, "losses": PLAIN, **lr})
+        rows.append({"name": f"edgeqat-{bits}", "method": "EdgeQAT", "bits": bits, "losses": EDGEQAT, **lr})
     return rows
 
 
@@ -83,6 +87,8 @@ def _row_config(
         cfg.update(skip_qat=True, calibration=row["ptq"])
     else:
         cfg.update(losses=row["losses"], token_adaptive=row.get("token_adaptive", False))
+        if "lr" in row:
+            cfg["lr"] = row["lr"]
     return TrainConfig.parse(cfg, row["name"])
 
 
@@ -142,6 +148,8 @@ def run_suite(
             "weight_bits": res["quant_config"]["weight_bits"],
             "act_bits": res["quant_config"]["act_bits"],
             "history": res.get("history", []),
+            "lr": None if "ptq" in row else cfg.lr,
+            "epochs": None if "ptq" in row else cfg.epochs,
             "seconds": time.perf_counter() - t0,
         }
         if "ptq" not in row and row["method"] == "plain QAT":
@@ -213,6 +221,7 @@ def main() -> None:
     ap.add_argument("--lm-qat-epochs", type=int, default=1)
     ap.add_argument("--lm-train-samples", type=int, default=1024)
     ap.add_argument("--lr", type=float, default=5e-4, help="QAT peak learning rate of every vision QAT row")
+    ap.add_argument("--lr-w8a8", type=float, default=1e-4, help="QAT lr of the W8A8 vision rows")
     ap.add_argument("--lm-lr", type=float, default=1e-4, help="QAT peak learning rate of every language QAT row")
     ap.add_argument("--qat-train-samples", type=int, default=None, help="cap QAT rows' training samples")
     ap.add_argument("--resume", action="store_true", help="keep rows already in --out")
@@ -246,7 +255,7 @@ def main() -> None:
             "num_threads": args.threads,
         }
         vis_base = base
-        run_suite("vision", base, vision_rows(["w8a8", "w4a8", "w4a4"]), payload, out, work)
+        run_suite("vision", base, vision_rows(["w8a8", "w4a8", "w4a4"], {"w8a8": args.lr_w8a8}), payload, out, work)
     if args.only in (None, "language"):
         base = {
             "model": "tiny_llama",

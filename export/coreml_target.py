@@ -169,20 +169,9 @@ def float_twin(model: Any, keep_act_quant: bool = True) -> Any:
     with torch.no_grad():
         for name, mod in twin.named_modules():
             new: nn.Module | None = None
-            if isinstance(mod, qnn.QuantConv2d):
-                new = nn.Conv2d(
-                    mod.in_channels,
-                    mod.out_channels,
-                    mod.kernel_size,
-                    mod.stride,
-                    mod.padding,
-                    mod.dilation,
-                    mod.groups,
-                    bias=mod.bias is not None,
-                    padding_mode=mod.padding_mode,
-                )
-            elif isinstance(mod, qnn.QuantConv1d):
-                new = nn.Conv1d(
+            if isinstance(mod, (qnn.QuantConv2d, qnn.QuantConv1d)):
+                conv_cls = nn.Conv2d if isinstance(mod, qnn.QuantConv2d) else nn.Conv1d
+                new = conv_cls(
                     mod.in_channels,
                     mod.out_channels,
                     mod.kernel_size,
