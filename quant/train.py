@@ -12,15 +12,11 @@ Command line (the same flags as ``edgeattn qat``), also under torch's distribute
     torchrun --nproc_per_node 2 -m edgeattn.quant.train --config run.yaml     # DDP on gloo (CPU)
 
 Flow: build the FP model (load ``fp_checkpoint`` or train it for ``fp_epochs``), reparameterize it
-(``edgeattn.reparameterize``), quantize (``quantize_model``) and calibrate on ``calib_samples`` training
-samples
-(the PTQ baseline, evaluated), then fine-tune the PTQ model with the enabled losses (the teacher is the FP
-deploy
+(``edgeattn.reparameterize``), quantize (``quantize_model``) and calibrate on ``calib_samples`` training samples
+(the PTQ baseline, evaluated), then fine-tune the PTQ model with the enabled losses (the teacher is the FP deploy
 model) and evaluate. Every epoch writes ``metrics.json``, ``state.pt`` (everything ``--resume`` needs: model,
-optimizer, scheduler, RNG states; the data order is a function of seed and epoch) and ``qat_last.pt`` (a
-checkpoint
-for ``load_checkpoint``), all atomically. Ctrl-C / SIGTERM stop at the next step boundary and keep the last
-complete
+optimizer, scheduler, RNG states; the data order is a function of seed and epoch) and ``qat_last.pt`` (a checkpoint
+for ``load_checkpoint``), all atomically. Ctrl-C / SIGTERM stop at the next step boundary and keep the last complete
 epoch's files.
 """
 
@@ -149,9 +145,16 @@ class TrainConfig(BaseModel):
 
 
 # Presets: "demo" is the fast path for `edgeattn demo` (FP 4 epochs + QAT 1 epoch: about 2 minutes on 2 cores).
+# "w4a8"/"w4a4": 4-bit weights need a longer, hotter QAT than W8A8 (measured on fmvit_t / digits from one FP
+# checkpoint, W4A8 EdgeQAT: 2 epochs at lr 1e-4 -> 91.1 top-1, 6 at 1e-4 -> 93.0, 6 at 5e-4 -> 96.4 = FP32;
+# see benchmarks/qat.json). W8A8 keeps lr 1e-4: 5e-4 was no better there. At W4A4 the entropy loss is off: in two
+# paired runs it cost 2.8 and 7.8 points (91.6 vs 94.4, 72.1 vs 79.9; W4A4 EdgeQAT is bimodal, see docs/qat.md).
+LOW_BIT_QAT: dict[str, Any] = {"epochs": 6, "lr": 5e-4}
 PRESETS: dict[str, dict[str, Any]] = {
     "default": {},
     "demo": {"fp_epochs": 4, "epochs": 1, "calib_samples": 128},
+    "w4a8": {"bits": "w4a8", **LOW_BIT_QAT},
+    "w4a4": {"bits": "w4a4", **LOW_BIT_QAT, "losses": {"entropy": False}},
     "llama": {
         "model": "tiny_llama",
         "data": "stdlib",
@@ -167,7 +170,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 def preset_config(name: str, **updates: Any) -> TrainConfig:
-    """A :class:`TrainConfig` from a named preset (``default``, ``demo``, ``llama``) plus updates."""
+    """A :class:`TrainConfig` from a named preset (``default``, ``demo``, ``w4a8``, ``w4a4``, ``llama``) plus
+    updates."""
     if name not in PRESETS:
         raise EdgeAttnError(f"unknown preset '{name}'; presets: {', '.join(PRESETS)}")
     return TrainConfig.parse({**PRESETS[name], **updates}, f"preset '{name}'")

@@ -235,3 +235,16 @@ def test_cli_refuses_to_overwrite_without_force(tmp_path, capsys):
     assert cli_main(["qat", "--output", str(out), "--model", "vit_tiny"]) == 2
     assert "already holds a run" in capsys.readouterr().err
     assert (out / "model.pt").read_bytes() == b"keep me"
+
+
+def test_low_bit_presets_set_bits_epochs_lr_and_flags_still_win(tmp_path):
+    # the W4 presets carry the longer, hotter QAT the benchmark measured; flags and YAML override them
+    cfg = T.build_config(preset="w4a8")
+    assert (cfg.bits, cfg.epochs, cfg.lr) == ("w4a8", 6, 5e-4)
+    w4a4 = T.preset_config("w4a4")
+    assert (w4a4.bits, w4a4.losses.entropy, w4a4.losses.kd, w4a4.losses.distribution) == ("w4a4", False, True, True)
+    (tmp_path / "run.yaml").write_text("epochs: 3\n")
+    cfg = T.build_config(config_file=str(tmp_path / "run.yaml"), preset="w4a4", lr=2e-4)
+    assert (cfg.bits, cfg.epochs, cfg.lr) == ("w4a4", 3, 2e-4)
+    # the W8A8 default is unchanged
+    assert (T.TrainConfig().epochs, T.TrainConfig().lr) == (2, 1e-4)

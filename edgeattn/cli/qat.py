@@ -1,8 +1,7 @@
 """`edgeattn qat`: train (or load) an FP model, build the PTQ baseline, fine-tune with EdgeQAT, report.
 
-Settings come from ``--preset`` (default, demo, llama), then ``--config FILE`` (YAML, validated: unknown keys
-are
-errors), then flags. See docs/qat.md.
+Settings come from ``--preset`` (default, demo, w4a8, w4a4, llama), then ``--config FILE`` (YAML, validated:
+unknown keys are errors), then flags. See docs/qat.md.
 """
 
 from __future__ import annotations
@@ -16,7 +15,7 @@ from edgeattn.cli._common import console, write_json
 
 def qat(
     config: Path | None = typer.Option(None, "--config", "-c", help="YAML config file (keys: docs/qat.md)."),
-    preset: str | None = typer.Option(None, "--preset", help="Start from a preset: default, demo, llama."),
+    preset: str | None = typer.Option(None, "--preset", help="Start from a preset: default, demo, w4a8, w4a4, llama."),
     model: str | None = typer.Option(None, "--model", "-m", help="Registry model name (edgeattn models list)."),
     data: str | None = typer.Option(
         None, "--data", help="'digits', 'stdlib', an image folder (root/<class>/*) or a text file."
