@@ -1,7 +1,6 @@
 """Datasets that ship with the environment, plus a user's own image folder or text file.
 
-* :func:`digits_dataset`: scikit-learn's 8x8 handwritten digits (1797 images, 10 classes), upsampled
-  bilinearly to
+* :func:`digits_dataset`: scikit-learn's 8x8 handwritten digits (1797 images, 10 classes), upsampled bilinearly to
   the model's input size and repeated over ``in_chans`` channels, normalised to [-1, 1].
 * :func:`stdlib_corpus`: a byte-level corpus (vocabulary 256) built from the Python standard library's ``.py``
   sources, cut into (input, next-byte target) windows for ``tiny_llama``.

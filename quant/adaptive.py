@@ -1,36 +1,25 @@
 """EdgeQAT token-importance-aware activation bits.
 
-Each attention layer scores its tokens by the attention they receive and marks the lowest ``token_ratio``
-(default
-0.5) as low-importance. Activations of those tokens are quantized with ``low_act_bits`` (default 4) by a
-quantizer
+Each attention layer scores its tokens by the attention they receive and marks the lowest ``token_ratio`` (default
+0.5) as low-importance. Activations of those tokens are quantized with ``low_act_bits`` (default 4) by a quantizer
 with its own learned scale; the other tokens keep ``act_bits``.
 
 Which score (``QuantConfig.importance``):
 
-* ``first``: attention each token receives from the first token (the CLS token of a ViT), summed over heads,
-  as in
+* ``first``: attention each token receives from the first token (the CLS token of a ViT), summed over heads, as in
   EdgeQAT;
-* ``mean``: attention each token receives averaged over all query rows, summed over heads. Used by ``auto``
-  for
-  models without a CLS token (FMViT/RLMHSA stages, and ``tiny_llama``, whose causal first row sees only
-  itself);
+* ``mean``: attention each token receives averaged over all query rows, summed over heads. Used by ``auto`` for
+  models without a CLS token (FMViT/RLMHSA stages, and ``tiny_llama``, whose causal first row sees only itself);
 * ``auto``: ``first`` if the model has a ``cls_token`` attribute, else ``mean``.
 
-Which activations use a layer's token set: the forward order of ``edgeattn.blocks.Attention`` quantizes V
-*before*
-the attention map exists, so the mask made by layer ``l`` (at its softmax) is used by every adaptive quant
-point that
-runs after it: layer ``l``'s ``proj_in_quant`` and MLP (``in_quant``, ``hidden_quant``), then layer ``l+1``'s
-input,
-Q, K and V. That is EdgeQAT's set (V and MLP of the layer, input/Q/K of the next) except that V uses the
-previous
-layer's scores. The first layer's input/Q/K/V run at full ``act_bits`` (no scores exist yet). A quant point
-whose
-tensor does not have the scored token count (e.g. pooled K/V of RLMHSA) stays at ``act_bits``.
+Which activations use a layer's token set: the forward order of ``edgeattn.blocks.Attention`` quantizes V *before*
+the attention map exists, so the mask made by layer ``l`` (at its softmax) is used by every adaptive quant point
+that runs after it: layer ``l``'s ``proj_in_quant`` and MLP (``in_quant``, ``hidden_quant``), then layer ``l+1``'s
+input, Q, K and V. That is EdgeQAT's set (V and MLP of the layer, input/Q/K of the next) except that V uses the
+previous layer's scores. The first layer's input/Q/K/V run at full ``act_bits`` (no scores exist yet). A quant point
+whose tensor does not have the scored token count (e.g. pooled K/V of RLMHSA) stays at ``act_bits``.
 
-Token-adaptive bits are a QAT/simulation feature: :func:`strip_token_adaptive` turns each adaptive point back
-into
+Token-adaptive bits are a QAT/simulation feature: :func:`strip_token_adaptive` turns each adaptive point back into
 its high-bit ``QuantIdentity`` for export (no runtime here has per-token mixed-precision kernels).
 """
 
@@ -82,8 +71,7 @@ def low_importance_mask(score: torch.Tensor, ratio: float) -> torch.Tensor:
 class TokenAdaptiveQuant(nn.Module):
     """A quant point with two quantizers: ``high`` for important tokens, ``low`` for the rest.
 
-    Each quantizer sees (and, during calibration, collects statistics on) only its own tokens, so each has its
-    own
+    Each quantizer sees (and, during calibration, collects statistics on) only its own tokens, so each has its own
     scale. Without a mask (first layer, or shape mismatch) everything goes through ``high``.
     """
 

@@ -1,15 +1,13 @@
 """Model checkpoints written by ``edgeattn qat`` and read by ``export``/``hls``/``demo``.
 
-A checkpoint is one ``torch.save`` file holding ``{"format", "version", "meta", "state_dict"}``. ``meta`` says
-how
+A checkpoint is one ``torch.save`` file holding ``{"format", "version", "meta", "state_dict"}``. ``meta`` says how
 to rebuild the module before loading the weights:
 
 * ``"model"``: registry name, ``"model_kwargs"``: its keyword arguments;
 * ``"reparameterized"``: whether the weights are the deploy form (``edgeattn.reparameterize``);
 * ``"quant"``: a :class:`~edgeattn.quant.config.QuantConfig` dict, or ``None`` for a float model.
 
-Files are written atomically (temp file + rename), so an interrupted run never leaves a half-written
-checkpoint.
+Files are written atomically (temp file + rename), so an interrupted run never leaves a half-written checkpoint.
 """
 
 from __future__ import annotations

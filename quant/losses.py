@@ -1,15 +1,12 @@
 """EdgeQAT losses and the attention-map fidelity metric.
 
 * :func:`entropy_loss` maximises the information in the quantized Q and K:
-  ``L_ent = -0.5 * log( sum( log(1 + Var(q)) + log(1 + Var(k)) ) )``, variance over the head dimension, the
-  sum over
-  layers, batch, heads and tokens.
+  ``L_ent = -0.5 * log( sum( log(1 + Var(q)) + log(1 + Var(k)) ) )``, variance over the head dimension, the sum
+  over layers, batch, heads and tokens.
 * :func:`distribution_loss` aligns the student's attention logits (before softmax and masking, read at
   ``logits_probe``) with the full-precision teacher's by cosine similarity, with the sign that *increases*
-  similarity: ``-log(mean cos)``. (``-log sum cos`` differs from it by the constant ``log(count)``, so the
-  gradients
-  are the same; the mean keeps the value readable. The authors' public code has the sign reversed.) Below a
-  mean
+  similarity: ``-log(mean cos)``. (``-log sum cos`` differs from it by the constant ``log(count)``, so the gradients
+  are the same; the mean keeps the value readable. The authors' public code has the sign reversed.) Below a mean
   cosine of 0.05 the loss continues linearly (log is undefined at <= 0), so it always pushes similarity up.
 * :func:`kd_loss`: logit distillation from the FP model, ``(1 - alpha) * CE + alpha * T^2 * KL`` with alpha
   0.5, T 2.
@@ -34,8 +31,7 @@ _COS_FLOOR = 0.05
 class Probe:
     """Record the outputs of modules whose name ends with one of ``suffixes`` (in forward order).
 
-    Use as a context manager (hooks removed on exit); ``probe[suffix]`` is the list of tensors recorded for a
-    suffix
+    Use as a context manager (hooks removed on exit); ``probe[suffix]`` is the list of tensors recorded for a suffix
     since the last :meth:`clear`.
     """
 

@@ -5,21 +5,17 @@ Every quantizer here is one of brevitas' own injector classes specialised with `
 * weights: ``Int8WeightPerChannelFloat`` (per-tensor: ``Int8WeightPerTensorFloat``) switched to
   ``scaling_impl_type="parameter_from_stats"``: symmetric, narrow range, a learned scale initialised from the
   weights' abs-max (LSQ-style), per output channel on axis 0;
-* activations: ``Int8ActPerTensorFloat`` (signed, zero point 0, learned scale initialised from runtime
-  statistics); unsigned activations use ``ShiftedUint8ActPerTensorFloat`` (learned scale *and* zero point,
-  LSQ+);
+* activations: ``Int8ActPerTensorFloat`` (signed, zero point 0, learned scale initialised from runtime statistics);
+  unsigned activations use ``ShiftedUint8ActPerTensorFloat`` (learned scale *and* zero point, LSQ+);
 * softmax output: the signed activation quantizer (TensorRT rejects unsigned inside a graph) initialised from
-  the
-  max rather than a percentile, so the largest probabilities are not clipped;
+  the max rather than a percentile, so the largest probabilities are not clipped;
 * ``fpga`` preset: the fixed-point family (``Int8WeightPerTensorFixedPoint``/``Int8ActPerTensorFixedPoint``),
   power-of-two scales, as an ``ap_fixed`` datapath needs;
 * bias: none, i.e. float bias in the exported graph (brevitas' Int32 bias makes a DequantizeLinear on int32
-  that
-  TensorRT's parser rejects, and its dynamo exporter refuses quantized bias).
+  that TensorRT's parser rejects, and its dynamo exporter refuses quantized bias).
 
 Per-target differences come from the profile's bit widths (7-bit weights on x86 without VNNI, 16-bit on the
-FPGA)
-and from ``preset``.
+FPGA) and from ``preset``.
 """
 
 from __future__ import annotations

@@ -1,12 +1,9 @@
 """Post-training quantization: calibrate activation scales on a few hundred samples.
 
-The statistic (``minmax``: abs-max / min-max, ``percentile``: e.g. the 99.99th percentile of |x|) is part of
-the
-quantizers built by :mod:`edgeattn.quant.presets` from ``QuantConfig.calibration``; this module feeds data
-through
+The statistic (``minmax``: abs-max / min-max, ``percentile``: e.g. the 99.99th percentile of |x|) is part of the
+quantizers built by :mod:`edgeattn.quant.presets` from ``QuantConfig.calibration``; this module feeds data through
 brevitas' own ``calibration_mode`` (quantization off, statistics averaged over the batches), after which every
-activation scale is fixed and the model fake-quantizes. Weight scales need no data (initialised from the
-weights).
+activation scale is fixed and the model fake-quantizes. Weight scales need no data (initialised from the weights).
 """
 
 from __future__ import annotations

@@ -4,12 +4,10 @@
 * ``nn.Identity`` quant points (``in_quant``, ``q_quant``, ``k_quant``, ``v_quant``, ``attn_quant``,
   ``proj_in_quant``, ``hidden_quant``, any ``*_quant``) -> ``QuantIdentity`` (``attn_quant`` gets the softmax
   preset); ``logits_probe`` stays float (it only feeds the EdgeQAT distribution loss);
-* a Linear/Conv whose parent block has no quant points of its own (stems, heads, conv stages) also quantizes
-  its
+* a Linear/Conv whose parent block has no quant points of its own (stems, heads, conv stages) also quantizes its
   input, so the exported graph is integer end to end; inside a block with quant points the points do that job.
 
-Apply it to the deploy (reparameterized) form, so the quantized weights are exactly what gets exported. The
-copy
+Apply it to the deploy (reparameterized) form, so the quantized weights are exactly what gets exported. The copy
 comes back in eval mode, fake-quantizing; its activation scales still need calibration
 (:func:`edgeattn.quant.ptq.calibrate`) or QAT.
 """
@@ -85,9 +83,8 @@ def quantize_model(model: nn.Module, config_or_profile: Any = None, *, inplace: 
 def init_weight_scales(model: nn.Module) -> None:
     """Initialise every learned weight scale from its weights now.
 
-    brevitas does it lazily at the first weight-quantized forward; calibration runs with weight quantization
-    off,
-    so without this a calibrated model could be saved with the placeholder scale 1.0.
+    brevitas does it lazily at the first weight-quantized forward; calibration runs with weight quantization off, so
+    without this a calibrated model could be saved with the placeholder scale 1.0.
     """
     for module in model.modules():
         if isinstance(module, (qnn.QuantLinear, qnn.QuantConv1d, qnn.QuantConv2d)):
