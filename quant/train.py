@@ -57,6 +57,20 @@ from edgeattn.errors import EdgeAttnError
 LANGUAGE_MODELS = ("tiny_llama",)
 
 
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The settings mapping of a YAML config file; one clear error for a missing, invalid or non-mapping file."""
+    path = Path(path)
+    if not path.is_file():
+        raise EdgeAttnError(f"config file '{path}' not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        raise EdgeAttnError(f"config file '{path}': not valid YAML ({str(err).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise EdgeAttnError(f"config file '{path}': expected a mapping of settings")
+    return data
+
+
 class LossConfig(BaseModel):
     """Which EdgeQAT losses are on, and their weights. All off = plain QAT (cross-entropy only)."""
 
@@ -127,15 +141,7 @@ class TrainConfig(BaseModel):
     @classmethod
     def from_yaml(cls, path: str | Path, **updates: Any) -> TrainConfig:
         """Read a YAML config file and apply ``updates`` (flag values) on top."""
-        path = Path(path)
-        if not path.is_file():
-            raise EdgeAttnError(f"config file '{path}' not found")
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as err:
-            raise EdgeAttnError(f"config file '{path}': not valid YAML ({str(err).splitlines()[0]})") from None
-        if not isinstance(data, dict):
-            raise EdgeAttnError(f"config file '{path}': expected a mapping of settings")
+        data = read_config_file(path)
         data.update(updates)
         return cls.parse(data, f"config file '{path}'")
 
@@ -738,17 +744,8 @@ def build_config(config_file: str | None = None, preset: str | None = None, **fl
     data: dict[str, Any] = dict(PRESETS[preset]) if preset else {}
     source = "flags"
     if config_file:
-        path = Path(config_file)
-        if not path.is_file():
-            raise EdgeAttnError(f"config file '{path}' not found")
-        try:
-            file_data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as err:
-            raise EdgeAttnError(f"config file '{path}': not valid YAML ({str(err).splitlines()[0]})") from None
-        if not isinstance(file_data, dict):
-            raise EdgeAttnError(f"config file '{path}': expected a mapping of settings")
-        data.update(file_data)
-        source = f"config file '{path}'"
+        data.update(read_config_file(config_file))
+        source = f"config file '{config_file}'"
     losses = dict(data.get("losses") or {})
     for key in list(flags):
         if key.startswith("loss_"):
