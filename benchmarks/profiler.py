@@ -158,11 +158,43 @@ def summarize(report) -> list[dict[str, object]]:
                 "per_layer_sum_over_e2e_p50": b.sum_over_end_to_end if b else None,
                 "per_layer_sum_over_profiled_p50": b.sum_over_profiled if b else None,
                 "per_layer_per_run_coverage": b.per_run_coverage if b else None,
+                "per_layer_interleaved_e2e_ms": b.interleaved_e2e_ms if b else None,
+                "per_layer_sum_over_interleaved_e2e": b.sum_over_interleaved_e2e if b else None,
+                "per_layer_within_15pct": abs(b.sum_over_interleaved_e2e - 1.0) <= 0.15
+                if b and b.sum_over_interleaved_e2e
+                else None,
+                "per_layer_profiler_cost_ms_per_layer": b.instrumentation_ms_per_layer if b else None,
+                "per_layer_sum_uncorrected_ms": b.uncorrected_total_ms if b else None,
                 "per_layer_ms_by_precision": b.by_precision if b else None,
                 "per_layer_top_ops": dict(list(b.by_op_type.items())[:5]) if b else None,
             }
         )
     return rows
+
+
+def per_layer_summary(models: dict[str, object]) -> dict[str, object]:
+    """Per runtime: per-layer sums over the end-to-end time of unprofiled inferences interleaved with the profiled
+    ones (target: within 15%)."""
+    out: dict[str, object] = {}
+    for runtime in ("onnxruntime", "openvino"):
+        ratios = {
+            row["artifact"]: row["per_layer_sum_over_interleaved_e2e"]
+            for entry in models.values()
+            if isinstance(entry, dict) and isinstance(entry.get(runtime), list)
+            for row in entry[runtime]
+            if row.get("per_layer_sum_over_interleaved_e2e") is not None
+        }
+        if ratios:
+            vals = sorted(ratios.values())
+            out[runtime] = {
+                "sum_over_interleaved_e2e_min": vals[0],
+                "sum_over_interleaved_e2e_median": vals[len(vals) // 2],
+                "sum_over_interleaved_e2e_max": vals[-1],
+                "within_15pct": sum(abs(v - 1.0) <= 0.15 for v in vals),
+                "artifacts": len(vals),
+                "outside_15pct": {k: v for k, v in ratios.items() if abs(v - 1.0) > 0.15},
+            }
+    return out
 
 
 def bench_models(names: list[str], work: Path, threads: int, iters: int) -> dict[str, object]:
@@ -187,7 +219,7 @@ def bench_models(names: list[str], work: Path, threads: int, iters: int) -> dict
             log(f"  {runtime}: profiling {[p.name for p in paths]}")
             try:
                 report = profile_artifacts(
-                    paths, threads=threads, warmup=5, iters=iters, per_layer=True, layer_runs=10
+                    paths, threads=threads, warmup=5, iters=iters, per_layer=True, layer_runs=20
                 )
                 entry[runtime] = summarize(report)
                 entry[f"{runtime}_load_average"] = [report.system.load_average, report.load_average_end]
@@ -267,11 +299,12 @@ def benchmark_app(path: Path, threads: int, iters: int) -> tuple[float, float]:
             str(iters),
         ]
     )
-    med = re.search(r"Median:\s+([0-9.]+)\s*ms", text)
-    low = re.search(r"Min:\s+([0-9.]+)\s*ms", text)
+    # benchmark_app switches to microseconds below 1 ms ("Median: 935.96 us")
+    med = re.search(r"Median:\s+([0-9.]+)\s*(ms|us)", text)
+    low = re.search(r"Min:\s+([0-9.]+)\s*(ms|us)", text)
     if not med or not low:
         raise RuntimeError("no 'Median:'/'Min:' lines in benchmark_app output")
-    return float(med.group(1)), float(low.group(1))
+    return tuple(float(m.group(1)) / (1000.0 if m.group(2) == "us" else 1.0) for m in (med, low))
 
 
 def plain_ort(path: Path, threads: int, iters: int, warmup: int) -> tuple[float, float]:
@@ -451,6 +484,8 @@ def main() -> int:
             if key not in result and key in previous:
                 result[key] = previous[key]
                 result.setdefault("sections_from_previous_run", []).append(key)
+    if isinstance(result.get("models"), dict):
+        result["per_layer_summary"] = per_layer_summary(result["models"])
     result["wall_s"] = round(time.time() - started, 1)
     result["load_average_end"] = list(os.getloadavg())
     write_json(args.out, result)

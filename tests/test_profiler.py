@@ -171,6 +171,35 @@ def test_ort_trace_is_read_per_run_with_medians(tmp_path):
     assert b.by_op_type == pytest.approx({"Conv": 1.2, "Relu": 0.3})
 
 
+def test_openvino_counter_means_undo_the_running_mean():
+    """OpenVINO's counters are running means since compile; the timed runs' mean comes from two reads."""
+    import datetime
+    from types import SimpleNamespace
+
+    def info(name, us, status="Status.EXECUTED"):
+        return SimpleNamespace(
+            node_name=name,
+            node_type="Convolution",
+            exec_type="jit_avx2_I8",
+            status=status,
+            real_time=datetime.timedelta(microseconds=us),
+        )
+
+    # conv: cold run 900 us, then 100 us per run; after 2 runs the counter reads 500, after 5 it reads 260
+    before = L.openvino_counter_totals([info("conv", 500), info("fused", 0, "Status.NOT_RUN")])
+    after = L.openvino_counter_totals([info("conv", (900 + 4 * 100) / 5), info("fused", 0, "Status.NOT_RUN")])
+    acc = L.LayerAccumulator()
+    L.add_openvino_counter_means(before, 2, after, 5, acc, "CPU")
+    acc.wall_ms = [0.125]
+    b = acc.breakdown("ov", end_to_end_p50_ms=0.125)
+    (conv,) = b.layers  # the fused-away node is left out
+    assert conv.time_ms == pytest.approx(0.100, abs=1e-6)  # not the 0.260 the last counter read says
+    assert conv.precision == "int8"
+    assert b.per_run_coverage == pytest.approx(0.100 / 0.125)
+    with pytest.raises(ValueError):
+        L.add_openvino_counter_means(before, 2, after, 2, acc, "CPU")
+
+
 # ---------------------------------------------------------------- runners on real runtimes
 
 
@@ -193,9 +222,45 @@ def test_ort_profile_end_to_end_with_per_layer(art):
     # per-layer medians add up to the end-to-end median (target 15%, checked by the benchmark); the bounds
     # here are generous, for a shared machine, yet catch double counting (2x) or lost layers/runs.
     assert 0.35 < b.sum_over_profiled < 1.6
-    assert 0.5 < b.per_run_coverage <= 1.05  # layers cannot take longer than the inference they ran in
-    assert b.sum_over_end_to_end < 1.6
+    assert 0.2 < b.per_run_coverage <= 1.05  # layers cannot take longer than the inference they ran in
+    assert 0.5 < b.sum_over_end_to_end < 1.6
+    assert len(b.layers) and 0.4 < b.sum_over_interleaved_e2e < 1.6 and b.interleaved_e2e_ms > 0
+    # the profiler's own cost per node event was measured and taken off every layer
+    assert 0.0 < b.instrumentation_ms_per_layer < 0.02
+    assert b.uncorrected_total_ms > b.total_ms
     assert sum(x.share for x in b.layers) == pytest.approx(1.0)
+
+
+def test_ort_event_overhead_is_what_the_trace_adds_to_a_trivial_node():
+    """Hand check of the calibration: a 1-element Add costs well under 1 us, its trace event 1-3 us."""
+    import onnxruntime as ort
+
+    from edgeattn.profile.runners import ort_event_overhead_ms
+
+    def options(prefix=None):
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = 1
+        if prefix:
+            so.enable_profiling = True
+            so.profile_file_prefix = prefix
+        return so
+
+    overhead_us = ort_event_overhead_ms(ort, options, "CPUExecutionProvider", nodes=64, runs=20) * 1e3
+    assert 0.3 < overhead_us < 10.0
+
+
+def test_ort_trace_reader_subtracts_the_event_overhead(tmp_path):
+    events = [
+        {"cat": "Node", "name": "a_kernel_time", "ts": 10, "dur": 5, "args": {"op_name": "Conv"}},
+        {"cat": "Node", "name": "b_kernel_time", "ts": 20, "dur": 1, "args": {"op_name": "Relu"}},
+        {"cat": "Session", "name": "model_run", "ts": 0, "dur": 30},
+    ]
+    trace = tmp_path / "t.json"
+    trace.write_text(json.dumps(events))
+    acc = L.LayerAccumulator()
+    assert L.read_ort_trace(trace, acc, event_overhead_ms=0.002) == 1
+    times = {x.name: x.time_ms for x in acc.breakdown("ort", 0.01).layers}
+    assert times == pytest.approx({"a": 0.003, "b": 0.0})  # floored at zero, never negative
 
 
 def test_openvino_per_layer_shows_int8_kernels_for_a_qdq_graph(art):
@@ -211,6 +276,10 @@ def test_openvino_per_layer_shows_int8_kernels_for_a_qdq_graph(art):
     assert convs32 and not any(x.precision == "int8" for x in convs32)
     assert int8.layers.by_precision["int8"] > 0
     assert int8.efficiency.peak_precision == "int8"
+    for r in (fp32, int8):  # node times cannot add up to more than the runs they were measured in
+        assert r.layers.runs == 20  # the default layer runs
+        assert 0.4 < r.layers.per_run_coverage <= 1.05, r.layers.per_run_coverage
+        assert 0.4 < r.layers.sum_over_interleaved_e2e < 1.6, r.layers.sum_over_interleaved_e2e
 
 
 def test_openvino_runs_onnx_too_and_reports_settings(art):

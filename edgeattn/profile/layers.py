@@ -61,6 +61,7 @@ class LayerAccumulator:
 
     runs: int = 0
     wall_ms: list[float] = field(default_factory=list)  # end-to-end time of each profiled inference
+    plain_ms: list[float] = field(default_factory=list)  # unprofiled inferences interleaved with them
     _rows: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def timed(self, fn: Any) -> None:
@@ -68,6 +69,13 @@ class LayerAccumulator:
         t0 = time.perf_counter_ns()
         fn()
         self.wall_ms.append((time.perf_counter_ns() - t0) / 1e6)
+
+    def timed_pair(self, plain: Any, profiled: Any) -> None:
+        """One unprofiled inference ``plain()`` then one profiled ``profiled()``, both timed (A B A B ...)."""
+        t0 = time.perf_counter_ns()
+        plain()
+        self.plain_ms.append((time.perf_counter_ns() - t0) / 1e6)
+        self.timed(profiled)
 
     def add(
         self,
@@ -98,8 +106,12 @@ class LayerAccumulator:
         key = self.runs if run is None else run
         row["times"][key] = row["times"].get(key, 0.0) + ms
 
-    def breakdown(self, source: str, end_to_end_p50_ms: float) -> LayerBreakdown:
-        """Median (and mean) per inference of every layer, as a :class:`LayerBreakdown`."""
+    def breakdown(self, source: str, end_to_end_p50_ms: float, plain_stat: str = "median") -> LayerBreakdown:
+        """Median (and mean) per inference of every layer, as a :class:`LayerBreakdown`.
+
+        ``plain_stat`` (median or mean) summarises the interleaved unprofiled inferences; use the statistic the
+        layer times are (OpenVINO's are means).
+        """
         runs = max(self.runs, 1)
         rows = []
         for r in self._rows.values():
@@ -124,7 +136,12 @@ class LayerAccumulator:
                 if wall > 0
             ]
             coverage = float(np.median(per_run)) if per_run else None
+        interleaved = None
+        if self.plain_ms:
+            interleaved = float(np.median(self.plain_ms) if plain_stat == "median" else np.mean(self.plain_ms))
         return LayerBreakdown(
+            interleaved_e2e_ms=interleaved,
+            sum_over_interleaved_e2e=(total / interleaved) if interleaved else None,
             source=source,
             runs=self.runs,
             layers=layers,
@@ -153,11 +170,21 @@ def _onnx_event_precision(op_name: str, args: dict[str, Any]) -> str:
     return "unknown"
 
 
-def read_ort_trace(path: str | Path, acc: LayerAccumulator, skip_runs: int = 0) -> int:
+def node_event_durations_us(path: str | Path) -> list[float]:
+    """Durations (microseconds) of every node event in an ONNX Runtime profiling trace."""
+    events = json.loads(Path(path).read_text())
+    return [float(e["dur"]) for e in events if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time")]
+
+
+def read_ort_trace(
+    path: str | Path, acc: LayerAccumulator, skip_runs: int = 0, event_overhead_ms: float = 0.0
+) -> int:
     """Add the node times of an ONNX Runtime profiling trace to ``acc``; returns the runs it held.
 
     Node events are named ``<node>_kernel_time`` (category ``Node``); runs are delimited by the
     ``model_run`` session events. The first ``skip_runs`` runs are ignored (warm-up inside the trace).
+    ``event_overhead_ms`` (the profiler's own cost inside each node event, see
+    :func:`edgeattn.profile.runners.ort_event_overhead_ms`) is subtracted from every event, floored at 0.
     """
     events = json.loads(Path(path).read_text())
     run_ends = sorted(
@@ -181,23 +208,47 @@ def read_ort_trace(path: str | Path, acc: LayerAccumulator, skip_runs: int = 0) 
             f"{op} ({provider.replace('ExecutionProvider', '')})",
             _onnx_event_precision(op, args),
             provider,
-            e["dur"] / 1000.0,
+            max(0.0, e["dur"] / 1000.0 - event_overhead_ms),
             run=base + run,
         )
     acc.runs += used
     return used
 
 
-def add_openvino_counters(infos: Iterable[Any], acc: LayerAccumulator, device: str) -> None:
-    """Add one inference's OpenVINO ``ProfilingInfo`` list (``request.profiling_info``) to ``acc``.
+def openvino_counter_totals(infos: Iterable[Any]) -> dict[str, tuple[Any, float]]:
+    """``{node name: (ProfilingInfo, real time in ms)}`` for the nodes OpenVINO executed.
 
     Nodes that were not run or were fused away (``status`` other than EXECUTED) are left out.
     """
-    for info in infos:
-        if str(info.status).rsplit(".", 1)[-1] != "EXECUTED":
-            continue
-        ms = info.real_time.total_seconds() * 1000.0
-        acc.add(
-            info.node_name, info.node_type, info.exec_type, precision_from_kernel(info.exec_type), device, ms
-        )
+    return {
+        info.node_name: (info, info.real_time.total_seconds() * 1000.0)
+        for info in infos
+        if str(info.status).rsplit(".", 1)[-1] == "EXECUTED"
+    }
+
+
+def add_openvino_counter_means(
+    before: dict[str, tuple[Any, float]],
+    runs_before: int,
+    after: dict[str, tuple[Any, float]],
+    runs_after: int,
+    acc: LayerAccumulator,
+    device: str,
+) -> None:
+    """Add the mean per-node time of the inferences between two reads of OpenVINO's counters.
+
+    OpenVINO's CPU counters are running means over every inference since the model was compiled
+    (cold first run included), in whole microseconds. Read as if they were the last inference's
+    times, they overstate layers after a slow first run and never show a stall. The mean over the
+    runs in between is recovered exactly from the two running means:
+    ``(runs_after * after - runs_before * before) / (runs_after - runs_before)``.
+    ``acc`` gets one aggregate inference; pair it with the mean wall time of the same runs.
+    """
+    runs = runs_after - runs_before
+    if runs <= 0:
+        raise ValueError("need at least one inference between the two counter reads")
+    for name, (info, ms_after) in after.items():
+        ms_before = before.get(name, (None, 0.0))[1]
+        ms = max(0.0, (runs_after * ms_after - runs_before * ms_before) / runs)
+        acc.add(name, info.node_type, info.exec_type, precision_from_kernel(info.exec_type), device, ms)
     acc.runs += 1

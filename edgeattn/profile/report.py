@@ -99,7 +99,17 @@ def render_table(report: ProfileReport, console: Console | None = None, top_laye
         lt = Table(
             title=f"{r.label}: top {top_layers} layers ({b.source}); sum {b.total_ms:.3f} ms = "
             f"{b.sum_over_end_to_end:.2f} x end-to-end p50"
-            + (f", per-run coverage {b.per_run_coverage:.2f}" if b.per_run_coverage else ""),
+            + (
+                f" ({b.sum_over_interleaved_e2e:.2f} x unprofiled runs interleaved with the profiled ones)"
+                if b.sum_over_interleaved_e2e
+                else ""
+            )
+            + (f", per-run coverage {b.per_run_coverage:.2f}" if b.per_run_coverage else "")
+            + (
+                f"; profiler cost {b.instrumentation_ms_per_layer * 1e3:.2f} us per layer subtracted"
+                if b.instrumentation_ms_per_layer
+                else ""
+            ),
             box=box.SIMPLE_HEAD,
         )
         lt.add_column("layer", overflow="fold", max_width=30)

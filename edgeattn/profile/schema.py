@@ -66,6 +66,24 @@ class LayerBreakdown(BaseModel):
     per_run_coverage: float | None = Field(
         None, description="median over profiled inferences of (their layer times summed / their wall time)"
     )
+    interleaved_e2e_ms: float | None = Field(
+        None,
+        description="end-to-end time of plain (unprofiled) inferences run alternately with the profiled ones: "
+        "their median, or their mean where the layer times are means (OpenVINO)",
+    )
+    sum_over_interleaved_e2e: float | None = Field(
+        None,
+        description="total_ms / interleaved_e2e_ms: the accounting check (target: within 15%), taken in the "
+        "same time window as the layer times, so a machine whose speed drifts does not skew it",
+    )
+    instrumentation_ms_per_layer: float = Field(
+        0.0,
+        description="profiler overhead measured per layer event and subtracted from every layer time "
+        "(ONNX Runtime: its profiler adds about 2 us to each node event); 0 where none applies",
+    )
+    uncorrected_total_ms: float | None = Field(
+        None, description="total_ms before the instrumentation correction (None where none applies)"
+    )
     by_op_type: dict[str, float] = Field(
         default_factory=dict, description="time per op type, ms per inference"
     )
