@@ -7,7 +7,8 @@
    7-layer 3x3 conv stack (REFERENCE.md's case), medians of interleaved runs on ``--threads`` threads, the
    int8/fp32 speed ratio, and whether every Conv/MatMul of the INT8 IR ran in an I8 kernel. With
    ``--isa AVX2`` the same is measured in a child process whose oneDNN kernels are capped at AVX2
-   (what a CPU without VNNI runs).
+   (what a CPU without VNNI runs), and so are the IRs made with the ``intel-avx2-openvino`` profile (int8
+   convolutions; Linear layers and the attention core in f32, where OpenVINO's AVX2 kernels are faster).
 
 Usage: python benchmarks/export.py [--img-size 224] [--threads 2] [--torch-threads 1|none] [--skip-latency]
        [--out benchmarks/export.json]
@@ -111,8 +112,8 @@ def all_targets(img: int, n_inputs: int, threads: int, torch_threads: int | None
     return out
 
 
-def _irs(model, img: int, tmp: Path) -> dict[str, Path]:
-    """FP32 and INT8 (PTQ on digits, intel-vnni-openvino bits) OpenVINO IRs of ``model``."""
+def _irs(model, img: int, tmp: Path, profile: str = "intel-vnni-openvino") -> dict[str, Path]:
+    """FP32 and INT8 (PTQ on digits, quantized as ``profile`` says) OpenVINO IRs of ``model``."""
     import torch
     from edgeattn.export.onnx_export import export_onnx, save_onnx
     from edgeattn.export.openvino_target import convert_to_ir
@@ -122,7 +123,8 @@ def _irs(model, img: int, tmp: Path) -> dict[str, Path]:
 
     x = torch.randn(1, 3, img, img)
     calib = digits_dataset(img_size=img, in_chans=3, split="train").tensors[0][:16]
-    qmodel = ptq(model, "intel-vnni-openvino", [calib]).eval()
+    qmodel = ptq(model, profile, [calib]).eval()
+    tmp.mkdir(parents=True, exist_ok=True)
     paths = {}
     for tag, m, prec in (("fp32", model, "fp32"), ("int8", qmodel, "int8")):
         onnx_path = save_onnx(export_onnx(m, x, precision=prec).model, tmp / f"{tag}.onnx")
@@ -155,11 +157,34 @@ def latency_pair(paths: dict[str, str], img: int, threads: int, reps: int) -> di
         "int8_ms": round(int8, 3),
         "int8_speedup": round(fp32 / int8, 3),
         "int8_all_i8_kernels": kernels["all_int8"],
+        "int8_convolutions_all_i8": all(
+            n["int8"] for n in kernels["nodes"] if n["type"] in ("Convolution", "GroupConvolution")
+        ),
+        "int8_f32_compute_nodes": sorted({n["type"] for n in kernels["nodes"] if not n["int8"]}),
         "int8_compute_nodes": kernels["count"],
         "int8_exec_types": exec_types,
         "reps": reps,
         "threads": threads,
     }
+
+
+def _capped_latency(paths: dict[str, str], isa: str, img: int, threads: int, reps: int) -> dict:
+    """:func:`latency_pair` in a child process whose oneDNN kernels are capped at ``isa``."""
+    env = dict(os.environ, ONEDNN_MAX_CPU_ISA=isa)
+    cmd = [
+        sys.executable,
+        __file__,
+        "--latency-child",
+        json.dumps(paths),
+        "--img-size",
+        str(img),
+        "--threads",
+        str(threads),
+        "--reps",
+        str(reps),
+    ]
+    child = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+    return json.loads(child.stdout.strip().splitlines()[-1])
 
 
 def openvino_int8_vs_fp32(img: int, threads: int, reps: int, isa: str | None) -> dict:
@@ -170,25 +195,16 @@ def openvino_int8_vs_fp32(img: int, threads: int, reps: int, isa: str | None) ->
     tmp = Path(tempfile.mkdtemp(prefix="edgeattn-bench-ov-"))
     try:
         for name, build in (("conv_stack_7x3x3", _conv_stack), ("fmvit_t", _fmvit_t)):
-            (tmp / name).mkdir()
-            paths = {k: str(v) for k, v in _irs(build(img), img, tmp / name).items()}
+            model = build(img)
+            paths = {k: str(v) for k, v in _irs(model, img, tmp / name).items()}
             out[name] = {"native": latency_pair(paths, img, threads, reps)}
             if isa:
-                env = dict(os.environ, ONEDNN_MAX_CPU_ISA=isa)
-                cmd = [
-                    sys.executable,
-                    __file__,
-                    "--latency-child",
-                    json.dumps(paths),
-                    "--img-size",
-                    str(img),
-                    "--threads",
-                    str(threads),
-                    "--reps",
-                    str(reps),
-                ]
-                child = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
-                out[name][f"isa_{isa.lower()}"] = json.loads(child.stdout.strip().splitlines()[-1])
+                out[name][f"isa_{isa.lower()}"] = _capped_latency(paths, isa, img, threads, reps)
+                # the profile made for such CPUs: int8 convolutions, Linear layers and attention in f32
+                avx2 = {k: str(v) for k, v in _irs(model, img, tmp / f"{name}_avx2", "intel-avx2-openvino").items()}
+                out[name][f"isa_{isa.lower()}_profile_intel-avx2-openvino"] = _capped_latency(
+                    avx2, isa, img, threads, reps
+                )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out

@@ -54,6 +54,16 @@ class QuantSpec(_Strict):
     preset: Literal["tensorrt", "openvino", "coreml", "fpga", "generic"] = Field(
         "generic", description="brevitas quantizer preset family"
     )
+    quantize_attention: bool = Field(
+        True,
+        description="quantize Q, K, V and the softmax output (false: the attention core stays float, where "
+        "the runtime fuses it into one kernel)",
+    )
+    quantize_linear: bool = Field(
+        True,
+        description="quantize Linear layers (token GEMMs) and the quant points that feed only them "
+        "(false: int8 convolutions only, for runtimes whose int8 GEMM is slower than their float one)",
+    )
 
 
 class Tolerance(_Strict):

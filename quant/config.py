@@ -74,6 +74,9 @@ class QuantConfig(BaseModel):
     )
     percentile: float = Field(99.99, gt=50.0, le=100.0, description="percentile for 'percentile' calibration")
     quantize_attention: bool = Field(True, description="quantize Q, K, V and the softmax output")
+    quantize_linear: bool = Field(
+        True, description="quantize Linear layers and the quant points that feed only Linear layers"
+    )
     token_adaptive: bool = Field(False, description="EdgeQAT token-importance-aware activation bits")
     token_ratio: float = Field(0.5, ge=0.0, le=1.0, description="fraction of tokens that get low_act_bits")
     importance: Importance = Field(
@@ -132,6 +135,8 @@ class QuantConfig(BaseModel):
             "softmax_signed": q.softmax_signed,
             "bias": "float",
             "preset": q.preset,
+            "quantize_attention": q.quantize_attention,
+            "quantize_linear": q.quantize_linear,
         }
         data.update(updates)
         return cls.parse(data, f"profile '{profile.name}'")

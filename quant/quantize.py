@@ -61,11 +61,15 @@ def quantize_model(model: nn.Module, config_or_profile: Any = None, *, inplace: 
             continue
         parent = name.rsplit(".", 1)[0] if "." in name else ""
         if type(module) in (nn.Linear, nn.Conv1d, nn.Conv2d):
+            if type(module) is nn.Linear and not config.quantize_linear:
+                continue
             quant_input = parent not in blocks_with_points
             replacements.append((name, _quant_layer(module, name, config, quant_input)))
         elif is_quant_point(name, module):
             leaf = name.rsplit(".", 1)[-1]
             if leaf in ATTENTION_POINTS and not config.quantize_attention:
+                continue
+            if not config.quantize_linear and _feeds_only_linear(qmodel.get_submodule(parent), leaf):
                 continue
             replacements.append((name, _quant_point(leaf, name, config)))
     for name, new in replacements:
@@ -77,6 +81,18 @@ def quantize_model(model: nn.Module, config_or_profile: Any = None, *, inplace: 
         enable_token_adaptive(qmodel, config)
     qmodel.quant_config = config  # type: ignore[assignment]  # read by checkpoint/export code
     return qmodel.eval()
+
+
+def _feeds_only_linear(block: nn.Module, point: str) -> bool:
+    """True if quant point ``point`` of ``block`` feeds nothing but ``nn.Linear`` layers.
+
+    Blocks name the layers each quant point feeds in ``quant_point_consumers``; a point a block does not
+    list is assumed to feed something else, so it stays quantized.
+    """
+    consumers = getattr(block, "quant_point_consumers", {}).get(point)
+    if not consumers:
+        return False
+    return all(type(getattr(block, c, None)) is nn.Linear for c in consumers)
 
 
 @torch.no_grad()

@@ -9,6 +9,8 @@ calibrated on digits samples. img_size 32 keeps it small.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 import torch
@@ -102,4 +104,62 @@ def test_model_matrix_coreml(name, tmp_path):
     prog = MILProgram.from_package(path)
     got = np.concatenate([prog(input=X[i : i + 1])["output"] for i in range(4)])
     res = compare_outputs(reference_outputs(model, X[:4]), got, prof.tolerance_for("int8"), runtime="mil")
+    assert res.passed, res
+
+
+@functools.lru_cache(maxsize=1)
+def _trained_fmvit_t() -> tuple[torch.nn.Module, np.ndarray]:
+    """fmvit_t trained for 2 epochs on digits (32x32, about 90% top-1) and 8 validation images."""
+    from edgeattn.data import digits_dataset
+    from edgeattn.reparameterize import reparameterize
+
+    torch.manual_seed(0)
+    train = digits_dataset(img_size=32, in_chans=3, split="train")
+    model = create_model("fmvit_t", num_classes=10, img_size=32)
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    x_all, y_all = train.tensors
+    for _ in range(2):
+        for idx in torch.randperm(len(x_all)).split(64):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(x_all[idx]), y_all[idx]).backward()
+            opt.step()
+    val_x, val_y = digits_dataset(img_size=32, in_chans=3, split="val").tensors
+    deploy = reparameterize(model.eval())
+    with torch.no_grad():
+        top1 = (deploy(val_x).argmax(1) == val_y).float().mean().item()
+    assert top1 > 0.6, f"the 2-epoch fmvit_t should learn digits, got top-1 {top1:.2f}"
+    return deploy, val_x[:8].numpy()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("runtime", ["openvino", "coreml-mil"])
+def test_trained_fmvit_t_int8_passes_where_random_weights_do_not(runtime, tmp_path):
+    """The two xfails above come from random weights fed Gaussian noise; trained weights on digits pass."""
+    from edgeattn.quant import ptq
+
+    from edgeattn.data import digits_dataset
+
+    deploy, x = _trained_fmvit_t()
+    calib = digits_dataset(img_size=32, in_chans=3, split="train").tensors[0][:32]
+    if runtime == "openvino":
+        pytest.importorskip("openvino")
+        from edgeattn.export.openvino_target import OpenVINORunner, for_openvino
+
+        model = ptq(deploy, PROFILE, [calib]).eval()
+        exported = export_onnx(model, torch.from_numpy(x[:1]), precision="int8", dynamic_batch=True)
+        ov_model, _ = for_openvino(exported.model)
+        with OpenVINORunner(ov_model) as ov:
+            res = compare_outputs(reference_outputs(model, x), ov(x), PROFILE.tolerance_for("int8"), runtime=runtime)
+    else:
+        pytest.importorskip("coremltools")
+        from edgeattn.export.coreml_target import convert_coreml
+        from edgeattn.export.mil_eval import MILProgram
+
+        prof = load_profile("apple-a17-coreml")
+        model = ptq(deploy, prof, [calib]).eval()
+        path = tmp_path / "m.mlpackage"
+        convert_coreml(model, torch.from_numpy(x[:1]), prof, "int8", path)
+        prog = MILProgram.from_package(path)
+        got = np.concatenate([prog(input=x[i : i + 1])["output"] for i in range(4)])
+        res = compare_outputs(reference_outputs(model, x[:4]), got, prof.tolerance_for("int8"), runtime=runtime)
     assert res.passed, res

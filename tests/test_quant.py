@@ -79,7 +79,7 @@ def test_bad_bit_setting_names_what_is_allowed():
 # quantize_model
 def test_quantize_vit_swaps_layers_and_quant_points():
     model = tiny_vit()
-    q = quantize_model(model, "intel-avx2-openvino")
+    q = quantize_model(model, QuantConfig(weight_bits=7, preset="openvino"))
     assert not q.training
     assert model.blocks[0].attn.qkv.__class__ is nn.Linear  # the original is untouched
     attn = q.blocks[0].attn
@@ -92,10 +92,31 @@ def test_quantize_vit_swaps_layers_and_quant_points():
     # inside a block the quant points quantize the layer inputs; stems and heads quantize their own input
     assert not attn.qkv.input_quant.is_quant_enabled
     assert q.patch_embed.input_quant.is_quant_enabled and q.head.input_quant.is_quant_enabled
-    # 7-bit weights for the no-VNNI profile, float bias everywhere
+    # 7-bit weights (as on x86 without VNNI), float bias everywhere
     for layer in (attn.qkv, attn.proj, q.head, q.patch_embed):
         assert int(layer.quant_weight().bit_width) == 7
         assert not layer.bias_quant.is_quant_enabled
+
+
+def test_avx2_profile_quantizes_convolutions_only():
+    """intel-avx2-openvino: Linear layers, the quant points feeding only them, and attention stay float."""
+    cfg = QuantConfig.from_profile("intel-avx2-openvino")
+    assert cfg.weight_bits == 7 and not cfg.quantize_linear and not cfg.quantize_attention
+    vit = quantize_model(tiny_vit(), cfg)
+    attn, mlp = vit.blocks[0].attn, vit.blocks[0].mlp
+    assert type(attn.qkv) is nn.Linear and type(mlp.fc1) is nn.Linear and type(vit.head) is nn.Linear
+    for point in (attn.in_quant, attn.q_quant, attn.attn_quant, attn.proj_in_quant, mlp.in_quant, mlp.hidden_quant):
+        assert type(point) is nn.Identity
+    assert isinstance(vit.patch_embed, qnn.QuantConv2d)
+    # FMViT: its MLP is 1x1 convolutions, so their quant points stay; RLMHSA's Linear inputs do not
+    fm = quantize_model(create_model("fmvit_t", num_classes=10, img_size=32).eval(), cfg)
+    names = {n: type(m) for n, m in fm.named_modules()}
+    assert not any(t is qnn.QuantLinear for t in names.values())
+    assert any(t is qnn.QuantConv2d for t in names.values())
+    assert all(t is nn.Identity for n, t in names.items() if n.endswith(("attn.in_quant", "kv_in_quant", "q_quant")))
+    assert any(t is qnn.QuantIdentity for n, t in names.items() if n.endswith("mlp.hidden_quant"))
+    with torch.no_grad():  # still a working model
+        assert torch.isfinite(fm(torch.randn(2, 3, 32, 32))).all()
 
 
 def test_weight_fake_quant_matches_hand_computed_lsq_init():

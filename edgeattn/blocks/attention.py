@@ -30,6 +30,9 @@ class Attention(nn.Module):
         proj_drop: dropout after the output projection (train only).
     """
 
+    # the layers each quant point feeds (read by edgeattn.quant when Linear layers stay float)
+    quant_point_consumers = {"in_quant": ("qkv",), "proj_in_quant": ("proj",)}
+
     def __init__(
         self,
         dim: int,
@@ -82,6 +85,8 @@ class Mlp(nn.Module):
 
     Quant points: ``in_quant`` (before fc1) and ``hidden_quant`` (before fc2).
     """
+
+    quant_point_consumers = {"in_quant": ("fc1",), "hidden_quant": ("fc2",)}
 
     def __init__(
         self,

@@ -41,6 +41,8 @@ class GMLP(nn.Module):
     (before fc2). ``groups`` lists the branch group counts; counts that do not divide the widths are dropped.
     """
 
+    quant_point_consumers = {"in_quant": ("fc1",), "hidden_quant": ("fc2",)}
+
     def __init__(
         self, dim: int, hidden_dim: int, groups: Sequence[int] = (1, 2, 4), gelu: str = "exact"
     ) -> None:
@@ -67,6 +69,9 @@ class RLMHSA(nn.Module):
     so that every MatMul input carries Q/DQ. The 1/sqrt(head_dim) scale is applied to q before ``q_quant``
     (as in :class:`edgeattn.blocks.Attention`). Deploy: BN folded into ``q`` and ``kv``.
     """
+
+    # the layers each quant point feeds (read by edgeattn.quant when Linear layers stay float)
+    quant_point_consumers = {"in_quant": ("q", "kv"), "kv_in_quant": ("kv",), "proj_in_quant": ("proj",)}
 
     def __init__(
         self,

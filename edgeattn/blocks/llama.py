@@ -52,6 +52,9 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 class LlamaAttention(nn.Module):
     """Causal multi-head attention with RoPE over (B, T, C), T <= ``seq_len`` (tables are built for it)."""
 
+    # the layers each quant point feeds (read by edgeattn.quant when Linear layers stay float)
+    quant_point_consumers = {"in_quant": ("qkv",), "proj_in_quant": ("proj",)}
+
     def __init__(
         self, dim: int, num_heads: int, seq_len: int, softmax: str = "exact", rope_theta: float = 10000.0
     ) -> None:
@@ -99,6 +102,8 @@ class LlamaAttention(nn.Module):
 
 class SwiGLU(nn.Module):
     """``down(silu(gate(x)) * up(x))``; quant points ``in_quant`` (MLP input) and ``hidden_quant``."""
+
+    quant_point_consumers = {"in_quant": ("gate_proj", "up_proj"), "hidden_quant": ("down_proj",)}
 
     def __init__(self, dim: int, hidden_dim: int) -> None:
         super().__init__()
