@@ -225,17 +225,17 @@ def test_ort_profile_end_to_end_with_per_layer(art):
     assert 0.2 < b.per_run_coverage <= 1.05  # layers cannot take longer than the inference they ran in
     assert 0.5 < b.sum_over_end_to_end < 1.6
     assert len(b.layers) and 0.4 < b.sum_over_interleaved_e2e < 1.6 and b.interleaved_e2e_ms > 0
-    # the profiler's own cost per node event was measured and taken off every layer
-    assert 0.0 < b.instrumentation_ms_per_layer < 0.02
-    assert b.uncorrected_total_ms > b.total_ms
+    # the profiler's in-event cost (0 when this small model's profiled runs were not slower) came off every layer
+    assert 0.0 <= b.instrumentation_ms_per_layer < 0.02
+    assert b.uncorrected_total_ms >= b.total_ms
     assert sum(x.share for x in b.layers) == pytest.approx(1.0)
 
 
-def test_ort_event_overhead_is_what_the_trace_adds_to_a_trivial_node():
-    """Hand check of the calibration: a 1-element Add costs well under 1 us, its trace event 1-3 us."""
+def test_ort_profiler_share_inside_node_events_is_measured():
+    """Calibration chain of one-element Adds: part, not all and not none, of the profiler's cost is in-event."""
     import onnxruntime as ort
 
-    from edgeattn.profile.runners import ort_event_overhead_ms
+    from edgeattn.profile.runners import ort_profiler_inside_share
 
     def options(prefix=None):
         so = ort.SessionOptions()
@@ -245,8 +245,8 @@ def test_ort_event_overhead_is_what_the_trace_adds_to_a_trivial_node():
             so.profile_file_prefix = prefix
         return so
 
-    overhead_us = ort_event_overhead_ms(ort, options, "CPUExecutionProvider", nodes=64, runs=20) * 1e3
-    assert 0.3 < overhead_us < 10.0
+    share = ort_profiler_inside_share(ort, options, "CPUExecutionProvider", nodes=64, runs=20)
+    assert 0.05 < share < 0.95
 
 
 def test_ort_trace_reader_subtracts_the_event_overhead(tmp_path):

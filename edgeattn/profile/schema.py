@@ -78,8 +78,8 @@ class LayerBreakdown(BaseModel):
     )
     instrumentation_ms_per_layer: float = Field(
         0.0,
-        description="profiler overhead measured per layer event and subtracted from every layer time "
-        "(ONNX Runtime: its profiler adds about 2 us to each node event); 0 where none applies",
+        description="profiler cost recorded inside each layer event, measured and subtracted from every layer "
+        "time (ONNX Runtime: a few us per node event); 0 where none applies",
     )
     uncorrected_total_ms: float | None = Field(
         None, description="total_ms before the instrumentation correction (None where none applies)"
