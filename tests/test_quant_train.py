@@ -242,7 +242,7 @@ def test_low_bit_presets_set_bits_epochs_lr_and_flags_still_win(tmp_path):
     cfg = T.build_config(preset="w4a8")
     assert (cfg.bits, cfg.epochs, cfg.lr) == ("w4a8", 6, 5e-4)
     w4a4 = T.preset_config("w4a4")
-    assert (w4a4.bits, w4a4.losses.entropy, w4a4.losses.kd, w4a4.losses.distribution) == ("w4a4", False, True, True)
+    assert (w4a4.bits, w4a4.losses.entropy, w4a4.losses.kd, w4a4.losses.distribution) == ("w4a4", False, True, False)
     (tmp_path / "run.yaml").write_text("epochs: 3\n")
     cfg = T.build_config(config_file=str(tmp_path / "run.yaml"), preset="w4a4", lr=2e-4)
     assert (cfg.bits, cfg.epochs, cfg.lr) == ("w4a4", 3, 2e-4)
