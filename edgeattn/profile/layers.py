@@ -183,8 +183,8 @@ def read_ort_trace(
 
     Node events are named ``<node>_kernel_time`` (category ``Node``); runs are delimited by the
     ``model_run`` session events. The first ``skip_runs`` runs are ignored (warm-up inside the trace).
-    ``event_overhead_ms`` (the profiler's own cost inside each node event, see
-    :func:`edgeattn.profile.runners.ort_event_overhead_ms`) is subtracted from every event, floored at 0.
+    ``event_overhead_ms`` (the profiler's own cost inside each node event, as measured by
+    :meth:`edgeattn.profile.runners.OrtRunner.profile_layers`) is subtracted from every event, floored at 0.
     """
     events = json.loads(Path(path).read_text())
     run_ends = sorted(
