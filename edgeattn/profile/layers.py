@@ -106,12 +106,8 @@ class LayerAccumulator:
         key = self.runs if run is None else run
         row["times"][key] = row["times"].get(key, 0.0) + ms
 
-    def breakdown(self, source: str, end_to_end_p50_ms: float, plain_stat: str = "median") -> LayerBreakdown:
-        """Median (and mean) per inference of every layer, as a :class:`LayerBreakdown`.
-
-        ``plain_stat`` (median or mean) summarises the interleaved unprofiled inferences; use the statistic the
-        layer times are (OpenVINO's are means).
-        """
+    def breakdown(self, source: str, end_to_end_p50_ms: float) -> LayerBreakdown:
+        """Median (and mean) per inference of every layer, as a :class:`LayerBreakdown`."""
         runs = max(self.runs, 1)
         rows = []
         for r in self._rows.values():
@@ -138,7 +134,7 @@ class LayerAccumulator:
             coverage = float(np.median(per_run)) if per_run else None
         interleaved = None
         if self.plain_ms:
-            interleaved = float(np.median(self.plain_ms) if plain_stat == "median" else np.mean(self.plain_ms))
+            interleaved = float(np.median(self.plain_ms))
         return LayerBreakdown(
             interleaved_e2e_ms=interleaved,
             sum_over_interleaved_e2e=(total / interleaved) if interleaved else None,
@@ -242,7 +238,7 @@ def add_openvino_counter_means(
     times, they overstate layers after a slow first run and never show a stall. The mean over the
     runs in between is recovered exactly from the two running means:
     ``(runs_after * after - runs_before * before) / (runs_after - runs_before)``.
-    ``acc`` gets one aggregate inference; pair it with the mean wall time of the same runs.
+    ``acc`` gets one aggregate inference (a chunk of runs); pair it with the mean wall time of the same runs.
     """
     runs = runs_after - runs_before
     if runs <= 0:

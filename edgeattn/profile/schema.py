@@ -69,7 +69,7 @@ class LayerBreakdown(BaseModel):
     interleaved_e2e_ms: float | None = Field(
         None,
         description="end-to-end time of plain (unprofiled) inferences run alternately with the profiled ones: "
-        "their median, or their mean where the layer times are means (OpenVINO)",
+        "their median (OpenVINO: the median of chunk means, as its layer times)",
     )
     sum_over_interleaved_e2e: float | None = Field(
         None,
