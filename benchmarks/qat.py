@@ -255,6 +255,16 @@ def _seed_sections(payload: dict[str, Any], ref: dict[str, Any]) -> dict[int, di
     return dict(sorted(out.items()))
 
 
+def _paired_tests(diffs: list[float]) -> dict[str, float | None]:
+    """Two-sided p-values that the paired differences are centred on 0: Student's t and the exact sign test."""
+    from scipy import stats  # scikit-learn's dependency, installed with edgeattn
+
+    wins, losses = sum(d > 0 for d in diffs), sum(d < 0 for d in diffs)
+    sign_p = float(stats.binomtest(wins, wins + losses).pvalue) if wins + losses else None
+    t_p = float(stats.ttest_1samp(diffs, 0.0).pvalue) if len(diffs) > 2 and statistics.stdev(diffs) > 0 else None
+    return {"t_test_p": t_p, "sign_test_p": sign_p}
+
+
 def _seed_summary(payload: dict[str, Any], ref: dict[str, Any]) -> None:
     """Mean, spread and paired per-seed differences of the vision methods over every seed run with ``ref``'s
     settings, in ``payload["seed_summary"]["fp_epochs_<N>"]``."""
@@ -298,6 +308,7 @@ def _seed_summary(payload: dict[str, Any], ref: dict[str, Any]) -> None:
                     "wins": sum(d > 0 for d in diffs),
                     "ties": sum(d == 0 for d in diffs),
                     "losses": sum(d < 0 for d in diffs),
+                    **_paired_tests(diffs),
                 }
         summary[bits] = entry
     payload.setdefault("seed_summary", {})
@@ -322,6 +333,9 @@ def main() -> None:
     ap.add_argument("--qat-train-samples", type=int, default=None, help="cap QAT rows' training samples")
     ap.add_argument("--resume", action="store_true", help="keep rows already in --out")
     ap.add_argument("--workdir", default=None)
+    ap.add_argument(
+        "--bits", default="w8a8,w4a8,w4a4", help="comma-separated bit settings of the vision table (with --seeds)"
+    )
     ap.add_argument(
         "--seeds",
         default="",
@@ -366,7 +380,7 @@ def main() -> None:
         run_suite(
             f"vision_fp{args.fp_epochs}_seed{seed}" if seed or args.fp_epochs != 5 else "vision",
             {**vis_base, "seed": seed},
-            vision_rows(["w8a8", "w4a8", "w4a4"], {"w8a8": args.lr_w8a8}),
+            vision_rows(args.bits.split(","), {"w8a8": args.lr_w8a8}),
             payload,
             out,
             work,
