@@ -166,14 +166,29 @@ def _onnx_event_precision(op_name: str, args: dict[str, Any]) -> str:
     return "unknown"
 
 
-def node_event_durations_us(path: str | Path) -> list[float]:
+OrtTrace = str | Path | list[dict[str, Any]]  # a trace file, or its events already loaded
+
+
+def load_ort_trace(path: str | Path) -> list[dict[str, Any]]:
+    """The events of an ONNX Runtime profiling trace file (parse once, pass the list to the readers below)."""
+    return json.loads(Path(path).read_text())
+
+
+def _trace_events(trace: OrtTrace) -> list[dict[str, Any]]:
+    return trace if isinstance(trace, list) else load_ort_trace(trace)
+
+
+def node_event_durations_us(trace: OrtTrace) -> list[float]:
     """Durations (microseconds) of every node event in an ONNX Runtime profiling trace."""
-    events = json.loads(Path(path).read_text())
-    return [float(e["dur"]) for e in events if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time")]
+    return [
+        float(e["dur"])
+        for e in _trace_events(trace)
+        if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time")
+    ]
 
 
 def read_ort_trace(
-    path: str | Path, acc: LayerAccumulator, skip_runs: int = 0, event_overhead_ms: float = 0.0
+    trace: OrtTrace, acc: LayerAccumulator, skip_runs: int = 0, event_overhead_ms: float = 0.0
 ) -> int:
     """Add the node times of an ONNX Runtime profiling trace to ``acc``; returns the runs it held.
 
@@ -182,7 +197,7 @@ def read_ort_trace(
     ``event_overhead_ms`` (the profiler's own cost inside each node event, as measured by
     :meth:`edgeattn.profile.runners.OrtRunner.profile_layers`) is subtracted from every event, floored at 0.
     """
-    events = json.loads(Path(path).read_text())
+    events = _trace_events(trace)
     run_ends = sorted(
         e["ts"] + e["dur"] for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"
     )
