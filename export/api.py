@@ -12,6 +12,7 @@ import os
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,9 @@ __all__ = ["DEFAULT_PROFILES", "TARGETS", "export_all", "export_model", "resolve
 
 TARGETS = ("onnx", "tensorrt", "openvino", "coreml")
 FAILED_TAG = "FAILED_PARITY"
+# OpenVINO's INFERENCE_PRECISION_HINT -> the float precision it computes in ("auto" is f32 on CPUs without
+# native bf16 and bf16 on the others: the wider noise floor is the safe side)
+_OV_COMPUTE = {"f32": "fp32", "f16": "fp16", "bf16": "bf16", "auto": "bf16"}
 # the profile each target uses in export_all unless told otherwise
 DEFAULT_PROFILES = {
     "onnx": "host-cpu",
@@ -153,6 +157,7 @@ def export_model(
     seed: int = 0,
     cache: dict | None = None,
     torch_threads: int | None = 1,
+    noise_floor: bool = True,
 ) -> ExportReport:
     """Export ``model`` for ``target`` with ``profile`` into ``out_dir`` and run the parity gate.
 
@@ -172,6 +177,10 @@ def export_model(
             outputs, the exported ONNX and its ONNX Runtime (no-optimisation) outputs are reused when their
             inputs are the same (registry names only; in-memory modules are keyed by identity).
         threads: intra-op threads of the runtimes under test (ONNX Runtime, OpenVINO).
+        noise_floor: a quantized model that misses the profile's tolerance is judged again with it widened
+            to twice the reference's rounding noise floor, at most 4x the profile's
+            (:mod:`edgeattn.export.noise_floor`); the report says when a gate passed only that way. False
+            keeps the profile's tolerance as the last word.
         torch_threads: torch's intra-op threads while the run does torch work (PTQ calibration, the
             reference forward, tracing, the Core ML reference evaluator); restored afterwards. The default 1
             is deliberate: that work is thousands of small ops, each of which pays a thread-pool barrier;
@@ -203,6 +212,7 @@ def export_model(
             threads=threads,
             seed=seed,
             cache=cache,
+            noise_floor=noise_floor,
         )
 
 
@@ -246,6 +256,7 @@ def _export_model(
     threads: int,
     seed: int,
     cache: dict | None,
+    noise_floor: bool,
 ) -> ExportReport:
     from edgeattn.device_profile import DeviceProfile, load_profile
 
@@ -360,28 +371,27 @@ def _export_model(
         import torch
 
         example = torch.from_numpy(np.ascontiguousarray(x[: shape[0]]))
-        if target == "coreml":
-            _run_coreml(module, example, prof, prec, stage, x, ref, tol, report)
-        else:
-            _run_onnx_based(
-                module,
-                example,
-                prof,
-                prec,
-                target,
-                stage,
-                x,
-                ref,
-                tol,
-                report,
-                opset or prof.export.opset,
-                dyn,
-                exporter,
-                cpu_isa,
-                threads,
-                shape,
-                cache,
-            )
+        job = _Job(
+            module=module,
+            example=example,
+            prof=prof,
+            prec=prec,
+            target=target,
+            stage=stage,
+            x=x,
+            ref=ref,
+            tol=tol,
+            report=report,
+            opset=opset or prof.export.opset,
+            dyn=dyn,
+            exporter=exporter,
+            cpu_isa=cpu_isa,
+            threads=threads,
+            shape=shape,
+            cache=cache,
+            noise_floor=noise_floor and quantized,
+        )
+        (_run_coreml if target == "coreml" else _run_onnx_based)(job)
         report.passed = all(p["passed"] for p in report.parity)
         if not report.passed:
             _tag_failed(stage, report)
@@ -506,25 +516,73 @@ def _tag_failed(stage: Path, report: ExportReport) -> None:
     report.artifacts = renamed
 
 
+@dataclass
+class _Job:
+    """What one export run hands its target runner: the deploy-form module, the parity inputs and torch
+    reference, the gate's tolerance and the settings from the profile and the caller."""
+
+    module: Any
+    example: Any  # the torch example input (one static batch)
+    prof: Any
+    prec: str
+    target: str
+    stage: Path  # the temporary output directory
+    x: np.ndarray
+    ref: np.ndarray
+    tol: Any
+    report: ExportReport
+    opset: int
+    dyn: bool
+    exporter: str
+    cpu_isa: str | None
+    threads: int
+    shape: tuple[int, ...]
+    cache: dict | None
+    noise_floor: bool  # widen the gate by the reference's rounding noise floor (quantized models)
+
+    def floor(self, x: np.ndarray, ref: np.ndarray, compute: str) -> Any:
+        """The reference's rounding noise floor on ``x`` at ``compute`` precision (None when off)."""
+        if not self.noise_floor:
+            return None
+        from edgeattn.export.noise_floor import rounding_noise_floor
+
+        key = ("floor", id(self.module), x.shape, float(x.sum()), compute)
+        t0 = time.perf_counter()
+        floor = _cached(self.cache, key, lambda: rounding_noise_floor(self.module, x, ref, compute=compute))
+        stage = f"noise_floor_{compute}"
+        spent = self.report.timings_s.get(stage, 0.0) + time.perf_counter() - t0
+        self.report.timings_s[stage] = round(spent, 3)
+        return floor
+
+
 def _gate(
-    report: ExportReport,
+    job: _Job,
+    x: np.ndarray,
     ref: np.ndarray,
     got: np.ndarray,
-    tol: Any,
     runtime: str,
+    compute: str = "fp32",
     bisect: Any = None,
     note: str = "",
 ) -> bool:
+    """Compare ``got`` (the runtime's outputs on ``x``) with the torch reference ``ref``; record the result.
+
+    A quantized model that misses the profile's tolerance is judged again with the tolerance widened by the
+    reference's rounding noise floor at ``compute``, the float precision the runtime computes in."""
     from edgeattn.export.parity import compare_outputs
 
-    res = compare_outputs(ref, got, tol, runtime=runtime)
+    res = compare_outputs(ref, got, job.tol, runtime=runtime)
+    if not res.passed:  # judge again against the reference's own rounding noise (quantized models only)
+        floor = job.floor(x, ref, compute)
+        if floor is not None:
+            res = compare_outputs(ref, got, job.tol, runtime=runtime, noise_floor=floor)
     res.note = note
     if not res.passed and bisect is not None:
         try:
             res.first_diverging_node = bisect()
         except Exception as exc:  # bisecting is best effort; the failure itself is what matters
             res.note = (note + "; " if note else "") + f"bisect failed: {type(exc).__name__}: {exc}"
-    report.parity.append(res.to_dict())
+    job.report.parity.append(res.to_dict())
     return res.passed
 
 
@@ -537,25 +595,10 @@ def _cached(cache: dict | None, key: Any, build: Any) -> Any:
     return cache[key]
 
 
-def _run_onnx_based(
-    module,
-    example,
-    prof,
-    prec,
-    target,
-    stage,
-    x,
-    ref,
-    tol,
-    report,
-    opset,
-    dyn,
-    exporter,
-    cpu_isa,
-    threads,
-    shape,
-    cache=None,
-) -> None:
+def _run_onnx_based(job: _Job) -> None:
+    module, example, prof, prec, target, stage = job.module, job.example, job.prof, job.prec, job.target, job.stage
+    tol, report, opset, dyn, exporter = job.tol, job.report, job.opset, job.dyn, job.exporter
+    cpu_isa, threads, shape, cache, x = job.cpu_isa, job.threads, job.shape, job.cache, job.x
     from edgeattn.export import lint as lint_mod
     from edgeattn.export.onnx_export import export_onnx, node_counts, save_onnx
     from edgeattn.export.parity import first_diverging_node, ort_reference_session, run_batched, run_ort
@@ -579,18 +622,19 @@ def _run_onnx_based(
         report.qdq = {**summarize_qdq(onnx_model).__dict__, "cleanup": exported.cleanup}
     batch = shape[0]
     x_run = x if dyn or batch == 1 else x[: (len(x) // batch) * batch]
-    ref_run = ref[: len(x_run)]
+    ref_run = job.ref[: len(x_run)]
     onnx_bytes = onnx_model.SerializeToString()
 
     # second reference: ONNX Runtime, no graph optimisations
     t0 = time.perf_counter()
+
     def ort_noopt() -> np.ndarray:
         sess = ort_reference_session(onnx_bytes, threads)
         return run_batched(lambda b: run_ort(sess, b), x_run, batch)
 
     # the same ONNX on the same inputs gives the same outputs: one ORT run serves every target sharing them
     ort_out = _cached(cache, ("ort-noopt", *onnx_key, x_run.shape, float(x_run.sum()), threads), ort_noopt)
-    _gate(report, ref_run, ort_out, tol, "onnxruntime-noopt")
+    _gate(job, x_run, ref_run, ort_out, "onnxruntime-noopt")
     report.timings_s["parity_ort"] = round(time.perf_counter() - t0, 3)
 
     if target == "onnx":
@@ -607,10 +651,10 @@ def _run_onnx_based(
             )
 
         _gate(
-            report,
+            job,
+            x_run,
             ref_run,
             run_batched(lambda b: run_ort(sess, b), x_run, batch),
-            tol,
             "onnxruntime",
             bisect=lambda: first_diverging_node(onnx_model, x_run[:batch], run_ort_model, tol),
         )
@@ -638,7 +682,9 @@ def _run_onnx_based(
             engine = trt_mod.build_engine(onnx_bytes, stage / "model.engine", spec, prec, "input", shape, dyn)
             report.artifacts["engine"] = str(engine)
             runner = trt_mod.TensorRTRunner(engine)
-            _gate(report, ref_run, run_batched(runner, x_run, batch), tol, f"tensorrt-{spec.major}")
+            got = run_batched(runner, x_run, batch)
+            compute = "fp16" if prec == "fp16" else "fp32"
+            _gate(job, x_run, ref_run, got, f"tensorrt-{spec.major}", compute)
         else:
             report.notes.append(
                 "tensorrt is not importable here: ONNX + lint + trtexec command written; the "
@@ -677,11 +723,12 @@ def _run_onnx_based(
                 ov_model, threads=threads, inference_precision=infer_prec, hint=hint, isa=cpu_isa
             ) as probe:
                 _gate(
-                    report,
+                    job,
+                    x_run,
                     ref_run,
                     got,
-                    tol,
                     label,
+                    _OV_COMPUTE.get(infer_prec, "fp32"),
                     bisect=lambda: first_diverging_node(ov_model, x_run[:batch], probe.run_model, tol),
                 )
             if prec == "int8" and not cpu_isa:
@@ -689,7 +736,9 @@ def _run_onnx_based(
         report.timings_s["parity_openvino"] = round(time.perf_counter() - t0, 3)
 
 
-def _run_coreml(module, example, prof, prec, stage, x, ref, tol, report) -> None:
+def _run_coreml(job: _Job) -> None:
+    module, example, prof, prec, stage = job.module, job.example, job.prof, job.prec, job.stage
+    x, report = job.x, job.report
     from edgeattn.export import coreml_target as cm
     from edgeattn.export.mil_eval import MILProgram, UnsupportedMILOp
     from edgeattn.export.parity import run_batched
@@ -709,27 +758,30 @@ def _run_coreml(module, example, prof, prec, stage, x, ref, tol, report) -> None
         )
     batch = example.shape[0]
     x_run = x[: (len(x) // batch) * batch]
-    ref_run = ref[: len(x_run)]
+    ref_run = job.ref[: len(x_run)]
+    compute = prof.coreml.compute_precision if prof.coreml else "fp16"
     t0 = time.perf_counter()
     if cm.coreml_prediction_available():
         units = prof.coreml.compute_units if prof.coreml else "ALL"
         _gate(
-            report,
+            job,
+            x_run,
             ref_run,
             run_batched(lambda b: cm.predict_macos(path, b, units), x_run, batch),
-            tol,
             f"coreml-{units.lower()}",
+            compute,
         )
     else:
         try:
             prog = MILProgram.from_package(path)
             got = run_batched(lambda b: prog(input=b)["output"], x_run, batch)
             _gate(
-                report,
+                job,
+                x_run,
                 ref_run,
                 got,
-                tol,
                 "coreml-mil-reference",
+                compute,
                 note="numpy reference evaluator of the saved mlprogram (FP16 storage per op); Core ML itself "
                 "runs only on macOS, so on-device numeric parity awaits a macOS run",
             )

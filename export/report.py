@@ -64,6 +64,8 @@ class ExportReport:
         lines = []
         for p in self.parity:
             status = "ok" if p["passed"] else "FAILED"
+            if p["passed"] and p.get("passed_profile_tolerance") is False:
+                status = "ok (within the rounding noise floor)"
             lines.append(
                 f"{p['runtime']:<28} max|err|/range {p['max_abs_rel_range']:.2e}  cos {p['cosine']:.6f}  "
                 f"top1 {p['top1']:.3f}  {status}"

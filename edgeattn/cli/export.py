@@ -39,6 +39,11 @@ def export(
         "torchscript", "--exporter", help="torch ONNX exporter: torchscript or dynamo."
     ),
     threads: int = typer.Option(2, "--threads", help="Threads of ONNX Runtime and OpenVINO (torch runs on one)."),
+    noise_floor: bool = typer.Option(
+        True,
+        "--noise-floor/--no-noise-floor",
+        help="Quantized models: widen the tolerance to 2x the reference's rounding noise floor (at most 4x).",
+    ),
     force: bool = typer.Option(False, "--force", help="Replace an existing output directory."),
     json_out: Path | None = typer.Option(None, "--json", help="Also write report.json's content here."),
 ) -> None:
@@ -70,6 +75,7 @@ def export(
                 exporter=exporter,
                 cpu_isa=cpu_isa,
                 threads=threads,
+                noise_floor=noise_floor,
             )
         except ParityFailure as exc:
             if json_out:

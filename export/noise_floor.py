@@ -1,0 +1,136 @@
+"""The rounding noise floor of a quantized reference: how far its output moves when only float rounding changes.
+
+Two correct INT8 implementations of one Q/DQ graph round the same values to the same grid, except where a
+float value lies within a few ulps of a rounding boundary: there the runtime's own float arithmetic (fused
+ops, another summation order, FP16 compute) can land on the other side and move that element by one step
+(1 LSB). How far one such flip travels is a property of the model. In a trained network it fades; in a
+random-weight network it can grow layer by layer, so that two correct runtimes disagree at the logits by
+more than a fixed tolerance (measured on random-weight ``fmvit_t``: one 1-LSB flip in stage 1 moved the
+logits to cosine 0.909, docs/export.md).
+
+:func:`rounding_noise_floor` measures that spread on the PyTorch reference itself. It reruns the fake-quant
+model ``members`` times with every activation quantizer's input multiplied by ``1 + rel * N(0, 1)``:
+``rel`` is a few ulps of the runtime's compute precision (:data:`ROUNDING_REL`), the size of the float
+differences between runtimes, far below one quantization step. The floor is the worst deviation of any
+member from the unperturbed reference. :func:`widen` then lets the parity gate accept a max abs error and a
+cosine up to ``margin`` times the floor's, never more than ``cap`` times the profile's tolerance. Top-1
+agreement keeps the profile's threshold but is counted only on the samples whose reference argmax no member
+moved (near-tied logits flip under rounding noise alone). A well-conditioned model has a floor of ~0 and keeps
+the profile's tolerance, so real failures (saturating kernels, wrong integers) still fail; a model beyond the
+cap fails with a message that says it is ill-conditioned.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+__all__ = ["CAP", "MARGIN", "ROUNDING_REL", "NoiseFloor", "rounding_noise_floor", "widen"]
+
+# relative size of the float differences between two runtimes, per compute precision: 16 ulps of float32
+# (a dot product of a few hundred terms summed in another order), 1 ulp of float16 / bfloat16
+ROUNDING_REL = {"fp32": 2.0**-20, "fp16": 2.0**-11, "bf16": 2.0**-8}
+MARGIN = 2.0  # accept up to this multiple of the floor ...
+CAP = 4.0  # ... but never more than this multiple of the profile's tolerance
+
+
+@dataclass(frozen=True)
+class NoiseFloor:
+    """Worst deviation of ``members`` rounding-perturbed reference runs from the unperturbed reference."""
+
+    compute: str
+    rel: float
+    members: int
+    max_abs_rel_range: float
+    cosine: float
+    top1: float
+    top1_stable: tuple[bool, ...]  # per sample: no member moved the reference's argmax (at any position)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict for report.json."""
+        return asdict(self)
+
+
+def _act_quant_proxies(model: Any) -> list[Any]:
+    try:
+        from brevitas.proxy.runtime_quant import ActQuantProxyFromInjector
+    except ImportError:  # no brevitas: no quantizers to perturb
+        return []
+    return [m for m in model.modules() if isinstance(m, ActQuantProxyFromInjector)]
+
+
+def rounding_noise_floor(
+    model: Any,
+    inputs: np.ndarray,
+    reference: np.ndarray,
+    *,
+    compute: str = "fp32",
+    members: int = 4,
+    seed: int = 0,
+) -> NoiseFloor | None:
+    """The rounding noise floor of ``model`` (a brevitas fake-quant module) on ``inputs``.
+
+    ``reference`` is the model's unperturbed output on ``inputs``; ``compute`` (``fp32``/``fp16``/``bf16``)
+    is the float precision the runtime under test computes in. Returns None for a model without activation
+    quantizers (a float model has no rounding grid to flip across).
+    """
+    import torch
+    from edgeattn.export.parity import _metrics, reference_outputs, top1_per_sample
+
+    proxies = _act_quant_proxies(model)
+    if not proxies:
+        return None
+    if compute not in ROUNDING_REL:
+        raise ValueError(f"compute must be one of {', '.join(ROUNDING_REL)}, got '{compute}'")
+    rel = ROUNDING_REL[compute]
+    worst = {"max_abs_rel_range": 0.0, "cosine": 1.0, "top1": 1.0}
+    stable = np.ones(len(reference), dtype=bool)
+    for k in range(members):
+        gen = torch.Generator().manual_seed(seed + k)
+
+        def nudge(_module: Any, args: tuple[Any, ...], gen: Any = gen) -> tuple[Any, ...] | None:
+            x = args[0]
+            if not (isinstance(x, torch.Tensor) and x.is_floating_point()):
+                return None
+            noise = torch.randn(x.shape, generator=gen, dtype=x.dtype)
+            return (x * (1.0 + rel * noise), *args[1:])
+
+        hooks = [p.register_forward_pre_hook(nudge) for p in proxies]
+        try:
+            out = reference_outputs(model, inputs)
+        finally:
+            for h in hooks:
+                h.remove()
+        m = _metrics(reference, out)
+        worst["max_abs_rel_range"] = max(worst["max_abs_rel_range"], m["max_abs_rel_range"])
+        worst["cosine"] = min(worst["cosine"], m["cosine"])
+        worst["top1"] = min(worst["top1"], m["top1"])
+        stable &= top1_per_sample(reference, out) == 1.0
+    return NoiseFloor(
+        compute=compute, rel=rel, members=members, top1_stable=tuple(bool(s) for s in stable), **worst
+    )
+
+
+def widen(
+    tolerance: dict[str, float], floor: NoiseFloor | None, margin: float = MARGIN, cap: float = CAP
+) -> tuple[dict[str, float], bool]:
+    """``tolerance``'s ``max_abs`` and ``min_cosine`` widened to ``margin`` x the floor, at most ``cap`` x the
+    original (``min_top1_agreement`` is kept); returns (the tolerance to apply, whether the cap limited it)."""
+    if floor is None:
+        return dict(tolerance), False
+    # each figure as a distance from perfect agreement: error, 1 - cosine
+    pairs = {
+        "max_abs": (tolerance["max_abs"], floor.max_abs_rel_range),
+        "min_cosine": (1.0 - tolerance["min_cosine"], 1.0 - floor.cosine),
+    }
+    out = dict(tolerance)
+    capped = False
+    for key, (allowed, measured) in pairs.items():
+        wanted = max(allowed, margin * measured)
+        limit = cap * allowed
+        capped |= wanted > limit
+        dist = min(wanted, limit)
+        out[key] = dist if key == "max_abs" else max(0.0, 1.0 - dist)
+    return out, capped
