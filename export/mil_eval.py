@@ -8,8 +8,8 @@ is rounded to FP16, which is where on-device results differ from FP32 (accumulat
 FP32, as Core ML's CPU and GPU backends do; the Neural Engine may differ a little more).
 
 Ops covered: those the project's vision models convert to (conv, linear, matmul, elementwise, norms,
-activations, pooling, shape ops, weight dequantization). Anything else raises
-:class:`UnsupportedMILOp`, and the parity gate then reports that numeric parity awaits a macOS run.
+activations, pooling, shape ops, weight dequantization, and topk / scatter_along_axis for MoE routing).
+Anything else raises :class:`UnsupportedMILOp`, and the parity gate then reports that numeric parity awaits a macOS run.
 """
 
 from __future__ import annotations
@@ -23,6 +23,18 @@ from typing import Any
 import numpy as np
 
 __all__ = ["MILProgram", "UnsupportedMILOp", "load_program"]
+
+
+_DTYPES = {
+    "fp16": np.float16,
+    "fp32": np.float32,
+    "int32": np.int32,
+    "int16": np.int16,
+    "uint16": np.uint16,
+    "int8": np.int8,
+    "uint8": np.uint8,
+    "bool": np.bool_,
+}
 
 
 class UnsupportedMILOp(NotImplementedError):
@@ -154,8 +166,7 @@ class MILProgram:
         return (d * sf).astype(s.dtype)
 
     def _op_cast(self, x, dtype):
-        target = {"fp16": np.float16, "fp32": np.float32, "int32": np.int32, "bool": np.bool_}[str(dtype)]
-        return np.asarray(x).astype(target)
+        return np.asarray(x).astype(_DTYPES[str(dtype)])
 
     # ----- linear algebra -----
     def _op_linear(self, x, weight, bias=None):
@@ -432,6 +443,41 @@ class MILProgram:
 
     def _op_gather(self, x, indices, axis=0, validate_indices=False, batch_dims=0):
         return np.take(np.asarray(x), np.asarray(indices).astype(np.int64), axis=int(axis))
+
+    def _op_topk(
+        self, x, k=1, axis=-1, ascending=False, sort=True, return_indices=True, output_indices_dtype="int32"
+    ):
+        # MoE routing (edge_moe_vit): the k largest along ``axis``; ties go to the lower index
+        xs = np.asarray(x)
+        ax = int(axis)
+        key = xs.astype(np.float32) if bool(ascending) else -xs.astype(np.float32)
+        idx = np.take(np.argsort(key, axis=ax, kind="stable"), np.arange(int(k)), axis=ax)
+        values = np.take_along_axis(xs, idx, axis=ax)
+        if not bool(return_indices):
+            return values
+        return values, idx.astype(_DTYPES[str(output_indices_dtype)])
+
+    def _op_scatter_along_axis(self, data, indices, updates, axis=0, mode="add", validate_indices=False):
+        out = np.array(data, copy=True)
+        ax = int(axis) % out.ndim
+        idx = np.asarray(indices).astype(np.int64)
+        idx = np.where(idx < 0, idx + out.shape[ax], idx)
+        upd = np.asarray(updates).astype(out.dtype)
+        if str(mode) == "update":
+            np.put_along_axis(out, idx, upd, axis=ax)
+            return out
+        combine = {
+            "add": np.add,
+            "sub": np.subtract,
+            "mul": np.multiply,
+            "div": np.divide,
+            "max": np.maximum,
+            "min": np.minimum,
+        }[str(mode)]
+        grid = list(np.indices(idx.shape))
+        grid[ax] = idx
+        combine.at(out, tuple(grid), upd)  # unbuffered: repeated indices combine, as MIL defines
+        return out
 
     def _op_slice_by_size(self, x, begin, size):
         xs = np.asarray(x)

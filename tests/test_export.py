@@ -373,6 +373,31 @@ def test_mil_evaluator_matches_float_twin_in_fp32(float_vit, tmp_path):
     np.testing.assert_allclose(got, reference_outputs(float_vit, X[:4]), rtol=1e-4, atol=1e-5)
 
 
+def test_mil_topk_and_scatter_match_torch():
+    """The MoE routing ops (edge_moe_vit): MIL topk / scatter_along_axis against torch.topk / Tensor.scatter."""
+    from edgeattn.export.mil_eval import MILProgram
+
+    prog = MILProgram.__new__(MILProgram)  # the op methods need no program
+    logits = torch.tensor(np.random.default_rng(3).standard_normal((2, 5, 4)), dtype=torch.float32)
+    values, idx = prog._op_topk(logits.numpy(), k=2, axis=-1, output_indices_dtype="uint16")
+    t_values, t_idx = torch.topk(logits, 2, dim=-1)
+    np.testing.assert_array_equal(values, t_values.numpy())
+    np.testing.assert_array_equal(idx.astype(np.int64), t_idx.numpy())
+    assert idx.dtype == np.uint16
+    low, _ = prog._op_topk(logits.numpy(), k=1, axis=1, ascending=True)
+    np.testing.assert_array_equal(low, logits.min(dim=1, keepdim=True).values.numpy())
+    # scatter the top-2 softmax weights back into a zero matrix, as the router does
+    data = np.zeros((2, 5, 4), np.float32)
+    updates = torch.softmax(t_values, -1)
+    out = prog._op_scatter_along_axis(data, t_idx.numpy(), updates.numpy(), axis=-1, mode="update")
+    np.testing.assert_array_equal(out, torch.zeros(2, 5, 4).scatter(-1, t_idx, updates).numpy())
+    # "add" combines repeated indices: row [0, 0, 2] adds 1 + 2 at 0 and 3 at 2
+    added = prog._op_scatter_along_axis(
+        np.ones((1, 3), np.float32), np.array([[0, 0, 2]]), np.array([[1.0, 2.0, 3.0]], np.float32), 1, "add"
+    )
+    np.testing.assert_array_equal(added, [[4.0, 1.0, 4.0]])
+
+
 # ------------------------------------------------------------------------------------------------ CLI errors
 def _cli(capsys, *args):
     code = main(["export", *args])

@@ -32,7 +32,7 @@ PROFILE = load_profile("intel-vnni-openvino")
 X = np.random.default_rng(1).standard_normal((8, 3, 32, 32)).astype(np.float32)
 
 
-def _model(name: str, precision: str):
+def _model(name: str, precision: str, profile=PROFILE):
     from edgeattn.quant import ptq
 
     from edgeattn.data import digits_dataset
@@ -43,7 +43,7 @@ def _model(name: str, precision: str):
     if precision == "fp32":
         return deploy
     calib = digits_dataset(img_size=32, in_chans=3, split="train").tensors[0][:32]
-    return ptq(deploy, PROFILE, [calib]).eval()
+    return ptq(deploy, profile, [calib]).eval()
 
 
 CASES = [(name, prec) for name in VISION for prec in ("fp32", "int8")]
@@ -78,22 +78,27 @@ def test_model_matrix_onnx_openvino_tensorrt(name, precision):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["mobilenetv2_ela", "vit_tiny", "fmvit_t"])
-def test_model_matrix_coreml(name, tmp_path):
+@pytest.mark.parametrize(("name", "precision"), CASES)
+def test_model_matrix_coreml(name, precision, tmp_path):
+    """Core ML: FP32 models convert with FP16 compute, INT8 ones with int8 weights and activation
+    fake-quant; the spec is checked and the MIL reference evaluator runs the saved program."""
     pytest.importorskip("coremltools")
     from edgeattn.export.coreml_target import convert_coreml, validate_spec
     from edgeattn.export.mil_eval import MILProgram
 
     prof = load_profile("apple-a17-coreml")
-    model = _model(name, "int8")
+    model = _model(name, precision, prof)
     path = tmp_path / "m.mlpackage"
-    convert_coreml(model, torch.from_numpy(X[:1]), prof, "int8", path)
+    coreml_precision = "fp16" if precision == "fp32" else "int8"
+    convert_coreml(model, torch.from_numpy(X[:1]), prof, coreml_precision, path)
     assert validate_spec(path, deployment_target="iOS17", input_shape=(1, 3, 32, 32))["passed"]
     prog = MILProgram.from_package(path)
+    assert prog.unsupported() == []
     got = np.concatenate([prog(input=X[i : i + 1])["output"] for i in range(4)])
     ref = reference_outputs(model, X[:4])
     floor = rounding_noise_floor(model, X[:4], ref, compute="fp16")  # Core ML computes in FP16
-    res = compare_outputs(ref, got, prof.tolerance_for("int8"), runtime="mil", noise_floor=floor)
+    tol = prof.tolerance_for(coreml_precision)
+    res = compare_outputs(ref, got, tol, runtime="mil", noise_floor=floor)
     assert res.passed, res
 
 
