@@ -16,7 +16,11 @@ With ``--seeds``, only the vision table runs, once per seed: a whole repetition 
 data order and QAT runs) in section ``vision_fp<E>_seed<N>`` (the main ``vision`` section is seed 0 of
 ``--fp-epochs 5``); ``seed_summary["fp_epochs_<E>"]`` gives every method's mean and spread over the seeds and the
 paired per-seed differences, which is what a 359-image validation set (one image = 0.28 points) needs before one
-method can be said to beat another.
+method can be said to beat another. ``--ablate w8a8,w4a8`` adds EdgeQAT with each loss off to every seed; the
+summary then gives each loss's paired contribution and its effect on the attention KL.
+
+    python benchmarks/qat.py --only vision --resume --fp-epochs 20 --bits w8a8,w4a8 --ablate w8a8,w4a8 \
+        --seeds 0,1,2,3,4,5,6,7,8,9 --workdir /tmp/q/bench20
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ import torch
 from edgeattn.quant.train import TrainConfig, run
 
 QAT_SAMPLES: dict[str, int | None] = {}  # suite -> cap on QAT training samples (--qat-train-samples)
+# the paper's recipe, all three losses; edgeattn's default drops the entropy loss (measured by the
+# ``edgeqat-no-entropy-*`` rows of ``--ablate``: docs/qat.md, "Ablations over ten seeds")
 EDGEQAT = {"kd": True, "entropy": True, "distribution": True}
 PLAIN = {"kd": False, "entropy": False, "distribution": False}
 # Per-setting EdgeQAT losses: at W4A4 the entropy loss cost 2.8 and 7.8 points in two paired runs (same FP model /
@@ -77,7 +83,9 @@ def vision_rows(bits_list: list[str], lr_by_bits: dict[str, float] | None = None
     return rows
 
 
-def ablation_rows(ablate_bits: str) -> list[dict[str, Any]]:
+def ablation_rows(ablate_bits: str, lr: float | None = None, token_adaptive: bool = True) -> list[dict[str, Any]]:
+    """EdgeQAT with each loss off in turn (and, with ``token_adaptive``, with token-adaptive bits on)."""
+    lr_row = {"lr": lr} if lr is not None else {}
     rows: list[dict[str, Any]] = []
     for off in ("kd", "entropy", "distribution"):
         rows.append(
@@ -86,8 +94,11 @@ def ablation_rows(ablate_bits: str) -> list[dict[str, Any]]:
                 "method": f"EdgeQAT - {off}",
                 "bits": ablate_bits,
                 "losses": {**EDGEQAT, off: False},
+                **lr_row,
             }
         )
+    if not token_adaptive:
+        return rows
     rows.append(
         {
             "name": f"edgeqat-token-adaptive-{ablate_bits}",
@@ -265,6 +276,52 @@ def _paired_tests(diffs: list[float]) -> dict[str, float | None]:
     return {"t_test_p": t_p, "sign_test_p": sign_p}
 
 
+def _attn_kl_summary(sections: dict[int, dict[str, Any]], bits: str) -> dict[str, Any]:
+    """Attention KL (vs the FP model) of EdgeQAT (all its losses, and without the entropy loss) over plain QAT,
+    per seed: the median ratio and in how many seeds it is lower."""
+    out: dict[str, Any] = {}
+    for key, row in (("edgeqat", f"edgeqat-{bits}"), ("edgeqat_no_entropy", f"edgeqat-no-entropy-{bits}")):
+        ratios = {}
+        for seed, sec in sections.items():
+            e, q = sec["rows"].get(row), sec["rows"].get(f"qat-{bits}")
+            if e and q and e.get("attn_kl") is not None and q.get("attn_kl"):
+                ratios[seed] = e["attn_kl"] / q["attn_kl"]
+        if ratios:
+            vals = list(ratios.values())
+            out[f"attn_kl_{key}_over_plain"] = {
+                "median": statistics.median(vals),
+                "lower": sum(r < 1 for r in vals),
+                "n": len(vals),
+                "by_seed": ratios,
+            }
+    return out
+
+
+def _ablation_summary(sections: dict[int, dict[str, Any]], bits: str) -> dict[str, Any]:
+    """Per loss: EdgeQAT minus EdgeQAT-without-it (top-1 points, paired by seed) and the attention KL ratio."""
+    out: dict[str, Any] = {}
+    for off in ("kd", "entropy", "distribution"):
+        diffs, kl = [], []
+        for sec in sections.values():
+            e, a = sec["rows"].get(f"edgeqat-{bits}"), sec["rows"].get(f"edgeqat-no-{off}-{bits}")
+            if e and a:
+                diffs.append(e["value"] - a["value"])
+                if e.get("attn_kl") is not None and a.get("attn_kl"):
+                    kl.append(e["attn_kl"] / a["attn_kl"])
+        if diffs:
+            out[f"contribution_of_{off}"] = {
+                "points_mean": statistics.fmean(diffs),
+                "points_std": statistics.stdev(diffs) if len(diffs) > 1 else 0.0,
+                "wins": sum(d > 0 for d in diffs),
+                "ties": sum(d == 0 for d in diffs),
+                "losses": sum(d < 0 for d in diffs),
+                "attn_kl_with_over_without_median": statistics.median(kl) if kl else None,
+                "n": len(diffs),
+                **_paired_tests(diffs),
+            }
+    return out
+
+
 def _seed_summary(payload: dict[str, Any], ref: dict[str, Any]) -> None:
     """Mean, spread and paired per-seed differences of the vision methods over every seed run with ``ref``'s
     settings, in ``payload["seed_summary"]["fp_epochs_<N>"]``."""
@@ -279,6 +336,7 @@ def _seed_summary(payload: dict[str, Any], ref: dict[str, Any]) -> None:
         "plain_qat": lambda rows, sec, bits: rows.get(f"qat-{bits}", {}).get("value"),
         "edgeqat": lambda rows, sec, bits: rows.get(f"edgeqat-{bits}", {}).get("value"),
         "edgeqat_all_losses": lambda rows, sec, bits: rows.get(f"edgeqat-all-losses-{bits}", {}).get("value"),
+        "edgeqat_no_entropy": lambda rows, sec, bits: rows.get(f"edgeqat-no-entropy-{bits}", {}).get("value"),
     }
     summary: dict[str, Any] = {"seeds": list(sections), "config": ref}
     for bits in ("w8a8", "w4a8", "w4a4"):
@@ -298,11 +356,12 @@ def _seed_summary(payload: dict[str, Any], ref: dict[str, Any]) -> None:
                     "n": len(vals),
                     "by_seed": by_seed,
                 }
-        for other in ("fp32", "ptq_best", "plain_qat"):
-            common = sorted(set(values["edgeqat"]) & set(values[other]))
+        pairs = [(m, o) for m in ("edgeqat", "edgeqat_no_entropy") for o in ("fp32", "ptq_best", "plain_qat")]
+        for method, other in pairs:
+            common = sorted(set(values[method]) & set(values[other]))
             if common:
-                diffs = [values["edgeqat"][s] - values[other][s] for s in common]
-                entry[f"edgeqat_minus_{other}"] = {
+                diffs = [values[method][s] - values[other][s] for s in common]
+                entry[f"{method}_minus_{other}"] = {
                     "mean": statistics.fmean(diffs),
                     "std": statistics.stdev(diffs) if len(diffs) > 1 else 0.0,
                     "wins": sum(d > 0 for d in diffs),
@@ -310,6 +369,8 @@ def _seed_summary(payload: dict[str, Any], ref: dict[str, Any]) -> None:
                     "losses": sum(d < 0 for d in diffs),
                     **_paired_tests(diffs),
                 }
+        entry.update(_attn_kl_summary(sections, bits))
+        entry.update(_ablation_summary(sections, bits))
         summary[bits] = entry
     payload.setdefault("seed_summary", {})
     if "seeds" in payload["seed_summary"]:  # the first layout held a single summary
@@ -335,6 +396,11 @@ def main() -> None:
     ap.add_argument("--workdir", default=None)
     ap.add_argument(
         "--bits", default="w8a8,w4a8,w4a4", help="comma-separated bit settings of the vision table (with --seeds)"
+    )
+    ap.add_argument(
+        "--ablate",
+        default="",
+        help="with --seeds: also run EdgeQAT with each loss off at these comma-separated bit settings",
     )
     ap.add_argument(
         "--seeds",
@@ -380,7 +446,13 @@ def main() -> None:
         run_suite(
             f"vision_fp{args.fp_epochs}_seed{seed}" if seed or args.fp_epochs != 5 else "vision",
             {**vis_base, "seed": seed},
-            vision_rows(args.bits.split(","), {"w8a8": args.lr_w8a8}),
+            vision_rows(args.bits.split(","), {"w8a8": args.lr_w8a8})
+            + [
+                row
+                for bits in args.ablate.split(",")
+                if bits
+                for row in ablation_rows(bits, args.lr_w8a8 if bits == "w8a8" else None, token_adaptive=False)
+            ],
             payload,
             out,
             work,

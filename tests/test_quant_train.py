@@ -20,6 +20,7 @@ from edgeattn.quant.checkpoint import load_checkpoint
 from edgeattn.cli import main as cli_main
 
 TINY = {"depth": 1, "embed_dim": 32, "num_heads": 2, "patch_size": 4}
+ALL_LOSSES = {"kd": True, "entropy": True, "distribution": True}  # every loss path (entropy is off by default)
 
 
 def tiny_cfg(out: Path, **kw) -> dict:
@@ -42,7 +43,7 @@ def tiny_cfg(out: Path, **kw) -> dict:
 
 
 def test_run_end_to_end_writes_checkpoints_and_metrics(tmp_path):
-    res = T.run(tiny_cfg(tmp_path / "r", epochs=1, token_adaptive=True), progress=False)
+    res = T.run(tiny_cfg(tmp_path / "r", epochs=1, token_adaptive=True, losses=ALL_LOSSES), progress=False)
     assert res["status"] == "done" and res["metric"] == "top1"
     for key in ("fp32", "ptq", "qat"):
         assert 0.0 <= res[key] <= 100.0
@@ -59,7 +60,7 @@ def test_run_end_to_end_writes_checkpoints_and_metrics(tmp_path):
 
 
 def test_resume_continues_exactly(tmp_path, monkeypatch):
-    cfg = tiny_cfg(tmp_path / "straight", token_adaptive=True)
+    cfg = tiny_cfg(tmp_path / "straight", token_adaptive=True, losses=ALL_LOSSES)
     straight = T.run(cfg, progress=False)
 
     class StopInEpoch2(T._StopFlag):
@@ -76,7 +77,7 @@ def test_resume_continues_exactly(tmp_path, monkeypatch):
         def stop(self, value):
             pass
 
-    cut = tiny_cfg(tmp_path / "cut", token_adaptive=True)
+    cut = tiny_cfg(tmp_path / "cut", token_adaptive=True, losses=ALL_LOSSES)
     monkeypatch.setattr(T, "_StopFlag", StopInEpoch2)
     first = T.run(cut, progress=False)
     assert first["status"] == "interrupted"

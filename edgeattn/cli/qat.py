@@ -35,7 +35,9 @@ def qat(
         None, "--token-adaptive/--no-token-adaptive", help="EdgeQAT token-importance-aware bits."
     ),
     kd: bool | None = typer.Option(None, "--kd/--no-kd", help="Logit distillation from the FP model."),
-    entropy: bool | None = typer.Option(None, "--entropy/--no-entropy", help="Entropy loss on Q and K."),
+    entropy: bool | None = typer.Option(
+        None, "--entropy/--no-entropy", help="Entropy loss on Q and K (default off, docs/qat.md)."
+    ),
     distribution: bool | None = typer.Option(
         None, "--distribution/--no-distribution", help="Attention-logit distribution loss."
     ),
