@@ -266,6 +266,18 @@ def _seed_sections(payload: dict[str, Any], ref: dict[str, Any]) -> dict[int, di
     return dict(sorted(out.items()))
 
 
+def _paired_stats(diffs: list[float]) -> dict[str, Any]:
+    """Mean, spread, wins/ties/losses and p-values of paired per-seed differences."""
+    return {
+        "mean": statistics.fmean(diffs),
+        "std": statistics.stdev(diffs) if len(diffs) > 1 else 0.0,
+        "wins": sum(d > 0 for d in diffs),
+        "ties": sum(d == 0 for d in diffs),
+        "losses": sum(d < 0 for d in diffs),
+        **_paired_tests(diffs),
+    }
+
+
 def _paired_tests(diffs: list[float]) -> dict[str, float | None]:
     """Two-sided p-values that the paired differences are centred on 0: Student's t and the exact sign test."""
     from scipy import stats  # scikit-learn's dependency, installed with edgeattn
@@ -310,14 +322,9 @@ def _ablation_summary(sections: dict[int, dict[str, Any]], bits: str) -> dict[st
                     kl.append(e["attn_kl"] / a["attn_kl"])
         if diffs:
             out[f"contribution_of_{off}"] = {
-                "points_mean": statistics.fmean(diffs),
-                "points_std": statistics.stdev(diffs) if len(diffs) > 1 else 0.0,
-                "wins": sum(d > 0 for d in diffs),
-                "ties": sum(d == 0 for d in diffs),
-                "losses": sum(d < 0 for d in diffs),
+                **_paired_stats(diffs),
                 "attn_kl_with_over_without_median": statistics.median(kl) if kl else None,
                 "n": len(diffs),
-                **_paired_tests(diffs),
             }
     return out
 
@@ -361,14 +368,7 @@ def _seed_summary(payload: dict[str, Any], ref: dict[str, Any]) -> None:
             common = sorted(set(values[method]) & set(values[other]))
             if common:
                 diffs = [values[method][s] - values[other][s] for s in common]
-                entry[f"{method}_minus_{other}"] = {
-                    "mean": statistics.fmean(diffs),
-                    "std": statistics.stdev(diffs) if len(diffs) > 1 else 0.0,
-                    "wins": sum(d > 0 for d in diffs),
-                    "ties": sum(d == 0 for d in diffs),
-                    "losses": sum(d < 0 for d in diffs),
-                    **_paired_tests(diffs),
-                }
+                entry[f"{method}_minus_{other}"] = _paired_stats(diffs)
         entry.update(_attn_kl_summary(sections, bits))
         entry.update(_ablation_summary(sections, bits))
         summary[bits] = entry
