@@ -101,3 +101,18 @@ def tiny_quant_vit(weight_bits: int = 8, seed: int = 0, img: int = 32) -> TinyVi
     model = TinyViT(img=img, quant=brevitas_layers(weight_bits))
     gen = torch.Generator().manual_seed(seed + 1)
     return calibrate(model, [torch.randn(8, 3, img, img, generator=gen) for _ in range(4)])
+
+
+def corrupt_weight_scale(model, which: int, factor: float):
+    """A copy of the ONNX ``model`` with the scale of its ``which``-th int8 weight DequantizeLinear multiplied by
+    ``factor``; returns (the copy, that DequantizeLinear node)."""
+    import onnx
+    from onnx import TensorProto, numpy_helper
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    int8 = {i.name for i in m.graph.initializer if i.data_type == TensorProto.INT8}
+    dq = [n for n in m.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in int8][which]
+    init = next(i for i in m.graph.initializer if i.name == dq.input[1])
+    init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * factor, init.name))
+    return m, dq

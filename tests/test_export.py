@@ -18,7 +18,13 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _export_models import TinyViT, brevitas_layers, calibrate, tiny_quant_vit  # noqa: E402
+from _export_models import (  # noqa: E402
+    TinyViT,
+    brevitas_layers,
+    calibrate,
+    corrupt_weight_scale,
+    tiny_quant_vit,
+)
 from edgeattn.export import ParityFailure, export_model  # noqa: E402
 from edgeattn.export.lint import attention_fusion, lint_tensorrt  # noqa: E402
 from edgeattn.export.onnx_export import export_onnx  # noqa: E402
@@ -163,16 +169,7 @@ def test_attention_fusion_rejects_scale_after_matmul():
 
 # ------------------------------------------------------------------------------------------------ parity gate
 def test_gate_catches_a_corrupted_scale_and_names_the_node(quant_vit, int8_onnx):
-    m = onnx.ModelProto()
-    m.CopyFrom(int8_onnx.model)
-    dq = [
-        n
-        for n in m.graph.node
-        if n.op_type == "DequantizeLinear"
-        and any(i.name == n.input[0] and i.data_type == TensorProto.INT8 for i in m.graph.initializer)
-    ][2]
-    scale_init = next(i for i in m.graph.initializer if i.name == dq.input[1])
-    scale_init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(scale_init) * 3.0, scale_init.name))
+    m, dq = corrupt_weight_scale(int8_onnx.model, 2, 3.0)
     tol = load_profile("host-cpu").tolerance_for("int8")
     ref = reference_outputs(quant_vit, X)
     good = run_ort(ort_reference_session(int8_onnx.model.SerializeToString()), X)

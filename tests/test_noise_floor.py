@@ -11,13 +11,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
 import torch
-from onnx import TensorProto, numpy_helper
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _export_models import tiny_quant_vit  # noqa: E402
+from _export_models import corrupt_weight_scale, tiny_quant_vit  # noqa: E402
 from edgeattn.export import export_model  # noqa: E402
 from edgeattn.export.noise_floor import CAP, MARGIN, NoiseFloor, rounding_noise_floor, widen  # noqa: E402
 from edgeattn.export.onnx_export import export_onnx  # noqa: E402
@@ -93,17 +91,6 @@ def test_floor_is_small_for_a_small_model_and_grows_with_the_compute_precision()
         rounding_noise_floor(model, X, ref, compute="int4")
 
 
-def _corrupt_scale(model: onnx.ModelProto, which: int, factor: float) -> onnx.ModelProto:
-    """A copy of ``model`` with the ``which``-th int8 weight's DequantizeLinear scale multiplied by ``factor``."""
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    int8 = {i.name for i in m.graph.initializer if i.data_type == TensorProto.INT8}
-    dq = [n for n in m.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in int8][which]
-    init = next(i for i in m.graph.initializer if i.name == dq.input[1])
-    init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * factor, init.name))
-    return m
-
-
 @pytest.mark.slow
 def test_random_fmvit_t_floor_accepts_rounding_but_not_a_corrupted_scale():
     """Random-weight fmvit_t amplifies rounding flips (its floor is ~30x tiny_quant_vit's), yet the widened
@@ -125,7 +112,7 @@ def test_random_fmvit_t_floor_accepts_rounding_but_not_a_corrupted_scale():
     good = run_ort(ort_reference_session(exported.model.SerializeToString()), X)
     assert compare_outputs(ref, good, INT8, runtime="ort", noise_floor=floor).passed
     for which in (0, 5, 15):  # the stem, stage 1, stage 2
-        bad_model = _corrupt_scale(exported.model, which, 1.1)
+        bad_model, _ = corrupt_weight_scale(exported.model, which, 1.1)
         bad = run_ort(ort_reference_session(bad_model.SerializeToString()), X)
         res = compare_outputs(ref, bad, INT8, runtime="ort", noise_floor=floor)
         assert not res.passed, (which, res.max_abs_rel_range, res.cosine)
