@@ -396,38 +396,29 @@ def test_mil_topk_and_scatter_match_torch():
 
 
 # ------------------------------------------------------------------------------------------------ CLI errors
-def _cli(capsys, *args):
-    code = main(["export", *args])
+def _cli(capsys, model, target, out, *extra, profile="host-cpu"):
+    """Run ``edgeattn export MODEL --target TARGET --profile PROFILE -o OUT *extra``; (exit code, stderr)."""
+    code = main(["export", model, "--target", target, "--profile", profile, "-o", str(out), *extra])
     return code, capsys.readouterr().err
 
 
 def test_cli_bad_inputs(tmp_path, capsys):
-    code, err = _cli(
-        capsys, "mobilenetv2", "--target", "tflite", "--profile", "host-cpu", "-o", str(tmp_path / "a")
-    )
+    code, err = _cli(capsys, "mobilenetv2", "tflite", tmp_path / "a")
     assert code == 2 and "unknown target 'tflite'" in err
-    code, err = _cli(
-        capsys, "mobilenetv2", "--target", "coreml", "--profile", "host-cpu", "-o", str(tmp_path / "a")
-    )
+    code, err = _cli(capsys, "mobilenetv2", "coreml", tmp_path / "a")
     assert code == 2 and "not 'coreml'" in err
-    code, err = _cli(
-        capsys, "mobilenetv2", "--target", "onnx", "--profile", "nope", "-o", str(tmp_path / "a")
-    )
+    code, err = _cli(capsys, "mobilenetv2", "onnx", tmp_path / "a", profile="nope")
     assert code == 2 and "unknown profile 'nope'" in err
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("keep")
-    code, err = _cli(
-        capsys, "mobilenetv2", "--target", "onnx", "--profile", "host-cpu", "-o", str(tmp_path / "full")
-    )
+    code, err = _cli(capsys, "mobilenetv2", "onnx", tmp_path / "full")
     assert code == 6 and "--force" in err and (tmp_path / "full" / "x").read_text() == "keep"
     assert not (tmp_path / "a").exists()
 
 
 def test_cli_missing_backend_and_foreign_checkpoint(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "openvino", None)  # import openvino -> ImportError
-    code, err = _cli(
-        capsys, "mobilenetv2", "--target", "openvino", "--profile", "host-cpu", "-o", str(tmp_path / "o")
-    )
+    code, err = _cli(capsys, "mobilenetv2", "openvino", tmp_path / "o")
     assert code == 4 and "'openvino' extra: pip install openvino" in err and not (tmp_path / "o").exists()
     from edgeattn.quant.checkpoint import save_checkpoint
 
@@ -440,18 +431,7 @@ def test_cli_missing_backend_and_foreign_checkpoint(tmp_path, capsys, monkeypatc
         create_model("mobilenetv2", **kwargs),
         {"model": "mobilenetv2", "model_kwargs": kwargs, "quant": None, "reparameterized": False},
     )
-    code, err = _cli(
-        capsys,
-        "vit_tiny",
-        "--target",
-        "onnx",
-        "--profile",
-        "host-cpu",
-        "-o",
-        str(tmp_path / "c"),
-        "--checkpoint",
-        str(ckpt),
-    )
+    code, err = _cli(capsys, "vit_tiny", "onnx", tmp_path / "c", "--checkpoint", str(ckpt))
     assert code == 7 and "is for model 'mobilenetv2', not 'vit_tiny'" in err and not (tmp_path / "c").exists()
 
 
@@ -473,48 +453,12 @@ def test_unsupported_op_for_tensorrt_names_op_node_profile(tmp_path):
 
 def test_cli_registry_model_onnx_end_to_end(tmp_path, capsys):
     out = tmp_path / "mnv2"
-    code = main(
-        [
-            "export",
-            "mobilenetv2",
-            "--target",
-            "onnx",
-            "--profile",
-            "host-cpu",
-            "-o",
-            str(out),
-            "--img-size",
-            "32",
-            "--precision",
-            "fp32",
-            "--n-inputs",
-            "4",
-            "--json",
-            str(tmp_path / "r.json"),
-        ]
-    )
-    assert code == 0, capsys.readouterr().err
+    small = ("--img-size", "32", "--precision", "fp32", "--n-inputs", "4")
+    code, err = _cli(capsys, "mobilenetv2", "onnx", out, *small, "--json", str(tmp_path / "r.json"))
+    assert code == 0, err
     rep = json.loads((out / "report.json").read_text())
     assert rep["passed"] and rep["node_counts"]["Conv"] > 10 and rep["inputs"][0]["shape"] == [1, 3, 32, 32]
     assert {p["runtime"] for p in rep["parity"]} == {"onnxruntime-noopt", "onnxruntime"}
     assert json.loads((tmp_path / "r.json").read_text())["model"] == "mobilenetv2"
-    code = main(
-        [
-            "export",
-            "mobilenetv2",
-            "--target",
-            "onnx",
-            "--profile",
-            "host-cpu",
-            "-o",
-            str(out),
-            "--img-size",
-            "32",
-            "--precision",
-            "fp32",
-            "--n-inputs",
-            "4",
-            "--force",
-        ]
-    )
-    assert code == 0
+    code, err = _cli(capsys, "mobilenetv2", "onnx", out, *small, "--force")
+    assert code == 0, err
