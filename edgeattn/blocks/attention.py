@@ -15,7 +15,18 @@ from torch import nn
 
 from edgeattn.approx import ApproxGELU, ApproxSoftmax
 
-__all__ = ["Attention", "Mlp"]
+__all__ = ["ATTENTION_QUANT_POINTS", "Attention", "Mlp", "add_quant_points"]
+
+# The quant points of an attention block, in forward order. ``logits_probe`` (the attention logits before the
+# softmax) is never quantized: EdgeQAT's distribution loss reads it.
+ATTENTION_QUANT_POINTS = ("in_quant", "q_quant", "k_quant", "v_quant", "logits_probe", "attn_quant", "proj_in_quant")
+
+
+def add_quant_points(block: nn.Module, names: tuple[str, ...] = ATTENTION_QUANT_POINTS) -> None:
+    """Give ``block`` one ``nn.Identity`` per name: identities in float, brevitas quantizers after
+    ``edgeattn.quant.quantize_model``, and a place for hooks to probe."""
+    for name in names:
+        block.add_module(name, nn.Identity())
 
 
 class Attention(nn.Module):
@@ -55,14 +66,7 @@ class Attention(nn.Module):
         self.softmax = ApproxSoftmax(method=softmax, dim=-1)
         self.attn_drop = nn.Dropout(attn_drop)
         self.proj_drop = nn.Dropout(proj_drop)
-        # Quant points: identities in float, brevitas quantizers after edgeattn.quant.quantize_model.
-        self.in_quant = nn.Identity()
-        self.q_quant = nn.Identity()
-        self.k_quant = nn.Identity()
-        self.v_quant = nn.Identity()
-        self.logits_probe = nn.Identity()  # never quantized; EdgeQAT's distribution loss reads it
-        self.attn_quant = nn.Identity()
-        self.proj_in_quant = nn.Identity()
+        add_quant_points(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, N, C) -> (B, N, C)."""

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgeattn.approx import ApproxGELU, ApproxSoftmax
+from edgeattn.blocks.attention import ATTENTION_QUANT_POINTS, add_quant_points
 from edgeattn.blocks.rep import MultiGroupConv1x1, RepConv, fuse_bn_into_linear, set_weight_bias
 
 __all__ = ["GMLP", "RLMHSA", "CFB", "HFBlock", "FMBlock", "usable_groups"]
@@ -96,14 +97,8 @@ class RLMHSA(nn.Module):
         self.kv = nn.Linear(dim, 2 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
         self.softmax = ApproxSoftmax(method=softmax, dim=-1)
-        self.in_quant = nn.Identity()
-        self.kv_in_quant = nn.Identity()  # pooled tokens: AveragePool's float output feeds the kv MatMul
-        self.q_quant = nn.Identity()
-        self.k_quant = nn.Identity()
-        self.v_quant = nn.Identity()
-        self.logits_probe = nn.Identity()
-        self.attn_quant = nn.Identity()
-        self.proj_in_quant = nn.Identity()
+        # kv_in_quant: the pooled tokens (AveragePool's float output feeds the kv MatMul)
+        add_quant_points(self, ("in_quant", "kv_in_quant", *ATTENTION_QUANT_POINTS[1:]))
         self.deployed = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

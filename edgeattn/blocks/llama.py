@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from edgeattn.approx import ApproxSoftmax
+from edgeattn.blocks.attention import add_quant_points
 
 __all__ = ["RMSNorm", "rope_tables", "apply_rope", "LlamaAttention", "SwiGLU", "LlamaBlock", "MASK_VALUE"]
 
@@ -73,13 +74,7 @@ class LlamaAttention(nn.Module):
         self.register_buffer("rope_sin", sin, persistent=False)
         causal = torch.triu(torch.full((seq_len, seq_len), MASK_VALUE), diagonal=1)
         self.register_buffer("causal_mask", causal, persistent=False)
-        self.in_quant = nn.Identity()
-        self.q_quant = nn.Identity()
-        self.k_quant = nn.Identity()
-        self.v_quant = nn.Identity()
-        self.logits_probe = nn.Identity()
-        self.attn_quant = nn.Identity()
-        self.proj_in_quant = nn.Identity()
+        add_quant_points(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, T, C) -> (B, T, C)."""
