@@ -21,6 +21,10 @@ summary then gives each loss's paired contribution and its effect on the attenti
 
     python benchmarks/qat.py --only vision --resume --fp-epochs 20 --bits w8a8,w4a8 --ablate w8a8,w4a8 \
         --seeds 0,1,2,3,4,5,6,7,8,9 --workdir /tmp/q/bench20
+
+More rows per seed: ``--grad-clip-rows w4a4`` (plain QAT and the default EdgeQAT with the gradient norm clipped),
+``--token-adaptive w4a8`` (the default EdgeQAT with token-adaptive bits) and ``--fp-finetune w8a8,w4a8`` (a control:
+the FP model fine-tuned, nothing quantized, with that setting's epochs and lr: what extra training alone gives).
 """
 
 from __future__ import annotations
@@ -41,11 +45,13 @@ QAT_SAMPLES: dict[str, int | None] = {}  # suite -> cap on QAT training samples 
 # the paper's recipe, all three losses; edgeattn's default drops the entropy loss (measured by the
 # ``edgeqat-no-entropy-*`` rows of ``--ablate``: docs/qat.md, "Ablations over ten seeds")
 EDGEQAT = {"kd": True, "entropy": True, "distribution": True}
+EDGEQAT_DEFAULT = {**EDGEQAT, "entropy": False}
 PLAIN = {"kd": False, "entropy": False, "distribution": False}
 # Per-setting EdgeQAT losses: at W4A4 the entropy loss cost 2.8 and 7.8 points in two paired runs (same FP model /
 # lr / epochs / threads), so the W4A4 EdgeQAT row runs without it and the all-losses run is kept as its own row.
-# The five-seed repetitions later showed the stalls come with the distribution loss; the ``w4a4`` preset of
-# edgeattn.quant.train is now KD only (rows ``edgeqat-w4a4-kd-only`` of the ``vision_fp20_seed*`` sections).
+# The five-seed repetitions later showed the stalls come with the distribution loss, and ten seeds that gradient
+# clipping ends them (``--grad-clip-rows w4a4``); the ``w4a4`` preset of edgeattn.quant.train is KD + distribution
+# with ``grad_clip`` 1.0.
 EDGEQAT_BY_BITS = {"w4a4": {**EDGEQAT, "entropy": False}}
 
 
@@ -111,11 +117,55 @@ def ablation_rows(ablate_bits: str, lr: float | None = None, token_adaptive: boo
     return rows
 
 
+def fp_finetune_row(bits: str, lr: float | None = None, prefix: str = "") -> dict[str, Any]:
+    """Control: the FP model fine-tuned with cross-entropy for the same epochs and lr as ``bits``' QAT rows, with
+    nothing quantized. It separates what QAT recovers from what the extra training alone gives."""
+    row = {"name": f"{prefix}fp-finetune-{bits}", "method": "FP32 fine-tuned (control)", "bits": bits}
+    return {**row, "losses": PLAIN, "float": True, **({"lr": lr} if lr is not None else {})}
+
+
+def grad_clip_rows(bits: str, clip: float, lr: float | None = None) -> list[dict[str, Any]]:
+    """Plain QAT and the default EdgeQAT (KD + distribution loss) with the gradient's global norm clipped."""
+    extra = {"grad_clip": clip, **({"lr": lr} if lr is not None else {})}
+    return [
+        {"name": f"qat-clip-{bits}", "method": "plain QAT, grad clip", "bits": bits, "losses": PLAIN, **extra},
+        {
+            "name": f"edgeqat-no-entropy-clip-{bits}",
+            "method": "EdgeQAT (default losses), grad clip",
+            "bits": bits,
+            "losses": EDGEQAT_DEFAULT,
+            **extra,
+        },
+    ]
+
+
+def token_adaptive_row(bits: str, lr: float | None = None) -> dict[str, Any]:
+    """edgeattn's default EdgeQAT (KD + distribution loss) with token-importance-aware bits on."""
+    return {
+        "name": f"edgeqat-no-entropy-token-adaptive-{bits}",
+        "method": "EdgeQAT (default losses) + token-adaptive bits",
+        "bits": bits,
+        "losses": EDGEQAT_DEFAULT,
+        "token_adaptive": True,
+        **({"lr": lr} if lr is not None else {}),
+    }
+
+
 def language_rows(bits_list: list[str]) -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = []
+    """Plain QAT, EdgeQAT with the paper's three losses and with edgeattn's default (no entropy loss), per
+    setting, and the FP fine-tuning control."""
+    rows: list[dict[str, Any]] = [fp_finetune_row("w8a8", prefix="lm-")]
     for bits in bits_list:
         rows.append({"name": f"lm-qat-{bits}", "method": "plain QAT", "bits": bits, "losses": PLAIN})
-        rows.append({"name": f"lm-edgeqat-{bits}", "method": "EdgeQAT", "bits": bits, "losses": EDGEQAT})
+        rows.append({"name": f"lm-edgeqat-{bits}", "method": "EdgeQAT (all losses)", "bits": bits, "losses": EDGEQAT})
+        rows.append(
+            {
+                "name": f"lm-edgeqat-no-entropy-{bits}",
+                "method": "EdgeQAT (default: entropy off)",
+                "bits": bits,
+                "losses": EDGEQAT_DEFAULT,
+            }
+        )
     return rows
 
 
@@ -129,8 +179,12 @@ def _row_config(
         cfg.update(skip_qat=True, calibration=row["ptq"])
     else:
         cfg.update(losses=row["losses"], token_adaptive=row.get("token_adaptive", False))
+        if row.get("float"):  # every module left in float: quantize_model keeps the FP model as it is
+            cfg["quant"] = {**cfg.get("quant", {}), "float_layers": ["*"]}
         if "lr" in row:
             cfg["lr"] = row["lr"]
+        if "grad_clip" in row:
+            cfg["grad_clip"] = row["grad_clip"]
     return TrainConfig.parse(cfg, row["name"])
 
 
@@ -181,18 +235,20 @@ def run_suite(
         if res.get("status") != "done":  # Ctrl-C / SIGTERM: a truncated row must not enter the table
             raise SystemExit(f"[{suite}] {row['name']} interrupted; rerun with --resume")
         value = res["ptq"] if "ptq" in row else res["qat"]
+        is_float = row.get("float", False)
         done[row["name"]] = {
             "method": row["method"],
-            "bits": row["bits"],
+            "bits": "fp32" if is_float else row["bits"],
             "value": value,
-            "ptq_value": res["ptq"],
+            "ptq_value": None if is_float else res["ptq"],
             "attn_kl": res["attn_kl_ptq"] if "ptq" in row else res["attn_kl_qat"],
-            "weight_bits": res["quant_config"]["weight_bits"],
-            "act_bits": res["quant_config"]["act_bits"],
+            "weight_bits": None if is_float else res["quant_config"]["weight_bits"],
+            "act_bits": None if is_float else res["quant_config"]["act_bits"],
             "history": res.get("history", []),
             "losses": None if "ptq" in row else row["losses"],
             "lr": None if "ptq" in row else cfg.lr,
             "epochs": None if "ptq" in row else cfg.epochs,
+            "grad_clip": None if "ptq" in row else cfg.grad_clip,
             "seconds": time.perf_counter() - t0,
         }
         if "ptq" not in row and row["method"] == "plain QAT":
@@ -344,6 +400,12 @@ def _seed_summary(payload: dict[str, Any], ref: dict[str, Any]) -> None:
         "edgeqat": lambda rows, sec, bits: rows.get(f"edgeqat-{bits}", {}).get("value"),
         "edgeqat_all_losses": lambda rows, sec, bits: rows.get(f"edgeqat-all-losses-{bits}", {}).get("value"),
         "edgeqat_no_entropy": lambda rows, sec, bits: rows.get(f"edgeqat-no-entropy-{bits}", {}).get("value"),
+        "edgeqat_token_adaptive": lambda rows, sec, bits: rows.get(
+            f"edgeqat-no-entropy-token-adaptive-{bits}", {}
+        ).get("value"),
+        "fp_finetune": lambda rows, sec, bits: rows.get(f"fp-finetune-{bits}", {}).get("value"),
+        "plain_qat_clip": lambda rows, sec, bits: rows.get(f"qat-clip-{bits}", {}).get("value"),
+        "edgeqat_clip": lambda rows, sec, bits: rows.get(f"edgeqat-no-entropy-clip-{bits}", {}).get("value"),
     }
     summary: dict[str, Any] = {"seeds": list(sections), "config": ref}
     for bits in ("w8a8", "w4a8", "w4a4"):
@@ -363,7 +425,21 @@ def _seed_summary(payload: dict[str, Any], ref: dict[str, Any]) -> None:
                     "n": len(vals),
                     "by_seed": by_seed,
                 }
-        pairs = [(m, o) for m in ("edgeqat", "edgeqat_no_entropy") for o in ("fp32", "ptq_best", "plain_qat")]
+        pairs = [
+            (m, o)
+            for m in ("edgeqat", "edgeqat_no_entropy")
+            for o in ("fp32", "ptq_best", "plain_qat", "fp_finetune")
+        ]
+        pairs += [
+            ("ptq_best", "fp32"),
+            ("plain_qat", "fp_finetune"),
+            ("fp_finetune", "fp32"),
+            ("edgeqat_token_adaptive", "edgeqat_no_entropy"),
+            ("edgeqat_clip", "plain_qat_clip"),
+            ("edgeqat_clip", "ptq_best"),
+            ("edgeqat_clip", "edgeqat"),
+            ("plain_qat_clip", "plain_qat"),
+        ]
         for method, other in pairs:
             common = sorted(set(values[method]) & set(values[other]))
             if common:
@@ -403,6 +479,22 @@ def main() -> None:
         help="with --seeds: also run EdgeQAT with each loss off at these comma-separated bit settings",
     )
     ap.add_argument(
+        "--token-adaptive",
+        default="",
+        help="with --seeds: also run the default EdgeQAT with token-adaptive bits at these bit settings",
+    )
+    ap.add_argument(
+        "--fp-finetune",
+        default="",
+        help="with --seeds: also fine-tune the FP model (nothing quantized) with each setting's epochs and lr",
+    )
+    ap.add_argument(
+        "--grad-clip-rows",
+        default="",
+        help="with --seeds: also run plain QAT and the default EdgeQAT with --grad-clip at these bit settings",
+    )
+    ap.add_argument("--grad-clip", type=float, default=1.0, help="the global gradient-norm clip of those rows")
+    ap.add_argument(
         "--seeds",
         default="",
         help="comma-separated seeds: run only the vision table (no ablations, no language), once per seed",
@@ -425,6 +517,9 @@ def main() -> None:
     work = Path(args.workdir or tempfile.mkdtemp(prefix="edgeattn-qat-bench-"))
     QAT_SAMPLES.update(vision=args.qat_train_samples, language=args.qat_train_samples)
     seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
+
+    def lr_of(bits: str) -> float:
+        return args.lr_w8a8 if bits == "w8a8" else args.lr
     if args.only in (None, "vision"):
         base = {
             "model": "fmvit_t",
@@ -452,7 +547,10 @@ def main() -> None:
                 for bits in args.ablate.split(",")
                 if bits
                 for row in ablation_rows(bits, args.lr_w8a8 if bits == "w8a8" else None, token_adaptive=False)
-            ],
+            ]
+            + [token_adaptive_row(b, lr_of(b)) for b in args.token_adaptive.split(",") if b]
+            + [fp_finetune_row(b, lr_of(b)) for b in args.fp_finetune.split(",") if b]
+            + [r for b in args.grad_clip_rows.split(",") if b for r in grad_clip_rows(b, args.grad_clip, lr_of(b))],
             payload,
             out,
             work,

@@ -243,9 +243,43 @@ def test_low_bit_presets_set_bits_epochs_lr_and_flags_still_win(tmp_path):
     cfg = T.build_config(preset="w4a8")
     assert (cfg.bits, cfg.epochs, cfg.lr) == ("w4a8", 6, 5e-4)
     w4a4 = T.preset_config("w4a4")
-    assert (w4a4.bits, w4a4.losses.entropy, w4a4.losses.kd, w4a4.losses.distribution) == ("w4a4", False, True, False)
+    assert (w4a4.bits, w4a4.grad_clip, w4a4.losses.entropy, w4a4.losses.kd, w4a4.losses.distribution) == (
+        "w4a4",
+        1.0,
+        False,
+        True,
+        True,
+    )
     (tmp_path / "run.yaml").write_text("epochs: 3\n")
     cfg = T.build_config(config_file=str(tmp_path / "run.yaml"), preset="w4a4", lr=2e-4)
     assert (cfg.bits, cfg.epochs, cfg.lr) == ("w4a4", 3, 2e-4)
     # the W8A8 default is unchanged
     assert (T.TrainConfig().epochs, T.TrainConfig().lr) == (2, 1e-4)
+
+
+def test_grad_clip_bounds_every_step_norm(tmp_path, monkeypatch):
+    """With ``grad_clip`` the global gradient norm the optimizer sees never exceeds it; without, it does."""
+    seen: dict[str, list[float]] = {}
+    step = torch.optim.AdamW.step
+
+    def recording_step(self, *args, **kwargs):
+        grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
+        seen.setdefault(run_name, []).append(float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))))
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", recording_step)
+    for run_name, clip in (("free", None), ("clipped", 1e-3)):
+        T.run(tiny_cfg(tmp_path / run_name, fp_epochs=0, epochs=1, grad_clip=clip), progress=False)
+    assert len(seen["clipped"]) == len(seen["free"]) == 4  # 128 samples / batch 32, QAT only (no FP epochs)
+    assert max(seen["clipped"]) <= 1e-3 * (1 + 1e-5)
+    assert min(seen["free"]) > 1e-2
+
+
+def test_float_control_quantizes_nothing(tmp_path):
+    """``quant.float_layers: ['*']`` (the benchmark's FP fine-tuning control) leaves every module in float: the
+    'PTQ' model is the FP model exactly, and fine-tuning it changes its accuracy only by training."""
+    res = T.run(tiny_cfg(tmp_path / "f", epochs=1, quant={"float_layers": ["*"]}), progress=False)
+    assert res["ptq"] == res["fp32"]
+    assert res["attn_kl_ptq"] == pytest.approx(0.0, abs=1e-12)
+    model, _ = load_checkpoint(tmp_path / "f" / "model.pt")
+    assert not [n for n, m in model.named_modules() if type(m).__module__.startswith("brevitas")]
