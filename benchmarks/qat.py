@@ -23,8 +23,9 @@ summary then gives each loss's paired contribution and its effect on the attenti
         --seeds 0,1,2,3,4,5,6,7,8,9 --workdir /tmp/q/bench20
 
 More rows per seed: ``--grad-clip-rows w4a4`` (plain QAT and the default EdgeQAT with the gradient norm clipped),
-``--token-adaptive w4a8`` (the default EdgeQAT with token-adaptive bits) and ``--fp-finetune w8a8,w4a8`` (a control:
-the FP model fine-tuned, nothing quantized, with that setting's epochs and lr: what extra training alone gives).
+``--token-adaptive w4a8`` (the default EdgeQAT with token-adaptive bits), ``--fp-finetune w8a8,w4a8`` (a control:
+the FP model fine-tuned, nothing quantized, with that setting's epochs and lr: what extra training alone gives) and
+``--mse-rows w8a8,w4a8,w4a4`` (PTQ with MSE-initialised weight scales).
 """
 
 from __future__ import annotations
@@ -139,6 +140,20 @@ def grad_clip_rows(bits: str, clip: float, lr: float | None = None) -> list[dict
     ]
 
 
+def mse_ptq_rows(bits: str) -> list[dict[str, Any]]:
+    """PTQ (min-max and percentile) with the weight scales initialised by brevitas' MSE search, not abs-max."""
+    return [
+        {
+            "name": f"ptq-{cal}-mse-{bits}",
+            "method": f"PTQ ({cal}), MSE weight scales",
+            "bits": bits,
+            "ptq": cal,
+            "quant": {"weight_scale_init": "mse"},
+        }
+        for cal in ("minmax", "percentile")
+    ]
+
+
 def token_adaptive_row(bits: str, lr: float | None = None) -> dict[str, Any]:
     """edgeattn's default EdgeQAT (KD + distribution loss) with token-importance-aware bits on."""
     return {
@@ -175,6 +190,8 @@ def _row_config(
     cfg = {**base, "fp_checkpoint": fp_ckpt, "bits": row["bits"], "output_dir": out}
     if qat_samples:  # fine-tuning sees the first qat_samples training samples (the FP model saw them all)
         cfg["max_train_samples"] = min(qat_samples, cfg.get("max_train_samples") or qat_samples)
+    if "quant" in row:
+        cfg["quant"] = {**cfg.get("quant", {}), **row["quant"]}
     if "ptq" in row:
         cfg.update(skip_qat=True, calibration=row["ptq"])
     else:
@@ -406,6 +423,10 @@ def _seed_summary(payload: dict[str, Any], ref: dict[str, Any]) -> None:
         "fp_finetune": lambda rows, sec, bits: rows.get(f"fp-finetune-{bits}", {}).get("value"),
         "plain_qat_clip": lambda rows, sec, bits: rows.get(f"qat-clip-{bits}", {}).get("value"),
         "edgeqat_clip": lambda rows, sec, bits: rows.get(f"edgeqat-no-entropy-clip-{bits}", {}).get("value"),
+        "ptq_best_mse": lambda rows, sec, bits: max(
+            (rows[k]["value"] for k in (f"ptq-minmax-mse-{bits}", f"ptq-percentile-mse-{bits}") if k in rows),
+            default=None,
+        ),
     }
     summary: dict[str, Any] = {"seeds": list(sections), "config": ref}
     for bits in ("w8a8", "w4a8", "w4a4"):
@@ -439,6 +460,7 @@ def _seed_summary(payload: dict[str, Any], ref: dict[str, Any]) -> None:
             ("edgeqat_clip", "ptq_best"),
             ("edgeqat_clip", "edgeqat"),
             ("plain_qat_clip", "plain_qat"),
+            ("ptq_best_mse", "ptq_best"),
         ]
         for method, other in pairs:
             common = sorted(set(values[method]) & set(values[other]))
@@ -492,6 +514,11 @@ def main() -> None:
         "--grad-clip-rows",
         default="",
         help="with --seeds: also run plain QAT and the default EdgeQAT with --grad-clip at these bit settings",
+    )
+    ap.add_argument(
+        "--mse-rows",
+        default="",
+        help="with --seeds: also run PTQ with MSE-initialised weight scales at these bit settings",
     )
     ap.add_argument("--grad-clip", type=float, default=1.0, help="the global gradient-norm clip of those rows")
     ap.add_argument(
@@ -550,7 +577,8 @@ def main() -> None:
             ]
             + [token_adaptive_row(b, lr_of(b)) for b in args.token_adaptive.split(",") if b]
             + [fp_finetune_row(b, lr_of(b)) for b in args.fp_finetune.split(",") if b]
-            + [r for b in args.grad_clip_rows.split(",") if b for r in grad_clip_rows(b, args.grad_clip, lr_of(b))],
+            + [r for b in args.grad_clip_rows.split(",") if b for r in grad_clip_rows(b, args.grad_clip, lr_of(b))]
+            + [r for b in args.mse_rows.split(",") if b for r in mse_ptq_rows(b)],
             payload,
             out,
             work,

@@ -22,6 +22,7 @@ MAX_BITS = 16
 
 Preset = Literal["tensorrt", "openvino", "coreml", "fpga", "generic"]
 Calibration = Literal["percentile", "minmax"]
+WeightScaleInit = Literal["absmax", "mse"]
 Importance = Literal["auto", "first", "mean"]
 
 _BITS_RE = re.compile(r"^w(\d+)a(\d+)$")
@@ -65,6 +66,9 @@ class QuantConfig(BaseModel):
     softmax_bits: int | None = Field(None, description="softmax-output bit width (default: act_bits)")
     low_act_bits: int = Field(4, description="bits of low-importance tokens (token-adaptive bits)")
     weight_per_channel: bool = Field(True, description="per-output-channel weight scales (axis 0)")
+    weight_scale_init: WeightScaleInit = Field(
+        "absmax", description="initial weight scale: abs-max, or the MSE-optimal clip (brevitas' MSE grid search)"
+    )
     act_signed: bool = Field(True, description="signed activations with zero point 0 (else asymmetric LSQ+)")
     softmax_signed: bool = Field(True, description="signed softmax-output quantizer (TensorRT needs it)")
     bias: Literal["float"] = Field("float", description="bias stays float in the graph (TensorRT-friendly)")

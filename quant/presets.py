@@ -4,7 +4,8 @@ Every quantizer here is one of brevitas' own injector classes specialised with `
 
 * weights: ``Int8WeightPerChannelFloat`` (per-tensor: ``Int8WeightPerTensorFloat``) switched to
   ``scaling_impl_type="parameter_from_stats"``: symmetric, narrow range, a learned scale initialised from the
-  weights' abs-max (LSQ-style), per output channel on axis 0;
+  weights' abs-max (LSQ-style), per output channel on axis 0; with ``weight_scale_init="mse"`` the ``...MSE``
+  variants, whose learned scale starts at the clip that minimises the weights' quantization MSE;
 * activations: ``Int8ActPerTensorFloat`` (signed, zero point 0, learned scale initialised from runtime statistics);
   unsigned activations use ``ShiftedUint8ActPerTensorFloat`` (learned scale *and* zero point, LSQ+);
 * softmax output: the signed activation quantizer (TensorRT rejects unsigned inside a graph) initialised from
@@ -28,8 +29,11 @@ from brevitas.quant import (
     Int8ActPerTensorFixedPoint,
     Int8ActPerTensorFloat,
     Int8WeightPerChannelFloat,
+    Int8WeightPerChannelFloatMSE,
     Int8WeightPerTensorFixedPoint,
+    Int8WeightPerTensorFixedPointMSE,
     Int8WeightPerTensorFloat,
+    Int8WeightPerTensorFloatMSE,
     ShiftedUint8ActPerTensorFloat,
     Uint8ActPerTensorFloat,
 )
@@ -42,12 +46,13 @@ COLLECT_STATS_STEPS = 30
 
 def weight_quant(config: QuantConfig, bits: int) -> Any:
     """Weight quantizer (a brevitas injector) for ``bits``-bit weights under ``config``'s preset."""
+    mse = config.weight_scale_init == "mse"
     if config.preset == "fpga":
-        base = Int8WeightPerTensorFixedPoint
+        base = Int8WeightPerTensorFixedPointMSE if mse else Int8WeightPerTensorFixedPoint
     elif config.weight_per_channel:
-        base = Int8WeightPerChannelFloat
+        base = Int8WeightPerChannelFloatMSE if mse else Int8WeightPerChannelFloat
     else:
-        base = Int8WeightPerTensorFloat
+        base = Int8WeightPerTensorFloatMSE if mse else Int8WeightPerTensorFloat
     return base.let(bit_width=bits, scaling_impl_type=ScalingImplType.PARAMETER_FROM_STATS)
 
 

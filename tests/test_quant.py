@@ -136,6 +136,47 @@ def test_weight_fake_quant_matches_hand_computed_lsq_init():
     assert any("scaling_impl.value" in n for n, _ in q.named_parameters())
 
 
+def _channel_mse(w: np.ndarray, scale: np.ndarray, qmax: int) -> np.ndarray:
+    """Per-row mean squared error of symmetric narrow-range quantization of ``w`` with ``scale`` (float64)."""
+    return ((np.clip(np.round(w / scale), -qmax, qmax) * scale - w) ** 2).mean(axis=1)
+
+
+def test_mse_weight_scale_init_beats_absmax_and_is_near_the_grid_optimum():
+    """``weight_scale_init='mse'`` (brevitas' MSE grid search) against a float64 search over 400 clip ratios."""
+    torch.manual_seed(3)
+    lin = nn.Linear(64, 8)
+    with torch.no_grad():  # heavy-tailed rows: one outlier per row makes abs-max a poor 4-bit clip
+        lin.weight[:, 0] *= 8.0
+    w = lin.weight.detach().double().numpy()
+    qmax = 7  # 4 bits, narrow range
+    absmax = np.abs(w).max(axis=1, keepdims=True)
+    q = quantize_model(nn.Sequential(lin), {"weight_bits": 4, "weight_scale_init": "mse"})[0]
+    mse_scale = q.quant_weight().scale.detach().double().numpy()
+    assert mse_scale.shape == (8, 1)
+    ratios = np.linspace(0.05, 1.0, 400)
+    grid = np.stack([_channel_mse(w, absmax * r / qmax, qmax) for r in ratios], axis=1)  # (rows, ratios)
+    best = grid.min(axis=1)
+    ours = _channel_mse(w, mse_scale, qmax)
+    at_absmax = _channel_mse(w, absmax / qmax, qmax)
+    assert (ours < at_absmax).all()  # a tighter clip than abs-max in every row
+    assert (ours <= best * 1.10).all(), (ours / best).max()  # and within 10% of the grid's optimum
+    assert (mse_scale < absmax / qmax).all()
+    # the MSE scale is still a learned parameter, and a checkpoint keeps it exactly
+    assert any("scaling_impl.value" in n for n, _ in q.named_parameters())
+
+
+def test_mse_weight_init_checkpoint_roundtrip(tmp_path):
+    model = tiny_vit()
+    cfg = QuantConfig.parse({"weight_bits": 4, "weight_scale_init": "mse"})
+    q = ptq(model, cfg, [torch.randn(8, 3, 16, 16)])
+    path = save_checkpoint(tmp_path / "q.pt", q, {"model": "vit_tiny", "model_kwargs": TINY_VIT, "quant": cfg})
+    loaded, meta = load_checkpoint(path)
+    assert meta["quant"]["weight_scale_init"] == "mse"
+    x = torch.randn(4, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), q(x), rtol=0, atol=0)
+
+
 def test_per_tensor_weights_when_the_profile_says_so():
     q = quantize_model(nn.Sequential(nn.Linear(8, 4)), {"weight_per_channel": False})[0]
     assert q.quant_weight().scale.numel() == 1
