@@ -547,6 +547,7 @@ def main() -> None:
 
     def lr_of(bits: str) -> float:
         return args.lr_w8a8 if bits == "w8a8" else args.lr
+
     if args.only in (None, "vision"):
         base = {
             "model": "fmvit_t",
