@@ -25,7 +25,8 @@ summary then gives each loss's paired contribution and its effect on the attenti
 More rows per seed: ``--grad-clip-rows w4a4`` (plain QAT and the default EdgeQAT with the gradient norm clipped),
 ``--token-adaptive w4a8`` (the default EdgeQAT with token-adaptive bits), ``--fp-finetune w8a8,w4a8`` (a control:
 the FP model fine-tuned, nothing quantized, with that setting's epochs and lr: what extra training alone gives) and
-``--mse-rows w8a8,w4a8,w4a4`` (PTQ with MSE-initialised weight scales).
+``--mse-rows w8a8,w4a8,w4a4`` (PTQ with MSE-initialised weight scales). ``--only language --lm-seeds 0,1,2``
+repeats the language table per seed (``language_seed<N>``, summary in ``language_seed_summary``).
 """
 
 from __future__ import annotations
@@ -476,6 +477,44 @@ def _seed_summary(payload: dict[str, Any], ref: dict[str, Any]) -> None:
     payload["seed_summary"][f"fp_epochs_{ref['fp_epochs']}"] = summary
 
 
+def _language_seed_summary(payload: dict[str, Any]) -> None:
+    """Mean perplexity per method over the language sections (``language`` = seed 0, ``language_seed<N>``) and
+    the paired per-seed differences of the default EdgeQAT (lower perplexity is better, so a 'win' is a drop)."""
+    sections = {0: payload["language"]} if "language" in payload else {}
+    sections.update(
+        {int(k.rsplit("seed", 1)[1]): v for k, v in payload.items() if k.startswith("language_seed")}
+    )
+    if len(sections) < 2:
+        return
+    summary: dict[str, Any] = {"seeds": sorted(sections)}
+    for bits in ("w8a8", "w4a8"):
+        # method -> (row, field); the FP32 figure is the section's own
+        where = {
+            "ptq": (f"lm-qat-{bits}", "ptq_value"),
+            "plain_qat": (f"lm-qat-{bits}", "value"),
+            "fp_finetune": ("lm-fp-finetune-w8a8", "value"),
+            "edgeqat_all_losses": (f"lm-edgeqat-{bits}", "value"),
+            "edgeqat_default": (f"lm-edgeqat-no-entropy-{bits}", "value"),
+        }
+        values: dict[str, dict[int, float]] = {"fp32": {s: sec["fp32"] for s, sec in sections.items() if "fp32" in sec}}
+        for m, (row, field) in where.items():
+            values[m] = {s: sec["rows"][row][field] for s, sec in sections.items() if row in sec["rows"]}
+        entry: dict[str, Any] = {
+            m: {"mean": statistics.fmean(v.values()), "n": len(v), "by_seed": v} for m, v in values.items() if v
+        }
+        for other in ("fp32", "ptq", "plain_qat", "edgeqat_all_losses"):
+            common = sorted(set(values["edgeqat_default"]) & set(values[other]))
+            if common:  # other minus default: positive = the default's perplexity is lower
+                diffs = [values[other][s] - values["edgeqat_default"][s] for s in common]
+                entry[f"{other}_minus_edgeqat_default_ppl"] = _paired_stats(diffs)
+        common = sorted(set(values["edgeqat_default"]) & set(values["fp32"]))
+        entry["edgeqat_default_ppl_increase_pct_max"] = max(
+            (100.0 * (values["edgeqat_default"][s] / values["fp32"][s] - 1.0) for s in common), default=None
+        )
+        summary[bits] = entry
+    payload["language_seed_summary"] = summary
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default="benchmarks/qat.json")
@@ -520,6 +559,11 @@ def main() -> None:
         default="",
         help="with --seeds: also run PTQ with MSE-initialised weight scales at these bit settings",
     )
+    ap.add_argument(
+        "--lm-seeds",
+        default="",
+        help="with --only language: run the language table once per seed (init and data order; seed 0 = 'language')",
+    )
     ap.add_argument("--grad-clip", type=float, default=1.0, help="the global gradient-norm clip of those rows")
     ap.add_argument(
         "--seeds",
@@ -540,10 +584,12 @@ def main() -> None:
     command = "python benchmarks/qat.py " + " ".join(
         f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v not in (None, False, "") and k != "resume"
     )
-    payload["seeds_command" if args.seeds else "command"] = command
+    # each mode keeps its own command line, so a later run of another mode does not overwrite it
+    payload["seeds_command" if args.seeds else "lm_seeds_command" if args.lm_seeds else "command"] = command
     work = Path(args.workdir or tempfile.mkdtemp(prefix="edgeattn-qat-bench-"))
     QAT_SAMPLES.update(vision=args.qat_train_samples, language=args.qat_train_samples)
     seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
+    lm_seeds = [int(x) for x in args.lm_seeds.split(",") if x.strip()]
 
     def lr_of(bits: str) -> float:
         return args.lr_w8a8 if bits == "w8a8" else args.lr
@@ -605,7 +651,13 @@ def main() -> None:
             "corpus_bytes": 300_000,
             "num_threads": args.threads,
         }
-        run_suite("language", base, language_rows(["w8a8", "w4a8"]), payload, out, work)
+        for seed in lm_seeds or [0]:  # seed 0 is the main ``language`` section
+            suite = f"language_seed{seed}" if seed else "language"
+            run_suite(suite, {**base, "seed": seed}, language_rows(["w8a8", "w4a8"]), payload, out, work)
+        _language_seed_summary(payload)
+        if lm_seeds:
+            _save(out, payload)
+            return
     if args.only in (None, "vision"):  # ablations last: the main table first if time runs short
         run_suite("vision", vis_base, ablation_rows("w4a8"), payload, out, work)
     _summarise(payload)
