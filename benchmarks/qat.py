@@ -54,7 +54,14 @@ PLAIN = {"kd": False, "entropy": False, "distribution": False}
 # The five-seed repetitions later showed the stalls come with the distribution loss, and ten seeds that gradient
 # clipping ends them (``--grad-clip-rows w4a4``); the ``w4a4`` preset of edgeattn.quant.train is KD + distribution
 # with ``grad_clip`` 1.0.
-EDGEQAT_BY_BITS = {"w4a4": {**EDGEQAT, "entropy": False}}
+EDGEQAT_BY_BITS = {"w4a4": EDGEQAT_DEFAULT}
+# quant-config update of the FP fine-tuning control: every module left in float (quantize_model changes nothing)
+FLOAT_EVERYTHING = {"float_layers": ["*"]}
+
+
+def _lr_key(lr: float | None) -> dict[str, float]:
+    """A row's ``lr`` entry: empty for the suite's own lr."""
+    return {"lr": lr} if lr is not None else {}
 
 
 def vision_rows(bits_list: list[str], lr_by_bits: dict[str, float] | None = None) -> list[dict[str, Any]]:
@@ -93,7 +100,7 @@ def vision_rows(bits_list: list[str], lr_by_bits: dict[str, float] | None = None
 
 def ablation_rows(ablate_bits: str, lr: float | None = None, token_adaptive: bool = True) -> list[dict[str, Any]]:
     """EdgeQAT with each loss off in turn (and, with ``token_adaptive``, with token-adaptive bits on)."""
-    lr_row = {"lr": lr} if lr is not None else {}
+    lr_row = _lr_key(lr)
     rows: list[dict[str, Any]] = []
     for off in ("kd", "entropy", "distribution"):
         rows.append(
@@ -123,12 +130,12 @@ def fp_finetune_row(bits: str, lr: float | None = None, prefix: str = "") -> dic
     """Control: the FP model fine-tuned with cross-entropy for the same epochs and lr as ``bits``' QAT rows, with
     nothing quantized. It separates what QAT recovers from what the extra training alone gives."""
     row = {"name": f"{prefix}fp-finetune-{bits}", "method": "FP32 fine-tuned (control)", "bits": bits}
-    return {**row, "losses": PLAIN, "float": True, **({"lr": lr} if lr is not None else {})}
+    return {**row, "losses": PLAIN, "quant": FLOAT_EVERYTHING, **_lr_key(lr)}
 
 
 def grad_clip_rows(bits: str, clip: float, lr: float | None = None) -> list[dict[str, Any]]:
     """Plain QAT and the default EdgeQAT (KD + distribution loss) with the gradient's global norm clipped."""
-    extra = {"grad_clip": clip, **({"lr": lr} if lr is not None else {})}
+    extra = {"grad_clip": clip, **_lr_key(lr)}
     return [
         {"name": f"qat-clip-{bits}", "method": "plain QAT, grad clip", "bits": bits, "losses": PLAIN, **extra},
         {
@@ -163,7 +170,7 @@ def token_adaptive_row(bits: str, lr: float | None = None) -> dict[str, Any]:
         "bits": bits,
         "losses": EDGEQAT_DEFAULT,
         "token_adaptive": True,
-        **({"lr": lr} if lr is not None else {}),
+        **_lr_key(lr),
     }
 
 
@@ -197,8 +204,6 @@ def _row_config(
         cfg.update(skip_qat=True, calibration=row["ptq"])
     else:
         cfg.update(losses=row["losses"], token_adaptive=row.get("token_adaptive", False))
-        if row.get("float"):  # every module left in float: quantize_model keeps the FP model as it is
-            cfg["quant"] = {**cfg.get("quant", {}), "float_layers": ["*"]}
         if "lr" in row:
             cfg["lr"] = row["lr"]
         if "grad_clip" in row:
@@ -253,7 +258,7 @@ def run_suite(
         if res.get("status") != "done":  # Ctrl-C / SIGTERM: a truncated row must not enter the table
             raise SystemExit(f"[{suite}] {row['name']} interrupted; rerun with --resume")
         value = res["ptq"] if "ptq" in row else res["qat"]
-        is_float = row.get("float", False)
+        is_float = row.get("quant") == FLOAT_EVERYTHING
         done[row["name"]] = {
             "method": row["method"],
             "bits": "fp32" if is_float else row["bits"],
@@ -403,6 +408,23 @@ def _ablation_summary(sections: dict[int, dict[str, Any]], bits: str) -> dict[st
     return out
 
 
+def _best_ptq(rows: dict[str, Any], bits: str, variant: str = "") -> float | None:
+    """The better of the min-max and percentile PTQ rows of ``bits`` (``variant`` e.g. ``"mse-"``), if any ran."""
+    names = (f"ptq-minmax-{variant}{bits}", f"ptq-percentile-{variant}{bits}")
+    return max((rows[k]["value"] for k in names if k in rows), default=None)
+
+
+def _method_stats(by_seed: dict[int, float]) -> dict[str, Any]:
+    """Mean, spread and count of one method's per-seed values (kept alongside them)."""
+    vals = list(by_seed.values())
+    return {
+        "mean": statistics.fmean(vals),
+        "std": statistics.stdev(vals) if len(vals) > 1 else 0.0,
+        "n": len(vals),
+        "by_seed": by_seed,
+    }
+
+
 def _seed_summary(payload: dict[str, Any], ref: dict[str, Any]) -> None:
     """Mean, spread and paired per-seed differences of the vision methods over every seed run with ``ref``'s
     settings, in ``payload["seed_summary"]["fp_epochs_<N>"]``."""
@@ -411,9 +433,7 @@ def _seed_summary(payload: dict[str, Any], ref: dict[str, Any]) -> None:
         return
     methods = {
         "fp32": lambda rows, sec, bits: sec.get("fp32"),
-        "ptq_best": lambda rows, sec, bits: max(
-            (rows[k]["value"] for k in (f"ptq-minmax-{bits}", f"ptq-percentile-{bits}") if k in rows), default=None
-        ),
+        "ptq_best": lambda rows, sec, bits: _best_ptq(rows, bits),
         "plain_qat": lambda rows, sec, bits: rows.get(f"qat-{bits}", {}).get("value"),
         "edgeqat": lambda rows, sec, bits: rows.get(f"edgeqat-{bits}", {}).get("value"),
         "edgeqat_all_losses": lambda rows, sec, bits: rows.get(f"edgeqat-all-losses-{bits}", {}).get("value"),
@@ -424,10 +444,7 @@ def _seed_summary(payload: dict[str, Any], ref: dict[str, Any]) -> None:
         "fp_finetune": lambda rows, sec, bits: rows.get(f"fp-finetune-{bits}", {}).get("value"),
         "plain_qat_clip": lambda rows, sec, bits: rows.get(f"qat-clip-{bits}", {}).get("value"),
         "edgeqat_clip": lambda rows, sec, bits: rows.get(f"edgeqat-no-entropy-clip-{bits}", {}).get("value"),
-        "ptq_best_mse": lambda rows, sec, bits: max(
-            (rows[k]["value"] for k in (f"ptq-minmax-mse-{bits}", f"ptq-percentile-mse-{bits}") if k in rows),
-            default=None,
-        ),
+        "ptq_best_mse": lambda rows, sec, bits: _best_ptq(rows, bits, "mse-"),
     }
     summary: dict[str, Any] = {"seeds": list(sections), "config": ref}
     for bits in ("w8a8", "w4a8", "w4a4"):
@@ -437,16 +454,7 @@ def _seed_summary(payload: dict[str, Any], ref: dict[str, Any]) -> None:
                 v = get(sec["rows"], sec, bits)
                 if v is not None:
                     values[m][seed] = v
-        entry: dict[str, Any] = {}
-        for m, by_seed in values.items():
-            if by_seed:
-                vals = list(by_seed.values())
-                entry[m] = {
-                    "mean": statistics.fmean(vals),
-                    "std": statistics.stdev(vals) if len(vals) > 1 else 0.0,
-                    "n": len(vals),
-                    "by_seed": by_seed,
-                }
+        entry: dict[str, Any] = {m: _method_stats(by_seed) for m, by_seed in values.items() if by_seed}
         pairs = [
             (m, o)
             for m in ("edgeqat", "edgeqat_no_entropy")
@@ -481,9 +489,10 @@ def _language_seed_summary(payload: dict[str, Any]) -> None:
     """Mean perplexity per method over the language sections (``language`` = seed 0, ``language_seed<N>``) and
     the paired per-seed differences of the default EdgeQAT (lower perplexity is better, so a 'win' is a drop)."""
     sections = {0: payload["language"]} if "language" in payload else {}
-    sections.update(
-        {int(k.rsplit("seed", 1)[1]): v for k, v in payload.items() if k.startswith("language_seed")}
-    )
+    prefix = "language_seed"
+    for key, section in payload.items():
+        if key.startswith(prefix) and key[len(prefix) :].isdigit():  # language_seed<N>, not ..._summary
+            sections[int(key[len(prefix) :])] = section
     if len(sections) < 2:
         return
     summary: dict[str, Any] = {"seeds": sorted(sections)}
@@ -499,9 +508,7 @@ def _language_seed_summary(payload: dict[str, Any]) -> None:
         values: dict[str, dict[int, float]] = {"fp32": {s: sec["fp32"] for s, sec in sections.items() if "fp32" in sec}}
         for m, (row, field) in where.items():
             values[m] = {s: sec["rows"][row][field] for s, sec in sections.items() if row in sec["rows"]}
-        entry: dict[str, Any] = {
-            m: {"mean": statistics.fmean(v.values()), "n": len(v), "by_seed": v} for m, v in values.items() if v
-        }
+        entry: dict[str, Any] = {m: _method_stats(by_seed) for m, by_seed in values.items() if by_seed}
         for other in ("fp32", "ptq", "plain_qat", "edgeqat_all_losses"):
             common = sorted(set(values["edgeqat_default"]) & set(values[other]))
             if common:  # other minus default: positive = the default's perplexity is lower
@@ -620,7 +627,7 @@ def main() -> None:
                 row
                 for bits in args.ablate.split(",")
                 if bits
-                for row in ablation_rows(bits, args.lr_w8a8 if bits == "w8a8" else None, token_adaptive=False)
+                for row in ablation_rows(bits, lr_of(bits), token_adaptive=False)
             ]
             + [token_adaptive_row(b, lr_of(b)) for b in args.token_adaptive.split(",") if b]
             + [fp_finetune_row(b, lr_of(b)) for b in args.fp_finetune.split(",") if b]
