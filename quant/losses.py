@@ -7,7 +7,9 @@
   ``logits_probe``) with the full-precision teacher's by cosine similarity, with the sign that *increases*
   similarity: ``-log(mean cos)``. (``-log sum cos`` differs from it by the constant ``log(count)``, so the gradients
   are the same; the mean keeps the value readable. The authors' public code has the sign reversed.) Below a mean
-  cosine of 0.05 the loss continues linearly (log is undefined at <= 0), so it always pushes similarity up.
+  cosine of 0.05 the loss continues linearly (log is undefined at <= 0), so it always pushes similarity up. A
+  student row's norm counts as at least ``row_floor`` (1e-3) of the teacher row's, which bounds the gradient of a
+  row that quantization zeroed.
 * :func:`kd_loss`: logit distillation from the FP model, ``(1 - alpha) * CE + alpha * T^2 * KL`` with alpha
   0.5, T 2.
 * :func:`attention_kl`: mean KL(FP attention || quantized-model attention) over all attention rows.
@@ -26,6 +28,10 @@ from torch import nn
 
 _EPS = 1e-6
 _COS_FLOOR = 0.05
+_NORM_EPS = 1e-8  # torch.cosine_similarity's default eps
+# student logit rows below this fraction of the teacher row's norm count as that small in the cosine (see
+# distribution_loss); typical W4A4 rows are above 0.01 of it
+DISTRIBUTION_ROW_FLOOR = 1e-3
 
 
 class Probe:
@@ -78,8 +84,17 @@ def entropy_loss(qs: Sequence[torch.Tensor], ks: Sequence[torch.Tensor]) -> torc
     return -0.5 * torch.log(total.clamp_min(_EPS))
 
 
-def distribution_loss(student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor]) -> torch.Tensor:
-    """``-log(mean cosine)`` of student vs teacher attention logits, row by row (each (B, H, Nq, Nk))."""
+def distribution_loss(
+    student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor], row_floor: float = DISTRIBUTION_ROW_FLOOR
+) -> torch.Tensor:
+    """``-log(mean cosine)`` of student vs teacher attention logits, row by row (each (B, H, Nq, Nk)).
+
+    The student row's norm in the cosine's denominator is floored at ``row_floor`` times the teacher row's: a row's
+    cosine has a gradient of size ``1 / ||student row||``, and 4-bit Q and K can quantize a logit row to (almost)
+    zero. Such a row gave gradient norms near 1e6 that stalled W4A4 QAT (``benchmarks/grad_spikes.py``); with the
+    floor its gradient stays bounded and still points toward the teacher row. Rows above the floor are unchanged.
+    ``row_floor=0`` is the plain cosine.
+    """
     if not student or len(student) != len(teacher):
         raise ValueError(
             f"distribution_loss: need matching non-empty logit lists, got {len(student)} and {len(teacher)}"
@@ -87,7 +102,10 @@ def distribution_loss(student: Sequence[torch.Tensor], teacher: Sequence[torch.T
     cos_sum = student[0].new_zeros(())
     count = 0
     for s, t in zip(student, teacher, strict=True):
-        cos = F.cosine_similarity(s, t.detach(), dim=-1, eps=1e-8)
+        t = t.detach()
+        t_norm = t.norm(dim=-1).clamp_min(_NORM_EPS)
+        s_norm = torch.maximum(s.norm(dim=-1), row_floor * t_norm).clamp_min(_NORM_EPS)
+        cos = (s * t).sum(dim=-1) / (s_norm * t_norm)
         cos_sum = cos_sum + cos.sum()
         count += cos.numel()
     mean_cos = cos_sum / count

@@ -37,6 +37,36 @@ def test_distribution_loss_hand_case_and_sign():
     assert float(distribution_loss([t], [t])) == pytest.approx(0.0, abs=1e-6)
 
 
+def test_distribution_loss_row_floor_bounds_a_zeroed_row_by_hand():
+    # row 0 quantized to zero, row 1 equal to its teacher: cos = 0 and 1, mean 0.5, loss -log 0.5. With the floor
+    # d, row 0's cosine is s.t / (d ||t|| * ||t||), so dL/ds0 = -(1 / 0.5) * (1 / 2) * t0 / (d ||t0||^2)
+    d = 1e-3
+    s = torch.tensor([[[[0.0, 0.0], [1.0, 1.0]]]], dtype=torch.float64, requires_grad=True)
+    t = torch.tensor([[[[3.0, 4.0], [1.0, 1.0]]]], dtype=torch.float64)
+    loss = distribution_loss([s], [t], row_floor=d)
+    loss.backward()
+    assert loss.item() == pytest.approx(-math.log(0.5), rel=1e-12)
+    assert s.grad[0, 0, 0].tolist() == pytest.approx([-3.0 / (d * 25.0), -4.0 / (d * 25.0)], rel=1e-9)
+    assert s.grad[0, 0, 1].tolist() == pytest.approx([0.0, 0.0], abs=1e-9)  # already aligned
+    # |dL/ds0| = 1 / (d ||t0||) = 200; without the floor only the 1e-8 eps bounds it: 1 / eps = 1e8
+    s.grad = None
+    distribution_loss([s], [t], row_floor=0.0).backward()
+    assert float(s.grad[0, 0, 0].norm()) == pytest.approx(1.0 / 1e-8, rel=1e-6)
+
+
+def test_distribution_loss_row_floor_leaves_ordinary_rows_alone():
+    # rows well above the floor: value and gradient equal the plain cosine (torch.cosine_similarity, float64)
+    torch.manual_seed(0)
+    t = torch.randn(2, 3, 5, 7, dtype=torch.float64)
+    s = (t + 0.5 * torch.randn_like(t)).requires_grad_(True)
+    loss = distribution_loss([s], [t])
+    (grad,) = torch.autograd.grad(loss, s)
+    ref = -torch.log(torch.nn.functional.cosine_similarity(s, t, dim=-1).mean())
+    (ref_grad,) = torch.autograd.grad(ref, s)
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-12)
+    torch.testing.assert_close(grad, ref_grad, rtol=1e-10, atol=1e-14)
+
+
 @pytest.mark.parametrize("offset", [1.0, 0.0])  # a student near its teacher, and an unrelated one (cos <= 0)
 def test_minimising_distribution_loss_increases_similarity(offset):
     # the published code has the sign reversed; ours must pull the student's logits towards the teacher's

@@ -283,3 +283,22 @@ def test_float_control_quantizes_nothing(tmp_path):
     assert res["attn_kl_ptq"] == pytest.approx(0.0, abs=1e-12)
     model, _ = load_checkpoint(tmp_path / "f" / "model.pt")
     assert not [n for n, m in model.named_modules() if type(m).__module__.startswith("brevitas")]
+
+
+def test_distribution_row_floor_reaches_the_loss_and_is_validated(tmp_path, monkeypatch):
+    """``losses.distribution_row_floor`` is what the QAT step hands to the distribution loss; a negative one is a
+    one-line config error."""
+    floors: list[float] = []
+    loss_fn = T.distribution_loss
+
+    def recording_loss(student, teacher, row_floor):
+        floors.append(row_floor)
+        return loss_fn(student, teacher, row_floor)
+
+    monkeypatch.setattr(T, "distribution_loss", recording_loss)
+    losses = {"kd": True, "distribution": True, "distribution_row_floor": 0.02}
+    T.run(tiny_cfg(tmp_path / "r", fp_epochs=0, epochs=1, losses=losses), progress=False)
+    assert floors == [0.02] * 4  # 128 samples / batch 32
+    assert T.TrainConfig().losses.distribution_row_floor == 1e-3
+    with pytest.raises(T.EdgeAttnError, match="distribution_row_floor"):
+        T.TrainConfig.parse({"losses": {"distribution_row_floor": -1.0}})

@@ -1,0 +1,208 @@
+"""Where the W4A4 EdgeQAT gradient spikes come from: per-loss gradient norms over the first QAT steps.
+
+Without gradient clipping, some W4A4 seeds of ``benchmarks/qat.py`` start QAT with global gradient norms near 1e6
+and stall (``docs/qat.md``, "W4A4: gradient clipping ends the stalls"). This script replays the first steps of
+that run (the same FP checkpoint, PTQ start, batches, optimizer and lr schedule as the ``edgeqat-w4a4`` row: KD +
+distribution loss, unclipped) and splits each step's gradient by loss:
+
+* ``grad_task``: the KD + cross-entropy term;
+* ``grad_distribution``: the distribution loss with the plain cosine (``row_floor=0``, what the stalled runs
+  used), which drives the replayed updates together with ``grad_task``;
+* ``grad_distribution_without_small_rows``: the distribution loss without the student logit rows whose norm is
+  under 1e-3 of the teacher row's, the counterfactual that tests whether the spikes come from rows that 4-bit Q and
+  K quantize to (almost) zero: the gradient of a row's cosine similarity grows as 1 / ||student row||, capped only
+  by its eps;
+* ``grad_distribution_row_floor``: the distribution loss as edgeattn computes it now, with the student row's norm
+  floored at 1e-3 of the teacher row's (``LossConfig.distribution_row_floor``);
+* ``zero_logit_rows`` / ``small_logit_rows``: per attention layer, how many student logit rows are exactly zero /
+  under that 1e-3; ``min_row_norm_ratio``: the smallest ||student row|| / ||teacher row||.
+
+    python benchmarks/grad_spikes.py --fp-checkpoint /tmp/q/bench20/vision_fp20_seed1-fp/fp.pt --seed 1 \
+        --out benchmarks/grad_spikes.json
+
+The FP checkpoints come from ``benchmarks/qat.py --seeds ... --fp-epochs 20 --workdir /tmp/q/bench20``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from edgeattn.quant import calibrate, quantize_model
+from edgeattn.quant.checkpoint import load_checkpoint
+from edgeattn.quant.losses import DISTRIBUTION_ROW_FLOOR, Probe, distribution_loss, kd_loss
+from edgeattn.quant.train import (
+    TrainConfig,
+    _batches,
+    _in_order,
+    _make_scheduler,
+    epoch_order,
+    load_data,
+    quant_config_for,
+    seed_everything,
+)
+
+from edgeattn.reparameterize import reparameterize
+
+SMALL_ROW = DISTRIBUTION_ROW_FLOOR  # a student logit row this small relative to the teacher's is "all but zeroed"
+
+
+def _norm(grads: tuple[torch.Tensor, ...]) -> float:
+    """Global L2 norm, as ``clip_grad_norm_`` measures it."""
+    return float(torch.sqrt(sum((g.double() ** 2).sum() for g in grads)))
+
+
+def _distribution_without_small_rows(
+    student: list[torch.Tensor], teacher: list[torch.Tensor], rel: float = SMALL_ROW
+) -> torch.Tensor:
+    """``-log mean cos`` over the student rows whose norm is at least ``rel`` times the teacher row's (the
+    counterfactual: the loss without the rows that quantization has all but zeroed)."""
+    cos_sum, count = student[0].new_zeros(()), 0
+    for s, t in zip(student, teacher, strict=True):
+        keep = s.norm(dim=-1) >= rel * t.norm(dim=-1)
+        cos = F.cosine_similarity(s[keep], t.detach()[keep], dim=-1, eps=1e-8)
+        cos_sum, count = cos_sum + cos.sum(), count + cos.numel()
+    return -torch.log(cos_sum / max(count, 1))
+
+
+def _small_rows(student: list[torch.Tensor], teacher: list[torch.Tensor], rel: float = SMALL_ROW) -> list[int]:
+    """Per attention layer, the student logit rows with norm below ``rel`` times the teacher row's."""
+    return [int((s.norm(dim=-1) < rel * t.norm(dim=-1)).sum()) for s, t in zip(student, teacher, strict=True)]
+
+
+def replay(cfg: TrainConfig, steps: int) -> list[dict[str, Any]]:
+    """The first ``steps`` QAT steps of ``cfg`` (unclipped), with each step's gradient split by loss."""
+    train, _val, info = load_data(cfg)
+    qcfg = quant_config_for(cfg, info)
+    seed_everything(cfg.seed)  # as quant.train does before the FP model / PTQ
+    fp_model, meta = load_checkpoint(cfg.fp_checkpoint)
+    teacher = fp_model if meta.get("reparameterized") else reparameterize(fp_model, inplace=False)
+    teacher.eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    student = quantize_model(teacher, qcfg)
+    calibrate(student, _in_order(train, cfg.batch_size), max_samples=cfg.calib_samples)
+    seed_everything(cfg.seed + 1)  # as quant.train's QAT loop does
+    params = list(student.parameters())
+    for p in params:
+        p.requires_grad_(True)
+    names = [n for n, _ in student.named_parameters()]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = -(-len(train) // cfg.batch_size)
+    sched = _make_scheduler(opt, cfg.lr_schedule, cfg.epochs * steps_per_epoch)
+    w = cfg.losses.distribution_weight
+    records: list[dict[str, Any]] = []
+    student.train()
+    for step, (x, y) in enumerate(_batches(train, epoch_order(len(train), cfg.seed, 0), cfg.batch_size)):
+        if step == steps:
+            break
+        with Probe(student, ["logits_probe"]) as ps:
+            out = student(x)
+        with torch.no_grad(), Probe(teacher, ["logits_probe"]) as pt:
+            t_out = teacher(x)
+        s_logits, t_logits = list(ps["logits_probe"]), list(pt["logits_probe"])
+        task = kd_loss(out, t_out, y, alpha=cfg.losses.kd_alpha, temperature=cfg.losses.kd_temperature)
+        dist = w * distribution_loss(s_logits, t_logits, row_floor=0.0)  # the plain cosine the stalled runs used
+        dist_floored = w * distribution_loss(s_logits, t_logits)  # edgeattn's default row floor
+        dist_large = w * _distribution_without_small_rows(s_logits, t_logits)
+        # materialize_grads: a parameter a loss does not reach gets zeros, so the parts add up
+        g_task = torch.autograd.grad(task, params, retain_graph=True, materialize_grads=True)
+        g_dist = torch.autograd.grad(dist, params, retain_graph=True, materialize_grads=True)
+        g_dist_large = torch.autograd.grad(dist_large, params, retain_graph=True, materialize_grads=True)
+        g_dist_floored = torch.autograd.grad(dist_floored, params, materialize_grads=True)
+        g_total = tuple(a + b for a, b in zip(g_task, g_dist, strict=True))
+        dist_norms = {n: float(g.norm()) for n, g in zip(names, g_dist, strict=True)}
+        top_name = max(dist_norms, key=dist_norms.__getitem__)
+        records.append(
+            {
+                "step": step + 1,
+                "grad_total": _norm(g_total),
+                "grad_task": _norm(g_task),
+                "grad_distribution": _norm(g_dist),
+                "grad_distribution_without_small_rows": _norm(g_dist_large),
+                "grad_distribution_row_floor": _norm(g_dist_floored),
+                "largest_distribution_grad": {"param": top_name, "norm": dist_norms[top_name]},
+                "zero_logit_rows": [int((s.detach().norm(dim=-1) == 0).sum()) for s in s_logits],
+                "small_logit_rows": _small_rows(s_logits, t_logits),
+                "min_row_norm_ratio": min(
+                    float((s.detach().norm(dim=-1) / t.norm(dim=-1).clamp_min(1e-12)).min())
+                    for s, t in zip(s_logits, t_logits, strict=True)
+                ),
+                "rows_per_layer": [int(s.numel() // s.shape[-1]) for s in s_logits],
+            }
+        )
+        for p, g in zip(params, g_total, strict=True):
+            p.grad = g
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+    return records
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--fp-checkpoint", required=True, help="FP checkpoint of benchmarks/qat.py's seed")
+    ap.add_argument("--seed", type=int, required=True, help="the seed that checkpoint was trained with")
+    ap.add_argument("--bits", default="w4a4")
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--lr", type=float, default=5e-4)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default="benchmarks/grad_spikes.json")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    # the edgeqat-no-entropy-<bits> row of benchmarks/qat.py (--fp-epochs 20 --qat-epochs 6), without grad_clip
+    cfg = TrainConfig.parse(
+        {
+            "model": "fmvit_t",
+            "data": "digits",
+            "img_size": 32,
+            "profile": "host-cpu",
+            "epochs": 6,
+            "lr": args.lr,
+            "seed": args.seed,
+            "num_threads": args.threads,
+            "fp_checkpoint": args.fp_checkpoint,
+            "bits": args.bits,
+            "losses": {"kd": True, "entropy": False, "distribution": True},
+            "output_dir": tempfile.mkdtemp(prefix="edgeattn-grad-spikes-"),
+        },
+        "grad_spikes",
+    )
+    records = replay(cfg, args.steps)
+    out = Path(args.out)
+    payload: dict[str, Any] = json.loads(out.read_text()) if out.is_file() else {}
+    spiky = [r for r in records if r["grad_total"] > 1e3]
+    payload[f"seed{args.seed}_{args.bits}"] = {
+        "command": f"python benchmarks/grad_spikes.py --fp-checkpoint {args.fp_checkpoint} --seed {args.seed} "
+        f"--bits {args.bits} --steps {args.steps} --lr {args.lr}",
+        "steps_over_1e3": len(spiky),
+        "median_grad_total": statistics.median(r["grad_total"] for r in records),
+        "median_grad_distribution_without_small_rows": statistics.median(
+            r["grad_distribution_without_small_rows"] for r in records
+        ),
+        "max_grad_distribution_without_small_rows": max(r["grad_distribution_without_small_rows"] for r in records),
+        "max_grad_distribution_row_floor": max(r["grad_distribution_row_floor"] for r in records),
+        "max_grad_task": max(r["grad_task"] for r in records),
+        "steps": records,
+    }
+    from edgeattn.cli._common import write_json
+
+    write_json(out, payload)
+    for r in records:
+        print(
+            f"step {r['step']:3d} total {r['grad_total']:10.3g} task {r['grad_task']:8.3g} "
+            f"dist {r['grad_distribution']:10.3g} w/o small rows {r['grad_distribution_without_small_rows']:8.3g} "
+            f"floored {r['grad_distribution_row_floor']:8.3g} "
+            f"zero rows {r['zero_logit_rows']} small rows {r['small_logit_rows']} "
+            f"min ratio {r['min_row_norm_ratio']:.2g}"
+        )
+
+
+if __name__ == "__main__":
+    main()
