@@ -25,8 +25,13 @@ summary then gives each loss's paired contribution and its effect on the attenti
 More rows per seed: ``--grad-clip-rows w4a4`` (plain QAT and the default EdgeQAT with the gradient norm clipped),
 ``--token-adaptive w4a8`` (the default EdgeQAT with token-adaptive bits), ``--fp-finetune w8a8,w4a8`` (a control:
 the FP model fine-tuned, nothing quantized, with that setting's epochs and lr: what extra training alone gives) and
-``--mse-rows w8a8,w4a8,w4a4`` (PTQ with MSE-initialised weight scales). ``--only language --lm-seeds 0,1,2``
-repeats the language table per seed (``language_seed<N>``, summary in ``language_seed_summary``).
+``--mse-rows w8a8,w4a8,w4a4`` (PTQ with MSE-initialised weight scales), ``--single-loss w8a8`` (EdgeQAT with each
+loss alone; ``w8a8:distribution`` for one) and ``--row-floor-rows w4a4`` (the default EdgeQAT with the
+distribution loss's row floor, unclipped and clipped). ``--ablate w8a8:entropy`` turns off one loss only. A run
+whose ``--seeds`` are a subset of the seeds in the file also gets its own summary,
+``seed_summary["fp_epochs_<E>_seeds_<first>-<last>"]``: a choice made on some seeds is confirmed on held-out ones.
+``--only language --lm-seeds 0,1,2`` repeats the language table per seed (``language_seed<N>``, summary in
+``language_seed_summary``).
 """
 
 from __future__ import annotations
@@ -37,10 +42,12 @@ import platform
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+from edgeattn.quant.losses import DISTRIBUTION_ROW_FLOOR
 from edgeattn.quant.train import TrainConfig, run
 
 QAT_SAMPLES: dict[str, int | None] = {}  # suite -> cap on QAT training samples (--qat-train-samples)
@@ -49,6 +56,7 @@ QAT_SAMPLES: dict[str, int | None] = {}  # suite -> cap on QAT training samples 
 EDGEQAT = {"kd": True, "entropy": True, "distribution": True}
 EDGEQAT_DEFAULT = {**EDGEQAT, "entropy": False}
 PLAIN = {"kd": False, "entropy": False, "distribution": False}
+SINGLE_LOSSES = tuple(PLAIN)
 # Per-setting EdgeQAT losses: at W4A4 the entropy loss cost 2.8 and 7.8 points in two paired runs (same FP model /
 # lr / epochs / threads), so the W4A4 EdgeQAT row runs without it and the all-losses run is kept as its own row.
 # The five-seed repetitions later showed the stalls come with the distribution loss, and ten seeds that gradient
@@ -98,11 +106,16 @@ def vision_rows(bits_list: list[str], lr_by_bits: dict[str, float] | None = None
     return rows
 
 
-def ablation_rows(ablate_bits: str, lr: float | None = None, token_adaptive: bool = True) -> list[dict[str, Any]]:
-    """EdgeQAT with each loss off in turn (and, with ``token_adaptive``, with token-adaptive bits on)."""
+def ablation_rows(
+    ablate_bits: str,
+    lr: float | None = None,
+    token_adaptive: bool = True,
+    losses: tuple[str, ...] = SINGLE_LOSSES,
+) -> list[dict[str, Any]]:
+    """EdgeQAT with each of ``losses`` off in turn (and, with ``token_adaptive``, with token-adaptive bits on)."""
     lr_row = _lr_key(lr)
     rows: list[dict[str, Any]] = []
-    for off in ("kd", "entropy", "distribution"):
+    for off in losses:
         rows.append(
             {
                 "name": f"edgeqat-no-{off}-{ablate_bits}",
@@ -146,6 +159,51 @@ def grad_clip_rows(bits: str, clip: float, lr: float | None = None) -> list[dict
             **extra,
         },
     ]
+
+
+def row_floor_rows(bits: str, clip: float, lr: float | None = None) -> list[dict[str, Any]]:
+    """The default EdgeQAT (KD + distribution) with the distribution loss's row floor, unclipped and with the
+    gradient clip. (The ``edgeqat-<bits>`` rows of the W4A4 table ran before the floor existed: the plain cosine.)"""
+    floored = {**EDGEQAT_DEFAULT, "distribution_row_floor": DISTRIBUTION_ROW_FLOOR}
+    variants = [("floor", "row floor", {}), ("floor-clip", "row floor, grad clip", {"grad_clip": clip})]
+    return [
+        {
+            "name": f"edgeqat-no-entropy-{suffix}-{bits}",
+            "method": f"EdgeQAT (default losses), {what}",
+            "bits": bits,
+            "losses": floored,
+            **extra,
+            **_lr_key(lr),
+        }
+        for suffix, what, extra in variants
+    ]
+
+
+def single_loss_rows(
+    bits: str, lr: float | None = None, losses: tuple[str, ...] = SINGLE_LOSSES
+) -> list[dict[str, Any]]:
+    """EdgeQAT with one loss alone on top of the task loss (``ablation_rows`` turns one off instead)."""
+    return [
+        {
+            "name": f"edgeqat-{only}-only-{bits}",
+            "method": f"EdgeQAT, {only} loss only",
+            "bits": bits,
+            "losses": {**PLAIN, only: True},
+            **_lr_key(lr),
+        }
+        for only in losses
+    ]
+
+
+def _loss_specs(text: str) -> list[tuple[str, tuple[str, ...]]]:
+    """``--ablate`` / ``--single-loss`` values: comma-separated ``bits`` (every loss) or ``bits:loss``."""
+    specs = []
+    for item in filter(None, text.split(",")):
+        bits, _, loss = item.partition(":")
+        if loss and loss not in SINGLE_LOSSES:
+            raise SystemExit(f"unknown loss '{loss}' in '{item}'; losses: {', '.join(SINGLE_LOSSES)}")
+        specs.append((bits, (loss,) if loss else SINGLE_LOSSES))
+    return specs
 
 
 def mse_ptq_rows(bits: str) -> list[dict[str, Any]]:
@@ -425,26 +483,41 @@ def _method_stats(by_seed: dict[int, float]) -> dict[str, Any]:
     }
 
 
-def _seed_summary(payload: dict[str, Any], ref: dict[str, Any]) -> None:
+def _seed_summary(payload: dict[str, Any], ref: dict[str, Any], only: list[int] | None = None) -> None:
     """Mean, spread and paired per-seed differences of the vision methods over every seed run with ``ref``'s
-    settings, in ``payload["seed_summary"]["fp_epochs_<N>"]``."""
+    settings, in ``payload["seed_summary"]["fp_epochs_<N>"]``; with ``only``, over those seeds alone, in
+    ``"fp_epochs_<N>_seeds_<first>-<last>"`` (e.g. a held-out set of seeds that confirms a choice made on others)."""
     sections = _seed_sections(payload, ref)
+    key = f"fp_epochs_{ref['fp_epochs']}"
+    if only is not None:
+        sections = {s: sec for s, sec in sections.items() if s in only}
+        key += f"_seeds_{min(only)}-{max(only)}"
     if len(sections) < 2:
         return
-    methods = {
+    # method -> row-name prefix (the row is ``<prefix>-<bits>``); FP32 and the best PTQ are computed below
+    row_of = {
+        "plain_qat": "qat",
+        "edgeqat": "edgeqat",
+        "edgeqat_all_losses": "edgeqat-all-losses",
+        "edgeqat_no_entropy": "edgeqat-no-entropy",
+        "edgeqat_token_adaptive": "edgeqat-no-entropy-token-adaptive",
+        "fp_finetune": "fp-finetune",
+        "plain_qat_clip": "qat-clip",
+        "edgeqat_clip": "edgeqat-no-entropy-clip",
+        "ptq_minmax": "ptq-minmax",
+        "ptq_percentile": "ptq-percentile",
+        **{f"edgeqat_{only}_only": f"edgeqat-{only}-only" for only in SINGLE_LOSSES},
+        "edgeqat_floor": "edgeqat-no-entropy-floor",
+        "edgeqat_floor_clip": "edgeqat-no-entropy-floor-clip",
+    }
+    methods: dict[str, Callable[[dict[str, Any], dict[str, Any], str], float | None]] = {
         "fp32": lambda rows, sec, bits: sec.get("fp32"),
         "ptq_best": lambda rows, sec, bits: _best_ptq(rows, bits),
-        "plain_qat": lambda rows, sec, bits: rows.get(f"qat-{bits}", {}).get("value"),
-        "edgeqat": lambda rows, sec, bits: rows.get(f"edgeqat-{bits}", {}).get("value"),
-        "edgeqat_all_losses": lambda rows, sec, bits: rows.get(f"edgeqat-all-losses-{bits}", {}).get("value"),
-        "edgeqat_no_entropy": lambda rows, sec, bits: rows.get(f"edgeqat-no-entropy-{bits}", {}).get("value"),
-        "edgeqat_token_adaptive": lambda rows, sec, bits: rows.get(
-            f"edgeqat-no-entropy-token-adaptive-{bits}", {}
-        ).get("value"),
-        "fp_finetune": lambda rows, sec, bits: rows.get(f"fp-finetune-{bits}", {}).get("value"),
-        "plain_qat_clip": lambda rows, sec, bits: rows.get(f"qat-clip-{bits}", {}).get("value"),
-        "edgeqat_clip": lambda rows, sec, bits: rows.get(f"edgeqat-no-entropy-clip-{bits}", {}).get("value"),
         "ptq_best_mse": lambda rows, sec, bits: _best_ptq(rows, bits, "mse-"),
+        **{
+            m: (lambda rows, sec, bits, p=prefix: rows.get(f"{p}-{bits}", {}).get("value"))
+            for m, prefix in row_of.items()
+        },
     }
     summary: dict[str, Any] = {"seeds": list(sections), "config": ref}
     for bits in ("w8a8", "w4a8", "w4a4"):
@@ -470,6 +543,21 @@ def _seed_summary(payload: dict[str, Any], ref: dict[str, Any]) -> None:
             ("edgeqat_clip", "edgeqat"),
             ("plain_qat_clip", "plain_qat"),
             ("ptq_best_mse", "ptq_best"),
+            ("edgeqat_no_entropy", "ptq_minmax"),
+            ("edgeqat_no_entropy", "ptq_percentile"),
+            ("edgeqat_floor", "edgeqat"),
+            ("edgeqat_floor", "edgeqat_clip"),
+            ("edgeqat_floor", "plain_qat_clip"),
+            ("edgeqat_floor", "ptq_best"),
+            ("edgeqat_floor_clip", "edgeqat_clip"),
+            ("edgeqat_floor_clip", "edgeqat_floor"),
+            ("edgeqat_floor_clip", "plain_qat_clip"),
+            ("edgeqat_floor_clip", "ptq_best"),
+        ]
+        pairs += [
+            (f"edgeqat_{only}_only", other)
+            for only in SINGLE_LOSSES
+            for other in ("fp32", "ptq_best", "ptq_minmax", "ptq_percentile", "plain_qat", "edgeqat_no_entropy")
         ]
         for method, other in pairs:
             common = sorted(set(values[method]) & set(values[other]))
@@ -482,7 +570,7 @@ def _seed_summary(payload: dict[str, Any], ref: dict[str, Any]) -> None:
     payload.setdefault("seed_summary", {})
     if "seeds" in payload["seed_summary"]:  # the first layout held a single summary
         payload["seed_summary"] = {}
-    payload["seed_summary"][f"fp_epochs_{ref['fp_epochs']}"] = summary
+    payload["seed_summary"][key] = summary
 
 
 def _language_seed_summary(payload: dict[str, Any]) -> None:
@@ -544,7 +632,8 @@ def main() -> None:
     ap.add_argument(
         "--ablate",
         default="",
-        help="with --seeds: also run EdgeQAT with each loss off at these comma-separated bit settings",
+        help="with --seeds: also run EdgeQAT with each loss off at these comma-separated bit settings "
+        "('w8a8:entropy' turns off that loss alone)",
     )
     ap.add_argument(
         "--token-adaptive",
@@ -565,6 +654,18 @@ def main() -> None:
         "--mse-rows",
         default="",
         help="with --seeds: also run PTQ with MSE-initialised weight scales at these bit settings",
+    )
+    ap.add_argument(
+        "--single-loss",
+        default="",
+        help="with --seeds: also run EdgeQAT with each loss alone (plus the task loss) at these bit settings "
+        "('w8a8:distribution' runs that one alone)",
+    )
+    ap.add_argument(
+        "--row-floor-rows",
+        default="",
+        help="with --seeds: also run the default EdgeQAT with the distribution loss's row floor, unclipped and "
+        "with --grad-clip, at these bit settings",
     )
     ap.add_argument(
         "--lm-seeds",
@@ -625,19 +726,22 @@ def main() -> None:
             vision_rows(args.bits.split(","), {"w8a8": args.lr_w8a8})
             + [
                 row
-                for bits in args.ablate.split(",")
-                if bits
-                for row in ablation_rows(bits, lr_of(bits), token_adaptive=False)
+                for bits, losses in _loss_specs(args.ablate)
+                for row in ablation_rows(bits, lr_of(bits), token_adaptive=False, losses=losses)
             ]
             + [token_adaptive_row(b, lr_of(b)) for b in args.token_adaptive.split(",") if b]
             + [fp_finetune_row(b, lr_of(b)) for b in args.fp_finetune.split(",") if b]
             + [r for b in args.grad_clip_rows.split(",") if b for r in grad_clip_rows(b, args.grad_clip, lr_of(b))]
-            + [r for b in args.mse_rows.split(",") if b for r in mse_ptq_rows(b)],
+            + [r for b in args.mse_rows.split(",") if b for r in mse_ptq_rows(b)]
+            + [r for b, losses in _loss_specs(args.single_loss) for r in single_loss_rows(b, lr_of(b), losses)]
+            + [r for b in args.row_floor_rows.split(",") if b for r in row_floor_rows(b, args.grad_clip, lr_of(b))],
             payload,
             out,
             work,
         )
         _seed_summary(payload, vis_base)
+        if set(seeds) != set(_seed_sections(payload, vis_base)):  # this run's seeds are a subset: summarise them too
+            _seed_summary(payload, vis_base, only=seeds)
         _save(out, payload)
     if seeds:
         return
