@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from edgeattn.quant import calibrate, quantize_model
 from edgeattn.quant.checkpoint import load_checkpoint
 from edgeattn.quant.losses import DISTRIBUTION_ROW_FLOOR, Probe, distribution_loss, kd_loss
@@ -55,25 +54,12 @@ SMALL_ROW = DISTRIBUTION_ROW_FLOOR  # a student logit row this small relative to
 
 def _norm(grads: tuple[torch.Tensor, ...]) -> float:
     """Global L2 norm, as ``clip_grad_norm_`` measures it."""
-    return float(torch.sqrt(sum((g.double() ** 2).sum() for g in grads)))
+    return float(torch.nn.utils.get_total_norm(grads))
 
 
-def _distribution_without_small_rows(
-    student: list[torch.Tensor], teacher: list[torch.Tensor], rel: float = SMALL_ROW
-) -> torch.Tensor:
-    """``-log mean cos`` over the student rows whose norm is at least ``rel`` times the teacher row's (the
-    counterfactual: the loss without the rows that quantization has all but zeroed)."""
-    cos_sum, count = student[0].new_zeros(()), 0
-    for s, t in zip(student, teacher, strict=True):
-        keep = s.norm(dim=-1) >= rel * t.norm(dim=-1)
-        cos = F.cosine_similarity(s[keep], t.detach()[keep], dim=-1, eps=1e-8)
-        cos_sum, count = cos_sum + cos.sum(), count + cos.numel()
-    return -torch.log(cos_sum / max(count, 1))
-
-
-def _small_rows(student: list[torch.Tensor], teacher: list[torch.Tensor], rel: float = SMALL_ROW) -> list[int]:
-    """Per attention layer, the student logit rows with norm below ``rel`` times the teacher row's."""
-    return [int((s.norm(dim=-1) < rel * t.norm(dim=-1)).sum()) for s, t in zip(student, teacher, strict=True)]
+def _large_row_masks(student: list[torch.Tensor], teacher: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Per attention layer, which student logit rows have a norm of at least ``SMALL_ROW`` times the teacher row's."""
+    return [s.detach().norm(dim=-1) >= SMALL_ROW * t.norm(dim=-1) for s, t in zip(student, teacher, strict=True)]
 
 
 def replay(cfg: TrainConfig, steps: int) -> list[dict[str, Any]]:
@@ -110,7 +96,13 @@ def replay(cfg: TrainConfig, steps: int) -> list[dict[str, Any]]:
         task = kd_loss(out, t_out, y, alpha=cfg.losses.kd_alpha, temperature=cfg.losses.kd_temperature)
         dist = w * distribution_loss(s_logits, t_logits, row_floor=0.0)  # the plain cosine the stalled runs used
         dist_floored = w * distribution_loss(s_logits, t_logits)  # edgeattn's default row floor
-        dist_large = w * _distribution_without_small_rows(s_logits, t_logits)
+        # the counterfactual: the plain-cosine loss over the rows that are not (all but) zero
+        large = _large_row_masks(s_logits, t_logits)
+        dist_large = w * distribution_loss(
+            [s[m] for s, m in zip(s_logits, large, strict=True)],
+            [t[m] for t, m in zip(t_logits, large, strict=True)],
+            row_floor=0.0,
+        )
         # materialize_grads: a parameter a loss does not reach gets zeros, so the parts add up
         g_task = torch.autograd.grad(task, params, retain_graph=True, materialize_grads=True)
         g_dist = torch.autograd.grad(dist, params, retain_graph=True, materialize_grads=True)
@@ -129,7 +121,7 @@ def replay(cfg: TrainConfig, steps: int) -> list[dict[str, Any]]:
                 "grad_distribution_row_floor": _norm(g_dist_floored),
                 "largest_distribution_grad": {"param": top_name, "norm": dist_norms[top_name]},
                 "zero_logit_rows": [int((s.detach().norm(dim=-1) == 0).sum()) for s in s_logits],
-                "small_logit_rows": _small_rows(s_logits, t_logits),
+                "small_logit_rows": [int((~m).sum()) for m in large],
                 "min_row_norm_ratio": min(
                     float((s.detach().norm(dim=-1) / t.norm(dim=-1).clamp_min(1e-12)).min())
                     for s, t in zip(s_logits, t_logits, strict=True)
