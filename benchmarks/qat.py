@@ -56,7 +56,7 @@ QAT_SAMPLES: dict[str, int | None] = {}  # suite -> cap on QAT training samples 
 EDGEQAT = {"kd": True, "entropy": True, "distribution": True}
 EDGEQAT_DEFAULT = {**EDGEQAT, "entropy": False}
 PLAIN = {"kd": False, "entropy": False, "distribution": False}
-SINGLE_LOSSES = tuple(PLAIN)
+SINGLE_LOSSES = tuple(PLAIN)  # the EdgeQAT losses, by name
 # Per-setting EdgeQAT losses: at W4A4 the entropy loss cost 2.8 and 7.8 points in two paired runs (same FP model /
 # lr / epochs / threads), so the W4A4 EdgeQAT row runs without it and the all-losses run is kept as its own row.
 # The five-seed repetitions later showed the stalls come with the distribution loss, and ten seeds that gradient
@@ -370,7 +370,7 @@ def _summarise(payload: dict[str, Any]) -> None:
             summary[f"vision_{bits}_edgeqat_minus_plain_qat_points"] = e["value"] - q["value"]
             if e["attn_kl"] is not None and q["attn_kl"] is not None:
                 summary[f"vision_{bits}_attn_kl_edgeqat_over_plain"] = e["attn_kl"] / max(q["attn_kl"], 1e-12)
-    for off in ("kd", "entropy", "distribution"):
+    for off in SINGLE_LOSSES:
         a, e = rows.get(f"edgeqat-no-{off}-w4a8"), rows.get("edgeqat-w4a8")
         if a and e:
             summary[f"vision_w4a8_contribution_of_{off}_points"] = e["value"] - a["value"]
@@ -449,7 +449,7 @@ def _attn_kl_summary(sections: dict[int, dict[str, Any]], bits: str) -> dict[str
 def _ablation_summary(sections: dict[int, dict[str, Any]], bits: str) -> dict[str, Any]:
     """Per loss: EdgeQAT minus EdgeQAT-without-it (top-1 points, paired by seed) and the attention KL ratio."""
     out: dict[str, Any] = {}
-    for off in ("kd", "entropy", "distribution"):
+    for off in SINGLE_LOSSES:
         diffs, kl = [], []
         for sec in sections.values():
             e, a = sec["rows"].get(f"edgeqat-{bits}"), sec["rows"].get(f"edgeqat-no-{off}-{bits}")
