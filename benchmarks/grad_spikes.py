@@ -33,21 +33,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from edgeattn.quant import calibrate, quantize_model
 from edgeattn.quant.checkpoint import load_checkpoint
 from edgeattn.quant.losses import DISTRIBUTION_ROW_FLOOR, Probe, distribution_loss, kd_loss
 from edgeattn.quant.train import (
     TrainConfig,
     _batches,
-    _in_order,
-    _make_scheduler,
+    calibrated_ptq_model,
     epoch_order,
+    frozen_teacher,
     load_data,
+    qat_optimizer,
     quant_config_for,
     seed_everything,
 )
-
-from edgeattn.reparameterize import reparameterize
 
 SMALL_ROW = DISTRIBUTION_ROW_FLOOR  # a student logit row this small relative to the teacher's is "all but zeroed"
 
@@ -67,21 +65,12 @@ def replay(cfg: TrainConfig, steps: int) -> list[dict[str, Any]]:
     train, _val, info = load_data(cfg)
     qcfg = quant_config_for(cfg, info)
     seed_everything(cfg.seed)  # as quant.train does before the FP model / PTQ
-    fp_model, meta = load_checkpoint(cfg.fp_checkpoint)
-    teacher = fp_model if meta.get("reparameterized") else reparameterize(fp_model, inplace=False)
-    teacher.eval()
-    for p in teacher.parameters():
-        p.requires_grad_(False)
-    student = quantize_model(teacher, qcfg)
-    calibrate(student, _in_order(train, cfg.batch_size), max_samples=cfg.calib_samples)
+    teacher = frozen_teacher(*load_checkpoint(cfg.fp_checkpoint))
+    student = calibrated_ptq_model(cfg, teacher, qcfg, train)
     seed_everything(cfg.seed + 1)  # as quant.train's QAT loop does
+    opt, sched = qat_optimizer(cfg, student, steps_per_epoch=-(-len(train) // cfg.batch_size))
     params = list(student.parameters())
-    for p in params:
-        p.requires_grad_(True)
     names = [n for n, _ in student.named_parameters()]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = -(-len(train) // cfg.batch_size)
-    sched = _make_scheduler(opt, cfg.lr_schedule, cfg.epochs * steps_per_epoch)
     w = cfg.losses.distribution_weight
     records: list[dict[str, Any]] = []
     student.train()

@@ -575,6 +575,39 @@ def run(
             dist.close()
 
 
+def frozen_teacher(fp_model: nn.Module, meta: dict[str, Any]) -> nn.Module:
+    """The FP model in deploy form (reparameterized unless its checkpoint already is), in eval mode with every
+    parameter frozen: the teacher of the QAT losses and the model that PTQ quantizes."""
+    from edgeattn.reparameterize import reparameterize
+
+    teacher = fp_model if meta.get("reparameterized") else reparameterize(fp_model, inplace=False)
+    teacher.eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher
+
+
+def calibrated_ptq_model(
+    cfg: TrainConfig, teacher: nn.Module, qcfg: QuantConfig, train: TensorDataset
+) -> nn.Module:
+    """The PTQ baseline and QAT's starting point: ``teacher`` quantized with ``qcfg``, its activation ranges
+    calibrated on the first ``cfg.calib_samples`` training samples in order."""
+    model = quantize_model(teacher, qcfg)
+    calibrate(model, _in_order(train, cfg.batch_size), max_samples=cfg.calib_samples)
+    return model
+
+
+def qat_optimizer(
+    cfg: TrainConfig, student: nn.Module, steps_per_epoch: int
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """Makes every parameter of the quantized student trainable (the teacher is a separate, frozen model) and
+    returns QAT's AdamW and its lr schedule over ``cfg.epochs``."""
+    for p in student.parameters():
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(list(student.parameters()), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return opt, _make_scheduler(opt, cfg.lr_schedule, cfg.epochs * steps_per_epoch)
+
+
 def _run(cfg: TrainConfig, resume: bool, show: bool, dist: _Dist, force: bool) -> dict[str, Any]:
     t0 = time.perf_counter()
     out_dir = Path(cfg.output_dir)
@@ -593,7 +626,6 @@ def _run(cfg: TrainConfig, resume: bool, show: bool, dist: _Dist, force: bool) -
     qcfg = quant_config_for(cfg, info)
     seed_everything(cfg.seed)
     from edgeattn.models import create_model
-    from edgeattn.reparameterize import reparameterize
 
     fp_meta = {"model": cfg.model, "model_kwargs": kwargs, "quant": None, "reparameterized": False, "data": cfg.data}
     result: dict[str, Any] = {
@@ -627,15 +659,11 @@ def _run(cfg: TrainConfig, resume: bool, show: bool, dist: _Dist, force: bool) -
                 if dist.is_main:
                     save_checkpoint(fp_path, fp_model, fp_meta)
             result["fp_checkpoint"] = str(cfg.fp_checkpoint or fp_path)
-            teacher = fp_model if fp_meta.get("reparameterized") else reparameterize(fp_model, inplace=False)
-            teacher.eval()
-            for p in teacher.parameters():
-                p.requires_grad_(False)
+            teacher = frozen_teacher(fp_model, fp_meta)
             result["fp32"] = evaluate(teacher, val, task)
             prog.log(f"FP32 ({result['metric']}): {result['fp32']:.3f}")
             # ---- PTQ baseline
-            ptq_model = quantize_model(teacher, qcfg)
-            calibrate(ptq_model, _in_order(train, cfg.batch_size), max_samples=cfg.calib_samples)
+            ptq_model = calibrated_ptq_model(cfg, teacher, qcfg, train)
             result["ptq"] = evaluate(ptq_model, val, task)
             result["attn_kl_ptq"] = attention_fidelity(ptq_model, teacher, val)
             prog.log(f"PTQ  ({result['metric']}): {result['ptq']:.3f}")
@@ -698,10 +726,7 @@ def _qat(
         # load the weights BEFORE building the optimizer: brevitas rebuilds its scale modules on load, so an
         # optimizer made earlier would hold the replaced (orphaned) scale parameters
         student.load_state_dict(state["model"])
-    for p in student.parameters():  # the teacher is frozen; its quantized copy trains everything
-        p.requires_grad_(True)
-    opt = torch.optim.AdamW(list(student.parameters()), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = _make_scheduler(opt, cfg.lr_schedule, cfg.epochs * steps_per_epoch)
+    opt, sched = qat_optimizer(cfg, student, steps_per_epoch)
     if state is not None:
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
