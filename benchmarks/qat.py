@@ -31,7 +31,8 @@ distribution loss's row floor, unclipped and clipped). ``--ablate w8a8:entropy``
 whose ``--seeds`` are a subset of the seeds in the file also gets its own summary,
 ``seed_summary["fp_epochs_<E>_seeds_<first>-<last>"]``: a choice made on some seeds is confirmed on held-out ones.
 ``--only language --lm-seeds 0,1,2`` repeats the language table per seed (``language_seed<N>``, summary in
-``language_seed_summary``).
+``language_seed_summary``). With another FP training (``--lm-fp-epochs 20 --lm-train-samples 0``: 20 epochs on
+every training window) the sections are ``language_fp<E>_seed<N>``, summary ``language_fp<E>_seed_summary``.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ EDGEQAT = {"kd": True, "entropy": True, "distribution": True}
 EDGEQAT_DEFAULT = {**EDGEQAT, "entropy": False}
 PLAIN = {"kd": False, "entropy": False, "distribution": False}
 SINGLE_LOSSES = tuple(PLAIN)  # the EdgeQAT losses, by name
+LEGACY_LM_FP = (3, 1024)  # (FP epochs, training windows) of the first language table, which keeps its section names
 # Per-setting EdgeQAT losses: at W4A4 the entropy loss cost 2.8 and 7.8 points in two paired runs (same FP model /
 # lr / epochs / threads), so the W4A4 EdgeQAT row runs without it and the all-losses run is kept as its own row.
 # The five-seed repetitions later showed the stalls come with the distribution loss, and ten seeds that gradient
@@ -573,13 +575,20 @@ def _seed_summary(payload: dict[str, Any], ref: dict[str, Any], only: list[int] 
     payload["seed_summary"][key] = summary
 
 
-def _language_seed_summary(payload: dict[str, Any]) -> None:
-    """Mean perplexity per method over the language sections (``language`` = seed 0, ``language_seed<N>``) and
-    the paired per-seed differences of the default EdgeQAT (lower perplexity is better, so a 'win' is a drop)."""
-    sections = {0: payload["language"]} if "language" in payload else {}
-    prefix = "language_seed"
+def _language_prefix(fp_epochs: int, train_samples: int | None) -> str:
+    """Section names of the language repetitions are ``<prefix><seed>``. The first language table (FP 3 epochs on
+    1024 windows) keeps its names, ``language`` (seed 0) and ``language_seed<N>``; any other FP training is
+    ``language_fp<E>_seed<N>``."""
+    return "language_seed" if (fp_epochs, train_samples) == LEGACY_LM_FP else f"language_fp{fp_epochs}_seed"
+
+
+def _language_seed_summary(payload: dict[str, Any], prefix: str = "language_seed") -> None:
+    """Mean perplexity per method over the language sections ``<prefix><N>`` (for the first table also
+    ``language`` = seed 0) and the paired per-seed differences of the default EdgeQAT (lower perplexity is better,
+    so a 'win' is a drop). Written to ``<prefix>_summary``."""
+    sections = {0: payload["language"]} if prefix == "language_seed" and "language" in payload else {}
     for key, section in payload.items():
-        if key.startswith(prefix) and key[len(prefix) :].isdigit():  # language_seed<N>, not ..._summary
+        if key.startswith(prefix) and key[len(prefix) :].isdigit():  # <prefix><N>, not ..._summary
             sections[int(key[len(prefix) :])] = section
     if len(sections) < 2:
         return
@@ -607,7 +616,7 @@ def _language_seed_summary(payload: dict[str, Any]) -> None:
             (100.0 * (values["edgeqat_default"][s] / values["fp32"][s] - 1.0) for s in common), default=None
         )
         summary[bits] = entry
-    payload["language_seed_summary"] = summary
+    payload[f"{prefix}_summary"] = summary
 
 
 def main() -> None:
@@ -619,7 +628,7 @@ def main() -> None:
     ap.add_argument("--qat-epochs", type=int, default=6, help="QAT epochs of every vision QAT row")
     ap.add_argument("--lm-fp-epochs", type=int, default=3)
     ap.add_argument("--lm-qat-epochs", type=int, default=1)
-    ap.add_argument("--lm-train-samples", type=int, default=1024)
+    ap.add_argument("--lm-train-samples", type=int, default=1024, help="training windows of the LM (0: all)")
     ap.add_argument("--lr", type=float, default=5e-4, help="QAT peak learning rate of every vision QAT row")
     ap.add_argument("--lr-w8a8", type=float, default=1e-4, help="QAT lr of the W8A8 vision rows")
     ap.add_argument("--lm-lr", type=float, default=1e-4, help="QAT peak learning rate of every language QAT row")
@@ -690,10 +699,20 @@ def main() -> None:
         "note": "2 shared CPU cores; other jobs may run concurrently, so seconds are upper bounds",
     }
     command = "python benchmarks/qat.py " + " ".join(
-        f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v not in (None, False, "") and k != "resume"
+        # by identity: a 0 (``--lm-train-samples 0``) is a value, not an unset flag
+        f"--{k.replace('_', '-')} {v}"
+        for k, v in vars(args).items()
+        if v is not None and v is not False and v != "" and k != "resume"
     )
     # each mode keeps its own command line, so a later run of another mode does not overwrite it
-    payload["seeds_command" if args.seeds else "lm_seeds_command" if args.lm_seeds else "command"] = command
+    lm_prefix = _language_prefix(args.lm_fp_epochs, args.lm_train_samples or None)
+    if args.seeds:
+        payload["seeds_command"] = command
+    elif args.lm_seeds:  # each language FP training keeps its own command line
+        legacy = lm_prefix == "language_seed"
+        payload["lm_seeds_command" if legacy else f"{lm_prefix.removesuffix('_seed')}_command"] = command
+    else:
+        payload["command"] = command
     work = Path(args.workdir or tempfile.mkdtemp(prefix="edgeattn-qat-bench-"))
     QAT_SAMPLES.update(vision=args.qat_train_samples, language=args.qat_train_samples)
     seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
@@ -757,15 +776,15 @@ def main() -> None:
             "lr": args.lm_lr,
             "fp_lr": 2e-3,
             "seed": 0,
-            "max_train_samples": args.lm_train_samples,
+            "max_train_samples": args.lm_train_samples or None,
             "max_val_samples": 256,
             "corpus_bytes": 300_000,
             "num_threads": args.threads,
         }
-        for seed in lm_seeds or [0]:  # seed 0 is the main ``language`` section
-            suite = f"language_seed{seed}" if seed else "language"
+        for seed in lm_seeds or [0]:
+            suite = "language" if lm_prefix == "language_seed" and seed == 0 else f"{lm_prefix}{seed}"
             run_suite(suite, {**base, "seed": seed}, language_rows(["w8a8", "w4a8"]), payload, out, work)
-        _language_seed_summary(payload)
+        _language_seed_summary(payload, lm_prefix)
         if lm_seeds:
             _save(out, payload)
             return
