@@ -31,7 +31,7 @@ distribution loss's row floor, unclipped and clipped). ``--ablate w8a8:entropy``
 whose ``--seeds`` are a subset of the seeds in the file also gets its own summary,
 ``seed_summary["fp_epochs_<E>_seeds_<first>-<last>"]``: a choice made on some seeds is confirmed on held-out ones.
 ``--only language --lm-seeds 0,1,2`` repeats the language table per seed (``language_seed<N>``, summary in
-``language_seed_summary``). With another FP training (``--lm-fp-epochs 20 --lm-train-samples 0``: 20 epochs on
+``language_seed_summary``). With another FP training (``--lm-fp-epochs 10 --lm-train-samples 0``: 10 epochs on
 every training window) the sections are ``language_fp<E>_seed<N>``, summary ``language_fp<E>_seed_summary``.
 """
 

@@ -184,8 +184,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "model": "tiny_llama",
         "data": "stdlib",
         "seq_len": 64,
-        # 10 FP epochs on every window: validation perplexity 2.24, against 2.86 after 4 epochs (and 2.41 after
-        # 20, overfitting); see docs/qat.md, "Language rows from a trained FP model"
+        # 10 FP epochs on every window: validation perplexity 2.24, against 2.86 after 4 epochs; 20 overfit (2.41
+        # against 2.26 on the benchmark's validation windows). docs/qat.md, "Language rows from a trained FP model"
         "fp_epochs": 10,
         "epochs": 2,
         "fp_lr": 2e-3,
