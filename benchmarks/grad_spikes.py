@@ -55,9 +55,6 @@ def _norm(grads: tuple[torch.Tensor, ...]) -> float:
     return float(torch.nn.utils.get_total_norm(grads))
 
 
-def _large_row_masks(student: list[torch.Tensor], teacher: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Per attention layer, which student logit rows have a norm of at least ``SMALL_ROW`` times the teacher row's."""
-    return [s.detach().norm(dim=-1) >= SMALL_ROW * t.norm(dim=-1) for s, t in zip(student, teacher, strict=True)]
 
 
 def replay(cfg: TrainConfig, steps: int) -> list[dict[str, Any]]:
@@ -85,8 +82,12 @@ def replay(cfg: TrainConfig, steps: int) -> list[dict[str, Any]]:
         task = kd_loss(out, t_out, y, alpha=cfg.losses.kd_alpha, temperature=cfg.losses.kd_temperature)
         dist = w * distribution_loss(s_logits, t_logits, row_floor=0.0)  # the plain cosine the stalled runs used
         dist_floored = w * distribution_loss(s_logits, t_logits)  # edgeattn's default row floor
+        # per layer, ||student row|| / ||teacher row||, computed once for the masks and the counts below
+        ratios = [
+            s.detach().norm(dim=-1) / t.norm(dim=-1).clamp_min(1e-12) for s, t in zip(s_logits, t_logits, strict=True)
+        ]
         # the counterfactual: the plain-cosine loss over the rows that are not (all but) zero
-        large = _large_row_masks(s_logits, t_logits)
+        large = [r >= SMALL_ROW for r in ratios]
         dist_large = w * distribution_loss(
             [s[m] for s, m in zip(s_logits, large, strict=True)],
             [t[m] for t, m in zip(t_logits, large, strict=True)],
@@ -109,12 +110,9 @@ def replay(cfg: TrainConfig, steps: int) -> list[dict[str, Any]]:
                 "grad_distribution_without_small_rows": _norm(g_dist_large),
                 "grad_distribution_row_floor": _norm(g_dist_floored),
                 "largest_distribution_grad": {"param": top_name, "norm": dist_norms[top_name]},
-                "zero_logit_rows": [int((s.detach().norm(dim=-1) == 0).sum()) for s in s_logits],
+                "zero_logit_rows": [int((r == 0).sum()) for r in ratios],
                 "small_logit_rows": [int((~m).sum()) for m in large],
-                "min_row_norm_ratio": min(
-                    float((s.detach().norm(dim=-1) / t.norm(dim=-1).clamp_min(1e-12)).min())
-                    for s, t in zip(s_logits, t_logits, strict=True)
-                ),
+                "min_row_norm_ratio": min(float(r.min()) for r in ratios),
                 "rows_per_layer": [int(s.numel() // s.shape[-1]) for s in s_logits],
             }
         )
