@@ -705,7 +705,8 @@ def main() -> None:
         if v is not None and v is not False and v != "" and k != "resume"
     )
     # each mode keeps its own command line, so a later run of another mode does not overwrite it
-    lm_prefix = _language_prefix(args.lm_fp_epochs, args.lm_train_samples or None)
+    lm_train_samples = args.lm_train_samples or None  # 0: every training window
+    lm_prefix = _language_prefix(args.lm_fp_epochs, lm_train_samples)
     if args.seeds:
         payload["seeds_command"] = command
     elif args.lm_seeds:  # each language FP training keeps its own command line
@@ -776,7 +777,7 @@ def main() -> None:
             "lr": args.lm_lr,
             "fp_lr": 2e-3,
             "seed": 0,
-            "max_train_samples": args.lm_train_samples or None,
+            "max_train_samples": lm_train_samples,
             "max_val_samples": 256,
             "corpus_bytes": 300_000,
             "num_threads": args.threads,
