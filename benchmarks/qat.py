@@ -33,6 +33,15 @@ whose ``--seeds`` are a subset of the seeds in the file also gets its own summar
 ``--only language --lm-seeds 0,1,2`` repeats the language table per seed (``language_seed<N>``, summary in
 ``language_seed_summary``). With another FP training (``--lm-fp-epochs 10 --lm-train-samples 0``: 10 epochs on
 every training window) the sections are ``language_fp<E>_seed<N>``, summary ``language_fp<E>_seed_summary``.
+
+``--lr-sweep w8a8:1e-3:1`` (``bits:lr:epochs``, comma-separated) adds, with ``--seeds`` or ``--lm-seeds``, the default
+EdgeQAT at that QAT lr and length from the same FP models, as rows ``<row>-lr<lr>-ep<epochs>``;
+``--lr-sweep-controls`` adds plain QAT and the FP fine-tuning control at the same settings.
+``lr_sweep_summary["<vision_fp<E>|language_fp<E>>"]`` pairs each setting by seed with FP32, PTQ, the controls and the
+default EdgeQAT at the suite's own lr (a subset of seeds gets its own ``..._seeds_<first>-<last>`` entry too):
+
+    python benchmarks/qat.py --only language --resume --lm-fp-epochs 10 --lm-train-samples 0 --workdir /tmp/q/lm10 \
+        --lm-seeds 0,1,2,3,4 --lr-sweep w8a8:3e-4:1,w8a8:1e-3:1,w8a8:1e-4:3
 """
 
 from __future__ import annotations
@@ -40,6 +49,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import re
 import statistics
 import tempfile
 import time
@@ -222,6 +232,43 @@ def mse_ptq_rows(bits: str) -> list[dict[str, Any]]:
     ]
 
 
+def _sweep_specs(text: str) -> list[tuple[str, str, int]]:
+    """``--lr-sweep`` values: comma-separated ``bits:lr:epochs`` (``w8a8:1e-3:1``), the lr kept as written for the
+    row names."""
+    specs = []
+    for item in filter(None, text.split(",")):
+        parts = item.split(":")
+        try:
+            bits, lr_text, epochs = parts
+            float(lr_text), int(epochs)
+        except ValueError:
+            raise SystemExit(f"--lr-sweep: '{item}' is not bits:lr:epochs (e.g. w8a8:1e-3:1)") from None
+        specs.append((bits, lr_text, int(epochs)))
+    return specs
+
+
+SWEEP_SUFFIX = re.compile(r"^(?P<row>.+)-lr(?P<lr>[^-]+(?:e-\d+)?)-ep(?P<epochs>\d+)$")
+
+
+def lr_sweep_rows(bits: str, lr_text: str, epochs: int, prefix: str = "", controls: bool = False) -> list[dict]:
+    """The default EdgeQAT (KD + distribution) at another QAT lr and length, named ``<row>-lr<lr>-ep<epochs>``;
+    with ``controls`` also plain QAT and the FP fine-tuning control at the same lr and length, so a gain can be told
+    apart from the extra training."""
+    rows = [
+        {
+            "name": f"{prefix}edgeqat-no-entropy-{bits}",
+            "method": "EdgeQAT (default losses)",
+            "bits": bits,
+            "losses": EDGEQAT_DEFAULT,
+        }
+    ]
+    if controls:
+        rows.append({"name": f"{prefix}qat-{bits}", "method": "plain QAT", "bits": bits, "losses": PLAIN})
+        rows.append(fp_finetune_row(bits, prefix=prefix))
+    suffix = f"-lr{lr_text}-ep{epochs}"
+    return [{**r, "name": r["name"] + suffix, "lr": float(lr_text), "epochs": epochs, "sweep": True} for r in rows]
+
+
 def token_adaptive_row(bits: str, lr: float | None = None) -> dict[str, Any]:
     """edgeattn's default EdgeQAT (KD + distribution loss) with token-importance-aware bits on."""
     return {
@@ -266,6 +313,8 @@ def _row_config(
         cfg.update(losses=row["losses"], token_adaptive=row.get("token_adaptive", False))
         if "lr" in row:
             cfg["lr"] = row["lr"]
+        if "epochs" in row:
+            cfg["epochs"] = row["epochs"]
         if "grad_clip" in row:
             cfg["grad_clip"] = row["grad_clip"]
     return TrainConfig.parse(cfg, row["name"])
@@ -334,7 +383,7 @@ def run_suite(
             "grad_clip": None if "ptq" in row else cfg.grad_clip,
             "seconds": time.perf_counter() - t0,
         }
-        if "ptq" not in row and row["method"] == "plain QAT":
+        if "ptq" not in row and row["method"] == "plain QAT" and not row.get("sweep"):
             done[row["name"].replace("qat-", "ptq-percentile-")] = {
                 "method": "PTQ (percentile)",
                 "bits": row["bits"],
@@ -582,14 +631,20 @@ def _language_prefix(fp_epochs: int, train_samples: int | None) -> str:
     return "language_seed" if (fp_epochs, train_samples) == LEGACY_LM_FP else f"language_fp{fp_epochs}_seed"
 
 
-def _language_seed_summary(payload: dict[str, Any], prefix: str = "language_seed") -> None:
-    """Mean perplexity per method over the language sections ``<prefix><N>`` (for the first table also
-    ``language`` = seed 0) and the paired per-seed differences of the default EdgeQAT (lower perplexity is better,
-    so a 'win' is a drop). Written to ``<prefix>_summary``."""
+def _language_sections(payload: dict[str, Any], prefix: str) -> dict[int, dict[str, Any]]:
+    """The language sections ``<prefix><N>`` (for the first table also ``language`` = seed 0), by seed."""
     sections = {0: payload["language"]} if prefix == "language_seed" and "language" in payload else {}
     for key, section in payload.items():
         if key.startswith(prefix) and key[len(prefix) :].isdigit():  # <prefix><N>, not ..._summary
             sections[int(key[len(prefix) :])] = section
+    return dict(sorted(sections.items()))
+
+
+def _language_seed_summary(payload: dict[str, Any], prefix: str = "language_seed") -> None:
+    """Mean perplexity per method over the language sections ``<prefix><N>`` (for the first table also
+    ``language`` = seed 0) and the paired per-seed differences of the default EdgeQAT (lower perplexity is better,
+    so a 'win' is a drop). Written to ``<prefix>_summary``."""
+    sections = _language_sections(payload, prefix)
     if len(sections) < 2:
         return
     summary: dict[str, Any] = {"seeds": sorted(sections)}
@@ -617,6 +672,51 @@ def _language_seed_summary(payload: dict[str, Any], prefix: str = "language_seed
         )
         summary[bits] = entry
     payload[f"{prefix}_summary"] = summary
+
+
+def _lr_sweep_summary(
+    payload: dict[str, Any], sections: dict[int, dict[str, Any]], key: str, language: bool, only: list[int] | None
+) -> None:
+    """Per ``--lr-sweep`` setting (bits, lr, epochs) over ``sections``: each method's mean and the paired per-seed
+    gains of the default EdgeQAT and of the controls, in ``payload["lr_sweep_summary"][key]`` (with ``only``, over
+    those seeds alone, under ``<key>_seeds_<first>-<last>``). A gain is top-1 points up, or perplexity down."""
+    if only is not None:
+        sections = {s: sec for s, sec in sections.items() if s in only}
+        key += f"_seeds_{min(only)}-{max(only)}"
+    pre = "lm-" if language else ""
+    settings: dict[str, dict[str, dict[int, float]]] = {}
+    for seed, sec in sections.items():
+        rows = sec["rows"]
+        for name, row in rows.items():
+            match = SWEEP_SUFFIX.match(name)
+            if not match:
+                continue
+            method, _, bits = match["row"].removeprefix(pre).rpartition("-")
+            values = settings.setdefault(f"{bits}-lr{match['lr']}-ep{match['epochs']}", {})
+            values.setdefault(method, {})[seed] = row["value"]
+            # references of the same seed: FP32, PTQ and the default EdgeQAT at the suite's own lr
+            ptq = rows[f"lm-qat-{bits}"]["ptq_value"] if language else _best_ptq(rows, bits)
+            suite_edgeqat = rows.get(f"{pre}edgeqat-no-entropy-{bits}", {}).get("value")
+            for ref, v in (("fp32", sec.get("fp32")), ("ptq", ptq), ("edgeqat-no-entropy-suite-lr", suite_edgeqat)):
+                if v is not None:
+                    values.setdefault(ref, {})[seed] = v
+    pairs = [("edgeqat-no-entropy", o) for o in ("ptq", "fp32", "qat", "fp-finetune", "edgeqat-no-entropy-suite-lr")]
+    pairs += [("qat", "ptq"), ("fp-finetune", "fp32")]
+    out: dict[str, Any] = {
+        "metric": "perplexity" if language else "top-1 %",
+        "gain": "paired per seed: perplexity down (language) or top-1 points up (vision); a win is a gain > 0",
+        "ptq": "the PTQ (percentile) row the QAT rows start from" if language else "the better PTQ row per seed",
+    }
+    for setting, values in settings.items():
+        entry: dict[str, Any] = {m: _method_stats(by_seed) for m, by_seed in values.items()}
+        for m, o in pairs:
+            common = sorted(set(values.get(m, {})) & set(values.get(o, {})))
+            if common:
+                sign = -1.0 if language else 1.0
+                entry[f"{m}_gain_over_{o}"] = _paired_stats([sign * (values[m][s] - values[o][s]) for s in common])
+        out[setting] = entry
+    if settings:
+        payload.setdefault("lr_sweep_summary", {})[key] = out
 
 
 def main() -> None:
@@ -683,6 +783,17 @@ def main() -> None:
     )
     ap.add_argument("--grad-clip", type=float, default=1.0, help="the global gradient-norm clip of those rows")
     ap.add_argument(
+        "--lr-sweep",
+        default="",
+        help="with --seeds or --lm-seeds: also run the default EdgeQAT at these comma-separated bits:lr:epochs "
+        "settings (w8a8:1e-3:1), from the same FP models",
+    )
+    ap.add_argument(
+        "--lr-sweep-controls",
+        action="store_true",
+        help="with --lr-sweep: also plain QAT and the FP fine-tuning control at each of those settings",
+    )
+    ap.add_argument(
         "--seeds",
         default="",
         help="comma-separated seeds: run only the vision table (no ablations, no language), once per seed",
@@ -699,15 +810,19 @@ def main() -> None:
         "note": "2 shared CPU cores; other jobs may run concurrently, so seconds are upper bounds",
     }
     command = "python benchmarks/qat.py " + " ".join(
-        # by identity: a 0 (``--lm-train-samples 0``) is a value, not an unset flag
-        f"--{k.replace('_', '-')} {v}"
+        # by identity: a 0 (``--lm-train-samples 0``) is a value, not an unset flag; a switch has no value
+        f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}")
         for k, v in vars(args).items()
         if v is not None and v is not False and v != "" and k != "resume"
     )
     # each mode keeps its own command line, so a later run of another mode does not overwrite it
     lm_train_samples = args.lm_train_samples or None  # 0: every training window
     lm_prefix = _language_prefix(args.lm_fp_epochs, lm_train_samples)
-    if args.seeds:
+    if args.lr_sweep:  # every sweep keeps its command line: the sweeps add rows to sections other runs made
+        sweep_commands = payload.setdefault("lr_sweep_commands", [])
+        if command not in sweep_commands:
+            sweep_commands.append(command)
+    elif args.seeds:
         payload["seeds_command"] = command
     elif args.lm_seeds:  # each language FP training keeps its own command line
         legacy = lm_prefix == "language_seed"
@@ -718,6 +833,12 @@ def main() -> None:
     QAT_SAMPLES.update(vision=args.qat_train_samples, language=args.qat_train_samples)
     seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
     lm_seeds = [int(x) for x in args.lm_seeds.split(",") if x.strip()]
+    sweep = _sweep_specs(args.lr_sweep)
+    if sweep and not (seeds or lm_seeds):
+        raise SystemExit("--lr-sweep needs --seeds (vision) or --lm-seeds (language)")
+
+    def sweep_rows(prefix: str) -> list[dict[str, Any]]:
+        return [r for spec in sweep for r in lr_sweep_rows(*spec, prefix=prefix, controls=args.lr_sweep_controls)]
 
     def lr_of(bits: str) -> float:
         return args.lr_w8a8 if bits == "w8a8" else args.lr
@@ -754,14 +875,18 @@ def main() -> None:
             + [r for b in args.grad_clip_rows.split(",") if b for r in grad_clip_rows(b, args.grad_clip, lr_of(b))]
             + [r for b in args.mse_rows.split(",") if b for r in mse_ptq_rows(b)]
             + [r for b, losses in _loss_specs(args.single_loss) for r in single_loss_rows(b, lr_of(b), losses)]
-            + [r for b in args.row_floor_rows.split(",") if b for r in row_floor_rows(b, args.grad_clip, lr_of(b))],
+            + [r for b in args.row_floor_rows.split(",") if b for r in row_floor_rows(b, args.grad_clip, lr_of(b))]
+            + sweep_rows(""),
             payload,
             out,
             work,
         )
         _seed_summary(payload, vis_base)
-        if set(seeds) != set(_seed_sections(payload, vis_base)):  # this run's seeds are a subset: summarise them too
+        sections = _seed_sections(payload, vis_base)
+        _lr_sweep_summary(payload, sections, f"vision_fp{args.fp_epochs}", language=False, only=None)
+        if set(seeds) != set(sections):  # this run's seeds are a subset: summarise them too
             _seed_summary(payload, vis_base, only=seeds)
+            _lr_sweep_summary(payload, sections, f"vision_fp{args.fp_epochs}", language=False, only=seeds)
         _save(out, payload)
     if seeds:
         return
@@ -784,8 +909,15 @@ def main() -> None:
         }
         for seed in lm_seeds or [0]:
             suite = "language" if lm_prefix == "language_seed" and seed == 0 else f"{lm_prefix}{seed}"
-            run_suite(suite, {**base, "seed": seed}, language_rows(["w8a8", "w4a8"]), payload, out, work)
+            rows = language_rows(["w8a8", "w4a8"]) + sweep_rows("lm-")
+            run_suite(suite, {**base, "seed": seed}, rows, payload, out, work)
         _language_seed_summary(payload, lm_prefix)
+        if sweep:
+            sections = _language_sections(payload, lm_prefix)
+            group = lm_prefix.removesuffix("_seed")
+            _lr_sweep_summary(payload, sections, group, language=True, only=None)
+            if set(lm_seeds) != set(sections):
+                _lr_sweep_summary(payload, sections, group, language=True, only=lm_seeds)
         if lm_seeds:
             _save(out, payload)
             return

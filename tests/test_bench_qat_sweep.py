@@ -1,0 +1,96 @@
+"""The QAT benchmark's ``--lr-sweep`` bookkeeping: spec parsing, row names and the paired summary, against
+hand-computed figures (the benchmark itself trains for minutes; its helpers are checked here)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "qat.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_qat", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_sweep_specs_and_row_names(bench):
+    assert bench._sweep_specs("w8a8:1e-3:1,w4a8:0.0005:6") == [("w8a8", "1e-3", 1), ("w4a8", "0.0005", 6)]
+    with pytest.raises(SystemExit, match="bits:lr:epochs"):
+        bench._sweep_specs("w8a8:1e-3")
+    with pytest.raises(SystemExit, match="bits:lr:epochs"):
+        bench._sweep_specs("w8a8:fast:1")
+    rows = bench.lr_sweep_rows("w8a8", "1e-3", 1, prefix="lm-", controls=True)
+    assert [r["name"] for r in rows] == [
+        "lm-edgeqat-no-entropy-w8a8-lr1e-3-ep1",
+        "lm-qat-w8a8-lr1e-3-ep1",
+        "lm-fp-finetune-w8a8-lr1e-3-ep1",
+    ]
+    assert all(r["lr"] == 1e-3 and r["epochs"] == 1 for r in rows)
+    assert rows[2]["quant"] == bench.FLOAT_EVERYTHING  # the control quantizes nothing
+    for name, lr in (("edgeqat-no-entropy-w8a8-lr1e-3-ep6", "1e-3"), ("qat-w4a8-lr0.0005-ep2", "0.0005")):
+        assert bench.SWEEP_SUFFIX.match(name)["lr"] == lr
+
+
+def _section(fp32: float, rows: dict[str, dict[str, float]]) -> dict:
+    return {"fp32": fp32, "rows": rows}
+
+
+def test_language_sweep_summary_pairs_by_seed(bench):
+    # three seeds: FP32, the PTQ the QAT rows start from, the suite-lr EdgeQAT and the lr 1e-3 EdgeQAT
+    fp, ptq, suite, hot = [2.0, 2.1, 2.2], [2.05, 2.15, 2.25], [2.06, 2.14, 2.24], [2.04, 2.16, 2.23]
+    sections = {
+        s: _section(
+            fp[s],
+            {
+                "lm-qat-w8a8": {"value": 9.0, "ptq_value": ptq[s]},
+                "lm-edgeqat-no-entropy-w8a8": {"value": suite[s]},
+                "lm-edgeqat-no-entropy-w8a8-lr1e-3-ep1": {"value": hot[s]},
+            },
+        )
+        for s in range(3)
+    }
+    payload: dict = {}
+    bench._lr_sweep_summary(payload, sections, "language_fp10", language=True, only=None)
+    entry = payload["lr_sweep_summary"]["language_fp10"]["w8a8-lr1e-3-ep1"]
+    over_ptq = entry["edgeqat-no-entropy_gain_over_ptq"]  # perplexity down is a gain: 0.01, -0.01, 0.02
+    assert over_ptq["mean"] == pytest.approx(0.02 / 3)
+    assert (over_ptq["wins"], over_ptq["ties"], over_ptq["losses"]) == (2, 0, 1)
+    over_suite = entry["edgeqat-no-entropy_gain_over_edgeqat-no-entropy-suite-lr"]  # 0.02, -0.02, 0.01
+    assert over_suite["mean"] == pytest.approx(0.01 / 3)
+    assert entry["edgeqat-no-entropy"]["mean"] == pytest.approx(sum(hot) / 3)
+    assert "edgeqat-no-entropy_gain_over_qat" not in entry  # no plain-QAT control ran
+    bench._lr_sweep_summary(payload, sections, "language_fp10", language=True, only=[1, 2])
+    held_out = payload["lr_sweep_summary"]["language_fp10_seeds_1-2"]["w8a8-lr1e-3-ep1"]
+    assert held_out["edgeqat-no-entropy_gain_over_ptq"]["mean"] == pytest.approx(0.005)
+
+
+def test_vision_sweep_summary_uses_the_better_ptq(bench):
+    rows = [
+        {
+            "ptq-minmax-w8a8": {"value": 97.0},
+            "ptq-percentile-w8a8": {"value": 98.0},
+            "edgeqat-no-entropy-w8a8-lr1e-3-ep6": {"value": 98.5},
+            "qat-w8a8-lr1e-3-ep6": {"value": 97.5},
+        },
+        {
+            "ptq-minmax-w8a8": {"value": 99.0},
+            "ptq-percentile-w8a8": {"value": 98.0},
+            "edgeqat-no-entropy-w8a8-lr1e-3-ep6": {"value": 98.0},
+            "qat-w8a8-lr1e-3-ep6": {"value": 99.0},
+        },
+    ]
+    payload: dict = {}
+    sections = {s: _section(98.0, r) for s, r in enumerate(rows)}
+    bench._lr_sweep_summary(payload, sections, "vision_fp20", language=False, only=None)
+    entry = payload["lr_sweep_summary"]["vision_fp20"]["w8a8-lr1e-3-ep6"]
+    over_ptq = entry["edgeqat-no-entropy_gain_over_ptq"]  # 98.5 - 98.0, 98.0 - 99.0: top-1 up is a gain
+    assert over_ptq["mean"] == pytest.approx(-0.25)
+    assert (over_ptq["wins"], over_ptq["losses"]) == (1, 1)
+    assert entry["qat_gain_over_ptq"]["mean"] == pytest.approx(-0.25)
+    assert entry["edgeqat-no-entropy_gain_over_qat"]["mean"] == pytest.approx(0.0)
