@@ -55,8 +55,6 @@ def _norm(grads: tuple[torch.Tensor, ...]) -> float:
     return float(torch.nn.utils.get_total_norm(grads))
 
 
-
-
 def replay(cfg: TrainConfig, steps: int) -> list[dict[str, Any]]:
     """The first ``steps`` QAT steps of ``cfg`` (unclipped), with each step's gradient split by loss."""
     train, _val, info = load_data(cfg)

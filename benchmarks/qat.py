@@ -250,7 +250,9 @@ def _sweep_specs(text: str) -> list[tuple[str, str, int]]:
 SWEEP_SUFFIX = re.compile(r"^(?P<row>.+)-lr(?P<lr>[^-]+(?:e-\d+)?)-ep(?P<epochs>\d+)$")
 
 
-def lr_sweep_rows(bits: str, lr_text: str, epochs: int, prefix: str = "", controls: bool = False) -> list[dict]:
+def lr_sweep_rows(
+    bits: str, lr_text: str, epochs: int, prefix: str = "", controls: bool = False
+) -> list[dict[str, Any]]:
     """The default EdgeQAT (KD + distribution) at another QAT lr and length, named ``<row>-lr<lr>-ep<epochs>``;
     with ``controls`` also plain QAT and the FP fine-tuning control at the same lr and length, so a gain can be told
     apart from the extra training."""
@@ -707,12 +709,12 @@ def _lr_sweep_summary(
         "gain": "paired per seed: perplexity down (language) or top-1 points up (vision); a win is a gain > 0",
         "ptq": "the PTQ (percentile) row the QAT rows start from" if language else "the better PTQ row per seed",
     }
+    sign = -1.0 if language else 1.0  # a gain is perplexity down, or top-1 up
     for setting, values in settings.items():
         entry: dict[str, Any] = {m: _method_stats(by_seed) for m, by_seed in values.items()}
         for m, o in pairs:
             common = sorted(set(values.get(m, {})) & set(values.get(o, {})))
             if common:
-                sign = -1.0 if language else 1.0
                 entry[f"{m}_gain_over_{o}"] = _paired_stats([sign * (values[m][s] - values[o][s]) for s in common])
         out[setting] = entry
     if settings:
