@@ -45,6 +45,7 @@ from edgeattn.quant.train import (
     qat_optimizer,
     quant_config_for,
     seed_everything,
+    steps_per_epoch,
 )
 
 SMALL_ROW = DISTRIBUTION_ROW_FLOOR  # a student logit row this small relative to the teacher's is "all but zeroed"
@@ -63,7 +64,7 @@ def replay(cfg: TrainConfig, steps: int) -> list[dict[str, Any]]:
     teacher = frozen_teacher(*load_checkpoint(cfg.fp_checkpoint))
     student = calibrated_ptq_model(cfg, teacher, qcfg, train)
     seed_everything(cfg.seed + 1)  # as quant.train's QAT loop does
-    opt, sched = qat_optimizer(cfg, student, steps_per_epoch=-(-len(train) // cfg.batch_size))
+    opt, sched = qat_optimizer(cfg, student, steps_per_epoch(len(train), cfg.batch_size))
     params = list(student.parameters())
     names = [n for n, _ in student.named_parameters()]
     w = cfg.losses.distribution_weight

@@ -371,6 +371,11 @@ def epoch_order(n: int, seed: int, epoch: int, rank: int = 0, world: int = 1) ->
     return perm[:usable][rank::world]
 
 
+def steps_per_epoch(n: int, batch_size: int, world: int = 1) -> int:
+    """Optimizer steps per epoch: ``n`` samples sharded like :func:`epoch_order`, ``batch_size`` per rank."""
+    return math.ceil((n // world) / batch_size)
+
+
 def _batches(ds: TensorDataset, order: torch.Tensor, batch_size: int) -> Iterator[tuple[torch.Tensor, ...]]:
     for i in range(0, len(order), batch_size):
         idx = order[i : i + batch_size]
@@ -505,9 +510,9 @@ def _train_fp(
 ) -> None:
     net = dist.wrap(model)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.fp_lr, weight_decay=0.05)
-    steps_per_epoch = math.ceil(len(epoch_order(len(train), cfg.seed, 0, dist.rank, dist.world)) / _local_bs(cfg, dist))
-    sched = _make_scheduler(opt, "cosine", cfg.fp_epochs * steps_per_epoch)
-    task = progress.task("FP32 training", cfg.fp_epochs * steps_per_epoch)
+    epoch_steps = steps_per_epoch(len(train), _local_bs(cfg, dist), dist.world)
+    sched = _make_scheduler(opt, "cosine", cfg.fp_epochs * epoch_steps)
+    task = progress.task("FP32 training", cfg.fp_epochs * epoch_steps)
     model.train()
     for epoch in range(cfg.fp_epochs):
         order = epoch_order(len(train), cfg.seed + 7, epoch, dist.rank, dist.world)
@@ -720,7 +725,7 @@ def _qat(
     stop: _StopFlag,
 ) -> list[dict[str, Any]]:
     bs = _local_bs(cfg, dist)
-    steps_per_epoch = math.ceil(len(epoch_order(len(train), cfg.seed, 0, dist.rank, dist.world)) / bs)
+    epoch_steps = steps_per_epoch(len(train), bs, dist.world)
     history: list[dict[str, Any]] = []
     start_epoch = 0
     state_path = out_dir / "state.pt"
@@ -730,7 +735,7 @@ def _qat(
         # load the weights BEFORE building the optimizer: brevitas rebuilds its scale modules on load, so an
         # optimizer made earlier would hold the replaced (orphaned) scale parameters
         student.load_state_dict(state["model"])
-    opt, sched = qat_optimizer(cfg, student, steps_per_epoch)
+    opt, sched = qat_optimizer(cfg, student, epoch_steps)
     if state is not None:
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
@@ -738,7 +743,7 @@ def _qat(
         history = list(state["history"])
         start_epoch = int(state["epoch"])
     net = dist.wrap(student)
-    bar = prog.task("QAT", max(cfg.epochs - start_epoch, 0) * steps_per_epoch)
+    bar = prog.task("QAT", max(cfg.epochs - start_epoch, 0) * epoch_steps)
     for epoch in range(start_epoch, cfg.epochs):
         student.train()
         t_ep = time.perf_counter()

@@ -302,3 +302,12 @@ def test_distribution_row_floor_reaches_the_loss_and_is_validated(tmp_path, monk
     assert T.TrainConfig().losses.distribution_row_floor == 1e-3
     with pytest.raises(T.EdgeAttnError, match="distribution_row_floor"):
         T.TrainConfig.parse({"losses": {"distribution_row_floor": -1.0}})
+
+
+@pytest.mark.parametrize("n,batch_size,world", [(128, 32, 1), (130, 32, 1), (1437, 64, 1), (1437, 32, 2), (101, 7, 3)])
+def test_steps_per_epoch_counts_the_batches_every_rank_runs(n, batch_size, world):
+    # the lr schedule's length must equal the steps the loop takes, on every rank (or DDP ranks fall out of step)
+    ds = torch.utils.data.TensorDataset(torch.arange(n))
+    for rank in range(world):
+        taken = sum(1 for _ in T._batches(ds, T.epoch_order(n, seed=3, epoch=1, rank=rank, world=world), batch_size))
+        assert T.steps_per_epoch(n, batch_size, world) == taken
