@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from edgeattn.errors import EdgeAttnError
+
 
 def current_umask() -> int:
     """The process umask, read without changing it where /proc allows (``os.umask`` must set it to query it)."""
@@ -69,14 +71,30 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
     return Path(path)
 
 
+def replaceable_dir(out_dir: str | Path) -> Path:
+    """``out_dir`` as an absolute path, or an :class:`EdgeAttnError` if replacing it as a whole would be unsafe.
+
+    Refused: the working directory or a folder above it (``-o .``, ``-o ..``: replacing it would delete the
+    caller's own files and the folder they stand in), and an existing path that is not a folder. Callers check this
+    before any long work, so bad output paths fail fast.
+    """
+    out = Path(out_dir).resolve()
+    cwd = Path.cwd().resolve()
+    if out == cwd or out in cwd.parents:
+        raise EdgeAttnError(f"output folder '{out_dir}' is the working directory or holds it; name a new folder")
+    if out.exists() and not out.is_dir():
+        raise EdgeAttnError(f"output folder '{out_dir}' exists and is not a folder")
+    return out
+
+
 @contextmanager
 def staging_dir(out_dir: str | Path) -> Iterator[Path]:
     """Yield an empty folder beside ``out_dir``; when the block succeeds it becomes ``out_dir``.
 
     An existing ``out_dir`` is replaced only then (callers check ``--force`` before entering); on failure the
-    staging folder is removed and ``out_dir`` is left as it was.
+    staging folder is removed and ``out_dir`` is left as it was. ``out_dir`` must pass :func:`replaceable_dir`.
     """
-    out_dir = Path(out_dir)
+    out_dir = replaceable_dir(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
     try:

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +17,7 @@ from typing import Any
 import numpy as np
 from edgeattn.export.report import ExportReport, ParityFailure, environment, write_report
 
-from edgeattn.atomic import publish_modes
+from edgeattn.atomic import replaceable_dir, staging_dir
 from edgeattn.errors import EdgeAttnError
 
 __all__ = ["DEFAULT_PROFILES", "TARGETS", "export_all", "export_model", "resolve_model"]
@@ -84,6 +82,30 @@ def resolve_model(
         kwargs.setdefault("img_size", h)
         kwargs.setdefault("in_chans", c)
     return create_model(model, **kwargs).eval(), model, None
+
+
+def _check_batch_fits(
+    target: str,
+    profile: Any,
+    batch: int | None,
+    dynamic_batch: bool | None,
+    n_inputs: int,
+    inputs: np.ndarray | None,
+) -> None:
+    """Refuse, before any work, parity inputs that cannot fill one static batch of the exported model.
+
+    A static-batch artifact runs whole batches only, and the first batch is the tracing example.
+    """
+    b = batch or profile.export.input_shape[0]
+    dyn = profile.export.dynamic_batch if dynamic_batch is None else dynamic_batch
+    if dyn and target != "coreml":  # Core ML exports a static batch always
+        return
+    n = n_inputs if inputs is None else min(n_inputs, len(inputs))
+    if n < b:
+        hint = "" if target == "coreml" else ", or --dynamic-batch"
+        raise EdgeAttnError(
+            f"{n} parity input(s) cannot fill one static batch of {b}: pass --n-inputs {b} or more{hint}"
+        )
 
 
 def _input_shape(model: Any, profile: Any, batch: int | None) -> tuple[int, ...]:
@@ -168,10 +190,15 @@ def export_model(
         profile: a DeviceProfile or a profile name/path; it must list ``target``.
         out_dir: created; an existing directory needs ``force=True``.
         precision: ``fp32``/``fp16``/``int8`` (default: the profile's). INT8 of a float model runs PTQ
-            (edgeattn.quant.ptq with the profile's bits) on ``calib_inputs`` or digits samples.
+            (edgeattn.quant.ptq with the profile's bits) on ``calib_inputs`` or digits samples, except for
+            Core ML, where it means int8 *weights* only (coremltools' linear weight quantization; activations
+            stay in the compute precision, no PTQ). For Core ML an explicit ``fp32``/``fp16`` sets the compute
+            precision; left out, the profile's ``coreml.compute_precision`` applies.
         atol: overrides the profile's ``max_abs`` tolerance (fraction of the output range).
-        n_inputs / inputs: parity inputs (``inputs`` replaces the generated ones).
-        cpu_isa: run OpenVINO's CPU plugin capped at this oneDNN ISA (e.g. ``"AVX2"``) in a child process.
+        n_inputs / inputs: parity inputs (``inputs`` replaces the generated ones). With a static batch there
+            must be at least one batch of them (the first batch is also the example the model is traced with).
+        cpu_isa: run OpenVINO's CPU plugin capped at this oneDNN ISA (e.g. ``"AVX2"``, any case; one of
+            :data:`edgeattn.export.openvino_target.ONEDNN_ISAS`) in a child process.
         cache: a dict shared by several calls in one process (e.g. one model to several targets, see
             :func:`export_all`): the resolved/deploy/PTQ'd model, the calibration data, the torch reference
             outputs, the exported ONNX and its ONNX Runtime (no-optimisation) outputs are reused when their
@@ -273,11 +300,16 @@ def _export_model(
         raise EdgeAttnError(f"--batch must be >= 1, got {batch}")
     if n_inputs < 1:
         raise EdgeAttnError(f"n_inputs must be >= 1, got {n_inputs}")
+    if cpu_isa is not None:
+        from edgeattn.export.openvino_target import normalize_isa
+
+        cpu_isa = normalize_isa(cpu_isa)
+    _check_batch_fits(target, prof, batch, dynamic_batch, n_inputs, inputs)
+    out = replaceable_dir(out_dir)  # refuses '.', a folder above it, a file: before any work
     _require_backend(target)
-    out = Path(out_dir)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
+    if out.exists() and any(out.iterdir()) and not force:
         raise EdgeAttnError(
-            f"output directory '{out}' exists and is not empty; pass --force to replace it", exit_code=6
+            f"output directory '{out_dir}' exists and is not empty; pass --force to replace it", exit_code=6
         )
 
     model_key = (
@@ -310,7 +342,14 @@ def _export_model(
         if precision is not None:
             raise EdgeAttnError(f"the model is quantized: it exports as int8, not {precision}")
         prec = "int8"
-    if target == "coreml" and prec == "fp32" and prof.coreml and prof.coreml.compute_precision == "fp16":
+    # a profile that says fp32 but computes Core ML in fp16 is judged as fp16; an explicit --precision fp32 wins
+    if (
+        target == "coreml"
+        and precision is None
+        and prec == "fp32"
+        and prof.coreml
+        and prof.coreml.compute_precision == "fp16"
+    ):
         prec = "fp16"
     shape = _input_shape(module, prof, batch)
     dyn = prof.export.dynamic_batch if dynamic_batch is None else dynamic_batch
@@ -338,6 +377,11 @@ def _export_model(
         stage_s["ptq"] = round(time.perf_counter() - t0, 3)
         quantized = True
         notes.append("float model quantized by PTQ (edgeattn.quant.ptq) with the profile's bit widths")
+    elif prec == "int8" and not quantized:  # Core ML
+        notes.append(
+            "Core ML int8 of a float model: weights stored int8 by coremltools' linear_quantize_weights, "
+            "activations in the compute precision (no PTQ; quantize the model first for W8A8)"
+        )
 
     tol = prof.tolerance_for(prec)
     if atol is not None:
@@ -365,11 +409,10 @@ def _export_model(
         {"name": "output", "shape": ["batch" if dyn else shape[0], *ref.shape[1:]], "dtype": "float32"}
     ]
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
-    try:
-        import torch
+    import torch
 
+    # staged beside ``out``; renamed into place (replacing an old ``out``) only when the block succeeds
+    with staging_dir(out) as stage:
         example = torch.from_numpy(np.ascontiguousarray(x[: shape[0]]))
         job = _Job(
             module=module,
@@ -396,15 +439,9 @@ def _export_model(
         if not report.passed:
             _tag_failed(stage, report)
         report.timings_s["total"] = round(time.perf_counter() - t_start, 3)
+        # report.json names where the artifacts will be, not the staging folder
+        report.artifacts = {k: str(out / Path(v).name) for k, v in report.artifacts.items()}
         write_report(stage / "report.json", report)
-        publish_modes(stage)  # mkdtemp/mkstemp staged it 0700/0600: give it a normal file's modes
-        if out.exists():
-            shutil.rmtree(out) if out.is_dir() else out.unlink()
-        os.replace(stage, out)
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
-    report.artifacts = {k: str(out / Path(v).name) for k, v in report.artifacts.items()}
     if not report.passed:
         failed = [p for p in report.parity if not p["passed"]]
         first = failed[0]
@@ -461,13 +498,28 @@ def export_all(
         p = (profiles or {}).get(t, DEFAULT_PROFILES[t])
         resolved[t] = p if isinstance(p, DeviceProfile) else load_profile(p)
         resolved[t].require_target(t)
+        _check_batch_fits(
+            t,
+            resolved[t],
+            kwargs.get("batch"),
+            kwargs.get("dynamic_batch"),
+            kwargs.get("n_inputs", 32),
+            kwargs.get("inputs"),
+        )
         _require_backend(t)
+    if kwargs.get("cpu_isa") is not None:
+        from edgeattn.export.openvino_target import normalize_isa
+
+        normalize_isa(kwargs["cpu_isa"])
     root = Path(out_dir)
+    if root.exists() and not root.is_dir():
+        raise EdgeAttnError(f"output folder '{out_dir}' exists and is not a folder")
     for t in targets:
-        d = root / t
-        if d.exists() and (not d.is_dir() or any(d.iterdir())) and not force:
+        d = replaceable_dir(root / t)  # each out_dir/<target> is replaced as a whole: same rules
+        if d.exists() and any(d.iterdir()) and not force:
             raise EdgeAttnError(
-                f"output directory '{d}' exists and is not empty; pass --force to replace it", exit_code=6
+                f"output directory '{root / t}' exists and is not empty; pass --force to replace it",
+                exit_code=6,
             )
     cache: dict = {}
     reports: dict[str, ExportReport] = {}
@@ -759,7 +811,7 @@ def _run_coreml(job: _Job) -> None:
     batch = example.shape[0]
     x_run = x[: (len(x) // batch) * batch]
     ref_run = job.ref[: len(x_run)]
-    compute = prof.coreml.compute_precision if prof.coreml else "fp16"
+    compute = info["compute_precision"]  # what the program computes in (an explicit --precision decides)
     t0 = time.perf_counter()
     if cm.coreml_prediction_available():
         units = prof.coreml.compute_units if prof.coreml else "ALL"

@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from edgeattn.atomic import publish_modes, replaceable_dir
 from edgeattn.errors import EdgeAttnError, MissingBackendError
 
 __all__ = ["convert_coreml", "coreml_prediction_available", "float_twin", "validate_spec"]
@@ -205,27 +206,70 @@ def float_twin(model: Any, keep_act_quant: bool = True) -> Any:
 def convert_coreml(
     model: Any, example: Any, profile: Any, precision: str, out_path: str | Path
 ) -> dict[str, Any]:
-    """Trace, convert and save ``out_path`` (an ``.mlpackage``) atomically; returns conversion facts."""
-    import torch
+    """Trace, convert and save ``out_path`` (an ``.mlpackage``) atomically; returns conversion facts.
 
+    ``precision`` ``fp32``/``fp16`` is the compute precision; ``int8`` stores the weights linearly quantized
+    and computes in the profile's ``coreml.compute_precision`` (activations are not quantized here: a
+    brevitas model brings its activation quantizers as round/clip arithmetic, see :func:`float_twin`).
+    A tracing or conversion failure raises :class:`EdgeAttnError` with exit code 5 and writes nothing.
+    """
+    import torch
+    from edgeattn.export.report import backend_error
+
+    out_path = replaceable_dir(out_path)  # the package is a folder replaced as a whole
     ct = require_coremltools()
     spec_cfg = profile.coreml
     target_name = spec_cfg.deployment_target if spec_cfg else "iOS17"
     target = getattr(ct.target, target_name)
-    compute = (
-        ct.precision.FLOAT16
-        if (spec_cfg is None or spec_cfg.compute_precision == "fp16")
-        else ct.precision.FLOAT32
-    )
-    if precision == "fp32":
+    profile_fp16 = spec_cfg is None or spec_cfg.compute_precision == "fp16"
+    if precision == "fp32" or (precision == "int8" and not profile_fp16):
         compute = ct.precision.FLOAT32
+    else:
+        compute = ct.precision.FLOAT16
     _register_int_cast()
     twin = float_twin(model)
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # TracerWarnings on static shape arithmetic
-        # check_trace=False: torch's check re-runs the model and compares; the parity gate that follows
-        # compares the converted program itself with the eager model on every parity input
-        traced = torch.jit.trace(twin, example, check_trace=False)
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # TracerWarnings on static shape arithmetic
+            # check_trace=False: torch's check re-runs the model and compares; the parity gate that follows
+            # compares the converted program itself with the eager model on every parity input
+            traced = torch.jit.trace(twin, example, check_trace=False)
+        mlmodel, weight_dtype = _convert(ct, traced, example, profile, precision, target, target_name, compute)
+    except EdgeAttnError:
+        raise
+    except Exception as exc:  # coremltools raises many types (NotImplementedError for an op it cannot map)
+        raise backend_error("coreml", exc) from exc
+    # staged in a private folder beside out_path under out_path's own name: coremltools' save() insists on the
+    # .mlpackage extension, so edgeattn.atomic.staging_dir's ".NAME.tmp-*" folder cannot be the package itself
+    tmp = Path(tempfile.mkdtemp(dir=out_path.parent, prefix=f".{out_path.name}."))
+    try:
+        staged = tmp / out_path.name
+        mlmodel.save(str(staged))
+        publish_modes(staged)
+        if out_path.exists():
+            shutil.rmtree(out_path)
+        os.replace(staged, out_path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {
+        "deployment_target": target_name,
+        "compute_precision": "fp16" if compute == ct.precision.FLOAT16 else "fp32",
+        "weight_quantization": weight_dtype,
+        "coremltools": ct.__version__,
+    }
+
+
+def _convert(
+    ct: Any,
+    traced: Any,
+    example: Any,
+    profile: Any,
+    precision: str,
+    target: Any,
+    target_name: str,
+    compute: Any,
+) -> tuple[Any, str | None]:
+    """coremltools' conversion of ``traced`` (+ linear weight quantization for int8): (mlmodel, weight dtype)."""
     with _quiet():
         mlmodel = ct.convert(
             traced,
@@ -254,22 +298,7 @@ def convert_coreml(
                 mode="linear_symmetric", dtype=weight_dtype, granularity="per_channel", weight_threshold=0
             )
             mlmodel = linear_quantize_weights(mlmodel, OptimizationConfig(global_config=cfg))
-    out_path = Path(out_path)
-    tmp = Path(tempfile.mkdtemp(dir=out_path.parent, prefix=f".{out_path.name}."))
-    try:
-        staged = tmp / out_path.name
-        mlmodel.save(str(staged))
-        if out_path.exists():
-            shutil.rmtree(out_path)
-        os.replace(staged, out_path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return {
-        "deployment_target": target_name,
-        "compute_precision": "fp16" if compute == ct.precision.FLOAT16 else "fp32",
-        "weight_quantization": weight_dtype,
-        "coremltools": ct.__version__,
-    }
+    return mlmodel, weight_dtype
 
 
 def _allowed_ops(spec_version: int) -> set[str]:

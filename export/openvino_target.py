@@ -25,9 +25,41 @@ from typing import Any
 
 import numpy as np
 
-from edgeattn.errors import MissingBackendError
+from edgeattn.errors import EdgeAttnError, MissingBackendError
 
-__all__ = ["OpenVINORunner", "convert_to_ir", "for_openvino", "kernel_report", "require_openvino"]
+__all__ = [
+    "ONEDNN_ISAS",
+    "OpenVINORunner",
+    "convert_to_ir",
+    "for_openvino",
+    "kernel_report",
+    "normalize_isa",
+    "require_openvino",
+]
+
+# The values oneDNN's ONEDNN_MAX_CPU_ISA accepts (oneDNN's "CPU Dispatcher Control" guide; the AVX512_CORE_FP16/
+# _AMX/_AMX_FP16 names are aliases of the AVX10_1_512 ones; AVX10_2_* are the preview ISAs that OpenVINO
+# 2026.4's bundled oneDNN also knows). oneDNN ignores any other value without a word, which would make an
+# ISA-capped parity check a silent run at the native ISA, so a name outside this set is refused.
+ONEDNN_ISAS = (
+    "SSE41",
+    "AVX",
+    "AVX2",
+    "AVX2_VNNI",
+    "AVX2_VNNI_2",
+    "AVX512_CORE",
+    "AVX512_CORE_VNNI",
+    "AVX512_CORE_BF16",
+    "AVX10_1_512",
+    "AVX512_CORE_FP16",
+    "AVX10_1_512_AMX",
+    "AVX512_CORE_AMX",
+    "AVX10_1_512_AMX_FP16",
+    "AVX512_CORE_AMX_FP16",
+    "AVX10_2_512",
+    "AVX10_2_512_AMX_2",
+    "DEFAULT",
+)
 
 # CPU-plugin node types that do the multiply-accumulate work.
 _COMPUTE_TYPES = {
@@ -40,6 +72,21 @@ _COMPUTE_TYPES = {
     "FullyConnectedQuantizedLegacy",
     "FullyConnectedCompressed",
 }
+
+
+def normalize_isa(isa: str) -> str:
+    """``isa`` as oneDNN spells it (upper case; any case accepted), or EdgeAttnError (exit 2) if no such ISA."""
+    name = str(isa).strip().upper()
+    if name not in ONEDNN_ISAS:
+        raise EdgeAttnError(f"--cpu-isa '{isa}' is not a oneDNN ISA; choose one of {', '.join(ONEDNN_ISAS)}")
+    return name
+
+
+def _openvino_error(exc: BaseException) -> EdgeAttnError:
+    """An OpenVINO failure as one line with exit code 5 (OpenVINO's own text leads with source locations)."""
+    from edgeattn.export.report import backend_error
+
+    return backend_error("openvino", exc)
 
 
 def require_openvino():
@@ -79,8 +126,11 @@ def convert_to_ir(onnx_path: str | Path, xml_path: str | Path, *, compress_to_fp
     the low-precision transformations recognise.
     """
     ov = require_openvino()
-    model = ov.Core().read_model(str(onnx_path))
-    ov.save_model(model, str(xml_path), compress_to_fp16=compress_to_fp16)
+    try:
+        model = ov.Core().read_model(str(onnx_path))
+        ov.save_model(model, str(xml_path), compress_to_fp16=compress_to_fp16)
+    except Exception as exc:  # e.g. an ONNX op the frontend has no conversion rule for
+        raise _openvino_error(exc) from exc
     return Path(xml_path)
 
 
@@ -112,7 +162,7 @@ class OpenVINORunner:
         isa: str | None = None,
         profiling: bool = False,
     ) -> None:
-        self.threads, self.isa = threads, isa
+        self.threads, self.isa = threads, normalize_isa(isa) if isa else None
         self.config = _config(threads, inference_precision, hint, profiling)
         self._tmp = tempfile.TemporaryDirectory(prefix="edgeattn-ov-")
         self.path = self._materialize(model, "model")
@@ -133,13 +183,20 @@ class OpenVINORunner:
         if self._compiled is None:
             ov = require_openvino()
             core = ov.Core()
-            self._compiled = core.compile_model(core.read_model(self.path), "CPU", self.config)
+            try:
+                self._compiled = core.compile_model(core.read_model(self.path), "CPU", self.config)
+            except Exception as exc:
+                raise _openvino_error(exc) from exc
         return self._compiled
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         if self.isa:
             return self._run_in_worker(self.path, x)
-        return np.asarray(self.compiled()({0: x})[0])
+        compiled = self.compiled()
+        try:
+            return np.asarray(compiled({0: x})[0])
+        except Exception as exc:
+            raise _openvino_error(exc) from exc
 
     def run_model(self, model: Any, x: np.ndarray) -> np.ndarray:
         """Run another (e.g. bisected, one-output) ONNX model with this runner's settings."""
@@ -148,7 +205,10 @@ class OpenVINORunner:
             return self._run_in_worker(path, x)
         ov = require_openvino()
         core = ov.Core()
-        return np.asarray(core.compile_model(core.read_model(path), "CPU", self.config)({0: x})[0])
+        try:
+            return np.asarray(core.compile_model(core.read_model(path), "CPU", self.config)({0: x})[0])
+        except Exception as exc:
+            raise _openvino_error(exc) from exc
 
     # ----- ISA-capped child process -----
     def _run_in_worker(self, path: str, x: np.ndarray) -> np.ndarray:
@@ -171,7 +231,7 @@ class OpenVINORunner:
         self._worker.stdin.flush()
         reply = json.loads(self._worker.stdout.readline() or '{"error": "OpenVINO worker died"}')
         if "error" in reply:
-            raise RuntimeError(f"OpenVINO ({self.isa}) failed: {reply['error']}")
+            raise EdgeAttnError(f"openvino ({self.isa}): {reply['error']}", exit_code=5)
         return np.load(out_path)
 
     def close(self) -> None:
@@ -218,8 +278,8 @@ def kernel_report(runner: OpenVINORunner, x: np.ndarray, onnx_model: Any = None)
     for info in request.get_profiling_info():
         if str(info.status).endswith("NOT_RUN"):
             continue
-        base = info.node_name.split("/")[0]
-        if info.node_type in _COMPUTE_TYPES or (info.node_type == "Subgraph" and base in onnx_compute):
+        fused = info.node_type == "Subgraph" and _onnx_origin(info.node_name, onnx_compute) is not None
+        if info.node_type in _COMPUTE_TYPES or fused:
             kind = info.exec_type.lower()
             nodes.append(
                 {
@@ -230,6 +290,20 @@ def kernel_report(runner: OpenVINORunner, x: np.ndarray, onnx_model: Any = None)
                 }
             )
     return {"nodes": nodes, "count": len(nodes), "all_int8": bool(nodes) and all(n["int8"] for n in nodes)}
+
+
+def _onnx_origin(runtime_name: str, onnx_names: set[str]) -> str | None:
+    """The ONNX node a CPU-plugin node comes from: its own name, else its longest ``/``-prefix in ``onnx_names``.
+
+    The exporter names nodes by module path (``/blocks/blocks.0/attn/MatMul_1``); OpenVINO keeps that name on
+    the node a fused ``Subgraph`` ends in, or appends to it (``.../MatMul/DequantizationMultiply``).
+    """
+    name = runtime_name
+    while name:
+        if name in onnx_names:
+            return name
+        name = name.rpartition("/")[0]
+    return None
 
 
 def _worker_main() -> None:
@@ -248,9 +322,9 @@ def _worker_main() -> None:
             np.save(req["output"], np.asarray(out))
             reply: dict[str, Any] = {"ok": True}
         except Exception as exc:  # report to the parent, keep serving
-            reply = {
-                "error": f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc) else ''}"
-            }
+            from edgeattn.export.report import error_line
+
+            reply = {"error": error_line(exc)}
         sys.stdout.write(json.dumps(reply) + "\n")
         sys.stdout.flush()
 

@@ -164,6 +164,8 @@ def _failures(m: dict[str, float], tol: dict[str, float]) -> list[str]:
 
 def run_batched(fn: Callable[[np.ndarray], np.ndarray], inputs: np.ndarray, batch: int) -> np.ndarray:
     """Run ``fn`` over ``inputs`` in chunks of ``batch`` (the artifact's static batch); stack the outputs."""
+    if len(inputs) == 0:  # export_model refuses this up front; a direct caller gets a clear message too
+        raise ValueError("run_batched needs at least one input (fewer parity inputs than one static batch?)")
     outs = [np.asarray(fn(inputs[i : i + batch])) for i in range(0, len(inputs), batch)]
     return np.concatenate(outs, axis=0)
 

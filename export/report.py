@@ -12,7 +12,15 @@ from typing import Any
 from edgeattn.atomic import write_text_atomic
 from edgeattn.errors import EdgeAttnError
 
-__all__ = ["EXIT_CODES", "ExportReport", "ParityFailure", "environment", "write_report"]
+__all__ = [
+    "EXIT_CODES",
+    "ExportReport",
+    "ParityFailure",
+    "backend_error",
+    "environment",
+    "error_line",
+    "write_report",
+]
 
 # Exit codes of `edgeattn export` (documented in docs/export.md).
 EXIT_CODES = {
@@ -81,6 +89,30 @@ class ParityFailure(EdgeAttnError):
     def __init__(self, message: str, report: ExportReport) -> None:
         super().__init__(message)
         self.report = report
+
+
+def error_line(exc: BaseException, limit: int = 300) -> str:
+    """The telling part of a converter's or runtime's error, on one line.
+
+    OpenVINO leads its messages with source locations (``Exception from src/...cpp:84:``, ``Check 'false'
+    failed at ...``) and section headers (``Summary:``); those lines are dropped, the rest joined.
+    """
+    lines = []
+    for raw in str(exc).splitlines():
+        line = raw.strip().lstrip("-").strip()
+        if not line or line.endswith(":") or line.startswith(("Exception from ", "Check '")):
+            continue
+        lines.append(line)
+    first = next((raw.strip() for raw in str(exc).splitlines() if raw.strip()), "")
+    text = " ".join(lines) or first or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def backend_error(target: str, exc: BaseException) -> EdgeAttnError:
+    """``exc`` from a target's converter or runtime as ``<target>: <error_line>`` with exit code 5."""
+    if isinstance(exc, EdgeAttnError):
+        return exc
+    return EdgeAttnError(f"{target}: {error_line(exc)}", exit_code=5)
 
 
 def environment() -> dict[str, Any]:

@@ -14,9 +14,19 @@ from typing import Any
 
 import numpy as np
 
-from edgeattn.errors import MissingBackendError
+from edgeattn.errors import EdgeAttnError, MissingBackendError
 
-__all__ = ["build_engine", "tensorrt_available", "trtexec_command", "TensorRTRunner"]
+__all__ = [
+    "DEFAULT_MAX_BATCH",
+    "TensorRTRunner",
+    "build_engine",
+    "max_batch_for",
+    "tensorrt_available",
+    "trtexec_command",
+]
+
+# the largest batch a dynamic-batch engine accepts, unless the export batch (the profile's opt shape) is larger
+DEFAULT_MAX_BATCH = 32
 
 
 def tensorrt_available() -> bool:
@@ -26,6 +36,12 @@ def tensorrt_available() -> bool:
     except ImportError:
         return False
     return True
+
+
+def max_batch_for(input_shape: tuple[int, ...], max_batch: int | None = None) -> int:
+    """The max batch of a dynamic-batch profile: ``max_batch`` or :data:`DEFAULT_MAX_BATCH`, at least the
+    export batch ``input_shape[0]`` (TensorRT requires min <= opt <= max)."""
+    return max(max_batch or DEFAULT_MAX_BATCH, int(input_shape[0]))
 
 
 def _flags(spec: Any, precision: str) -> list[str]:
@@ -49,9 +65,12 @@ def trtexec_command(
     input_name: str,
     input_shape: tuple[int, ...],
     dynamic_batch: bool,
-    max_batch: int = 32,
+    max_batch: int | None = None,
 ) -> str:
-    """The ``trtexec`` line that builds the same engine as :func:`build_engine` (written into report.json)."""
+    """The ``trtexec`` line that builds the same engine as :func:`build_engine` (written into report.json).
+
+    A dynamic batch gets min 1, opt ``input_shape[0]``, max :func:`max_batch_for`.
+    """
     parts = [
         "trtexec",
         f"--onnx={onnx_file}",
@@ -64,7 +83,7 @@ def trtexec_command(
         parts += [
             f"--minShapes={input_name}:1x{dims}",
             f"--optShapes={input_name}:{input_shape[0]}x{dims}",
-            f"--maxShapes={input_name}:{max_batch}x{dims}",
+            f"--maxShapes={input_name}:{max_batch_for(input_shape, max_batch)}x{dims}",
         ]
     return " ".join(parts)
 
@@ -77,9 +96,12 @@ def build_engine(
     input_name: str,
     input_shape: tuple[int, ...],
     dynamic_batch: bool,
-    max_batch: int = 32,
+    max_batch: int | None = None,
 ) -> Path:
-    """Parse the ONNX with TensorRT, build with the profile's settings and serialize the engine."""
+    """Parse the ONNX with TensorRT, build with the profile's settings and serialize the engine.
+
+    A parse or build failure raises :class:`EdgeAttnError` with exit code 5 (``tensorrt: <reason>``).
+    """
     try:
         import tensorrt as trt
     except ImportError as exc:
@@ -96,8 +118,8 @@ def build_engine(
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
     if not parser.parse(onnx_bytes):
-        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise RuntimeError(f"TensorRT could not parse the ONNX graph: {errors}")
+        errors = "; ".join(str(parser.get_error(i)).strip() for i in range(parser.num_errors))
+        raise EdgeAttnError(f"tensorrt: could not parse the ONNX graph: {' '.join(errors.split())}", exit_code=5)
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, spec.workspace_mib << 20)
     if spec.major < 11 and not spec.strongly_typed:
@@ -108,11 +130,17 @@ def build_engine(
     if dynamic_batch:
         profile = builder.create_optimization_profile()
         rest = tuple(input_shape[1:])
-        profile.set_shape(input_name, (1, *rest), tuple(input_shape), (max_batch, *rest))
+        top = max_batch_for(input_shape, max_batch)
+        profile.set_shape(input_name, (1, *rest), tuple(input_shape), (top, *rest))
         config.add_optimization_profile(profile)
-    serialized = builder.build_serialized_network(network, config)
+    try:
+        serialized = builder.build_serialized_network(network, config)
+    except Exception as exc:
+        from edgeattn.export.report import backend_error
+
+        raise backend_error("tensorrt", exc) from exc
     if serialized is None:
-        raise RuntimeError("TensorRT engine build failed (see the TensorRT log above)")
+        raise EdgeAttnError("tensorrt: engine build failed (see the TensorRT log above)", exit_code=5)
     path = Path(engine_path)
     path.write_bytes(bytes(serialized))
     return path

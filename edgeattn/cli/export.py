@@ -17,7 +17,9 @@ def export(
     model: str = typer.Argument(..., help="Registry model name, or a checkpoint written by 'edgeattn qat'."),
     target: str = typer.Option(..., "--target", "-t", help="onnx, tensorrt, openvino or coreml."),
     profile: str = typer.Option(..., "--profile", "-p", help="Device profile name or YAML path."),
-    output: Path = typer.Option(..., "--output", "-o", help="Output directory (artifacts + report.json)."),
+    output: Path = typer.Option(
+        ..., "--output", "-o", help="Output directory (artifacts + report.json); replaced as a whole with --force."
+    ),
     checkpoint: Path | None = typer.Option(
         None, "--checkpoint", help="Weights for MODEL (a qat checkpoint)."
     ),
@@ -33,7 +35,9 @@ def export(
     n_inputs: int = typer.Option(32, "--n-inputs", help="Number of parity inputs."),
     img_size: int | None = typer.Option(None, "--img-size", help="Vision input side for registry models."),
     cpu_isa: str | None = typer.Option(
-        None, "--cpu-isa", help="Cap OpenVINO's CPU kernels at this oneDNN ISA (e.g. AVX2) to check that CPU."
+        None,
+        "--cpu-isa",
+        help="Cap OpenVINO's CPU kernels at this oneDNN ISA (e.g. AVX2, AVX512_CORE; any case) to check that CPU.",
     ),
     exporter: str = typer.Option(
         "torchscript", "--exporter", help="torch ONNX exporter: torchscript or dynamo."
