@@ -29,32 +29,11 @@ __all__ = [
 
 
 def estimate_model(model: Any, profile: Any, layer: int | None = 0, attn_parallel: int | None = None) -> dict:
-    """Analytical estimate for encoder layer ``layer`` of ``model`` (``None``: whole ViT) on ``profile``."""
-    from edgeattn.fpga_hls.extract import check_vit
-    from edgeattn.fpga_hls.generator import _resolve_model, _resolve_profile
+    """Analytical estimate for encoder layer ``layer`` of ``model`` (``None``: whole ViT) on ``profile``.
 
-    from edgeattn.models.edge_moe_vit import MoEMlp
+    The model, layer and ``attn_parallel`` are checked as :func:`generate_project` checks them.
+    """
+    from edgeattn.fpga_hls.generator import _resolve_target, model_shape
 
-    prof = _resolve_profile(profile)
-    hls = prof.hls
-    if attn_parallel is not None:
-        hls = hls.model_copy(update={"attn_parallel": int(attn_parallel)})
-    net, name = _resolve_model(model)
-    check_vit(net, name)
-    blocks = list(net.blocks) if layer is None else [net.blocks[layer]]
-    attn = blocks[0].attn
-    moe = [b.mlp for b in blocks if isinstance(b.mlp, MoEMlp)]
-    first_mlp = moe[0].experts[0] if moe else blocks[0].mlp
-    shape = LayerShape(
-        tokens=int(net.pos_embed.shape[1]),
-        dim=attn.qkv.in_features,
-        heads=attn.num_heads,
-        hidden=first_mlp.fc1.out_features,
-        experts=moe[0].num_experts if moe else 0,
-        top_k=moe[0].top_k if moe else 0,
-        depth=len(blocks),
-        moe_layers=len(moe),
-        patch_dim=int(net.patch_embed.weight[0].numel()) if layer is None else 0,
-        classes=int(net.head.out_features) if layer is None else 0,
-    )
-    return estimate(shape, hls, HLSFormats.from_profile(hls))
+    net, _name, _prof, hls = _resolve_target(model, profile, layer, attn_parallel)
+    return estimate(model_shape(net, layer), hls, HLSFormats.from_profile(hls))

@@ -31,7 +31,7 @@ from edgeattn.fpga_hls import golden as G
 from edgeattn.fpga_hls.estimate import LayerShape, estimate
 from edgeattn.fpga_hls.extract import SUPPORTED_SHAPE, check_vit, layer_params, model_params
 
-from edgeattn.atomic import staging_dir
+from edgeattn.atomic import replaceable_dir, staging_dir
 from edgeattn.errors import EdgeAttnError
 
 __all__ = ["ProjectInfo", "generate_project", "compare"]
@@ -95,6 +95,50 @@ def _resolve_model(model: Any) -> tuple[Any, str]:
 
         return create_model(model), model
     return model, type(model).__name__
+
+
+def _resolve_target(
+    model: Any, profile: Any, layer: int | None, attn_parallel: int | None
+) -> tuple[Any, str, Any, Any]:
+    """Checked (model, name, profile, hls section): the model is a supported ViT in eval mode, ``layer`` is one of
+    its encoder layers (or ``None``), and ``attn_parallel`` (when given) overrides the profile's."""
+    prof = _resolve_profile(profile)
+    hls = prof.hls
+    if attn_parallel is not None:
+        if attn_parallel < 1:
+            raise EdgeAttnError(f"attn_parallel must be >= 1, got {attn_parallel}")
+        hls = hls.model_copy(update={"attn_parallel": int(attn_parallel)})
+    net, name = _resolve_model(model)
+    net.eval()
+    check_vit(net, name)
+    depth = len(net.blocks)
+    if depth == 0:
+        raise EdgeAttnError(f"{name} has no encoder layers")
+    if layer is not None and not 0 <= layer < depth:
+        raise EdgeAttnError(f"layer {layer} does not exist: {name} has encoder layers 0..{depth - 1}")
+    return net, name, prof, hls
+
+
+def model_shape(net: Any, layer: int | None) -> LayerShape:
+    """The sizes the accelerator is built for: encoder layer ``layer`` of ``net``, or (``None``) the whole ViT."""
+    from edgeattn.models.edge_moe_vit import MoEMlp
+
+    blocks = list(net.blocks) if layer is None else [net.blocks[layer]]
+    attn = blocks[0].attn
+    moe = [b.mlp for b in blocks if isinstance(b.mlp, MoEMlp)]
+    first_mlp = moe[0].experts[0] if moe else blocks[0].mlp
+    return LayerShape(
+        tokens=int(net.pos_embed.shape[1]),
+        dim=attn.qkv.in_features,
+        heads=attn.num_heads,
+        hidden=first_mlp.fc1.out_features,
+        experts=moe[0].num_experts if moe else 0,
+        top_k=moe[0].top_k if moe else 0,
+        depth=len(blocks),
+        moe_layers=len(moe),
+        patch_dim=int(net.patch_embed.weight[0].numel()) if layer is None else 0,
+        classes=int(net.head.out_features) if layer is None else 0,
+    )
 
 
 def _reference(model: Any, images: Any, layer: int | None) -> tuple[np.ndarray, np.ndarray]:
@@ -170,26 +214,15 @@ def generate_project(
     """
     import torch
 
-    prof = _resolve_profile(profile)
-    hls = prof.hls
-    if attn_parallel is not None:
-        if attn_parallel < 1:
-            raise EdgeAttnError(f"attn_parallel must be >= 1, got {attn_parallel}")
-        hls = hls.model_copy(update={"attn_parallel": int(attn_parallel)})
-    fmt = formats or G.HLSFormats.from_profile(hls)
     out_dir = Path(out_dir)
+    replaceable_dir(out_dir)  # not '.', a folder above it, or a file: fail before any work
     if out_dir.exists() and not force:
         raise EdgeAttnError(f"{out_dir} already exists; pass --force to replace it")
     if vectors < 1:
         raise EdgeAttnError(f"vectors must be >= 1, got {vectors}")
-
-    net, default_name = _resolve_model(model)
+    net, default_name, prof, hls = _resolve_target(model, profile, layer, attn_parallel)
+    fmt = formats or G.HLSFormats.from_profile(hls)
     name = model_name or default_name
-    net.eval()
-    check_vit(net, name)
-    depth = len(net.blocks)
-    if layer is not None and not 0 <= layer < depth:
-        raise EdgeAttnError(f"layer {layer} does not exist: {name} has encoder layers 0..{depth - 1}")
     blocks = list(net.blocks) if layer is None else [net.blocks[layer]]
     attn0 = blocks[0].attn
     dim, heads = attn0.qkv.in_features, attn0.num_heads
@@ -222,20 +255,7 @@ def generate_project(
         raise _overflow_error(stats, fmt)
     metrics = compare(fmt.act.dequantize(gold), ref)
 
-    tokens = int(inputs.shape[1]) if layer is not None else int(net.pos_embed.shape[1])
-    moe = [lp for lp in lps if lp.is_moe]
-    shape = LayerShape(
-        tokens=tokens,
-        dim=dim,
-        heads=heads,
-        hidden=_hidden(lps[0]),
-        experts=int(moe[0].gate_w.shape[0]) if moe else 0,
-        top_k=moe[0].top_k if moe else 0,
-        depth=len(lps),
-        moe_layers=len(moe),
-        patch_dim=int(mp.patch_w.shape[1]) if mp is not None else 0,
-        classes=int(mp.head_w.shape[0]) if mp is not None else 0,
-    )
+    shape = model_shape(net, layer)
     est = estimate(shape, hls, fmt)
     top = "vit_top" if layer is None else "encoder_layer_top"
     info = ProjectInfo(

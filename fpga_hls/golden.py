@@ -123,6 +123,8 @@ class HLSFormats:
             raise ValueError("hls.act.integer too large for the 64-bit q.k accumulator at this head_dim")
         if self.prob_frac > 24:
             raise ValueError(f"hls.softmax_out_frac must be <= 24, got {self.prob_frac}")
+        if not 8 <= self.gelu_table_frac <= 24:  # the profile's range; wider entries overflow the C++ int table
+            raise ValueError(f"hls.gelu_table_frac must be in 8..24, got {self.gelu_table_frac}")
 
 
 @dataclass

@@ -278,6 +278,26 @@ def test_gelu_fixed_full_range_close_to_float64(method: str) -> None:
     assert np.abs(y - ref).max() <= tol[method]  # an int64 overflow anywhere would blow this up
 
 
+_GELU_TOL_16_11 = {"exact": 1e-5, "tanh": 6e-4, "edgemoe": 2e-4, "edgemoe_mm": 7e-5, "ibert": 2e-2, "sigmoid": 2.1e-2,
+                   "respoly": 6.5e-3}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "width,frac", [(w, w - 5) for w in range(10, 21)] + [(20, 5), (19, 5), (20, 7)]  # report formats, wide ranges
+)
+@pytest.mark.parametrize("method", ["exact", "tanh", "edgemoe", "edgemoe_mm", "ibert", "sigmoid", "respoly"])
+def test_gelu_fixed_every_accepted_width_stays_in_range(method: str, width: int, frac: int) -> None:
+    # gelu_fixed accepts widths up to 20: I-BERT's product once wrapped int64 at 19 and 20 bits (error ~16), and
+    # tanh's exp input left fx_exp's range with 14+ integer bits. The bound: the 16.11 tolerance, plus an eighth of
+    # an input step for narrow formats, plus 1e-4 relative (I-BERT's integer constants) for wide ranges.
+    fmt = FixedFormat(width, frac)
+    q = np.unique(np.concatenate([np.arange(fmt.min_int, fmt.max_int + 1, 1 + (1 << width) // 60_000), [fmt.max_int]]))
+    xf = fmt.dequantize(q)
+    ref = 0.5 * xf * np.vectorize(math.erfc)(-xf / math.sqrt(2))
+    err = np.abs(gelu_fixed(q, fmt, method, 16) / 65536 - ref)
+    assert np.all(err <= 1.1 * _GELU_TOL_16_11[method] + 2.0**-frac / 8 + 1e-4 * np.abs(xf))
+
+
 @pytest.mark.parametrize("method", ["exact", "online", "ibert", "shift", "base2"])
 def test_softmax_fixed_extreme_rows(method: str) -> None:
     rows = np.array(

@@ -10,7 +10,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from edgeattn.fpga_hls import HLSFormats, LayerShape, estimate, generate_project
+from edgeattn.fpga_hls import HLSFormats, LayerShape, estimate, estimate_model, generate_project
 from edgeattn.fpga_hls import golden as G
 from edgeattn.fpga_hls.estimate import dsp_per_mult
 from edgeattn.fpga_hls.extract import layer_params
@@ -270,6 +270,50 @@ def test_generator_refuses_bad_input_without_leaving_files(tmp_path):
     prj.mkdir()
     with pytest.raises(EdgeAttnError, match="already exists"):
         generate_project(_small(), "zcu102-hls", prj, layer=0)
+
+
+def test_output_folder_that_would_delete_the_callers_files_is_refused(tmp_path, monkeypatch, capsys):
+    from edgeattn.cli import main
+
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "mine.txt").write_text("keep")
+    (work / "afile").write_text("a file, not a folder")
+    monkeypatch.chdir(work)
+    # '.' and '..' once staged the project inside the folder, then deleted it with everything in it
+    for out in (".", "..", str(work), "afile"):
+        with pytest.raises(EdgeAttnError, match="working directory|not a folder"):
+            generate_project(_small(), "zcu102-hls", out, layer=0, force=True)
+        assert main(["hls", "edge_moe_vit", "-o", out, "--force"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "Traceback" not in err
+    assert sorted(p.name for p in work.iterdir()) == ["afile", "mine.txt"]
+    assert (work / "mine.txt").read_text() == "keep"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["work"]
+
+
+def test_estimate_model_checks_like_the_generator():
+    with pytest.raises(EdgeAttnError, match="layer -1 does not exist"):
+        estimate_model("edge_moe_vit", "zcu102-hls", layer=-1)
+    with pytest.raises(EdgeAttnError, match="layer 5 does not exist"):
+        estimate_model("edge_moe_vit", "zcu102-hls", layer=5)
+    with pytest.raises(EdgeAttnError, match="attn_parallel must be >= 1"):
+        estimate_model("edge_moe_vit", "zcu102-hls", attn_parallel=0)
+
+
+def test_cli_bad_model_argument_is_one_line(tmp_path, capsys):
+    from edgeattn.cli import main
+
+    assert main(["hls", "edge_moe_vit", "-o", str(tmp_path / "p"), "--set", "embed_dim=abc"]) == 2
+    err = capsys.readouterr().err
+    assert "--set embed_dim='abc'" in err and err.count("\n") == 1
+    assert not (tmp_path / "p").exists()
+
+
+def test_gelu_table_fraction_bits_are_bounded():
+    HLSFormats(gelu_table_frac=24).check()
+    with pytest.raises(ValueError, match="gelu_table_frac must be in 8..24"):
+        HLSFormats(gelu_table_frac=25).check()  # entries past 2^31 would wrap in the C++ int table
 
 
 def _header_array(text: str, name: str, count: int) -> np.ndarray:

@@ -150,8 +150,16 @@ def _dyadic(c: float) -> tuple[int, int]:
     return int(round(c * 2.0**k)), k
 
 
-def _requant(v: np.ndarray, c: float) -> np.ndarray:
+def _requant(v: np.ndarray, c: float, v_bound: int) -> np.ndarray:
+    """``round(v * c)`` by a 16-bit dyadic multiply; ``|v| <= v_bound``.
+
+    Where ``v * M`` could pass 62 bits (wide GELU inputs), ``v`` is first rounded right by a static shift chosen
+    from ``v_bound``, as a hardware datapath would narrow it before the multiplier.
+    """
     m, k = _dyadic(c)
+    pre = max(0, int(v_bound).bit_length() + abs(m).bit_length() - 62)
+    if pre:
+        v, k = round_shift(v, pre, "half-up"), k - pre
     return round_shift(v * m, k, "half-up") if k >= 0 else (v * m) << (-k)
 
 
@@ -165,8 +173,10 @@ def gelu_ibert_fixed(x: np.ndarray, in_fmt: FixedFormat, out_frac: int) -> np.nd
     clip = np.minimum(np.abs(x), -q_b)
     l_int = sgn * ((clip + q_b) ** 2 + q_c)
     out = x * (l_int + q_c)
+    # |l_int + q_c| <= max(q_b^2, 2|q_c|) (l_int lies in [q_c, q_b^2 + q_c] times the sign of x)
+    out_bound = (1 << (in_fmt.width - 1)) * max(q_b * q_b, 2 * abs(q_c))
     scale = 2.0**-f * fo.IBERT_GELU_A * s_erf**2 / 2.0
-    return _requant(out, scale * 2.0**out_frac)
+    return _requant(out, scale * 2.0**out_frac, out_bound)
 
 
 RESPOLY_FRAC = 16  # fraction bits of the respoly constants
@@ -192,7 +202,8 @@ def gelu_respoly_fixed(x: np.ndarray, in_fmt: FixedFormat, out_frac: int) -> np.
 
 def _sigmoid_q24(z: np.ndarray, z_frac: int) -> np.ndarray:
     """``sigmoid(z)`` with 24 fraction bits: ``e = fx_exp(-|z|)``, ``1/(1+e)`` by :func:`fx_recip`."""
-    e = fx_exp(-np.abs(z), z_frac, E_FRAC)
+    # beyond |z| = 32, exp(-|z|) is 0 at E_FRAC bits anyway; the clip keeps fx_exp's input in range for wide z
+    e = fx_exp(-np.minimum(np.abs(z), 32 << z_frac), z_frac, E_FRAC)
     inv = fx_recip((np.int64(1) << E_FRAC) + e, E_FRAC, R_FRAC)  # 1/(1+e), 24 bits
     return np.where(z >= 0, inv, round_shift(e * inv, E_FRAC, "half-up"))
 

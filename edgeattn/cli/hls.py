@@ -9,6 +9,7 @@ and the ``ap_types`` headers from hls4ml, and writes ``PRJ/csim_report.json``.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -47,8 +48,18 @@ def _load_model(model: str, checkpoint: Path | None, kwargs: dict):
     from edgeattn.errors import EdgeAttnError
     from edgeattn.models import create_model
 
+    def build() -> Any:
+        try:
+            return create_model(model, **kwargs)
+        except EdgeAttnError:
+            raise
+        except (TypeError, ValueError) as exc:  # a --set value the model's factory cannot take
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            given = " ".join(f"{k}={v!r}" for k, v in kwargs.items())
+            raise EdgeAttnError(f"--set {given}: '{model}' rejects these arguments ({first})") from None
+
     if checkpoint is None:
-        return create_model(model, **kwargs)
+        return build()
     if not checkpoint.is_file():
         raise EdgeAttnError(f"--checkpoint '{checkpoint}' not found")
     try:
@@ -67,7 +78,7 @@ def _load_model(model: str, checkpoint: Path | None, kwargs: dict):
             )
         return net
     # otherwise a plain state_dict of the registry model built with --set arguments
-    net = create_model(model, **kwargs)
+    net = build()
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     try:
@@ -111,11 +122,13 @@ def hls(
 
     import torch
 
+    from edgeattn.atomic import replaceable_dir
     from edgeattn.errors import EdgeAttnError
     from edgeattn.fpga_hls import find_ap_types, find_compiler, generate_project, run_csim
 
     which = _parse_layer(layer)
     kwargs = _parse_sets(sets)
+    replaceable_dir(output)  # not '.', a folder above it, or a file
     if output.exists() and not force:
         raise EdgeAttnError(f"{output} already exists; pass --force to replace it")
     if csim:  # fail before writing anything when the C simulation cannot run here
