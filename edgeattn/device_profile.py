@@ -14,13 +14,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from edgeattn.errors import ProfileError
 
 Target = Literal["onnx", "tensorrt", "openvino", "coreml", "hls"]
 Runtime = Literal["onnxruntime", "tensorrt", "openvino", "coreml", "vitis_hls"]
 Precision = Literal["fp32", "fp16", "int8"]
+# A profile's own precision may also be "fixed": the ap_fixed datapath of an HLS-only profile (its widths are in
+# the `hls` section), which exports no runtime artifact.
+ProfilePrecision = Literal["fp32", "fp16", "int8", "fixed"]
 SoftmaxMethod = Literal["exact", "online", "ibert", "shift", "base2"]
 GeluMethod = Literal["exact", "tanh", "edgemoe", "edgemoe_mm", "ibert", "sigmoid", "respoly"]
 
@@ -86,8 +89,20 @@ class ExportSpec(_Strict):
     """Graph-level export settings."""
 
     opset: int = Field(17, ge=13, le=23, description="ONNX opset (17+ keeps LayerNorm a single op)")
-    input_shape: tuple[int, ...] = Field((1, 3, 224, 224), description="default model input shape, NCHW")
+    input_shape: tuple[int, ...] = Field(
+        (1, 3, 224, 224), description="default model input shape: NCHW, or (batch, tokens) for language models"
+    )
     dynamic_batch: bool = Field(False, description="export the batch dimension as dynamic")
+
+    @field_validator("input_shape")
+    @classmethod
+    def _shape_is_real(cls, shape: tuple[int, ...]) -> tuple[int, ...]:
+        # a batch dim and at least one more (language models take (batch, tokens)); no empty dims
+        if len(shape) < 2:
+            raise ValueError("needs at least 2 dims (batch first)")
+        if any(d < 1 for d in shape):
+            raise ValueError("every dim must be >= 1")
+        return shape
 
 
 class ApproxSpec(_Strict):
@@ -175,7 +190,9 @@ class DeviceProfile(_Strict):
     description: str = Field("", description="one line for humans")
     targets: tuple[Target, ...] = Field(description="export targets this profile is written for")
     runtime: RuntimeSpec
-    precision: Precision = Field(description="default precision of exported artifacts")
+    precision: ProfilePrecision = Field(
+        description="default precision of exported artifacts ('fixed': an HLS-only profile's ap_fixed datapath)"
+    )
     quant: QuantSpec = QuantSpec()
     export: ExportSpec = ExportSpec()
     approx: ApproxSpec = ApproxSpec()
@@ -190,6 +207,9 @@ class DeviceProfile(_Strict):
         for target in ("tensorrt", "openvino", "coreml", "hls"):
             if target in self.targets and getattr(self, target) is None:
                 raise ValueError(f"targets lists '{target}' but the '{target}' section is missing")
+        if self.precision == "fixed" and set(self.targets) != {"hls"}:
+            # export reads `precision` for onnx/tensorrt/openvino/coreml, which have no fixed point
+            raise ValueError(f"precision 'fixed' is for hls-only profiles, but targets are {list(self.targets)}")
         return self
 
     def tolerance_for(self, precision: str) -> Tolerance:

@@ -22,7 +22,10 @@ RUNTIME_PACKAGES = ("torch", "onnx", "onnxruntime", "openvino", "coremltools", "
 
 
 class HostInfo(BaseModel):
-    """A snapshot of the host, recorded with every measurement."""
+    """A snapshot of the host, recorded with every measurement.
+
+    Its arithmetic peak is :func:`edgeattn.profile.system.peak_gmacs` (the one formula, with measured clock).
+    """
 
     system: str
     machine: str
@@ -37,20 +40,6 @@ class HostInfo(BaseModel):
     is_jetson: bool = False
     matching_profile: str = Field(description="shipped profile that fits this machine best")
     recommended_weight_bits: int = Field(description="7 on x86 without VNNI (int8 pair saturation), else 8")
-
-    def peak_gmacs(self, precision: str = "fp32", clock_ghz: float | None = None) -> float | None:
-        """Arithmetic peak in GMAC/s: FMA units x SIMD lanes x cores x clock (None if the clock is unknown)."""
-        clock = clock_ghz or cpu_clock_ghz()
-        if clock is None:
-            return None
-        cores = self.physical_cores or self.logical_cores
-        lanes = 16 if "avx512f" in self.isa_flags else 8 if "avx2" in self.isa_flags else 4
-        fma_units = 2
-        per_lane = {"fp32": 1, "fp16": 2 if "avx512_fp16" in self.isa_flags else 1}.get(precision)
-        if precision == "int8":
-            # vpmaddubsw/vpdpbusd: 4 int8 MACs per 32-bit lane
-            per_lane = 4
-        return fma_units * lanes * (per_lane or 1) * cores * clock
 
 
 def _cpu_flags_and_model() -> tuple[set[str], str]:

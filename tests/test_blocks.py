@@ -281,6 +281,48 @@ def test_multigroup_conv_fold():
         MultiGroupConv1x1(6, 8, groups=(1, 4))
 
 
+@pytest.mark.parametrize("groups", [(2, 4), (4, 1)])
+def test_multigroup_conv_fold_float64_without_leading_dense_branch(groups):
+    # (2, 4): no dense branch, the deploy conv is built new (must take the weights' dtype);
+    # (4, 1): the dense branch is not first and is reused
+    m = randomize_bn(MultiGroupConv1x1(8, 12, groups=groups)).double()
+    x = torch.randn(2, 8, 4, 4, dtype=torch.float64)
+    with torch.no_grad():
+        y = m(x)
+        edgeattn.reparameterize(m, inplace=True)
+        z = m(x)
+    assert_deploy_tree(m)
+    assert m.reparam_conv.groups == 1 and m.reparam_conv.weight.dtype == torch.float64
+    torch.testing.assert_close(z, y, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("make", "out_shape"),
+    [
+        (lambda: RepConv(8, 8, 3), (2, 8, 9, 9)),  # identity branch: identity_kernel on the weights' device
+        (lambda: RepConv(8, 16, 3, stride=2, groups=4, num_branches=2), (2, 16, 5, 5)),
+        (lambda: MultiGroupConv1x1(8, 12, groups=(1, 2, 4)), (2, 12, 9, 9)),
+        (lambda: MultiGroupConv1x1(8, 12, groups=(2, 4)), (2, 12, 9, 9)),  # a new conv, built on meta
+    ],
+)
+def test_reparameterize_on_meta_device(make, out_shape):
+    # meta tensors have no data: this checks structure and devices only (a stand-in for a GPU)
+    m = make().to("meta").eval()
+    # the fused float64 kernel and bias are built where the weights are (a CPU accumulator would not be:
+    # `cpu_tensor += meta_tensor` silently keeps the CPU zeros, and on a GPU it raises)
+    assert {t.device.type for t in m.fused_kernel_bias()} == {"meta"}
+    d = edgeattn.reparameterize(m)
+    assert_deploy_tree(d)
+    assert {p.device.type for p in d.parameters()} == {"meta"}
+    y = d(torch.empty(2, 8, 9, 9, device="meta"))
+    assert y.device.type == "meta" and tuple(y.shape) == out_shape
+
+
+def test_identity_kernel_device():
+    k = identity_kernel(4, 2, 3, device="meta")
+    assert k.device.type == "meta" and k.dtype == torch.float64 and tuple(k.shape) == (4, 2, 3, 3)
+
+
 # ------------------------------------------------------------------------------- FMViT parts
 
 

@@ -367,6 +367,27 @@ def test_ctrl_c_keeps_what_was_measured(monkeypatch, tmp_path):
     assert all(r.layers is None for r in report.results)  # per-layer skipped after Ctrl-C
 
 
+def test_rss_after_load_is_read_before_the_cold_inference(monkeypatch, tmp_path):
+    # A stand-in for the process's RSS: loading adds 10 MiB, the cold first inference 100 MiB more (lazy arenas).
+    rss = [500.0]
+
+    class _Allocating(_Fake):
+        def run(self):
+            if not self.log:
+                rss[0] += 100.0
+            super().run()
+
+    def load(*args, **kwargs):
+        rss[0] += 10.0
+        return _Allocating("A", [])
+
+    monkeypatch.setattr(system, "current_rss_mb", lambda: rss[0])
+    monkeypatch.setattr(measure, "open_runner", load)
+    report = measure.profile_artifacts([tmp_path / "a.onnx"], warmup=1, iters=2)
+    r = report.results[0]
+    assert (r.rss_after_load_mb, r.rss_after_cold_mb) == (10.0, 110.0)
+
+
 # ---------------------------------------------------------------- system and peak
 
 

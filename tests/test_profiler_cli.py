@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import json
+import math
+import os
 import platform
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from _profiler_models import conv_stack, to_openvino_ir
 
 from edgeattn.cli import main
-from edgeattn.profile import ProfileReport, measure
+from edgeattn.errors import EdgeAttnError
+from edgeattn.profile import ProfileReport, measure, profile_artifacts
 from edgeattn.profile.runners import Runner
 
 pytest.importorskip("openvino")
@@ -58,7 +62,9 @@ def test_profile_two_artifacts_writes_json_and_plot(art, tmp_path, capsys):
     )
     assert report.system.cpu_model and report.system.runtimes["openvino"]
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert not list(tmp_path.glob(".*tmp"))  # no temp files left behind
+    # no temp files left behind: the atomic writers' temp files are hidden (".lat.png.<random>.png"),
+    # beside each output, and the JSON is in a subfolder
+    assert not [p.relative_to(tmp_path) for p in tmp_path.rglob(".*")]
     text = capsys.readouterr().out
     assert "small.onnx" in text and "p50" in text and "GMAC/s" in text
 
@@ -105,6 +111,100 @@ def test_bad_input_is_one_line_and_nonzero(art, tmp_path, capsys, make, args, co
     rc = main(["profile", str(target), "--iters", "2", "--warmup", "0", *args])
     assert rc == code
     assert needle in _err(capsys)
+
+
+def _no_loading(*args, **kwargs):
+    raise AssertionError("a model was loaded before the settings were checked")
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--seconds", "nan"], "--seconds must be a finite number > 0, got nan"),
+        (["--seconds", "inf"], "--seconds must be a finite number > 0, got inf"),
+        (["--seconds", "-1"], "--seconds must be a finite number > 0, got -1"),
+        (["--per-layer", "--layer-runs", "-1"], "--layer-runs must be >= 1, got -1"),
+        (["--per-layer", "--layer-runs", "0"], "--layer-runs must be >= 1, got 0"),
+        (["--hint", "bogus"], "--hint 'bogus' is not known; choose latency, throughput, none"),
+        (["--infer-precision", "f64"], "--infer-precision 'f64' is not known; choose f32, bf16, f16"),
+        (["--iters", "0"], "--iters must be >= 1, got 0"),
+        (["--warmup", "-1"], "--warmup must be >= 0, got -1"),
+    ],
+)
+def test_bad_settings_fail_before_any_model_loads(tmp_path, monkeypatch, capsys, args, needle):
+    # an ONNX artifact: --hint/--infer-precision are OpenVINO's, but a typo must not pass unnoticed
+    monkeypatch.setattr(measure, "open_runner", _no_loading)
+    rc = main(["profile", str(tmp_path / "m.onnx"), *args])
+    assert rc == 2
+    assert needle in _err(capsys)
+
+
+def test_bad_settings_are_refused_by_the_python_api(tmp_path, monkeypatch):
+    monkeypatch.setattr(measure, "open_runner", _no_loading)
+    with pytest.raises(EdgeAttnError, match="--seconds must be a finite number"):
+        profile_artifacts([tmp_path / "m.onnx"], seconds=math.nan)
+    with pytest.raises(EdgeAttnError, match="--layer-runs must be >= 1"):
+        profile_artifacts([tmp_path / "m.onnx"], per_layer=True, layer_runs=0)
+    with pytest.raises(EdgeAttnError, match="--hint 'bogus'"):
+        profile_artifacts([tmp_path / "m.onnx"], hint="bogus")
+    with pytest.raises(EdgeAttnError, match="--infer-precision 'f64'"):
+        profile_artifacts([tmp_path / "m.onnx"], infer_precision="f64")
+
+
+def test_json_under_a_regular_file_fails_before_measuring(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(measure, "open_runner", _no_loading)
+    afile = tmp_path / "afile"
+    afile.write_text("not a folder")
+    for flag, name in (("--json", "x.json"), ("--plot", "x.png")):
+        rc = main(["profile", str(tmp_path / "m.onnx"), flag, str(afile / "sub" / name)])
+        assert rc == 2
+        assert f"'{afile}' is not a folder" in _err(capsys)
+    assert afile.read_text() == "not a folder"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write into a read-only folder")
+def test_json_in_a_read_only_folder_fails_before_measuring(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(measure, "open_runner", _no_loading)
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        assert main(["profile", str(tmp_path / "m.onnx"), "--json", str(ro / "new" / "x.json")]) == 2
+        assert f"folder '{ro}' is not writable" in _err(capsys)
+    finally:
+        ro.chmod(0o700)
+
+
+def test_read_only_folder_check_uses_os_access(tmp_path, monkeypatch, capsys):
+    # the same check where the tests run as root (which may write anywhere): the folder reads as not writable
+    monkeypatch.setattr(measure, "open_runner", _no_loading)
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: False if Path(p) == ro else real_access(p, mode))
+    assert main(["profile", str(tmp_path / "m.onnx"), "--plot", str(ro / "x.png")]) == 2
+    assert f"folder '{ro}' is not writable" in _err(capsys)
+    assert not (ro / "x.png").exists()
+
+
+def test_list_devices_json_under_a_regular_file_is_one_line(tmp_path, capsys):
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    assert main(["profile", "--list-devices", "--json", str(afile / "dev.json")]) == 2
+    assert "is not a folder" in _err(capsys)
+
+
+def test_os_error_about_a_path_is_one_line_in_main(tmp_path, monkeypatch, capsys):
+    # any command: an OSError that names a path ends as one line and exit 2, not a traceback
+    import edgeattn.cli.profile as cli_profile
+
+    def boom(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(tmp_path / "x.json"))
+
+    monkeypatch.setattr(cli_profile, "check_output_path", lambda *a: None)
+    monkeypatch.setattr("edgeattn.cli._common.write_json", boom)
+    assert main(["profile", "--list-devices", "--json", str(tmp_path / "x.json")]) == 2
+    assert _err(capsys) == f"error: cannot use '{tmp_path / 'x.json'}': Permission denied"
 
 
 def test_tensorrt_engine_without_tensorrt_names_what_to_install(tmp_path, capsys):

@@ -16,6 +16,7 @@ from edgeattn.device_profile import (
     DeviceProfile,
     describe_fields,
     load_profile,
+    profile_from_mapping,
     shipped_profile_names,
 )
 from edgeattn.errors import ProfileError
@@ -82,6 +83,10 @@ def _bad_profile(tmp_path, mutate) -> Path:
         (lambda d: d.pop("runtime"), "field 'runtime' is required"),
         (lambda d: d.pop("tensorrt"), "'tensorrt' section is missing"),
         (lambda d: d["runtime"].update(name="tflite"), "field 'runtime.name'"),
+        (lambda d: d["export"].update(input_shape=[]), "field 'export.input_shape': value error, needs at least 2"),
+        (lambda d: d["export"].update(input_shape=[8]), "field 'export.input_shape': value error, needs at least 2"),
+        (lambda d: d["export"].update(input_shape=[1, 3, 0, 224]), "every dim must be >= 1, got [1, 3, 0, 224]"),
+        (lambda d: d["export"].update(input_shape=[1, -3, 224, 224]), "every dim must be >= 1"),
     ],
 )
 def test_bad_profile_is_one_line_exit_2(tmp_path, capsys, mutate, expected):
@@ -93,6 +98,32 @@ def test_bad_profile_is_one_line_exit_2(tmp_path, capsys, mutate, expected):
     stderr = capsys.readouterr().err.strip()
     assert "Traceback" not in stderr
     assert expected in " ".join(stderr.split())
+
+
+def test_export_refuses_a_profile_with_an_empty_input_shape_before_exporting(tmp_path, capsys):
+    path = _bad_profile(tmp_path, lambda d: d["export"].update(input_shape=[]))
+    rc = main(["export", "fmvit_t", "-t", "onnx", "-p", str(path), "-o", str(tmp_path / "out")])
+    assert rc == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "Traceback" not in err and "field 'export.input_shape'" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_input_shape_takes_token_shapes_of_language_models():
+    data = load_profile("host-cpu").model_dump(mode="json")
+    data["export"]["input_shape"] = [1, 128]  # tiny_llama: (batch, tokens)
+    assert DeviceProfile.model_validate(data).export.input_shape == (1, 128)
+    for name in shipped_profile_names():
+        assert all(d >= 1 for d in load_profile(name).export.input_shape)
+
+
+def test_fixed_precision_is_for_hls_only_profiles():
+    hls = load_profile("zcu102-hls")
+    assert hls.precision == "fixed" and hls.targets == ("hls",)  # the generated C++ is ap_fixed, not int8
+    data = load_profile("host-cpu").model_dump(mode="json")
+    data["precision"] = "fixed"
+    with pytest.raises(ProfileError, match="precision 'fixed' is for hls-only profiles"):
+        profile_from_mapping(data, "x.yaml")
 
 
 def test_missing_file_and_unknown_name(capsys):
@@ -141,15 +172,22 @@ def test_host_detection_maps_isa_to_profile(monkeypatch, flags, profile, bits):
         hostinfo.detect_host.cache_clear()
 
 
-def test_peak_is_fma_units_times_lanes_times_cores_times_clock(monkeypatch):
-    _fake_host(monkeypatch, {"avx2", "fma"})
-    try:
-        host = hostinfo.detect_host().model_copy(update={"physical_cores": 2})
-        # AVX2 fp32: 2 FMA units x 8 lanes x 2 cores x 3 GHz
-        assert host.peak_gmacs("fp32", clock_ghz=3.0) == pytest.approx(2 * 8 * 2 * 3.0)
-        assert host.peak_gmacs("int8", clock_ghz=3.0) == pytest.approx(2 * 8 * 4 * 2 * 3.0)
-    finally:
-        hostinfo.detect_host.cache_clear()
+def test_peak_of_a_detected_host_is_the_profilers_one_formula(monkeypatch):
+    # One peak formula only (edgeattn.profile.system.peak_gmacs); HostInfo used to carry a second one that
+    # counted 4 int8 MACs per lane without VNNI, where AVX2 needs two instructions for four (2 per lane).
+    from edgeattn.profile import system
+
+    assert not hasattr(hostinfo.HostInfo, "peak_gmacs")
+    monkeypatch.setattr(system, "peak_clock_ghz", lambda: (3.0, "test"))
+    for flags, int8_per_lane in (({"avx2", "fma"}, 2), ({"avx2", "fma", "avx_vnni"}, 4)):
+        _fake_host(monkeypatch, flags)
+        try:
+            host = hostinfo.detect_host().model_copy(update={"physical_cores": 2})
+            # AVX2: 2 FMA units x 8 lanes x MACs per lane x 2 cores x 3 GHz
+            assert system.peak_gmacs("fp32", host=host)[0] == pytest.approx(2 * 8 * 1 * 2 * 3.0)
+            assert system.peak_gmacs("int8", host=host)[0] == pytest.approx(2 * 8 * int8_per_lane * 2 * 3.0)
+        finally:
+            hostinfo.detect_host.cache_clear()
 
 
 def test_show_host_cpu_reports_detection(tmp_path):

@@ -62,3 +62,34 @@ def test_readme_command_runs(command: str, workdir: Path):
     for token in argv:  # every output the command names exists afterwards
         if token.endswith((".json", ".png")):
             assert (workdir / token).is_file(), token
+
+
+def _profile_table() -> dict[str, list[str]]:
+    """The README's device profile table: ``{profile name: [target, runtime, precision, W/A bits, notes]}``."""
+    text = README.read_text(encoding="utf-8")
+    section = text.split("## Device profiles", 1)[1].split("\n## ", 1)[0]
+    rows = {}
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 6 and cells[0].startswith("`"):
+            rows[cells[0].strip("`")] = cells[1:]
+    return rows
+
+
+def test_readme_profile_table_matches_the_shipped_profiles():
+    from edgeattn.device_profile import load_profile, shipped_profile_names
+
+    rows = _profile_table()
+    assert set(rows) == set(shipped_profile_names())
+    for name, (targets, _runtime, precision, bits, notes) in rows.items():
+        prof = load_profile(name)
+        assert targets == ", ".join(prof.targets), name
+        assert precision == prof.precision, name
+        # host-cpu's weight bits follow the CPU it runs on
+        expected = f"7 or 8 / {prof.quant.act_bits}" if name == "host-cpu" else (
+            f"{prof.quant.weight_bits}/{prof.quant.act_bits}"
+        )
+        assert bits == expected, name
+        if prof.hls is not None:  # the HLS datapath's widths, as the generated C++ takes them
+            for fmt in (prof.hls.weight, prof.hls.act):
+                assert f"ap_fixed<{fmt.width},{fmt.integer}>" in notes, name

@@ -69,16 +69,21 @@ def fuse_bn_into_linear(
     """
     s, t = _bn_scale_shift(bn)
     w = linear.weight.double()
-    b = linear.bias.double() if linear.bias is not None else torch.zeros(w.shape[0], dtype=torch.float64)
+    b = linear.bias.double() if linear.bias is not None else w.new_zeros(w.shape[0])
     return w * s.unsqueeze(0), b + w @ t
 
 
-def identity_kernel(channels: int, groups: int, kernel_size: int) -> torch.Tensor:
-    """The k x k kernel (channels, channels/groups, k, k) of an identity map under ``groups``."""
+def identity_kernel(
+    channels: int, groups: int, kernel_size: int, device: torch.device | str | None = None
+) -> torch.Tensor:
+    """The float64 k x k kernel (channels, channels/groups, k, k) of an identity map under ``groups``.
+
+    ``device``: where to build it (the weights' device, so it adds to them on a GPU or ``meta``).
+    """
     in_per_group = channels // groups
-    k = torch.zeros(channels, in_per_group, kernel_size, kernel_size, dtype=torch.float64)
+    k = torch.zeros(channels, in_per_group, kernel_size, kernel_size, dtype=torch.float64, device=device)
     centre = kernel_size // 2
-    idx = torch.arange(channels)
+    idx = torch.arange(channels, device=device)
     k[idx, idx % in_per_group, centre, centre] = 1.0
     return k
 
@@ -236,15 +241,13 @@ class RepConv(nn.Module):
     def fused_kernel_bias(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Float64 (kernel, bias) of the sum of all branches as one k x k conv."""
         k = self.kernel_size
-        kernel = torch.zeros(0, dtype=torch.float64)
-        bias = torch.zeros(0, dtype=torch.float64)
         parts = [b.fused_kernel_bias() for b in self.branches]
         if self.scale_branch is not None:
             k1, b1 = self.scale_branch.fused_kernel_bias()
             pad = k // 2
             parts.append((F.pad(k1, [pad, pad, pad, pad]), b1))
         if self.identity_branch is not None:
-            ident = identity_kernel(self.out_channels, self.groups, k)
+            ident = identity_kernel(self.out_channels, self.groups, k, device=parts[0][0].device)
             parts.append(fuse_bn(ident, None, self.identity_branch))
         kernel = sum(p[0] for p in parts)
         bias = sum(p[1] for p in parts)
@@ -292,8 +295,9 @@ class MultiGroupConv1x1(nn.Module):
 
     def fused_kernel_bias(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Float64 dense (kernel, bias) of the sum of all group branches."""
-        kernel = torch.zeros(self.out_channels, self.in_channels, 1, 1, dtype=torch.float64)
-        bias = torch.zeros(self.out_channels, dtype=torch.float64)
+        device = self.branches[0].conv.weight.device  # accumulate where the weights are (GPU, meta ...)
+        kernel = torch.zeros(self.out_channels, self.in_channels, 1, 1, dtype=torch.float64, device=device)
+        bias = torch.zeros(self.out_channels, dtype=torch.float64, device=device)
         for g, branch in zip(self.groups, self.branches, strict=True):
             k, b = branch.fused_kernel_bias()
             kernel += grouped_to_dense(k, g)
@@ -305,11 +309,15 @@ class MultiGroupConv1x1(nn.Module):
         if self.deployed:
             return
         kernel, bias = self.fused_kernel_bias()
-        ref = self.branches[0].conv
-        if ref.groups == 1:  # the dense branch already has the deploy geometry: reuse it
-            conv = ref
+        # A dense (groups == 1) branch, wherever it sits, already has the deploy geometry: reuse it.
+        dense = [b.conv for b in self.branches if b.conv.groups == 1]
+        if dense:
+            conv = dense[0]
         else:
-            conv = nn.Conv2d(self.in_channels, self.out_channels, 1, bias=True).to(ref.weight.device)
+            ref = self.branches[0].conv.weight
+            conv = nn.Conv2d(
+                self.in_channels, self.out_channels, 1, bias=True, device=ref.device, dtype=ref.dtype
+            )
         set_weight_bias(conv, kernel, bias)
         self.reparam_conv = conv
         del self.branches

@@ -3,7 +3,7 @@
 Each subcommand lives in its own module here and imports heavy libraries (torch, runtimes) inside its
 function body, so ``edgeattn --help`` stays fast. Errors a user can cause are raised as
 :class:`edgeattn.errors.EdgeAttnError` (or ``ValueError``) and end as one line on stderr with the
-error's exit code; anything else is a bug and keeps its traceback.
+error's exit code; so does an ``OSError`` about a path (exit 2). Anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -65,7 +65,19 @@ def main(argv: list[str] | None = None) -> int:
         return fail(str(exc), 2)
     except KeyboardInterrupt:
         return fail("interrupted", 130)
+    except OSError as exc:
+        # A file or folder the user named that cannot be read or written (not a folder, read-only, disk
+        # full): one line, as for other bad input. An OSError naming no path is a bug and keeps its traceback.
+        if exc.filename is None:
+            raise
+        return fail(_os_error_line(exc), 2)
     return 0
+
+
+def _os_error_line(exc: OSError) -> str:
+    """``exc`` as one line naming its path(s): ``cannot use 'out/x.json': Not a directory``."""
+    names = f"'{exc.filename}'" + (f" -> '{exc.filename2}'" if exc.filename2 is not None else "")
+    return f"cannot use {names}: {exc.strerror or exc}"
 
 
 if __name__ == "__main__":

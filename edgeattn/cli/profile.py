@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import typer
@@ -20,6 +21,24 @@ def _parse_shapes(specs: list[str] | None) -> dict[str, list[int]]:
         except ValueError:
             raise EdgeAttnError(f"--shape {spec!r} is not NAME=D0xD1x... (e.g. input=1x3x224x224)") from None
     return shapes
+
+
+def check_output_path(path: Path, flag: str) -> None:
+    """Raise an :class:`EdgeAttnError` unless ``path`` can be written: checked before any measuring.
+
+    ``path`` must not be a folder, and its parent must be a folder this process may write to, or be
+    creatable (its nearest existing ancestor is a writable folder). Nothing is created here.
+    """
+    if path.is_dir():
+        raise EdgeAttnError(f"{flag} '{path}' is a directory")
+    parent = Path(os.path.abspath(path)).parent
+    ancestor = parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise EdgeAttnError(f"{flag} '{path}': '{ancestor}' is not a folder")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise EdgeAttnError(f"{flag} '{path}': folder '{ancestor}' is not writable")
 
 
 def profile(
@@ -71,7 +90,11 @@ def profile(
     from edgeattn.cli._common import console, write_json
     from edgeattn.profile import list_devices as _list_devices
     from edgeattn.profile import plot_report, profile_artifacts, render_devices, render_table
+    from edgeattn.profile.measure import check_settings
 
+    for out, flag in ((json_out, "--json"), (plot, "--plot")):
+        if out is not None:
+            check_output_path(out, flag)
     if list_devices:
         rows = _list_devices()
         render_devices(rows, console)
@@ -80,10 +103,11 @@ def profile(
         return
     if not artifacts:
         raise EdgeAttnError("give at least one ARTIFACT to profile (or --list-devices)")
-    for p in (json_out, plot):
-        if p is not None and p.exists() and p.is_dir():
-            raise EdgeAttnError(f"output '{p}' is a directory")
     shapes = _parse_shapes(shape)
+    # profile_artifacts checks these too; checked here as well so an error does not open the progress display
+    check_settings(
+        iters=iters, seconds=seconds, warmup=warmup, layer_runs=layer_runs, hint=hint, infer_precision=infer_precision
+    )
     labels = {"load": "loading", "warmup": "warm-up", "timed": "timed runs", "layers": "per-layer"}
     with Progress(
         TextColumn("{task.description}"),

@@ -19,7 +19,7 @@ import numpy as np
 
 from edgeattn.errors import EdgeAttnError
 from edgeattn.profile import system
-from edgeattn.profile.runners import Runner, open_runner
+from edgeattn.profile.runners import INFER_PRECISIONS, OPENVINO_HINTS, Runner, open_runner
 from edgeattn.profile.schema import ArtifactResult, Efficiency, LatencyStats, ProfileReport
 
 ProgressFn = Callable[[str, float, float], None]
@@ -104,6 +104,39 @@ def _label(paths: Sequence[Path]) -> list[str]:
     return [str(p) for p in paths]
 
 
+def check_settings(
+    iters: int | None = None,
+    seconds: float | None = None,
+    warmup: int = 10,
+    layer_runs: int = 20,
+    hint: str = "latency",
+    infer_precision: str | None = None,
+) -> None:
+    """Raise one :class:`EdgeAttnError` (CLI exit 2) naming the first bad profiling setting, else return.
+
+    Called by :func:`profile_artifacts` before any model loads, so a bad number fails at once instead of
+    after a long load (or never: a NaN or infinite ``seconds`` would time forever). ``hint`` and
+    ``infer_precision`` are checked for every runtime, though only OpenVINO uses them, so a typo is never
+    recorded in a report as if it had been applied.
+    """
+    if iters is not None and seconds is not None:
+        raise EdgeAttnError("give either --iters or --seconds, not both")
+    if iters is not None and iters < 1:
+        raise EdgeAttnError(f"--iters must be >= 1, got {iters}")
+    if seconds is not None and not (math.isfinite(seconds) and seconds > 0):
+        raise EdgeAttnError(f"--seconds must be a finite number > 0, got {seconds}")
+    if warmup < 0:
+        raise EdgeAttnError(f"--warmup must be >= 0, got {warmup}")
+    if layer_runs < 1:
+        raise EdgeAttnError(f"--layer-runs must be >= 1, got {layer_runs}")
+    if not isinstance(hint, str) or hint.lower() not in OPENVINO_HINTS:
+        raise EdgeAttnError(f"--hint {hint!r} is not known; choose {', '.join(OPENVINO_HINTS)}")
+    if infer_precision is not None and infer_precision not in INFER_PRECISIONS:
+        raise EdgeAttnError(
+            f"--infer-precision {infer_precision!r} is not known; choose {', '.join(INFER_PRECISIONS)}"
+        )
+
+
 def profile_artifacts(
     paths: Sequence[str | Path],
     runtime: str = "auto",
@@ -131,21 +164,17 @@ def profile_artifacts(
     """
     if not paths:
         raise EdgeAttnError("give at least one artifact to profile")
-    if iters is not None and seconds is not None:
-        raise EdgeAttnError("give either --iters or --seconds, not both")
-    if iters is not None and iters < 1:
-        raise EdgeAttnError(f"--iters must be >= 1, got {iters}")
-    if seconds is not None and seconds <= 0:
-        raise EdgeAttnError(f"--seconds must be > 0, got {seconds}")
-    if warmup < 0:
-        raise EdgeAttnError(f"--warmup must be >= 0, got {warmup}")
+    check_settings(
+        iters=iters, seconds=seconds, warmup=warmup, layer_runs=layer_runs, hint=hint, infer_precision=infer_precision
+    )
     if iters is None and seconds is None:
         iters = DEFAULT_ITERS
     paths = [Path(p) for p in paths]
     sysrec = system.system_record()
     runners: list[Runner] = []
     load_ms: list[float] = []
-    rss_growth: list[float] = []
+    rss_load: list[float] = []  # RSS growth while loading (up to the end of load/compile)
+    rss_cold: list[float] = []  # ... and up to the end of the cold first inference (lazy allocations too)
     cold_ms: list[float] = []
     interrupted = False
     try:
@@ -168,8 +197,9 @@ def profile_artifacts(
                 )
             )
             load_ms.append((time.perf_counter_ns() - t0) / 1e6)
+            rss_load.append(system.current_rss_mb() - rss0)
             cold_ms.append(_timed(runners[-1]))  # the first inference: lazy allocations, kernel JIT, caches
-            rss_growth.append(system.current_rss_mb() - rss0)
+            rss_cold.append(system.current_rss_mb() - rss0)
         if progress:
             progress("load", len(paths), len(paths))
         est: list[float] = []
@@ -226,7 +256,8 @@ def profile_artifacts(
                     warmup=warmup,
                     latency=stats,
                     efficiency=eff,
-                    rss_after_load_mb=rss_growth[k],
+                    rss_after_load_mb=rss_load[k],
+                    rss_after_cold_mb=rss_cold[k],
                     samples_ms=samples[k] if keep_samples else [],
                 )
             )

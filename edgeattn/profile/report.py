@@ -73,7 +73,7 @@ def render_table(report: ProfileReport, console: Console | None = None, top_laye
         pad_edge=False,
     )
     e.add_column("artifact", overflow="fold", min_width=12, max_width=24)
-    for col in ("load", "cold", "+RSS", "GMACs", "GMAC/s", "peak", "%peak"):
+    for col in ("load", "cold", "+RSS load", "+RSS cold", "GMACs", "GMAC/s", "peak", "%peak"):
         e.add_column(col, justify="right")
     for r in report.results:
         ef = r.efficiency
@@ -82,6 +82,7 @@ def render_table(report: ProfileReport, console: Console | None = None, top_laye
             _f(r.load_ms, ".0f"),
             _f(r.cold_ms, ".2f"),
             _f(r.rss_after_load_mb, ".1f"),
+            _f(r.rss_after_cold_mb, ".1f"),
             _f(ef.macs / 1e9 if ef.macs else None, ".4f"),
             _f(ef.achieved_gmacs, ".1f"),
             f"{_f(ef.peak_gmacs, '.0f')} {ef.peak_precision}",  # peak GMAC/s at the compute precision

@@ -29,6 +29,8 @@ from edgeattn.profile import layers as L
 from edgeattn.profile.schema import LayerBreakdown
 
 RUNTIMES = ("onnxruntime", "openvino", "tensorrt", "coreml")
+OPENVINO_HINTS = ("latency", "throughput", "none")  # performance hints (--hint)
+INFER_PRECISIONS = ("f32", "bf16", "f16")  # OpenVINO inference precisions (--infer-precision)
 _EXTENSIONS = {
     ".onnx": "onnxruntime",
     ".xml": "openvino",
@@ -472,8 +474,8 @@ class OpenVINORunner(Runner):
     @staticmethod
     def _make_config(hint: str, threads: int | None, infer_precision: str | None = None) -> dict[str, Any]:
         hint = hint.lower()
-        if hint not in ("latency", "throughput", "none"):
-            raise EdgeAttnError(f"--hint {hint!r} is not known; choose latency, throughput or none")
+        if hint not in OPENVINO_HINTS:
+            raise EdgeAttnError(f"--hint {hint!r} is not known; choose {', '.join(OPENVINO_HINTS)}")
         config: dict[str, Any] = {}
         if hint == "none":
             config["NUM_STREAMS"] = "1"  # benchmark_app's -hint none -nstreams 1
@@ -482,9 +484,9 @@ class OpenVINORunner(Runner):
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
         if infer_precision:
-            if infer_precision not in ("f32", "bf16", "f16"):
+            if infer_precision not in INFER_PRECISIONS:
                 raise EdgeAttnError(
-                    f"--infer-precision {infer_precision!r} is not known; choose f32, bf16 or f16"
+                    f"--infer-precision {infer_precision!r} is not known; choose {', '.join(INFER_PRECISIONS)}"
                 )
             # precision of the non-quantized ops; the CPU plugin's default is bf16 where the CPU has it
             config["INFERENCE_PRECISION_HINT"] = infer_precision

@@ -127,7 +127,12 @@ class ArtifactResult(BaseModel):
     ratio_to_first: float | None = Field(None, description="this p50 / the first artifact's p50")
     efficiency: Efficiency = Field(default_factory=Efficiency)
     rss_after_load_mb: float = Field(
-        description="resident memory growth of the process while loading this artifact"
+        description="resident memory growth of the process while loading this artifact (before any inference)"
+    )
+    rss_after_cold_mb: float | None = Field(
+        None,
+        description="resident memory growth from before loading to after the cold first inference (adds the "
+        "runtime's lazy allocations: arenas, JIT kernels); None in reports written before it was recorded",
     )
     layers: LayerBreakdown | None = None
     samples_ms: list[float] = Field(default_factory=list, description="every timed latency, in run order")
