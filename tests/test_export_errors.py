@@ -233,23 +233,23 @@ def test_tensorrt_parse_failure_is_exit_5(tmp_path, monkeypatch):
 
 
 # ---------------------------------------------------------------------------------- 6: Core ML precision
-def test_coreml_explicit_fp32_computes_in_fp32(tmp_path):
+def _coreml_tiny_vit(out: Path, precision: str):
+    """A float TinyViT through ``edgeattn export -t coreml -p apple-a17-coreml --precision <precision>``."""
     pytest.importorskip("coremltools")
     torch.manual_seed(0)
-    rep = export_model(
-        TinyViT().eval(), "coreml", "apple-a17-coreml", tmp_path / "cm", precision="fp32", inputs=X[:2], n_inputs=2
-    )
+    model = TinyViT().eval()
+    return export_model(model, "coreml", "apple-a17-coreml", out, precision=precision, inputs=X[:2], n_inputs=2)
+
+
+def test_coreml_explicit_fp32_computes_in_fp32(tmp_path):
+    rep = _coreml_tiny_vit(tmp_path / "cm", "fp32")
     assert rep.precision == "fp32" and rep.coreml["compute_precision"] == "fp32"
     (par,) = rep.parity
     assert par["passed"] and par["max_abs_rel_range"] < 1e-5  # FP16 compute is ~1e-3 here
 
 
 def test_coreml_int8_of_a_float_model_is_weight_only_and_says_so(tmp_path):
-    pytest.importorskip("coremltools")
-    torch.manual_seed(0)
-    rep = export_model(
-        TinyViT().eval(), "coreml", "apple-a17-coreml", tmp_path / "cm", precision="int8", inputs=X[:2], n_inputs=2
-    )
+    rep = _coreml_tiny_vit(tmp_path / "cm", "int8")
     assert rep.precision == "int8" and rep.coreml["weight_quantization"] == "int8"
     assert rep.coreml["compute_precision"] == "fp16"  # the profile's
     assert "constexpr_affine_dequantize" in rep.coreml["spec"]["op_counts"]
