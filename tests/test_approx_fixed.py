@@ -315,6 +315,24 @@ def test_softmax_fixed_extreme_rows(method: str) -> None:
     assert np.abs(p / 256 - ref).max() <= 2.0 / 256
 
 
+_SOFTMAX_TOL_16OUT = {"exact": 1e-5, "online": 5e-5, "ibert": 2e-3, "shift": 2e-2, "base2": 5e-4}
+
+
+# `approx report --bits` accepts 10..32; below 12 bits (2-3 fraction bits) I-BERT's own constants are coarse
+@pytest.mark.parametrize("width", [12, 16, 24, 28, 32])
+@pytest.mark.parametrize("method", ["exact", "online", "ibert", "shift", "base2"])
+def test_softmax_fixed_every_accepted_width_keeps_its_accuracy(method: str, width: int) -> None:
+    # at 32 bits a 512-long I-BERT row once summed past 2^56, the division factor became 0 and the row all zeros
+    fmt = FixedFormat(width, width - 8)
+    rng = np.random.default_rng(width)
+    x = rng.uniform(-8, 8, size=(16, 512))
+    x[0] = 0.0  # a uniform row: every probability 1/512
+    q = np.clip(np.round(x * 2.0**fmt.frac), fmt.min_int, fmt.max_int).astype(np.int64)
+    p = softmax_fixed(q, fmt, method, 16) / 65536
+    assert np.abs(p - _ref_softmax(q, fmt)).max() <= _SOFTMAX_TOL_16OUT[method]
+    assert np.abs(p[0] - 1 / 512).max() <= _SOFTMAX_TOL_16OUT[method]
+
+
 # ------------------------------------------------------------------------------------- bad input
 def test_bad_input_messages() -> None:
     with pytest.raises(ValueError, match="width"):

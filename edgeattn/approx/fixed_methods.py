@@ -48,8 +48,16 @@ def _ideal(values: np.ndarray, out_frac: int, lo: int, hi: int) -> np.ndarray:
     return np.clip(np.floor(values * 2.0**out_frac + 0.5), lo, hi).astype(np.int64)
 
 
-def _normalise(e: np.ndarray, out_frac: int, out_max: int) -> np.ndarray:
-    """``e / sum(e)`` with one integer division per row: ``(e * (2^56 // sum)) >> (56 - out_frac)``."""
+def _normalise(e: np.ndarray, out_frac: int, out_max: int, e_bound: int) -> np.ndarray:
+    """``e / sum(e)`` with one integer division per row: ``(e * (2^56 // sum)) >> (56 - out_frac)``.
+
+    ``e_bound`` bounds every ``e``. Where a full row of them could bring the sum within 2^(out_frac + 8) of 2^56
+    (wide score formats: the I-BERT exp of 24 fraction bits is ~2^49.5), ``e`` is first rounded right by a static
+    shift, so ``2^56 // sum`` keeps at least ``out_frac + 8`` bits (it reached 0, an all-zero row, before).
+    """
+    pre = max(0, (int(e_bound) * e.shape[-1]).bit_length() - (NORM_BITS - out_frac - 8))
+    if pre:
+        e = round_shift(e, pre, "half-up")
     total = np.sum(e, axis=-1, keepdims=True)
     factor = (np.int64(1) << NORM_BITS) // np.maximum(total, 1)
     return np.minimum(round_shift(e * factor, NORM_BITS - out_frac, "half-up"), out_max)
@@ -70,7 +78,7 @@ def softmax_ibert_fixed(s: np.ndarray, in_fmt: FixedFormat, out_frac: int = 8) -
     q_c = int(math.floor(fo.IBERT_EXP_C / fo.IBERT_EXP_A * 2.0 ** (2 * f)))
     poly = (p + q_b) ** 2 + q_c  # scale A * 2^-2f
     e = poly >> z
-    return _normalise(e, out_frac, (1 << out_frac) - 1)
+    return _normalise(e, out_frac, (1 << out_frac) - 1, e_bound=q_b * q_b + q_c)  # poly is largest at p = 0
 
 
 def softmax_shift_fixed(s: np.ndarray, in_fmt: FixedFormat, out_frac: int = 8) -> np.ndarray:
@@ -85,7 +93,7 @@ def softmax_shift_fixed(s: np.ndarray, in_fmt: FixedFormat, out_frac: int = 8) -
     r = xp - x0 * q  # in (x0, 0]
     e = ((r >> 1) - x0) << n  # (1 + r/2) * 2^n
     e = e >> q
-    return _normalise(e, out_frac, (1 << out_frac) - 1)
+    return _normalise(e, out_frac, (1 << out_frac) - 1, e_bound=-x0 << n)  # (1 + r/2) * 2^n <= 2^(f + n)
 
 
 BASE2_KNOT_FRAC = 16
