@@ -1,23 +1,35 @@
 """EdgeQAT token-importance-aware activation bits.
 
-Each attention layer scores its tokens by the attention they receive and marks the lowest ``token_ratio`` (default
-0.5) as low-importance. Activations of those tokens are quantized with ``low_act_bits`` (default 4) by a quantizer
-with its own learned scale; the other tokens keep ``act_bits``.
+Each self-attention layer scores its tokens and marks the lowest ``token_ratio`` (default 0.5) as
+low-importance. Activations of those tokens are quantized with ``low_act_bits`` (default 4) by a quantizer with
+its own learned scale; the other tokens keep ``act_bits``.
 
-Which score (``QuantConfig.importance``):
+Which score (``QuantConfig.importance``), always over the N tokens of a square (N, N) attention map:
 
 * ``first``: attention each token receives from the first token (the CLS token of a ViT), summed over heads, as in
   EdgeQAT;
 * ``mean``: attention each token receives averaged over all query rows, summed over heads. Used by ``auto`` for
-  models without a CLS token (FMViT/RLMHSA stages, and ``tiny_llama``, whose causal first row sees only itself);
+  models without a CLS token (FMViT, and ``tiny_llama``, whose causal first row sees only itself: ``first`` is
+  refused on causal attention);
 * ``auto``: ``first`` if the model has a ``cls_token`` attribute, else ``mean``.
 
-Which activations use a layer's token set: the forward order of ``edgeattn.blocks.Attention`` quantizes V *before*
-the attention map exists, so the mask made by layer ``l`` (at its softmax) is used by every adaptive quant point
-that runs after it: layer ``l``'s ``proj_in_quant`` and MLP (``in_quant``, ``hidden_quant``), then layer ``l+1``'s
-input, Q, K and V. That is EdgeQAT's set (V and MLP of the layer, input/Q/K of the next) except that V uses the
-previous layer's scores. The first layer's input/Q/K/V run at full ``act_bits`` (no scores exist yet). A quant point
-whose tensor does not have the scored token count (e.g. pooled K/V of RLMHSA) stays at ``act_bits``.
+Which tensors: only quant points that a block declares token-major in :data:`TOKEN_LAYOUTS` (the tensor's token
+axis is named there, never guessed from its shape): the (B, N, C) attention input and output-projection input,
+the (B, heads, N, hd) Q/K/V of full self-attention and the (B, N, C) MLP input and hidden activations. Conv
+feature maps (FMViT's gMLP, RLMHSA's NCHW input) and RLMHSA's pooled K/V are never token-adaptive.
+
+When: the mask made by layer ``l`` (at its softmax) is used by every declared point that runs after it: layer
+``l``'s ``proj_in_quant`` and MLP, then layer ``l+1``'s input, Q, K and V. That is EdgeQAT's set (V and MLP of the
+layer, input/Q/K of the next) except that V uses the previous layer's scores, because
+:class:`edgeattn.blocks.Attention` quantizes V before the attention map exists. The first layer's input/Q/K/V run
+at full ``act_bits`` (no scores yet). The mask is dropped (full bits until the next square map) when:
+
+* an attention map is not square: RLMHSA with pooled keys gives (B, H, N, M) maps whose columns are M pooled
+  windows, not the N tokens, so EdgeQAT's "attention a token receives" is not defined there. The project does not
+  invent a per-token score for it; the previous layer's set is stale after such a layer and is cleared;
+* a declared point sees another token count than the mask's (a new stage / resolution: a mask never crosses it).
+
+So in FMViT only stages whose RLMHSA does not pool (``sr_ratio`` 1, e.g. stage 4) get low-bit tokens.
 
 Token-adaptive bits are a QAT/simulation feature: :func:`strip_token_adaptive` turns each adaptive point back into
 its high-bit ``QuantIdentity`` for export (no runtime here has per-token mixed-precision kernels).
@@ -25,6 +37,7 @@ its high-bit ``QuantIdentity`` for export (no runtime here has per-token mixed-p
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -33,9 +46,46 @@ from edgeattn.quant import presets
 from edgeattn.quant.config import QuantConfig
 from torch import nn
 
-# quant points that take the token-adaptive treatment (attn_quant and logits are (B, H, N, N) maps, not
-# tokens)
-ADAPTIVE_POINTS = ("in_quant", "q_quant", "k_quant", "v_quant", "proj_in_quant", "hidden_quant")
+from edgeattn.blocks.attention import Attention, Mlp
+from edgeattn.blocks.fmvit import RLMHSA
+from edgeattn.blocks.llama import LlamaAttention, SwiGLU
+from edgeattn.errors import EdgeAttnError
+
+
+@dataclass(frozen=True)
+class TokenLayout:
+    """What a block declares to token-adaptive bits.
+
+    ``points``: quant point -> the token axis of its tensor (1 for (B, N, C), 2 for (B, heads, N, hd)); points not
+    listed (conv maps, pooled K/V, the softmax output) are never token-adaptive. ``attention``: the block's
+    ``softmax`` child makes the token scores. ``causal``: its attention is causally masked.
+    """
+
+    points: dict[str, int] = field(default_factory=dict)
+    attention: bool = False
+    causal: bool = False
+
+
+_SELF_ATTENTION_POINTS = {"in_quant": 1, "q_quant": 2, "k_quant": 2, "v_quant": 2, "proj_in_quant": 1}
+_MLP_POINTS = {"in_quant": 1, "hidden_quant": 1}
+
+# Declared here, on behalf of the project's blocks (matched with isinstance, first match wins).
+TOKEN_LAYOUTS: dict[type[nn.Module], TokenLayout] = {
+    Attention: TokenLayout(_SELF_ATTENTION_POINTS, attention=True),
+    LlamaAttention: TokenLayout(_SELF_ATTENTION_POINTS, attention=True, causal=True),
+    # input is an NCHW map, K/V come from pooled windows: only Q and the projection input are per token
+    RLMHSA: TokenLayout({"q_quant": 2, "proj_in_quant": 1}, attention=True),
+    Mlp: TokenLayout(_MLP_POINTS),
+    SwiGLU: TokenLayout(_MLP_POINTS),
+}
+
+
+def token_layout(block: nn.Module) -> TokenLayout | None:
+    """The :class:`TokenLayout` declared for ``block``'s class, or ``None``."""
+    for cls, layout in TOKEN_LAYOUTS.items():
+        if isinstance(block, cls):
+            return layout
+    return None
 
 
 class TokenController:
@@ -50,11 +100,25 @@ class TokenController:
         self.mask = None
 
     def update(self, attn: torch.Tensor) -> None:
-        """Score tokens from an attention map (B, H, Nq, Nk) and store the new mask."""
+        """New mask from a square self-attention map (B, H, N, N); any other map clears the mask."""
+        if attn.dim() != 4 or attn.shape[-1] != attn.shape[-2]:
+            self.reset()  # pooled keys: no per-token score, and the previous layer's set is stale
+            return
         attn = attn.detach()
         # "first": attention received from token 0; "mean": averaged over every query row
         score = attn[:, :, 0, :].sum(dim=1) if self.importance == "first" else attn.mean(dim=2).sum(dim=1)
         self.mask = low_importance_mask(score, self.ratio)
+
+    def mask_for(self, x: torch.Tensor, token_dim: int) -> torch.Tensor | None:
+        """The mask if ``x`` carries the mask's tokens on ``token_dim``; on another token count (a new stage or
+        resolution) the mask is dropped for good, so it never crosses into the next stage."""
+        mask = self.mask
+        if mask is None:
+            return None
+        if x.dim() <= token_dim or x.shape[0] != mask.shape[0] or x.shape[token_dim] != mask.shape[1]:
+            self.reset()
+            return None
+        return mask
 
 
 def low_importance_mask(score: torch.Tensor, ratio: float) -> torch.Tensor:
@@ -71,38 +135,32 @@ def low_importance_mask(score: torch.Tensor, ratio: float) -> torch.Tensor:
 class TokenAdaptiveQuant(nn.Module):
     """A quant point with two quantizers: ``high`` for important tokens, ``low`` for the rest.
 
-    Each quantizer sees (and, during calibration, collects statistics on) only its own tokens, so each has its own
-    scale. Without a mask (first layer, or shape mismatch) everything goes through ``high``.
+    ``token_dim`` is the token axis its block declared (1: (B, N, C), 2: (B, heads, N, hd)). Each quantizer sees
+    (and, during calibration, collects statistics on) only its own tokens, so each has its own scale. Without a
+    current mask everything goes through ``high``.
     """
 
-    def __init__(self, high: nn.Module, low: nn.Module, controller: TokenController) -> None:
+    def __init__(self, high: nn.Module, low: nn.Module, controller: TokenController, token_dim: int) -> None:
         super().__init__()
         self.high = high
         self.low = low
+        self.token_dim = token_dim
         # a plain attribute, not a submodule: shared by all points of one model
         object.__setattr__(self, "controller", controller)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mask = self.controller.mask
-        tdim = _token_dim(x, mask)
-        if mask is None or tdim is None or not bool(mask.any()):
+        mask = self.controller.mask_for(x, self.token_dim)
+        if mask is None or not bool(mask.any()):
             return self.high(x)
-        xt = x.movedim(tdim, 1) if tdim != 1 else x  # (B, N, ...): (B, H, N, hd) becomes (B, N, H, hd)
+        tdim = self.token_dim
+        xt = x.movedim(tdim, 1)  # (B, N, ...): (B, H, N, hd) becomes (B, N, H, hd)
         out = torch.empty_like(xt)
         out[mask] = self.low(xt[mask])
         out[~mask] = self.high(xt[~mask])
-        return out.movedim(1, tdim) if tdim != 1 else out
+        return out.movedim(1, tdim)
 
-
-def _token_dim(x: torch.Tensor, mask: torch.Tensor | None) -> int | None:
-    if mask is None:
-        return None
-    b, n = mask.shape
-    if x.dim() == 3 and x.shape[0] == b and x.shape[1] == n:
-        return 1
-    if x.dim() == 4 and x.shape[0] == b and x.shape[2] == n:
-        return 2
-    return None
+    def extra_repr(self) -> str:
+        return f"token_dim={self.token_dim}"
 
 
 def _has_cls(model: nn.Module) -> bool:
@@ -110,33 +168,34 @@ def _has_cls(model: nn.Module) -> bool:
 
 
 def enable_token_adaptive(model: nn.Module, config: QuantConfig) -> TokenController:
-    """Turn the quantized model's adaptive quant points into :class:`TokenAdaptiveQuant` (in place) and hook
-    every attention softmax to update the shared mask. Returns the controller (``model.token_controller``)."""
+    """Turn the quantized model's declared token-major quant points into :class:`TokenAdaptiveQuant` (in place)
+    and hook every declared attention softmax to update the shared mask. Returns the controller
+    (``model.token_controller``)."""
     importance = config.importance
     if importance == "auto":
         importance = "first" if _has_cls(model) else "mean"
+    blocks = [(name, block, layout) for name, block in model.named_modules() if (layout := token_layout(block))]
+    causal = [name for name, _, layout in blocks if layout.attention and layout.causal]
+    if importance == "first" and causal:
+        raise EdgeAttnError(
+            f"token-adaptive importance 'first' is undefined for causal attention ('{causal[0]}': the first "
+            "token's row sees only itself); use 'mean' or 'auto'"
+        )
     controller = TokenController(config.token_ratio, importance)
-    swaps: list[tuple[str, nn.Module]] = []
-    for name, module in model.named_modules():
-        leaf = name.rsplit(".", 1)[-1]
-        if leaf in ADAPTIVE_POINTS and isinstance(module, qnn.QuantIdentity):
-            low = qnn.QuantIdentity(act_quant=presets.act_quant(config, config.low_act_bits), return_quant_tensor=False)
-            swaps.append((name, TokenAdaptiveQuant(module, low, controller)))
-    for name, new in swaps:
-        parent_name, _, leaf = name.rpartition(".")
-        setattr(model.get_submodule(parent_name) if parent_name else model, leaf, new)
-    for name, module in model.named_modules():
-        if name.rsplit(".", 1)[-1] == "softmax" and _is_attention_parent(model, name):
-            module.register_forward_hook(_ScoreHook(controller))
+    for _name, block, layout in blocks:
+        for point, tdim in layout.points.items():
+            module = getattr(block, point, None)
+            if isinstance(module, qnn.QuantIdentity):
+                low = qnn.QuantIdentity(
+                    act_quant=presets.act_quant(config, config.low_act_bits), return_quant_tensor=False
+                )
+                setattr(block, point, TokenAdaptiveQuant(module, low, controller, tdim))
+        softmax = getattr(block, "softmax", None)
+        if layout.attention and isinstance(softmax, nn.Module):
+            softmax.register_forward_hook(_ScoreHook(controller))
     model.register_forward_pre_hook(_ResetHook(controller))
     object.__setattr__(model, "token_controller", controller)
     return controller
-
-
-def _is_attention_parent(model: nn.Module, name: str) -> bool:
-    parent_name = name.rpartition(".")[0]
-    parent = model.get_submodule(parent_name) if parent_name else model
-    return hasattr(parent, "attn_quant") or hasattr(parent, "logits_probe")
 
 
 class _ScoreHook:
@@ -149,8 +208,7 @@ class _ScoreHook:
         self.controller = controller
 
     def __call__(self, _module: nn.Module, _args: Any, output: torch.Tensor) -> None:
-        if output.dim() == 4:
-            self.controller.update(output)
+        self.controller.update(output)
 
 
 class _ResetHook:

@@ -3,6 +3,9 @@
 A config is built from a device profile (:meth:`QuantConfig.from_profile`), from a bit-setting name
 (``"w8a8"``, ``"w4a8"``, ``"w4a4"``, via :meth:`QuantConfig.with_bits`) or field by field. Unknown keys
 and bit widths brevitas' integer quantizers cannot do are rejected with an :class:`EdgeAttnError`.
+
+``float_layers`` and ``overrides`` take fnmatch patterns of module names; a pattern that matches a module also
+covers every module under it (``"blocks.0"`` leaves the whole first block in float), see :func:`matches_module`.
 """
 
 from __future__ import annotations
@@ -87,10 +90,12 @@ class QuantConfig(BaseModel):
         "auto", description="token score: attention from the first token, or mean attention received"
     )
     float_layers: tuple[str, ...] = Field(
-        (), description="module-name patterns (fnmatch) left in float, e.g. 'head' or 'lm_head'"
+        (),
+        description="module-name patterns (fnmatch) left in float with everything under them, e.g. 'head', 'blocks.0'",
     )
     overrides: dict[str, LayerOverride] = Field(
-        default_factory=dict, description="module-name pattern (fnmatch) -> per-layer bit widths"
+        default_factory=dict,
+        description="module-name pattern (fnmatch; covers everything under a match) -> per-layer bit widths",
     )
 
     @field_validator("weight_bits", "act_bits", "low_act_bits", "softmax_bits")
@@ -171,16 +176,16 @@ class QuantConfig(BaseModel):
 
     # ------------------------------------------------------------------ per-module lookup
     def is_float(self, name: str) -> bool:
-        """True if the module called ``name`` is left in float."""
-        if any(fnmatchcase(name, pat) for pat in self.float_layers):
+        """True if the module called ``name`` is left in float (a pattern matching it or one of its parents)."""
+        if any(matches_module(name, pat) for pat in self.float_layers):
             return True
-        return any(o.float for pat, o in self.overrides.items() if fnmatchcase(name, pat))
+        return any(o.float for pat, o in self.overrides.items() if matches_module(name, pat))
 
     def weight_bits_for(self, name: str) -> int:
         """Weight bits for the module called ``name`` (last matching override wins)."""
         bits = self.weight_bits
         for pat, o in self.overrides.items():
-            if o.weight_bits is not None and fnmatchcase(name, pat):
+            if o.weight_bits is not None and matches_module(name, pat):
                 bits = o.weight_bits
         return bits
 
@@ -188,9 +193,20 @@ class QuantConfig(BaseModel):
         """Activation bits for the quant point called ``name`` (last matching override wins)."""
         bits = self.act_bits
         for pat, o in self.overrides.items():
-            if o.act_bits is not None and fnmatchcase(name, pat):
+            if o.act_bits is not None and matches_module(name, pat):
                 bits = o.act_bits
         return bits
+
+
+def matches_module(name: str, pattern: str) -> bool:
+    """True if the fnmatch ``pattern`` matches module ``name`` or one of its parents.
+
+    Parents are whole dotted prefixes, so ``"blocks.0"`` covers ``"blocks.0.attn.qkv"`` but not ``"blocks.01"``,
+    and a pattern names a subtree the way a module path does. Glob patterns work on every prefix too
+    (``"blocks.*.attn"`` covers each block's attention and everything in it).
+    """
+    parts = name.split(".")
+    return any(fnmatchcase(".".join(parts[:i]), pattern) for i in range(1, len(parts) + 1))
 
 
 def format_validation_error(source: str, err: ValidationError) -> str:

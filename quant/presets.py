@@ -8,10 +8,13 @@ Every quantizer here is one of brevitas' own injector classes specialised with `
   variants, whose learned scale starts at the clip that minimises the weights' quantization MSE;
 * activations: ``Int8ActPerTensorFloat`` (signed, zero point 0, learned scale initialised from runtime statistics);
   unsigned activations use ``ShiftedUint8ActPerTensorFloat`` (learned scale *and* zero point, LSQ+);
-* softmax output: the signed activation quantizer (TensorRT rejects unsigned inside a graph) initialised from
-  the max rather than a percentile, so the largest probabilities are not clipped;
-* ``fpga`` preset: the fixed-point family (``Int8WeightPerTensorFixedPoint``/``Int8ActPerTensorFixedPoint``),
-  power-of-two scales, as an ``ap_fixed`` datapath needs;
+* softmax output: initialised from the max rather than a percentile, so the largest probabilities are not
+  clipped; signed (``Int8ActPerTensorFloat``: TensorRT rejects unsigned inside a graph) or, with
+  ``softmax_signed: false``, unsigned (``Uint8ActPerTensorFloat``): probabilities are >= 0, so the sign bit buys
+  nothing;
+* ``fpga`` preset: the fixed-point family (``Int8WeightPerTensorFixedPoint``/``Int8ActPerTensorFixedPoint``,
+  softmax ``Int8ActPerTensorFixedPoint`` or, unsigned, ``Uint8ActPerTensorFixedPoint``), power-of-two scales, as
+  an ``ap_fixed``/``ap_ufixed`` datapath needs;
 * bias: none, i.e. float bias in the exported graph (brevitas' Int32 bias makes a DequantizeLinear on int32
   that TensorRT's parser rejects, and its dynamo exporter refuses quantized bias).
 
@@ -35,6 +38,7 @@ from brevitas.quant import (
     Int8WeightPerTensorFloat,
     Int8WeightPerTensorFloatMSE,
     ShiftedUint8ActPerTensorFloat,
+    Uint8ActPerTensorFixedPoint,
     Uint8ActPerTensorFloat,
 )
 from edgeattn.quant.config import QuantConfig
@@ -78,9 +82,10 @@ def act_quant(config: QuantConfig, bits: int) -> Any:
 
 
 def softmax_quant(config: QuantConfig, bits: int) -> Any:
-    """Quantizer for the softmax output (probabilities in [0, 1])."""
+    """Quantizer for the softmax output (probabilities in [0, 1]): signed or unsigned as ``softmax_signed`` says,
+    power-of-two scaled under the ``fpga`` preset."""
     if config.preset == "fpga":
-        base = Int8ActPerTensorFixedPoint
+        base = Int8ActPerTensorFixedPoint if config.softmax_signed else Uint8ActPerTensorFixedPoint
     elif config.softmax_signed:
         base = Int8ActPerTensorFloat
     else:

@@ -75,6 +75,36 @@ def test_bad_bit_setting_names_what_is_allowed():
         QuantConfig().with_bits("int8")
 
 
+
+@pytest.mark.parametrize("signed", [False, True])
+def test_fpga_softmax_output_follows_softmax_signed(signed):
+    """zcu102-hls says softmax_signed: false; the fixed-point softmax quantizer must then be unsigned."""
+    from edgeattn.quant import presets
+
+    assert QuantConfig.from_profile("zcu102-hls").softmax_signed is False
+    cfg = QuantConfig.from_profile("zcu102-hls", softmax_signed=signed)
+    expected = "Int8ActPerTensorFixedPoint" if signed else "Uint8ActPerTensorFixedPoint"
+    assert presets.describe(cfg)["softmax"] == expected
+    q = quantize_model(tiny_vit(), cfg)
+    point = q.blocks[0].attn.attn_quant
+    x = torch.randn(8, 3, 16, 16)
+    calibrate(q, [x])
+    aq = point.act_quant
+    assert bool(aq.is_signed) is signed and int(aq.bit_width()) == 16
+    scale = float(aq.scale().detach())
+    assert scale == 2.0 ** round(np.log2(scale))  # power of two: an ap_fixed / ap_ufixed format
+    seen = {}
+    hook = point.register_forward_hook(lambda _m, _a, o: seen.update(out=o))
+    with torch.no_grad():
+        q(x)
+    hook.remove()
+    ints = seen["out"] / scale
+    torch.testing.assert_close(ints, ints.round(), rtol=0, atol=1e-3)
+    assert ints.min() >= 0
+    assert ints.max() <= (2**15 - 1 if signed else 2**16 - 1)
+    if not signed:
+        assert ints.max() > 2**15 - 1  # the unsigned grid uses the bit a signed one spends on the sign
+
 # ------------------------------------------------------------------------------------------------
 # quantize_model
 def test_quantize_vit_swaps_layers_and_quant_points():
@@ -213,6 +243,37 @@ def test_overrides_and_float_layers():
     assert int(q.blocks[0].attn.qkv.quant_weight().bit_width) == 4
     assert type(q.patch_embed) is nn.Conv2d
 
+
+
+def test_matches_module_covers_a_pattern_and_everything_under_it():
+    from edgeattn.quant.config import matches_module
+
+    assert matches_module("blocks.0.attn.qkv", "blocks.0")
+    assert matches_module("blocks.0", "blocks.0")
+    assert not matches_module("blocks.01.attn", "blocks.0")  # whole dotted parts, not string prefixes
+    assert not matches_module("blocks", "blocks.0")
+    assert matches_module("blocks.3.mlp.fc1", "blocks.*.mlp")
+    assert not matches_module("blocks.3.attn.qkv", "blocks.*.mlp")
+    assert matches_module("blocks.0.attn.proj_in_quant", "*.proj_in_quant")
+    assert matches_module("model.lm_head", "*lm_head*")
+
+
+def test_float_layers_and_overrides_cover_submodules():
+    torch.manual_seed(0)
+    model = create_model("vit_tiny", **{**TINY_VIT, "depth": 2}).eval()
+    overrides = {"blocks.1.attn": {"weight_bits": 4, "act_bits": 6}, "head": {"float": True}}
+    cfg = QuantConfig(float_layers=("blocks.0",), overrides=overrides)
+    q = quantize_model(model, cfg)
+    block0 = dict(q.blocks[0].named_modules())
+    assert not any(isinstance(m, (qnn.QuantLinear, qnn.QuantIdentity)) for m in block0.values())
+    assert type(q.blocks[0].attn.qkv) is nn.Linear and type(q.blocks[0].mlp.fc2) is nn.Linear
+    assert type(q.blocks[0].attn.q_quant) is nn.Identity
+    assert type(q.head) is nn.Linear
+    attn1 = q.blocks[1].attn
+    assert int(attn1.qkv.quant_weight().bit_width) == 4 and int(attn1.proj.quant_weight().bit_width) == 4
+    assert int(attn1.q_quant.act_quant.bit_width()) == 6
+    assert int(q.blocks[1].mlp.fc1.quant_weight().bit_width) == 8  # outside the override
+    assert int(q.blocks[1].mlp.in_quant.act_quant.bit_width()) == 8
 
 def test_lower_bits_mean_larger_error_than_w8a8():
     model = tiny_vit()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
+from brevitas import nn as qnn
 from edgeattn.quant import QuantConfig, calibrate, quantize_model
 from edgeattn.quant.adaptive import (
     TokenAdaptiveQuant,
@@ -11,6 +13,7 @@ from edgeattn.quant.adaptive import (
     strip_token_adaptive,
 )
 
+from edgeattn.errors import EdgeAttnError
 from edgeattn.models import create_model
 
 TINY_VIT = {"num_classes": 10, "img_size": 16, "depth": 2, "embed_dim": 32, "num_heads": 2, "patch_size": 4}
@@ -86,3 +89,119 @@ def test_strip_token_adaptive_restores_plain_quantizers():
         after = q(x)
     assert not any(isinstance(m, TokenAdaptiveQuant) for m in q.modules())
     torch.testing.assert_close(before, after, rtol=0, atol=0)
+
+
+# ------------------------------------------------------------------------------------------------
+# which tensors and which tokens get the low bits
+def _low_inputs(q: torch.nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Run ``q`` on ``x``; name -> what each adaptive point sent through its low-bit quantizer."""
+    low: dict[str, torch.Tensor] = {}
+    hooks = [
+        m.low.register_forward_hook(lambda _m, a, _o, n=n: low.update({n: a[0].detach().clone()}))
+        for n, m in q.named_modules()
+        if isinstance(m, TokenAdaptiveQuant)
+    ]
+    with torch.no_grad():
+        q(x)
+    for h in hooks:
+        h.remove()
+    return low
+
+
+def _fmvit(**kw):
+    torch.manual_seed(0)
+    model = create_model("fmvit_t", num_classes=10, img_size=32, **kw).eval()
+    q = quantize_model(model, QuantConfig(token_adaptive=True, act_bits=8, low_act_bits=4))
+    x = torch.randn(2, 3, 32, 32)
+    calibrate(q, [x])
+    return q, x
+
+
+def test_fmvit_low_bits_only_on_declared_token_tensors_of_square_attention():
+    """fmvit_t at 32 px: stage 3 (4x4 tokens) pools K/V to 2x2, stage 4 (2x2 tokens) does not pool.
+
+    A pooled (B, H, 16, 4) map scores 4 pooled windows, not the 16 tokens: it makes no mask. Stage 4's square map
+    makes one, used by its own projection input (its Q ran before the map). Conv maps (gMLP, RLMHSA's NCHW input)
+    and pooled K/V are never token-adaptive."""
+    q, x = _fmvit()
+    adaptive = {n for n, m in q.named_modules() if isinstance(m, TokenAdaptiveQuant)}
+    attn_blocks = [f"stages.2.{i}.attn" for i in (1, 2, 3, 4)] + ["stages.3.1.attn"]
+    assert adaptive == {f"{b}.{p}" for b in attn_blocks for p in ("q_quant", "proj_in_quant")}
+    for name, m in q.named_modules():
+        if name.endswith(("mlp.in_quant", "mlp.hidden_quant", "attn.in_quant", "attn.k_quant", "attn.v_quant")):
+            assert type(m) is qnn.QuantIdentity, name  # conv feature maps and pooled K/V: one 8-bit quantizer
+    low = _low_inputs(q, x)
+    assert set(low) == {"stages.3.1.attn.proj_in_quant"}
+    assert low["stages.3.1.attn.proj_in_quant"].shape == (2 * 2, 256)  # 2 of the 2x2 tokens per image, C=256
+    point = q.stages[3][1].attn.proj_in_quant
+    assert int(point.low.act_quant.bit_width()) == 4 and int(point.high.act_quant.bit_width()) == 8
+    assert point.low.act_quant.is_signed
+
+
+def test_fmvit_mask_follows_square_maps_and_never_crosses_a_stage():
+    """With unpooled RLMHSA everywhere (sr_ratios 1, 1) every map is square: each block's mask reaches its own
+    projection input and the next block's Q, but stage 3's 16-token mask is dropped at stage 4's Q (4 tokens)."""
+    q, x = _fmvit(sr_ratios=(1, 1))
+    low = _low_inputs(q, x)
+    expected = {"stages.2.1.attn.proj_in_quant", "stages.3.1.attn.proj_in_quant"}
+    for i in (2, 3, 4):
+        expected |= {f"stages.2.{i}.attn.q_quant", f"stages.2.{i}.attn.proj_in_quant"}
+    assert set(low) == expected
+    assert low["stages.2.2.attn.q_quant"].shape == (2 * 8, 4, 32)  # 8 of 16 tokens per image, (heads, hd)
+    assert low["stages.2.1.attn.proj_in_quant"].shape == (2 * 8, 128)
+
+
+def test_vit_low_bit_tokens_are_those_with_least_cls_attention():
+    torch.manual_seed(0)
+    model = create_model("vit_tiny", **{**TINY_VIT, "depth": 2}).eval()
+    q = quantize_model(model, QuantConfig(token_adaptive=True, token_ratio=0.5, low_act_bits=4))
+    x = torch.randn(8, 3, 16, 16)
+    calibrate(q, [x])
+    seen: dict[str, torch.Tensor] = {}
+    attn0 = q.blocks[0].attn
+    hooks = [
+        attn0.softmax.register_forward_hook(lambda _m, _a, o: seen.update(attn=o.detach())),
+        attn0.proj_in_quant.register_forward_hook(lambda _m, a, _o: seen.update(proj_in=a[0].detach())),
+        q.blocks[1].attn.k_quant.register_forward_hook(lambda _m, a, _o: seen.update(k=a[0].detach())),
+    ]
+    low = _low_inputs(q, x[:4])
+    for h in hooks:
+        h.remove()
+    cls_attention = seen["attn"][:, :, 0, :].sum(dim=1)  # (B, N): attention each token receives from CLS
+    n = cls_attention.shape[1]
+    expected = torch.zeros_like(cls_attention, dtype=torch.bool)
+    expected.scatter_(1, cls_attention.argsort(dim=1)[:, : n // 2], True)
+    # every low token gets less CLS attention than every high token of the same image
+    for b in range(4):
+        assert cls_attention[b][expected[b]].max() < cls_attention[b][~expected[b]].min()
+    # exactly those tokens went through the 4-bit quantizers: block 0's projection input, block 1's K
+    torch.testing.assert_close(low["blocks.0.attn.proj_in_quant"], seen["proj_in"][expected], rtol=0, atol=0)
+    torch.testing.assert_close(low["blocks.1.attn.k_quant"], seen["k"].movedim(2, 1)[expected], rtol=0, atol=0)
+    assert {"blocks.0.mlp.in_quant", "blocks.0.mlp.hidden_quant", "blocks.1.attn.in_quant"} <= set(low)
+    assert "blocks.0.attn.q_quant" not in low  # no scores before the first softmax
+
+
+def test_tiny_llama_uses_mean_received_attention_and_refuses_first():
+    torch.manual_seed(0)
+    model = create_model("tiny_llama", seq_len=16, dim=32, depth=2, num_heads=2).eval()
+    q = quantize_model(model, QuantConfig(token_adaptive=True))
+    assert q.token_controller.importance == "mean"  # auto: no CLS, and causal row 0 sees only itself
+    ids = torch.randint(0, 256, (4, 16))
+    calibrate(q, [ids])
+    low = _low_inputs(q, ids)
+    assert low["blocks.1.attn.k_quant"].shape == (4 * 8, 2, 16)  # half of the 16 tokens, (heads, hd)
+    assert {"blocks.0.mlp.in_quant", "blocks.0.mlp.hidden_quant"} <= set(low)  # SwiGLU is token-major
+    with pytest.raises(EdgeAttnError, match="causal"):
+        quantize_model(model, QuantConfig(token_adaptive=True, importance="first"))
+
+
+def test_controller_drops_the_mask_on_pooled_maps_and_new_token_counts():
+    c = TokenController(0.5, "mean")
+    c.update(torch.rand(2, 2, 4, 4).softmax(-1))
+    assert c.mask is not None and c.mask.shape == (2, 4)
+    assert c.mask_for(torch.zeros(2, 4, 8), 1) is not None
+    assert c.mask_for(torch.zeros(2, 2, 4, 8), 2) is not None
+    assert c.mask_for(torch.zeros(2, 16, 8), 1) is None and c.mask is None  # another token count: gone for good
+    c.update(torch.rand(2, 2, 4, 4).softmax(-1))
+    c.update(torch.rand(2, 2, 16, 4).softmax(-1))  # pooled keys: columns are windows, not tokens
+    assert c.mask is None
