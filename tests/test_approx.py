@@ -86,8 +86,30 @@ def test_masked_scores() -> None:
 # --------------------------------------------------------------------------------------- properties
 rows = st.lists(st.floats(-30, 30, allow_nan=False), min_size=2, max_size=24)
 SHIFT_TOL = {"exact": 1e-12, "online": 1e-12, "ibert": 1e-4, "shift": 1e-12, "base2": 5e-3}
-# i-exp jumps by 5e-5 (relative) at multiples of ln2 (its polynomial is 1.00027 at p=0, 0.50011*2 at p=-ln2)
+# i-exp jumps by 8.7e-5 (relative, down as x rises) at multiples of ln2: its polynomial is 1.000273 at p=0 and
+# 0.500093*2 = 1.000186 at p=-ln2 (test_ibert_exp_jump_is_the_documented_figure)
 MONO_TOL = {"exact": 1e-13, "online": 1e-13, "ibert": 1e-4, "shift": 1e-13, "base2": 1e-13}
+
+
+def test_ibert_exp_jump_is_the_documented_figure() -> None:
+    """i-exp's relative step at x = -k ln2 is the same for every k, and the docs state it (to 2 digits)."""
+    import re
+    from pathlib import Path
+
+    from edgeattn.approx import float_ops
+
+    eps = 1e-9
+    jumps = []
+    for k in range(1, 9):
+        x = torch.tensor([-k * math.log(2) + eps, -k * math.log(2) - eps], dtype=torch.float64)
+        above, below = float_ops.ibert_exp(x)
+        jumps.append(((above - below) / below).item())
+    assert max(jumps) - min(jumps) < 1e-9 and -8.75e-5 < jumps[0] < -8.73e-5
+    assert abs(jumps[0]) < MONO_TOL["ibert"]  # the monotonicity tolerance covers the step
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "approx.md").read_text()
+    for text in (float_ops.__doc__, docs):
+        stated = float(re.search(r"i-exp jumps by ([0-9.]+e-[0-9]+) relative", " ".join(text.split())).group(1))
+        assert abs(stated - abs(jumps[0])) <= 0.01 * abs(jumps[0]), stated
 
 
 @settings(max_examples=60, deadline=None)
@@ -157,6 +179,46 @@ def test_modules_and_half_precision() -> None:
         y = ApproxGELU(m)(x)
         assert (y - _gelu64(x)).abs().max().item() < 2.1e-2
         assert gelu(x.bfloat16(), m).dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("method", GELU_METHODS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_gelu_propagates_nan(method: str, dtype: torch.dtype) -> None:
+    """NaN in gives NaN out (Edge-MoE once cast NaN to an int64 table index and raised IndexError)."""
+    x = torch.tensor([float("nan"), -1.0, 0.5, 6.0], dtype=dtype)
+    y = gelu(x, method)
+    assert torch.isnan(y[0]) and torch.isfinite(y[1:]).all()
+    assert torch.equal(y[1:], gelu(x[1:], method))
+
+
+@pytest.mark.parametrize("kind", ["exact", "mm"])
+def test_edgemoe_integer_table_is_the_rounded_float_table(kind: str) -> None:
+    """One Edge-MoE table: the golden model's integers (and so the HLS C++ tables) round the float model's."""
+    from edgeattn.approx import fixed, float_ops
+
+    assert fixed.edgemoe_table_f64 is float_ops.edgemoe_table_f64  # one definition, not a copy
+    assert (fixed.EDGEMOE_ENTRIES, fixed.EDGEMOE_STEP_LOG2) == (float_ops.EDGEMOE_ENTRIES, float_ops.EDGEMOE_STEP_LOG2)
+    f64 = float_ops.edgemoe_table_f64(kind).numpy()
+    for frac in range(1, 41):
+        scaled = f64 * 2.0**frac
+        assert np.array_equal(fixed.edgemoe_table(frac, kind), np.floor(scaled + 0.5).astype(np.int64)), frac
+        # No knot lies within 1e-14 (relative, ~45 ulp) of a rounding tie, so an erfc/exp that differs by an
+        # ulp or two on another machine (libm, SIMD) cannot flip a table integer.
+        nz = scaled != 0
+        assert (np.abs(scaled - np.floor(scaled) - 0.5)[nz] / scaled[nz]).min() > 1e-14, frac
+
+
+def test_edgemoe_integer_tables_unchanged() -> None:
+    """Every generated table integer (both kinds, 1..40 fraction bits) is bit-identical to the release's."""
+    import hashlib
+
+    from edgeattn.approx import fixed
+
+    digest = hashlib.sha256()
+    for kind in ("exact", "mm"):
+        for frac in range(1, 41):
+            digest.update(",".join(map(str, fixed.edgemoe_table(frac, kind).tolist())).encode() + b";")
+    assert digest.hexdigest() == "954a99fd3ab8690327f8aaf6deba1d29f2d703ea7cf4a7295dbd9692b0ab245d"
 
 
 def test_bad_input() -> None:

@@ -45,3 +45,45 @@ def test_report_bad_bits(tmp_path, capsys) -> None:
     assert "Traceback" not in err
     assert not (tmp_path / "x.json").exists()
     assert main(["approx", "report", "--plot", str(tmp_path / "x.svg")]) == 2
+
+
+def _no_measuring(*args, **kwargs):
+    raise AssertionError("measured before checking the output paths")
+
+
+def test_report_checks_every_output_path_before_measuring(tmp_path, capsys, monkeypatch) -> None:
+    """A bad --json path fails up front (exit 2, one line) and --plot is not written: a rerun is not refused."""
+    import edgeattn.approx.report as report_mod
+
+    monkeypatch.setattr(report_mod, "build_report", _no_measuring)
+    (tmp_path / "a.png").write_bytes(b"a file, not a folder")
+    (tmp_path / "dir").mkdir()
+    png = tmp_path / "pp.png"
+    for bad_json, needle in (
+        (tmp_path / "a.png" / "x.json", "is not a folder"),
+        (tmp_path / "dir", "is a directory"),
+        (png, "the same file"),
+    ):
+        argv = ["approx", "report", "--plot", str(png), "--json", str(bad_json)]
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and needle in err and "--json" in err
+        assert not png.exists()
+    assert main(["approx", "report", "--plot", str(tmp_path / "dir")]) == 2  # a folder named x.png too
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "dir"]
+
+
+def test_report_write_failure_leaves_no_output(tmp_path, monkeypatch) -> None:
+    """If writing the JSON fails after the plot is drawn, neither file (nor a folder made for them) is left."""
+    import edgeattn.cli.approx as cli_approx
+
+    def disk_full(path, payload):
+        raise OSError(28, "No space left on device", str(path))
+
+    monkeypatch.setattr(cli_approx, "write_json", disk_full)
+    png, js = tmp_path / "new" / "pp.png", tmp_path / "new" / "sub" / "x.json"
+    assert main(["approx", "report", "--plot", str(png), "--json", str(js)]) == 2
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.undo()
+    assert main(["approx", "report", "--plot", str(png), "--json", str(js)]) == 0  # the rerun is not refused
+    assert png.read_bytes()[:4] == b"\x89PNG" and "records" in json.loads(js.read_text())

@@ -67,6 +67,53 @@ def test_unknown_model_and_bad_kwargs():
         create_model("vit_tiny", img_size=30)
 
 
+@pytest.mark.parametrize(
+    ("name", "kwargs", "needle"),
+    [
+        ("tiny_llama", {"num_heads": 0}, "tiny_llama: num_heads must be a positive integer, got 0"),
+        ("tiny_llama", {"depth": 2.0}, "tiny_llama: depth must be a positive integer, got 2.0"),
+        ("vit_tiny", {"depth": "2"}, "vit: depth must be a positive integer, got '2'"),
+        ("vit_tiny", {"depth": -1}, "vit: depth must be a positive integer, got -1"),
+        ("vit_tiny", {"num_heads": 0}, "vit: num_heads must be a positive integer"),
+        ("vit_tiny", {"embed_dim": 0}, "vit: embed_dim must be a positive integer"),
+        ("vit_tiny", {"img_size": "32"}, "vit: img_size must be a positive integer, got '32'"),
+        ("vit_tiny", {"patch_size": 0}, "vit: patch_size must be a positive integer"),
+        ("vit_tiny", {"num_classes": True}, "vit: num_classes must be a positive integer, got True"),
+        ("vit_tiny", {"mlp_ratio": "4"}, "vit: mlp_ratio must be a positive number"),
+        ("edge_moe_vit", {"depth": 0}, "edge_moe_vit: depth must be a positive integer, got 0"),
+        ("edge_moe_vit", {"num_experts": 0}, "edge_moe_vit: num_experts must be a positive integer"),
+        ("fmvit_t", {"depths": [1, -1, 1, 1]}, r"FMViT: depths\[1\] must be a positive integer, got -1"),
+        ("fmvit_t", {"size": "s"}, "model 'fmvit_t' takes no argument 'size'"),
+        ("mobilenetv2", {"num_classes": "10"}, "MobileNetV2: num_classes must be a positive integer, got '10'"),
+        ("mobilenetv2_ela", {"attention": "ulsam"}, "model 'mobilenetv2_ela' sets argument 'attention' itself"),
+        ("mobilenetv2_ulsam", {"attention": "ela"}, "model 'mobilenetv2_ulsam' sets argument 'attention' itself"),
+    ],
+)
+def test_bad_model_arguments_are_user_errors_naming_the_argument(name, kwargs, needle):
+    """Bad factory arguments fail up front as ValueError naming the argument (EdgeAttnError for arguments
+    that do not bind), not ZeroDivisionError / TypeError, and never as a model with no layers."""
+    with pytest.raises(ValueError, match=needle) as info:
+        create_model(name, **{**({} if name == "tiny_llama" else {"img_size": 32}), **kwargs})
+    assert isinstance(info.value, EdgeAttnError) == needle.startswith("model '")
+
+
+def test_llama_attention_checks_heads_before_dividing():
+    from edgeattn.blocks.llama import LlamaAttention
+
+    with pytest.raises(ValueError, match=r"num_heads \(0\)"):
+        LlamaAttention(16, 0, seq_len=8)
+
+
+def test_cli_qat_bad_model_kwargs_is_one_line_exit_2_nothing_written(tmp_path, capsys):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("model: vit_tiny\nimg_size: 16\nmodel_kwargs: {depth: 0, num_heads: 2, embed_dim: 32}\n")
+    out = tmp_path / "out"
+    assert main(["qat", "--config", str(cfg), "--output", str(out), "--max-train-samples", "32"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "depth must be a positive integer, got 0" in err
+    assert not out.exists()
+
+
 def test_count_macs_against_hand_count():
     lin = nn.Linear(10, 7)
     assert count_macs(lin, torch.randn(3, 10)) == 3 * 10 * 7

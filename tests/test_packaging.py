@@ -5,11 +5,11 @@ from __future__ import annotations
 import subprocess
 import sys
 import sysconfig
+import tomllib
 import zipfile
 from pathlib import Path
 
 import pytest
-import tomllib
 
 REPO = Path(__file__).resolve().parents[1]
 MAPPING = {
@@ -23,6 +23,26 @@ MAPPING = {
 
 def _pyproject() -> dict:
     return tomllib.loads((REPO / "pyproject.toml").read_text())
+
+
+def test_python_floor_matches_readme_and_this_suite():
+    """requires-python is honest: this suite needs tomllib (3.11), and README states the same floor."""
+    from packaging.specifiers import SpecifierSet  # pytest's own dependency
+
+    spec = SpecifierSet(_pyproject()["project"]["requires-python"])
+    assert "3.10" not in spec and "3.11" in spec
+    assert "Python 3.11+" in (REPO / "README.md").read_text()
+
+
+def test_brevitas_is_capped_to_the_tested_minor():
+    """quant/ uses brevitas internals: the pin must stop before the next minor and admit the installed one."""
+    from importlib.metadata import version
+
+    from packaging.requirements import Requirement
+
+    deps = [Requirement(d) for d in _pyproject()["project"]["dependencies"]]
+    spec = next(r.specifier for r in deps if r.name == "brevitas")
+    assert version("brevitas") in spec and "0.14.0" not in spec
 
 
 def test_every_package_directory_is_listed():

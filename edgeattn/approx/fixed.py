@@ -23,6 +23,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+# The Edge-MoE table's geometry and values are defined once, by the float model; the golden model rounds them.
+from edgeattn.approx.float_ops import (
+    EDGEMOE_ENTRIES,
+    EDGEMOE_STEP_LOG2,
+    EDGEMOE_TABLE_KINDS,
+    edgemoe_table_f64,
+)
+
 ROUNDING_MODES: tuple[str, ...] = ("floor", "half-up", "half-even")
 
 # ----------------------------------------------------------------------------------- spec constants
@@ -36,9 +44,6 @@ D_WIDTH = 32  # running sum register width (unsigned) -> rows up to 65535 elemen
 R_FRAC = 24  # fraction bits of inv_d = 1/d (d >= 1, so inv_d <= 2^24, 25-bit unsigned)
 MAX_ROW = (1 << (D_WIDTH - D_FRAC)) - 1
 
-EDGEMOE_STEP_LOG2 = 5  # table step 1/32
-EDGEMOE_ENTRIES = 177  # t = 0, 1/32, ..., 5.5
-
 
 def _half_up(v: float) -> int:
     return int(math.floor(v + 0.5))
@@ -48,15 +53,13 @@ EXP2_HI = np.array([_half_up(2.0 ** (a / 256.0) * 2**EXP_TBL_FRAC) for a in rang
 EXP2_LO = np.array([_half_up(2.0 ** (b / 65536.0) * 2**EXP_TBL_FRAC) for b in range(256)], dtype=np.int64)
 
 
-EDGEMOE_TABLE_KINDS: tuple[str, ...] = ("exact", "mm")
-
-
 def edgemoe_table(table_frac: int = 16, kind: str = "exact") -> np.ndarray:
     """The 177-entry GELU residual table at ``t = i/32``, rounded half-up to ``table_frac`` fraction bits.
 
     ``kind="exact"``: ``delta(t) = t*Phi(-t)`` (Edge-MoE). ``kind="mm"``: this project's near-minimax table
     ``delta(t) - (t^2 - 2)*phi(t)/16384`` (each knot moved by half the chord error; same datapath, half the
-    interpolation error; see docs/fixed_point.md section 6.1).
+    interpolation error; see docs/fixed_point.md section 6.1). The float64 values are the float model's own
+    (:func:`edgeattn.approx.float_ops.edgemoe_table_f64`), so the two cannot drift apart.
     """
     if not 1 <= table_frac <= 40:
         raise ValueError(f"argument 'table_frac' must be in 1..40, got {table_frac}")
@@ -64,14 +67,8 @@ def edgemoe_table(table_frac: int = 16, kind: str = "exact") -> np.ndarray:
         raise ValueError(
             f"argument 'table': unknown kind {kind!r}; allowed: {', '.join(EDGEMOE_TABLE_KINDS)}"
         )
-    vals = []
-    for i in range(EDGEMOE_ENTRIES):
-        t = i / 32.0
-        v = t * 0.5 * math.erfc(t / math.sqrt(2.0))
-        if kind == "mm":
-            v -= (t * t - 2.0) * math.exp(-0.5 * t * t) / math.sqrt(2.0 * math.pi) / 16384.0
-        vals.append(_half_up(v * 2.0**table_frac))
-    return np.array(vals, dtype=np.int64)
+    values = edgemoe_table_f64(kind).tolist()  # python floats: the rounding below is plain float64 math
+    return np.array([_half_up(v * 2.0**table_frac) for v in values], dtype=np.int64)
 
 
 EDGEMOE_TABLE = edgemoe_table(16)

@@ -6,7 +6,7 @@ that is trained (including brevitas QAT) and exported with ``torch.onnx.export``
 exported graph runs in ONNX Runtime, OpenVINO, TensorRT and Core ML without custom ops.
 
 Gradients: the integer parts (``floor``/``ceil`` of the exponent split, the table index) are piecewise
-constant, and every approximation below is continuous (or nearly: i-exp jumps by 5e-5 relative at
+constant, and every approximation below is continuous (or nearly: i-exp jumps by 8.7e-5 relative, down, at
 multiples of ln2), so the autograd derivative *is* the derivative of the piecewise formula; no
 straight-through estimator is needed for the float emulation. Quantization of inputs/outputs is the job of
 the quant points around these ops (brevitas), and of :mod:`edgeattn.approx.fixed` for the integer model.
@@ -37,6 +37,7 @@ BASE2_SEGMENTS = 8
 EDGEMOE_STEP_LOG2 = 5
 EDGEMOE_ENTRIES = 177
 EDGEMOE_LIMIT = (EDGEMOE_ENTRIES - 1) / (1 << EDGEMOE_STEP_LOG2)  # 5.5
+EDGEMOE_TABLE_KINDS: tuple[str, ...] = ("exact", "mm")  # Edge-MoE's knots; this project's near-minimax knots
 
 
 def _check_method(method: str, allowed: tuple[str, ...], what: str) -> None:
@@ -237,13 +238,18 @@ def softmax(x: torch.Tensor, dim: int = -1, method: str = "exact") -> torch.Tens
 
 
 # -------------------------------------------------------------------------------------------------- GELU
-def _edgemoe_table_f64(kind: str = "exact") -> torch.Tensor:
+def edgemoe_table_f64(kind: str = "exact") -> torch.Tensor:
     """The 177 table values: ``"exact"`` = ``delta(t_i)``; ``"mm"`` = ``delta(t_i) - delta''(t_i) h^2/16``.
 
     The ``mm`` (near-minimax) table shifts each knot by half the chord's midpoint error, ``delta'' h^2 / 8``,
     so linear interpolation errs by about +-``|delta''| h^2/16`` instead of ``0..|delta''| h^2/8``: the same
     datapath with half the maximum error. ``delta''(t) = (t^2 - 2) phi(t)``, ``h = 1/32``.
+
+    The single definition of the table: :func:`edgeattn.approx.fixed.edgemoe_table` (and so the HLS C++
+    tables) rounds these float64 values.
     """
+    if kind not in EDGEMOE_TABLE_KINDS:
+        raise ValueError(f"argument 'kind': unknown table kind {kind!r}; allowed: {', '.join(EDGEMOE_TABLE_KINDS)}")
     t = torch.arange(EDGEMOE_ENTRIES, dtype=torch.float64) / (1 << EDGEMOE_STEP_LOG2)
     delta = t * 0.5 * torch.erfc(t / math.sqrt(2.0))  # t * Phi(-t)
     if kind == "exact":
@@ -252,14 +258,16 @@ def _edgemoe_table_f64(kind: str = "exact") -> torch.Tensor:
     return delta - (t * t - 2.0) * phi / (16.0 * (1 << (2 * EDGEMOE_STEP_LOG2)))
 
 
-_EDGEMOE_TABLE = _edgemoe_table_f64("exact")
-_EDGEMOE_MM_TABLE = _edgemoe_table_f64("mm")
+_EDGEMOE_TABLE = edgemoe_table_f64("exact")
+_EDGEMOE_MM_TABLE = edgemoe_table_f64("mm")
 
 
 def edgemoe_delta(a: torch.Tensor, table: torch.Tensor | None = None) -> torch.Tensor:
     """``delta(|x|) = |x| Phi(-|x|)`` from the 1/32-step table, interpolated, 0 for ``|x| >= 5.5``."""
     table = (_EDGEMOE_TABLE if table is None else table).to(a.dtype)
-    s = torch.clamp(a, max=EDGEMOE_LIMIT) * (1 << EDGEMOE_STEP_LOG2)
+    # ``where`` rather than ``clamp``: clamp keeps NaN, whose int64 cast is not a valid table index. NaN fails
+    # ``a < LIMIT`` here and below, so it reads a valid entry, gets delta 0, and ReLU(NaN) - 0 stays NaN.
+    s = torch.where(a < EDGEMOE_LIMIT, a, EDGEMOE_LIMIT) * (1 << EDGEMOE_STEP_LOG2)
     i = torch.clamp(torch.floor(s), max=EDGEMOE_ENTRIES - 2)
     w = s - i
     idx = i.to(torch.int64)

@@ -60,6 +60,10 @@ class LlamaAttention(nn.Module):
         self, dim: int, num_heads: int, seq_len: int, softmax: str = "exact", rope_theta: float = 10000.0
     ) -> None:
         super().__init__()
+        if dim <= 0 or num_heads <= 0 or seq_len <= 0:  # before the modulo: num_heads=0 divides by zero
+            raise ValueError(
+                f"LlamaAttention: dim ({dim}), num_heads ({num_heads}) and seq_len ({seq_len}) must be positive"
+            )
         if dim % num_heads:
             raise ValueError(f"LlamaAttention: dim={dim} must be divisible by num_heads={num_heads}")
         self.num_heads = num_heads

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
+from contextlib import ExitStack, suppress
 from pathlib import Path
 
 import typer
@@ -27,13 +30,19 @@ def report(
     force: bool = typer.Option(False, "--force", help="Overwrite existing --json/--plot files."),
 ) -> None:
     """For every method: float and fixed-point error against float64 (max/mean abs, row sums, KL)."""
+    from edgeattn.cli.profile import check_output_path
     from edgeattn.errors import EdgeAttnError
 
     if plot is not None and plot.suffix.lower() != ".png":
         raise EdgeAttnError(f"--plot must name a .png file, got {plot}")
-    for p in (json_path, plot):
-        if p is not None and p.exists() and not force:
+    outputs = {flag: p for flag, p in (("--json", json_path), ("--plot", plot)) if p is not None}
+    # Every output is checked before measuring, so a bad path costs nothing and writes nothing.
+    for flag, p in outputs.items():
+        check_output_path(p, flag)
+        if p.exists() and not force:
             raise EdgeAttnError(f"{p} exists; pass --force to overwrite")
+    if json_path is not None and plot is not None and json_path.resolve() == plot.resolve():
+        raise EdgeAttnError(f"--json and --plot name the same file {plot}")
     try:
         from edgeattn.approx.report import parse_bits
 
@@ -69,10 +78,47 @@ def report(
             f"{r['kl_div']:.3g}" if "kl_div" in r else "",
         )
     console.print(table)
+    writers: list[tuple[Path, Callable[[Path], object]]] = []
     if plot is not None:
-        plot_report(rep, str(plot))
-        console.print(f"plot written to {plot}")
-    rep.pop("_curves")
+        writers.append((plot, lambda tmp: plot_report(rep, str(tmp))))
     if json_path is not None:
-        write_json(json_path, rep)
+        # the curves are plot-only (numpy arrays); serialize the JSON without them
+        records = {k: v for k, v in rep.items() if k != "_curves"}
+        writers.append((json_path, lambda tmp: write_json(tmp, records)))
+    _write_all(writers)
+    if plot is not None:
+        console.print(f"plot written to {plot}")
+    if json_path is not None:
         console.print(f"JSON written to {json_path}")
+
+
+def _write_all(writers: list[tuple[Path, Callable[[Path], object]]]) -> None:
+    """Run each ``write(tmp)`` on a temporary file beside its path, then move all of them into place.
+
+    All-or-nothing for the user: if any write fails, no output is new (the temporary files are removed, and
+    so are the folders made for them); an existing file is only replaced (``--force``) once every write
+    has succeeded.
+    """
+    from edgeattn.atomic import atomic_path
+
+    made = [d for path, _ in writers for d in _missing_folders(path.parent)]
+    try:
+        with ExitStack() as stack:
+            for path, write in writers:
+                write(stack.enter_context(atomic_path(path)))
+            # leaving the stack moves each temporary file onto its path (os.replace, same folder)
+    except BaseException:
+        for folder in sorted(set(made), key=lambda d: len(d.parts), reverse=True):
+            with suppress(OSError):  # left alone if something else has put a file there meanwhile
+                folder.rmdir()
+        raise
+
+
+def _missing_folders(folder: Path) -> list[Path]:
+    """``folder`` and its ancestors that do not exist yet (what writing into ``folder`` would create)."""
+    folder = Path(os.path.abspath(folder))
+    missing = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from edgeattn.blocks.attention import Mlp
+from edgeattn.models._checks import check_positive_int
 from edgeattn.models.registry import register_model
 from edgeattn.models.vit import VisionTransformer
 
@@ -71,6 +72,8 @@ class MoEMlp(nn.Module):
 class EdgeMoEViT(VisionTransformer):
     """Multi-task ViT: shared embedding, blocks and experts; per task one gate per MoE layer and a head."""
 
+    _arg_owner = "edge_moe_vit"
+
     def __init__(
         self,
         num_experts: int = 4,
@@ -79,9 +82,10 @@ class EdgeMoEViT(VisionTransformer):
         moe_every: int = 2,
         **vit_kwargs,
     ) -> None:
+        check_positive_int(
+            "edge_moe_vit", num_experts=num_experts, top_k=top_k, num_tasks=num_tasks, moe_every=moe_every
+        )
         super().__init__(**vit_kwargs)
-        if moe_every < 1:
-            raise ValueError(f"edge_moe_vit: moe_every must be >= 1, got {moe_every}")
         dim = self.head.in_features
         gelu = vit_kwargs.get("gelu", "exact")
         self.num_tasks = num_tasks

@@ -17,6 +17,7 @@ from torch import nn
 
 from edgeattn.blocks.fmvit import FMBlock, HFBlock
 from edgeattn.blocks.rep import RepConv
+from edgeattn.models._checks import check_positive_int, check_positive_ints, check_positive_numbers
 from edgeattn.models.registry import register_model
 
 __all__ = ["FMViT", "fmvit_t", "fmvit_s", "fmvit_b", "FMVIT_CONFIGS"]
@@ -70,6 +71,12 @@ class FMViT(nn.Module):
         super().__init__()
         if downsample not in ("dense", "dwpw"):
             raise ValueError(f"FMViT: unknown downsample {downsample!r}; allowed: 'dense', 'dwpw'")
+        check_positive_int(
+            "FMViT", num_classes=num_classes, in_chans=in_chans, img_size=img_size, num_branches=num_branches
+        )
+        for key, values in (("widths", widths), ("depths", depths), ("heads", heads), ("sr_ratios", sr_ratios)):
+            check_positive_ints("FMViT", key, values)
+        check_positive_numbers("FMViT", "mlp_ratios", mlp_ratios)
         if (
             len(widths) != 4
             or len(depths) != 4
@@ -80,9 +87,6 @@ class FMViT(nn.Module):
             raise ValueError(
                 "FMViT: widths/depths/mlp_ratios need 4 entries, heads/sr_ratios 2 (stages 3, 4)"
             )
-        for key, value in (("num_classes", num_classes), ("in_chans", in_chans), ("img_size", img_size)):
-            if int(value) <= 0:
-                raise ValueError(f"FMViT: {key} must be a positive integer, got {value}")
         self.input_size = (in_chans, img_size, img_size)
         self.num_classes = num_classes
         # Small inputs (e.g. 32x32 digits) keep more resolution: the stem downsamples 2x instead of 4x.
@@ -125,7 +129,11 @@ class FMViT(nn.Module):
         return self.head(self.forward_features(x).mean(dim=(2, 3)))
 
 
-def _build(size: str, num_classes: int, in_chans: int, img_size: int, softmax: str, gelu: str, **kw) -> FMViT:
+def _build(
+    size: str, num_classes: int, in_chans: int, img_size: int, softmax: str, gelu: str, /, **kw
+) -> FMViT:
+    # Positional-only, so a user's ``size=...`` lands in ``kw`` and FMViT rejects it as an unexpected keyword
+    # (the size is the factory's name) instead of clashing with this function's own ``size``.
     cfg = {**FMVIT_CONFIGS[size], **kw}
     return FMViT(
         num_classes=num_classes, in_chans=in_chans, img_size=img_size, softmax=softmax, gelu=gelu, **cfg

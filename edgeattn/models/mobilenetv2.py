@@ -13,12 +13,15 @@ so a 32x32 input ends at 2x2 instead of 1x1.
 
 from __future__ import annotations
 
+from numbers import Real
+
 import torch
 from torch import nn
 
 from edgeattn.blocks.ela import ELA
 from edgeattn.blocks.rep import ConvBN
 from edgeattn.blocks.ulsam import ULSAM
+from edgeattn.models._checks import check_positive_int
 from edgeattn.models.registry import register_model
 
 __all__ = ["MobileNetV2", "InvertedResidual", "mobilenetv2", "mobilenetv2_ela", "mobilenetv2_ulsam"]
@@ -74,9 +77,15 @@ class MobileNetV2(nn.Module):
         super().__init__()
         if attention not in (None, "ela", "ulsam"):
             raise ValueError(f"MobileNetV2: unknown attention {attention!r}; allowed: None, 'ela', 'ulsam'")
-        for key, value in (("num_classes", num_classes), ("in_chans", in_chans), ("img_size", img_size)):
-            if int(value) <= 0:
-                raise ValueError(f"MobileNetV2: {key} must be a positive integer, got {value}")
+        check_positive_int(
+            "MobileNetV2",
+            num_classes=num_classes,
+            in_chans=in_chans,
+            img_size=img_size,
+            ulsam_subspaces=ulsam_subspaces,
+        )
+        if isinstance(dropout, bool) or not isinstance(dropout, Real) or not 0 <= dropout < 1:
+            raise ValueError(f"MobileNetV2: dropout must be a number in [0, 1), got {dropout!r}")
         self.input_size = (in_chans, img_size, img_size)
         self.num_classes = num_classes
         small = img_size < 64

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -49,16 +50,29 @@ def model_entrypoint(name: str) -> Callable[..., nn.Module]:
 def create_model(name: str, **kwargs) -> nn.Module:
     """Build the registered model ``name`` with ``kwargs`` passed to its factory (random weights).
 
-    Raises ``EdgeAttnError`` (a ``ValueError``) for an unknown name or an argument the factory does not take.
+    Raises ``EdgeAttnError`` (a ``ValueError``) for an unknown name, an argument the factory does not take
+    or one the model sets itself (``mobilenetv2_ela`` fixes ``attention``); the models' own checks raise
+    ``ValueError`` naming the argument for a wrong type or range (``depth=0``, ``num_heads="2"``).
     """
     fn = model_entrypoint(name)
     try:
         return fn(**kwargs)
     except TypeError as exc:
-        # An unexpected keyword is a user error; anything else raised as TypeError is a bug and propagates.
-        if "unexpected keyword argument" not in str(exc):
+        # A keyword that does not bind (unknown, or given twice because the factory sets it itself) is a user
+        # error; any other TypeError is a bug (the models check their argument types) and propagates.
+        match = _BINDING_ERROR.search(str(exc))
+        if match is None or match.group("arg") not in kwargs:
             raise
-        raise EdgeAttnError(f"model {name!r}: {exc}") from exc
+        arg = match.group("arg")
+        if "multiple values" in match.group(0):
+            raise EdgeAttnError(f"model {name!r} sets argument {arg!r} itself; leave it out") from exc
+        raise EdgeAttnError(f"model {name!r} takes no argument {arg!r} ({exc})") from exc
+
+
+# "f() got an unexpected keyword argument 'x'" / "f() got multiple values for (keyword) argument 'x'"
+_BINDING_ERROR = re.compile(
+    r"(unexpected keyword argument|multiple values for (?:keyword )?argument) '(?P<arg>\w+)'"
+)
 
 
 def _load_builtin() -> None:

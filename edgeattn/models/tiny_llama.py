@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from edgeattn.blocks.llama import LlamaBlock, RMSNorm
+from edgeattn.models._checks import check_positive_int
 from edgeattn.models.registry import register_model
 
 __all__ = ["TinyLlama", "tiny_llama"]
@@ -28,9 +29,13 @@ class TinyLlama(nn.Module):
         softmax: str = "exact",
     ) -> None:
         super().__init__()
-        for key, value in (("vocab_size", vocab_size), ("seq_len", seq_len), ("dim", dim), ("depth", depth)):
-            if int(value) <= 0:
-                raise ValueError(f"tiny_llama: {key} must be a positive integer, got {value}")
+        check_positive_int(
+            "tiny_llama", vocab_size=vocab_size, seq_len=seq_len, dim=dim, depth=depth, num_heads=num_heads
+        )
+        if hidden_dim is not None:
+            check_positive_int("tiny_llama", hidden_dim=hidden_dim)
+        if dim % num_heads:
+            raise ValueError(f"tiny_llama: dim={dim} must be divisible by num_heads={num_heads}")
         # LLaMA's SwiGLU width: 2/3 of 4*dim, rounded up to a multiple of 32.
         hidden_dim = hidden_dim or 32 * -(-(8 * dim // 3) // 32)
         self.vocab_size, self.seq_len, self.dim = vocab_size, seq_len, dim

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from edgeattn.blocks.attention import Attention, Mlp
+from edgeattn.models._checks import check_positive_int, check_positive_number
 from edgeattn.models.registry import register_model
 
 __all__ = ["VisionTransformer", "ViTBlock", "vit_tiny"]
@@ -34,6 +35,8 @@ class VisionTransformer(nn.Module):
     Shapes are fixed at construction (``img_size``/``patch_size``), so the graph is static for export.
     """
 
+    _arg_owner = "vit"  # names the model in argument errors (subclasses override)
+
     def __init__(
         self,
         img_size: int = 224,
@@ -48,9 +51,21 @@ class VisionTransformer(nn.Module):
         gelu: str = "exact",
     ) -> None:
         super().__init__()
-        _check_positive(img_size=img_size, patch_size=patch_size, in_chans=in_chans, num_classes=num_classes)
+        check_positive_int(
+            self._arg_owner,
+            img_size=img_size,
+            patch_size=patch_size,
+            in_chans=in_chans,
+            num_classes=num_classes,
+            embed_dim=embed_dim,
+            depth=depth,
+            num_heads=num_heads,
+        )
+        check_positive_number(self._arg_owner, mlp_ratio=mlp_ratio)
         if img_size % patch_size:
-            raise ValueError(f"vit: img_size={img_size} must be divisible by patch_size={patch_size}")
+            raise ValueError(f"{self._arg_owner}: img_size={img_size} must be divisible by patch_size={patch_size}")
+        if embed_dim % num_heads:
+            raise ValueError(f"{self._arg_owner}: embed_dim={embed_dim} must be divisible by num_heads={num_heads}")
         self.input_size = (in_chans, img_size, img_size)
         self.num_classes = num_classes
         num_patches = (img_size // patch_size) ** 2
@@ -71,12 +86,6 @@ class VisionTransformer(nn.Module):
         return self.head(x[:, 0])
 
 
-def _check_positive(**values: int) -> None:
-    for key, value in values.items():
-        if int(value) <= 0:
-            raise ValueError(f"{key} must be a positive integer, got {value}")
-
-
 @register_model
 def vit_tiny(
     num_classes: int = 1000,
@@ -93,6 +102,7 @@ def vit_tiny(
     give a useful number of tokens.
     """
     if patch_size is None:
+        check_positive_int("vit", img_size=img_size)  # compared below, before the model checks it
         patch_size = 16 if img_size >= 112 else 4
     return VisionTransformer(
         img_size=img_size,

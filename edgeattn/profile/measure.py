@@ -12,7 +12,7 @@ import gc
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -280,7 +280,7 @@ def profile_artifacts(
         for runner in runners:
             runner.close()
     return ProfileReport(
-        created_utc=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        created_utc=datetime.now(UTC).isoformat(timespec="seconds"),
         system=sysrec,
         settings={
             "runtime": runtime,
