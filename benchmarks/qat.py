@@ -23,8 +23,9 @@ summary then gives each loss's paired contribution and its effect on the attenti
         --seeds 0,1,2,3,4,5,6,7,8,9 --workdir /tmp/q/bench20
 
 More rows per seed: ``--grad-clip-rows w4a4`` (plain QAT and the default EdgeQAT with the gradient norm clipped),
-``--token-adaptive w4a8`` (the default EdgeQAT with token-adaptive bits), ``--fp-finetune w8a8,w4a8`` (a control:
-the FP model fine-tuned, nothing quantized, with that setting's epochs and lr: what extra training alone gives) and
+``--token-adaptive w4a8`` (the default EdgeQAT with token-adaptive bits; with ``--lm-seeds`` too),
+``--fp-finetune w8a8,w4a8`` (a control: the FP model fine-tuned, nothing quantized, with that setting's epochs and
+lr: what extra training alone gives) and
 ``--mse-rows w8a8,w4a8,w4a4`` (PTQ with MSE-initialised weight scales), ``--single-loss w8a8`` (EdgeQAT with each
 loss alone; ``w8a8:distribution`` for one) and ``--row-floor-rows w4a4`` (the default EdgeQAT with the
 distribution loss's row floor, unclipped and clipped). ``--ablate w8a8:entropy`` turns off one loss only. A run
@@ -271,10 +272,10 @@ def lr_sweep_rows(
     return [{**r, "name": r["name"] + suffix, "lr": float(lr_text), "epochs": epochs, "sweep": True} for r in rows]
 
 
-def token_adaptive_row(bits: str, lr: float | None = None) -> dict[str, Any]:
+def token_adaptive_row(bits: str, lr: float | None = None, prefix: str = "") -> dict[str, Any]:
     """edgeattn's default EdgeQAT (KD + distribution loss) with token-importance-aware bits on."""
     return {
-        "name": f"edgeqat-no-entropy-token-adaptive-{bits}",
+        "name": f"{prefix}edgeqat-no-entropy-token-adaptive-{bits}",
         "method": "EdgeQAT (default losses) + token-adaptive bits",
         "bits": bits,
         "losses": EDGEQAT_DEFAULT,
@@ -749,7 +750,7 @@ def main() -> None:
     ap.add_argument(
         "--token-adaptive",
         default="",
-        help="with --seeds: also run the default EdgeQAT with token-adaptive bits at these bit settings",
+        help="with --seeds or --lm-seeds: also run the default EdgeQAT with token-adaptive bits at these bit settings",
     )
     ap.add_argument(
         "--fp-finetune",
@@ -912,6 +913,7 @@ def main() -> None:
         for seed in lm_seeds or [0]:
             suite = "language" if lm_prefix == "language_seed" and seed == 0 else f"{lm_prefix}{seed}"
             rows = language_rows(["w8a8", "w4a8"]) + sweep_rows("lm-")
+            rows += [token_adaptive_row(b, prefix="lm-") for b in args.token_adaptive.split(",") if b]
             run_suite(suite, {**base, "seed": seed}, rows, payload, out, work)
         _language_seed_summary(payload, lm_prefix)
         if sweep:
