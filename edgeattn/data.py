@@ -6,7 +6,9 @@
   sources, cut into (input, next-byte target) windows for ``tiny_llama``.
 * :func:`image_folder` (``root/<class>/<image>``) and :func:`text_file` for a user's own data.
 
-Splits are deterministic given ``seed``: the same call always returns the same tensors.
+Splits are deterministic given ``seed``: the same call always returns the same tensors. Which samples are train
+and which are validation depends on ``seed`` for digits and image folders (a stratified split), and on the byte
+count and ``seq_len`` for text (the tail is validation).
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from edgeattn.errors import EdgeAttnError
 Split = Literal["train", "val", "all"]
 VAL_FRACTION = 0.2
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
+MIN_IMAGES_PER_CLASS = 2  # the stratified split puts at least one image of every class into validation
+_ORDER_STREAM = 1  # second seed word of the image-folder sample order (the split uses the bare seed)
 
 
 def _check_split(split: str) -> None:
@@ -96,10 +100,10 @@ def _windows(data: bytes, seq_len: int, split: str) -> TensorDataset:
     _check_split(split)
     if seq_len < 2:
         raise ValueError(f"seq_len must be >= 2, got {seq_len}")
+    n_windows = (len(data) - 1) // seq_len
+    if n_windows < 2:  # checked before frombuffer, which refuses an empty buffer with an obscure message
+        raise EdgeAttnError(f"text corpus too short for seq_len={seq_len}: {len(data)} bytes")
     arr = torch.frombuffer(bytearray(data), dtype=torch.uint8).long()
-    n_windows = (len(arr) - 1) // seq_len
-    if n_windows < 2:
-        raise EdgeAttnError(f"text corpus too short for seq_len={seq_len}: {len(arr)} bytes")
     n_val = max(1, int(round(n_windows * VAL_FRACTION / 2)))  # 10% of windows for validation
     # the last windows (a contiguous tail of the corpus) are validation, so no byte is in both splits
     lo, hi = {"train": (0, n_windows - n_val), "val": (n_windows - n_val, n_windows), "all": (0, n_windows)}[split]
@@ -127,13 +131,22 @@ def text_file(
     if not path.is_file():
         raise EdgeAttnError(f"data path '{path}' does not exist or is not a file")
     data = path.read_bytes()
-    return _windows(data[:max_bytes] if max_bytes else data, seq_len, split)
+    if not data:
+        raise EdgeAttnError(f"data file '{path}' is empty")
+    try:
+        return _windows(data[:max_bytes] if max_bytes else data, seq_len, split)
+    except EdgeAttnError as err:
+        raise EdgeAttnError(f"data file '{path}': {err}") from None
 
 
 def image_folder(
     root: str | Path, img_size: int = 32, in_chans: int = 3, split: Split = "train", seed: int = 0
 ) -> tuple[TensorDataset, list[str]]:
-    """A user's images laid out as ``root/<class name>/<image>``; returns (dataset, class names)."""
+    """A user's images laid out as ``root/<class name>/<image>``; returns (dataset, class names).
+
+    For a train or val split every class needs at least :data:`MIN_IMAGES_PER_CLASS` images (one for training, one
+    for validation). Both splits come in a seeded random order, not grouped by class, so that a sample cap or the first
+    calibration samples see every class; ``split="all"`` keeps the file order."""
     from PIL import Image
 
     root = Path(root)
@@ -159,6 +172,18 @@ def image_folder(
     if not images:
         raise EdgeAttnError(f"data path '{root}': no images found")
     lab = np.asarray(labels, dtype=np.int64)
+    counts = np.bincount(lab, minlength=len(classes))
+    few = [(c, int(n)) for c, n in zip(classes, counts, strict=True) if n < MIN_IMAGES_PER_CLASS]
+    if few and split != "all":
+        name, n = few[0]
+        raise EdgeAttnError(
+            f"data path '{root}': class '{name}' has {n} image(s); every class needs at least "
+            f"{MIN_IMAGES_PER_CLASS} (training and validation each take one or more)"
+        )
     idx = _split_indices(lab, split, seed)
+    if split != "all":
+        # images were read class by class; a seeded shuffle (a stream of its own, so the split is unchanged)
+        # spreads the classes over the order that sample caps and calibration take from the front
+        idx = np.random.default_rng([seed, _ORDER_STREAM]).permutation(idx)
     x = _to_model_input(torch.stack(images)[idx], img_size, in_chans).contiguous()
     return TensorDataset(x, torch.from_numpy(lab[idx])), classes

@@ -13,9 +13,7 @@ Files are written atomically (temp file + rename), so an interrupted run never l
 from __future__ import annotations
 
 import contextlib
-import os
 import pickle
-import tempfile
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from edgeattn.atomic import atomic_path
 from edgeattn.errors import EdgeAttnError
 
 FORMAT = "edgeattn-checkpoint"
@@ -51,18 +50,11 @@ def model_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:
-    """``torch.save`` to a temp file in the same folder, then rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    """``torch.save`` to a temp file in the same folder, then rename over ``path``
+    (:func:`edgeattn.atomic.atomic_path`: the file gets the same umask modes as the run's JSON files)."""
+    with atomic_path(path, suffix=".tmp") as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return Path(path)
 
 
 def save_checkpoint(path: str | Path, model: nn.Module, meta: dict[str, Any]) -> Path:

@@ -6,7 +6,7 @@ Python API::
     result = run(TrainConfig(model="fmvit_t", data="digits", bits="w8a8", profile="host-cpu"))
     result["fp32"], result["ptq"], result["qat"]       # top-1 % (vision) or perplexity (language)
 
-Command line (the same flags as ``edgeattn qat``), also under torch's distributed launcher::
+Command line (``edgeattn qat`` itself, the same flags), also under torch's distributed launcher::
 
     python -m edgeattn.quant.train --config run.yaml --epochs 3
     torchrun --nproc_per_node 2 -m edgeattn.quant.train --config run.yaml     # DDP on gloo (CPU)
@@ -18,11 +18,16 @@ model) and evaluate. Every epoch writes ``metrics.json``, ``state.pt`` (everythi
 optimizer, scheduler, RNG states; the data order is a function of seed and epoch) and ``qat_last.pt`` (a checkpoint
 for ``load_checkpoint``), all atomically. Ctrl-C / SIGTERM stop at the next step boundary and keep the last complete
 epoch's files.
+
+Guards (each a one-line :class:`EdgeAttnError` before any work): ``--resume`` needs the same settings as the run it
+continues (except ``num_threads`` and ``output_dir``; ``epochs`` too, since the lr schedule spans them all);
+``--force`` first removes the previous run's files (:data:`RUN_FILES`, nothing else); an ``fp_checkpoint`` must hold
+this run's model, model_kwargs and data and have been trained on the same train/val split (its meta's ``split``,
+:func:`split_settings`; a checkpoint from before that field only gets a warning).
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import math
 import os
@@ -42,6 +47,7 @@ from edgeattn.quant.checkpoint import (
     atomic_torch_save,
     load_checkpoint,
     model_state_dict,
+    read_checkpoint_file,
     save_checkpoint,
 )
 from edgeattn.quant.config import QuantConfig, format_validation_error
@@ -81,7 +87,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
 class LossConfig(BaseModel):
     """Which EdgeQAT losses are on, and their weights. All off = plain QAT (cross-entropy only)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # an inf / nan weight only poisons the loss
 
     kd: bool = Field(True, description="logit distillation from the FP model")
     kd_alpha: float = Field(0.5, ge=0.0, le=1.0, description="weight of the KD term vs cross-entropy")
@@ -103,7 +109,7 @@ class LossConfig(BaseModel):
 class TrainConfig(BaseModel):
     """Everything one ``edgeattn qat`` run needs (YAML keys = these field names; unknown keys are errors)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # lr, fp_lr, ...: finite numbers only
 
     model: str = Field("fmvit_t", description="registry name (edgeattn models list)")
     model_kwargs: dict[str, Any] = Field(default_factory=dict, description="extra model factory arguments")
@@ -230,15 +236,34 @@ def load_data(cfg: TrainConfig) -> tuple[TensorDataset, TensorDataset, dict[str,
         train, classes = D.image_folder(path, cfg.img_size, cfg.in_chans, "train", cfg.seed)
         val, _ = D.image_folder(path, cfg.img_size, cfg.in_chans, "val", cfg.seed)
         info = {"task": "vision", "num_classes": len(classes), "classes": classes}
+    for name, ds in (("training", train), ("validation", val)):
+        if len(ds) == 0:  # refused here, before the run writes anything (an untrained fp.pt, say)
+            raise EdgeAttnError(f"data '{cfg.data}': the {name} split is empty; give more samples")
     train = _cap(train, cfg.max_train_samples)
     val = _cap(val, cfg.max_val_samples)
     return train, val, info
 
 
 def _cap(ds: TensorDataset, n: int | None) -> TensorDataset:
+    """The first ``n`` samples. Digits and text keep their natural order (the benchmarks' caps); an image folder's
+    splits come shuffled by seed (``edgeattn.data.image_folder``), so a cap keeps every class."""
     if n is None or n >= len(ds):
         return ds
     return TensorDataset(*(t[:n] for t in ds.tensors))
+
+
+def split_settings(cfg: TrainConfig) -> dict[str, Any]:
+    """The settings that decide which samples are training and which validation samples, recorded in the FP
+    checkpoint's meta as ``split``: a teacher evaluated on another split would be scored on samples it trained on.
+
+    Digits and image folders: a stratified split by ``seed`` (plus the input format, ``img_size`` and
+    ``in_chans``). Text: positional, the tail is validation, so the seed does not matter but ``seq_len`` and, for
+    ``stdlib``, ``corpus_bytes`` do. The sample caps are not part of it: a cap takes from the front of a split."""
+    if cfg.data == "stdlib":
+        return {"seq_len": cfg.seq_len, "corpus_bytes": cfg.corpus_bytes}
+    if cfg.is_language:
+        return {"seq_len": cfg.seq_len}
+    return {"seed": cfg.seed, "img_size": cfg.img_size, "in_chans": cfg.in_chans}
 
 
 def model_kwargs_for(cfg: TrainConfig, info: dict[str, Any]) -> dict[str, Any]:
@@ -354,13 +379,23 @@ def seed_everything(seed: int) -> None:
 
 
 def rng_state() -> dict[str, Any]:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """The torch, numpy and Python RNG states as tensors, lists and numbers only, so that ``state.pt`` loads with
+    ``torch.load(weights_only=True)`` (numpy's state holds an ndarray, which that refuses)."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)],
+        "python": list(random.getstate()),
+    }
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` returned."""
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    name, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
 
 
 def epoch_order(n: int, seed: int, epoch: int, rank: int = 0, world: int = 1) -> torch.Tensor:
@@ -573,7 +608,8 @@ def run(
     Keys: ``fp32``, ``ptq``, ``qat`` (top-1 % or perplexity), ``metric`` ('top1' or 'perplexity'),
     ``attn_kl_ptq``/``attn_kl_qat`` (mean KL of attention maps vs FP), ``history`` (per-epoch metrics),
     ``status`` ('done' or 'interrupted'), ``seconds``, ``output_dir`` and the checkpoint paths.
-    An output directory that already holds a run is refused unless ``resume`` or ``force``.
+    An output directory that already holds a run is refused unless ``resume`` (same settings, see the module
+    docstring) or ``force`` (removes that run's files first).
     """
     cfg = config if isinstance(config, TrainConfig) else TrainConfig.parse(config)
     with _threads(cfg.num_threads):
@@ -617,26 +653,188 @@ def qat_optimizer(
     return opt, _make_scheduler(opt, cfg.lr_schedule, cfg.epochs * steps_per_epoch)
 
 
+# ---------------------------------------------------------------------------------------------- run files
+# Every file a run writes into its output directory: what --force removes and what marks a directory as holding a
+# run. Nothing else in the directory is touched.
+RUN_FILES = ("fp.pt", "ptq.pt", "qat_last.pt", "model.pt", "state.pt", "metrics.json", "result.json")
+# Settings that --resume may change: they do not change a single number of the run (where it is written, how many
+# threads compute it). Everything else, ``epochs`` included, must match: the lr schedule spans all the epochs, so a
+# run extended by --epochs is not the run it would have been uninterrupted.
+RESUME_FREE_KEYS = frozenset({"num_threads", "output_dir"})
+STATE_KEYS = ("model", "optimizer", "scheduler", "rng", "history", "epoch", "config")
+
+
+def resumable(out_dir: str | Path) -> bool:
+    """Whether ``--resume`` can continue the run in ``out_dir``: it needs ``state.pt`` (a complete QAT epoch) or
+    ``fp.pt`` (a finished FP training). A run stopped during FP training has neither and starts over with --force."""
+    out_dir = Path(out_dir)
+    return (out_dir / "state.pt").is_file() or (out_dir / "fp.pt").is_file()
+
+
+def _dotted(d: dict[str, Any], key: str = "") -> dict[str, Any]:
+    """Nested dicts as one level with dotted keys: {"a": {"b": 1}} -> {"a.b": 1}."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_dotted(v, f"{key}{k}."))
+        else:
+            out[f"{key}{k}"] = v
+    return out
+
+
+def _difference(
+    saved: dict[str, Any], current: dict[str, Any], ignore: frozenset[str] = frozenset()
+) -> tuple[str, Any, Any] | None:
+    """The first setting (a dotted key for nested ones) that differs between two settings mappings, as
+    ``(key, saved value, current value)`` (``'<unset>'`` where one lacks it); ``None`` when they agree."""
+    a = {k: v for k, v in _dotted(saved).items() if k.split(".")[0] not in ignore}
+    b = {k: v for k, v in _dotted(current).items() if k.split(".")[0] not in ignore}
+    for k in list(b) + [k for k in a if k not in b]:
+        if a.get(k, "<unset>") != b.get(k, "<unset>"):
+            return k, a.get(k, "<unset>"), b.get(k, "<unset>")
+    return None
+
+
+def _check_resume_config(saved: Any, cfg: TrainConfig, source: Path) -> None:
+    """Refuse to resume a run whose recorded settings differ from ``cfg`` (naming the first differing key)."""
+    if not isinstance(saved, dict):
+        raise EdgeAttnError(f"--resume: '{source}' records no run settings; rerun with --force to start over")
+    diff = _difference(saved, cfg.model_dump(mode="json"), RESUME_FREE_KEYS)
+    if diff is not None:
+        key, was, now = diff
+        hint = " (more epochs are a new lr schedule: start a new run from its fp.pt)" if key == "epochs" else ""
+        raise EdgeAttnError(
+            f"--resume: the run in '{source.parent}' was made with {key}={was!r}, not {now!r}{hint}; resume it "
+            "with the same settings, or start a new run (--force or another --output)"
+        )
+
+
+def _load_state(path: Path, cfg: TrainConfig) -> dict[str, Any]:
+    """``state.pt`` for --resume, loaded with ``weights_only=True`` and checked against ``cfg``; a corrupt file, one
+    from an older edgeattn (pickled numpy RNG state) or a run with other settings is one clear error."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for a bad file; every one means "cannot resume"
+        raise EdgeAttnError(
+            f"--resume: '{path}' cannot be read ({type(err).__name__}: corrupt, or written by an older edgeattn); "
+            "rerun with --force to start over"
+        ) from None
+    if not isinstance(state, dict) or any(k not in state for k in STATE_KEYS):
+        raise EdgeAttnError(f"--resume: '{path}' is not a QAT state file; rerun with --force to start over")
+    _check_resume_config(state["config"], cfg, path)
+    return state
+
+
+def _same_data(a: Any, b: str) -> bool:
+    """Whether two ``data`` settings name the same data ('digits', 'stdlib', or the same path however spelled)."""
+    if a == b:
+        return True
+    if not isinstance(a, str) or a in ("digits", "stdlib") or b in ("digits", "stdlib"):
+        return False
+    return Path(a).resolve() == Path(b).resolve()
+
+
+def _check_fp_meta(
+    meta: dict[str, Any], source: str, cfg: TrainConfig, kwargs: dict[str, Any], split: dict[str, Any], warn: bool
+) -> None:
+    """Refuse an FP checkpoint that is not the model this run describes, or that was trained on another train/val
+    split; warn about one from an older edgeattn that does not record its split."""
+    if meta.get("quant"):
+        raise EdgeAttnError(f"fp_checkpoint '{source}' is quantized; give a float checkpoint")
+    if meta.get("model") != cfg.model:
+        raise EdgeAttnError(
+            f"fp_checkpoint '{source}' holds a '{meta.get('model')}' model, this run is for '{cfg.model}'; "
+            f"set model: {meta.get('model')} (and its model_kwargs) or use another checkpoint"
+        )
+    diff = _difference({"model_kwargs": dict(meta.get("model_kwargs") or {})}, {"model_kwargs": kwargs})
+    if diff is not None:
+        key, was, now = diff
+        raise EdgeAttnError(
+            f"fp_checkpoint '{source}' was built with {key}={was!r}, this run has {now!r} (model_kwargs, "
+            "img_size, in_chans, seq_len and the data's classes must match)"
+        )
+    if not _same_data(meta.get("data"), cfg.data):
+        raise EdgeAttnError(
+            f"fp_checkpoint '{source}' was trained on data '{meta.get('data')}', this run uses '{cfg.data}'"
+        )
+    saved = meta.get("split")
+    if saved is None:
+        if warn:  # older checkpoints: still usable, but nothing says which samples the teacher saw
+            print(
+                f"warning: fp_checkpoint '{source}' does not record its train/val split (an older edgeattn wrote "
+                f"it); its validation scores are only honest if it was trained with {split}",
+                file=sys.stderr,
+            )
+        return
+    diff = _difference(saved, split)
+    if diff is not None:
+        key, was, now = diff
+        raise EdgeAttnError(
+            f"fp_checkpoint '{source}' was trained with {key}={was!r}, this run has {key}={now!r}: another "
+            f"train/val split, so the teacher would be evaluated on samples it was trained on; run with "
+            f"{key}={was!r} or train a new FP model (no fp_checkpoint)"
+        )
+
+
+def _clear_run(out_dir: Path, keep: Path | None) -> None:
+    """--force: remove the previous run's files (:data:`RUN_FILES` and their leftover temp files) from ``out_dir``,
+    except ``keep`` (an --fp-checkpoint that lives there). Other files in the folder are left alone."""
+    keep = keep.resolve() if keep is not None else None
+    for name in RUN_FILES:
+        for path in [out_dir / name, *out_dir.glob(f".{name}.*.tmp")]:
+            if path.is_file() and path.resolve() != keep:
+                path.unlink()
+
+
 def _run(cfg: TrainConfig, resume: bool, show: bool, dist: _Dist, force: bool) -> dict[str, Any]:
     t0 = time.perf_counter()
     out_dir = Path(cfg.output_dir)
     state_path = out_dir / "state.pt"
-    if resume and not state_path.is_file() and not (out_dir / "fp.pt").is_file():
-        raise EdgeAttnError(f"--resume: nothing to resume in '{out_dir}' (no state.pt or fp.pt)")
-    existing = [n for n in ("state.pt", "fp.pt", "model.pt", "result.json") if (out_dir / n).is_file()]
+    fp_path = out_dir / "fp.pt"
+    # ---- every refusal comes before any work or any file is written or removed
+    if resume and force:
+        raise EdgeAttnError("--resume continues the run in the output directory, --force replaces it: give one")
+    if resume and not resumable(out_dir):
+        raise EdgeAttnError(
+            f"--resume: nothing to resume in '{out_dir}' (no state.pt or fp.pt); use --force to start over"
+        )
+    existing = [n for n in RUN_FILES if (out_dir / n).is_file()]
     if not resume and not force and existing:
         raise EdgeAttnError(
             f"output directory '{out_dir}' already holds a run ({existing[0]}); "
             "use --resume, --force or another --output"
         )
+    state = _load_state(state_path, cfg) if resume and state_path.is_file() else None
     train, val, info = load_data(cfg)
     task = info["task"]
     kwargs = model_kwargs_for(cfg, info)
+    split = split_settings(cfg)
     qcfg = quant_config_for(cfg, info)
+    fp_source: Path | None = None  # the FP checkpoint to start from, checked here and loaded below
+    if cfg.fp_checkpoint:
+        fp_source = Path(cfg.fp_checkpoint)
+        _check_fp_meta(read_checkpoint_file(fp_source)["meta"], str(fp_source), cfg, kwargs, split, dist.is_main)
+    elif resume and fp_path.is_file():
+        fp_source = fp_path
+        fp_saved = read_checkpoint_file(fp_path)["meta"]
+        if state is None and "config" in fp_saved:  # stopped before QAT's first epoch: fp.pt has the settings
+            _check_resume_config(fp_saved["config"], cfg, fp_path)
+        _check_fp_meta(fp_saved, str(fp_path), cfg, kwargs, split, dist.is_main)
+    if force and dist.is_main:
+        _clear_run(out_dir, fp_source)
+    dist.barrier()
     seed_everything(cfg.seed)
     from edgeattn.models import create_model
 
-    fp_meta = {"model": cfg.model, "model_kwargs": kwargs, "quant": None, "reparameterized": False, "data": cfg.data}
+    fp_meta = {
+        "model": cfg.model,
+        "model_kwargs": kwargs,
+        "quant": None,
+        "reparameterized": False,
+        "data": cfg.data,
+        "split": split,
+        "config": cfg.model_dump(mode="json"),
+    }
     result: dict[str, Any] = {
         "model": cfg.model,
         "data": cfg.data,
@@ -652,14 +850,10 @@ def _run(cfg: TrainConfig, resume: bool, show: bool, dist: _Dist, force: bool) -
     with _StopFlag() as stop, _Progress(show) as prog:
         try:
             # ---- FP model
-            fp_path = out_dir / "fp.pt"
-            if cfg.fp_checkpoint:
-                fp_model, meta = load_checkpoint(cfg.fp_checkpoint)
-                if meta.get("quant"):
-                    raise EdgeAttnError(f"fp_checkpoint '{cfg.fp_checkpoint}' is quantized; give a float checkpoint")
-                fp_meta = dict(meta)
-            elif resume and fp_path.is_file():
-                fp_model, fp_meta = load_checkpoint(fp_path)
+            if fp_source is not None:
+                # loaded here, after seed_everything, as always: building the model draws from the RNG
+                fp_model, fp_meta = load_checkpoint(fp_source)
+                fp_meta = dict(fp_meta)
             else:
                 fp_model = create_model(cfg.model, **kwargs)
                 t_fp = time.perf_counter()
@@ -668,6 +862,7 @@ def _run(cfg: TrainConfig, resume: bool, show: bool, dist: _Dist, force: bool) -
                 if dist.is_main:
                     save_checkpoint(fp_path, fp_model, fp_meta)
             result["fp_checkpoint"] = str(cfg.fp_checkpoint or fp_path)
+            result["model"] = fp_meta["model"]  # the outputs are labelled with what the FP checkpoint holds
             teacher = frozen_teacher(fp_model, fp_meta)
             result["fp32"] = evaluate(teacher, val, task)
             prog.log(f"FP32 ({result['metric']}): {result['fp32']:.3f}")
@@ -677,11 +872,12 @@ def _run(cfg: TrainConfig, resume: bool, show: bool, dist: _Dist, force: bool) -
             result["attn_kl_ptq"] = attention_fidelity(ptq_model, teacher, val)
             prog.log(f"PTQ  ({result['metric']}): {result['ptq']:.3f}")
             q_meta = {
-                "model": cfg.model,
-                "model_kwargs": kwargs,
+                "model": fp_meta["model"],
+                "model_kwargs": fp_meta["model_kwargs"],
                 "quant": qcfg,
                 "reparameterized": True,
                 "data": cfg.data,
+                "split": split,
             }
             if dist.is_main:
                 save_checkpoint(out_dir / "ptq.pt", ptq_model, q_meta)
@@ -689,7 +885,7 @@ def _run(cfg: TrainConfig, resume: bool, show: bool, dist: _Dist, force: bool) -
                 result.update(qat=None, attn_kl_qat=None, history=[], status="done")
                 return _finish(result, out_dir, t0, dist)
             # ---- QAT
-            history = _qat(cfg, ptq_model, teacher, train, val, task, q_meta, out_dir, resume, dist, prog, stop)
+            history = _qat(cfg, ptq_model, teacher, train, val, task, q_meta, out_dir, state, dist, prog, stop)
             result["history"] = history
             result["qat"] = evaluate(ptq_model, val, task)
             result["attn_kl_qat"] = attention_fidelity(ptq_model, teacher, val)
@@ -719,22 +915,26 @@ def _qat(
     task: str,
     q_meta: dict[str, Any],
     out_dir: Path,
-    resume: bool,
+    state: dict[str, Any] | None,
     dist: _Dist,
     prog: _Progress,
     stop: _StopFlag,
 ) -> list[dict[str, Any]]:
+    """QAT epochs, from scratch or (``state``: a checked ``state.pt``, see :func:`_load_state`) where it stopped."""
     bs = _local_bs(cfg, dist)
     epoch_steps = steps_per_epoch(len(train), bs, dist.world)
     history: list[dict[str, Any]] = []
     start_epoch = 0
     state_path = out_dir / "state.pt"
     seed_everything(cfg.seed + 1)
-    state = torch.load(state_path, map_location="cpu", weights_only=False) if resume and state_path.is_file() else None
     if state is not None:
         # load the weights BEFORE building the optimizer: brevitas rebuilds its scale modules on load, so an
         # optimizer made earlier would hold the replaced (orphaned) scale parameters
-        student.load_state_dict(state["model"])
+        try:
+            student.load_state_dict(state["model"])
+        except RuntimeError as err:
+            first = str(err).strip().splitlines()[0]
+            raise EdgeAttnError(f"--resume: '{state_path}' does not fit this run's model: {first}") from None
     opt, sched = qat_optimizer(cfg, student, epoch_steps)
     if state is not None:
         opt.load_state_dict(state["optimizer"])
@@ -813,44 +1013,12 @@ def build_config(config_file: str | None = None, preset: str | None = None, **fl
     return TrainConfig.parse(data, source)
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m edgeattn.quant.train", description=__doc__.split("\n")[0])
-    p.add_argument("--config", dest="config_file")
-    p.add_argument("--preset", choices=sorted(PRESETS))
-    p.add_argument("--model")
-    p.add_argument("--data")
-    p.add_argument("--profile")
-    p.add_argument("--bits")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--fp-epochs", dest="fp_epochs", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--grad-clip", dest="grad_clip", type=float)
-    p.add_argument("--batch-size", dest="batch_size", type=int)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--output", dest="output_dir")
-    p.add_argument("--fp-checkpoint", dest="fp_checkpoint")
-    p.add_argument("--max-train-samples", dest="max_train_samples", type=int)
-    p.add_argument("--max-val-samples", dest="max_val_samples", type=int)
-    p.add_argument("--token-adaptive", dest="token_adaptive", action="store_true", default=None)
-    p.add_argument("--resume", action="store_true")
-    p.add_argument("--force", action="store_true")
-    p.add_argument("--no-progress", action="store_true")
-    return p
-
-
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``python -m edgeattn.quant.train`` (and ``torchrun ... -m edgeattn.quant.train``)."""
-    args = vars(_parser().parse_args(argv))
-    resume = args.pop("resume")
-    no_progress = args.pop("no_progress")
-    force = args.pop("force")
-    try:
-        cfg = build_config(**args)
-        result = run(cfg, resume=resume, progress=not no_progress, force=force)
-    except EdgeAttnError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return err.exit_code
-    return 130 if result.get("status") == "interrupted" else 0
+    """Entry point of ``python -m edgeattn.quant.train`` (and ``torchrun ... -m edgeattn.quant.train``): the
+    ``edgeattn qat`` command itself (one option table, one error handling), so every documented flag works here."""
+    from edgeattn.cli import main as cli_main
+
+    return cli_main(["qat", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

@@ -83,3 +83,77 @@ def test_image_folder(tmp_path):
     assert float(first_dog.mean()) == pytest.approx(50 / 255 * 2 - 1, abs=1e-3)
     with pytest.raises(EdgeAttnError, match="does not exist"):
         image_folder(tmp_path / "nope")
+
+
+def _folder(root, n_per_class: dict[str, int]):
+    """Tiny constant-colour PNGs, ``n`` per class; image i of class c has grey level 20 * c + i (distinct)."""
+    from PIL import Image
+
+    for ci, (cname, n) in enumerate(n_per_class.items()):
+        (root / cname).mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(np.full((4, 4, 3), 20 * ci + i, dtype=np.uint8)).save(root / cname / f"{i}.png")
+    return root
+
+
+def test_image_folder_splits_are_shuffled_but_hold_the_same_images(tmp_path):
+    """Images are read class by class; the train and val splits come in a seeded order so that a sample cap or the
+    first calibration samples see every class, while which images are train and which val is unchanged."""
+    from edgeattn.data import _split_indices
+
+    root = _folder(tmp_path, {"a": 10, "b": 10, "c": 10})
+    everything, _ = image_folder(root, img_size=4, in_chans=1, split="all")
+    for split in ("train", "val"):
+        ds, _ = image_folder(root, img_size=4, in_chans=1, split=split, seed=5)
+        y = ds.tensors[1]
+        expected = everything.tensors[0][_split_indices(everything.tensors[1].numpy(), split, 5)]
+        # the same images as the stratified split always chose, in another order
+        assert sorted(ds.tensors[0].flatten(1)[:, 0].tolist()) == sorted(expected.flatten(1)[:, 0].tolist())
+        assert y.tolist() != sorted(y.tolist())
+        n = len(y) // 3
+        assert len(set(y[:n].tolist())) >= 2  # in class order the first third would be class 'a' alone
+        again, _ = image_folder(root, img_size=4, in_chans=1, split=split, seed=5)
+        torch.testing.assert_close(again.tensors[0], ds.tensors[0])  # deterministic given the seed
+
+
+def test_image_folder_caps_and_calibration_see_every_class(tmp_path):
+    from edgeattn.quant.train import TrainConfig, load_data
+
+    root = _folder(tmp_path, {"a": 10, "b": 10, "c": 10})
+    cfg = TrainConfig.parse(
+        {"model": "vit_tiny", "data": str(root), "img_size": 8, "in_chans": 1, "max_train_samples": 12,
+         "max_val_samples": 3}
+    )
+    train, val, _ = load_data(cfg)
+    # in class order these caps would keep classes a, b (train) and a (val); PTQ calibrates on the front of train
+    assert set(train.tensors[1].tolist()) == {0, 1, 2}
+    assert len(set(val.tensors[1].tolist())) >= 2
+
+
+def test_image_folder_refuses_a_class_too_small_to_split(tmp_path):
+    root = _folder(tmp_path, {"a": 3, "b": 1})
+    with pytest.raises(EdgeAttnError, match="class 'b' has 1 image"):
+        image_folder(root, img_size=4, split="train")
+    assert len(image_folder(root, img_size=4, split="all")[0]) == 4  # no split, nothing to refuse
+
+
+def test_digits_order_is_the_natural_one():
+    """Digits runs keep their sample order (the benchmarks' caps and calibration take from the front): the split
+    is the original images at ascending indices."""
+    from sklearn.datasets import load_digits
+
+    from edgeattn.data import _split_indices
+
+    labels = load_digits().target
+    for seed in (0, 1):
+        idx = _split_indices(labels, "train", seed)
+        assert (np.diff(idx) > 0).all()
+        x = digits_dataset(img_size=8, in_chans=1, split="train", seed=seed).tensors[0][:, 0]
+        np.testing.assert_allclose(x.numpy(), load_digits().images[idx] / 8.0 - 1.0, atol=1e-6)
+
+
+def test_empty_text_file_is_named(tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_bytes(b"")
+    with pytest.raises(EdgeAttnError, match=r"data file '.*empty\.txt' is empty"):
+        text_file(empty)

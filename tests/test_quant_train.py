@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -81,7 +82,7 @@ def test_resume_continues_exactly(tmp_path, monkeypatch):
     monkeypatch.setattr(T, "_StopFlag", StopInEpoch2)
     first = T.run(cut, progress=False)
     assert first["status"] == "interrupted"
-    state = torch.load(tmp_path / "cut" / "state.pt", weights_only=False)
+    state = torch.load(tmp_path / "cut" / "state.pt", weights_only=True)  # no pickled numpy: loads safely
     assert state["epoch"] == 1  # the last complete epoch is what stays on disk
     monkeypatch.undo()
     resumed = T.run(cut, resume=True, progress=False)
@@ -124,7 +125,7 @@ def test_sigterm_stops_cleanly_and_keeps_the_last_checkpoint(tmp_path):
         if proc.poll() is None:
             proc.kill()
     assert rc == 130
-    state = torch.load(out / "state.pt", weights_only=False)
+    state = torch.load(out / "state.pt", weights_only=True)
     hist = json.loads((out / "metrics.json").read_text())["history"]
     assert len(hist) == state["epoch"] >= 1
     model, meta = load_checkpoint(out / "qat_last.pt")
@@ -311,3 +312,219 @@ def test_steps_per_epoch_counts_the_batches_every_rank_runs(n, batch_size, world
     for rank in range(world):
         taken = sum(1 for _ in T._batches(ds, T.epoch_order(n, seed=3, epoch=1, rank=rank, world=world), batch_size))
         assert T.steps_per_epoch(n, batch_size, world) == taken
+
+
+# ---------------------------------------------------------------------------------------------- guards
+# Refusals are one line on stderr with exit code 2, before anything is written or removed.
+
+
+def _cli_fails(argv: list[str], capsys) -> str:
+    """Run ``edgeattn qat`` and return its one error line (asserting exit 2 and a single line)."""
+    assert cli_main(["qat", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    return err
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def _yaml(path: Path, cfg: dict) -> str:
+    path.write_text(yaml.safe_dump(cfg))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def fp_run(tmp_path_factory) -> Path:
+    """One finished tiny vit_tiny run (FP 1 epoch, QAT 1 epoch, seed 0) whose files the guard tests reuse."""
+    out = tmp_path_factory.mktemp("fp") / "r1"
+    T.run(tiny_cfg(out, epochs=1), progress=False)
+    return out
+
+
+def test_fp_checkpoint_of_another_model_or_size_is_refused(fp_run, tmp_path, capsys):
+    # a config without `model:` means fmvit_t; the checkpoint holds vit_tiny: refused, not relabelled
+    no_model = {k: v for k, v in tiny_cfg(tmp_path / "x", epochs=1).items() if k not in ("model", "model_kwargs")}
+    cfg = _yaml(tmp_path / "no_model.yaml", no_model)
+    fp = str(fp_run / "fp.pt")
+    err = _cli_fails(["-c", cfg, "--fp-checkpoint", fp, "-o", str(tmp_path / "r3")], capsys)
+    assert "holds a 'vit_tiny' model" in err and "fmvit_t" in err
+    cfg = _yaml(tmp_path / "tiny.yaml", tiny_cfg(tmp_path / "x", epochs=1))
+    err = _cli_fails(["-c", cfg, "--fp-checkpoint", fp, "--img-size", "32", "-o", str(tmp_path / "r3")], capsys)
+    assert "model_kwargs.img_size=16" in err and "32" in err
+    assert not (tmp_path / "r3").exists()
+
+
+def test_outputs_from_an_fp_checkpoint_are_labelled_and_load(fp_run, tmp_path):
+    out = tmp_path / "r3"
+    res = T.run(tiny_cfg(out, epochs=1, fp_checkpoint=str(fp_run / "fp.pt")), progress=False)
+    assert res["model"] == "vit_tiny"
+    _, fp_meta = load_checkpoint(fp_run / "fp.pt")
+    for name in ("ptq.pt", "qat_last.pt", "model.pt"):
+        _, meta = load_checkpoint(out / name)
+        assert (meta["model"], meta["model_kwargs"]) == (fp_meta["model"], fp_meta["model_kwargs"]), name
+    assert json.loads((out / "result.json").read_text())["model"] == "vit_tiny"
+
+
+def test_fp_checkpoint_from_another_split_seed_is_refused(fp_run, tmp_path, capsys):
+    _, meta = load_checkpoint(fp_run / "fp.pt")
+    assert meta["split"] == {"seed": 0, "img_size": 16, "in_chans": 1}
+    cfg = _yaml(tmp_path / "tiny.yaml", tiny_cfg(tmp_path / "x", epochs=1))
+    out = tmp_path / "seed1"
+    err = _cli_fails(["-c", cfg, "--fp-checkpoint", str(fp_run / "fp.pt"), "--seed", "1", "-o", str(out)], capsys)
+    assert "seed=0" in err and "seed=1" in err and "trained on" in err
+    assert not out.exists()
+
+
+def test_fp_checkpoint_without_a_recorded_split_still_loads_with_a_warning(fp_run, tmp_path, capsys):
+    payload = torch.load(fp_run / "fp.pt", weights_only=True)
+    del payload["meta"]["split"], payload["meta"]["config"]  # as an older edgeattn wrote it
+    old = tmp_path / "old_fp.pt"
+    torch.save(payload, old)
+    res = T.run(tiny_cfg(tmp_path / "r", epochs=1, fp_checkpoint=str(old)), progress=False)
+    assert res["status"] == "done"
+    err = capsys.readouterr().err
+    assert "does not record its train/val split" in err and "'seed': 0" in err
+
+
+def _copy_run(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+@pytest.mark.parametrize(
+    ("change", "key"),
+    [({"bits": "w4a8"}, "bits"), ({"batch_size": 16}, "batch_size"), ({"epochs": 2}, "epochs"),
+     ({"losses": {"kd": False}}, "losses.kd")],
+)
+def test_resume_with_other_settings_is_refused(fp_run, tmp_path, change, key):
+    out = _copy_run(fp_run, tmp_path / "r")
+    before = _snapshot(out)
+    with pytest.raises(T.EdgeAttnError, match=rf"made with {key}=") as info:
+        T.run(tiny_cfg(out, **{"epochs": 1, **change}), resume=True, progress=False)
+    assert len(str(info.value).splitlines()) == 1
+    assert _snapshot(out) == before
+
+
+def test_resume_ignores_threads_and_checks_fp_pt_before_the_first_epoch(fp_run, tmp_path):
+    out = _copy_run(fp_run, tmp_path / "r")
+    res = T.run(tiny_cfg(out, epochs=1, num_threads=2), resume=True, progress=False)  # threads change no number
+    assert res["status"] == "done"
+    (out / "state.pt").unlink()  # as if stopped in QAT epoch 1: only fp.pt records the settings
+    with pytest.raises(T.EdgeAttnError, match=r"made with lr="):
+        T.run(tiny_cfg(out, epochs=1, lr=1e-3), resume=True, progress=False)
+
+
+def test_resume_of_a_corrupt_state_is_one_error_line(fp_run, tmp_path, capsys):
+    out = _copy_run(fp_run, tmp_path / "r")
+    (out / "state.pt").write_bytes(b"\x00garbage")
+    cfg = _yaml(tmp_path / "tiny.yaml", tiny_cfg(out, epochs=1))
+    err = _cli_fails(["-c", cfg, "--resume"], capsys)
+    assert "state.pt' cannot be read" in err and "--force" in err
+
+
+def test_force_removes_the_previous_runs_files_only(fp_run, tmp_path):
+    out = _copy_run(fp_run, tmp_path / "r")
+    (out / "notes.txt").write_text("mine")
+    (out / ".state.pt.abc123.tmp").write_bytes(b"left by a killed run")
+    T.run(tiny_cfg(out, skip_qat=True), progress=False, force=True)
+    names = {p.name for p in out.iterdir()}
+    assert names == {"fp.pt", "ptq.pt", "result.json", "notes.txt"}  # no stale state.pt / model.pt / metrics
+    # an --fp-checkpoint inside the folder being replaced is the run's input: kept, and the run loads it
+    fp_bytes = (out / "fp.pt").read_bytes()
+    T.run(tiny_cfg(out, epochs=1, fp_checkpoint=str(out / "fp.pt")), progress=False, force=True)
+    assert (out / "fp.pt").read_bytes() == fp_bytes and (out / "model.pt").is_file()
+    with pytest.raises(T.EdgeAttnError, match="give one"):
+        T.run(tiny_cfg(out, epochs=1), progress=False, force=True, resume=True)
+
+
+def _stop_after(checks: int):
+    class StopAfter(T._StopFlag):
+        """Acts like a SIGTERM at the ``checks``-th step (4 FP steps, then 4 per QAT epoch)."""
+
+        seen = 0
+
+        @property
+        def stop(self):
+            StopAfter.seen += 1
+            return StopAfter.seen >= checks
+
+        @stop.setter
+        def stop(self, value):
+            pass
+
+    return StopAfter
+
+
+@pytest.mark.parametrize(("checks", "advice"), [(2, "--force starts over"), (4 + 4 + 2, "--resume continues")])
+def test_stop_message_gives_the_advice_that_works(tmp_path, monkeypatch, capsys, checks, advice):
+    out = tmp_path / "r"
+    cfg = _yaml(tmp_path / "tiny.yaml", tiny_cfg(out, epochs=2))
+    monkeypatch.setattr(T, "_StopFlag", _stop_after(checks))
+    assert cli_main(["qat", "-c", cfg, "--no-progress"]) == 130
+    assert advice in " ".join(capsys.readouterr().out.split())  # rich wraps long lines
+    monkeypatch.undo()
+    if advice.startswith("--resume"):
+        assert cli_main(["qat", "-c", cfg, "--no-progress", "--resume"]) == 0
+    else:
+        err = _cli_fails(["-c", cfg, "--resume"], capsys)
+        assert "nothing to resume" in err
+        assert cli_main(["qat", "-c", cfg, "--no-progress", "--force"]) == 0
+
+
+@pytest.mark.parametrize(
+    "setting",
+    [{"lr": float("inf")}, {"fp_lr": float("nan")}, {"losses": {"kd_temperature": float("inf")}},
+     {"losses": {"entropy_weight": float("nan")}}, {"losses": {"distribution_weight": float("inf")}}],
+)
+def test_non_finite_numbers_are_refused(setting):
+    key = next(iter(setting)) if "losses" not in setting else "losses." + next(iter(setting["losses"]))
+    with pytest.raises(T.EdgeAttnError, match=rf"'{key}'.*finite"):
+        T.TrainConfig.parse(setting)
+
+
+def test_cli_non_finite_lr_and_bad_data_files(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert "finite" in _cli_fails(["--lr", "inf", "-o", str(out)], capsys)
+    empty = tmp_path / "empty.txt"
+    empty.write_bytes(b"")
+    err = _cli_fails(["--model", "tiny_llama", "--data", str(empty), "-o", str(out)], capsys)
+    assert f"'{empty}' is empty" in err
+    # one image per class: no training image for that class (and an empty training split): refused up front
+    from PIL import Image
+
+    for cname in ("a", "b"):
+        (tmp_path / "imgs" / cname).mkdir(parents=True)
+        Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(tmp_path / "imgs" / cname / "0.png")
+    err = _cli_fails(["--model", "vit_tiny", "--data", str(tmp_path / "imgs"), "-o", str(out)], capsys)
+    assert "class 'a' has 1 image(s)" in err
+    assert not out.exists()
+
+
+def test_checkpoints_get_the_same_modes_as_the_json_files(fp_run):
+    modes = {p.name: p.stat().st_mode & 0o777 for p in fp_run.iterdir()}
+    assert len(set(modes.values())) == 1, modes  # e.g. 0644 everywhere under umask 022, not 0600 for *.pt
+
+
+def test_module_entry_point_is_the_qat_command(tmp_path, monkeypatch, capsys):
+    """``python -m edgeattn.quant.train`` takes every ``edgeattn qat`` flag (torchrun launches it) and turns a
+    plain ValueError into one line, like the CLI."""
+    out = tmp_path / "r"
+    cfg = _yaml(tmp_path / "tiny.yaml", tiny_cfg(out, epochs=1, img_size=8))
+    flags = ["-c", cfg, "--threads", "1", "--img-size", "16", "--lr-schedule", "constant", "--no-kd", "--entropy",
+             "--no-distribution", "--no-progress"]
+    proc = subprocess.run([sys.executable, "-m", "edgeattn.quant.train", *flags], env=_env(), capture_output=True)
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    config = json.loads((out / "metrics.json").read_text())["config"]
+    assert (config["img_size"], config["lr_schedule"], config["num_threads"]) == (16, "constant", 1)
+    assert (config["losses"]["kd"], config["losses"]["entropy"], config["losses"]["distribution"]) == (
+        False, True, False)
+
+    def broken(*args, **kwargs):
+        raise ValueError("boom")
+
+    monkeypatch.setattr(T, "run", broken)
+    assert T.main(["--model", "vit_tiny", "-o", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("boom") and len(err.splitlines()) == 1

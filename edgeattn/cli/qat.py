@@ -1,11 +1,13 @@
 """`edgeattn qat`: train (or load) an FP model, build the PTQ baseline, fine-tune with EdgeQAT, report.
 
 Settings come from ``--preset`` (default, demo, w4a8, w4a4, llama), then ``--config FILE`` (YAML, validated:
-unknown keys are errors), then flags. See docs/qat.md.
+unknown keys are errors), then flags. See docs/qat.md. ``python -m edgeattn.quant.train`` (what ``torchrun`` launches)
+runs this same command, so both take the same options.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import typer
@@ -45,13 +47,18 @@ def qat(
     max_train_samples: int | None = typer.Option(None, "--max-train-samples", help="Cap training samples."),
     max_val_samples: int | None = typer.Option(None, "--max-val-samples", help="Cap validation samples."),
     threads: int | None = typer.Option(None, "--threads", help="torch intra-op threads."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in --output exactly where it stopped."),
-    force: bool = typer.Option(False, "--force", help="Start over in an --output that already holds a run."),
+    resume: bool = typer.Option(
+        False, "--resume", help="Continue the run in --output exactly where it stopped (same settings)."
+    ),
+    force: bool = typer.Option(
+        False, "--force", help="Start over in an --output that already holds a run (removes that run's files)."
+    ),
     json_out: Path | None = typer.Option(None, "--json", help="Also write the result as JSON here."),
+    no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar or per-epoch lines."),
 ) -> None:
     """Quantization-aware training (EdgeQAT) with a PTQ baseline; writes checkpoints and metrics.json."""
     from edgeattn.errors import EdgeAttnError
-    from edgeattn.quant.train import build_config, run
+    from edgeattn.quant.train import build_config, resumable, run
 
     if fp_checkpoint is not None and not fp_checkpoint.is_file():
         raise EdgeAttnError(f"--fp-checkpoint '{fp_checkpoint}' not found")
@@ -84,12 +91,18 @@ def qat(
         from edgeattn.quant.checkpoint import read_checkpoint_file
 
         read_checkpoint_file(fp_checkpoint)
-    result = run(cfg, resume=resume, progress=True, force=force)
-    _print_table(result)
-    if json_out is not None:
-        write_json(json_out, result)
+    result = run(cfg, resume=resume, progress=not no_progress, force=force)
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun every process gets here; one report is enough
+        _print_table(result)
+        if json_out is not None:
+            write_json(json_out, result)
+        if result.get("status") == "interrupted":
+            out = result["output_dir"]
+            if resumable(out):
+                console.print(f"[yellow]stopped[/]: the last complete stage is kept in {out} (--resume continues)")
+            else:  # e.g. stopped during FP training: no finished FP model or QAT epoch to continue from
+                console.print(f"[yellow]stopped[/] before anything resumable was saved in {out} (--force starts over)")
     if result.get("status") == "interrupted":
-        console.print(f"[yellow]stopped[/]: last complete epoch kept in {result['output_dir']} (--resume continues)")
         raise typer.Exit(130)
 
 
