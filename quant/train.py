@@ -753,7 +753,7 @@ def _check_fp_meta(
             f"fp_checkpoint '{source}' was built with {key}={was!r}, this run has {now!r} (model_kwargs, "
             "img_size, in_chans, seq_len and the data's classes must match)"
         )
-    if not _same_data(meta.get("data"), cfg.data):
+    if meta.get("data") is not None and not _same_data(meta["data"], cfg.data):  # None: an older edgeattn
         raise EdgeAttnError(
             f"fp_checkpoint '{source}' was trained on data '{meta.get('data')}', this run uses '{cfg.data}'"
         )
