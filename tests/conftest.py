@@ -20,3 +20,14 @@ def _torch_single_thread():
     torch.set_num_threads(1)
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture
+def user_cwd(tmp_path, monkeypatch):
+    """A working directory ``tmp_path/work`` holding the user's ``keep.txt`` ("user data"), entered for the test:
+    for checking that ``-o .`` / ``-o ..`` never delete the folder a command runs in."""
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "keep.txt").write_text("user data")
+    monkeypatch.chdir(work)
+    return work

@@ -88,11 +88,7 @@ def test_demo_refuses_a_non_empty_output_without_force(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("out", [".", ".."])
-def test_demo_force_never_deletes_the_working_directory(tmp_path, monkeypatch, capsys, out):
-    work = tmp_path / "work"
-    work.mkdir()
-    (work / "keep.txt").write_text("user data")
-    monkeypatch.chdir(work)
+def test_demo_force_never_deletes_the_working_directory(user_cwd, capsys, out):
     assert main(["demo", "-o", out, "--force", "--fast"]) == 2
     assert "working directory" in capsys.readouterr().err
-    assert (work / "keep.txt").read_text() == "user data"
+    assert (user_cwd / "keep.txt").read_text() == "user data"

@@ -58,11 +58,8 @@ def _leftovers(folder: Path) -> list[str]:
 
 # ------------------------------------------------------------------------------------- 1: -o . / -o .. / a file
 @pytest.mark.parametrize("out", [".", ".."])
-def test_output_that_holds_the_working_directory_is_refused_and_nothing_is_deleted(out, tmp_path, capsys, monkeypatch):
-    work = tmp_path / "work"
-    work.mkdir()
-    (work / "keep.txt").write_text("user data")
-    monkeypatch.chdir(work)
+def test_output_that_holds_the_working_directory_is_refused_and_nothing_is_deleted(out, user_cwd, capsys):
+    work, tmp_path = user_cwd, user_cwd.parent
     code, err = _cli(capsys, "mobilenetv2", "onnx", out, *SMALL, "--force")
     line = _one_line_error(err)
     assert code == 2 and "working directory" in line
