@@ -1,8 +1,10 @@
 """Latency of every softmax/GELU method, torch float and its ONNX lowering in ONNX Runtime, side by side.
 
-Usage: ``python benchmarks/approx.py [--json FILE] [--repeats N] [--threads T]``. Shapes: softmax on ViT-B
-attention scores (1, 12, 197, 197), GELU on a ViT-B MLP hidden activation (197, 3072). Reports the median of
-``repeats`` timed runs (after warm-up) and the ratio to the ``exact`` method measured in the same run. On a
+Usage: ``python benchmarks/approx.py [--json FILE] [--budget S] [--threads T]`` (default JSON:
+``benchmarks/approx.json``). Shapes: softmax on ViT-B attention scores (1, 12, 197, 197), GELU on a ViT-B MLP
+hidden activation (197, 3072). All methods of one op in one runtime run once per repetition in rotating order
+(after warm-up); the JSON has each method's median ms and its ratio to ``exact`` taken pairwise within each
+repetition (the median of those ratios), so drifts of a shared machine's load cancel. On a
 CPU the approximations are *not* expected to be faster than the vendor kernels: their value is on integer
 hardware (FPGA, integer-only accelerators); this benchmark tells what they cost where they run in float.
 """
@@ -10,36 +12,24 @@ hardware (FPGA, integer-only accelerators); this benchmark tells what they cost 
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from _timing import paired_ratio, time_interleaved  # benchmarks/_timing.py (run as a script)
 
 from edgeattn.approx import GELU_METHODS, SOFTMAX_METHODS
 from edgeattn.approx.onnx_lowering import approx_module, export_onnx
+from edgeattn.cli._common import write_json
 
 SHAPES = {"softmax": (1, 12, 197, 197), "gelu": (197, 3072)}
 
 
-def _median_ms(fn, repeats: int) -> float:
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--json", type=Path, default=None)
-    ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--json", type=Path, default=Path(__file__).with_name("approx.json"))
+    ap.add_argument("--budget", type=float, default=6.0, help="seconds of timed repetitions per op and runtime")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -48,30 +38,48 @@ def main() -> None:
     so = ort.SessionOptions()
     so.intra_op_num_threads = args.threads
     results = []
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, torch.inference_mode():
         for op, methods in (("softmax", SOFTMAX_METHODS), ("gelu", GELU_METHODS)):
             shape = SHAPES[op]
             x = torch.randn(*shape) * (3.0 if op == "softmax" else 2.0)
             xn = x.numpy().astype(np.float32)
+            torch_runs, ort_runs = {}, {}
             for m in methods:
                 mod = approx_module(op, m).eval()
-                with torch.inference_mode():
-                    t_torch = _median_ms(lambda mod=mod, x=x: mod(x), args.repeats)
-                path = export_onnx(op, m, Path(tmp) / f"{op}_{m}.onnx", shape=shape)
-                sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-                t_ort = _median_ms(lambda sess=sess, xn=xn: sess.run(None, {"x": xn}), args.repeats)
-                results.append(
-                    {"op": op, "method": m, "shape": list(shape), "torch_ms": t_torch, "ort_ms": t_ort}
+                torch_runs[m] = lambda mod=mod, x=x: mod(x)
+                sess = ort.InferenceSession(
+                    str(export_onnx(op, m, Path(tmp) / f"{op}_{m}.onnx", shape=shape)), so,
+                    providers=["CPUExecutionProvider"],
                 )
+                ort_runs[m] = lambda sess=sess, xn=xn: sess.run(None, {"x": xn})
+            t_torch = time_interleaved(torch_runs, args.budget, min_reps=10, max_reps=200)
+            t_ort = time_interleaved(ort_runs, args.budget, min_reps=10, max_reps=200)
+            for m in methods:
+                results.append(
+                    {
+                        "op": op,
+                        "method": m,
+                        "shape": list(shape),
+                        "torch_ms": t_torch[m]["median_ms"],
+                        "ort_ms": t_ort[m]["median_ms"],
+                        "torch_ratio_vs_exact": paired_ratio(t_torch, m, "exact"),
+                        "ort_ratio_vs_exact": paired_ratio(t_ort, m, "exact"),
+                        "reps": t_torch[m]["reps"],
+                        "ort_reps": t_ort[m]["reps"],
+                    }
+                )
+    payload = {
+        "command": f"python benchmarks/approx.py --budget {args.budget} --threads {args.threads}",
+        "threads": args.threads,
+        "note": "shared 2-core host: medians; ratios are medians of per-repetition ratios to exact",
+        "results": results,
+    }
+    write_json(args.json, payload)
     for r in results:
-        base = next(b for b in results if b["op"] == r["op"] and b["method"] == "exact")
-        r["torch_ratio_vs_exact"] = r["torch_ms"] / base["torch_ms"]
-        r["ort_ratio_vs_exact"] = r["ort_ms"] / base["ort_ms"]
-    payload = {"threads": args.threads, "repeats": args.repeats, "results": results}
-    text = json.dumps(payload, indent=2)
-    if args.json:
-        args.json.write_text(text + "\n")
-    print(text)
+        print(
+            f"{r['op']:8s} {r['method']:11s} torch {r['torch_ms']:8.3f} ms ({r['torch_ratio_vs_exact']:.2f}x)"
+            f"  ort {r['ort_ms']:8.3f} ms ({r['ort_ratio_vs_exact']:.2f}x)"
+        )
 
 
 if __name__ == "__main__":

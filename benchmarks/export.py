@@ -4,7 +4,7 @@
    OpenVINO and Core ML with one ``export_all`` call, each with its parity gates on 32 inputs (goal: < 60 s
    on 2 cores), with each report's per-stage seconds (~0 where the shared cache served a stage).
 2. ``openvino_int8_vs_fp32``: OpenVINO CPU latency of the FP32 and INT8 IRs of ``fmvit_t`` and of a
-   7-layer 3x3 conv stack (REFERENCE.md's case), medians of interleaved runs on ``--threads`` threads, the
+   7-layer 3x3 conv stack (the case measured on an AVX2 host), medians of interleaved runs on ``--threads`` threads, the
    int8/fp32 speed ratio, and whether every Conv/MatMul of the INT8 IR ran in an I8 kernel. With
    ``--isa AVX2`` the same is measured in a child process whose oneDNN kernels are capped at AVX2
    (what a CPU without VNNI runs), and so are the IRs made with the ``intel-avx2-openvino`` profile (int8
@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -28,6 +27,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _timing import paired_ratio, time_interleaved  # benchmarks/_timing.py (run as a script)
 
 
 def _fmvit_t(img: int):
@@ -133,29 +133,24 @@ def _irs(model, img: int, tmp: Path, profile: str = "intel-vnni-openvino") -> di
 
 
 def latency_pair(paths: dict[str, str], img: int, threads: int, reps: int) -> dict:
-    """Interleaved median latencies of the FP32 and INT8 IRs + the INT8 IR's kernel check (in-process)."""
+    """Interleaved median latencies of the FP32 and INT8 IRs, their paired speed-up, and the INT8 IR's kernel
+    check (in-process)."""
     from edgeattn.export.openvino_target import OpenVINORunner, kernel_report
 
     x = np.random.default_rng(0).standard_normal((1, 3, img, img)).astype(np.float32)
     runners = {k: OpenVINORunner(v, threads=threads) for k, v in paths.items()}
-    times: dict[str, list[float]] = {k: [] for k in runners}
-    for r in runners.values():
-        for _ in range(3):
-            r(x)  # warm-up
-    for _ in range(reps):
-        for k, r in runners.items():
-            t0 = time.perf_counter()
-            r(x)
-            times[k].append((time.perf_counter() - t0) * 1e3)
+    # both IRs once per repetition in rotating order; the speed-up is the median of per-repetition ratios
+    timing = time_interleaved({k: (lambda r=r: r(x)) for k, r in runners.items()}, 0.0, min_reps=reps, max_reps=reps)
     kernels = kernel_report(runners["int8"], x)
     exec_types = sorted({n["exec_type"] for n in kernels["nodes"]})
     for r in runners.values():
         r.close()
-    fp32, int8 = statistics.median(times["fp32"]), statistics.median(times["int8"])
+    fp32, int8 = timing["fp32"]["median_ms"], timing["int8"]["median_ms"]
     return {
         "fp32_ms": round(fp32, 3),
         "int8_ms": round(int8, 3),
-        "int8_speedup": round(fp32 / int8, 3),
+        "int8_speedup": round(paired_ratio(timing, "fp32", "int8"), 3),
+        "int8_speedup_of_medians": round(fp32 / int8, 3),
         "int8_all_i8_kernels": kernels["all_int8"],
         "int8_convolutions_all_i8": all(
             n["int8"] for n in kernels["nodes"] if n["type"] in ("Convolution", "GroupConvolution")

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from edgeattn.fpga_hls import HLSFormats, estimate_model, generate_project, run_csim
 
+from edgeattn.cli._common import write_json
 from edgeattn.models import create_model
 
 WIDTHS = [  # (act width, act integer, weight width, weight integer, softmax_out_frac)
@@ -34,7 +35,7 @@ WIDTHS = [  # (act width, act integer, weight width, weight integer, softmax_out
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--json", default="benchmarks/hls.json")
+    ap.add_argument("--json", type=Path, default=Path(__file__).with_name("hls.json"))
     ap.add_argument("--vectors", type=int, default=4)
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -115,8 +116,7 @@ def main() -> None:
             "arithmetic",
         )
     }
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.json, result)
     print(f"wrote {args.json}")
 
 

@@ -188,7 +188,7 @@ def per_layer_summary(models: dict[str, object]) -> dict[str, object]:
             vals = sorted(ratios.values())
             out[runtime] = {
                 "sum_over_interleaved_e2e_min": vals[0],
-                "sum_over_interleaved_e2e_median": vals[len(vals) // 2],
+                "sum_over_interleaved_e2e_median": statistics.median(vals),
                 "sum_over_interleaved_e2e_max": vals[-1],
                 "within_15pct": sum(abs(v - 1.0) <= 0.15 for v in vals),
                 "artifacts": len(vals),
@@ -438,11 +438,19 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--iters", type=int, default=40)
     ap.add_argument("--rounds", type=int, default=7)
-    ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "edgeattn-profile-bench")
+    ap.add_argument(
+        "--workdir",
+        type=Path,
+        default=None,
+        help="folder for the exported artifacts (default: a fresh temporary one). An existing folder's exports are "
+        "reused as they are, so only pass one made by this same edgeattn version",
+    )
     ap.add_argument("--out", type=Path, default=HERE / "profile.json")
     ap.add_argument("--skip", default="", help="comma-separated sections to skip: models,agreement,overhead")
     args = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    if args.workdir is None:  # fresh, so no export of an older model or quantizer is timed by mistake
+        args.workdir = Path(tempfile.mkdtemp(prefix="edgeattn-profile-bench-"))
     args.workdir.mkdir(parents=True, exist_ok=True)
     from edgeattn.cli._common import write_json
     from edgeattn.models import list_models

@@ -18,16 +18,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import tempfile
-import time
 import warnings
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 import numpy as np
 import torch
+from _timing import paired_ratio, time_interleaved  # benchmarks/_timing.py (run as a script)
 from torch import nn
 
 import edgeattn
@@ -65,37 +64,6 @@ def _runners(path: Path, x: np.ndarray, threads: int) -> dict:
     )
     request = compiled.create_infer_request()
     return {"onnxruntime": lambda: sess.run(None, feed), "openvino": lambda: request.infer([x])}
-
-
-def _time_interleaved(runs: dict, budget_s: float, min_reps: int = 10, max_reps: int = 60) -> dict:
-    """Median ms per key; all keys run once per repetition, in rotating order.
-
-    Also keeps the raw per-repetition samples (``"samples"``) so ratios can be taken pairwise within a
-    repetition (see :func:`_paired_ratio`), which cancels slow drifts of the shared machine's load.
-    """
-    for fn in runs.values():  # warm-up (first-run compilation, caches)
-        for _ in range(3):
-            fn()
-    t0 = time.perf_counter()
-    for fn in runs.values():
-        fn()
-    per_rep = time.perf_counter() - t0
-    reps = int(min(max_reps, max(min_reps, budget_s / max(per_rep, 1e-6))))
-    keys = list(runs)
-    samples: dict = {k: [] for k in keys}
-    for r in range(reps):
-        for k in keys[r % len(keys) :] + keys[: r % len(keys)]:
-            t = time.perf_counter()
-            runs[k]()
-            samples[k].append((time.perf_counter() - t) * 1e3)
-    return {k: {"median_ms": statistics.median(v), "reps": len(v), "samples": v} for k, v in samples.items()}
-
-
-def _paired_ratio(timing: dict, num: str, den: str) -> float:
-    """Median over repetitions of ``t_num / t_den`` measured in the same repetition."""
-    return statistics.median(
-        a / b for a, b in zip(timing[num]["samples"], timing[den]["samples"], strict=True)
-    )
 
 
 def _onnx_ops(path: Path) -> dict:
@@ -140,11 +108,11 @@ def bench_models(names: list[str], tmp: Path, threads: int) -> dict:
         for form in ("train", "deploy"):
             for rt, fn in _runners(tmp / f"{name}_{form}.onnx", xs, threads).items():
                 runs[f"{rt}/{form}"] = fn
-        timing = _time_interleaved(runs, budget_s=8.0)
+        timing = time_interleaved(runs, budget_s=8.0)
         record["latency_ms"] = {k: round(v["median_ms"], 4) for k, v in timing.items()}
         record["reps"] = timing["openvino/deploy"]["reps"]
         record["speedup_deploy_vs_train"] = {
-            rt: round(_paired_ratio(timing, f"{rt}/train", f"{rt}/deploy"), 3)
+            rt: round(paired_ratio(timing, f"{rt}/train", f"{rt}/deploy"), 3)
             for rt in ("onnxruntime", "openvino")
         }
         record["speedup_of_medians"] = {
@@ -170,17 +138,17 @@ def bench_rep3x3(tmp: Path, threads: int, channels: int = 64, size: int = 56) ->
         _export(model, x, tmp / f"rep3x3_{label}.onnx")
         for rt, fn in _runners(tmp / f"rep3x3_{label}.onnx", x.numpy(), threads).items():
             runs[f"{rt}/{label}"] = fn
-    timing = _time_interleaved(runs, budget_s=6.0, min_reps=30, max_reps=300)
+    timing = time_interleaved(runs, budget_s=6.0, min_reps=30, max_reps=300)
     med = {k: round(v["median_ms"], 4) for k, v in timing.items()}
     return {
         "shape": [1, channels, size, size],
         "latency_ms": med,
         "deploy_over_plain": {
-            rt: round(_paired_ratio(timing, f"{rt}/deploy", f"{rt}/plain"), 3)
+            rt: round(paired_ratio(timing, f"{rt}/deploy", f"{rt}/plain"), 3)
             for rt in ("onnxruntime", "openvino")
         },
         "train_over_deploy": {
-            rt: round(_paired_ratio(timing, f"{rt}/train", f"{rt}/deploy"), 3)
+            rt: round(paired_ratio(timing, f"{rt}/train", f"{rt}/deploy"), 3)
             for rt in ("onnxruntime", "openvino")
         },
     }
@@ -201,12 +169,12 @@ def bench_fmvit_vs_mobilenetv2(tmp: Path, threads: int) -> dict:
         params[name] = count_params(model)
         # parameters of modules that see the whole image (self-attention); MobileNet-V2 has none
         ctx[name] = sum(count_params(m) for m in model.modules() if isinstance(m, (RLMHSA, Attention)))
-    timing = _time_interleaved(runs, budget_s=10.0, min_reps=40, max_reps=400)
+    timing = time_interleaved(runs, budget_s=10.0, min_reps=40, max_reps=400)
     med = {k: round(v["median_ms"], 4) for k, v in timing.items()}
     return {
         "runtime": "openvino CPU f32",
         "latency_ms": med,
-        "fmvit_t_over_mobilenetv2": round(_paired_ratio(timing, "fmvit_t", "mobilenetv2"), 3),
+        "fmvit_t_over_mobilenetv2": round(paired_ratio(timing, "fmvit_t", "mobilenetv2"), 3),
         "fmvit_t_over_mobilenetv2_of_medians": round(med["fmvit_t"] / med["mobilenetv2"], 3),
         "params": params,
         "global_context_params": ctx,
