@@ -8,7 +8,7 @@ Findings name the node, its op and the rule. Severity:
   fused (an unquantized Conv/Gemm/MatMul input, float weights behind Q->Clip->DQ, a weight scale on
   the wrong axis, a Clip between Q and DQ).
 
-Placement rules (REFERENCE.md): Q/DQ on every input of Conv/Gemm/MatMul and on the softmax output,
+Placement rules (TensorRT's Q/DQ placement guidance): Q/DQ on every input of Conv/Gemm/MatMul and on the softmax output,
 zero point 0, signed int8, per-channel weight scales on the output-channel axis, float bias. INT8
 attention fuses only when Q/DQ sit before both batched matmuls and on the softmax output, with the
 1/sqrt(d) scale applied before the first matmul.

@@ -9,7 +9,7 @@
 * ``isa``: the CPU plugin's oneDNN kernels honour ``ONEDNN_MAX_CPU_ISA`` read when the plugin loads,
   so a runner with ``isa="AVX2"`` works in a child process started with that variable. That lets a
   VNNI machine reproduce what an AVX2-without-VNNI CPU computes (16-bit pair accumulation that
-  saturates with full 8-bit weights, REFERENCE.md).
+  saturates with full 8-bit weights, as measured on an AVX2 host).
 """
 
 from __future__ import annotations

@@ -172,7 +172,7 @@ def run_batched(fn: Callable[[np.ndarray], np.ndarray], inputs: np.ndarray, batc
 
 def ort_reference_session(model_bytes: bytes, threads: int = 2):
     """An ONNX Runtime CPU session with every graph optimisation disabled (the exact second reference:
-    fused int8 paths such as QGemm can saturate on CPUs without VNNI, REFERENCE.md)."""
+    fused int8 paths such as QGemm can saturate on CPUs without VNNI, as measured on an AVX2 host)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()

@@ -1,6 +1,6 @@
 """TensorRT target: the equivalent ``trtexec`` line, and an engine build + runner when ``tensorrt`` imports.
 
-Version lines (REFERENCE.md): TensorRT 11 dropped the precision flags (``--fp16``, ``--int8``,
+Version lines (TensorRT release notes): TensorRT 11 dropped the precision flags (``--fp16``, ``--int8``,
 ``--best``) and calibrators, so precision comes only from the typed graph and its Q/DQ nodes;
 TensorRT 10.x (the Jetson line) opts into the same with ``--stronglyTyped``. A 10.x profile with
 ``strongly_typed: false`` gets the weakly-typed flags (``--int8`` for Q/DQ graphs, ``--fp16`` for the

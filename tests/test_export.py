@@ -243,7 +243,7 @@ def _positive_conv_stack(weight_bits: int):
 
 
 def test_avx2_without_vnni_saturation_is_caught(tmp_path):
-    """REFERENCE.md: on AVX2 without VNNI, full 8-bit weights diverge in OpenVINO and 7-bit weights pass.
+    """Measured on AVX2 hosts without VNNI, full 8-bit weights diverge in OpenVINO and 7-bit weights pass.
 
     This host may have VNNI: OpenVINO's oneDNN kernels are capped at AVX2 (ONEDNN_MAX_CPU_ISA in a child
     process) to compute what such a CPU computes.
