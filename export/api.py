@@ -304,6 +304,8 @@ def _export_model(
         from edgeattn.export.openvino_target import normalize_isa
 
         cpu_isa = normalize_isa(cpu_isa)
+        if target != "openvino":  # only OpenVINO's CPU plugin runs oneDNN kernels that the cap applies to
+            raise EdgeAttnError(f"--cpu-isa applies to --target openvino only, not {target}")
     _check_batch_fits(target, prof, batch, dynamic_batch, n_inputs, inputs)
     out = replaceable_dir(out_dir)  # refuses '.', a folder above it, a file: before any work
     _require_backend(target)
@@ -526,7 +528,9 @@ def export_all(
     failures: list[ParityFailure] = []
     for t in targets:
         try:
-            reports[t] = export_model(model, t, resolved[t], root / t, force=force, cache=cache, **kwargs)
+            # --cpu-isa caps OpenVINO's kernels; the other targets run without it
+            own = kwargs if t == "openvino" else {**kwargs, "cpu_isa": None}
+            reports[t] = export_model(model, t, resolved[t], root / t, force=force, cache=cache, **own)
         except ParityFailure as exc:  # the artifact and report are written; go on with the other targets
             reports[t] = exc.report
             failures.append(exc)

@@ -107,6 +107,9 @@ class QuantConfig(BaseModel):
     def _low_bits(self) -> QuantConfig:
         if self.token_adaptive and self.low_act_bits > self.act_bits:
             raise ValueError(f"low_act_bits ({self.low_act_bits}) must not exceed act_bits ({self.act_bits})")
+        if self.preset == "fpga" and not self.act_signed:
+            # the HLS datapath carries activations as signed ap_fixed: an unsigned activation grid has no twin there
+            raise ValueError("the fpga preset quantizes activations as signed fixed point; act_signed must be true")
         return self
 
     # ------------------------------------------------------------------ constructors

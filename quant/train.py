@@ -1016,9 +1016,16 @@ def build_config(config_file: str | None = None, preset: str | None = None, **fl
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m edgeattn.quant.train`` (and ``torchrun ... -m edgeattn.quant.train``): the
     ``edgeattn qat`` command itself (one option table, one error handling), so every documented flag works here."""
-    from edgeattn.cli import main as cli_main
+    import typer
 
-    return cli_main(["qat", *(sys.argv[1:] if argv is None else argv)])
+    from edgeattn.cli import run_app
+    from edgeattn.cli.qat import qat
+
+    single = typer.Typer(
+        add_completion=False, pretty_exceptions_enable=False, context_settings={"help_option_names": ["-h", "--help"]}
+    )
+    single.command()(qat)  # a one-command app: usage reads "python -m edgeattn.quant.train [OPTIONS]"
+    return run_app(single, sys.argv[1:] if argv is None else argv, prog_name="python -m edgeattn.quant.train")
 
 
 if __name__ == "__main__":

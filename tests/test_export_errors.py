@@ -109,6 +109,13 @@ def test_unknown_cpu_isa_is_refused_before_any_work(tmp_path, capsys):
     assert not (tmp_path / "o").exists() and _leftovers(tmp_path) == []
 
 
+def test_cpu_isa_on_a_target_that_is_not_openvino_is_refused(tmp_path, capsys):
+    # only OpenVINO's CPU plugin runs the capped oneDNN kernels: on another target the flag would do nothing
+    code, err = _cli(capsys, "mobilenetv2", "onnx", tmp_path / "o", *SMALL, "--cpu-isa", "AVX2")
+    assert code == 2 and "--cpu-isa applies to --target openvino only" in _one_line_error(err)
+    assert not (tmp_path / "o").exists()
+
+
 def test_cpu_isa_names_are_oneDNNs_in_any_case():
     from edgeattn.export.openvino_target import OpenVINORunner, normalize_isa
 

@@ -76,6 +76,13 @@ def test_bad_bit_setting_names_what_is_allowed():
 
 
 
+def test_fpga_preset_refuses_unsigned_activations():
+    # the fixed-point activation quantizer is signed (ap_fixed); act_signed: false used to be ignored silently
+    with pytest.raises(ValueError, match="act_signed must be true"):
+        QuantConfig.from_profile("zcu102-hls", act_signed=False)
+    assert QuantConfig.from_profile("zcu102-hls").act_signed is True
+
+
 @pytest.mark.parametrize("signed", [False, True])
 def test_fpga_softmax_output_follows_softmax_signed(signed):
     """zcu102-hls says softmax_signed: false; the fixed-point softmax quantizer must then be unsigned."""

@@ -525,6 +525,9 @@ def test_module_entry_point_is_the_qat_command(tmp_path, monkeypatch, capsys):
     def broken(*args, **kwargs):
         raise ValueError("boom")
 
+    assert T.main(["-h"]) == 0
+    assert "Usage: python -m edgeattn.quant.train [OPTIONS]" in " ".join(capsys.readouterr().out.split())
+
     monkeypatch.setattr(T, "run", broken)
     assert T.main(["--model", "vit_tiny", "-o", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err.strip()

@@ -53,10 +53,16 @@ app.command("demo")(demo.demo)
 
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: run the app, turning user errors into one line and an exit code."""
+    return run_app(app, argv)
+
+
+def run_app(typer_app: typer.Typer, argv: list[str] | None = None, prog_name: str | None = None) -> int:
+    """Run ``typer_app`` on ``argv`` (default: ``sys.argv[1:]``) with the CLI's error handling: a user error is one
+    line on stderr and its exit code (``python -m edgeattn.quant.train`` runs the qat command through this too)."""
     from edgeattn.errors import EdgeAttnError
 
     try:
-        app(args=argv, standalone_mode=True)
+        typer_app(args=argv, standalone_mode=True, prog_name=prog_name)
     except SystemExit as exc:
         return int(exc.code or 0) if not isinstance(exc.code, str) else 1
     except EdgeAttnError as exc:
