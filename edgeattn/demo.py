@@ -423,7 +423,7 @@ def run_demo(out_dir: Path, settings: DemoSettings | None = None, force: bool = 
              console: Console | None = None) -> dict[str, StepResult]:
     """Run the demo into ``out_dir`` (refused if it exists and is not empty, unless ``force``)."""
     out_dir = Path(out_dir)
-    replaceable_dir(out_dir)  # never '.', a folder above it, or a file: --force deletes what is there
+    out_dir = replaceable_dir(out_dir)  # never '.', a folder above it, or a file (resolved: a link's target)
     if out_dir.exists() and any(out_dir.iterdir()):
         if not force:
             raise EdgeAttnError(f"output directory '{out_dir}' is not empty; use --force to replace it")

@@ -513,6 +513,8 @@ def export_all(
         from edgeattn.export.openvino_target import normalize_isa
 
         normalize_isa(kwargs["cpu_isa"])
+        if "openvino" not in targets:  # the cap is for OpenVINO's kernels: without it, nothing would be capped
+            raise EdgeAttnError("--cpu-isa applies to the openvino target, which is not among the targets")
     root = Path(out_dir)
     if root.exists() and not root.is_dir():
         raise EdgeAttnError(f"output folder '{out_dir}' exists and is not a folder")

@@ -167,20 +167,29 @@ def _has_cls(model: nn.Module) -> bool:
     return getattr(model, "cls_token", None) is not None
 
 
-def enable_token_adaptive(model: nn.Module, config: QuantConfig) -> TokenController:
-    """Turn the quantized model's declared token-major quant points into :class:`TokenAdaptiveQuant` (in place)
-    and hook every declared attention softmax to update the shared mask. Returns the controller
-    (``model.token_controller``)."""
+def token_importance(model: nn.Module, config: QuantConfig) -> str:
+    """The importance score token-adaptive bits will use on ``model`` (float or quantized: the blocks are the
+    same): ``config.importance`` with ``auto`` resolved. Raises :class:`EdgeAttnError` for ``first`` on causal
+    attention, where the first token's row sees only itself (the trainer checks this before any work)."""
     importance = config.importance
     if importance == "auto":
         importance = "first" if _has_cls(model) else "mean"
-    blocks = [(name, block, layout) for name, block in model.named_modules() if (layout := token_layout(block))]
-    causal = [name for name, _, layout in blocks if layout.attention and layout.causal]
+    causal = [name for name, block in model.named_modules() if (lay := token_layout(block)) and lay.attention
+              and lay.causal]  # fmt: skip
     if importance == "first" and causal:
         raise EdgeAttnError(
             f"token-adaptive importance 'first' is undefined for causal attention ('{causal[0]}': the first "
             "token's row sees only itself); use 'mean' or 'auto'"
         )
+    return importance
+
+
+def enable_token_adaptive(model: nn.Module, config: QuantConfig) -> TokenController:
+    """Turn the quantized model's declared token-major quant points into :class:`TokenAdaptiveQuant` (in place)
+    and hook every declared attention softmax to update the shared mask. Returns the controller
+    (``model.token_controller``)."""
+    importance = token_importance(model, config)
+    blocks = [(name, block, layout) for name, block in model.named_modules() if (layout := token_layout(block))]
     controller = TokenController(config.token_ratio, importance)
     for _name, block, layout in blocks:
         for point, tdim in layout.points.items():

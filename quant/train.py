@@ -29,6 +29,7 @@ this run's model, model_kwargs and data and have been trained on the same train/
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import random
@@ -746,7 +747,8 @@ def _check_fp_meta(
             f"fp_checkpoint '{source}' holds a '{meta.get('model')}' model, this run is for '{cfg.model}'; "
             f"set model: {meta.get('model')} (and its model_kwargs) or use another checkpoint"
         )
-    diff = _difference({"model_kwargs": dict(meta.get("model_kwargs") or {})}, {"model_kwargs": kwargs})
+    # compared in JSON form: a checkpoint keeps tuples where a YAML config gives lists
+    diff = _difference(_as_json({"model_kwargs": meta.get("model_kwargs") or {}}), _as_json({"model_kwargs": kwargs}))
     if diff is not None:
         key, was, now = diff
         raise EdgeAttnError(
@@ -766,7 +768,7 @@ def _check_fp_meta(
                 file=sys.stderr,
             )
         return
-    diff = _difference(saved, split)
+    diff = _difference(_as_json(saved), _as_json(split))
     if diff is not None:
         key, was, now = diff
         raise EdgeAttnError(
@@ -776,12 +778,19 @@ def _check_fp_meta(
         )
 
 
+def _as_json(value: Any) -> Any:
+    """``value`` as JSON would hold it (tuples become lists), for comparing settings saved in different forms."""
+    return json.loads(json.dumps(value, default=str))
+
+
 def _clear_run(out_dir: Path, keep: Path | None) -> None:
     """--force: remove the previous run's files (:data:`RUN_FILES` and their leftover temp files) from ``out_dir``,
     except ``keep`` (an --fp-checkpoint that lives there). Other files in the folder are left alone."""
     keep = keep.resolve() if keep is not None else None
     for name in RUN_FILES:
-        for path in [out_dir / name, *out_dir.glob(f".{name}.*.tmp")]:
+        # temp files of atomic writes: ".NAME.<random>.tmp" (checkpoints), ".NAME.<random><suffix>" (JSON)
+        temps = [*out_dir.glob(f".{name}.*.tmp"), *out_dir.glob(f".{name}.*{Path(name).suffix}")]
+        for path in [out_dir / name, *temps]:
             if path.is_file() and path.resolve() != keep:
                 path.unlink()
 
@@ -820,11 +829,20 @@ def _run(cfg: TrainConfig, resume: bool, show: bool, dist: _Dist, force: bool) -
         if state is None and "config" in fp_saved:  # stopped before QAT's first epoch: fp.pt has the settings
             _check_resume_config(fp_saved["config"], cfg, fp_path)
         _check_fp_meta(fp_saved, str(fp_path), cfg, kwargs, split, dist.is_main)
+    from edgeattn.models import create_model
+
+    # a bad model name or argument, or token-adaptive settings the model cannot take, fail here: before --force
+    # removes the previous run and before FP training (the seed below makes this probe leave no trace in the RNG)
+    probe = create_model(cfg.model, **kwargs)
+    if qcfg.token_adaptive:
+        from edgeattn.quant.adaptive import token_importance
+
+        token_importance(probe, qcfg)
+    del probe
     if force and dist.is_main:
         _clear_run(out_dir, fp_source)
     dist.barrier()
     seed_everything(cfg.seed)
-    from edgeattn.models import create_model
 
     fp_meta = {
         "model": cfg.model,

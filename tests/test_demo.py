@@ -92,3 +92,16 @@ def test_demo_force_never_deletes_the_working_directory(user_cwd, capsys, out):
     assert main(["demo", "-o", out, "--force", "--fast"]) == 2
     assert "working directory" in capsys.readouterr().err
     assert (user_cwd / "keep.txt").read_text() == "user data"
+
+
+def test_demo_force_through_a_link_replaces_the_target_folder_only(user_cwd, capsys, monkeypatch):
+    # -o LINK --force used to rmtree the link itself (an OSError traceback); the link's folder is what is replaced
+    target = user_cwd / "real"
+    target.mkdir()
+    (target / "old.txt").write_text("old demo")
+    (user_cwd / "link").symlink_to(target)
+    ran = {}
+    monkeypatch.setattr(Demo, "run", lambda self: ran.setdefault("out", self.out) and {})
+    run_demo(user_cwd / "link", DemoSettings(), force=True, console=Console(file=io.StringIO()))
+    assert ran["out"] == target.resolve() and not (target / "old.txt").exists()
+    assert (user_cwd / "link").is_symlink() and (user_cwd / "keep.txt").read_text() == "user data"

@@ -116,6 +116,12 @@ def test_cpu_isa_on_a_target_that_is_not_openvino_is_refused(tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
+def test_export_all_refuses_cpu_isa_without_the_openvino_target(tmp_path):
+    with pytest.raises(EdgeAttnError, match="--cpu-isa applies to the openvino target"):
+        export_all("mobilenetv2", tmp_path / "o", ["onnx"], cpu_isa="AVX2", model_kwargs={"img_size": 32}, n_inputs=2)
+    assert not (tmp_path / "o").exists()
+
+
 def test_cpu_isa_names_are_oneDNNs_in_any_case():
     from edgeattn.export.openvino_target import OpenVINORunner, normalize_isa
 

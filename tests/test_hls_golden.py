@@ -310,6 +310,17 @@ def test_cli_bad_model_argument_is_one_line(tmp_path, capsys):
     assert not (tmp_path / "p").exists()
 
 
+def test_a_bug_in_model_building_is_not_reported_as_a_bad_set(monkeypatch):
+    from edgeattn.cli import hls as hls_cli
+
+    def broken(*_a, **_k):
+        raise TypeError("a bug, not the user's --set")
+
+    monkeypatch.setattr("edgeattn.models.create_model", broken)
+    with pytest.raises(TypeError, match="a bug"):
+        hls_cli._load_model("vit_tiny", None, {"embed_dim": 96})
+
+
 def test_gelu_table_fraction_bits_are_bounded():
     HLSFormats(gelu_table_frac=24).check()
     with pytest.raises(ValueError, match="gelu_table_frac must be in 8..24"):

@@ -429,6 +429,7 @@ def test_force_removes_the_previous_runs_files_only(fp_run, tmp_path):
     out = _copy_run(fp_run, tmp_path / "r")
     (out / "notes.txt").write_text("mine")
     (out / ".state.pt.abc123.tmp").write_bytes(b"left by a killed run")
+    (out / ".metrics.json.k3j2.json").write_text("{")  # a JSON write's temp file
     T.run(tiny_cfg(out, skip_qat=True), progress=False, force=True)
     names = {p.name for p in out.iterdir()}
     assert names == {"fp.pt", "ptq.pt", "result.json", "notes.txt"}  # no stale state.pt / model.pt / metrics
@@ -438,6 +439,38 @@ def test_force_removes_the_previous_runs_files_only(fp_run, tmp_path):
     assert (out / "fp.pt").read_bytes() == fp_bytes and (out / "model.pt").is_file()
     with pytest.raises(T.EdgeAttnError, match="give one"):
         T.run(tiny_cfg(out, epochs=1), progress=False, force=True, resume=True)
+
+
+def test_force_with_a_bad_model_setting_removes_nothing(fp_run, tmp_path, capsys):
+    # the model is built (and token-adaptive settings checked) before --force clears the previous run
+    out = _copy_run(fp_run, tmp_path / "r")
+    before = _snapshot(out)
+    with pytest.raises(T.EdgeAttnError, match="unknown model 'vit_tiy'"):
+        T.run({**tiny_cfg(out), "model": "vit_tiy"}, progress=False, force=True)
+    with pytest.raises(ValueError, match="depth must be a positive integer"):
+        T.run(tiny_cfg(out, model_kwargs={**TINY, "depth": 0}), progress=False, force=True)
+    assert _snapshot(out) == before
+
+
+def test_token_adaptive_first_on_a_causal_model_is_refused_before_training(tmp_path):
+    cfg = {"model": "tiny_llama", "model_kwargs": {"dim": 32, "depth": 1, "num_heads": 2}, "data": "stdlib",
+           "seq_len": 16, "corpus_bytes": 20_000, "max_train_samples": 64, "max_val_samples": 16, "batch_size": 16,
+           "fp_epochs": 1, "epochs": 1, "calib_samples": 16, "num_threads": 1, "token_adaptive": True,
+           "quant": {"importance": "first"}, "output_dir": str(tmp_path / "l")}
+    with pytest.raises(T.EdgeAttnError, match="'first' is undefined for causal attention"):
+        T.run(cfg, progress=False)
+    assert not (tmp_path / "l" / "fp.pt").exists()
+
+
+def test_fp_checkpoint_kwargs_compare_tuples_and_lists_alike():
+    # a checkpoint keeps tuples (Python API), a YAML config gives lists: the same model either way
+    cfg = T.TrainConfig.parse({"model": "fmvit_t"})
+    split = {"seed": 0, "img_size": 32, "in_chans": 3}
+    meta = {"model": "fmvit_t", "model_kwargs": {"sr_ratios": (1, 1), "img_size": 32}, "data": "digits",
+            "split": split, "quant": None}
+    T._check_fp_meta(meta, "fp.pt", cfg, {"sr_ratios": [1, 1], "img_size": 32}, split, warn=False)
+    with pytest.raises(T.EdgeAttnError, match=r"model_kwargs.sr_ratios=\[1, 1\], this run has \[1, 2\]"):
+        T._check_fp_meta(meta, "fp.pt", cfg, {"sr_ratios": [1, 2], "img_size": 32}, split, warn=False)
 
 
 def _stop_after(checks: int):

@@ -53,10 +53,11 @@ def _load_model(model: str, checkpoint: Path | None, kwargs: dict):
             return create_model(model, **kwargs)
         except EdgeAttnError:
             raise
-        except (TypeError, ValueError) as exc:  # a --set value the model's factory cannot take
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        except ValueError as exc:  # the model's own argument checks: name the --set values (other errors are bugs)
+            if not kwargs:
+                raise
             given = " ".join(f"{k}={v!r}" for k, v in kwargs.items())
-            raise EdgeAttnError(f"--set {given}: '{model}' rejects these arguments ({first})") from None
+            raise EdgeAttnError(f"--set {given}: '{model}' rejects these arguments ({exc})") from exc
 
     if checkpoint is None:
         return build()
