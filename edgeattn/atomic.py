@@ -88,15 +88,16 @@ def replaceable_dir(out_dir: str | Path) -> Path:
 
 
 @contextmanager
-def staging_dir(out_dir: str | Path) -> Iterator[Path]:
+def staging_dir(out_dir: str | Path, suffix: str = "") -> Iterator[Path]:
     """Yield an empty folder beside ``out_dir``; when the block succeeds it becomes ``out_dir``.
 
     An existing ``out_dir`` is replaced only then (callers check ``--force`` before entering); on failure the
     staging folder is removed and ``out_dir`` is left as it was. ``out_dir`` must pass :func:`replaceable_dir`.
+    ``suffix`` ends the staging folder's name, for writers that insist on one (Core ML's ``.mlpackage``).
     """
     out_dir = replaceable_dir(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-", suffix=suffix))
     try:
         yield tmp
         publish_modes(tmp)  # files staged inside with mkstemp are private too

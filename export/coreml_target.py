@@ -23,16 +23,13 @@ import contextlib
 import copy
 import io
 import logging
-import os
-import shutil
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from edgeattn.atomic import publish_modes, replaceable_dir
+from edgeattn.atomic import replaceable_dir, staging_dir
 from edgeattn.errors import EdgeAttnError, MissingBackendError
 
 __all__ = ["convert_coreml", "coreml_prediction_available", "float_twin", "validate_spec"]
@@ -239,18 +236,8 @@ def convert_coreml(
         raise
     except Exception as exc:  # coremltools raises many types (NotImplementedError for an op it cannot map)
         raise backend_error("coreml", exc) from exc
-    # staged in a private folder beside out_path under out_path's own name: coremltools' save() insists on the
-    # .mlpackage extension, so edgeattn.atomic.staging_dir's ".NAME.tmp-*" folder cannot be the package itself
-    tmp = Path(tempfile.mkdtemp(dir=out_path.parent, prefix=f".{out_path.name}."))
-    try:
-        staged = tmp / out_path.name
+    with staging_dir(out_path, suffix=".mlpackage") as staged:  # coremltools' save() wants the extension
         mlmodel.save(str(staged))
-        publish_modes(staged)
-        if out_path.exists():
-            shutil.rmtree(out_path)
-        os.replace(staged, out_path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return {
         "deployment_target": target_name,
         "compute_precision": "fp16" if compute == ct.precision.FLOAT16 else "fp32",
