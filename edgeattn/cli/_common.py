@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from edgeattn.atomic import write_text_atomic
+from edgeattn.errors import EdgeAttnError
 
 console = Console()
 err_console = Console(stderr=True)
@@ -35,3 +37,31 @@ def _jsonable(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def missing_folders(folder: str | Path) -> list[Path]:
+    """``folder`` and its ancestors that do not exist yet (what writing into ``folder`` would create), deepest
+    first."""
+    folder = Path(os.path.abspath(folder))
+    missing = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
+
+
+def check_output_path(path: Path, flag: str) -> None:
+    """Raise an :class:`EdgeAttnError` unless ``path`` can be written: checked before any measuring.
+
+    ``path`` must not be a folder, and its parent must be a folder this process may write to, or be
+    creatable (its nearest existing ancestor is a writable folder). Nothing is created here.
+    """
+    if path.is_dir():
+        raise EdgeAttnError(f"{flag} '{path}' is a directory")
+    parent = Path(os.path.abspath(path)).parent
+    missing = missing_folders(parent)
+    ancestor = missing[-1].parent if missing else parent
+    if not ancestor.is_dir():
+        raise EdgeAttnError(f"{flag} '{path}': '{ancestor}' is not a folder")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise EdgeAttnError(f"{flag} '{path}': folder '{ancestor}' is not writable")

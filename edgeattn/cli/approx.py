@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from contextlib import ExitStack, suppress
 from pathlib import Path
 
 import typer
 
-from edgeattn.cli._common import console, write_json
+from edgeattn.cli._common import check_output_path, console, missing_folders, write_json
 
 app = typer.Typer(help="Hardware-friendly softmax and GELU approximations.", no_args_is_help=True)
 
@@ -30,7 +29,6 @@ def report(
     force: bool = typer.Option(False, "--force", help="Overwrite existing --json/--plot files."),
 ) -> None:
     """For every method: float and fixed-point error against float64 (max/mean abs, row sums, KL)."""
-    from edgeattn.cli.profile import check_output_path
     from edgeattn.errors import EdgeAttnError
 
     if plot is not None and plot.suffix.lower() != ".png":
@@ -101,7 +99,7 @@ def _write_all(writers: list[tuple[Path, Callable[[Path], object]]]) -> None:
     """
     from edgeattn.atomic import atomic_path
 
-    made = [d for path, _ in writers for d in _missing_folders(path.parent)]
+    made = [d for path, _ in writers for d in missing_folders(path.parent)]
     try:
         with ExitStack() as stack:
             for path, write in writers:
@@ -113,12 +111,3 @@ def _write_all(writers: list[tuple[Path, Callable[[Path], object]]]) -> None:
                 folder.rmdir()
         raise
 
-
-def _missing_folders(folder: Path) -> list[Path]:
-    """``folder`` and its ancestors that do not exist yet (what writing into ``folder`` would create)."""
-    folder = Path(os.path.abspath(folder))
-    missing = []
-    while not folder.exists() and folder != folder.parent:
-        missing.append(folder)
-        folder = folder.parent
-    return missing

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import typer
 
+from edgeattn.cli._common import check_output_path
 from edgeattn.errors import EdgeAttnError
 
 
@@ -21,24 +21,6 @@ def _parse_shapes(specs: list[str] | None) -> dict[str, list[int]]:
         except ValueError:
             raise EdgeAttnError(f"--shape {spec!r} is not NAME=D0xD1x... (e.g. input=1x3x224x224)") from None
     return shapes
-
-
-def check_output_path(path: Path, flag: str) -> None:
-    """Raise an :class:`EdgeAttnError` unless ``path`` can be written: checked before any measuring.
-
-    ``path`` must not be a folder, and its parent must be a folder this process may write to, or be
-    creatable (its nearest existing ancestor is a writable folder). Nothing is created here.
-    """
-    if path.is_dir():
-        raise EdgeAttnError(f"{flag} '{path}' is a directory")
-    parent = Path(os.path.abspath(path)).parent
-    ancestor = parent
-    while not ancestor.exists() and ancestor != ancestor.parent:
-        ancestor = ancestor.parent
-    if not ancestor.is_dir():
-        raise EdgeAttnError(f"{flag} '{path}': '{ancestor}' is not a folder")
-    if not os.access(ancestor, os.W_OK | os.X_OK):
-        raise EdgeAttnError(f"{flag} '{path}': folder '{ancestor}' is not writable")
 
 
 def profile(
