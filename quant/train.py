@@ -289,12 +289,17 @@ def quant_config_for(cfg: TrainConfig, info: dict[str, Any]) -> QuantConfig:
 
 
 # ---------------------------------------------------------------------------------------------- distributed
+def process_rank() -> int:
+    """This process's rank under ``torchrun`` (``RANK``), 0 when not launched by it."""
+    return int(os.environ.get("RANK", "0"))
+
+
 class _Dist:
     """Process-group facts; single process when not launched by torchrun."""
 
     def __init__(self) -> None:
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
+        self.rank = process_rank()
         self.active = False
         if self.world > 1:
             import torch.distributed as dist

@@ -7,7 +7,6 @@ runs this same command, so both take the same options.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import typer
@@ -58,7 +57,7 @@ def qat(
 ) -> None:
     """Quantization-aware training (EdgeQAT) with a PTQ baseline; writes checkpoints and metrics.json."""
     from edgeattn.errors import EdgeAttnError
-    from edgeattn.quant.train import build_config, resumable, run
+    from edgeattn.quant.train import build_config, process_rank, resumable, run
 
     if fp_checkpoint is not None and not fp_checkpoint.is_file():
         raise EdgeAttnError(f"--fp-checkpoint '{fp_checkpoint}' not found")
@@ -92,7 +91,7 @@ def qat(
 
         read_checkpoint_file(fp_checkpoint)
     result = run(cfg, resume=resume, progress=not no_progress, force=force)
-    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun every process gets here; one report is enough
+    if process_rank() == 0:  # under torchrun every process gets here; one report is enough
         _print_table(result)
         if json_out is not None:
             write_json(json_out, result)
