@@ -3,7 +3,9 @@
 Without gradient clipping, some W4A4 seeds of ``benchmarks/qat.py`` start QAT with global gradient norms near 1e6
 and stall (``docs/qat.md``, "W4A4: gradient clipping ends the stalls"). This script replays the first steps of
 that run (the same FP checkpoint, PTQ start, batches, optimizer and lr schedule as the ``edgeqat-w4a4`` row: KD +
-distribution loss, unclipped) and splits each step's gradient by loss:
+distribution loss, unclipped) and splits each step's gradient by loss. The forward pass and the task and
+distribution terms are the trainer's own (``edgeattn.quant.train.qat_loss_terms``), so the replay cannot drift
+from ``quant/train.py``:
 
 * ``grad_task``: the KD + cross-entropy term;
 * ``grad_distribution``: the distribution loss with the plain cosine (``row_floor=0``, what the stalled runs
@@ -34,7 +36,7 @@ from typing import Any
 
 import torch
 from edgeattn.quant.checkpoint import load_checkpoint
-from edgeattn.quant.losses import DISTRIBUTION_ROW_FLOOR, Probe, distribution_loss, kd_loss
+from edgeattn.quant.losses import DISTRIBUTION_ROW_FLOOR, distribution_loss
 from edgeattn.quant.train import (
     TrainConfig,
     _batches,
@@ -42,6 +44,7 @@ from edgeattn.quant.train import (
     epoch_order,
     frozen_teacher,
     load_data,
+    qat_loss_terms,
     qat_optimizer,
     quant_config_for,
     seed_everything,
@@ -57,7 +60,14 @@ def _norm(grads: tuple[torch.Tensor, ...]) -> float:
 
 
 def replay(cfg: TrainConfig, steps: int) -> list[dict[str, Any]]:
-    """The first ``steps`` QAT steps of ``cfg`` (unclipped), with each step's gradient split by loss."""
+    """The first ``steps`` QAT steps of ``cfg`` (unclipped), with each step's gradient split by loss.
+
+    Each step's forward pass, task term and distribution term come from the trainer's own
+    :func:`~edgeattn.quant.train.qat_loss_terms` (with ``distribution_row_floor`` 0, the plain cosine); the
+    counterfactual terms are computed from the attention logits it recorded.
+    """
+    # the plain cosine the stalled runs used: then the trainer's distribution term is grad_distribution's
+    cfg = cfg.model_copy(update={"losses": cfg.losses.model_copy(update={"distribution_row_floor": 0.0})})
     train, _val, info = load_data(cfg)
     qcfg = quant_config_for(cfg, info)
     seed_everything(cfg.seed)  # as quant.train does before the FP model / PTQ
@@ -73,13 +83,12 @@ def replay(cfg: TrainConfig, steps: int) -> list[dict[str, Any]]:
     for step, (x, y) in enumerate(_batches(train, epoch_order(len(train), cfg.seed, 0), cfg.batch_size)):
         if step == steps:
             break
-        with Probe(student, ["logits_probe"]) as ps:
-            out = student(x)
-        with torch.no_grad(), Probe(teacher, ["logits_probe"]) as pt:
-            t_out = teacher(x)
-        s_logits, t_logits = list(ps["logits_probe"]), list(pt["logits_probe"])
-        task = kd_loss(out, t_out, y, alpha=cfg.losses.kd_alpha, temperature=cfg.losses.kd_temperature)
-        dist = w * distribution_loss(s_logits, t_logits, row_floor=0.0)  # the plain cosine the stalled runs used
+        terms = qat_loss_terms(cfg, student, student, teacher, x, y)
+        if terms.distribution is None:
+            raise ValueError("grad_spikes: the replayed run needs the distribution loss on an attention model")
+        s_logits, t_logits = terms.student_logits, terms.teacher_logits
+        task = terms.task
+        dist = w * terms.distribution
         dist_floored = w * distribution_loss(s_logits, t_logits)  # edgeattn's default row floor
         # per layer, ||student row|| / ||teacher row||, computed once for the masks and the counts below
         ratios = [

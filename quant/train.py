@@ -37,6 +37,7 @@ import signal
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -573,35 +574,77 @@ def _local_bs(cfg: TrainConfig, dist: _Dist) -> int:
     return max(1, cfg.batch_size // dist.world)
 
 
-def _qat_step_loss(
+@dataclass
+class QATLossTerms:
+    """The loss terms of one QAT step on one batch, from one forward pass of the student (and one of the teacher).
+
+    ``task`` is the KD loss (``losses.kd``) or the cross-entropy; ``entropy`` and ``distribution`` are the
+    unweighted entropy and distribution losses, None where they are off or the model has no attention to read them
+    at. ``student_logits`` / ``teacher_logits`` are the attention logits recorded at ``logits_probe`` in forward
+    order (the student's with their graph; the teacher's, detached, only where the KD or distribution loss needs
+    the teacher, else empty). :meth:`total` is the loss QAT minimises, with the weights of the config.
+    """
+
+    task: torch.Tensor
+    entropy: torch.Tensor | None
+    distribution: torch.Tensor | None
+    student_logits: list[torch.Tensor]
+    teacher_logits: list[torch.Tensor]
+    entropy_weight: float
+    distribution_weight: float
+
+    def total(self) -> torch.Tensor:
+        """``task + entropy_weight * entropy + distribution_weight * distribution`` (the terms that are on), summed
+        in that order."""
+        loss = self.task
+        if self.entropy is not None:
+            loss = loss + self.entropy_weight * self.entropy
+        if self.distribution is not None:
+            loss = loss + self.distribution_weight * self.distribution
+        return loss
+
+
+def qat_loss_terms(
     cfg: TrainConfig, net: nn.Module, student: nn.Module, teacher: nn.Module, x: torch.Tensor, y: torch.Tensor
-) -> tuple[torch.Tensor, dict[str, float]]:
+) -> QATLossTerms:
+    """The QAT loss terms of ``cfg.losses`` on the batch ``(x, y)``: the student runs forward as ``net`` (itself or
+    its DDP wrapper) with its Q, K and attention logits recorded, the frozen ``teacher`` without gradients."""
     losses = cfg.losses
-    need_teacher_logits = losses.distribution
     with Probe(student, ["q_quant", "k_quant", "logits_probe"]) as ps:
         out = net(x)
-    parts: dict[str, float] = {}
+    t_logits: list[torch.Tensor] = []
     if losses.kd:
         with torch.no_grad(), Probe(teacher, ["logits_probe"]) as pt:
             t_out = teacher(x)
             t_logits = list(pt["logits_probe"])
-        loss = kd_loss(out, t_out, y, alpha=losses.kd_alpha, temperature=losses.kd_temperature)
+        task = kd_loss(out, t_out, y, alpha=losses.kd_alpha, temperature=losses.kd_temperature)
     else:
-        loss = task_loss(out, y)
-        t_logits = []
-        if need_teacher_logits:
+        task = task_loss(out, y)
+        if losses.distribution:
             with torch.no_grad(), Probe(teacher, ["logits_probe"]) as pt:
                 teacher(x)
                 t_logits = list(pt["logits_probe"])
-    parts["task"] = float(loss.detach())
+    ent = None
     if losses.entropy and ps["q_quant"]:
         ent = entropy_loss(ps["q_quant"], ps["k_quant"])
-        loss = loss + losses.entropy_weight * ent
-        parts["entropy"] = float(ent.detach())
-    if losses.distribution and ps["logits_probe"]:
-        dl = distribution_loss(ps["logits_probe"], t_logits, losses.distribution_row_floor)
-        loss = loss + losses.distribution_weight * dl
-        parts["distribution"] = float(dl.detach())
+    s_logits = list(ps["logits_probe"])
+    dl = None
+    if losses.distribution and s_logits:
+        dl = distribution_loss(s_logits, t_logits, losses.distribution_row_floor)
+    return QATLossTerms(task, ent, dl, s_logits, t_logits, losses.entropy_weight, losses.distribution_weight)
+
+
+def _qat_step_loss(
+    cfg: TrainConfig, net: nn.Module, student: nn.Module, teacher: nn.Module, x: torch.Tensor, y: torch.Tensor
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """One QAT step's loss (:func:`qat_loss_terms`' total) and its terms as floats for the epoch's metrics."""
+    terms = qat_loss_terms(cfg, net, student, teacher, x, y)
+    loss = terms.total()
+    parts = {"task": float(terms.task.detach())}
+    if terms.entropy is not None:
+        parts["entropy"] = float(terms.entropy.detach())
+    if terms.distribution is not None:
+        parts["distribution"] = float(terms.distribution.detach())
     parts["total"] = float(loss.detach())
     return loss, parts
 
@@ -1058,6 +1101,8 @@ if __name__ == "__main__":
 __all__ = [
     "LossConfig",
     "TrainConfig",
+    "QATLossTerms",
+    "qat_loss_terms",
     "PRESETS",
     "preset_config",
     "build_config",

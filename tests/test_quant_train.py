@@ -1,4 +1,5 @@
-"""The QAT trainer: end-to-end run, exact --resume, clean SIGTERM stop, DDP on gloo, bad input via the CLI."""
+"""The QAT trainer: end-to-end run, exact --resume, clean SIGTERM stop, DDP on gloo, bad input via the CLI, the
+step's loss terms."""
 
 from __future__ import annotations
 
@@ -17,8 +18,10 @@ import torch
 import yaml
 from edgeattn.quant import train as T
 from edgeattn.quant.checkpoint import load_checkpoint
+from edgeattn.quant.losses import Probe, distribution_loss, entropy_loss, kd_loss
 
 from edgeattn.cli import main as cli_main
+from edgeattn.models import create_model
 
 TINY = {"depth": 1, "embed_dim": 32, "num_heads": 2, "patch_size": 4}
 ALL_LOSSES = {"kd": True, "entropy": True, "distribution": True}  # every loss path (entropy is off by default)
@@ -303,6 +306,63 @@ def test_distribution_row_floor_reaches_the_loss_and_is_validated(tmp_path, monk
     assert T.TrainConfig().losses.distribution_row_floor == 1e-3
     with pytest.raises(T.EdgeAttnError, match="distribution_row_floor"):
         T.TrainConfig.parse({"losses": {"distribution_row_floor": -1.0}})
+
+
+@pytest.mark.parametrize(
+    "losses",
+    [
+        {**ALL_LOSSES, "entropy_weight": 0.3, "distribution_weight": 0.7, "distribution_row_floor": 0.02},
+        {"kd": False, "entropy": False, "distribution": True},  # the teacher runs for its attention logits only
+        {"kd": False, "entropy": False, "distribution": False},  # plain QAT: no teacher
+    ],
+)
+def test_qat_loss_terms_match_the_losses_computed_directly(tmp_path, losses):
+    """``qat_loss_terms`` (the QAT step's loss, shared with benchmarks/grad_spikes.py) equals the losses of
+    ``edgeattn.quant.losses`` on separate probes of the same models, and ``_qat_step_loss`` is its weighted sum in
+    the trainer's order."""
+    cfg = T.TrainConfig.parse(tiny_cfg(tmp_path, losses=losses))
+    lc = cfg.losses
+    train, _val, info = T.load_data(cfg)
+    teacher = T.frozen_teacher(create_model(cfg.model, **T.model_kwargs_for(cfg, info)), {})
+    student = T.calibrated_ptq_model(cfg, teacher, T.quant_config_for(cfg, info), train)
+    x, y = train.tensors[0][:8], train.tensors[1][:8]
+    terms = T.qat_loss_terms(cfg, student, student, teacher, x, y)
+
+    with Probe(student, ["q_quant", "k_quant", "logits_probe"]) as ps:
+        out = student(x)
+    with torch.no_grad(), Probe(teacher, ["logits_probe"]) as pt:
+        t_out = teacher(x)
+    assert len(terms.student_logits) == len(ps["logits_probe"]) == TINY["depth"]
+    assert all(torch.equal(a, b) for a, b in zip(terms.student_logits, ps["logits_probe"], strict=True))
+    if lc.kd or lc.distribution:
+        assert len(terms.teacher_logits) == len(pt["logits_probe"])
+        assert all(torch.equal(a, b) for a, b in zip(terms.teacher_logits, pt["logits_probe"], strict=True))
+    else:
+        assert terms.teacher_logits == []
+    if lc.kd:
+        task = kd_loss(out, t_out, y, alpha=lc.kd_alpha, temperature=lc.kd_temperature)
+    else:
+        task = torch.nn.functional.cross_entropy(out, y)
+    assert torch.equal(terms.task, task)
+    total, parts = task, {"task": float(task.detach())}
+    if lc.entropy:
+        ent = entropy_loss(ps["q_quant"], ps["k_quant"])
+        assert torch.equal(terms.entropy, ent)
+        total, parts["entropy"] = total + lc.entropy_weight * ent, float(ent.detach())
+    else:
+        assert terms.entropy is None
+    if lc.distribution:
+        dl = distribution_loss(ps["logits_probe"], pt["logits_probe"], row_floor=lc.distribution_row_floor)
+        assert torch.equal(terms.distribution, dl)
+        total, parts["distribution"] = total + lc.distribution_weight * dl, float(dl.detach())
+    else:
+        assert terms.distribution is None
+    parts["total"] = float(total.detach())
+    assert torch.equal(terms.total(), total)
+
+    loss, step_parts = T._qat_step_loss(cfg, student, student, teacher, x, y)
+    assert torch.equal(loss, total)
+    assert list(step_parts.items()) == list(parts.items())  # the metrics' keys in the same order
 
 
 @pytest.mark.parametrize("n,batch_size,world", [(128, 32, 1), (130, 32, 1), (1437, 64, 1), (1437, 32, 2), (101, 7, 3)])
