@@ -4,7 +4,7 @@ Each self-attention layer scores its tokens and marks the lowest ``token_ratio``
 low-importance. Activations of those tokens are quantized with ``low_act_bits`` (default 4) by a quantizer with
 its own learned scale; the other tokens keep ``act_bits``.
 
-Which score (``QuantConfig.importance``), always over the N tokens of a square (N, N) attention map:
+Which score (``QuantConfig.importance``), always over the N tokens that feed the attention (its keys and values):
 
 * ``first``: attention each token receives from the first token (the CLS token of a ViT), summed over heads, as in
   EdgeQAT;
@@ -13,23 +13,31 @@ Which score (``QuantConfig.importance``), always over the N tokens of a square (
   refused on causal attention);
 * ``auto``: ``first`` if the model has a ``cls_token`` attribute, else ``mean``.
 
+Pooled keys (FMViT's RLMHSA): the (B, H, N, M) map's columns are M average-pooled r x r windows, not tokens. The
+attention each of the N tokens receives is still exact, because K and V are linear in the pooled tokens and a
+window's mean gives each of its r^2 tokens weight 1 / r^2: query i's output is
+``sum_j (A[i, m(j)] / r^2) (W_v x_j) + b_v``, with ``m(j)`` the window of token j (rows of an attention map sum to
+1). So token j receives ``A[i, m(j)] / r^2`` from query i, and 0 if average pooling's floor leaves it out of every
+window (:func:`received_attention`; in float, before the quantizers). Tokens of one window share a score.
+
 Which tensors: only quant points that a block declares token-major in :data:`TOKEN_LAYOUTS` (the tensor's token
 axis is named there, never guessed from its shape): the (B, N, C) attention input and output-projection input,
-the (B, heads, N, hd) Q/K/V of full self-attention and the (B, N, C) MLP input and hidden activations. Conv
-feature maps (FMViT's gMLP, RLMHSA's NCHW input) and RLMHSA's pooled K/V are never token-adaptive.
+the (B, heads, N, hd) Q/K/V of full self-attention, RLMHSA's Q and projection input, and the (B, N, C) MLP input
+and hidden activations. Conv feature maps (FMViT's gMLP, RLMHSA's NCHW input) and RLMHSA's pooled K/V (windows,
+not tokens) are never token-adaptive.
 
 When: the mask made by layer ``l`` (at its softmax) is used by every declared point that runs after it: layer
 ``l``'s ``proj_in_quant`` and MLP, then layer ``l+1``'s input, Q, K and V. That is EdgeQAT's set (V and MLP of the
 layer, input/Q/K of the next) except that V uses the previous layer's scores, because
 :class:`edgeattn.blocks.Attention` quantizes V before the attention map exists. The first layer's input/Q/K/V run
-at full ``act_bits`` (no scores yet). The mask is dropped (full bits until the next square map) when:
+at full ``act_bits`` (no scores yet). The mask is dropped (full bits until the next attention map) when:
 
-* an attention map is not square: RLMHSA with pooled keys gives (B, H, N, M) maps whose columns are M pooled
-  windows, not the N tokens, so EdgeQAT's "attention a token receives" is not defined there. The project does not
-  invent a per-token score for it; the previous layer's set is stale after such a layer and is cleared;
+* a non-square map comes from a block that does not declare pooled keys (its columns are not known to be tokens);
+  the previous layer's set is stale after such a layer and is cleared;
 * a declared point sees another token count than the mask's (a new stage / resolution: a mask never crosses it).
 
-So in FMViT only stages whose RLMHSA does not pool (``sr_ratio`` 1, e.g. stage 4) get low-bit tokens.
+So in ``fmvit_t`` at 32 px the four pooled stage-3 layers (16 tokens, 4 windows) and the stage-4 layer (4 tokens)
+make masks; each stage's first Q runs at full bits.
 
 Token-adaptive bits are a QAT/simulation feature: :func:`strip_token_adaptive` turns each adaptive point back into
 its high-bit ``QuantIdentity`` for export (no runtime here has per-token mixed-precision kernels).
@@ -41,6 +49,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from brevitas import nn as qnn
 from edgeattn.quant import presets
 from edgeattn.quant.config import QuantConfig
@@ -58,12 +67,15 @@ class TokenLayout:
 
     ``points``: quant point -> the token axis of its tensor (1 for (B, N, C), 2 for (B, heads, N, hd)); points not
     listed (conv maps, pooled K/V, the softmax output) are never token-adaptive. ``attention``: the block's
-    ``softmax`` child makes the token scores. ``causal``: its attention is causally masked.
+    ``softmax`` child makes the token scores. ``causal``: its attention is causally masked. ``pooled_keys``: its
+    keys and values come from average-pooled windows of its (B, C, H, W) input, with the window given by the
+    block's ``pool_ratio(h, w)`` (scores are un-pooled, see the module docstring).
     """
 
     points: dict[str, int] = field(default_factory=dict)
     attention: bool = False
     causal: bool = False
+    pooled_keys: bool = False
 
 
 _SELF_ATTENTION_POINTS = {"in_quant": 1, "q_quant": 2, "k_quant": 2, "v_quant": 2, "proj_in_quant": 1}
@@ -74,7 +86,7 @@ TOKEN_LAYOUTS: dict[type[nn.Module], TokenLayout] = {
     Attention: TokenLayout(_SELF_ATTENTION_POINTS, attention=True),
     LlamaAttention: TokenLayout(_SELF_ATTENTION_POINTS, attention=True, causal=True),
     # input is an NCHW map, K/V come from pooled windows: only Q and the projection input are per token
-    RLMHSA: TokenLayout({"q_quant": 2, "proj_in_quant": 1}, attention=True),
+    RLMHSA: TokenLayout({"q_quant": 2, "proj_in_quant": 1}, attention=True, pooled_keys=True),
     Mlp: TokenLayout(_MLP_POINTS),
     SwiGLU: TokenLayout(_MLP_POINTS),
 }
@@ -99,14 +111,14 @@ class TokenController:
     def reset(self) -> None:
         self.mask = None
 
-    def update(self, attn: torch.Tensor) -> None:
-        """New mask from a square self-attention map (B, H, N, N); any other map clears the mask."""
-        if attn.dim() != 4 or attn.shape[-1] != attn.shape[-2]:
-            self.reset()  # pooled keys: no per-token score, and the previous layer's set is stale
+    def update(self, attn: torch.Tensor, grid: tuple[int, int, int] | None = None) -> None:
+        """New mask from a self-attention map (B, H, N, M): square, or over pooled keys with ``grid`` = (h, w, r)
+        (see :func:`received_attention`). A map whose columns are not known to be tokens clears the mask: the
+        previous layer's set is stale after it."""
+        score = received_attention(attn.detach(), self.importance, grid) if attn.dim() == 4 else None
+        if score is None:
+            self.reset()
             return
-        attn = attn.detach()
-        # "first": attention received from token 0; "mean": averaged over every query row
-        score = attn[:, :, 0, :].sum(dim=1) if self.importance == "first" else attn.mean(dim=2).sum(dim=1)
         self.mask = low_importance_mask(score, self.ratio)
 
     def mask_for(self, x: torch.Tensor, token_dim: int) -> torch.Tensor | None:
@@ -119,6 +131,34 @@ class TokenController:
             self.reset()
             return None
         return mask
+
+
+def received_attention(
+    attn: torch.Tensor, importance: str, grid: tuple[int, int, int] | None = None
+) -> torch.Tensor | None:
+    """(B, N) attention each of the N tokens receives, summed over heads: from the first query row
+    (``importance`` 'first') or averaged over all query rows ('mean').
+
+    ``attn`` is (B, H, N, N), or (B, H, N, M) over keys average-pooled from an ``h`` x ``w`` token map in ``r`` x
+    ``r`` windows (``grid`` = (h, w, r), M = (h // r) * (w // r), tokens and windows row-major): then token j gets
+    its window's column divided by r^2, and tokens outside every window get 0. ``None`` when the columns are not
+    tokens (no ``grid``, or one that does not fit the map).
+    """
+    b, _heads, n, m = attn.shape
+    # per column: attention from token 0 ("first") or averaged over every query row ("mean")
+    col = attn[:, :, 0, :].sum(dim=1) if importance == "first" else attn.mean(dim=2).sum(dim=1)
+    if m == n:
+        return col
+    if grid is None:
+        return None
+    h, w, r = grid
+    if n != h * w or m != (h // r) * (w // r):
+        return None
+    windows = col.reshape(b, h // r, w // r)
+    per_token = windows.repeat_interleave(r, dim=1).repeat_interleave(r, dim=2) / (r * r)
+    # rows/columns that avg_pool2d's floor leaves out of every window receive nothing
+    per_token = F.pad(per_token, (0, w - per_token.shape[2], 0, h - per_token.shape[1]))
+    return per_token.reshape(b, n)
 
 
 def low_importance_mask(score: torch.Tensor, ratio: float) -> torch.Tensor:
@@ -201,7 +241,10 @@ def enable_token_adaptive(model: nn.Module, config: QuantConfig) -> TokenControl
                 setattr(block, point, TokenAdaptiveQuant(module, low, controller, tdim))
         softmax = getattr(block, "softmax", None)
         if layout.attention and isinstance(softmax, nn.Module):
-            softmax.register_forward_hook(_ScoreHook(controller))
+            score_hook = _ScoreHook(controller)
+            softmax.register_forward_hook(score_hook)
+            if layout.pooled_keys:
+                block.register_forward_pre_hook(_GridHook(score_hook))
     model.register_forward_pre_hook(_ResetHook(controller))
     object.__setattr__(model, "token_controller", controller)
     return controller
@@ -215,9 +258,21 @@ class _ScoreHook:
 
     def __init__(self, controller: TokenController) -> None:
         self.controller = controller
+        self.grid: tuple[int, int, int] | None = None  # set by the block's _GridHook when its keys are pooled
 
     def __call__(self, _module: nn.Module, _args: Any, output: torch.Tensor) -> None:
-        self.controller.update(output)
+        self.controller.update(output, self.grid)
+
+
+class _GridHook:
+    """Forward pre-hook on a block with pooled keys: records its token grid (h, w, r) for the block's score hook."""
+
+    def __init__(self, score_hook: _ScoreHook) -> None:
+        self.score_hook = score_hook
+
+    def __call__(self, block: nn.Module, args: Any) -> None:
+        h, w = args[0].shape[-2:]
+        self.score_hook.grid = (h, w, block.pool_ratio(h, w))
 
 
 class _ResetHook:

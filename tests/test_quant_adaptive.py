@@ -10,9 +10,11 @@ from edgeattn.quant.adaptive import (
     TokenAdaptiveQuant,
     TokenController,
     low_importance_mask,
+    received_attention,
     strip_token_adaptive,
 )
 
+from edgeattn.blocks.fmvit import RLMHSA
 from edgeattn.errors import EdgeAttnError
 from edgeattn.models import create_model
 
@@ -117,12 +119,50 @@ def _fmvit(**kw):
     return q, x
 
 
-def test_fmvit_low_bits_only_on_declared_token_tensors_of_square_attention():
-    """fmvit_t at 32 px: stage 3 (4x4 tokens) pools K/V to 2x2, stage 4 (2x2 tokens) does not pool.
+def _pooling_matrix(h: int, w: int, r: int) -> torch.Tensor:
+    """(M, N) float64 matrix of F.avg_pool2d(r, r) on a row-major h x w token map, built entry by entry."""
+    hp, wp = h // r, w // r
+    pool = torch.zeros(hp * wp, h * w, dtype=torch.float64)
+    for i in range(hp):
+        for j in range(wp):
+            for di in range(r):
+                for dj in range(r):
+                    pool[i * wp + j, (i * r + di) * w + j * r + dj] = 1.0 / (r * r)
+    return pool
 
-    A pooled (B, H, 16, 4) map scores 4 pooled windows, not the 16 tokens: it makes no mask. Stage 4's square map
-    makes one, used by its own projection input (its Q ran before the map). Conv maps (gMLP, RLMHSA's NCHW input)
-    and pooled K/V are never token-adaptive."""
+
+@pytest.mark.parametrize("h,w", [(4, 4), (5, 6)])  # 5 x 6: pooling's floor leaves a row of tokens out
+def test_received_attention_over_pooled_keys_is_the_exact_per_token_attention(h, w):
+    """RLMHSA's output equals an (N, N) attention over the un-pooled tokens' values, A @ P (P: the pooling
+    matrix). received_attention must score tokens by exactly that map, in float64."""
+    torch.manual_seed(0)
+    block = RLMHSA(dim=8, num_heads=2, sr_ratio=2).double().eval()
+    x = torch.randn(3, 8, h, w, dtype=torch.float64)
+    seen = {}
+    block.softmax.register_forward_hook(lambda _m, _a, o: seen.update(attn=o))
+    block.proj.register_forward_pre_hook(lambda _m, a: seen.update(proj_in=a[0]))
+    with torch.no_grad():
+        block(x)
+    r = block.pool_ratio(h, w)
+    attn, pool = seen["attn"], _pooling_matrix(h, w, r)  # (B, heads, N, M), (M, N)
+    effective = attn @ pool  # (B, heads, N, N)
+    # the derivation: each token's own value, weighted by the effective map, gives the block's output
+    tokens = block.norm(x).flatten(2).transpose(1, 2)  # (B, N, C), float (in_quant is an identity here)
+    v_tokens = (tokens @ block.kv.weight[8:].T + block.kv.bias[8:]).reshape(3, h * w, 2, 4).transpose(1, 2)
+    out = (effective @ v_tokens).transpose(1, 2).reshape(3, h * w, 8)
+    torch.testing.assert_close(out, seen["proj_in"], rtol=1e-12, atol=1e-12)
+    for importance, ref in (("mean", effective.mean(dim=2).sum(dim=1)), ("first", effective[:, :, 0].sum(dim=1))):
+        torch.testing.assert_close(received_attention(attn, importance, (h, w, r)), ref, rtol=1e-12, atol=1e-15)
+    assert received_attention(attn, "mean", None) is None  # without the grid the columns are not tokens
+    assert received_attention(attn, "mean", (h, w, 3)) is None  # a grid that does not fit the map
+
+
+def test_fmvit_low_bits_only_on_declared_token_tensors():
+    """fmvit_t at 32 px: stage 3 (4x4 tokens) pools K/V to 2x2 windows, stage 4 (2x2 tokens) does not pool.
+
+    Each RLMHSA map makes a mask (pooled ones over the un-pooled per-token attention), used by its own projection
+    input and the next block's Q; stage 3's 16-token mask is dropped at stage 4's Q (4 tokens). Conv maps (gMLP,
+    RLMHSA's NCHW input) and pooled K/V are never token-adaptive."""
     q, x = _fmvit()
     adaptive = {n for n, m in q.named_modules() if isinstance(m, TokenAdaptiveQuant)}
     attn_blocks = [f"stages.2.{i}.attn" for i in (1, 2, 3, 4)] + ["stages.3.1.attn"]
@@ -130,8 +170,28 @@ def test_fmvit_low_bits_only_on_declared_token_tensors_of_square_attention():
     for name, m in q.named_modules():
         if name.endswith(("mlp.in_quant", "mlp.hidden_quant", "attn.in_quant", "attn.k_quant", "attn.v_quant")):
             assert type(m) is qnn.QuantIdentity, name  # conv feature maps and pooled K/V: one 8-bit quantizer
+    seen = {}
+    block = q.stages[2][1].attn
+    hooks = [
+        block.softmax.register_forward_hook(lambda _m, _a, o: seen.update(attn=o.detach())),
+        block.proj_in_quant.register_forward_hook(lambda _m, a, _o: seen.update(proj_in=a[0].detach())),
+    ]
     low = _low_inputs(q, x)
-    assert set(low) == {"stages.3.1.attn.proj_in_quant"}
+    for hk in hooks:
+        hk.remove()
+    expected_points = {"stages.2.1.attn.proj_in_quant", "stages.3.1.attn.proj_in_quant"}
+    for i in (2, 3, 4):
+        expected_points |= {f"stages.2.{i}.attn.q_quant", f"stages.2.{i}.attn.proj_in_quant"}
+    assert set(low) == expected_points
+    # the 8 low tokens of each image are the two 2x2 windows with the least mean received attention
+    score = (seen["attn"].double() @ _pooling_matrix(4, 4, 2)).mean(dim=2).sum(dim=1)  # (B, 16)
+    expected = torch.zeros_like(score, dtype=torch.bool)
+    expected.scatter_(1, score.argsort(dim=1, stable=True)[:, :8], True)
+    for b in range(2):
+        assert score[b][expected[b]].max() < score[b][~expected[b]].min()  # no tie at the cut
+        windows = expected[b].reshape(2, 2, 2, 2).permute(0, 2, 1, 3).reshape(4, 4)  # (window, its 4 tokens)
+        assert windows.all(dim=1).sum() == 2 and not (windows.any(dim=1) & ~windows.all(dim=1)).any()
+    torch.testing.assert_close(low["stages.2.1.attn.proj_in_quant"], seen["proj_in"][expected], rtol=0, atol=0)
     assert low["stages.3.1.attn.proj_in_quant"].shape == (2 * 2, 256)  # 2 of the 2x2 tokens per image, C=256
     point = q.stages[3][1].attn.proj_in_quant
     assert int(point.low.act_quant.bit_width()) == 4 and int(point.high.act_quant.bit_width()) == 8
@@ -203,5 +263,7 @@ def test_controller_drops_the_mask_on_pooled_maps_and_new_token_counts():
     assert c.mask_for(torch.zeros(2, 2, 4, 8), 2) is not None
     assert c.mask_for(torch.zeros(2, 16, 8), 1) is None and c.mask is None  # another token count: gone for good
     c.update(torch.rand(2, 2, 4, 4).softmax(-1))
-    c.update(torch.rand(2, 2, 16, 4).softmax(-1))  # pooled keys: columns are windows, not tokens
+    c.update(torch.rand(2, 2, 16, 4).softmax(-1))  # columns of unknown meaning: the stale mask is cleared
     assert c.mask is None
+    c.update(torch.rand(2, 2, 16, 4).softmax(-1), grid=(4, 4, 2))  # 2x2 windows of a 4x4 map: per-token scores
+    assert c.mask is not None and c.mask.shape == (2, 16) and c.mask.sum(dim=1).tolist() == [8, 8]

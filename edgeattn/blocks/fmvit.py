@@ -101,6 +101,11 @@ class RLMHSA(nn.Module):
         add_quant_points(self, ("in_quant", "kv_in_quant", *ATTENTION_QUANT_POINTS[1:]))
         self.deployed = False
 
+    def pool_ratio(self, h: int, w: int) -> int:
+        """The K/V average-pooling window (and stride) on an ``h`` x ``w`` map: ``sr_ratio``, or 1 (no pooling) when
+        the map is smaller than that. Static: it depends on the shape only."""
+        return self.sr_ratio if min(h, w) >= self.sr_ratio else 1
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, C, H, W)."""
         b, c, h, w = x.shape
@@ -108,7 +113,7 @@ class RLMHSA(nn.Module):
             x = self.norm(x)
         x = self.in_quant(x)
         tokens = x.flatten(2).transpose(1, 2)  # (B, N, C)
-        r = self.sr_ratio if min(h, w) >= self.sr_ratio else 1  # static: depends on the shape only
+        r = self.pool_ratio(h, w)
         pooled = F.avg_pool2d(x, r, r) if r > 1 else x
         kv_tokens = self.kv_in_quant(pooled.flatten(2).transpose(1, 2))  # (B, M, C), M = N / r^2
         m = kv_tokens.shape[1]
