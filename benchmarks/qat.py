@@ -886,10 +886,13 @@ def main() -> None:
         )
         _seed_summary(payload, vis_base)
         sections = _seed_sections(payload, vis_base)
-        _lr_sweep_summary(payload, sections, f"vision_fp{args.fp_epochs}", language=False, only=None)
-        if set(seeds) != set(sections):  # this run's seeds are a subset: summarise them too
+        subset = set(seeds) != set(sections)  # this run's seeds are a subset: summarise them too
+        if subset:
             _seed_summary(payload, vis_base, only=seeds)
-            _lr_sweep_summary(payload, sections, f"vision_fp{args.fp_epochs}", language=False, only=seeds)
+        if sweep:  # (as for language) only a sweep adds sweep rows to summarise
+            _lr_sweep_summary(payload, sections, f"vision_fp{args.fp_epochs}", language=False, only=None)
+            if subset:
+                _lr_sweep_summary(payload, sections, f"vision_fp{args.fp_epochs}", language=False, only=seeds)
         _save(out, payload)
     if seeds:
         return

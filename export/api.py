@@ -8,6 +8,7 @@ name containing ``FAILED_PARITY``, and its report, then raises :class:`ParityFai
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 import time
 from dataclasses import dataclass
@@ -49,7 +50,7 @@ def _load_ckpt(path: str) -> tuple[Any, dict[str, Any]]:
     if not Path(path).is_file():
         raise EdgeAttnError(f"checkpoint '{path}' not found", exit_code=7)
     try:
-        return load_checkpoint(path)
+        return load_checkpoint(path, strip_token_adaptive=True)  # _export_model strips in-memory modules too
     except EdgeAttnError as exc:
         raise EdgeAttnError(str(exc), exit_code=7) from None
 
@@ -332,7 +333,14 @@ def _export_model(
             f"{tuple(size)} (token-id models are not supported by the exporter yet)"
         )
     from edgeattn.export.onnx_export import is_quantized
+    from edgeattn.quant.adaptive import has_token_adaptive, strip_token_adaptive
 
+    # per-token mixed precision has no ONNX form: export (and check against) the model with every token at act_bits
+    # (a checkpoint comes stripped by _load_ckpt; its meta says it was token-adaptive)
+    token_adaptive = bool(((meta or {}).get("quant") or {}).get("token_adaptive"))
+    if has_token_adaptive(module):
+        token_adaptive = True
+        module = _cached(cache, ("strip", *model_key), lambda: strip_token_adaptive(copy.deepcopy(module)))
     quantized = is_quantized(module)
     if not quantized and not (meta or {}).get("reparameterized"):
         from edgeattn.reparameterize import reparameterize
@@ -358,6 +366,11 @@ def _export_model(
     if target == "coreml":
         dyn = False
     notes: list[str] = []
+    if token_adaptive:
+        notes.append(
+            "token-adaptive bits stripped (edgeattn.quant.adaptive.strip_token_adaptive): every token runs at the "
+            "model's act_bits, and parity is checked against that model"
+        )
     if prec == "int8" and not quantized and target != "coreml":
         from edgeattn.quant import ptq
 

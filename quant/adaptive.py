@@ -40,7 +40,8 @@ So in ``fmvit_t`` at 32 px the four pooled stage-3 layers (16 tokens, 4 windows)
 make masks; each stage's first Q runs at full bits.
 
 Token-adaptive bits are a QAT/simulation feature: :func:`strip_token_adaptive` turns each adaptive point back into
-its high-bit ``QuantIdentity`` for export (no runtime here has per-token mixed-precision kernels).
+its high-bit ``QuantIdentity`` and removes the scoring hooks, for export (no runtime here has per-token
+mixed-precision kernels); ``edgeattn export`` and ``edgeattn hls`` do it themselves.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ from brevitas import nn as qnn
 from edgeattn.quant import presets
 from edgeattn.quant.config import QuantConfig
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 
 from edgeattn.blocks.attention import Attention, Mlp
 from edgeattn.blocks.fmvit import RLMHSA
@@ -107,6 +109,7 @@ class TokenController:
         self.ratio = ratio
         self.importance = importance
         self.mask: torch.Tensor | None = None  # (B, N) bool, True = low-importance token
+        self.hooks: list[RemovableHandle] = []  # the scoring hooks, removed by strip_token_adaptive
 
     def reset(self) -> None:
         self.mask = None
@@ -168,7 +171,7 @@ def low_importance_mask(score: torch.Tensor, ratio: float) -> torch.Tensor:
     mask = torch.zeros(b, n, dtype=torch.bool, device=score.device)
     if k > 0:
         idx = torch.argsort(score, dim=1, stable=True)[:, :k]
-        mask.scatter_(1, idx, True)
+        mask = mask.scatter(1, idx, True)  # out of place: tracing exporters have no in-place scatter_
     return mask
 
 
@@ -242,10 +245,10 @@ def enable_token_adaptive(model: nn.Module, config: QuantConfig) -> TokenControl
         softmax = getattr(block, "softmax", None)
         if layout.attention and isinstance(softmax, nn.Module):
             score_hook = _ScoreHook(controller)
-            softmax.register_forward_hook(score_hook)
+            controller.hooks.append(softmax.register_forward_hook(score_hook))
             if layout.pooled_keys:
-                block.register_forward_pre_hook(_GridHook(score_hook))
-    model.register_forward_pre_hook(_ResetHook(controller))
+                controller.hooks.append(block.register_forward_pre_hook(_GridHook(score_hook)))
+    controller.hooks.append(model.register_forward_pre_hook(_ResetHook(controller)))
     object.__setattr__(model, "token_controller", controller)
     return controller
 
@@ -285,10 +288,48 @@ class _ResetHook:
         self.controller.reset()
 
 
+# Recorded by token-adaptive checkpoints and QAT state files: the scoring their low-bit quantizers were calibrated
+# and trained under. Files written before it scored no pooled-key map, so in them the low-bit quantizers of pooled
+# RLMHSA layers never saw a token (their scales are the untouched initial ones).
+TOKEN_SCORES = "pooled-keys"
+
+
+def check_token_scores(model: nn.Module, recorded: Any, source: str) -> None:
+    """Refuse a token-adaptive file (``source``, for the message) that records another scoring than
+    :data:`TOKEN_SCORES` when ``model`` (float or quantized: the blocks are the same) has pooled-key attention: the
+    file's low-bit quantizers there were never calibrated or trained, and would now receive tokens. Files of other
+    models behave as they always did and pass."""
+    if recorded == TOKEN_SCORES:
+        return
+    pooled = [
+        name
+        for name, block in model.named_modules()
+        if (layout := token_layout(block)) and layout.pooled_keys and getattr(block, "sr_ratio", 1) > 1
+    ]
+    if pooled:
+        raise EdgeAttnError(
+            f"{source} was written before token-adaptive bits scored pooled-key attention: the low-bit quantizers "
+            f"of '{pooled[0]}' ({len(pooled)} such layers) were never calibrated or trained; rerun QAT with --force "
+            "(export and hls strip token-adaptive bits and still take the file)"
+        )
+
+
+def has_token_adaptive(model: nn.Module) -> bool:
+    """Whether ``model`` has token-adaptive quant points (:func:`enable_token_adaptive`)."""
+    return any(isinstance(m, TokenAdaptiveQuant) for m in model.modules())
+
+
 def strip_token_adaptive(model: nn.Module) -> nn.Module:
-    """Replace every :class:`TokenAdaptiveQuant` by its high-bit quantizer (in place), e.g. before export."""
+    """Replace every :class:`TokenAdaptiveQuant` by its high-bit quantizer and remove the scoring hooks and
+    ``model.token_controller`` (in place), e.g. before export: every token then runs at ``act_bits``."""
     swaps = [(n, m.high) for n, m in model.named_modules() if isinstance(m, TokenAdaptiveQuant)]
     for name, high in swaps:
         parent_name, _, leaf = name.rpartition(".")
         setattr(model.get_submodule(parent_name) if parent_name else model, leaf, high)
+    controller = model.__dict__.pop("token_controller", None)
+    if controller is not None:
+        for handle in controller.hooks:
+            handle.remove()
+        controller.hooks.clear()
+        controller.reset()
     return model

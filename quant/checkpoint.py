@@ -5,7 +5,9 @@ to rebuild the module before loading the weights:
 
 * ``"model"``: registry name, ``"model_kwargs"``: its keyword arguments;
 * ``"reparameterized"``: whether the weights are the deploy form (``edgeattn.reparameterize``);
-* ``"quant"``: a :class:`~edgeattn.quant.config.QuantConfig` dict, or ``None`` for a float model.
+* ``"quant"``: a :class:`~edgeattn.quant.config.QuantConfig` dict, or ``None`` for a float model;
+* ``"token_scores"`` (token-adaptive models): :data:`edgeattn.quant.adaptive.TOKEN_SCORES`, the token scoring the
+  low-bit quantizers were trained under (see :func:`load_checkpoint`).
 
 Files are written atomically (temp file + rename), so an interrupted run never leaves a half-written checkpoint.
 """
@@ -67,6 +69,10 @@ def save_checkpoint(path: str | Path, model: nn.Module, meta: dict[str, Any]) ->
     meta.setdefault("reparameterized", False)
     if hasattr(meta["quant"], "model_dump"):
         meta["quant"] = meta["quant"].model_dump(mode="json")
+    if (meta["quant"] or {}).get("token_adaptive"):
+        from edgeattn.quant.adaptive import TOKEN_SCORES
+
+        meta["token_scores"] = TOKEN_SCORES  # what the low-bit quantizers were trained under (see load_checkpoint)
     payload = {"format": FORMAT, "version": VERSION, "meta": meta, "state_dict": model_state_dict(model)}
     return atomic_torch_save(payload, path)
 
@@ -109,8 +115,14 @@ def build_model(meta: dict[str, Any]) -> nn.Module:
     return model
 
 
-def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
-    """``(model, meta)`` from a checkpoint written by :func:`save_checkpoint`; the model is in eval mode."""
+def load_checkpoint(path: str | Path, *, strip_token_adaptive: bool = False) -> tuple[nn.Module, dict[str, Any]]:
+    """``(model, meta)`` from a checkpoint written by :func:`save_checkpoint`; the model is in eval mode.
+
+    With ``strip_token_adaptive`` (export, hls), token-adaptive quant points are replaced by their high-bit
+    quantizers (:func:`edgeattn.quant.adaptive.strip_token_adaptive`). Without it, a token-adaptive model with
+    pooled-key attention saved before those maps scored tokens is refused (its low-bit quantizers there were never
+    trained: :func:`edgeattn.quant.adaptive.check_token_scores`).
+    """
     payload = read_checkpoint_file(path)
     meta = payload["meta"]
     model = build_model(meta)
@@ -119,4 +131,11 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     except RuntimeError as err:
         first = str(err).strip().splitlines()[0]
         raise EdgeAttnError(f"checkpoint '{path}' does not match model '{meta.get('model')}': {first}") from None
+    if (meta.get("quant") or {}).get("token_adaptive"):
+        from edgeattn.quant import adaptive
+
+        if strip_token_adaptive:
+            adaptive.strip_token_adaptive(model)
+        else:
+            adaptive.check_token_scores(model, meta.get("token_scores"), f"checkpoint '{path}'")
     return model.eval(), meta

@@ -883,9 +883,11 @@ def _run(cfg: TrainConfig, resume: bool, show: bool, dist: _Dist, force: bool) -
     # removes the previous run and before FP training (the seed below makes this probe leave no trace in the RNG)
     probe = create_model(cfg.model, **kwargs)
     if qcfg.token_adaptive:
-        from edgeattn.quant.adaptive import token_importance
+        from edgeattn.quant.adaptive import check_token_scores, token_importance
 
         token_importance(probe, qcfg)
+        if state is not None:  # a state.pt from before pooled-key maps scored tokens
+            check_token_scores(probe, state.get("token_scores"), f"--resume: '{state_path}'")
     del probe
     if force and dist.is_main:
         _clear_run(out_dir, fp_source)
@@ -1049,6 +1051,10 @@ def _qat(
                 "epoch": epoch + 1,
                 "config": cfg.model_dump(mode="json"),
             }
+            if cfg.token_adaptive:
+                from edgeattn.quant.adaptive import TOKEN_SCORES
+
+                state["token_scores"] = TOKEN_SCORES  # checked on --resume (adaptive.check_token_scores)
             atomic_torch_save(state, state_path)
             save_checkpoint(out_dir / "qat_last.pt", student, q_meta)
             _write_json(out_dir / "metrics.json", {"history": history, "config": cfg.model_dump(mode="json")})

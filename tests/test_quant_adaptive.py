@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from brevitas import nn as qnn
 from edgeattn.quant import QuantConfig, calibrate, quantize_model
 from edgeattn.quant.adaptive import (
+    TOKEN_SCORES,
     TokenAdaptiveQuant,
     TokenController,
     low_importance_mask,
     received_attention,
     strip_token_adaptive,
 )
+from edgeattn.quant.checkpoint import load_checkpoint, save_checkpoint
 
 from edgeattn.blocks.fmvit import RLMHSA
 from edgeattn.errors import EdgeAttnError
@@ -267,3 +271,100 @@ def test_controller_drops_the_mask_on_pooled_maps_and_new_token_counts():
     assert c.mask is None
     c.update(torch.rand(2, 2, 16, 4).softmax(-1), grid=(4, 4, 2))  # 2x2 windows of a 4x4 map: per-token scores
     assert c.mask is not None and c.mask.shape == (2, 16) and c.mask.sum(dim=1).tolist() == [8, 8]
+
+
+# ------------------------------------------------------------------------------------------------
+# leaving token-adaptive bits: export, and files written before pooled-key maps scored tokens
+def _hook_count(model: torch.nn.Module) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+def test_strip_removes_the_scoring_hooks_so_the_torchscript_exporter_works():
+    """The scoring hooks outlive the swap unless strip removes them; their mask-making broke tracing exporters."""
+    from edgeattn.export.onnx_export import export_onnx
+
+    q, x = _fmvit()
+    plain_hooks = _hook_count(quantize_model(create_model("fmvit_t", num_classes=10, img_size=32), QuantConfig()))
+    stripped = strip_token_adaptive(copy.deepcopy(q))
+    assert _hook_count(stripped) == plain_hooks and not hasattr(stripped, "token_controller")
+    assert _hook_count(q) == plain_hooks + 11  # the original keeps its own: 5 score, 5 grid hooks and the reset
+    with torch.no_grad():
+        q(x)
+    assert q.token_controller.mask is not None  # stripping the copy left the original working
+    exported = export_onnx(stripped, x[:1], precision="int8", exporter="torchscript")
+    assert {n.op_type for n in exported.model.graph.node} >= {"QuantizeLinear", "DequantizeLinear", "Softmax"}
+
+
+def test_export_of_a_token_adaptive_checkpoint_strips_it_and_checks_parity(tmp_path):
+    from edgeattn.export import export_model
+
+    torch.manual_seed(0)
+    qcfg = QuantConfig(token_adaptive=True, token_ratio=0.5, low_act_bits=4)
+    model = create_model("vit_tiny", **TINY_VIT).eval()
+    q = quantize_model(model, qcfg)
+    calibrate(q, [torch.randn(16, 3, 16, 16)])
+    ckpt = save_checkpoint(tmp_path / "m.pt", q, {"model": "vit_tiny", "model_kwargs": TINY_VIT, "quant": qcfg})
+    rep = export_model(str(ckpt), "onnx", "host-cpu", tmp_path / "onnx", n_inputs=8)
+    assert rep.passed and any("token-adaptive bits stripped" in n for n in rep.notes)
+    # the reference it passed against is the high-bit model: the same checkpoint, stripped by hand
+    ref, _ = load_checkpoint(ckpt)
+    strip_token_adaptive(ref)
+    x = torch.randn(1, 3, 16, 16)  # the profile's static batch
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort.InferenceSession(str(tmp_path / "onnx" / "model.onnx"), opts, providers=["CPUExecutionProvider"])
+    out = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+    with torch.no_grad():
+        torch.testing.assert_close(torch.from_numpy(out), ref(x), rtol=0, atol=1e-5)
+
+
+def _old_fmvit_checkpoint(tmp_path):
+    """A token-adaptive fmvit_t checkpoint as edgeattn wrote it before pooled-key maps scored tokens."""
+    q, _x = _fmvit()
+    qcfg = QuantConfig(token_adaptive=True, act_bits=8, low_act_bits=4)
+    meta = {"model": "fmvit_t", "model_kwargs": {"num_classes": 10, "img_size": 32}, "quant": qcfg}
+    path = save_checkpoint(tmp_path / "new.pt", q, meta)
+    payload = torch.load(path, weights_only=True)
+    assert payload["meta"]["token_scores"] == TOKEN_SCORES
+    del payload["meta"]["token_scores"]
+    torch.save(payload, tmp_path / "old.pt")
+    return path, tmp_path / "old.pt"
+
+
+def test_token_adaptive_checkpoint_from_before_pooled_key_scores_is_refused_unless_stripped(tmp_path):
+    new, old = _old_fmvit_checkpoint(tmp_path)
+    model, _meta = load_checkpoint(new)
+    assert any(isinstance(m, TokenAdaptiveQuant) for m in model.modules())
+    with pytest.raises(EdgeAttnError, match="before token-adaptive bits scored pooled-key attention") as info:
+        load_checkpoint(old)
+    assert "stages.2.1.attn" in str(info.value) and len(str(info.value).splitlines()) == 1
+    stripped, _meta = load_checkpoint(old, strip_token_adaptive=True)  # export and hls take it: one width per tensor
+    assert not any(isinstance(m, TokenAdaptiveQuant) for m in stripped.modules())
+    # a model without pooled keys behaved the same before: its files load as they always did
+    torch.manual_seed(0)
+    vit = quantize_model(create_model("vit_tiny", **TINY_VIT).eval(), QuantConfig(token_adaptive=True))
+    path = save_checkpoint(tmp_path / "vit.pt", vit, {"model": "vit_tiny", "model_kwargs": TINY_VIT,
+                                                      "quant": QuantConfig(token_adaptive=True)})  # fmt: skip
+    payload = torch.load(path, weights_only=True)
+    del payload["meta"]["token_scores"]
+    torch.save(payload, path)
+    load_checkpoint(path)
+
+
+def test_resume_of_a_token_adaptive_state_from_before_pooled_key_scores_is_refused(tmp_path):
+    from edgeattn.quant import train as T
+
+    out = tmp_path / "run"
+    out.mkdir()
+    cfg = {"model": "fmvit_t", "img_size": 32, "token_adaptive": True, "output_dir": str(out), "epochs": 1}
+    state = {  # what an older edgeattn wrote after epoch 1 (no "token_scores"); the settings are this run's
+        "model": {}, "optimizer": {}, "scheduler": {}, "rng": {}, "history": [], "epoch": 1,
+        "config": T.TrainConfig.parse(cfg).model_dump(mode="json"),
+    }  # fmt: skip
+    torch.save(state, out / "state.pt")
+    before = (out / "state.pt").read_bytes()
+    with pytest.raises(EdgeAttnError, match="before token-adaptive bits scored pooled-key attention"):
+        T.run(cfg, resume=True, progress=False)
+    assert [p.name for p in out.iterdir()] == ["state.pt"] and (out / "state.pt").read_bytes() == before

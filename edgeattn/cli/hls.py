@@ -72,7 +72,8 @@ def _load_model(model: str, checkpoint: Path | None, kwargs: dict):
     if isinstance(state, dict) and state.get("format") == "edgeattn-checkpoint":
         from edgeattn.quant.checkpoint import load_checkpoint  # written by `edgeattn qat`
 
-        net, meta = load_checkpoint(checkpoint)
+        # the design has one width per tensor: every token at act_bits
+        net, meta = load_checkpoint(checkpoint, strip_token_adaptive=True)
         if meta.get("model") != model:
             raise EdgeAttnError(
                 f"--checkpoint '{checkpoint}' holds a '{meta.get('model')}' model, not '{model}'"
