@@ -422,7 +422,6 @@ def _hls_section(rep: Report, r: dict[str, StepResult]) -> None:
 def run_demo(out_dir: Path, settings: DemoSettings | None = None, force: bool = False,
              console: Console | None = None) -> dict[str, StepResult]:
     """Run the demo into ``out_dir`` (refused if it exists and is not empty, unless ``force``)."""
-    out_dir = Path(out_dir)
     out_dir = replaceable_dir(out_dir)  # never '.', a folder above it, or a file (resolved: a link's target)
     if out_dir.exists() and any(out_dir.iterdir()):
         if not force:

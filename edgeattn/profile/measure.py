@@ -19,7 +19,7 @@ import numpy as np
 
 from edgeattn.errors import EdgeAttnError
 from edgeattn.profile import system
-from edgeattn.profile.runners import INFER_PRECISIONS, OPENVINO_HINTS, Runner, open_runner
+from edgeattn.profile.runners import Runner, check_openvino_options, open_runner
 from edgeattn.profile.schema import ArtifactResult, Efficiency, LatencyStats, ProfileReport
 
 ProgressFn = Callable[[str, float, float], None]
@@ -129,12 +129,7 @@ def check_settings(
         raise EdgeAttnError(f"--warmup must be >= 0, got {warmup}")
     if layer_runs < 1:
         raise EdgeAttnError(f"--layer-runs must be >= 1, got {layer_runs}")
-    if not isinstance(hint, str) or hint.lower() not in OPENVINO_HINTS:
-        raise EdgeAttnError(f"--hint {hint!r} is not known; choose {', '.join(OPENVINO_HINTS)}")
-    if infer_precision is not None and infer_precision not in INFER_PRECISIONS:
-        raise EdgeAttnError(
-            f"--infer-precision {infer_precision!r} is not known; choose {', '.join(INFER_PRECISIONS)}"
-        )
+    check_openvino_options(hint, infer_precision)
 
 
 def profile_artifacts(

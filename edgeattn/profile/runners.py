@@ -31,6 +31,17 @@ from edgeattn.profile.schema import LayerBreakdown
 RUNTIMES = ("onnxruntime", "openvino", "tensorrt", "coreml")
 OPENVINO_HINTS = ("latency", "throughput", "none")  # performance hints (--hint)
 INFER_PRECISIONS = ("f32", "bf16", "f16")  # OpenVINO inference precisions (--infer-precision)
+
+
+def check_openvino_options(hint: str, infer_precision: str | None) -> None:
+    """Raise :class:`EdgeAttnError` unless ``hint`` is one of :data:`OPENVINO_HINTS` (any case) and
+    ``infer_precision`` is ``None`` or one of :data:`INFER_PRECISIONS`."""
+    if not isinstance(hint, str) or hint.lower() not in OPENVINO_HINTS:
+        raise EdgeAttnError(f"--hint {hint!r} is not known; choose {', '.join(OPENVINO_HINTS)}")
+    if infer_precision is not None and infer_precision not in INFER_PRECISIONS:
+        raise EdgeAttnError(
+            f"--infer-precision {infer_precision!r} is not known; choose {', '.join(INFER_PRECISIONS)}"
+        )
 _EXTENSIONS = {
     ".onnx": "onnxruntime",
     ".xml": "openvino",
@@ -473,9 +484,8 @@ class OpenVINORunner(Runner):
 
     @staticmethod
     def _make_config(hint: str, threads: int | None, infer_precision: str | None = None) -> dict[str, Any]:
+        check_openvino_options(hint, infer_precision)
         hint = hint.lower()
-        if hint not in OPENVINO_HINTS:
-            raise EdgeAttnError(f"--hint {hint!r} is not known; choose {', '.join(OPENVINO_HINTS)}")
         config: dict[str, Any] = {}
         if hint == "none":
             config["NUM_STREAMS"] = "1"  # benchmark_app's -hint none -nstreams 1
@@ -484,10 +494,6 @@ class OpenVINORunner(Runner):
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
         if infer_precision:
-            if infer_precision not in INFER_PRECISIONS:
-                raise EdgeAttnError(
-                    f"--infer-precision {infer_precision!r} is not known; choose {', '.join(INFER_PRECISIONS)}"
-                )
             # precision of the non-quantized ops; the CPU plugin's default is bf16 where the CPU has it
             config["INFERENCE_PRECISION_HINT"] = infer_precision
         return config
