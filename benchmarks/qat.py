@@ -5,8 +5,10 @@ token-adaptive bits on) at W4A8. Language: ``tiny_llama`` on the stdlib byte cor
 
 Every row starts from the same FP checkpoint (trained once, first), uses the same seed, epochs and data order, and
 is written to the JSON as soon as it finishes (``--resume`` skips rows already in the file), so a partial run still
-leaves a valid table. Top-1 is in %, perplexity is on the validation split, ``attn_kl`` is the mean KL(FP attention
-|| quantized attention) over every attention row of 64 validation samples.
+leaves a valid table. Top-1 is in %, perplexity is on the validation split, ``nll`` (and the section's ``fp32_nll``)
+is the validation cross-entropy in nats per image or token, ``attn_kl`` is the mean KL(FP attention || quantized
+attention) over every attention row of 64 validation samples. ``seed_summary[...][<bits>]["nll"]`` pairs the W8A8-style
+methods by seed on that cross-entropy, where one validation image is too coarse a step for top-1.
 
     python benchmarks/qat.py --out benchmarks/qat.json            # the whole table
     python benchmarks/qat.py --only vision --qat-epochs 1 --out /tmp/q.json
@@ -353,6 +355,7 @@ def run_suite(
         if res.get("status") != "done":
             raise SystemExit(f"[{suite}] FP training interrupted; rerun with --resume")
         section["fp32"] = res["fp32"]
+        section["fp32_nll"] = res["fp32_nll"]
         section["fp_train_seconds"] = res.get("fp_train_seconds")
         section["fp_total_seconds"] = time.perf_counter() - t0
         section["metric"] = res["metric"]
@@ -370,12 +373,15 @@ def run_suite(
         if res.get("status") != "done":  # Ctrl-C / SIGTERM: a truncated row must not enter the table
             raise SystemExit(f"[{suite}] {row['name']} interrupted; rerun with --resume")
         value = res["ptq"] if "ptq" in row else res["qat"]
+        section.setdefault("fp32_nll", res["fp32_nll"])  # sections whose FP model was trained before it was measured
         is_float = row.get("quant") == FLOAT_EVERYTHING
         done[row["name"]] = {
             "method": row["method"],
             "bits": "fp32" if is_float else row["bits"],
             "value": value,
             "ptq_value": None if is_float else res["ptq"],
+            "nll": res["ptq_nll"] if "ptq" in row else res["qat_nll"],
+            "ptq_nll": None if is_float else res["ptq_nll"],
             "attn_kl": res["attn_kl_ptq"] if "ptq" in row else res["attn_kl_qat"],
             "weight_bits": None if is_float else res["quant_config"]["weight_bits"],
             "act_bits": None if is_float else res["quant_config"]["act_bits"],
@@ -392,6 +398,8 @@ def run_suite(
                 "bits": row["bits"],
                 "value": res["ptq"],
                 "ptq_value": res["ptq"],
+                "nll": res["ptq_nll"],
+                "ptq_nll": res["ptq_nll"],
                 "attn_kl": res["attn_kl_ptq"],
                 "weight_bits": res["quant_config"]["weight_bits"],
                 "act_bits": res["quant_config"]["act_bits"],
@@ -526,6 +534,48 @@ def _best_ptq(rows: dict[str, Any], bits: str, variant: str = "") -> float | Non
     return max((rows[k]["value"] for k in names if k in rows), default=None)
 
 
+def _nll_summary(sections: dict[int, dict[str, Any]], bits: str) -> dict[str, Any]:
+    """Validation cross-entropy (nats per image) of the W8A8-style comparison, where top-1 ties: FP32, the best PTQ
+    (per seed, the lower of min-max and percentile), plain QAT, the default EdgeQAT and the FP fine-tuning control,
+    and each one's paired gain (the other's NLL minus its own: positive is better) over the best PTQ and others.
+    Only rows that recorded an ``nll`` count (rows run before it was measured have none)."""
+
+    def nll_of(rows: dict[str, Any], prefix: str) -> float | None:
+        return rows.get(f"{prefix}-{bits}", {}).get("nll")
+
+    getters: dict[str, Callable[[dict[str, Any]], float | None]] = {
+        "fp32": lambda sec: sec.get("fp32_nll"),
+        "ptq_best": lambda sec: min(
+            (v for v in (nll_of(sec["rows"], "ptq-minmax"), nll_of(sec["rows"], "ptq-percentile")) if v is not None),
+            default=None,
+        ),
+        "ptq_minmax": lambda sec: nll_of(sec["rows"], "ptq-minmax"),
+        "ptq_percentile": lambda sec: nll_of(sec["rows"], "ptq-percentile"),
+        "plain_qat": lambda sec: nll_of(sec["rows"], "qat"),
+        "edgeqat_no_entropy": lambda sec: nll_of(sec["rows"], "edgeqat-no-entropy"),
+        "fp_finetune": lambda sec: nll_of(sec["rows"], "fp-finetune"),
+    }
+    values: dict[str, dict[int, float]] = {m: {} for m in getters}
+    for seed, sec in sections.items():
+        for m, get in getters.items():
+            v = get(sec)
+            if v is not None:
+                values[m][seed] = v
+    out: dict[str, Any] = {m: _method_stats(v) for m, v in values.items() if v}
+    if out:
+        out["gain"] = "the other's NLL minus this one's, paired per seed: a win is a lower NLL"
+    pairs = [
+        ("edgeqat_no_entropy", other) for other in ("ptq_best", "ptq_minmax", "ptq_percentile", "fp32", "plain_qat")
+    ]
+    pairs += [("edgeqat_no_entropy", "fp_finetune"), ("plain_qat", "ptq_best"), ("fp_finetune", "ptq_best")]
+    pairs += [("fp_finetune", "fp32"), ("ptq_best", "fp32")]
+    for method, other in pairs:
+        common = sorted(set(values[method]) & set(values[other]))
+        if len(common) > 1:
+            out[f"{method}_gain_over_{other}"] = _paired_stats([values[other][s] - values[method][s] for s in common])
+    return out
+
+
 def _method_stats(by_seed: dict[int, float]) -> dict[str, Any]:
     """Mean, spread and count of one method's per-seed values (kept alongside them)."""
     vals = list(by_seed.values())
@@ -620,6 +670,9 @@ def _seed_summary(payload: dict[str, Any], ref: dict[str, Any], only: list[int] 
                 entry[f"{method}_minus_{other}"] = _paired_stats(diffs)
         entry.update(_attn_kl_summary(sections, bits))
         entry.update(_ablation_summary(sections, bits))
+        nll = _nll_summary(sections, bits)
+        if nll:
+            entry["nll"] = nll
         summary[bits] = entry
     payload.setdefault("seed_summary", {})
     if "seeds" in payload["seed_summary"]:  # the first layout held a single summary

@@ -433,23 +433,30 @@ def task_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, ds: TensorDataset, task: str, batch_size: int = 128) -> float:
-    """Top-1 accuracy in % (vision) or perplexity (language) of ``model`` on ``ds``."""
+def validation_metrics(model: nn.Module, ds: TensorDataset, task: str, batch_size: int = 128) -> tuple[float, float]:
+    """``(metric, nll)`` of ``model`` on ``ds`` in one pass: top-1 accuracy in % (vision) or perplexity (language),
+    and the mean cross-entropy in nats per target (per image, or per predicted token).
+
+    The cross-entropy separates models whose top-1 ties: on a small validation set one image is a coarse step."""
     was = model.training
     model.eval()
     correct, total, nll = 0, 0, 0.0
     for x, y in _in_order(ds, batch_size):
         out = model(x)
+        nll += float(F.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1), reduction="sum"))
+        total += y.numel()
         if task == "vision":
             correct += int((out.argmax(-1) == y).sum())
-            total += len(y)
-        else:
-            nll += float(F.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1), reduction="sum"))
-            total += y.numel()
     model.train(was)
+    mean_nll = nll / max(total, 1)
     if task == "vision":
-        return 100.0 * correct / max(total, 1)
-    return math.exp(nll / max(total, 1))
+        return 100.0 * correct / max(total, 1), mean_nll
+    return math.exp(mean_nll), mean_nll
+
+
+def evaluate(model: nn.Module, ds: TensorDataset, task: str, batch_size: int = 128) -> float:
+    """Top-1 accuracy in % (vision) or perplexity (language) of ``model`` on ``ds``."""
+    return validation_metrics(model, ds, task, batch_size)[0]
 
 
 @torch.no_grad()
@@ -655,6 +662,7 @@ def run(
     """Run FP -> PTQ -> QAT as configured; returns the result dict (also written to ``result.json``).
 
     Keys: ``fp32``, ``ptq``, ``qat`` (top-1 % or perplexity), ``metric`` ('top1' or 'perplexity'),
+    ``fp32_nll``/``ptq_nll``/``qat_nll`` (validation cross-entropy, nats per target),
     ``attn_kl_ptq``/``attn_kl_qat`` (mean KL of attention maps vs FP), ``history`` (per-epoch metrics),
     ``status`` ('done' or 'interrupted'), ``seconds``, ``output_dir`` and the checkpoint paths.
     An output directory that already holds a run is refused unless ``resume`` (same settings, see the module
@@ -932,11 +940,11 @@ def _run(cfg: TrainConfig, resume: bool, show: bool, dist: _Dist, force: bool) -
             result["fp_checkpoint"] = str(cfg.fp_checkpoint or fp_path)
             result["model"] = fp_meta["model"]  # the outputs are labelled with what the FP checkpoint holds
             teacher = frozen_teacher(fp_model, fp_meta)
-            result["fp32"] = evaluate(teacher, val, task)
+            result["fp32"], result["fp32_nll"] = validation_metrics(teacher, val, task)
             prog.log(f"FP32 ({result['metric']}): {result['fp32']:.3f}")
             # ---- PTQ baseline
             ptq_model = calibrated_ptq_model(cfg, teacher, qcfg, train)
-            result["ptq"] = evaluate(ptq_model, val, task)
+            result["ptq"], result["ptq_nll"] = validation_metrics(ptq_model, val, task)
             result["attn_kl_ptq"] = attention_fidelity(ptq_model, teacher, val)
             prog.log(f"PTQ  ({result['metric']}): {result['ptq']:.3f}")
             q_meta = {
@@ -950,12 +958,12 @@ def _run(cfg: TrainConfig, resume: bool, show: bool, dist: _Dist, force: bool) -
             if dist.is_main:
                 save_checkpoint(out_dir / "ptq.pt", ptq_model, q_meta)
             if cfg.skip_qat:
-                result.update(qat=None, attn_kl_qat=None, history=[], status="done")
+                result.update(qat=None, qat_nll=None, attn_kl_qat=None, history=[], status="done")
                 return _finish(result, out_dir, t0, dist)
             # ---- QAT
             history = _qat(cfg, ptq_model, teacher, train, val, task, q_meta, out_dir, state, dist, prog, stop)
             result["history"] = history
-            result["qat"] = evaluate(ptq_model, val, task)
+            result["qat"], result["qat_nll"] = validation_metrics(ptq_model, val, task)
             result["attn_kl_qat"] = attention_fidelity(ptq_model, teacher, val)
             result["status"] = "interrupted" if stop.stop else "done"
             prog.log(f"QAT  ({result['metric']}): {result['qat']:.3f}")
@@ -1035,7 +1043,7 @@ def _qat(
         sums = dist.mean_over_ranks(sums)  # metrics of the global batch, not of rank 0's shard
         row: dict[str, Any] = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"]}
         row.update({f"loss_{k}": v / max(n_steps, 1) for k, v in sums.items()})
-        row["val"] = evaluate(student, val, task)
+        row["val"], row["val_nll"] = validation_metrics(student, val, task)
         row["seconds"] = time.perf_counter() - t_ep
         history.append(row)
         prog.log(
@@ -1114,6 +1122,7 @@ __all__ = [
     "build_config",
     "run",
     "evaluate",
+    "validation_metrics",
     "attention_fidelity",
     "load_data",
     "quant_config_for",

@@ -94,3 +94,32 @@ def test_vision_sweep_summary_uses_the_better_ptq(bench):
     assert (over_ptq["wins"], over_ptq["losses"]) == (1, 1)
     assert entry["qat_gain_over_ptq"]["mean"] == pytest.approx(-0.25)
     assert entry["edgeqat-no-entropy_gain_over_qat"]["mean"] == pytest.approx(0.0)
+
+
+def test_nll_summary_takes_the_lower_ptq_and_counts_a_lower_nll_as_a_gain(bench):
+    # two seeds; the best PTQ is the LOWER cross-entropy of the two PTQ rows (0.10, then 0.20)
+    rows = [
+        {
+            "ptq-minmax-w8a8": {"nll": 0.12},
+            "ptq-percentile-w8a8": {"nll": 0.10},
+            "qat-w8a8": {"nll": 0.15},
+            "edgeqat-no-entropy-w8a8": {"nll": 0.09},
+        },
+        {
+            "ptq-minmax-w8a8": {"nll": 0.20},
+            "ptq-percentile-w8a8": {"nll": 0.25},
+            "qat-w8a8": {"nll": 0.30},
+            "edgeqat-no-entropy-w8a8": {"nll": 0.23},
+            "edgeqat-w8a8": {"value": 97.0},  # a row without an nll (run before it was measured) is left out
+        },
+    ]
+    sections = {s: {"fp32": 98.0, "fp32_nll": 0.1 * (s + 1), "rows": r} for s, r in enumerate(rows)}
+    out = bench._nll_summary(sections, "w8a8")
+    assert out["ptq_best"]["by_seed"] == {0: 0.10, 1: 0.20}
+    gain = out["edgeqat_no_entropy_gain_over_ptq_best"]  # 0.10 - 0.09 = +0.01, 0.20 - 0.23 = -0.03
+    assert gain["mean"] == pytest.approx(-0.01)
+    assert (gain["wins"], gain["ties"], gain["losses"]) == (1, 0, 1)
+    assert out["edgeqat_no_entropy_gain_over_plain_qat"]["mean"] == pytest.approx((0.06 + 0.07) / 2)
+    assert out["edgeqat_no_entropy_gain_over_fp32"]["mean"] == pytest.approx((0.01 - 0.03) / 2)
+    assert "fp_finetune" not in out and "edgeqat_no_entropy_gain_over_fp_finetune" not in out  # no control ran
+    assert bench._nll_summary({s: {"rows": {"qat-w8a8": {"value": 1.0}}} for s in range(2)}, "w8a8") == {}

@@ -53,14 +53,43 @@ def test_run_end_to_end_writes_checkpoints_and_metrics(tmp_path):
         assert 0.0 <= res[key] <= 100.0
     assert res["attn_kl_qat"] is not None and res["attn_kl_qat"] >= 0
     hist = json.loads((tmp_path / "r" / "metrics.json").read_text())["history"]
-    assert len(hist) == 1 and {"loss_task", "loss_entropy", "loss_distribution", "val"} <= set(hist[0])
+    assert len(hist) == 1 and {"loss_task", "loss_entropy", "loss_distribution", "val", "val_nll"} <= set(hist[0])
     model, meta = load_checkpoint(tmp_path / "r" / "model.pt")
     assert meta["quant"]["token_adaptive"] and meta["reparameterized"]
     ds = T.load_data(T.TrainConfig.parse(tiny_cfg(tmp_path)))[1]
     assert T.evaluate(model, ds, "vision") == pytest.approx(res["qat"])
+    assert T.validation_metrics(model, ds, "vision")[1] == pytest.approx(res["qat_nll"], rel=1e-6)
+    assert hist[0]["val_nll"] == pytest.approx(res["qat_nll"], rel=1e-6)
+    assert all(res[k] > 0 for k in ("fp32_nll", "ptq_nll", "qat_nll"))
     # the same output directory is not silently overwritten
     with pytest.raises(T.EdgeAttnError, match="already holds a run"):
         T.run(tiny_cfg(tmp_path / "r", epochs=1), progress=False)
+
+
+def _float64_nll(logits: np.ndarray, target: np.ndarray) -> float:
+    """Mean -log softmax(logits)[target] over every target, by hand in float64."""
+    z = logits.reshape(-1, logits.shape[-1]).astype(np.float64)
+    t = target.reshape(-1)
+    log_norm = z.max(-1) + np.log(np.exp(z - z.max(-1, keepdims=True)).sum(-1))
+    return float(np.mean(log_norm - z[np.arange(len(t)), t]))
+
+
+def test_validation_metrics_match_a_float64_hand_computation():
+    gen = torch.Generator().manual_seed(0)
+    # vision: 10 images, 5 classes, batches of 3 (a short last batch)
+    net = torch.nn.Linear(6, 5)
+    x, y = torch.randn(10, 6, generator=gen), torch.randint(0, 5, (10,), generator=gen)
+    logits = net(x).detach().double().numpy()
+    top1, nll = T.validation_metrics(net, torch.utils.data.TensorDataset(x, y), "vision", batch_size=3)
+    assert top1 == 100.0 * float(np.mean(logits.argmax(-1) == y.numpy()))
+    assert nll == pytest.approx(_float64_nll(logits, y.numpy()), rel=1e-6)
+    # language: (B, T) tokens, nll per predicted token and perplexity = exp(nll)
+    emb = torch.nn.Embedding(7, 7)
+    tok, nxt = torch.randint(0, 7, (5, 4), generator=gen), torch.randint(0, 7, (5, 4), generator=gen)
+    ppl, nll = T.validation_metrics(emb, torch.utils.data.TensorDataset(tok, nxt), "language", batch_size=2)
+    ref = _float64_nll(emb(tok).detach().double().numpy(), nxt.numpy())
+    assert nll == pytest.approx(ref, rel=1e-6) and ppl == pytest.approx(np.exp(ref), rel=1e-6)
+    assert T.evaluate(emb, torch.utils.data.TensorDataset(tok, nxt), "language") == pytest.approx(ppl)
 
 
 def test_resume_continues_exactly(tmp_path, monkeypatch):
