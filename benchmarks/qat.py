@@ -528,10 +528,65 @@ def _ablation_summary(sections: dict[int, dict[str, Any]], bits: str) -> dict[st
     return out
 
 
-def _best_ptq(rows: dict[str, Any], bits: str, variant: str = "") -> float | None:
-    """The better of the min-max and percentile PTQ rows of ``bits`` (``variant`` e.g. ``"mse-"``), if any ran."""
+def _best_ptq(rows: dict[str, Any], bits: str, variant: str = "", field: str = "value") -> float | None:
+    """The better of the min-max and percentile PTQ rows of ``bits`` (``variant`` e.g. ``"mse-"``), if any ran:
+    the higher top-1 (``field`` 'value'), or the lower cross-entropy (``field`` 'nll'; rows without one are skipped)."""
     names = (f"ptq-minmax-{variant}{bits}", f"ptq-percentile-{variant}{bits}")
-    return max((rows[k]["value"] for k in names if k in rows), default=None)
+    found = [rows[k][field] for k in names if rows.get(k, {}).get(field) is not None]
+    return (min if field == "nll" else max)(found, default=None)
+
+
+def _paired_gain(
+    values: dict[str, dict[int, float]], method: str, other: str, sign: float = 1.0, min_seeds: int = 1
+) -> dict[str, Any] | None:
+    """:func:`_paired_stats` of ``sign * (method - other)`` over the seeds both have (``values``: method -> seed ->
+    value), or None if they share fewer than ``min_seeds``. ``sign`` -1 makes a lower value the gain (perplexity,
+    cross-entropy)."""
+    common = sorted(set(values.get(method, {})) & set(values.get(other, {})))
+    if len(common) < min_seeds:
+        return None
+    return _paired_stats([sign * (values[method][s] - values[other][s]) for s in common])
+
+
+# vision method -> row-name prefix in a section (the row is ``<prefix>-<bits>``); FP32 and the best PTQ come from
+# the section and _best_ptq
+_VISION_ROW_OF = {
+    "plain_qat": "qat",
+    "edgeqat": "edgeqat",
+    "edgeqat_all_losses": "edgeqat-all-losses",
+    "edgeqat_no_entropy": "edgeqat-no-entropy",
+    "edgeqat_token_adaptive": "edgeqat-no-entropy-token-adaptive",
+    "fp_finetune": "fp-finetune",
+    "plain_qat_clip": "qat-clip",
+    "edgeqat_clip": "edgeqat-no-entropy-clip",
+    "ptq_minmax": "ptq-minmax",
+    "ptq_percentile": "ptq-percentile",
+    **{f"edgeqat_{only}_only": f"edgeqat-{only}-only" for only in SINGLE_LOSSES},
+    "edgeqat_floor": "edgeqat-no-entropy-floor",
+    "edgeqat_floor_clip": "edgeqat-no-entropy-floor-clip",
+}
+
+
+def _vision_values(
+    sections: dict[int, dict[str, Any]], bits: str, field: str = "value", methods: tuple[str, ...] | None = None
+) -> dict[str, dict[int, float]]:
+    """method -> seed -> ``field`` of that method's ``bits`` row (top-1 'value', or 'nll'), for ``methods`` (default:
+    FP32, the best PTQ, the best MSE-initialised PTQ and every method of :data:`_VISION_ROW_OF`); seeds whose row did
+    not run, or has no ``field``, are left out."""
+    fp32_key = "fp32" if field == "value" else f"fp32_{field}"
+    getters: dict[str, Callable[[dict[str, Any]], float | None]] = {
+        "fp32": lambda sec: sec.get(fp32_key),
+        "ptq_best": lambda sec: _best_ptq(sec["rows"], bits, field=field),
+        "ptq_best_mse": lambda sec: _best_ptq(sec["rows"], bits, "mse-", field),
+        **{
+            m: (lambda sec, p=prefix: sec["rows"].get(f"{p}-{bits}", {}).get(field))
+            for m, prefix in _VISION_ROW_OF.items()
+        },
+    }
+    values: dict[str, dict[int, float]] = {}
+    for m in methods or tuple(getters):
+        values[m] = {seed: v for seed, sec in sections.items() if (v := getters[m](sec)) is not None}
+    return values
 
 
 def _nll_summary(sections: dict[int, dict[str, Any]], bits: str) -> dict[str, Any]:
@@ -539,28 +594,8 @@ def _nll_summary(sections: dict[int, dict[str, Any]], bits: str) -> dict[str, An
     (per seed, the lower of min-max and percentile), plain QAT, the default EdgeQAT and the FP fine-tuning control,
     and each one's paired gain (the other's NLL minus its own: positive is better) over the best PTQ and others.
     Only rows that recorded an ``nll`` count (rows run before it was measured have none)."""
-
-    def nll_of(rows: dict[str, Any], prefix: str) -> float | None:
-        return rows.get(f"{prefix}-{bits}", {}).get("nll")
-
-    getters: dict[str, Callable[[dict[str, Any]], float | None]] = {
-        "fp32": lambda sec: sec.get("fp32_nll"),
-        "ptq_best": lambda sec: min(
-            (v for v in (nll_of(sec["rows"], "ptq-minmax"), nll_of(sec["rows"], "ptq-percentile")) if v is not None),
-            default=None,
-        ),
-        "ptq_minmax": lambda sec: nll_of(sec["rows"], "ptq-minmax"),
-        "ptq_percentile": lambda sec: nll_of(sec["rows"], "ptq-percentile"),
-        "plain_qat": lambda sec: nll_of(sec["rows"], "qat"),
-        "edgeqat_no_entropy": lambda sec: nll_of(sec["rows"], "edgeqat-no-entropy"),
-        "fp_finetune": lambda sec: nll_of(sec["rows"], "fp-finetune"),
-    }
-    values: dict[str, dict[int, float]] = {m: {} for m in getters}
-    for seed, sec in sections.items():
-        for m, get in getters.items():
-            v = get(sec)
-            if v is not None:
-                values[m][seed] = v
+    methods = ("fp32", "ptq_best", "ptq_minmax", "ptq_percentile", "plain_qat", "edgeqat_no_entropy", "fp_finetune")
+    values = _vision_values(sections, bits, "nll", methods)
     out: dict[str, Any] = {m: _method_stats(v) for m, v in values.items() if v}
     if out:
         out["gain"] = "the other's NLL minus this one's, paired per seed: a win is a lower NLL"
@@ -570,9 +605,8 @@ def _nll_summary(sections: dict[int, dict[str, Any]], bits: str) -> dict[str, An
     pairs += [("edgeqat_no_entropy", "fp_finetune"), ("plain_qat", "ptq_best"), ("fp_finetune", "ptq_best")]
     pairs += [("fp_finetune", "fp32"), ("ptq_best", "fp32")]
     for method, other in pairs:
-        common = sorted(set(values[method]) & set(values[other]))
-        if len(common) > 1:
-            out[f"{method}_gain_over_{other}"] = _paired_stats([values[other][s] - values[method][s] for s in common])
+        if (gain := _paired_gain(values, method, other, sign=-1.0, min_seeds=2)) is not None:
+            out[f"{method}_gain_over_{other}"] = gain
     return out
 
 
@@ -598,39 +632,9 @@ def _seed_summary(payload: dict[str, Any], ref: dict[str, Any], only: list[int] 
         key += f"_seeds_{min(only)}-{max(only)}"
     if len(sections) < 2:
         return
-    # method -> row-name prefix (the row is ``<prefix>-<bits>``); FP32 and the best PTQ are computed below
-    row_of = {
-        "plain_qat": "qat",
-        "edgeqat": "edgeqat",
-        "edgeqat_all_losses": "edgeqat-all-losses",
-        "edgeqat_no_entropy": "edgeqat-no-entropy",
-        "edgeqat_token_adaptive": "edgeqat-no-entropy-token-adaptive",
-        "fp_finetune": "fp-finetune",
-        "plain_qat_clip": "qat-clip",
-        "edgeqat_clip": "edgeqat-no-entropy-clip",
-        "ptq_minmax": "ptq-minmax",
-        "ptq_percentile": "ptq-percentile",
-        **{f"edgeqat_{only}_only": f"edgeqat-{only}-only" for only in SINGLE_LOSSES},
-        "edgeqat_floor": "edgeqat-no-entropy-floor",
-        "edgeqat_floor_clip": "edgeqat-no-entropy-floor-clip",
-    }
-    methods: dict[str, Callable[[dict[str, Any], dict[str, Any], str], float | None]] = {
-        "fp32": lambda rows, sec, bits: sec.get("fp32"),
-        "ptq_best": lambda rows, sec, bits: _best_ptq(rows, bits),
-        "ptq_best_mse": lambda rows, sec, bits: _best_ptq(rows, bits, "mse-"),
-        **{
-            m: (lambda rows, sec, bits, p=prefix: rows.get(f"{p}-{bits}", {}).get("value"))
-            for m, prefix in row_of.items()
-        },
-    }
     summary: dict[str, Any] = {"seeds": list(sections), "config": ref}
     for bits in ("w8a8", "w4a8", "w4a4"):
-        values: dict[str, dict[int, float]] = {m: {} for m in methods}
-        for seed, sec in sections.items():
-            for m, get in methods.items():
-                v = get(sec["rows"], sec, bits)
-                if v is not None:
-                    values[m][seed] = v
+        values = _vision_values(sections, bits)
         entry: dict[str, Any] = {m: _method_stats(by_seed) for m, by_seed in values.items() if by_seed}
         pairs = [
             (m, o)
@@ -664,10 +668,8 @@ def _seed_summary(payload: dict[str, Any], ref: dict[str, Any], only: list[int] 
             for other in ("fp32", "ptq_best", "ptq_minmax", "ptq_percentile", "plain_qat", "edgeqat_no_entropy")
         ]
         for method, other in pairs:
-            common = sorted(set(values[method]) & set(values[other]))
-            if common:
-                diffs = [values[method][s] - values[other][s] for s in common]
-                entry[f"{method}_minus_{other}"] = _paired_stats(diffs)
+            if (diff := _paired_gain(values, method, other)) is not None:
+                entry[f"{method}_minus_{other}"] = diff
         entry.update(_attn_kl_summary(sections, bits))
         entry.update(_ablation_summary(sections, bits))
         nll = _nll_summary(sections, bits)
@@ -767,9 +769,8 @@ def _lr_sweep_summary(
     for setting, values in settings.items():
         entry: dict[str, Any] = {m: _method_stats(by_seed) for m, by_seed in values.items()}
         for m, o in pairs:
-            common = sorted(set(values.get(m, {})) & set(values.get(o, {})))
-            if common:
-                entry[f"{m}_gain_over_{o}"] = _paired_stats([sign * (values[m][s] - values[o][s]) for s in common])
+            if (gain := _paired_gain(values, m, o, sign)) is not None:
+                entry[f"{m}_gain_over_{o}"] = gain
         out[setting] = entry
     if settings:
         payload.setdefault("lr_sweep_summary", {})[key] = out

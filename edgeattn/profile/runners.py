@@ -42,6 +42,8 @@ def check_openvino_options(hint: str, infer_precision: str | None) -> None:
         raise EdgeAttnError(
             f"--infer-precision {infer_precision!r} is not known; choose {', '.join(INFER_PRECISIONS)}"
         )
+
+
 _EXTENSIONS = {
     ".onnx": "onnxruntime",
     ".xml": "openvino",
