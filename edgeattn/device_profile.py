@@ -67,6 +67,14 @@ class QuantSpec(_Strict):
         description="quantize Linear layers (token GEMMs) and the quant points that feed only them "
         "(false: int8 convolutions only, for runtimes whose int8 GEMM is slower than their float one)",
     )
+    kv_max_bits: int | None = Field(
+        None,
+        ge=2,
+        le=16,
+        description="at most this many bits for K and V, the second operands of the attention matmuls (7 on x86 "
+        "CPUs without VNNI, whose int8 kernels add u8 x s8 products in pairs in 16 bits: an 8-bit second "
+        "operand saturates there like an 8-bit weight)",
+    )
 
 
 class Tolerance(_Strict):
@@ -269,7 +277,7 @@ def _read_yaml(text: str, source: str) -> Any:
 def load_profile(name_or_path: str | Path) -> DeviceProfile:
     """Load a profile by shipped name (``jetson-orin-trt10``) or by path to a YAML file.
 
-    ``host-cpu`` is resolved against the machine it runs on: its weight bit width follows the CPU
+    ``host-cpu`` is resolved against the machine it runs on: its weight bit width and K/V cap follow the CPU
     (7 bits on x86 without VNNI, see :mod:`edgeattn.hostinfo`).
     """
     text_name = str(name_or_path)
@@ -296,10 +304,11 @@ def load_profile(name_or_path: str | Path) -> DeviceProfile:
 def _resolve_host(profile: DeviceProfile) -> DeviceProfile:
     from edgeattn.hostinfo import detect_host
 
-    bits = detect_host().recommended_weight_bits
-    if bits == profile.quant.weight_bits:
+    host = detect_host()
+    update = {"weight_bits": host.recommended_weight_bits, "kv_max_bits": host.recommended_kv_max_bits}
+    if all(getattr(profile.quant, k) == v for k, v in update.items()):
         return profile
-    return profile.model_copy(update={"quant": profile.quant.model_copy(update={"weight_bits": bits})})
+    return profile.model_copy(update={"quant": profile.quant.model_copy(update=update)})
 
 
 def describe_fields(model: type[BaseModel] = DeviceProfile, prefix: str = "") -> list[tuple[str, str, str]]:

@@ -40,6 +40,11 @@ class HostInfo(BaseModel):
     is_jetson: bool = False
     matching_profile: str = Field(description="shipped profile that fits this machine best")
     recommended_weight_bits: int = Field(description="7 on x86 without VNNI (int8 pair saturation), else 8")
+    recommended_kv_max_bits: int | None = Field(
+        None,
+        description="7 on x86 without VNNI, else None (no cap): K and V are the second operands of the attention "
+        "matmuls, which those int8 kernels treat like weights",
+    )
 
 
 def _cpu_flags_and_model() -> tuple[set[str], str]:
@@ -139,4 +144,5 @@ def detect_host() -> HostInfo:
         is_jetson=is_jetson,
         matching_profile=profile,
         recommended_weight_bits=7 if (x86 and not has_vnni) else 8,
+        recommended_kv_max_bits=7 if (x86 and not has_vnni) else None,
     )

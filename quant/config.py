@@ -30,6 +30,11 @@ Importance = Literal["auto", "first", "mean"]
 
 _BITS_RE = re.compile(r"^w(\d+)a(\d+)$")
 
+# The quant points of K and V: the second operands of the attention matmuls (Q @ K^T, P @ V). An int8 kernel
+# without VNNI adds u8 x s8 products in pairs in 16 bits; the first operand spans 0..255 after its +128 shift,
+# so the second must stay within +-64 (7 bits) for 2 * 255 * 64 = 32640 to fit, exactly like a weight.
+KV_POINTS = ("k_quant", "v_quant")
+
 
 def _check_bits(value: int | None, what: str) -> int | None:
     if value is None:
@@ -84,6 +89,11 @@ class QuantConfig(BaseModel):
     quantize_linear: bool = Field(
         True, description="quantize Linear layers and the quant points that feed only Linear layers"
     )
+    kv_max_bits: int | None = Field(
+        None,
+        description="at most this many bits for K and V (k_quant, v_quant), the attention matmuls' second operands "
+        "(7 on x86 without VNNI, where an 8-bit second operand saturates the int8 kernels' 16-bit pair sums)",
+    )
     token_adaptive: bool = Field(False, description="EdgeQAT token-importance-aware activation bits")
     token_ratio: float = Field(0.5, ge=0.0, le=1.0, description="fraction of tokens that get low_act_bits")
     importance: Importance = Field(
@@ -98,7 +108,7 @@ class QuantConfig(BaseModel):
         description="module-name pattern (fnmatch; covers everything under a match) -> per-layer bit widths",
     )
 
-    @field_validator("weight_bits", "act_bits", "low_act_bits", "softmax_bits")
+    @field_validator("weight_bits", "act_bits", "low_act_bits", "softmax_bits", "kv_max_bits")
     @classmethod
     def _bits(cls, v: int | None, info: Any) -> int | None:
         return _check_bits(v, info.field_name)
@@ -149,6 +159,7 @@ class QuantConfig(BaseModel):
             "preset": q.preset,
             "quantize_attention": q.quantize_attention,
             "quantize_linear": q.quantize_linear,
+            "kv_max_bits": q.kv_max_bits,
         }
         data.update(updates)
         return cls.parse(data, f"profile '{profile.name}'")
@@ -157,7 +168,8 @@ class QuantConfig(BaseModel):
         """A copy at a bit setting: ``"w8a8"``, ``"w4a8"``, ``"w4a4"`` (any ``wNaM``) or ``"profile"``.
 
         For ``"profile"`` the config is returned unchanged. A 7-bit-weight profile (x86 without VNNI) keeps
-        its 7-bit cap: ``w8a8`` on it means 7-bit weights, since 8-bit weights would saturate there.
+        its 7-bit cap: ``w8a8`` on it means 7-bit weights, since 8-bit weights would saturate there
+        (``kv_max_bits`` is kept too).
         """
         if setting == "profile":
             return self
@@ -193,11 +205,14 @@ class QuantConfig(BaseModel):
         return bits
 
     def act_bits_for(self, name: str) -> int:
-        """Activation bits for the quant point called ``name`` (last matching override wins)."""
+        """Activation bits for the quant point called ``name`` (last matching override wins; K and V are then
+        capped at ``kv_max_bits``)."""
         bits = self.act_bits
         for pat, o in self.overrides.items():
             if o.act_bits is not None and matches_module(name, pat):
                 bits = o.act_bits
+        if self.kv_max_bits is not None and name.rsplit(".", 1)[-1] in KV_POINTS:
+            bits = min(bits, self.kv_max_bits)
         return bits
 
 

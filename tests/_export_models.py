@@ -22,7 +22,8 @@ class TinyAttention(nn.Module):
         ident = quant["identity"] if quant else (lambda signed=True: nn.Identity())
         self.qkv = lin(dim, 3 * dim)
         self.proj = lin(dim, dim)
-        self.in_quant, self.q_quant, self.k_quant, self.v_quant = ident(), ident(), ident(), ident()
+        kv_ident = quant.get("kv_identity", ident) if quant else ident
+        self.in_quant, self.q_quant, self.k_quant, self.v_quant = ident(), ident(), kv_ident(), kv_ident()
         self.attn_quant, self.proj_in_quant = ident(), ident()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -69,18 +70,33 @@ class TinyViT(nn.Module):
         return self.head(self.head_in(x.mean(1)))
 
 
-def brevitas_layers(weight_bits: int = 8) -> dict:
-    """brevitas layer factories: signed int8 activations, per-channel ``weight_bits`` weights, float bias."""
+def host_bits() -> tuple[int, int]:
+    """(weight bits, K/V bits) whose int8 products this machine's CPU kernels add without saturating: 8 and 8 with
+    VNNI; 7 and 7 on x86 without it (16-bit pair sums, see edgeattn.quant.config.KV_POINTS). This is what the
+    ``host-cpu`` profile resolves to here."""
+    from edgeattn.hostinfo import detect_host
+
+    host = detect_host()
+    return host.recommended_weight_bits, host.recommended_kv_max_bits or 8
+
+
+def brevitas_layers(weight_bits: int = 8, kv_bits: int = 8) -> dict:
+    """brevitas layer factories: signed int8 activations, per-channel ``weight_bits`` weights, float bias;
+    ``kv_identity`` quantizes K and V of TinyAttention with ``kv_bits``."""
     import brevitas.nn as qnn
     from brevitas.quant import Int8ActPerTensorFloat, Int8WeightPerChannelFloat
 
     class WeightQ(Int8WeightPerChannelFloat):
         bit_width = weight_bits
 
+    class KVQ(Int8ActPerTensorFloat):
+        bit_width = kv_bits
+
     return {
         "conv": lambda *a, **k: qnn.QuantConv2d(*a, weight_quant=WeightQ, bias_quant=None, **k),
         "linear": lambda *a, **k: qnn.QuantLinear(*a, weight_quant=WeightQ, bias_quant=None, **k),
         "identity": lambda signed=True: qnn.QuantIdentity(act_quant=Int8ActPerTensorFloat),
+        "kv_identity": lambda signed=True: qnn.QuantIdentity(act_quant=KVQ),
     }
 
 
@@ -95,10 +111,10 @@ def calibrate(model: nn.Module, batches: list[torch.Tensor]) -> nn.Module:
     return model.eval()
 
 
-def tiny_quant_vit(weight_bits: int = 8, seed: int = 0, img: int = 32) -> TinyViT:
+def tiny_quant_vit(weight_bits: int = 8, seed: int = 0, img: int = 32, kv_bits: int = 8) -> TinyViT:
     """A calibrated brevitas TinyViT."""
     torch.manual_seed(seed)
-    model = TinyViT(img=img, quant=brevitas_layers(weight_bits))
+    model = TinyViT(img=img, quant=brevitas_layers(weight_bits, kv_bits))
     gen = torch.Generator().manual_seed(seed + 1)
     return calibrate(model, [torch.randn(8, 3, img, img, generator=gen) for _ in range(4)])
 

@@ -53,7 +53,7 @@ def test_export_all_matches_separate_uncached_runs(shared, tmp_path):
             assert a["n_inputs"] == b["n_inputs"] == 4
             assert a["tolerance"] == b["tolerance"]
         assert (out / target / "model.onnx").read_bytes() == (tmp_path / target / "model.onnx").read_bytes()
-    # host-cpu and intel-vnni-openvino quantize alike: one ONNX serves both, so they are the same bytes
+    # onnx and openvino both default to host-cpu: one ONNX serves both, so they are the same bytes
     assert (out / "onnx" / "model.onnx").read_bytes() == (out / "openvino" / "model.onnx").read_bytes()
     assert reports["openvino"].timings_s["onnx_export"] < reports["onnx"].timings_s["onnx_export"]
     noopt = {t: next(p for p in r.parity if p["runtime"] == "onnxruntime-noopt") for t, r in reports.items()}

@@ -154,20 +154,27 @@ def _fake_host(monkeypatch, flags: set[str], machine: str = "x86_64") -> None:
 
 
 @pytest.mark.parametrize(
-    ("flags", "profile", "bits"),
+    ("flags", "profile", "bits", "kv_cap"),
     [
-        ({"avx2", "fma"}, "intel-avx2-openvino", 7),
-        ({"avx2", "fma", "avx512f", "avx512_vnni"}, "intel-vnni-openvino", 8),
-        ({"avx2", "fma", "avx_vnni"}, "intel-vnni-openvino", 8),
+        ({"avx2", "fma"}, "intel-avx2-openvino", 7, 7),
+        ({"avx2", "fma", "avx512f", "avx512_vnni"}, "intel-vnni-openvino", 8, None),
+        ({"avx2", "fma", "avx_vnni"}, "intel-vnni-openvino", 8, None),
     ],
 )
-def test_host_detection_maps_isa_to_profile(monkeypatch, flags, profile, bits):
+def test_host_detection_maps_isa_to_profile(monkeypatch, flags, profile, bits, kv_cap):
+    from edgeattn.quant import QuantConfig
+
     _fake_host(monkeypatch, flags)
     try:
         host = hostinfo.detect_host()
         assert (host.matching_profile, host.recommended_weight_bits) == (profile, bits)
-        # host-cpu follows the detected ISA: 7-bit weights where int8 pairs saturate
-        assert load_profile("host-cpu").quant.weight_bits == bits
+        assert host.recommended_kv_max_bits == kv_cap
+        # host-cpu follows the detected ISA: 7-bit weights, K and V where int8 pairs saturate
+        quant = load_profile("host-cpu").quant
+        assert (quant.weight_bits, quant.kv_max_bits) == (bits, kv_cap)
+        cfg = QuantConfig.from_profile("host-cpu")
+        assert cfg.act_bits_for("blocks.0.attn.k_quant") == cfg.act_bits_for("blocks.0.attn.v_quant") == (kv_cap or 8)
+        assert cfg.act_bits_for("blocks.0.attn.q_quant") == cfg.act_bits_for("blocks.0.attn.attn_quant") == 8
     finally:
         hostinfo.detect_host.cache_clear()
 

@@ -51,6 +51,27 @@ def test_w8a8_on_a_7bit_profile_keeps_7bit_weights():
     assert QuantConfig.from_profile("intel-avx2-openvino").with_bits("w8a8").weight_bits == 7
 
 
+def test_kv_cap_limits_k_and_v_only():
+    """kv_max_bits (7 on x86 without VNNI) caps the attention matmuls' second operands, K and V, and nothing else;
+    an override below the cap stays, bit settings keep the cap, and the built quantizers have those widths."""
+    from edgeattn.models import create_model
+
+    cfg = QuantConfig(kv_max_bits=7, overrides={"blocks.1.*": {"act_bits": 6}})
+    assert cfg.act_bits_for("blocks.0.attn.k_quant") == cfg.act_bits_for("blocks.0.attn.v_quant") == 7
+    for point in ("q_quant", "attn_quant", "proj_in_quant", "in_quant"):
+        assert cfg.act_bits_for(f"blocks.0.attn.{point}") == 8, point
+    assert cfg.act_bits_for("blocks.1.attn.k_quant") == 6
+    assert cfg.with_bits("w8a8").kv_max_bits == 7 and cfg.with_bits("w4a4").act_bits_for("a.v_quant") == 4
+    assert QuantConfig.from_profile("intel-avx2-openvino").kv_max_bits == 7
+    assert QuantConfig.from_profile("intel-vnni-openvino").kv_max_bits is None
+    model = quantize_model(create_model("vit_tiny", num_classes=10, img_size=32), cfg)
+    bits = {n.rsplit(".", 1)[-1]: float(m.act_quant.bit_width()) for n, m in model.named_modules()
+            if n.startswith("blocks.0.attn.") and n.endswith("_quant") and hasattr(m, "act_quant")}
+    assert bits["k_quant"] == bits["v_quant"] == 7.0 and bits["q_quant"] == bits["attn_quant"] == 8.0
+    with pytest.raises(EdgeAttnError, match="kv_max_bits"):
+        QuantConfig.parse({"kv_max_bits": 1})
+
+
 @pytest.mark.parametrize(
     ("data", "needle"),
     [

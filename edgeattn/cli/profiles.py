@@ -66,6 +66,7 @@ def show(
         for pkg, ver in host.runtimes.items():
             table.add_row(pkg, ver or "[dim]not installed[/]")
         table.add_row("weight bits here", str(host.recommended_weight_bits))
+        table.add_row("K/V bits cap here", str(host.recommended_kv_max_bits or "none"))
         table.add_row("matching profile", f"[bold]{host.matching_profile}[/]")
         console.print(table)
     if json_out:
