@@ -466,12 +466,50 @@ def _export_model(
         if first.get("first_diverging_node"):
             d = first["first_diverging_node"]
             where = f"; first diverging node {d['node']} ({d['op_type']})"
+        hint = _saturation_hint(module, first["runtime"], cpu_isa)
         raise ParityFailure(
-            f"parity gate failed for {name} on {first['runtime']}: {'; '.join(first['failures'])}{where} "
+            f"parity gate failed for {name} on {first['runtime']}: {'; '.join(first['failures'])}{where}{hint} "
             f"(report: {out / 'report.json'})",
             report,
         )
     return report
+
+
+# oneDNN ISAs without VNNI: their int8 kernels add u8 x s8 products in pairs in 16 bits (vpmaddubsw)
+_NO_VNNI_ISAS = frozenset({"SSE41", "AVX", "AVX2", "AVX512_CORE"})
+
+
+def _saturation_hint(module: Any, runtime: str, cpu_isa: str | None) -> str:
+    """The likely cause when a CPU int8 runtime fails on a CPU (or ISA cap) without VNNI and the model has 8-bit
+    weights or 8-bit K/V, which saturate those kernels' 16-bit pair sums; '' when that is not the case."""
+    if not runtime.startswith(("openvino", "onnxruntime")) or runtime == "onnxruntime-noopt":
+        return ""  # ONNX Runtime without graph optimisations computes exact integers
+    if cpu_isa:
+        no_vnni = cpu_isa.upper() in _NO_VNNI_ISAS
+    else:
+        from edgeattn.hostinfo import detect_host
+
+        no_vnni = detect_host().recommended_kv_max_bits is not None
+    if not no_vnni:
+        return ""
+    from brevitas import nn as qnn
+    from edgeattn.quant.config import KV_POINTS
+
+    layers = (qnn.QuantLinear, qnn.QuantConv1d, qnn.QuantConv2d)
+    weights = any(float(m.weight_quant.bit_width()) > 7 for m in module.modules() if isinstance(m, layers))
+    kv = any(
+        float(m.act_quant.bit_width()) > 7
+        for n, m in module.named_modules()
+        if isinstance(m, qnn.QuantIdentity) and n.endswith(KV_POINTS)
+    )
+    wide = [what for what, is_wide in (("weights", weights), ("K/V", kv)) if is_wide]
+    if not wide:
+        return ""
+    cpu = f"the {cpu_isa.upper()} cap" if cpu_isa else "this CPU"
+    return (
+        f"; {cpu} has no VNNI: its int8 kernels add products in pairs in 16 bits, and the model's 8-bit "
+        f"{' and '.join(wide)} saturate them; quantize for host-cpu or intel-avx2-openvino (7-bit weights, K and V)"
+    )
 
 
 def export_all(

@@ -274,6 +274,8 @@ def test_avx2_without_vnni_saturation_is_caught(tmp_path):
             dynamic_batch=True,
         )
     assert info.value.exit_code == 3
+    # the message names the likely cause (tiny conv stack: 8-bit weights, no attention)
+    assert "the AVX2 cap has no VNNI" in str(info.value) and "8-bit weights saturate" in str(info.value)
     failed = info.value.report
     ov = next(p for p in failed.parity if p["runtime"] == "openvino-cpu-avx2")
     assert not ov["passed"] and ov["max_abs_rel_range"] > 0.05
@@ -374,6 +376,20 @@ def test_avx2_int8_matmul_saturates_unless_the_second_operand_has_7_bits(tmp_pat
     np.testing.assert_array_equal(_pairs_in_16_bits(a, b7), a @ b7)
     if kernels is not None:  # in-process runs can be asked which kernel ran: an int8 one, not an f32 fallback
         assert kernels["all_int8"] and kernels["count"] == 1, kernels
+
+
+def test_saturation_hint_names_the_8_bit_operands():
+    """The failure message's hint: only for CPU int8 runtimes on an ISA without VNNI, naming what is 8-bit."""
+    from edgeattn.export.api import _saturation_hint
+
+    kv8 = tiny_quant_vit(weight_bits=7, kv_bits=8)
+    hint = _saturation_hint(kv8, "openvino-cpu-avx2", "avx2")
+    assert "the AVX2 cap has no VNNI" in hint and "model's 8-bit K/V saturate" in hint
+    assert "8-bit weights and K/V" in _saturation_hint(tiny_quant_vit(weight_bits=8), "openvino-cpu", "AVX512_CORE")
+    assert _saturation_hint(tiny_quant_vit(weight_bits=7, kv_bits=7), "openvino-cpu", "AVX2") == ""
+    assert _saturation_hint(kv8, "openvino-cpu", "AVX512_CORE_VNNI") == ""  # VNNI adds in 32 bits
+    assert _saturation_hint(kv8, "onnxruntime-noopt", "AVX2") == ""  # exact integer math
+    assert _saturation_hint(kv8, "tensorrt", "AVX2") == ""
 
 
 class _ConcatFuse(torch.nn.Module):
