@@ -484,8 +484,8 @@ def _saturation_hint(module: Any, runtime: str, cpu_isa: str | None) -> str:
     weights or 8-bit K/V, which saturate those kernels' 16-bit pair sums; '' when that is not the case."""
     if not runtime.startswith(("openvino", "onnxruntime")) or runtime == "onnxruntime-noopt":
         return ""  # ONNX Runtime without graph optimisations computes exact integers
-    if cpu_isa:
-        no_vnni = cpu_isa.upper() in _NO_VNNI_ISAS
+    if cpu_isa:  # already normalised (upper case) by export_model
+        no_vnni = cpu_isa in _NO_VNNI_ISAS
     else:
         from edgeattn.hostinfo import detect_host
 
@@ -505,7 +505,7 @@ def _saturation_hint(module: Any, runtime: str, cpu_isa: str | None) -> str:
     wide = [what for what, is_wide in (("weights", weights), ("K/V", kv)) if is_wide]
     if not wide:
         return ""
-    cpu = f"the {cpu_isa.upper()} cap" if cpu_isa else "this CPU"
+    cpu = f"the {cpu_isa} cap" if cpu_isa else "this CPU"
     return (
         f"; {cpu} has no VNNI: its int8 kernels add products in pairs in 16 bits, and the model's 8-bit "
         f"{' and '.join(wide)} saturate them; quantize for host-cpu or intel-avx2-openvino (7-bit weights, K and V)"

@@ -74,10 +74,10 @@ def host_bits() -> tuple[int, int]:
     """(weight bits, K/V bits) whose int8 products this machine's CPU kernels add without saturating: 8 and 8 with
     VNNI; 7 and 7 on x86 without it (16-bit pair sums, see edgeattn.quant.config.KV_POINTS). This is what the
     ``host-cpu`` profile resolves to here."""
-    from edgeattn.hostinfo import detect_host
+    from edgeattn.device_profile import load_profile
 
-    host = detect_host()
-    return host.recommended_weight_bits, host.recommended_kv_max_bits or 8
+    quant = load_profile("host-cpu").quant
+    return quant.weight_bits, quant.kv_max_bits or quant.act_bits
 
 
 def brevitas_layers(weight_bits: int = 8, kv_bits: int = 8) -> dict:

@@ -74,6 +74,18 @@ def int8_onnx(quant_vit):
 
 
 # ------------------------------------------------------------------------------------------------ ONNX / QDQ
+def _opset17_model(nodes: list, inits: list, x_shape: list[int], y_shape: list[int]) -> onnx.ModelProto:
+    """An opset-17 ONNX model of ``nodes`` with one float input ``x`` and one float output ``y``."""
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, y_shape)],
+        inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
 def test_qcdq_weight_fold_matches_numpy_integer_math():
     """Q -> Clip -> DQ on a float weight becomes an int8 initializer equal to round-half-even + clip."""
     w = np.array([[0.30, -0.74, 0.05], [1.0, -1.0, 0.125]], np.float32)
@@ -91,14 +103,7 @@ def test_qcdq_weight_fold_matches_numpy_integer_math():
         numpy_helper.from_array(np.array(-63, np.int8), "lo"),
         numpy_helper.from_array(np.array(63, np.int8), "hi"),
     ]
-    graph = helper.make_graph(
-        nodes,
-        "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])],
-        inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model = _opset17_model(nodes, inits, [1, 3], [1, 2])
     x = np.array([[1.0, 2.0, -3.0]], np.float32)
     before = run_ort(ort_reference_session(model.SerializeToString()), x)
     assert fold_weight_qcdq(model) == 1
@@ -304,7 +309,6 @@ SCALE = 2.0**-4  # a power of two: integers times it are exact in float32 (with 
 def _int8_matmul_onnx(path: Path) -> None:
     """One input x (32, 12): ``DQ(Q(x[:, :4]^T)) @ DQ(Q(x[:, 4:]))`` with scale SCALE and int8 zero points, so the
     runtime sees the integers of a (4, 32) and b (32, 8) exactly, both as activations (as K and V are)."""
-    from onnx import TensorProto, helper
 
     def ints(name, values):
         return helper.make_tensor(name, TensorProto.INT64, [len(values)], values)
@@ -325,14 +329,7 @@ def _int8_matmul_onnx(path: Path) -> None:
             helper.make_node("DequantizeLinear", [f"{name}_q", "s", "z"], [f"{name}_dq"]),
         ]
     nodes.append(helper.make_node("MatMul", ["a_dq", "b_dq"], ["y"]))
-    graph = helper.make_graph(
-        nodes,
-        "int8_matmul",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [32, 12])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 8])],
-        inits,
-    )
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    onnx.save(_opset17_model(nodes, inits, [32, 12], [4, 8]), str(path))
 
 
 def _pairs_in_16_bits(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -385,7 +382,7 @@ def test_saturation_hint_names_the_8_bit_operands():
     from edgeattn.export.api import _saturation_hint
 
     kv8 = tiny_quant_vit(weight_bits=7, kv_bits=8)
-    hint = _saturation_hint(kv8, "openvino-cpu-avx2", "avx2")
+    hint = _saturation_hint(kv8, "openvino-cpu-avx2", "AVX2")
     assert "the AVX2 cap has no VNNI" in hint and "model's 8-bit K/V saturate" in hint
     assert "8-bit weights and K/V" in _saturation_hint(tiny_quant_vit(weight_bits=8), "openvino-cpu", "AVX512_CORE")
     assert _saturation_hint(tiny_quant_vit(weight_bits=7, kv_bits=7), "openvino-cpu", "AVX2") == ""
