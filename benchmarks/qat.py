@@ -64,6 +64,8 @@ import torch
 from edgeattn.quant.losses import DISTRIBUTION_ROW_FLOOR
 from edgeattn.quant.train import TrainConfig, run
 
+from edgeattn.hostinfo import detect_host
+
 QAT_SAMPLES: dict[str, int | None] = {}  # suite -> cap on QAT training samples (--qat-train-samples)
 # the paper's recipe, all three losses; edgeattn's default drops the entropy loss (measured by the
 # ``edgeqat-no-entropy-*`` rows of ``--ablate``: docs/qat.md, "Ablations over ten seeds")
@@ -219,6 +221,15 @@ def _loss_specs(text: str) -> list[tuple[str, tuple[str, ...]]]:
             raise SystemExit(f"unknown loss '{loss}' in '{item}'; losses: {', '.join(SINGLE_LOSSES)}")
         specs.append((bits, (loss,) if loss else SINGLE_LOSSES))
     return specs
+
+
+def ptq_rows(bits: str) -> list[dict[str, Any]]:
+    """PTQ with min-max and with percentile calibration, on their own (``vision_rows`` takes the percentile one
+    from its plain-QAT row): for a run that compares only PTQ and the default EdgeQAT."""
+    return [
+        {"name": f"ptq-{cal}-{bits}", "method": f"PTQ ({name})", "bits": bits, "ptq": cal}
+        for cal, name in (("minmax", "min-max"), ("percentile", "percentile"))
+    ]
 
 
 def mse_ptq_rows(bits: str) -> list[dict[str, Any]]:
@@ -385,6 +396,7 @@ def run_suite(
             "attn_kl": res["attn_kl_ptq"] if "ptq" in row else res["attn_kl_qat"],
             "weight_bits": None if is_float else res["quant_config"]["weight_bits"],
             "act_bits": None if is_float else res["quant_config"]["act_bits"],
+            "kv_max_bits": None if is_float else res["quant_config"].get("kv_max_bits"),
             "history": res.get("history", []),
             "losses": None if "ptq" in row else row["losses"],
             "lr": None if "ptq" in row else cfg.lr,
@@ -403,6 +415,7 @@ def run_suite(
                 "attn_kl": res["attn_kl_ptq"],
                 "weight_bits": res["quant_config"]["weight_bits"],
                 "act_bits": res["quant_config"]["act_bits"],
+                "kv_max_bits": res["quant_config"].get("kv_max_bits"),
                 "history": [],
                 "seconds": None,
             }
@@ -793,7 +806,9 @@ def main() -> None:
     ap.add_argument("--resume", action="store_true", help="keep rows already in --out")
     ap.add_argument("--workdir", default=None)
     ap.add_argument(
-        "--bits", default="w8a8,w4a8,w4a4", help="comma-separated bit settings of the vision table (with --seeds)"
+        "--bits",
+        default="w8a8,w4a8,w4a4",
+        help="comma-separated bit settings of the vision table (with --seeds; 'none' for no table rows)",
     )
     ap.add_argument(
         "--ablate",
@@ -815,6 +830,12 @@ def main() -> None:
         "--grad-clip-rows",
         default="",
         help="with --seeds: also run plain QAT and the default EdgeQAT with --grad-clip at these bit settings",
+    )
+    ap.add_argument(
+        "--ptq-rows",
+        default="",
+        help="with --seeds: also run PTQ (min-max and percentile) on their own at these bit settings "
+        "(with --bits none: PTQ against the --ablate rows, without plain QAT)",
     )
     ap.add_argument(
         "--mse-rows",
@@ -864,6 +885,8 @@ def main() -> None:
         "processor": platform.processor(),
         "torch": torch.__version__,
         "threads": args.threads,
+        # host-cpu resolves the bits per host: 7-bit weights and K/V on x86 without VNNI
+        "has_vnni": detect_host().has_vnni,
         "note": "2 shared CPU cores; other jobs may run concurrently, so seconds are upper bounds",
     }
     command = "python benchmarks/qat.py " + " ".join(
@@ -897,6 +920,8 @@ def main() -> None:
     def sweep_rows(prefix: str) -> list[dict[str, Any]]:
         return [r for spec in sweep for r in lr_sweep_rows(*spec, prefix=prefix, controls=args.lr_sweep_controls)]
 
+    table_bits = [] if args.bits == "none" else args.bits.split(",")
+
     def lr_of(bits: str) -> float:
         return args.lr_w8a8 if bits == "w8a8" else args.lr
 
@@ -921,7 +946,8 @@ def main() -> None:
         run_suite(
             f"vision_fp{args.fp_epochs}_seed{seed}" if seed or args.fp_epochs != 5 else "vision",
             {**vis_base, "seed": seed},
-            vision_rows(args.bits.split(","), {"w8a8": args.lr_w8a8})
+            vision_rows(table_bits, {"w8a8": args.lr_w8a8})
+            + [r for b in args.ptq_rows.split(",") if b for r in ptq_rows(b)]
             + [
                 row
                 for bits, losses in _loss_specs(args.ablate)
