@@ -261,6 +261,17 @@ def _sweep_specs(text: str) -> list[tuple[str, str, int]]:
     return specs
 
 
+def _augment_specs(text: str) -> list[tuple[str, int]]:
+    """``--augment-rows`` values: comma-separated ``bits:shift`` (``w8a8:2``)."""
+    specs = []
+    for item in filter(None, text.split(",")):
+        bits, _, shift = item.partition(":")
+        if not shift.isdigit() or int(shift) < 1:
+            raise SystemExit(f"--augment-rows: '{item}' is not bits:shift with a shift of at least 1 (e.g. w8a8:2)")
+        specs.append((bits, int(shift)))
+    return specs
+
+
 SWEEP_SUFFIX = re.compile(r"^(?P<row>.+)-lr(?P<lr>[^-]+(?:e-\d+)?)-ep(?P<epochs>\d+)$")
 
 
@@ -283,6 +294,19 @@ def lr_sweep_rows(
         rows.append(fp_finetune_row(bits, prefix=prefix))
     suffix = f"-lr{lr_text}-ep{epochs}"
     return [{**r, "name": r["name"] + suffix, "lr": float(lr_text), "epochs": epochs, "sweep": True} for r in rows]
+
+
+def augment_rows(bits: str, shift: int, lr: float | None = None) -> list[dict[str, Any]]:
+    """The default EdgeQAT (KD + distribution) trained on randomly shifted images (``augment_shift``), with its
+    controls at the same shift: plain QAT, and the FP fine-tuning control (what the augmented extra training gives
+    with nothing quantized). The shift is recorded in each row (``augment_shift``)."""
+    rows = [
+        {"name": f"edgeqat-no-entropy-augment-{bits}", "method": "EdgeQAT (default losses), shifted images"},
+        {"name": f"qat-augment-{bits}", "method": "plain QAT, shifted images", "losses": PLAIN},
+        {**fp_finetune_row(bits), "name": f"fp-finetune-augment-{bits}", "method": "FP32 fine-tuned, shifted images"},
+    ]
+    base = {"bits": bits, "losses": EDGEQAT_DEFAULT, "augment_shift": shift, **_lr_key(lr)}
+    return [{**base, **r} for r in rows]
 
 
 def token_adaptive_row(bits: str, lr: float | None = None, prefix: str = "") -> dict[str, Any]:
@@ -333,6 +357,8 @@ def _row_config(
             cfg["epochs"] = row["epochs"]
         if "grad_clip" in row:
             cfg["grad_clip"] = row["grad_clip"]
+        if "augment_shift" in row:
+            cfg["augment_shift"] = row["augment_shift"]
     return TrainConfig.parse(cfg, row["name"])
 
 
@@ -402,6 +428,7 @@ def run_suite(
             "lr": None if "ptq" in row else cfg.lr,
             "epochs": None if "ptq" in row else cfg.epochs,
             "grad_clip": None if "ptq" in row else cfg.grad_clip,
+            "augment_shift": None if "ptq" in row else cfg.augment_shift,
             "seconds": time.perf_counter() - t0,
         }
         if "ptq" not in row and row["method"] == "plain QAT" and not row.get("sweep"):
@@ -577,6 +604,9 @@ _VISION_ROW_OF = {
     **{f"edgeqat_{only}_only": f"edgeqat-{only}-only" for only in SINGLE_LOSSES},
     "edgeqat_floor": "edgeqat-no-entropy-floor",
     "edgeqat_floor_clip": "edgeqat-no-entropy-floor-clip",
+    "edgeqat_augment": "edgeqat-no-entropy-augment",
+    "plain_qat_augment": "qat-augment",
+    "fp_finetune_augment": "fp-finetune-augment",
 }
 
 
@@ -674,6 +704,11 @@ def _seed_summary(payload: dict[str, Any], ref: dict[str, Any], only: list[int] 
             ("edgeqat_floor_clip", "edgeqat_floor"),
             ("edgeqat_floor_clip", "plain_qat_clip"),
             ("edgeqat_floor_clip", "ptq_best"),
+            *[("edgeqat_augment", o) for o in ("ptq_best", "ptq_minmax", "ptq_percentile", "fp32", "plain_qat")],
+            *[("edgeqat_augment", o) for o in ("edgeqat_no_entropy", "plain_qat_augment", "fp_finetune_augment")],
+            ("plain_qat_augment", "ptq_best"),
+            ("fp_finetune_augment", "fp32"),
+            ("fp_finetune_augment", "ptq_best"),
         ]
         pairs += [
             (f"edgeqat_{only}_only", other)
@@ -855,6 +890,12 @@ def main() -> None:
         "with --grad-clip, at these bit settings",
     )
     ap.add_argument(
+        "--augment-rows",
+        default="",
+        help="with --seeds: also run the default EdgeQAT, plain QAT and the FP fine-tuning control on images shifted "
+        "by up to N pixels, at these comma-separated bits:N settings (w8a8:2)",
+    )
+    ap.add_argument(
         "--lm-seeds",
         default="",
         help="with --only language: run the language table once per seed (init and data order; seed 0 = 'language')",
@@ -959,6 +1000,7 @@ def main() -> None:
             + [r for b in args.mse_rows.split(",") if b for r in mse_ptq_rows(b)]
             + [r for b, losses in _loss_specs(args.single_loss) for r in single_loss_rows(b, lr_of(b), losses)]
             + [r for b in args.row_floor_rows.split(",") if b for r in row_floor_rows(b, args.grad_clip, lr_of(b))]
+            + [r for b, n in _augment_specs(args.augment_rows) for r in augment_rows(b, n, lr_of(b))]
             + sweep_rows(""),
             payload,
             out,

@@ -5,6 +5,7 @@
 * :func:`stdlib_corpus`: a byte-level corpus (vocabulary 256) built from the Python standard library's ``.py``
   sources, cut into (input, next-byte target) windows for ``tiny_llama``.
 * :func:`image_folder` (``root/<class>/<image>``) and :func:`text_file` for a user's own data.
+* :func:`random_shift`: the training-time augmentation of image batches (random whole-pixel translations).
 
 Splits are deterministic given ``seed``: the same call always returns the same tensors. Which samples are train
 and which are validation depends on ``seed`` for digits and image folders (a stratified split), and on the byte
@@ -75,6 +76,24 @@ def digits_dataset(img_size: int = 32, in_chans: int = 3, split: Split = "train"
     images = torch.from_numpy(digits.images[idx].astype(np.float32) / 16.0).unsqueeze(1)
     x = _to_model_input(images, img_size, in_chans).contiguous()
     return TensorDataset(x, torch.from_numpy(labels[idx]))
+
+
+def random_shift(images: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
+    """Translate each image of an (N, C, H, W) batch by its own random whole number of pixels in
+    ``[-max_shift, max_shift]`` along each axis, filling the uncovered border with the nearest edge pixels (the
+    digits' background, or an image's own border, rather than a colour that never occurs). The draws come from
+    ``generator`` alone, so a seeded generator gives the same batch every time. ``max_shift`` 0 returns the batch."""
+    if max_shift < 0:
+        raise ValueError(f"random_shift: max_shift must be >= 0, got {max_shift}")
+    if max_shift == 0:
+        return images
+    n, _, h, w = images.shape
+    if max_shift >= min(h, w):
+        raise ValueError(f"random_shift: max_shift {max_shift} must be smaller than the {h}x{w} image")
+    offsets = torch.randint(0, 2 * max_shift + 1, (n, 2), generator=generator)
+    padded = F.pad(images, (max_shift,) * 4, mode="replicate")
+    # the window at padded[i, :, dy:dy+h, dx:dx+w] is the image moved by (max_shift - dy, max_shift - dx)
+    return torch.stack([padded[i, :, dy : dy + h, dx : dx + w] for i, (dy, dx) in enumerate(offsets.tolist())])
 
 
 def stdlib_sources(max_bytes: int = 2_000_000) -> bytes:

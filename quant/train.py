@@ -63,7 +63,7 @@ from edgeattn.quant.losses import (
 )
 from edgeattn.quant.ptq import calibrate
 from edgeattn.quant.quantize import quantize_model
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from torch import nn
 from torch.utils.data import TensorDataset
 
@@ -136,6 +136,12 @@ class TrainConfig(BaseModel):
     lr_schedule: Literal["cosine", "constant", "step"] = Field("cosine")
     grad_clip: float | None = Field(None, gt=0.0, description="clip the QAT gradient's global L2 norm to this")
     weight_decay: float = Field(0.0, ge=0.0, description="QAT weight decay")
+    augment_shift: int = Field(
+        0,
+        ge=0,
+        description="vision: shift every training image by a random 0..N pixels per axis each step, FP training "
+        "and QAT (edgeattn.data.random_shift); 0 = off",
+    )
     batch_size: int = Field(64, ge=1, description="global batch size (split over DDP processes)")
     calib_samples: int = Field(256, ge=1, description="PTQ calibration samples")
     calibration: Literal["percentile", "minmax"] = Field("percentile", description="PTQ statistic")
@@ -149,6 +155,14 @@ class TrainConfig(BaseModel):
     def _bits(cls, v: str) -> str:
         QuantConfig().with_bits(v)  # raises with a clear message for a bad setting
         return v.lower()
+
+    @model_validator(mode="after")
+    def _augment_fits(self) -> TrainConfig:
+        if self.augment_shift and self.is_language:
+            raise ValueError("augment_shift moves images; it does not apply to a language model's text")
+        if self.augment_shift >= self.img_size:
+            raise ValueError(f"augment_shift {self.augment_shift} must be smaller than img_size {self.img_size}")
+        return self
 
     @classmethod
     def parse(cls, data: Any, source: str = "config") -> TrainConfig:
@@ -424,6 +438,22 @@ def _batches(ds: TensorDataset, order: torch.Tensor, batch_size: int) -> Iterato
         yield tuple(t[idx] for t in ds.tensors)
 
 
+def _augmented(
+    batches: Iterator[tuple[torch.Tensor, ...]], max_shift: int, stream: int, epoch: int, rank: int
+) -> Iterator[tuple[torch.Tensor, ...]]:
+    """Training ``(x, y)`` batches with ``x`` randomly shifted (:func:`edgeattn.data.random_shift`). Each batch's
+    draws come from a generator seeded by (stream, epoch, step, rank) alone, not from the global RNG: an epoch
+    resumed with --resume sees exactly the shifts an uninterrupted run saw, and DDP ranks draw different ones."""
+    if not max_shift:
+        yield from batches
+        return
+    from edgeattn.data import random_shift
+
+    for step, (x, *rest) in enumerate(batches):
+        g = torch.Generator().manual_seed(((stream * 1_009 + epoch) * 100_003 + step) * 1_031 + rank)
+        yield (random_shift(x, max_shift, g), *rest)
+
+
 def _in_order(ds: TensorDataset, batch_size: int) -> Iterator[tuple[torch.Tensor, ...]]:
     return _batches(ds, torch.arange(len(ds)), batch_size)
 
@@ -565,7 +595,8 @@ def _train_fp(
     model.train()
     for epoch in range(cfg.fp_epochs):
         order = epoch_order(len(train), cfg.seed + 7, epoch, dist.rank, dist.world)
-        for x, y in _batches(train, order, _local_bs(cfg, dist)):
+        batches = _batches(train, order, _local_bs(cfg, dist))
+        for x, y in _augmented(batches, cfg.augment_shift, cfg.seed + 7, epoch, dist.rank):
             loss = task_loss(net(x), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -756,6 +787,9 @@ def _check_resume_config(saved: Any, cfg: TrainConfig, source: Path) -> None:
     """Refuse to resume a run whose recorded settings differ from ``cfg`` (naming the first differing key)."""
     if not isinstance(saved, dict):
         raise EdgeAttnError(f"--resume: '{source}' records no run settings; rerun with --force to start over")
+    # a setting added to TrainConfig after the run was written: the run had its default (e.g. augment_shift 0)
+    defaults = TrainConfig.model_construct().model_dump(mode="json")
+    saved = {**{k: v for k, v in defaults.items() if k not in saved}, **saved}
     diff = _difference(saved, cfg.model_dump(mode="json"), RESUME_FREE_KEYS)
     if diff is not None:
         key, was, now = diff
@@ -1025,7 +1059,8 @@ def _qat(
         t_ep = time.perf_counter()
         sums: dict[str, float] = {}
         n_steps = 0
-        for x, y in _batches(train, epoch_order(len(train), cfg.seed, epoch, dist.rank, dist.world), bs):
+        batches = _batches(train, epoch_order(len(train), cfg.seed, epoch, dist.rank, dist.world), bs)
+        for x, y in _augmented(batches, cfg.augment_shift, cfg.seed, epoch, dist.rank):
             loss, parts = _qat_step_loss(cfg, net, student, teacher, x, y)
             opt.zero_grad(set_to_none=True)
             loss.backward()

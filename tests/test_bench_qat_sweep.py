@@ -123,3 +123,39 @@ def test_nll_summary_takes_the_lower_ptq_and_counts_a_lower_nll_as_a_gain(bench)
     assert out["edgeqat_no_entropy_gain_over_fp32"]["mean"] == pytest.approx((0.01 - 0.03) / 2)
     assert "fp_finetune" not in out and "edgeqat_no_entropy_gain_over_fp_finetune" not in out  # no control ran
     assert bench._nll_summary({s: {"rows": {"qat-w8a8": {"value": 1.0}}} for s in range(2)}, "w8a8") == {}
+
+
+def test_augment_rows_and_their_paired_summary(bench):
+    assert bench._augment_specs("w8a8:2,w4a8:1") == [("w8a8", 2), ("w4a8", 1)]
+    for bad in ("w8a8", "w8a8:0", "w8a8:two"):
+        with pytest.raises(SystemExit, match="bits:shift"):
+            bench._augment_specs(bad)
+    rows = bench.augment_rows("w8a8", 2, lr=1e-4)
+    names = ["edgeqat-no-entropy-augment-w8a8", "qat-augment-w8a8", "fp-finetune-augment-w8a8"]
+    assert [r["name"] for r in rows] == names
+    assert all(r["augment_shift"] == 2 and r["lr"] == 1e-4 and r["bits"] == "w8a8" for r in rows)
+    assert rows[0]["losses"] == bench.EDGEQAT_DEFAULT and rows[1]["losses"] == bench.PLAIN
+    assert rows[2]["quant"] == bench.FLOAT_EVERYTHING and rows[2]["losses"] == bench.PLAIN
+    cfg = bench._row_config({"model": "vit_tiny", "epochs": 1}, rows[0], "fp.pt", "out", None)
+    assert cfg.augment_shift == 2 and not cfg.losses.entropy and cfg.lr == 1e-4
+    # two seeds, paired against the better PTQ of each seed: (98.6 - 98.3), (98.0 - 98.3)
+    sections = {
+        s: {
+            "fp32": 98.0,
+            "config": {"fp_epochs": 20, "seed": s},
+            "rows": {
+                "ptq-minmax-w8a8": {"value": 98.3},
+                "ptq-percentile-w8a8": {"value": 97.9 + 0.4 * s},
+                "edgeqat-no-entropy-augment-w8a8": {"value": [98.6, 98.0][s]},
+                "fp-finetune-augment-w8a8": {"value": 98.5},
+            },
+        }
+        for s in range(2)
+    }
+    payload = {f"vision_fp20_seed{s}": sec for s, sec in sections.items()}
+    bench._seed_summary(payload, {"fp_epochs": 20, "seed": 0})
+    entry = payload["seed_summary"]["fp_epochs_20"]["w8a8"]
+    gain = entry["edgeqat_augment_minus_ptq_best"]
+    assert gain["mean"] == pytest.approx(0.0) and (gain["wins"], gain["losses"]) == (1, 1)
+    assert entry["edgeqat_augment_minus_fp_finetune_augment"]["mean"] == pytest.approx(-0.2)
+    assert entry["fp_finetune_augment_minus_fp32"]["mean"] == pytest.approx(0.5)

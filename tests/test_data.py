@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from edgeattn.data import digits_dataset, image_folder, stdlib_corpus, text_file
+from edgeattn.data import digits_dataset, image_folder, random_shift, stdlib_corpus, text_file
 from edgeattn.errors import EdgeAttnError
 
 
@@ -157,3 +157,60 @@ def test_empty_text_file_is_named(tmp_path):
     empty.write_bytes(b"")
     with pytest.raises(EdgeAttnError, match=r"data file '.*empty\.txt' is empty"):
         text_file(empty)
+
+
+def _shifted_by_hand(img: np.ndarray, dy: int, dx: int) -> np.ndarray:
+    """``img`` (C, H, W) moved down by dy and right by dx, each output pixel taking the nearest source pixel."""
+    _, h, w = img.shape
+    rows = np.clip(np.arange(h) - dy, 0, h - 1)
+    cols = np.clip(np.arange(w) - dx, 0, w - 1)
+    return img[:, rows][:, :, cols]
+
+
+def test_random_shift_moves_each_image_by_a_whole_pixel_offset_with_edge_fill():
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(16, 2, 7, 9, generator=gen)
+    y = random_shift(x, 2, torch.Generator().manual_seed(11))
+    assert y.shape == x.shape
+    offsets = set()
+    for img, out in zip(x.numpy(), y.numpy(), strict=True):
+        # exactly one offset in [-2, 2]^2 reproduces each output image
+        hits = [
+            (dy, dx)
+            for dy in range(-2, 3)
+            for dx in range(-2, 3)
+            if np.array_equal(out, _shifted_by_hand(img, dy, dx))
+        ]
+        assert len(hits) == 1, hits
+        offsets.add(hits[0])
+    assert len(offsets) > 4  # per-image offsets, not one for the batch
+    # the draws come from the generator alone
+    torch.testing.assert_close(random_shift(x, 2, torch.Generator().manual_seed(11)), y, rtol=0, atol=0)
+    assert not torch.equal(random_shift(x, 2, torch.Generator().manual_seed(12)), y)
+    assert random_shift(x, 0, gen) is x
+
+
+def test_random_shift_on_a_hand_made_image():
+    # the nine moves of a 3x3 image by up to 1 pixel, written out by hand (down/right positive, edge pixels repeat)
+    moves = {
+        (0, 0): [[0, 1, 2], [3, 4, 5], [6, 7, 8]],
+        (1, 0): [[0, 1, 2], [0, 1, 2], [3, 4, 5]],
+        (-1, 0): [[3, 4, 5], [6, 7, 8], [6, 7, 8]],
+        (0, 1): [[0, 0, 1], [3, 3, 4], [6, 6, 7]],
+        (0, -1): [[1, 2, 2], [4, 5, 5], [7, 8, 8]],
+        (1, 1): [[0, 0, 1], [0, 0, 1], [3, 3, 4]],
+        (-1, -1): [[4, 5, 5], [7, 8, 8], [7, 8, 8]],
+        (1, -1): [[1, 2, 2], [1, 2, 2], [4, 5, 5]],
+        (-1, 1): [[3, 3, 4], [6, 6, 7], [6, 6, 7]],
+    }
+    batch = torch.arange(9.0).reshape(1, 1, 3, 3).repeat(200, 1, 1, 1)
+    out = random_shift(batch, 1, torch.Generator().manual_seed(0))[:, 0].tolist()
+    expected = list(moves.values())
+    assert all(img in expected for img in out)
+    assert all(img in out for img in expected)  # every move is drawn (200 draws of 9 equally likely moves)
+
+
+@pytest.mark.parametrize(("shift", "match"), [(-1, "max_shift must be >= 0"), (7, "smaller than the 7x9 image")])
+def test_random_shift_refuses_a_bad_shift(shift, match):
+    with pytest.raises(ValueError, match=match):
+        random_shift(torch.zeros(1, 1, 7, 9), shift, torch.Generator())

@@ -92,8 +92,10 @@ def test_validation_metrics_match_a_float64_hand_computation():
     assert T.evaluate(emb, torch.utils.data.TensorDataset(tok, nxt), "language") == pytest.approx(ppl)
 
 
-def test_resume_continues_exactly(tmp_path, monkeypatch):
-    cfg = tiny_cfg(tmp_path / "straight", token_adaptive=True, losses=ALL_LOSSES)
+@pytest.mark.parametrize("augment_shift", [0, 2])
+def test_resume_continues_exactly(tmp_path, monkeypatch, augment_shift):
+    # with augment_shift the resumed epochs must also see the shifts the uninterrupted run saw
+    cfg = tiny_cfg(tmp_path / "straight", token_adaptive=True, losses=ALL_LOSSES, augment_shift=augment_shift)
     straight = T.run(cfg, progress=False)
 
     class StopInEpoch2(T._StopFlag):
@@ -110,7 +112,7 @@ def test_resume_continues_exactly(tmp_path, monkeypatch):
         def stop(self, value):
             pass
 
-    cut = tiny_cfg(tmp_path / "cut", token_adaptive=True, losses=ALL_LOSSES)
+    cut = tiny_cfg(tmp_path / "cut", token_adaptive=True, losses=ALL_LOSSES, augment_shift=augment_shift)
     monkeypatch.setattr(T, "_StopFlag", StopInEpoch2)
     first = T.run(cut, progress=False)
     assert first["status"] == "interrupted"
@@ -249,6 +251,7 @@ def test_language_model_path(tmp_path):
         (["--bits", "w1a8"], "1-bit"),
         (["--data", "{tmp}/no/such/folder"], "does not exist"),
         (["--preset", "huge"], "unknown preset"),
+        (["--preset", "llama", "--augment-shift", "2"], "augment_shift moves images"),
     ],
 )
 def test_cli_bad_input_one_line_exit_2_nothing_written(tmp_path, capsys, args, needle):
@@ -306,6 +309,40 @@ def test_grad_clip_bounds_every_step_norm(tmp_path, monkeypatch):
     assert len(seen["clipped"]) == len(seen["free"]) == 4  # 128 samples / batch 32, QAT only (no FP epochs)
     assert max(seen["clipped"]) <= 1e-3 * (1 + 1e-5)
     assert min(seen["free"]) > 1e-2
+
+
+def test_augment_shift_trains_on_shifted_images(tmp_path, monkeypatch):
+    seen: list[torch.Tensor] = []
+    real = T.qat_loss_terms
+
+    def record(cfg, net, student, teacher, x, y):
+        seen.append(x.clone())
+        return real(cfg, net, student, teacher, x, y)
+
+    monkeypatch.setattr(T, "qat_loss_terms", record)
+    plain = T.run(tiny_cfg(tmp_path / "plain", epochs=1), progress=False)
+    unshifted, seen[:] = list(seen), []
+    shifted = T.run(tiny_cfg(tmp_path / "shifted", epochs=1, augment_shift=2), progress=False)
+    assert len(seen) == len(unshifted) == 4
+    for a, b in zip(unshifted, seen, strict=True):  # same images (same order), each moved by a whole offset
+        assert not torch.equal(a, b)
+        assert sorted(a.flatten().tolist()) != sorted(b.flatten().tolist())  # edge fill repeats border pixels
+    # FP training was augmented too: the FP models differ, and so do the numbers
+    assert plain["fp32_nll"] != shifted["fp32_nll"]
+    assert plain["history"][0]["loss_task"] != shifted["history"][0]["loss_task"]
+
+
+@pytest.mark.parametrize(
+    ("settings", "match"),
+    [
+        ({"model": "tiny_llama", "data": "stdlib", "augment_shift": 1}, "does not apply to a language model"),
+        ({"img_size": 16, "augment_shift": 16}, "must be smaller than img_size 16"),
+        ({"augment_shift": -1}, "greater than or equal to 0"),
+    ],
+)
+def test_bad_augment_shift_is_refused(settings, match):
+    with pytest.raises(T.EdgeAttnError, match=match):
+        T.TrainConfig.parse(settings)
 
 
 def test_float_control_quantizes_nothing(tmp_path):
@@ -504,6 +541,16 @@ def test_resume_ignores_threads_and_checks_fp_pt_before_the_first_epoch(fp_run, 
     (out / "state.pt").unlink()  # as if stopped in QAT epoch 1: only fp.pt records the settings
     with pytest.raises(T.EdgeAttnError, match=r"made with lr="):
         T.run(tiny_cfg(out, epochs=1, lr=1e-3), resume=True, progress=False)
+
+
+def test_resume_of_a_run_from_before_a_setting_existed_takes_its_default(fp_run, tmp_path):
+    out = _copy_run(fp_run, tmp_path / "r")
+    state = torch.load(out / "state.pt", weights_only=True)
+    del state["config"]["augment_shift"]  # written before augmentation existed: its run had none
+    torch.save(state, out / "state.pt")
+    assert T.run(tiny_cfg(out, epochs=1), resume=True, progress=False)["status"] == "done"
+    with pytest.raises(T.EdgeAttnError, match=r"made with augment_shift=0, not 1"):
+        T.run(tiny_cfg(out, epochs=1, augment_shift=1), resume=True, progress=False)
 
 
 def test_resume_of_a_corrupt_state_is_one_error_line(fp_run, tmp_path, capsys):

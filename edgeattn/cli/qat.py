@@ -29,6 +29,9 @@ def qat(
     lr_schedule: str | None = typer.Option(None, "--lr-schedule", help="cosine, constant or step."),
     grad_clip: float | None = typer.Option(None, "--grad-clip", help="Clip the QAT gradient's global L2 norm."),
     batch_size: int | None = typer.Option(None, "--batch-size", help="Global batch size."),
+    augment_shift: int | None = typer.Option(
+        None, "--augment-shift", help="Vision: shift training images by a random 0..N pixels per axis (0: off)."
+    ),
     seed: int | None = typer.Option(None, "--seed", help="Random seed."),
     img_size: int | None = typer.Option(None, "--img-size", help="Vision input size."),
     output: Path | None = typer.Option(None, "--output", "-o", help="Output directory (default runs/qat)."),
@@ -74,6 +77,7 @@ def qat(
         lr_schedule=lr_schedule,
         grad_clip=grad_clip,
         batch_size=batch_size,
+        augment_shift=augment_shift,
         seed=seed,
         img_size=img_size,
         output_dir=str(output) if output else None,
