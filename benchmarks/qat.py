@@ -30,7 +30,9 @@ More rows per seed: ``--grad-clip-rows w4a4`` (plain QAT and the default EdgeQAT
 lr: what extra training alone gives) and
 ``--mse-rows w8a8,w4a8,w4a4`` (PTQ with MSE-initialised weight scales), ``--single-loss w8a8`` (EdgeQAT with each
 loss alone; ``w8a8:distribution`` for one) and ``--row-floor-rows w4a4`` (the default EdgeQAT with the
-distribution loss's row floor, unclipped and clipped). ``--ablate w8a8:entropy`` turns off one loss only. A run
+distribution loss's row floor, unclipped and clipped). ``--augment-rows w8a8:2`` adds the default EdgeQAT, plain QAT and
+the FP fine-tuning control trained on images shifted by up to 2 pixels (``augment_shift``).
+``--ablate w8a8:entropy`` turns off one loss only. A run
 whose ``--seeds`` are a subset of the seeds in the file also gets its own summary,
 ``seed_summary["fp_epochs_<E>_seeds_<first>-<last>"]``: a choice made on some seeds is confirmed on held-out ones.
 ``--only language --lm-seeds 0,1,2`` repeats the language table per seed (``language_seed<N>``, summary in
