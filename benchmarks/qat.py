@@ -353,14 +353,8 @@ def _row_config(
         cfg.update(skip_qat=True, calibration=row["ptq"])
     else:
         cfg.update(losses=row["losses"], token_adaptive=row.get("token_adaptive", False))
-        if "lr" in row:
-            cfg["lr"] = row["lr"]
-        if "epochs" in row:
-            cfg["epochs"] = row["epochs"]
-        if "grad_clip" in row:
-            cfg["grad_clip"] = row["grad_clip"]
-        if "augment_shift" in row:
-            cfg["augment_shift"] = row["augment_shift"]
+        # training settings a row may set for itself (otherwise the suite's)
+        cfg.update({k: row[k] for k in ("lr", "epochs", "grad_clip", "augment_shift") if k in row})
     return TrainConfig.parse(cfg, row["name"])
 
 
