@@ -246,6 +246,8 @@ def test_error_in_a_subprocess_has_no_traceback(tmp_path):
     )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and "artifact not found" in proc.stderr
+    # checked before the progress display opens: nothing on stdout, not even the display's closing newline
+    assert proc.stdout == "" and len(proc.stderr.splitlines()) == 1, (proc.stdout, proc.stderr)
 
 
 class _Interrupting(Runner):
@@ -265,6 +267,7 @@ def test_ctrl_c_prints_and_saves_partial_results(tmp_path, monkeypatch, capsys):
     counter: list[int] = []
     monkeypatch.setattr(measure, "open_runner", lambda *a, **k: _Interrupting(counter))
     out = tmp_path / "partial.json"
+    (tmp_path / "a.onnx").write_bytes(b"")  # the CLI checks that the file exists; the runner is faked
     rc = main(["profile", str(tmp_path / "a.onnx"), "--warmup", "2", "--iters", "100", "--json", str(out)])
     assert rc == 130
     data = json.loads(out.read_text())

@@ -73,6 +73,7 @@ def profile(
     from edgeattn.profile import list_devices as _list_devices
     from edgeattn.profile import plot_report, profile_artifacts, render_devices, render_table
     from edgeattn.profile.measure import check_settings
+    from edgeattn.profile.runners import check_artifact
 
     for out, flag in ((json_out, "--json"), (plot, "--plot")):
         if out is not None:
@@ -90,6 +91,8 @@ def profile(
     check_settings(
         iters=iters, seconds=seconds, warmup=warmup, layer_runs=layer_runs, hint=hint, infer_precision=infer_precision
     )
+    for artifact in artifacts:
+        check_artifact(artifact, runtime)
     labels = {"load": "loading", "warmup": "warm-up", "timed": "timed runs", "layers": "per-layer"}
     with Progress(
         TextColumn("{task.description}"),

@@ -782,6 +782,19 @@ class CoreMLRunner(Runner):
         )
 
 
+def check_artifact(path: str | Path, runtime: str = "auto") -> str:
+    """The runtime that will load ``path``; an :class:`EdgeAttnError` if the file is missing, is a folder (other
+    than a Core ML package), has an extension no runtime claims, or needs a runtime that is not installed."""
+    path = Path(path)
+    if not path.exists():
+        raise EdgeAttnError(f"artifact not found: {path}")
+    if path.is_dir() and path.suffix.lower() != ".mlpackage":
+        raise EdgeAttnError(f"artifact '{path}' is a directory, not a model file")
+    rt = runtime_for(path, runtime)
+    require_runtime(rt)
+    return rt
+
+
 def open_runner(
     path: str | Path,
     runtime: str = "auto",
@@ -799,12 +812,7 @@ def open_runner(
     artifacts are interleaved, where spinning threads would steal cores from the others).
     """
     path = Path(path)
-    if not path.exists():
-        raise EdgeAttnError(f"artifact not found: {path}")
-    if path.is_dir() and path.suffix.lower() != ".mlpackage":
-        raise EdgeAttnError(f"artifact '{path}' is a directory, not a model file")
-    rt = runtime_for(path, runtime)
-    require_runtime(rt)
+    rt = check_artifact(path, runtime)
     if batch is not None and batch < 1:
         raise EdgeAttnError(f"--batch must be >= 1, got {batch}")
     if threads is not None and threads < 1:
