@@ -52,8 +52,11 @@ def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
     ``suffix`` (default: ``path``'s own) matters to writers that pick a format from the extension.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix or path.suffix)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix or path.suffix)
+    except OSError as exc:  # named by the path asked for, not the temporary file's
+        raise EdgeAttnError(f"cannot write '{path}': {exc.strerror or exc}") from None
     os.close(fd)
     tmp = Path(name)
     try:
@@ -85,6 +88,28 @@ def replaceable_dir(out_dir: str | Path) -> Path:
     if out.exists() and not out.is_dir():
         raise EdgeAttnError(f"output folder '{out_dir}' exists and is not a folder")
     return out
+
+
+def check_writable_folder(folder: str | Path, what: str) -> None:
+    """Raise an :class:`EdgeAttnError` (its message starts with ``what``) unless files can be created in
+    ``folder``, or, if it does not exist yet, in its nearest existing ancestor (where it would be created). Checked
+    before long work so that a path that cannot be written fails fast; the probe is a temporary file, removed at
+    once, so nothing is left behind.
+
+    A real write is tried because permission bits do not tell: root passes ``os.access`` on a read-only mount or on
+    ``/proc``.
+    """
+    folder = Path(os.path.abspath(folder))
+    ancestor = folder
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise EdgeAttnError(f"{what}: '{ancestor}' is not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=ancestor, prefix=".edgeattn-probe-"):
+            pass
+    except OSError as exc:
+        raise EdgeAttnError(f"{what}: cannot write in '{ancestor}' ({exc.strerror or exc})") from None
 
 
 @contextmanager

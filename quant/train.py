@@ -67,6 +67,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from edgeattn.atomic import check_writable_folder
 from edgeattn.errors import EdgeAttnError
 
 LANGUAGE_MODELS = ("tiny_llama",)
@@ -897,6 +898,9 @@ def _run(cfg: TrainConfig, resume: bool, show: bool, dist: _Dist, force: bool) -
         raise EdgeAttnError(
             f"--resume: nothing to resume in '{out_dir}' (no state.pt or fp.pt); use --force to start over"
         )
+    if out_dir.exists() and not out_dir.is_dir():
+        raise EdgeAttnError(f"output directory '{out_dir}' exists and is not a folder")
+    check_writable_folder(out_dir, f"output directory '{out_dir}'")
     existing = [n for n in RUN_FILES if (out_dir / n).is_file()]
     if not resume and not force and existing:
         raise EdgeAttnError(

@@ -10,7 +10,7 @@ from typing import Any
 from rich.console import Console
 from rich.markup import escape
 
-from edgeattn.atomic import write_text_atomic
+from edgeattn.atomic import check_writable_folder, write_text_atomic
 from edgeattn.errors import EdgeAttnError
 
 console = Console()
@@ -65,3 +65,5 @@ def check_output_path(path: Path, flag: str) -> None:
         raise EdgeAttnError(f"{flag} '{path}': '{ancestor}' is not a folder")
     if not os.access(ancestor, os.W_OK | os.X_OK):
         raise EdgeAttnError(f"{flag} '{path}': folder '{ancestor}' is not writable")
+    # a real write too: os.access says yes to root on /proc or on a read-only mount
+    check_writable_folder(parent, f"{flag} '{path}'")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import typer
 
-from edgeattn.cli._common import console, write_json
+from edgeattn.cli._common import check_output_path, console, write_json
 
 
 def export(
@@ -57,6 +57,8 @@ def export(
     from edgeattn.export import export_model
     from edgeattn.export.report import ParityFailure
 
+    if json_out:
+        check_output_path(json_out, "--json")  # before exporting, not after it
     if exporter not in ("torchscript", "dynamo"):
         raise EdgeAttnError(f"--exporter must be torchscript or dynamo, got '{exporter}'")
     kwargs = {"img_size": img_size} if img_size else None

@@ -13,7 +13,7 @@ from typing import Any
 
 import typer
 
-from edgeattn.cli._common import console, write_json
+from edgeattn.cli._common import check_output_path, console, write_json
 
 
 def _parse_layer(text: str) -> int | None:
@@ -131,6 +131,8 @@ def hls(
     which = _parse_layer(layer)
     kwargs = _parse_sets(sets)
     replaceable_dir(output)  # not '.', a folder above it, or a file
+    if json_out is not None:
+        check_output_path(json_out, "--json")  # before generating and simulating, not after
     if output.exists() and not force:
         raise EdgeAttnError(f"{output} already exists; pass --force to replace it")
     if csim:  # fail before writing anything when the C simulation cannot run here

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import typer
 
-from edgeattn.cli._common import console, write_json
+from edgeattn.cli._common import check_output_path, console, write_json
 
 
 def qat(
@@ -62,6 +62,8 @@ def qat(
     from edgeattn.errors import EdgeAttnError
     from edgeattn.quant.train import build_config, process_rank, resumable, run
 
+    if json_out is not None:
+        check_output_path(json_out, "--json")  # before training, not after it
     if fp_checkpoint is not None and not fp_checkpoint.is_file():
         raise EdgeAttnError(f"--fp-checkpoint '{fp_checkpoint}' not found")
     cfg = build_config(
