@@ -80,9 +80,11 @@ class QuantSpec(_Strict):
 class Tolerance(_Strict):
     """Parity-gate thresholds for one precision (artifact in its runtime vs the PyTorch reference)."""
 
-    max_abs: float = Field(description="max abs error allowed, relative to the reference output range")
-    min_cosine: float = Field(description="minimum cosine similarity of flattened outputs")
-    min_top1_agreement: float = Field(0.0, description="minimum fraction of inputs with the same argmax")
+    max_abs: float = Field(
+        gt=0, allow_inf_nan=False, description="max abs error allowed, relative to the reference output range"
+    )
+    min_cosine: float = Field(ge=-1, le=1, description="minimum cosine similarity of flattened outputs")
+    min_top1_agreement: float = Field(0.0, ge=0, le=1, description="minimum fraction of inputs with the same argmax")
 
 
 def _default_tolerances() -> dict[str, Tolerance]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -303,6 +304,8 @@ def _export_model(
         raise EdgeAttnError(f"--batch must be >= 1, got {batch}")
     if n_inputs < 1:
         raise EdgeAttnError(f"n_inputs must be >= 1, got {n_inputs}")
+    if atol is not None and not (math.isfinite(atol) and atol > 0):
+        raise EdgeAttnError(f"--atol must be a finite number > 0 (a fraction of the output range), got {atol}")
     if cpu_isa is not None:
         from edgeattn.export.openvino_target import normalize_isa
 

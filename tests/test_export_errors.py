@@ -100,6 +100,14 @@ def test_force_replaces_an_output_folder_through_staging(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------- 2: --cpu-isa
+@pytest.mark.parametrize("atol", ["-1", "0", "nan", "inf"])
+def test_atol_that_is_not_a_positive_fraction_is_refused_before_any_work(tmp_path, capsys, atol):
+    out = tmp_path / "out"
+    code, err = _cli(capsys, "mobilenetv2", "onnx", out, *SMALL, f"--atol={atol}")
+    assert code == 2 and "--atol must be a finite number > 0" in _one_line_error(err)
+    assert not out.exists() and _leftovers(tmp_path) == []
+
+
 def test_unknown_cpu_isa_is_refused_before_any_work(tmp_path, capsys):
     code, err = _cli(
         capsys, "mobilenetv2", "openvino", tmp_path / "o", *SMALL, "--cpu-isa", "AVX3", profile="intel-vnni-openvino"

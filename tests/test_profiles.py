@@ -87,6 +87,10 @@ def _bad_profile(tmp_path, mutate) -> Path:
         (lambda d: d["export"].update(input_shape=[8]), "field 'export.input_shape': value error, needs at least 2"),
         (lambda d: d["export"].update(input_shape=[1, 3, 0, 224]), "every dim must be >= 1, got [1, 3, 0, 224]"),
         (lambda d: d["export"].update(input_shape=[1, -3, 224, 224]), "every dim must be >= 1"),
+        (lambda d: d["tolerance"]["int8"].update(max_abs=-1), "field 'tolerance.int8.max_abs'"),
+        (lambda d: d["tolerance"]["int8"].update(max_abs=float("nan")), "field 'tolerance.int8.max_abs'"),
+        (lambda d: d["tolerance"]["fp16"].update(min_cosine=1.5), "field 'tolerance.fp16.min_cosine'"),
+        (lambda d: d["tolerance"]["fp32"].update(min_top1_agreement=2), "field 'tolerance.fp32.min_top1_agreement'"),
     ],
 )
 def test_bad_profile_is_one_line_exit_2(tmp_path, capsys, mutate, expected):
