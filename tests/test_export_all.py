@@ -20,6 +20,7 @@ from _export_models import TinyViT  # noqa: E402
 from edgeattn.export import DEFAULT_PROFILES, ParityFailure, export_all, export_model  # noqa: E402
 
 from edgeattn.atomic import current_umask, publish_modes  # noqa: E402
+from edgeattn.device_profile import DeviceProfile, Tolerance  # noqa: E402
 from edgeattn.errors import EdgeAttnError  # noqa: E402
 
 KW = {"model_kwargs": {"img_size": 32, "num_classes": 10}, "n_inputs": 4, "threads": 1}
@@ -127,12 +128,15 @@ def test_export_all_refuses_before_any_work(tmp_path):
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
-def test_export_all_runs_every_target_then_reports_the_failures(tmp_path):
+def test_export_all_runs_every_target_then_reports_the_failures(tmp_path, monkeypatch):
     torch.manual_seed(0)
     model = TinyViT().eval()
-    # a negative tolerance fails every gate: both targets must still run and write their reports
+    # a tolerance no output can meet (a negative max_abs, which --atol and profiles refuse, so it is built without
+    # validation) fails every gate: both targets must still run and write their reports
+    impossible = Tolerance.model_construct(max_abs=-1.0, min_cosine=1.0, min_top1_agreement=1.0)
+    monkeypatch.setattr(DeviceProfile, "tolerance_for", lambda self, precision: impossible)
     with pytest.raises(ParityFailure, match="2 of 2 targets failed parity") as exc:
-        export_all(model, tmp_path, ["onnx", "openvino"], precision="fp32", atol=-1.0, n_inputs=2, threads=1)
+        export_all(model, tmp_path, ["onnx", "openvino"], precision="fp32", n_inputs=2, threads=1)
     assert set(exc.value.reports) == {"onnx", "openvino"}
     for target in ("onnx", "openvino"):
         rep = json.loads((tmp_path / target / "report.json").read_text())
