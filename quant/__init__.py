@@ -17,6 +17,10 @@ import warnings
 # CLI run
 warnings.filterwarnings("ignore", message="fast_hadamard_transform package not found")
 
+# brevitas imports torch._dynamo (about a second) inside a bare ``except:``, which would swallow a Ctrl-C landing
+# there and leave torch half-imported, to fail later with misleading errors; importing it first, outside any
+# ``except``, lets the KeyboardInterrupt through. It costs nothing: brevitas imports it anyway.
+import torch._dynamo  # noqa: E402, F401
 from edgeattn.quant.config import LayerOverride, QuantConfig  # noqa: E402
 from edgeattn.quant.ptq import calibrate, ptq  # noqa: E402
 from edgeattn.quant.quantize import quantize_model  # noqa: E402

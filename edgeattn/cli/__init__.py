@@ -4,11 +4,17 @@ Each subcommand lives in its own module here and imports heavy libraries (torch,
 function body, so ``edgeattn --help`` stays fast. Errors a user can cause are raised as
 :class:`edgeattn.errors.EdgeAttnError` (or ``ValueError``) and end as one line on stderr with the
 error's exit code; so does an ``OSError`` about a path (exit 2). Anything else is a bug and keeps its traceback.
+Ctrl-C ends with exit code 130, also where a library swallowed it and failed afterwards.
 """
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import typer
 
@@ -61,23 +67,55 @@ def run_app(typer_app: typer.Typer, argv: list[str] | None = None, prog_name: st
     line on stderr and its exit code (``python -m edgeattn.quant.train`` runs the qat command through this too)."""
     from edgeattn.errors import EdgeAttnError
 
-    try:
-        typer_app(args=argv, standalone_mode=True, prog_name=prog_name)
-    except SystemExit as exc:
-        return int(exc.code or 0) if not isinstance(exc.code, str) else 1
-    except EdgeAttnError as exc:
-        return fail(str(exc), exc.exit_code)
-    except ValueError as exc:  # library-level input validation (e.g. unknown approx method)
-        return fail(str(exc), 2)
-    except KeyboardInterrupt:
-        return fail("interrupted", 130)
-    except OSError as exc:
-        # A file or folder the user named that cannot be read or written (not a folder, read-only, disk
-        # full): one line, as for other bad input. An OSError naming no path is a bug and keeps its traceback.
-        if exc.filename is None:
-            raise
-        return fail(_os_error_line(exc), 2)
+    with _noting_interrupts() as interrupted:
+        try:
+            typer_app(args=argv, standalone_mode=True, prog_name=prog_name)
+        except SystemExit as exc:
+            code = int(exc.code or 0) if not isinstance(exc.code, str) else 1
+            return 130 if interrupted and code != 0 else code
+        except KeyboardInterrupt:
+            return fail("interrupted", 130)
+        except (EdgeAttnError, ValueError, OSError) as exc:
+            if interrupted:  # an error that followed a Ctrl-C a library swallowed: report the Ctrl-C
+                return fail("interrupted", 130)
+            if isinstance(exc, EdgeAttnError):
+                return fail(str(exc), exc.exit_code)
+            if isinstance(exc, ValueError):  # library-level input validation (e.g. unknown approx method)
+                return fail(str(exc), 2)
+            # A file or folder the user named that cannot be read or written (not a folder, read-only, disk
+            # full): one line, as for other bad input. An OSError naming no path is a bug and keeps its traceback.
+            if exc.filename is None:
+                raise
+            return fail(_os_error_line(exc), 2)
     return 0
+
+
+@contextmanager
+def _noting_interrupts() -> Iterator[list[bool]]:
+    """Note each Ctrl-C (SIGINT) while a command runs, then raise ``KeyboardInterrupt`` as Python's own handler does.
+
+    Some libraries swallow a ``KeyboardInterrupt`` that lands while they import (OpenVINO, sympy under torch.onnx),
+    then fail later with a misleading error ("needs the 'openvino' package"); the note lets :func:`run_app` report
+    the interrupt instead. Installed only where Python's default handler is in place (not where SIGINT is ignored,
+    as in a background job, or handled by someone else) and restored afterwards.
+    """
+    seen: list[bool] = []
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    ):
+        yield seen
+        return
+
+    def note_and_raise(signum: int, frame: Any) -> None:
+        seen.append(True)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, note_and_raise)
+    try:
+        yield seen
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _os_error_line(exc: OSError) -> str:
