@@ -96,8 +96,8 @@ def check_writable_folder(folder: str | Path, what: str) -> None:
     before long work so that a path that cannot be written fails fast; the probe is a temporary file, removed at
     once, so nothing is left behind.
 
-    A real write is tried because permission bits do not tell: root passes ``os.access`` on a read-only mount or on
-    ``/proc``.
+    Permission bits are checked first, then a real write is tried, because the bits do not always tell: root
+    passes ``os.access`` on a read-only mount or on ``/proc``.
     """
     folder = Path(os.path.abspath(folder))
     ancestor = folder
@@ -105,6 +105,8 @@ def check_writable_folder(folder: str | Path, what: str) -> None:
         ancestor = ancestor.parent
     if not ancestor.is_dir():
         raise EdgeAttnError(f"{what}: '{ancestor}' is not a folder")
+    if not os.access(ancestor, os.W_OK | os.X_OK):  # the clearer message where permission bits do tell
+        raise EdgeAttnError(f"{what}: folder '{ancestor}' is not writable")
     try:
         with tempfile.TemporaryFile(dir=ancestor, prefix=".edgeattn-probe-"):
             pass

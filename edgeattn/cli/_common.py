@@ -54,16 +54,9 @@ def check_output_path(path: Path, flag: str) -> None:
     """Raise an :class:`EdgeAttnError` unless ``path`` can be written: checked before any measuring.
 
     ``path`` must not be a folder, and its parent must be a folder this process may write to, or be
-    creatable (its nearest existing ancestor is a writable folder). Nothing is created here.
+    creatable (its nearest existing ancestor is a writable folder): :func:`edgeattn.atomic.check_writable_folder`.
+    No folder is created here.
     """
     if path.is_dir():
         raise EdgeAttnError(f"{flag} '{path}' is a directory")
-    parent = Path(os.path.abspath(path)).parent
-    missing = missing_folders(parent)
-    ancestor = missing[-1].parent if missing else parent
-    if not ancestor.is_dir():
-        raise EdgeAttnError(f"{flag} '{path}': '{ancestor}' is not a folder")
-    if not os.access(ancestor, os.W_OK | os.X_OK):
-        raise EdgeAttnError(f"{flag} '{path}': folder '{ancestor}' is not writable")
-    # a real write too: os.access says yes to root on /proc or on a read-only mount
-    check_writable_folder(parent, f"{flag} '{path}'")
+    check_writable_folder(Path(os.path.abspath(path)).parent, f"{flag} '{path}'")
