@@ -32,6 +32,7 @@ from torch import nn
 import edgeattn
 from edgeattn.cli._common import write_json
 from edgeattn.models import count_macs, count_params, create_model, example_input, list_models
+from edgeattn.openvino_core import openvino_core
 
 
 def _export(model: nn.Module, x: torch.Tensor, path: Path) -> None:
@@ -43,7 +44,6 @@ def _export(model: nn.Module, x: torch.Tensor, path: Path) -> None:
 def _runners(path: Path, x: np.ndarray, threads: int) -> dict:
     """Callables running the ONNX file once in each runtime."""
     import onnxruntime as ort
-    import openvino as ov
 
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
@@ -52,7 +52,7 @@ def _runners(path: Path, x: np.ndarray, threads: int) -> dict:
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
     feed = {sess.get_inputs()[0].name: x}
-    compiled = ov.Core().compile_model(
+    compiled = openvino_core().compile_model(
         str(path),
         "CPU",
         {

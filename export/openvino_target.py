@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from edgeattn.errors import EdgeAttnError, MissingBackendError
+from edgeattn.openvino_core import openvino_core
 
 __all__ = [
     "ONEDNN_ISAS",
@@ -127,7 +128,7 @@ def convert_to_ir(onnx_path: str | Path, xml_path: str | Path, *, compress_to_fp
     """
     ov = require_openvino()
     try:
-        model = ov.Core().read_model(str(onnx_path))
+        model = openvino_core().read_model(str(onnx_path))
         ov.save_model(model, str(xml_path), compress_to_fp16=compress_to_fp16)
     except Exception as exc:  # e.g. an ONNX op the frontend has no conversion rule for
         raise _openvino_error(exc) from exc
@@ -181,8 +182,8 @@ class OpenVINORunner:
     def compiled(self):
         """The compiled model (in-process runners only)."""
         if self._compiled is None:
-            ov = require_openvino()
-            core = ov.Core()
+            require_openvino()
+            core = openvino_core()
             try:
                 self._compiled = core.compile_model(core.read_model(self.path), "CPU", self.config)
             except Exception as exc:
@@ -203,8 +204,8 @@ class OpenVINORunner:
         path = self._materialize(model, "probe")
         if self.isa:
             return self._run_in_worker(path, x)
-        ov = require_openvino()
-        core = ov.Core()
+        require_openvino()
+        core = openvino_core()
         try:
             return np.asarray(core.compile_model(core.read_model(path), "CPU", self.config)({0: x})[0])
         except Exception as exc:
@@ -265,8 +266,8 @@ def kernel_report(runner: OpenVINORunner, x: np.ndarray, onnx_model: Any = None)
     """
     if runner.isa:
         raise ValueError("kernel_report runs in-process; use a runner without isa")
-    ov = require_openvino()
-    core = ov.Core()
+    require_openvino()
+    core = openvino_core()
     cfg = dict(runner.config, PERF_COUNT=True)
     compiled = core.compile_model(core.read_model(runner.path), "CPU", cfg)
     request = compiled.create_infer_request()
@@ -308,9 +309,7 @@ def _onnx_origin(runtime_name: str, onnx_names: set[str]) -> str | None:
 
 def _worker_main() -> None:
     """Child-process loop: one JSON request per line on stdin, one JSON reply per line on stdout."""
-    import openvino as ov
-
-    core = ov.Core()
+    core = openvino_core()
     cache: dict[str, Any] = {}
     for line in sys.stdin:
         try:

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import json
 import statistics
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +20,7 @@ from _profiler_models import attention_net, conv_stack, to_openvino_ir
 
 from edgeattn.errors import EdgeAttnError
 from edgeattn.hostinfo import HostInfo
+from edgeattn.openvino_core import openvino_core
 from edgeattn.profile import layers as L
 from edgeattn.profile import measure, system
 from edgeattn.profile.macs import onnx_macs, onnx_precision, openvino_macs, openvino_precision
@@ -92,12 +96,12 @@ def test_attention_macs_in_onnx_and_openvino_equal_the_hand_count(art):
     hand = art["attn_macs"]
     assert onnx_macs(onnx.load(art["dir"] / "attn.onnx"), {"x": [1, 3, 16, 16]}) == (hand, 0)
     # OpenVINO fuses the attention into ScaledDotProductAttention: still counted
-    model = ov.Core().read_model(str(art["dir"] / "attn.xml"))
+    model = openvino_core().read_model(str(art["dir"] / "attn.xml"))
     assert openvino_macs(model) == (hand, 0)
 
 
 def test_openvino_macs_equal_onnx_for_conv_and_int8(art):
-    core = ov.Core()
+    core = openvino_core()
     hand = art["conv_counts"]["macs"]
     assert openvino_macs(core.read_model(str(art["dir"] / "conv.xml")))[0] == hand
     assert openvino_macs(core.read_model(str(art["dir"] / "conv_int8.xml")))[0] == hand
@@ -108,7 +112,7 @@ def test_graph_precision_is_read_from_the_graph(art):
     assert onnx_precision(onnx.load(d / "conv.onnx")) == "fp32"
     assert onnx_precision(onnx.load(d / "conv_fp16.onnx")) == "fp16"
     assert onnx_precision(onnx.load(d / "conv_int8.onnx")) == "int8"
-    core = ov.Core()
+    core = openvino_core()
     assert openvino_precision(core.read_model(str(d / "conv.xml"))) == "fp32"
     assert openvino_precision(core.read_model(str(d / "conv_int8.xml"))) == "int8"
 
@@ -286,6 +290,27 @@ def test_openvino_per_layer_shows_int8_kernels_for_a_qdq_graph(art):
         # catch the running-mean misreading (>1.3 after a slow first run) and lost layers (~0)
         assert 0.2 < r.layers.per_run_coverage <= 1.05, r.layers.per_run_coverage
         assert 0.2 < r.layers.sum_over_interleaved_e2e < 1.6, r.layers.sum_over_interleaved_e2e
+
+
+def test_ctrl_c_after_two_openvino_artifacts_is_an_interrupt_not_a_crash(art):
+    """OpenVINO's CPU plugin leaves a dangling alternate signal stack when two plugins go away first-in first-out;
+    the next signal then crashed the process (exit -11). One shared Core keeps one plugin. In a fresh interpreter,
+    since a crash would take the test runner down with it."""
+    code = textwrap.dedent(
+        f"""
+        import signal
+        from edgeattn.profile import measure
+        measure.profile_artifacts([{str(art["dir"] / "conv.xml")!r}, {str(art["dir"] / "conv_int8.xml")!r}],
+                                  threads=1, warmup=1, iters=3)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        try:
+            signal.raise_signal(signal.SIGINT)
+        except KeyboardInterrupt:
+            print("interrupted")
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False)
+    assert out.returncode == 0 and out.stdout.strip() == "interrupted", (out.returncode, out.stderr[-2000:])
 
 
 def test_openvino_runs_onnx_too_and_reports_settings(art):

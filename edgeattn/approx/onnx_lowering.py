@@ -16,6 +16,7 @@ import torch
 
 from edgeattn.approx.float_ops import GELU_METHODS, SOFTMAX_METHODS, ApproxGELU, ApproxSoftmax
 from edgeattn.atomic import atomic_path
+from edgeattn.openvino_core import openvino_core
 
 # ONNX default-domain ops the lowerings may use (all in TensorRT's, OpenVINO's and Core ML's ONNX op sets).
 STANDARD_OPS: frozenset[str] = frozenset(
@@ -144,9 +145,8 @@ def run_onnxruntime(path: str | Path, x: np.ndarray) -> np.ndarray:
 
 def run_openvino(path: str | Path, x: np.ndarray, device: str = "CPU") -> np.ndarray:
     """Run the exported model in OpenVINO (its own ONNX frontend), f32 inference precision."""
-    import openvino as ov
 
-    core = ov.Core()
+    core = openvino_core()
     model = core.read_model(str(path))
     compiled = core.compile_model(
         model, device, {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": 1}

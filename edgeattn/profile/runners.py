@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from edgeattn.errors import EdgeAttnError, MissingBackendError
+from edgeattn.openvino_core import openvino_core
 from edgeattn.profile import layers as L
 from edgeattn.profile.schema import LayerBreakdown
 
@@ -418,7 +419,7 @@ class OpenVINORunner(Runner):
 
         self._ov = ov
         self.version = ov.__version__.split("-")[0]
-        self.core = ov.Core()
+        self.core = openvino_core()
         self.device = device.upper()
         available = self.core.available_devices
         virtual = self.device.split(":")[0] in (
@@ -848,7 +849,7 @@ def list_devices() -> list[dict[str, Any]]:
             elif rt == "openvino":
                 import openvino as ov
 
-                core = ov.Core()
+                core = openvino_core()
                 row["version"] = ov.__version__.split("-")[0]
                 row["devices"] = list(core.available_devices)
                 row["note"] = "; ".join(
