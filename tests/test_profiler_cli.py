@@ -96,6 +96,18 @@ def _err(capsys) -> str:
         ("small.onnx", ["--batch", "4"], 2, "fixed batch of 1"),
         ("small.onnx", ["--shape", "x=1x3x20x20"], 2, "cannot take input 'x' of shape [1, 3, 20, 20]"),
         ("small.onnx", ["--shape", "nonsense"], 2, "--shape"),
+        (
+            "small.onnx",
+            ["--shape", "input=1x3x16x16"],
+            2,
+            "--shape names 'input', which is not an input; the artifact's inputs: x",
+        ),
+        (
+            "small.onnx",
+            ["--shape", "a=1", "--shape", "b=2"],
+            2,
+            "--shape names 'a', 'b', which are not inputs; the artifact's inputs: x",
+        ),
         ("small.onnx", ["--iters", "3", "--seconds", "1"], 2, "not both"),
         ("small.onnx", ["--runtime", "tflite"], 2, "--runtime 'tflite' is not known"),
     ],
@@ -129,6 +141,9 @@ def _no_loading(*args, **kwargs):
         (["--infer-precision", "f64"], "--infer-precision 'f64' is not known; choose f32, bf16, f16"),
         (["--iters", "0"], "--iters must be >= 1, got 0"),
         (["--warmup", "-1"], "--warmup must be >= 0, got -1"),
+        (["--batch", "0"], "--batch must be >= 1, got 0"),
+        (["--threads", "-2"], "--threads must be >= 1, got -2"),
+        (["--shape", "x=0x3"], "--shape 'x=0x3' is not NAME=D0xD1x... with dimensions >= 1"),
     ],
 )
 def test_bad_settings_fail_before_any_model_loads(tmp_path, monkeypatch, capsys, args, needle):
@@ -247,6 +262,29 @@ def test_error_in_a_subprocess_has_no_traceback(tmp_path):
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and "artifact not found" in proc.stderr
     # checked before the progress display opens: nothing on stdout, not even the display's closing newline
+    assert proc.stdout == "" and len(proc.stderr.splitlines()) == 1, (proc.stdout, proc.stderr)
+
+
+def test_error_found_while_loading_leaves_stdout_empty(art):
+    # found only once the model is loaded, inside the progress display; a display that is not on a terminal
+    # is off, so it leaves no blank line in front of the error
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from edgeattn.cli import main; sys.exit(main())",
+            "profile",
+            str(art / "small.onnx"),
+            "--batch",
+            "4",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert "fixed batch of 1" in proc.stderr
     assert proc.stdout == "" and len(proc.stderr.splitlines()) == 1, (proc.stdout, proc.stderr)
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
+from rich.progress import Progress, ProgressColumn
 
 from edgeattn.atomic import check_writable_folder, write_text_atomic
 from edgeattn.errors import EdgeAttnError
@@ -21,6 +22,15 @@ def fail(message: str, exit_code: int = 2) -> int:
     """Print one error line to stderr and return ``exit_code`` (for ``main``)."""
     err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     return exit_code
+
+
+def transient_progress(*columns: str | ProgressColumn) -> Progress:
+    """A progress display that vanishes when it closes (rich's default columns unless ``columns`` are given).
+
+    Off where stdout is not a terminal: there it cannot be erased, and its last refresh would leave a blank
+    line in front of the table or the error that follows.
+    """
+    return Progress(*columns, console=console, transient=True, disable=not console.is_terminal)
 
 
 def write_json(path: str | Path, payload: Any) -> Path:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from edgeattn.cli._common import check_output_path, console, missing_folders, write_json
+from edgeattn.cli._common import check_output_path, console, missing_folders, transient_progress, write_json
 
 app = typer.Typer(help="Hardware-friendly softmax and GELU approximations.", no_args_is_help=True)
 
@@ -49,13 +49,12 @@ def report(
         raise EdgeAttnError(str(exc)) from None
 
     import torch
-    from rich.progress import Progress
     from rich.table import Table
 
     from edgeattn.approx.report import build_report, plot_report, progress_steps
 
     torch.set_num_threads(min(2, torch.get_num_threads()))
-    with Progress(console=console, transient=True) as prog:
+    with transient_progress() as prog:
         task = prog.add_task("measuring approximations", total=progress_steps())
         rep = build_report(rb, seed=seed, progress=lambda: prog.advance(task))
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from edgeattn.cli._common import console, write_json
+from edgeattn.cli._common import console, transient_progress, write_json
 
 app = typer.Typer(help="Models in the registry.", no_args_is_help=True)
 
@@ -50,7 +50,6 @@ def list_cmd(
     in brackets, where over-parameterized branches and BatchNorm add to it). Language models keep their
     own input under --img-size."""
     import torch
-    from rich.progress import Progress
     from rich.table import Table
 
     from edgeattn.models import list_models
@@ -58,7 +57,7 @@ def list_cmd(
     torch.set_num_threads(min(2, torch.get_num_threads()))
     names = list_models()
     rows = []
-    with Progress(console=console, transient=True) as progress:
+    with transient_progress() as progress:
         task = progress.add_task("counting", total=len(names))
         for name in names:
             progress.update(task, description=name)

@@ -18,8 +18,12 @@ def _parse_shapes(specs: list[str] | None) -> dict[str, list[int]]:
             if not sep or not name:
                 raise ValueError
             shapes[name] = [int(d) for d in dims.lower().split("x")]
+            if min(shapes[name]) < 1:
+                raise ValueError
         except ValueError:
-            raise EdgeAttnError(f"--shape {spec!r} is not NAME=D0xD1x... (e.g. input=1x3x224x224)") from None
+            raise EdgeAttnError(
+                f"--shape {spec!r} is not NAME=D0xD1x... with dimensions >= 1 (e.g. input=1x3x224x224)"
+            ) from None
     return shapes
 
 
@@ -67,9 +71,9 @@ def profile(
     Several artifacts are timed interleaved (A B A B ...) and reported side by side with ratios to the first.
     Ctrl-C stops the timing and prints what was measured so far.
     """
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, TextColumn, TimeElapsedColumn
 
-    from edgeattn.cli._common import console, write_json
+    from edgeattn.cli._common import console, transient_progress, write_json
     from edgeattn.profile import list_devices as _list_devices
     from edgeattn.profile import plot_report, profile_artifacts, render_devices, render_table
     from edgeattn.profile.measure import check_settings
@@ -89,18 +93,23 @@ def profile(
     shapes = _parse_shapes(shape)
     # profile_artifacts checks these too; checked here as well so an error does not open the progress display
     check_settings(
-        iters=iters, seconds=seconds, warmup=warmup, layer_runs=layer_runs, hint=hint, infer_precision=infer_precision
+        iters=iters,
+        seconds=seconds,
+        warmup=warmup,
+        layer_runs=layer_runs,
+        hint=hint,
+        infer_precision=infer_precision,
+        batch=batch,
+        threads=threads,
     )
     for artifact in artifacts:
         check_artifact(artifact, runtime)
     labels = {"load": "loading", "warmup": "warm-up", "timed": "timed runs", "layers": "per-layer"}
-    with Progress(
+    with transient_progress(
         TextColumn("{task.description}"),
         BarColumn(),
         TextColumn("{task.completed:.0f}/{task.total:.0f}"),
         TimeElapsedColumn(),
-        console=console,
-        transient=True,
     ) as bar:
         tasks: dict[str, int] = {}
 

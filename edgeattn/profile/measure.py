@@ -19,7 +19,7 @@ import numpy as np
 
 from edgeattn.errors import EdgeAttnError
 from edgeattn.profile import system
-from edgeattn.profile.runners import Runner, check_openvino_options, open_runner
+from edgeattn.profile.runners import Runner, check_batch_and_threads, check_openvino_options, open_runner
 from edgeattn.profile.schema import ArtifactResult, Efficiency, LatencyStats, ProfileReport
 
 ProgressFn = Callable[[str, float, float], None]
@@ -111,6 +111,8 @@ def check_settings(
     layer_runs: int = 20,
     hint: str = "latency",
     infer_precision: str | None = None,
+    batch: int | None = None,
+    threads: int | None = None,
 ) -> None:
     """Raise one :class:`EdgeAttnError` (CLI exit 2) naming the first bad profiling setting, else return.
 
@@ -129,7 +131,23 @@ def check_settings(
         raise EdgeAttnError(f"--warmup must be >= 0, got {warmup}")
     if layer_runs < 1:
         raise EdgeAttnError(f"--layer-runs must be >= 1, got {layer_runs}")
+    check_batch_and_threads(batch, threads)
     check_openvino_options(hint, infer_precision)
+
+
+def _check_shape_names(
+    shapes: Mapping[str, Sequence[int]] | None, runners: Sequence[Runner], paths: Sequence[Path]
+) -> None:
+    """A ``--shape`` whose name no artifact has as an input is a typo: name it instead of ignoring it."""
+    known = {name for runner in runners for name in runner.input_shapes}
+    unknown = sorted(set(shapes or {}) - known)
+    if unknown:
+        what = "is not an input" if len(unknown) == 1 else "are not inputs"
+        whose = "the artifact's" if len(paths) == 1 else "the artifacts'"
+        raise EdgeAttnError(
+            f"--shape names {', '.join(repr(n) for n in unknown)}, which {what}; "
+            f"{whose} inputs: {', '.join(sorted(known))}"
+        )
 
 
 def profile_artifacts(
@@ -160,7 +178,14 @@ def profile_artifacts(
     if not paths:
         raise EdgeAttnError("give at least one artifact to profile")
     check_settings(
-        iters=iters, seconds=seconds, warmup=warmup, layer_runs=layer_runs, hint=hint, infer_precision=infer_precision
+        iters=iters,
+        seconds=seconds,
+        warmup=warmup,
+        layer_runs=layer_runs,
+        hint=hint,
+        infer_precision=infer_precision,
+        batch=batch,
+        threads=threads,
     )
     if iters is None and seconds is None:
         iters = DEFAULT_ITERS
@@ -197,6 +222,7 @@ def profile_artifacts(
             rss_cold.append(system.current_rss_mb() - rss0)
         if progress:
             progress("load", len(paths), len(paths))
+        _check_shape_names(shapes, runners, paths)
         est: list[float] = []
         try:
             for k, runner in enumerate(runners):

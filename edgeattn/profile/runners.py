@@ -796,6 +796,14 @@ def check_artifact(path: str | Path, runtime: str = "auto") -> str:
     return rt
 
 
+def check_batch_and_threads(batch: int | None, threads: int | None) -> None:
+    """Raise :class:`EdgeAttnError` if ``batch`` or ``threads`` is given and below 1."""
+    if batch is not None and batch < 1:
+        raise EdgeAttnError(f"--batch must be >= 1, got {batch}")
+    if threads is not None and threads < 1:
+        raise EdgeAttnError(f"--threads must be >= 1, got {threads}")
+
+
 def open_runner(
     path: str | Path,
     runtime: str = "auto",
@@ -814,10 +822,7 @@ def open_runner(
     """
     path = Path(path)
     rt = check_artifact(path, runtime)
-    if batch is not None and batch < 1:
-        raise EdgeAttnError(f"--batch must be >= 1, got {batch}")
-    if threads is not None and threads < 1:
-        raise EdgeAttnError(f"--threads must be >= 1, got {threads}")
+    check_batch_and_threads(batch, threads)
     if rt == "onnxruntime":
         return OrtRunner(path, device or "CPU", threads, batch, shapes, spin=ort_spinning)
     if rt == "openvino":
