@@ -61,15 +61,21 @@ def _load_ckpt(path: str) -> tuple[Any, dict[str, Any]]:
 def resolve_model(
     model: Any, checkpoint: str | None, profile: Any, model_kwargs: dict[str, Any] | None
 ) -> tuple[Any, str, dict[str, Any] | None]:
-    """(module in eval mode, name for the report, checkpoint meta or None)."""
+    """(module in eval mode, name for the report, checkpoint meta or None).
+
+    A registry model is built with the profile's softmax and GELU approximations (explicit ``model_kwargs``
+    win); a trained model (checkpoint, in-memory module) keeps its own and must match the profile's.
+    """
     if not isinstance(model, str):
         if checkpoint:
             raise EdgeAttnError("--checkpoint goes with a registry model name, not an in-memory module")
+        _check_approximations(model, profile, "the model")
         return model.eval(), type(model).__name__, None
     if _looks_like_file(model):
         module, meta = _load_ckpt(model)
+        _check_approximations(module, profile, f"checkpoint '{model}'")
         return module, str(meta.get("model", model)), meta
-    from edgeattn.models import create_model, list_models
+    from edgeattn.models import approximation_kwargs, create_model, list_models
 
     if model not in list_models():
         raise EdgeAttnError(f"unknown model '{model}'; registered models: {', '.join(list_models())}")
@@ -79,13 +85,29 @@ def resolve_model(
             raise EdgeAttnError(
                 f"checkpoint '{checkpoint}' is for model '{meta.get('model')}', not '{model}'", exit_code=7
             )
+        _check_approximations(module, profile, f"checkpoint '{checkpoint}'")
         return module, model, meta
-    kwargs = dict(model_kwargs or {})
+    kwargs = {**approximation_kwargs(model, profile.approx.softmax, profile.approx.gelu), **(model_kwargs or {})}
     if model != "tiny_llama":
         c, h, _ = profile.export.input_shape[1:4] if len(profile.export.input_shape) == 4 else (3, 224, 224)
         kwargs.setdefault("img_size", h)
         kwargs.setdefault("in_chans", c)
     return create_model(model, **kwargs).eval(), model, None
+
+
+def _check_approximations(module: Any, profile: Any, what: str) -> None:
+    """Refuse a trained model whose softmax or GELU approximation is not the one the profile deploys: its weights
+    were fitted to the one it has, so it is not swapped behind the user's back."""
+    from edgeattn.approx import approximations_in
+
+    wanted = {"softmax": profile.approx.softmax, "gelu": profile.approx.gelu}
+    for op, methods in approximations_in(module).items():
+        if methods and methods != {wanted[op]}:
+            raise EdgeAttnError(
+                f"{what} computes {op} with {', '.join(sorted(methods))}, but profile '{profile.name}' deploys "
+                f"{op} '{wanted[op]}': fine-tune it with that profile (edgeattn qat --profile {profile.name}), "
+                f"or use a profile whose approx.{op} is {', '.join(sorted(methods))}"
+            )
 
 
 def _check_batch_fits(
@@ -325,6 +347,8 @@ def _export_model(
         repr(sorted((model_kwargs or {}).items())),
         checkpoint,
         repr(prof.export.input_shape),
+        prof.approx.softmax,
+        prof.approx.gelu,
     )
     stage_s: dict[str, float] = {}  # seconds per stage; ~0 where the cache served it
     t0 = time.perf_counter()

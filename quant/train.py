@@ -284,12 +284,17 @@ def split_settings(cfg: TrainConfig) -> dict[str, Any]:
 
 
 def model_kwargs_for(cfg: TrainConfig, info: dict[str, Any]) -> dict[str, Any]:
-    """Factory arguments from the data (classes, channels, size / vocab, context) + ``cfg.model_kwargs``."""
+    """Factory arguments from the data (classes, channels, size / vocab, context), the profile's softmax and GELU
+    approximations (the model is trained with what it deploys), then ``cfg.model_kwargs``."""
+    from edgeattn.device_profile import load_profile
+    from edgeattn.models import approximation_kwargs
+
     if info["task"] == "language":
         base: dict[str, Any] = {"vocab_size": info["vocab_size"], "seq_len": cfg.seq_len}
     else:
         base = {"num_classes": info["num_classes"], "in_chans": cfg.in_chans, "img_size": cfg.img_size}
-    return {**base, **cfg.model_kwargs}
+    approx = load_profile(cfg.profile).approx
+    return {**base, **approximation_kwargs(cfg.model, approx.softmax, approx.gelu), **cfg.model_kwargs}
 
 
 def quant_config_for(cfg: TrainConfig, info: dict[str, Any]) -> QuantConfig:
@@ -844,7 +849,7 @@ def _check_fp_meta(
         key, was, now = diff
         raise EdgeAttnError(
             f"fp_checkpoint '{source}' was built with {key}={was!r}, this run has {now!r} (model_kwargs, "
-            "img_size, in_chans, seq_len and the data's classes must match)"
+            "the profile's approx, img_size, in_chans, seq_len and the data's classes must match)"
         )
     if meta.get("data") is not None and not _same_data(meta["data"], cfg.data):  # None: an older edgeattn
         raise EdgeAttnError(

@@ -6,6 +6,9 @@
   documented step by step in ``docs/fixed_point.md``;
 - the ONNX lowering is the float version itself exported by ``torch.onnx.export`` (see
   :mod:`edgeattn.approx.onnx_lowering`).
+
+:func:`set_approximations` switches a whole model (yours too) to other methods; :func:`approximations_in` reads
+which it uses.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from edgeattn.approx.float_ops import (
     online_softmax_chunked,
     softmax,
 )
+from edgeattn.approx.swap import approximations_in, set_approximations
 
 __all__ = [
     "GELU_METHODS",
@@ -30,6 +34,8 @@ __all__ = [
     "OnlineSoftmaxStream",
     "deferred_weights",
     "gelu",
+    "approximations_in",
     "online_softmax_chunked",
+    "set_approximations",
     "softmax",
 ]

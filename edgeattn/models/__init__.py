@@ -11,7 +11,13 @@ import importlib
 
 from edgeattn.models.inputs import example_input
 from edgeattn.models.macs import count_macs, count_params
-from edgeattn.models.registry import create_model, list_models, model_entrypoint, register_model
+from edgeattn.models.registry import (
+    approximation_kwargs,
+    create_model,
+    list_models,
+    model_entrypoint,
+    register_model,
+)
 
 # Importing a model module runs its @register_model decorators.
 from edgeattn.models import fmvit, mobilenetv2, tiny_llama, vit  # noqa: E402,F401  isort: skip
@@ -23,6 +29,7 @@ except ModuleNotFoundError as _exc:
         raise
 
 __all__ = [
+    "approximation_kwargs",
     "create_model",
     "list_models",
     "register_model",

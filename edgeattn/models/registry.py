@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import re
 from collections.abc import Callable
 from typing import TypeVar
@@ -10,7 +11,7 @@ from torch import nn
 
 from edgeattn.errors import EdgeAttnError
 
-__all__ = ["register_model", "create_model", "list_models", "model_entrypoint"]
+__all__ = ["register_model", "create_model", "list_models", "model_entrypoint", "approximation_kwargs"]
 
 _F = TypeVar("_F", bound=Callable[..., nn.Module])
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
@@ -67,6 +68,17 @@ def create_model(name: str, **kwargs) -> nn.Module:
         if "multiple values" in match.group(0):
             raise EdgeAttnError(f"model {name!r} sets argument {arg!r} itself; leave it out") from exc
         raise EdgeAttnError(f"model {name!r} takes no argument {arg!r} ({exc})") from exc
+
+
+def approximation_kwargs(name: str, softmax: str, gelu: str) -> dict[str, str]:
+    """Factory arguments that make model ``name`` compute its softmax and GELU with these methods.
+
+    Only methods other than ``exact`` (every model's default) and only arguments the factory names: a model
+    without attention or GELU (MobileNet-V2) gets none, ``tiny_llama`` (SwiGLU) no ``gelu``.
+    """
+    params = inspect.signature(model_entrypoint(name)).parameters
+    wanted = {"softmax": softmax, "gelu": gelu}
+    return {arg: method for arg, method in wanted.items() if method != "exact" and arg in params}
 
 
 # "f() got an unexpected keyword argument 'x'" / "f() got multiple values for (keyword) argument 'x'"
