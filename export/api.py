@@ -69,7 +69,8 @@ def resolve_model(
     if not isinstance(model, str):
         if checkpoint:
             raise EdgeAttnError("--checkpoint goes with a registry model name, not an in-memory module")
-        _check_approximations(model, profile, "the model")
+        fix = "switch it with edgeattn.approx.set_approximations and fine-tune it"
+        _check_approximations(model, profile, "the model", fix)
         return model.eval(), type(model).__name__, None
     if _looks_like_file(model):
         module, meta = _load_ckpt(model)
@@ -95,18 +96,18 @@ def resolve_model(
     return create_model(model, **kwargs).eval(), model, None
 
 
-def _check_approximations(module: Any, profile: Any, what: str) -> None:
+def _check_approximations(module: Any, profile: Any, what: str, fix: str = "") -> None:
     """Refuse a trained model whose softmax or GELU approximation is not the one the profile deploys: its weights
     were fitted to the one it has, so it is not swapped behind the user's back."""
     from edgeattn.approx import approximations_in
 
     wanted = {"softmax": profile.approx.softmax, "gelu": profile.approx.gelu}
+    fix = fix or f"fine-tune it with that profile (edgeattn qat --profile {profile.name})"
     for op, methods in approximations_in(module).items():
         if methods and methods != {wanted[op]}:
             raise EdgeAttnError(
                 f"{what} computes {op} with {', '.join(sorted(methods))}, but profile '{profile.name}' deploys "
-                f"{op} '{wanted[op]}': fine-tune it with that profile (edgeattn qat --profile {profile.name}), "
-                f"or use a profile whose approx.{op} is {', '.join(sorted(methods))}"
+                f"{op} '{wanted[op]}': {fix}, or use a profile whose approx.{op} is {', '.join(sorted(methods))}"
             )
 
 

@@ -122,7 +122,8 @@ def test_export_refuses_a_trained_model_with_other_approximations(tmp_path, caps
 
     prof = _profile(tmp_path, "ibert", "exact")
     model = create_model("vit_tiny", img_size=32)  # exact softmax
-    with pytest.raises(EdgeAttnError, match="the model computes softmax with exact, but profile 'approx-cpu'"):
+    wanted = "the model computes softmax with exact, but profile 'approx-cpu' deploys softmax 'ibert': switch it with"
+    with pytest.raises(EdgeAttnError, match=wanted):
         export_model(model, "onnx", prof, tmp_path / "x", precision="fp32", n_inputs=2)
     assert not (tmp_path / "x").exists()
     # a checkpoint through the CLI: one line, exit 2, nothing written
