@@ -220,6 +220,12 @@ class DeviceProfile(_Strict):
         if self.precision == "fixed" and set(self.targets) != {"hls"}:
             # export reads `precision` for onnx/tensorrt/openvino/coreml, which have no fixed point
             raise ValueError(f"precision 'fixed' is for hls-only profiles, but targets are {list(self.targets)}")
+        hls_approx = {"softmax": "online", "gelu": "edgemoe"}  # what the HLS C++ computes (docs/fixed_point.md)
+        if "hls" in self.targets and self.approx.model_dump() != hls_approx:
+            raise ValueError(
+                f"targets lists 'hls', whose C++ datapath computes softmax 'online' and GELU 'edgemoe'; "
+                f"approx says softmax '{self.approx.softmax}', gelu '{self.approx.gelu}'"
+            )
         return self
 
     def tolerance_for(self, precision: str) -> Tolerance:
@@ -253,7 +259,8 @@ def _format_validation_error(source: str, err: ValidationError) -> str:
     if first["type"] == "missing":
         return f"{source}: field '{loc}' is required but missing"
     got_text = "" if isinstance(got, dict) else f", got {got!r}"
-    return f"{source}: field '{loc}': {first['msg'].lower()}{got_text}"
+    msg = first["msg"]  # pydantic's sentences start upper case; only that letter is lowered (values keep theirs)
+    return f"{source}: field '{loc}': {msg[:1].lower()}{msg[1:]}{got_text}"
 
 
 def profile_from_mapping(data: Any, source: str) -> DeviceProfile:

@@ -104,6 +104,23 @@ def test_bad_profile_is_one_line_exit_2(tmp_path, capsys, mutate, expected):
     assert expected in " ".join(stderr.split())
 
 
+@pytest.mark.parametrize(("softmax", "gelu"), [("online", "tanh"), ("exact", "edgemoe"), ("ibert", "edgemoe_mm")])
+def test_an_hls_profile_must_deploy_what_the_cpp_computes(tmp_path, softmax, gelu):
+    # the C++ datapath is fixed: online softmax and the Edge-MoE GELU table; another approx would be ignored
+    data = load_profile("zcu102-hls").model_dump(mode="json")
+    assert data["approx"] == {"softmax": "online", "gelu": "edgemoe"}
+    data["approx"] = {"softmax": softmax, "gelu": gelu}
+    path = tmp_path / "hls.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ProfileError) as err:
+        load_profile(path)
+    # one line; the message keeps its own case ("C++", "GELU") and names what the profile says
+    assert str(err.value) == (
+        f"{path}: field '(top level)': value error, targets lists 'hls', whose C++ datapath computes softmax "
+        f"'online' and GELU 'edgemoe'; approx says softmax '{softmax}', gelu '{gelu}'"
+    )
+
+
 def test_export_refuses_a_profile_with_an_empty_input_shape_before_exporting(tmp_path, capsys):
     path = _bad_profile(tmp_path, lambda d: d["export"].update(input_shape=[]))
     rc = main(["export", "fmvit_t", "-t", "onnx", "-p", str(path), "-o", str(tmp_path / "out")])
