@@ -202,6 +202,15 @@ def test_read_only_folder_check_uses_os_access(tmp_path, monkeypatch, capsys):
     assert not (ro / "x.png").exists()
 
 
+def test_list_devices_with_artifacts_is_refused(tmp_path, monkeypatch, capsys):
+    # it would list the devices and silently skip the artifacts
+    monkeypatch.setattr(measure, "open_runner", _no_loading)
+    assert main(["profile", "--list-devices", str(tmp_path / "m.onnx")]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.strip().startswith("error: --list-devices takes no ARTIFACT"), (out, err)
+    assert len(err.strip().splitlines()) == 1
+
+
 def test_list_devices_json_under_a_regular_file_is_one_line(tmp_path, capsys):
     afile = tmp_path / "afile"
     afile.write_text("")

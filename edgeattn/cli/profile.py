@@ -83,6 +83,8 @@ def profile(
         if out is not None:
             check_output_path(out, flag)
     if list_devices:
+        if artifacts:
+            raise EdgeAttnError("--list-devices takes no ARTIFACT; run it alone, then profile the artifacts")
         rows = _list_devices()
         render_devices(rows, console)
         if json_out:
