@@ -286,10 +286,11 @@ def test_openvino_per_layer_shows_int8_kernels_for_a_qdq_graph(art):
     assert int8.efficiency.peak_precision == "int8"
     for r in (fp32, int8):  # node times cannot add up to more than the runs they were measured in
         assert r.layers.runs == 20  # the default layer runs
-        # generous bounds (a 0.4 ms model on a loaded 2-core CI machine: one stall moves a mean a lot) that still
-        # catch the running-mean misreading (>1.3 after a slow first run) and lost layers (~0)
-        assert 0.2 < r.layers.per_run_coverage <= 1.05, r.layers.per_run_coverage
-        assert 0.2 < r.layers.sum_over_interleaved_e2e < 1.6, r.layers.sum_over_interleaved_e2e
+        # generous bounds (a 0.4 ms model on a loaded 2-core CI machine: one stall moves a mean a lot; a CI run with
+        # two more pytest workers beside it measured a coverage of 0.19) that still catch the running-mean
+        # misreading (>1.3 after a slow first run) and lost layers (~0)
+        assert 0.1 < r.layers.per_run_coverage <= 1.05, r.layers.per_run_coverage
+        assert 0.1 < r.layers.sum_over_interleaved_e2e < 1.6, r.layers.sum_over_interleaved_e2e
 
 
 def test_ctrl_c_after_two_openvino_artifacts_is_an_interrupt_not_a_crash(art):
