@@ -224,7 +224,8 @@ class DeviceProfile(_Strict):
         if "hls" in self.targets and self.approx.model_dump() != hls_approx:
             raise ValueError(
                 f"targets lists 'hls', whose C++ datapath computes softmax 'online' and GELU 'edgemoe'; "
-                f"approx says softmax '{self.approx.softmax}', gelu '{self.approx.gelu}'"
+                f"approx says softmax '{self.approx.softmax}', gelu '{self.approx.gelu}' "
+                "(set approx: {softmax: online, gelu: edgemoe})"
             )
         return self
 

@@ -104,12 +104,17 @@ def test_bad_profile_is_one_line_exit_2(tmp_path, capsys, mutate, expected):
     assert expected in " ".join(stderr.split())
 
 
-@pytest.mark.parametrize(("softmax", "gelu"), [("online", "tanh"), ("exact", "edgemoe"), ("ibert", "edgemoe_mm")])
+@pytest.mark.parametrize(
+    ("softmax", "gelu"), [("online", "tanh"), ("exact", "edgemoe"), ("ibert", "edgemoe_mm"), ("exact", "exact")]
+)
 def test_an_hls_profile_must_deploy_what_the_cpp_computes(tmp_path, softmax, gelu):
     # the C++ datapath is fixed: online softmax and the Edge-MoE GELU table; another approx would be ignored
     data = load_profile("zcu102-hls").model_dump(mode="json")
     assert data["approx"] == {"softmax": "online", "gelu": "edgemoe"}
-    data["approx"] = {"softmax": softmax, "gelu": gelu}
+    if (softmax, gelu) == ("exact", "exact"):
+        del data["approx"]  # left out: the default (exact) is not what the C++ computes either
+    else:
+        data["approx"] = {"softmax": softmax, "gelu": gelu}
     path = tmp_path / "hls.yaml"
     path.write_text(yaml.safe_dump(data))
     with pytest.raises(ProfileError) as err:
@@ -117,7 +122,8 @@ def test_an_hls_profile_must_deploy_what_the_cpp_computes(tmp_path, softmax, gel
     # one line; the message keeps its own case ("C++", "GELU") and names what the profile says
     assert str(err.value) == (
         f"{path}: field '(top level)': value error, targets lists 'hls', whose C++ datapath computes softmax "
-        f"'online' and GELU 'edgemoe'; approx says softmax '{softmax}', gelu '{gelu}'"
+        f"'online' and GELU 'edgemoe'; approx says softmax '{softmax}', gelu '{gelu}' "
+        "(set approx: {softmax: online, gelu: edgemoe})"
     )
 
 
