@@ -387,6 +387,8 @@ def test_ctrl_c_keeps_what_was_measured(monkeypatch, tmp_path):
     runners = iter([_Fake("A", log, stop_at=6 + 7), _Fake("B", log, stop_at=6 + 7)])
     monkeypatch.setattr(measure, "open_runner", lambda *a, **k: next(runners))
     paths = [tmp_path / "a.onnx", tmp_path / "b.onnx"]
+    for path in paths:  # profile_artifacts checks every path exists before loading any (the loader is faked)
+        path.touch()
     # turn_ms tiny: turns of one run each, A B A B ...
     report = measure.profile_artifacts(paths, warmup=2, iters=50, per_layer=True, turn_ms=1e-9)
     assert report.interrupted
@@ -411,6 +413,7 @@ def test_rss_after_load_is_read_before_the_cold_inference(monkeypatch, tmp_path)
 
     monkeypatch.setattr(system, "current_rss_mb", lambda: rss[0])
     monkeypatch.setattr(measure, "open_runner", load)
+    (tmp_path / "a.onnx").touch()  # checked to exist before loading; the loader is faked
     report = measure.profile_artifacts([tmp_path / "a.onnx"], warmup=1, iters=2)
     r = report.results[0]
     assert (r.rss_after_load_mb, r.rss_after_cold_mb) == (10.0, 110.0)

@@ -166,6 +166,13 @@ def test_bad_settings_are_refused_by_the_python_api(tmp_path, monkeypatch):
         profile_artifacts([tmp_path / "m.onnx"], infer_precision="f64")
 
 
+def test_every_artifact_is_checked_before_the_first_loads(tmp_path, monkeypatch):
+    monkeypatch.setattr(measure, "open_runner", _no_loading)
+    (tmp_path / "a.onnx").touch()
+    with pytest.raises(EdgeAttnError, match="artifact not found: .*b.onnx"):
+        profile_artifacts([tmp_path / "a.onnx", tmp_path / "b.onnx"])
+
+
 def test_json_under_a_regular_file_fails_before_measuring(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(measure, "open_runner", _no_loading)
     afile = tmp_path / "afile"

@@ -76,8 +76,6 @@ def profile(
     from edgeattn.cli._common import console, transient_progress, write_json
     from edgeattn.profile import list_devices as _list_devices
     from edgeattn.profile import plot_report, profile_artifacts, render_devices, render_table
-    from edgeattn.profile.measure import check_settings
-    from edgeattn.profile.runners import check_artifact
 
     for out, flag in ((json_out, "--json"), (plot, "--plot")):
         if out is not None:
@@ -93,33 +91,23 @@ def profile(
     if not artifacts:
         raise EdgeAttnError("give at least one ARTIFACT to profile (or --list-devices)")
     shapes = _parse_shapes(shape)
-    # profile_artifacts checks these too; checked here as well so an error does not open the progress display
-    check_settings(
-        iters=iters,
-        seconds=seconds,
-        warmup=warmup,
-        layer_runs=layer_runs,
-        hint=hint,
-        infer_precision=infer_precision,
-        batch=batch,
-        threads=threads,
-    )
-    for artifact in artifacts:
-        check_artifact(artifact, runtime)
     labels = {"load": "loading", "warmup": "warm-up", "timed": "timed runs", "layers": "per-layer"}
-    with transient_progress(
+    bar = transient_progress(
         TextColumn("{task.description}"),
         BarColumn(),
         TextColumn("{task.completed:.0f}/{task.total:.0f}"),
         TimeElapsedColumn(),
-    ) as bar:
-        tasks: dict[str, int] = {}
+    )
+    tasks: dict[str, int] = {}
 
-        def progress(phase: str, done: float, total: float) -> None:
-            if phase not in tasks:
-                tasks[phase] = bar.add_task(labels.get(phase, phase), total=total)
-            bar.update(tasks[phase], completed=done, total=total)
+    def progress(phase: str, done: float, total: float) -> None:
+        if not tasks:  # opened at the first step of work: profile_artifacts' checks of settings and paths print alone
+            bar.start()
+        if phase not in tasks:
+            tasks[phase] = bar.add_task(labels.get(phase, phase), total=total)
+        bar.update(tasks[phase], completed=done, total=total)
 
+    try:
         report = profile_artifacts(
             artifacts,
             runtime=runtime,
@@ -136,6 +124,9 @@ def profile(
             layer_runs=layer_runs,
             progress=progress,
         )
+    finally:
+        if tasks:
+            bar.stop()
     render_table(report, console)
     if json_out:
         write_json(json_out, report)

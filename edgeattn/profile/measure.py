@@ -19,7 +19,13 @@ import numpy as np
 
 from edgeattn.errors import EdgeAttnError
 from edgeattn.profile import system
-from edgeattn.profile.runners import Runner, check_batch_and_threads, check_openvino_options, open_runner
+from edgeattn.profile.runners import (
+    Runner,
+    check_artifact,
+    check_batch_and_threads,
+    check_openvino_options,
+    open_runner,
+)
 from edgeattn.profile.schema import ArtifactResult, Efficiency, LatencyStats, ProfileReport
 
 ProgressFn = Callable[[str, float, float], None]
@@ -187,9 +193,11 @@ def profile_artifacts(
         batch=batch,
         threads=threads,
     )
+    paths = [Path(p) for p in paths]
+    for path in paths:  # every path before the first (slow) load
+        check_artifact(path, runtime)
     if iters is None and seconds is None:
         iters = DEFAULT_ITERS
-    paths = [Path(p) for p in paths]
     sysrec = system.system_record()
     runners: list[Runner] = []
     load_ms: list[float] = []
