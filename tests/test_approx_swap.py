@@ -92,9 +92,27 @@ def test_approximation_kwargs_per_model():
     assert approximation_kwargs("fmvit_t", "ibert", "edgemoe") == {"softmax": "ibert", "gelu": "edgemoe"}
     assert approximation_kwargs("fmvit_t", "exact", "edgemoe") == {"gelu": "edgemoe"}
     assert approximation_kwargs("tiny_llama", "online", "edgemoe") == {"softmax": "online"}  # SwiGLU: no GELU
-    assert approximation_kwargs("mobilenetv2", "ibert", "edgemoe") == {}
+    assert approximation_kwargs("mobilenetv2", "ibert", "edgemoe") == {}  # no softmax, no GELU
+    assert approximation_kwargs("mobilenetv2_ulsam", "ibert", "edgemoe") == {"softmax": "ibert"}  # ULSAM's map
     model = create_model("vit_tiny", img_size=32, **approximation_kwargs("vit_tiny", "ibert", "sigmoid"))
     assert approximations_in(model) == {"softmax": {"ibert"}, "gelu": {"sigmoid"}}
+
+
+def test_ulsam_softmax_is_swapped_like_an_attention_blocks():
+    """mobilenetv2_ulsam's three ULSAM maps are its softmax: built with a method, or switched afterwards."""
+    from edgeattn.blocks import ULSAM
+
+    built = create_model("mobilenetv2_ulsam", img_size=32, num_classes=10, softmax="shift")
+    assert approximations_in(built) == {"softmax": {"shift"}, "gelu": set()}
+    plain = create_model("mobilenetv2_ulsam", img_size=32, num_classes=10)
+    assert set_approximations(plain, softmax="shift", gelu="tanh") == {"softmax": 3, "gelu": 0}
+    assert all(m.softmax.method == "shift" for m in plain.modules() if isinstance(m, ULSAM))
+    # the same weights give the same output either way
+    plain.load_state_dict(built.state_dict())
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(plain.eval()(x), built.eval()(x))
+    with pytest.raises(ValueError, match="softmax='ibert' needs attention='ulsam'"):
+        create_model("mobilenetv2", softmax="ibert")
 
 
 def _ops(path: Path) -> set[str]:

@@ -188,8 +188,9 @@ def test_ela_bad_input(channels, variant, match):
 # ------------------------------------------------------------------------------- ULSAM
 
 
-def _ulsam_reference(m: ULSAM, x: torch.Tensor) -> torch.Tensor:
-    """The published per-subspace loop (one small module per subspace), float64, eval-mode BN."""
+def _ulsam_reference(m: ULSAM, x: torch.Tensor, softmax=torch.softmax) -> torch.Tensor:
+    """The published per-subspace loop (one small module per subspace), float64, eval-mode BN; ``softmax``
+    computes each subspace's map over its flattened positions."""
     x = x.double()
     g, gsize = m.num_subspaces, m.channels // m.num_subspaces
 
@@ -206,7 +207,7 @@ def _ulsam_reference(m: ULSAM, x: torch.Tensor) -> torch.Tensor:
         a = F.max_pool2d(torch.relu(bn(a, m.bn_dw, sl)), 3, 1, 1)
         a = F.conv2d(a, m.conv_pw.weight.double()[s : s + 1], m.conv_pw.bias.double()[s : s + 1])
         a = torch.relu(bn(a, m.bn_pw, slice(s, s + 1)))
-        attn = torch.softmax(a.flatten(2), dim=-1).reshape(a.shape)
+        attn = softmax(a.flatten(2), dim=-1).reshape(a.shape)
         outs.append(attn * f + f)
     return torch.cat(outs, dim=1)
 
@@ -221,6 +222,29 @@ def test_ulsam_matches_per_subspace_reference_and_reparam():
     assert rel_err(y, d(x)) < 1e-5
 
 
+@pytest.mark.parametrize("method", ["ibert", "base2"])
+def test_ulsam_softmax_method_reaches_every_subspace_map(method):
+    """``softmax=`` replaces the map's softmax: the module equals the per-subspace loop computing that method
+    in float64, differs from the exact module by the method's error, and keeps it through reparameterize()."""
+    torch.manual_seed(1)
+    exact = randomize_bn(ULSAM(32, 4))
+    m = ULSAM(32, 4, softmax=method)
+    m.load_state_dict(exact.state_dict())  # the method adds no parameters
+    m.eval()
+    x = torch.randn(2, 32, 7, 5)
+    y = m(x)
+
+    def approx(z, dim):
+        return edgeattn.approx.softmax(z, dim=dim, method=method)
+
+    torch.testing.assert_close(y.double(), _ulsam_reference(m, x, softmax=approx), rtol=1e-5, atol=1e-6)
+    gap = (y - exact(x)).abs().max().item()
+    assert 0 < gap < 0.05 * x.abs().max().item()
+    d = edgeattn.reparameterize(m)
+    assert d.softmax.method == method and rel_err(y, d(x)) < 1e-5
+    assert edgeattn.approx.approximations_in(d) == {"softmax": {method}, "gelu": set()}
+
+
 def test_ulsam_costs_match_paper():
     m = 512
     mod = ULSAM(m, 4)
@@ -233,6 +257,8 @@ def test_ulsam_costs_match_paper():
 def test_ulsam_bad_input():
     with pytest.raises(ValueError, match="divisible by num_subspaces"):
         ULSAM(30, 4)
+    with pytest.raises(ValueError, match="unknown softmax method 'fast'"):
+        ULSAM(32, 4, softmax="fast")
 
 
 # ------------------------------------------------------------------------------- reparam convs

@@ -3,6 +3,8 @@
 The m input channels are split into g subspaces of G = m/g channels. Per subspace:
 depthwise 1x1 conv -> BN -> ReLU -> 3x3 max-pool (stride 1, pad 1) -> pointwise conv G->1 -> BN -> ReLU ->
 softmax over all h*w positions (one attention map A) -> ``A * F + F``; the subspaces are concatenated.
+The softmax is an :class:`~edgeattn.approx.ApproxSoftmax` (``softmax=`` picks the method, exact by default), so
+``edgeattn.approx.set_approximations`` and a device profile's ``approx`` reach it like an attention block's.
 
 The g subspaces are computed together: the depthwise 1x1 over all m channels is the per-subspace depthwise
 convs side by side, and a conv m->g with ``groups=g`` is the g pointwise G->1 convs side by side. That is the
@@ -16,15 +18,19 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from edgeattn.approx import ApproxSoftmax
 from edgeattn.blocks.rep import fuse_bn, set_weight_bias
 
 __all__ = ["ULSAM"]
 
 
 class ULSAM(nn.Module):
-    """Subspace attention over (B, m, H, W) with ``num_subspaces`` (g) subspaces; m must divide by g."""
+    """Subspace attention over (B, m, H, W) with ``num_subspaces`` (g) subspaces; m must divide by g.
 
-    def __init__(self, channels: int, num_subspaces: int = 4) -> None:
+    ``softmax``: the method of the softmax over positions (one of ``edgeattn.approx.SOFTMAX_METHODS``).
+    """
+
+    def __init__(self, channels: int, num_subspaces: int = 4, softmax: str = "exact") -> None:
         super().__init__()
         if channels <= 0 or num_subspaces <= 0:
             raise ValueError(
@@ -40,6 +46,7 @@ class ULSAM(nn.Module):
         self.conv_pw = nn.Conv2d(channels, num_subspaces, 1, groups=num_subspaces)
         self.bn_pw = nn.BatchNorm2d(num_subspaces)
         self.relu_pw = nn.ReLU()
+        self.softmax = ApproxSoftmax(method=softmax, dim=-1)
         self.deployed = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -52,7 +59,7 @@ class ULSAM(nn.Module):
         else:
             a = self.relu_dw(self.bn_dw(self.conv_dw(x)))
             a = self.relu_pw(self.bn_pw(self.conv_pw(self.maxpool(a))))
-        attn = torch.softmax(a.reshape(b, g, 1, h * w), dim=-1)  # one map per subspace, over all positions
+        attn = self.softmax(a.reshape(b, g, 1, h * w))  # one map per subspace, over all positions
         feats = x.reshape(b, g, m // g, h * w)
         return (attn * feats + feats).reshape(b, m, h, w)
 

@@ -63,7 +63,10 @@ class InvertedResidual(nn.Module):
 
 
 class MobileNetV2(nn.Module):
-    """MobileNet-V2 classifier (B, C, H, W) -> (B, num_classes); ``attention``: None, "ela" or "ulsam"."""
+    """MobileNet-V2 classifier (B, C, H, W) -> (B, num_classes); ``attention``: None, "ela" or "ulsam".
+
+    ``softmax`` is the method of ULSAM's softmax, the model's only one (so ``attention="ulsam"`` only).
+    """
 
     def __init__(
         self,
@@ -73,6 +76,7 @@ class MobileNetV2(nn.Module):
         attention: str | None = None,
         ulsam_subspaces: int = 4,
         dropout: float = 0.2,
+        softmax: str = "exact",
     ) -> None:
         super().__init__()
         if attention not in (None, "ela", "ulsam"):
@@ -86,6 +90,10 @@ class MobileNetV2(nn.Module):
         )
         if isinstance(dropout, bool) or not isinstance(dropout, Real) or not 0 <= dropout < 1:
             raise ValueError(f"MobileNetV2: dropout must be a number in [0, 1), got {dropout!r}")
+        if softmax != "exact" and attention != "ulsam":
+            raise ValueError(
+                f"MobileNetV2: softmax={softmax!r} needs attention='ulsam' (ULSAM holds the model's only softmax)"
+            )
         self.input_size = (in_chans, img_size, img_size)
         self.num_classes = num_classes
         small = img_size < 64
@@ -101,7 +109,7 @@ class MobileNetV2(nn.Module):
                 )
                 in_ch = c
                 if attention == "ulsam" and (stage, i) in ULSAM_AFTER:
-                    features.append(ULSAM(c, ulsam_subspaces))
+                    features.append(ULSAM(c, ulsam_subspaces, softmax=softmax))
         features.append(ConvBN(in_ch, 1280, 1, act="relu6"))
         self.features = nn.Sequential(*features)
         self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(1280, num_classes))
@@ -126,9 +134,15 @@ def mobilenetv2_ela(num_classes: int = 1000, in_chans: int = 3, img_size: int = 
 
 @register_model
 def mobilenetv2_ulsam(
-    num_classes: int = 1000, in_chans: int = 3, img_size: int = 224, **kwargs
+    num_classes: int = 1000, in_chans: int = 3, img_size: int = 224, softmax: str = "exact", **kwargs
 ) -> MobileNetV2:
-    """MobileNet-V2 with ULSAM (g=4) after late stride-1 inverted residuals (see ``ULSAM_AFTER``)."""
+    """MobileNet-V2 with ULSAM (g=4) after late stride-1 inverted residuals (see ``ULSAM_AFTER``);
+    ``softmax`` is the method of ULSAM's softmax over positions."""
     return MobileNetV2(
-        num_classes=num_classes, in_chans=in_chans, img_size=img_size, attention="ulsam", **kwargs
+        num_classes=num_classes,
+        in_chans=in_chans,
+        img_size=img_size,
+        attention="ulsam",
+        softmax=softmax,
+        **kwargs,
     )
