@@ -64,6 +64,7 @@ def main() -> None:
                         "mismatches",
                         "max_abs_err_vs_float",
                         "cosine_vs_float",
+                        "approx_max_abs_err_vs_float",
                         "float_max_abs",
                         "compile_s",
                         "run_s",
@@ -89,6 +90,7 @@ def main() -> None:
                 "softmax_out_frac": pf,
                 "max_abs_err_vs_float": info.golden_vs_float["max_abs_err"],
                 "cosine_vs_float": info.golden_vs_float["cosine"],
+                "approx_max_abs_err_vs_float": info.approx_vs_float["max_abs_err"],
             }
             if i == len(WIDTHS) - 1:  # confirm the narrowest setting in C simulation too
                 rep = run_csim(prj)

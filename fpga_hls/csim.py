@@ -115,7 +115,8 @@ def run_csim(
     """Compile and run the C simulation of a generated project; return (and write) ``csim_report.json``.
 
     Keys: ``mismatches`` (outputs that differ from the golden model, bit for bit), ``vectors``, ``outputs``,
-    ``max_abs_err_vs_float``, ``cosine_vs_float``, ``golden_max_abs_err_vs_float``, ``compile_s``, ``run_s``,
+    ``max_abs_err_vs_float``, ``cosine_vs_float``, ``golden_max_abs_err_vs_float``,
+    ``approx_max_abs_err_vs_float`` (the softmax/GELU approximations' share, in float), ``compile_s``, ``run_s``,
     ``top``, ``attn_parallel``, ``estimate`` (from project.json).
     """
     from edgeattn.fpga_hls.generator import compare
@@ -159,6 +160,8 @@ def run_csim(
         "float_max_abs": vs_float["ref_max_abs"],
         "golden_max_abs_err_vs_float": meta["golden_vs_float"]["max_abs_err"],
         "golden_cosine_vs_float": meta["golden_vs_float"]["cosine"],
+        # None for a project generated before this field existed
+        "approx_max_abs_err_vs_float": meta.get("approx_vs_float", {}).get("max_abs_err"),
         "score_saturated": meta["stats"]["score_saturated"],
         "compile_s": round(t1 - t0, 3),
         "run_s": round(t2 - t1, 3),

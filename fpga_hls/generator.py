@@ -51,6 +51,9 @@ class ProjectInfo:
     golden_vs_float: dict[str, float]
     estimate: dict[str, Any]
     stats: dict[str, Any] = field(default_factory=dict)
+    # the same float model computing the profile's softmax/GELU methods, against the model as given: the part of
+    # ``golden_vs_float`` that the approximations cause (the rest is the fixed-point arithmetic)
+    approx_vs_float: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -62,6 +65,7 @@ class ProjectInfo:
             "formats": self.formats.__dict__,
             "shape": self.shape.__dict__,
             "golden_vs_float": self.golden_vs_float,
+            "approx_vs_float": self.approx_vs_float,
             "estimate": self.estimate,
             "stats": self.stats,
         }
@@ -165,6 +169,17 @@ def _reference(model: Any, images: Any, layer: int | None) -> tuple[np.ndarray, 
     return seen["in"].double().numpy(), seen["out"].double().numpy()
 
 
+def _approx_reference(model: Any, images: Any, layer: int | None, approx: Any) -> np.ndarray:
+    """The float outputs of a copy of ``model`` that computes the profile's softmax and GELU methods."""
+    import copy
+
+    from edgeattn.approx import set_approximations
+
+    twin = copy.deepcopy(model)
+    set_approximations(twin, softmax=approx.softmax, gelu=approx.gelu)
+    return _reference(twin, images, layer)[1]
+
+
 class _Stop(Exception):
     """Ends the forward pass once the block of interest has run."""
 
@@ -254,6 +269,7 @@ def generate_project(
     if stats.overflow:
         raise _overflow_error(stats, fmt)
     metrics = compare(fmt.act.dequantize(gold), ref)
+    approx_metrics = compare(_approx_reference(net, images, layer, prof.approx), ref)
 
     shape = model_shape(net, layer)
     est = estimate(shape, hls, fmt)
@@ -267,6 +283,7 @@ def generate_project(
         formats=fmt,
         shape=shape,
         golden_vs_float=metrics,
+        approx_vs_float=approx_metrics,
         estimate=est,
         stats={
             "score_saturated": stats.score_saturated,

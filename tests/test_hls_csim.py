@@ -107,6 +107,7 @@ def test_cli_hls_csim_and_bad_input(tmp_path, capsys, monkeypatch):
     assert main(args) == 0
     report = json.loads((prj / "csim_report.json").read_text())
     assert report["mismatches"] == 0 and report["vectors"] == 2
+    assert 0 < report["approx_max_abs_err_vs_float"] < report["max_abs_err_vs_float"]
     summary = json.loads((tmp_path / "s.json").read_text())
     assert summary["csim"]["mismatches"] == 0 and summary["estimate"]["cycles"]["total"] > 0
     capsys.readouterr()

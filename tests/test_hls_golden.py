@@ -247,6 +247,29 @@ def test_generator_writes_an_hls4ml_shaped_project(tmp_path):
     assert not any(p.name.startswith(".prj") for p in tmp_path.iterdir())  # no temp folder left
 
 
+def test_generator_reports_the_approximations_share_of_the_error(tmp_path):
+    """``approx_vs_float``: the model rebuilt here with the profile's online softmax and EdgeMoE GELU against the
+    model as given, on the generator's test images; a small part of the fixed-point model's error."""
+    import json
+
+    model = _small()
+    info = generate_project(model, "zcu102-hls", tmp_path / "a", layer=None, vectors=3, seed=5)
+    twin = create_model(
+        "edge_moe_vit", embed_dim=32, depth=2, num_heads=2, img_size=16, patch_size=4, softmax="online", gelu="edgemoe"
+    ).eval()
+    twin.load_state_dict(model.state_dict())
+    images = torch.randn(3, *model.input_size, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        gap = (twin(images).double() - model(images).double()).abs().max().item()
+    got = info.approx_vs_float["max_abs_err"]
+    assert got == pytest.approx(gap, rel=1e-6) and got > 0
+    assert got < 0.05 * info.golden_vs_float["max_abs_err"]  # the fixed-point arithmetic dominates
+    assert json.loads((tmp_path / "a/project.json").read_text())["approx_vs_float"]["max_abs_err"] == got
+    # a model that already computes the profile's methods: no approximation gap at all
+    again = generate_project(twin, "zcu102-hls", tmp_path / "b", layer=1, vectors=2)
+    assert again.approx_vs_float["max_abs_err"] == 0.0 and again.approx_vs_float["cosine"] == pytest.approx(1.0)
+
+
 def test_generator_refuses_bad_input_without_leaving_files(tmp_path):
     prj = tmp_path / "p"
     # a block the templates cannot take

@@ -158,7 +158,8 @@ def hls(
         f"[bold]{output}[/]: {info.top} for {model}"
         + ("" if info.layer is None else f" layer {info.layer}")
         + f"; fixed point vs float: max abs err {info.golden_vs_float['max_abs_err']:.3g}, "
-        f"cosine {info.golden_vs_float['cosine']:.6f}"
+        f"cosine {info.golden_vs_float['cosine']:.6f} (the softmax/GELU approximations alone, "
+        f"in float: {info.approx_vs_float['max_abs_err']:.3g})"
     )
     est = info.estimate
     console.print(
