@@ -55,6 +55,8 @@ def test_set_approximations_swaps_torch_and_own_modules():
     torch.manual_seed(0)
     model = UserBlock()
     x = torch.randn(4, 8)
+    # torch's modules read as the methods they compute (nn.GELU(approximate="tanh") is the tanh formula)
+    assert approximations_in(model) == {"softmax": {"exact"}, "gelu": {"exact", "tanh"}}
     counts = set_approximations(model, softmax="base2", gelu="tanh")
     assert counts == {"softmax": 2, "gelu": 2}
     assert isinstance(model.act, ApproxGELU) and isinstance(model.inner[1], ApproxGELU)
@@ -143,6 +145,11 @@ def test_export_refuses_a_trained_model_with_other_approximations(tmp_path, caps
     wanted = "the model computes softmax with exact, but profile 'approx-cpu' deploys softmax 'ibert': switch it with"
     with pytest.raises(EdgeAttnError, match=wanted):
         export_model(model, "onnx", prof, tmp_path / "x", precision="fp32", n_inputs=2)
+    assert not (tmp_path / "x").exists()
+    # torch's own nn.Softmax computes the exact softmax too
+    torch_softmax = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 10), nn.Softmax(dim=-1))
+    with pytest.raises(EdgeAttnError, match=wanted):
+        export_model(torch_softmax, "onnx", prof, tmp_path / "x", precision="fp32", n_inputs=2)
     assert not (tmp_path / "x").exists()
     # a checkpoint through the CLI: one line, exit 2, nothing written
     from edgeattn.quant.checkpoint import save_checkpoint

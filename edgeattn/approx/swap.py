@@ -48,12 +48,20 @@ def set_approximations(model: nn.Module, softmax: str | None = None, gelu: str |
 
 
 def approximations_in(model: nn.Module) -> dict[str, set[str]]:
-    """The methods the ``ApproxSoftmax`` and ``ApproxGELU`` modules of ``model`` compute, e.g.
-    ``{"softmax": {"exact"}, "gelu": {"edgemoe"}}`` (an empty set where it has none)."""
+    """The methods the softmax and GELU modules of ``model`` compute, e.g. ``{"softmax": {"exact"},
+    "gelu": {"edgemoe"}}`` (an empty set where it has none).
+
+    ``ApproxSoftmax``/``ApproxGELU`` report their method; torch's ``nn.Softmax`` is ``exact`` and ``nn.GELU`` is
+    ``exact`` (or ``tanh`` with ``approximate="tanh"``, the same formula). Functional calls are not seen.
+    """
     found: dict[str, set[str]] = {"softmax": set(), "gelu": set()}
     for module in model.modules():
         if isinstance(module, ApproxSoftmax):
             found["softmax"].add(module.method)
+        elif isinstance(module, nn.Softmax):
+            found["softmax"].add("exact")
         elif isinstance(module, ApproxGELU):
             found["gelu"].add(module.method)
+        elif isinstance(module, nn.GELU):
+            found["gelu"].add("tanh" if module.approximate == "tanh" else "exact")
     return found
