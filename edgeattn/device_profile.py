@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from edgeattn.errors import ProfileError
+from edgeattn.yaml_files import describe_yaml_error, load_yaml, read_utf8
 
 Target = Literal["onnx", "tensorrt", "openvino", "coreml", "hls"]
 Runtime = Literal["onnxruntime", "tensorrt", "openvino", "coreml", "vitis_hls"]
@@ -274,14 +275,13 @@ def profile_from_mapping(data: Any, source: str) -> DeviceProfile:
         raise ProfileError(_format_validation_error(source, err)) from None
 
 
-def _read_yaml(text: str, source: str) -> Any:
+def _read_yaml(text: str | None, source: str) -> Any:
+    if text is None:
+        raise ProfileError(f"{source}: not UTF-8 text (is it a YAML profile?)")
     try:
-        return yaml.safe_load(text)
+        return load_yaml(text)
     except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise ProfileError(f"{source}: not valid YAML{where}: {problem}") from None
+        raise ProfileError(f"{source}: {describe_yaml_error(err)}") from None
 
 
 def load_profile(name_or_path: str | Path) -> DeviceProfile:
@@ -294,10 +294,12 @@ def load_profile(name_or_path: str | Path) -> DeviceProfile:
     path = Path(text_name)
     looks_like_path = path.suffix in (".yaml", ".yml") or "/" in text_name or path.exists()
     if looks_like_path:
+        if path.is_dir():
+            raise ProfileError(f"{path}: is a folder, not a profile file")
         if not path.is_file():
             raise ProfileError(f"{path}: profile file not found")
         source = str(path)
-        data = _read_yaml(path.read_text(encoding="utf-8"), source)
+        data = _read_yaml(read_utf8(path), source)
     else:
         names = shipped_profile_names()
         if text_name not in names:

@@ -28,7 +28,7 @@ Calibration = Literal["percentile", "minmax"]
 WeightScaleInit = Literal["absmax", "mse"]
 Importance = Literal["auto", "first", "mean"]
 
-_BITS_RE = re.compile(r"^w(\d+)a(\d+)$")
+_BITS_RE = re.compile(r"w(\d+)a(\d+)")  # used with fullmatch: '$' would accept a trailing newline
 
 # The quant points of K and V: the second operands of the attention matmuls (Q @ K^T, P @ V). An int8 kernel
 # without VNNI adds u8 x s8 products in pairs in 16 bits; the first operand spans 0..255 after its +128 shift,
@@ -173,14 +173,14 @@ class QuantConfig(BaseModel):
         """
         if setting == "profile":
             return self
-        m = _BITS_RE.match(setting.lower())
+        m = _BITS_RE.fullmatch(setting.lower())
         if not m:
-            raise EdgeAttnError(f"bits '{setting}': expected 'profile' or wNaM, e.g. w8a8, w4a8, w4a4")
+            raise EdgeAttnError(f"bits {setting!r}: expected 'profile' or wNaM, e.g. w8a8, w4a8, w4a4")
         wb, ab = int(m.group(1)), int(m.group(2))
         for what, b in (("weight", wb), ("activation", ab)):
             if not MIN_BITS <= b <= MAX_BITS:
                 raise EdgeAttnError(
-                    f"bits '{setting}': {b}-bit {what}s are not supported (brevitas integer quantizers here: "
+                    f"bits {setting!r}: {b}-bit {what}s are not supported (brevitas integer quantizers here: "
                     f"{MIN_BITS} to {MAX_BITS} bits)"
                 )
         if self.preset in ("openvino", "generic") and self.weight_bits == 7 and wb == 8:
@@ -237,6 +237,8 @@ def format_validation_error(source: str, err: ValidationError) -> str:
         return f"{source}: key '{loc}' is required but missing"
     msg = first["msg"]
     if msg.startswith("Value error, "):  # our own validators already say what they got
+        if not first["loc"]:  # a check across settings names them itself
+            return f"{source}: {msg[len('Value error, ') :]}"
         return f"{source}: '{loc}': {msg[len('Value error, ') :]}"
     got = first.get("input")
     got_text = "" if isinstance(got, (dict, list)) else f", got {got!r}"

@@ -69,21 +69,46 @@ from torch.utils.data import TensorDataset
 
 from edgeattn.atomic import check_writable_folder
 from edgeattn.errors import EdgeAttnError
+from edgeattn.yaml_files import describe_yaml_error, load_yaml, read_utf8
 
 LANGUAGE_MODELS = ("tiny_llama",)
+MAX_SEED = 2**32 - 1  # numpy's seed range; torch's is wider
+MAX_THREADS = 1024  # far above any CPU here; torch.set_num_threads overflows on absurd values
+# QuantConfig fields that TrainConfig sets itself: in ``quant`` they would silently fight the top-level setting
+OWNED_QUANT_KEYS = {
+    "weight_bits": "bits (e.g. bits: w4a8; per layer: quant.overrides)",
+    "act_bits": "bits (e.g. bits: w4a8; per layer: quant.overrides)",
+    "token_adaptive": "token_adaptive",
+    "token_ratio": "token_ratio",
+    "calibration": "calibration",
+}
+# integer and float settings: YAML's true/false are not numbers here (pydantic would read true as 1)
+_NUMERIC_FIELDS = (
+    "img_size", "in_chans", "seq_len", "corpus_bytes", "max_train_samples", "max_val_samples", "token_ratio",
+    "fp_epochs", "fp_lr", "epochs", "lr", "grad_clip", "weight_decay", "augment_shift", "batch_size",
+    "calib_samples", "seed", "num_threads",
+)  # fmt: skip
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
-    """The settings mapping of a YAML config file; one clear error for a missing, invalid or non-mapping file."""
+    """The settings mapping of a YAML config file (an empty file is no settings); one clear error for a missing,
+    non-UTF-8, invalid or non-mapping file, or a key given twice."""
     path = Path(path)
+    if path.is_dir():
+        raise EdgeAttnError(f"config file '{path}' is a folder, not a file")
     if not path.is_file():
         raise EdgeAttnError(f"config file '{path}' not found")
+    text = read_utf8(path)
+    if text is None:
+        raise EdgeAttnError(f"config file '{path}': not UTF-8 text (is it a YAML config?)")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data = load_yaml(text)
     except yaml.YAMLError as err:
-        raise EdgeAttnError(f"config file '{path}': not valid YAML ({str(err).splitlines()[0]})") from None
+        raise EdgeAttnError(f"config file '{path}': {describe_yaml_error(err)}") from None
+    if data is None:  # empty, or only comments
+        return {}
     if not isinstance(data, dict):
-        raise EdgeAttnError(f"config file '{path}': expected a mapping of settings")
+        raise EdgeAttnError(f"config file '{path}': expected a mapping of settings, got {type(data).__name__}")
     return data
 
 
@@ -146,9 +171,11 @@ class TrainConfig(BaseModel):
     batch_size: int = Field(64, ge=1, description="global batch size (split over DDP processes)")
     calib_samples: int = Field(256, ge=1, description="PTQ calibration samples")
     calibration: Literal["percentile", "minmax"] = Field("percentile", description="PTQ statistic")
-    seed: int = Field(0)
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="seeds the data split, initialisation and data order")
     output_dir: str = Field("runs/qat")
-    num_threads: int | None = Field(None, ge=1, description="torch intra-op threads (default: leave as is)")
+    num_threads: int | None = Field(
+        None, ge=1, le=MAX_THREADS, description="torch intra-op threads (default: leave as is)"
+    )
     skip_qat: bool = Field(False, description="stop after the PTQ baseline")
 
     @field_validator("bits")
@@ -156,6 +183,23 @@ class TrainConfig(BaseModel):
     def _bits(cls, v: str) -> str:
         QuantConfig().with_bits(v)  # raises with a clear message for a bad setting
         return v.lower()
+
+    @field_validator(*_NUMERIC_FIELDS, mode="before")
+    @classmethod
+    def _not_a_bool(cls, v: Any) -> Any:
+        if isinstance(v, bool):
+            raise ValueError(f"expected a number, got {v!r}")
+        return v
+
+    @field_validator("quant")
+    @classmethod
+    def _quant_keys(cls, v: dict[str, Any]) -> dict[str, Any]:
+        for key in v:
+            if key in OWNED_QUANT_KEYS:
+                raise ValueError(f"'{key}' is set by the top-level {OWNED_QUANT_KEYS[key]}, not under quant")
+            if key not in QuantConfig.model_fields:
+                raise ValueError(f"unknown key '{key}' (QuantConfig fields: {', '.join(QuantConfig.model_fields)})")
+        return v
 
     @model_validator(mode="after")
     def _augment_fits(self) -> TrainConfig:
@@ -165,17 +209,43 @@ class TrainConfig(BaseModel):
             raise ValueError(f"augment_shift {self.augment_shift} must be smaller than img_size {self.img_size}")
         return self
 
+    @model_validator(mode="after")
+    def _data_fits_model(self) -> TrainConfig:
+        from edgeattn.models import is_language_model, list_models
+
+        if self.model not in list_models():  # refused with the list of models when the model is built
+            return self
+        text = self.data == "stdlib" or Path(self.data).is_file()
+        images = self.data == "digits" or Path(self.data).is_dir()
+        if is_language_model(self.model) and images:
+            raise ValueError(
+                f"model '{self.model}' is a language model and data '{self.data}' is images: give data 'stdlib' "
+                "or a text file"
+            )
+        if not is_language_model(self.model) and text:
+            raise ValueError(
+                f"model '{self.model}' is a vision model and data '{self.data}' is text: give data 'digits' or an "
+                "image folder (root/<class>/*)"
+            )
+        return self
+
     @classmethod
-    def parse(cls, data: Any, source: str = "config") -> TrainConfig:
-        """Validate a mapping; one clear error line naming ``source`` and the key."""
+    def parse(cls, data: Any, source: str = "config", flags: dict[str, str] | None = None) -> TrainConfig:
+        """Validate a mapping; one clear error line naming the key and where it came from: ``source``, or for a
+        key in ``flags`` (setting -> flag) that flag, e.g. ``--threads``."""
         if not isinstance(data, dict):
             raise EdgeAttnError(f"{source}: expected a mapping of settings, got {type(data).__name__}")
         try:
             return cls.model_validate(data)
         except ValidationError as err:
+            loc = err.errors()[0]["loc"]
+            key = str(loc[0]) if loc else ""
+            if flags and key in flags:
+                source = flags[key]
             raise EdgeAttnError(format_validation_error(source, err)) from None
-        except EdgeAttnError as err:
-            raise EdgeAttnError(f"{source}: {err}") from None
+        except EdgeAttnError as err:  # QuantConfig.with_bits, from the 'bits' validator
+            where = flags["bits"] if flags and "bits" in flags else source
+            raise EdgeAttnError(f"{where}: {err}") from None
 
     @classmethod
     def from_yaml(cls, path: str | Path, **updates: Any) -> TrainConfig:
@@ -293,6 +363,13 @@ def model_kwargs_for(cfg: TrainConfig, info: dict[str, Any]) -> dict[str, Any]:
         base: dict[str, Any] = {"vocab_size": info["vocab_size"], "seq_len": cfg.seq_len}
     else:
         base = {"num_classes": info["num_classes"], "in_chans": cfg.in_chans, "img_size": cfg.img_size}
+    for key, value in cfg.model_kwargs.items():  # the data decides these: another value cannot train
+        if key in base and value != base[key]:
+            where = "the data" if key in ("num_classes", "vocab_size") else f"the top-level {key}"
+            raise EdgeAttnError(
+                f"model_kwargs: {key}={value!r} contradicts {where} ({key}={base[key]!r}); leave it out of "
+                "model_kwargs" + ("" if where == "the data" else f" and set {key} at the top level")
+            )
     approx = load_profile(cfg.profile).approx
     return {**base, **approximation_kwargs(cfg.model, approx.softmax, approx.gelu), **cfg.model_kwargs}
 
@@ -796,6 +873,8 @@ def _check_resume_config(saved: Any, cfg: TrainConfig, source: Path) -> None:
     # a setting added to TrainConfig after the run was written: the run had its default (e.g. augment_shift 0)
     defaults = TrainConfig.model_construct().model_dump(mode="json")
     saved = {**{k: v for k, v in defaults.items() if k not in saved}, **saved}
+    if _same_data(saved.get("data"), cfg.data):  # the same folder or file, however spelled
+        saved["data"] = cfg.data
     diff = _difference(saved, cfg.model_dump(mode="json"), RESUME_FREE_KEYS)
     if diff is not None:
         key, was, now = diff
@@ -891,6 +970,42 @@ def _clear_run(out_dir: Path, keep: Path | None) -> None:
                 path.unlink()
 
 
+def _check_quant_patterns(cfg: TrainConfig, model: nn.Module) -> None:
+    """Refuse a ``quant.float_layers`` or ``quant.overrides`` pattern that names no module of ``model``: a typo there
+    would silently quantize the layer it meant at the run's bits."""
+    from edgeattn.quant.config import matches_module
+
+    names = [name for name, _ in model.named_modules() if name]
+    patterns = [("float_layers", pat) for pat in cfg.quant.get("float_layers") or ()]
+    patterns += [("overrides", pat) for pat in cfg.quant.get("overrides") or {}]
+    for where, pat in patterns:
+        if not any(matches_module(name, pat) for name in names):
+            example = next((n for n, m in model.named_modules() if isinstance(m, nn.Linear)), names[0])
+            raise EdgeAttnError(
+                f"quant.{where}: pattern '{pat}' matches no module of {cfg.model} (fnmatch over module names such "
+                f"as '{example}')"
+            )
+
+
+def _check_model_takes_data(cfg: TrainConfig, model: nn.Module, train: TensorDataset, task: str) -> None:
+    """One forward pass of two training samples (eval mode, no gradient, no random draws): a model that cannot
+    take the data fails here, before ``--force`` removes anything, not in the first training step."""
+    inputs, targets = train.tensors[0][:2], train.tensors[1][:2]
+    try:
+        with torch.no_grad():
+            out = model.eval()(inputs)
+    except (RuntimeError, ValueError, IndexError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise EdgeAttnError(f"model '{cfg.model}' cannot take data '{cfg.data}': {first}") from None
+    classes = out.shape[-1]
+    needed = int(train.tensors[1].max()) + 1 if task == "vision" else int(targets.max()) + 1
+    if needed > classes:
+        raise EdgeAttnError(
+            f"model '{cfg.model}' has {classes} outputs but data '{cfg.data}' has {needed} "
+            f"{'classes' if task == 'vision' else 'token values'}"
+        )
+
+
 def _run(cfg: TrainConfig, resume: bool, show: bool, dist: _Dist, force: bool) -> dict[str, Any]:
     t0 = time.perf_counter()
     out_dir = Path(cfg.output_dir)
@@ -933,6 +1048,8 @@ def _run(cfg: TrainConfig, resume: bool, show: bool, dist: _Dist, force: bool) -
     # a bad model name or argument, or token-adaptive settings the model cannot take, fail here: before --force
     # removes the previous run and before FP training (the seed below makes this probe leave no trace in the RNG)
     probe = create_model(cfg.model, **kwargs)
+    _check_quant_patterns(cfg, probe)
+    _check_model_takes_data(cfg, probe, train, task)
     if qcfg.token_adaptive:
         from edgeattn.quant.adaptive import check_token_scores, token_importance
 
@@ -1116,16 +1233,26 @@ def _qat(
 
 
 # ---------------------------------------------------------------------------------------------- command line
+FLAG_NAMES = {"num_threads": "threads", "output_dir": "output"}  # settings whose flag has another name
+
+
 def build_config(config_file: str | None = None, preset: str | None = None, **flags: Any) -> TrainConfig:
     """Config from an optional preset, then an optional YAML file, then flags (``None`` flags are ignored)."""
     if preset and preset not in PRESETS:
         raise EdgeAttnError(f"unknown preset '{preset}'; presets: {', '.join(PRESETS)}")
     data: dict[str, Any] = dict(PRESETS[preset]) if preset else {}
-    source = "flags"
+    source = f"preset '{preset}'" if preset else "settings"
     if config_file:
         data.update(read_config_file(config_file))
         source = f"config file '{config_file}'"
-    losses = dict(data.get("losses") or {})
+    losses = data.get("losses")
+    if losses is not None and not isinstance(losses, dict):
+        raise EdgeAttnError(
+            f"{source}: 'losses': expected a mapping (kd, kd_alpha, entropy, distribution, ...), "
+            f"got {type(losses).__name__}"
+        )
+    losses = dict(losses or {})
+    given: dict[str, str] = {}  # setting -> the flag that set it, to name it in an error
     for key in list(flags):
         if key.startswith("loss_"):
             value = flags.pop(key)
@@ -1133,8 +1260,11 @@ def build_config(config_file: str | None = None, preset: str | None = None, **fl
                 losses[key[len("loss_") :]] = value
     if losses:
         data["losses"] = losses
-    data.update({k: v for k, v in flags.items() if v is not None})
-    return TrainConfig.parse(data, source)
+    for key, value in flags.items():
+        if value is not None:
+            data[key] = value
+            given[key] = "--" + FLAG_NAMES.get(key, key.replace("_", "-"))
+    return TrainConfig.parse(data, source, given)
 
 
 def main(argv: list[str] | None = None) -> int:

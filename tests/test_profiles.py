@@ -77,6 +77,7 @@ def _bad_profile(tmp_path, mutate) -> Path:
     ("mutate", "expected"),
     [
         (lambda d: "name: [unclosed\n", "not valid YAML (line"),
+        (lambda d: "name: a\nname: b\n", "not valid YAML (line 2, column 1): key 'name' is given twice"),
         (lambda d: d.update(colour="blue"), "unknown field 'colour'"),
         (lambda d: d["quant"].update(weight_bits="eight"), "field 'quant.weight_bits'"),
         (lambda d: d["quant"].update(weight_bits=40), "field 'quant.weight_bits'"),
@@ -151,6 +152,15 @@ def test_fixed_precision_is_for_hls_only_profiles():
     data["precision"] = "fixed"
     with pytest.raises(ProfileError, match="precision 'fixed' is for hls-only profiles"):
         profile_from_mapping(data, "x.yaml")
+
+
+def test_a_folder_or_a_binary_file_is_not_a_profile(tmp_path, capsys):
+    (tmp_path / "dir.yaml").mkdir()
+    (tmp_path / "bin.yaml").write_bytes(b"\x89PNG\r\n\xff\x00")
+    for name, expected in (("dir.yaml", "is a folder, not a profile file"), ("bin.yaml", "not UTF-8 text")):
+        assert main(["profiles", "show", str(tmp_path / name)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert f"{tmp_path / name}: {expected}" in err and len(err.splitlines()) == 1, err
 
 
 def test_missing_file_and_unknown_name(capsys):

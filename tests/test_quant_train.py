@@ -265,6 +265,77 @@ def test_cli_bad_input_one_line_exit_2_nothing_written(tmp_path, capsys, args, n
     assert not out.exists()
 
 
+@pytest.mark.parametrize(
+    ("config", "flags", "needle"),
+    [
+        ("losses: 5\n", [], "'losses': expected a mapping (kd, kd_alpha, entropy, distribution, ...), got int"),
+        ("losses: kd\n", [], "'losses': expected a mapping"),
+        ("model_kwargs: {num_classes: 5}\n", [], "num_classes=5 contradicts the data (num_classes=10)"),
+        ("model_kwargs: {in_chans: 1}\n", [], "in_chans=1 contradicts the top-level in_chans"),
+        ("token_adaptive: false\nquant: {token_adaptive: true}\n", [], "is set by the top-level token_adaptive"),
+        ("quant: {weight_bits: 4, act_bits: 4}\n", [], "'weight_bits' is set by the top-level bits"),
+        ("quant: {calibration: minmax}\n", [], "'calibration' is set by the top-level calibration"),
+        ("quant: {bogus: 3}\n", [], "'quant': unknown key 'bogus' (QuantConfig fields: weight_bits"),
+        ("quant: {overrides: {'nosuch.*': {weight_bits: 4}}}\n", [], "quant.overrides: pattern 'nosuch.*' matches no"),
+        ("quant: {float_layers: [blocks.99]}\n", [], "quant.float_layers: pattern 'blocks.99' matches no module"),
+        ("false\n", [], "expected a mapping of settings, got bool"),
+        ("[]\n", [], "expected a mapping of settings, got list"),
+        ("epochs: true\n", [], "'epochs': expected a number, got True"),
+        ("epochs: 1\nepochs: 2\n", [], "not valid YAML (line 2, column 1): key 'epochs' is given twice"),
+        (b"\x89PNG\xff", [], "not UTF-8 text"),
+        (None, [], "is a folder, not a file"),
+        ("", ["--epochs", "-1"], "--epochs: 'epochs': input should be greater than or equal to 0"),
+        ("", ["--threads", "0"], "--threads: 'num_threads': input should be greater than or equal to 1"),
+        ("", ["--seed", "-1"], "--seed: 'seed': input should be greater than or equal to 0"),
+        ("", ["--seed", str(2**64)], "--seed: 'seed': input should be less than or equal to 4294967295"),
+        ("", ["--model", "tiny_llama"], "'tiny_llama' is a language model and data 'digits' is images"),
+        ("", ["--data", "stdlib"], "'fmvit_t' is a vision model and data 'stdlib' is text"),
+        ("", ["--bits", "w8a8\n"], "bits 'w8a8\\n': expected 'profile' or wNaM"),
+    ],
+)
+def test_cli_bad_settings_name_the_setting_and_its_source(tmp_path, capsys, config, flags, needle):
+    """Each bad setting: one line naming where it came from (the config file, or the flag that set it), exit 2,
+    and an existing run in --output left as it was although --force was given."""
+    cfg = tmp_path / "run.yaml"
+    if config is None:
+        cfg.mkdir()
+    elif isinstance(config, bytes):
+        cfg.write_bytes(config)
+    else:
+        cfg.write_text(config)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "model.pt").write_bytes(b"the previous run")
+    err = _cli_fails(["-c", str(cfg), "-o", str(out), "--force", "--fp-epochs", "1", *flags], capsys)
+    assert needle in err, err
+    source = flags[0] if flags else f"config file '{cfg}'"
+    if not any(word in needle for word in ("contradicts", "matches no", "model and data")):  # name their keys
+        assert err.startswith(f"error: {source}"), err
+    assert (out / "model.pt").read_bytes() == b"the previous run" and len(list(out.iterdir())) == 1
+
+
+def test_an_empty_config_file_is_no_settings(tmp_path):
+    for text in ("", "# nothing yet\n"):
+        (tmp_path / "run.yaml").write_text(text)
+        assert T.build_config(config_file=str(tmp_path / "run.yaml")) == T.TrainConfig()
+
+
+def test_cli_json_may_not_replace_a_run_file(tmp_path, capsys):
+    out = tmp_path / "r"
+    err = _cli_fails(["-o", str(out), "--json", str(out / "model.pt")], capsys)
+    assert "is one of the run's own files" in err and not out.exists()
+
+
+def test_resume_takes_the_same_data_folder_however_spelled(tmp_path, monkeypatch):
+    (tmp_path / "imgs").mkdir()
+    monkeypatch.chdir(tmp_path)
+    saved = T.TrainConfig(data="imgs").model_dump(mode="json")
+    T._check_resume_config(saved, T.TrainConfig(data=str(tmp_path / "imgs")), tmp_path / "state.pt")
+    T._check_resume_config(saved, T.TrainConfig(data="./imgs/"), tmp_path / "state.pt")
+    with pytest.raises(T.EdgeAttnError, match="was made with data='imgs', not 'digits'"):
+        T._check_resume_config(saved, T.TrainConfig(), tmp_path / "state.pt")
+
+
 def test_cli_refuses_to_overwrite_without_force(tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()

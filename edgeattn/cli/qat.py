@@ -92,6 +92,12 @@ def qat(
         loss_entropy=entropy,
         loss_distribution=distribution,
     )
+    if json_out is not None:
+        from edgeattn.quant.train import RUN_FILES
+
+        run_files = {(Path(cfg.output_dir) / name).resolve() for name in RUN_FILES}
+        if json_out.resolve() in run_files:
+            raise EdgeAttnError(f"--json '{json_out}' is one of the run's own files; write it elsewhere")
     if fp_checkpoint is not None:  # fail before any training if the checkpoint is unusable
         from edgeattn.quant.checkpoint import read_checkpoint_file
 

@@ -14,6 +14,7 @@ from edgeattn.models.macs import count_macs, count_params
 from edgeattn.models.registry import (
     approximation_kwargs,
     create_model,
+    is_language_model,
     list_models,
     model_entrypoint,
     register_model,
@@ -30,6 +31,7 @@ except ModuleNotFoundError as _exc:
 
 __all__ = [
     "approximation_kwargs",
+    "is_language_model",
     "create_model",
     "list_models",
     "register_model",

@@ -11,7 +11,14 @@ from torch import nn
 
 from edgeattn.errors import EdgeAttnError
 
-__all__ = ["register_model", "create_model", "list_models", "model_entrypoint", "approximation_kwargs"]
+__all__ = [
+    "register_model",
+    "create_model",
+    "list_models",
+    "model_entrypoint",
+    "approximation_kwargs",
+    "is_language_model",
+]
 
 _F = TypeVar("_F", bound=Callable[..., nn.Module])
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
@@ -79,6 +86,12 @@ def approximation_kwargs(name: str, softmax: str, gelu: str) -> dict[str, str]:
     params = inspect.signature(model_entrypoint(name)).parameters
     wanted = {"softmax": softmax, "gelu": gelu}
     return {arg: method for arg, method in wanted.items() if method != "exact" and arg in params}
+
+
+def is_language_model(name: str) -> bool:
+    """Whether model ``name`` is a language model (its factory takes a ``vocab_size``; vision models take
+    ``num_classes``)."""
+    return "vocab_size" in inspect.signature(model_entrypoint(name)).parameters
 
 
 # "f() got an unexpected keyword argument 'x'" / "f() got multiple values for (keyword) argument 'x'"
