@@ -80,6 +80,8 @@ def save_checkpoint(path: str | Path, model: nn.Module, meta: dict[str, Any]) ->
 def read_checkpoint_file(path: str | Path) -> dict[str, Any]:
     """Load and check the raw payload; a missing or corrupt file raises :class:`EdgeAttnError`."""
     path = Path(path)
+    if path.is_dir():
+        raise EdgeAttnError(f"checkpoint '{path}' is a folder, not a checkpoint file")
     if not path.is_file():
         raise EdgeAttnError(f"checkpoint '{path}' not found")
     try:

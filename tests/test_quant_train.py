@@ -246,6 +246,7 @@ def test_language_model_path(tmp_path):
     ("args", "needle"),
     [
         (["--fp-checkpoint", "{tmp}/missing.pt"], "not found"),
+        (["--fp-checkpoint", "{tmp}"], "is a folder, not a checkpoint file"),
         (["--fp-checkpoint", "{tmp}/corrupt.pt"], "corrupt"),
         (["--config", "{tmp}/unknown.yaml"], "unknown key 'learning_rate'"),
         (["--bits", "w1a8"], "1-bit"),

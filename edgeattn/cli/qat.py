@@ -64,6 +64,8 @@ def qat(
 
     if json_out is not None:
         check_output_path(json_out, "--json")  # before training, not after it
+    if fp_checkpoint is not None and fp_checkpoint.is_dir():
+        raise EdgeAttnError(f"--fp-checkpoint '{fp_checkpoint}' is a folder, not a checkpoint file")
     if fp_checkpoint is not None and not fp_checkpoint.is_file():
         raise EdgeAttnError(f"--fp-checkpoint '{fp_checkpoint}' not found")
     cfg = build_config(
