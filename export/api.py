@@ -74,6 +74,7 @@ def resolve_model(
         return model.eval(), type(model).__name__, None
     if _looks_like_file(model):
         module, meta = _load_ckpt(model)
+        _check_model_kwargs(model, module, meta, model_kwargs)
         _check_approximations(module, profile, f"checkpoint '{model}'")
         return module, str(meta.get("model", model)), meta
     from edgeattn.models import approximation_kwargs, create_model, list_models
@@ -86,6 +87,7 @@ def resolve_model(
             raise EdgeAttnError(
                 f"checkpoint '{checkpoint}' is for model '{meta.get('model')}', not '{model}'", exit_code=7
             )
+        _check_model_kwargs(checkpoint, module, meta, model_kwargs)
         _check_approximations(module, profile, f"checkpoint '{checkpoint}'")
         return module, model, meta
     kwargs = {**approximation_kwargs(model, profile.approx.softmax, profile.approx.gelu), **(model_kwargs or {})}
@@ -94,6 +96,29 @@ def resolve_model(
         kwargs.setdefault("img_size", h)
         kwargs.setdefault("in_chans", c)
     return create_model(model, **kwargs).eval(), model, None
+
+
+# model_kwargs the CLI sets, by the flag that sets them
+_MODEL_FLAGS = {"img_size": "--img-size"}
+
+
+def _check_model_kwargs(path: str, module: Any, meta: dict[str, Any], model_kwargs: dict[str, Any] | None) -> None:
+    """Refuse a model-building setting (``--img-size``, ``model_kwargs``) that a checkpoint already fixes to
+    another value: the checkpoint is rebuilt as it was trained, so the setting would be silently ignored."""
+    fixed = dict(meta.get("model_kwargs") or {})
+    size = getattr(module, "input_size", None)
+    if size is not None and len(tuple(size)) == 3:
+        fixed.setdefault("in_chans", int(size[0]))
+        fixed.setdefault("img_size", int(size[1]))
+    for key, value in (model_kwargs or {}).items():
+        if key in fixed and fixed[key] == value:
+            continue
+        flag = f"{_MODEL_FLAGS[key]} {value}" if key in _MODEL_FLAGS else f"model_kwargs {key}={value!r}"
+        has = f"{key} {fixed[key]!r}" if key in fixed else f"its own {key}"
+        raise EdgeAttnError(
+            f"{flag} cannot apply to checkpoint '{path}': the model is rebuilt as it was trained, with {has}; "
+            "leave it out"
+        )
 
 
 def _check_approximations(module: Any, profile: Any, what: str, fix: str = "") -> None:
@@ -109,6 +134,85 @@ def _check_approximations(module: Any, profile: Any, what: str, fix: str = "") -
                 f"{what} computes {op} with {', '.join(sorted(methods))}, but profile '{profile.name}' deploys "
                 f"{op} '{wanted[op]}': {fix}, or use a profile whose approx.{op} is {', '.join(sorted(methods))}"
             )
+
+
+# what report.json's ``checkpoint.quant`` copies from a checkpoint's QuantConfig (meta["quant"])
+_CKPT_QUANT_KEYS = (
+    "weight_bits",
+    "act_bits",
+    "kv_max_bits",
+    "preset",
+    "quantize_linear",
+    "quantize_attention",
+    "overrides",
+    "float_layers",
+    "token_adaptive",
+)
+
+
+def _module_bits(module: Any) -> dict[str, list[int]]:
+    """The bit widths the module's own brevitas quantizers hold (what its ONNX Q/DQ carries): weights of the
+    quantized Conv/Linear layers, activation quant points, and K/V (:data:`edgeattn.quant.config.KV_POINTS`)."""
+    from brevitas import nn as qnn
+    from edgeattn.quant.config import KV_POINTS
+
+    found: dict[str, set[int]] = {"weight": set(), "activation": set(), "kv": set()}
+    layers = (qnn.QuantLinear, qnn.QuantConv1d, qnn.QuantConv2d)
+    for name, m in module.named_modules():
+        if isinstance(m, layers) and m.weight_quant.bit_width() is not None:
+            found["weight"].add(int(round(float(m.weight_quant.bit_width()))))
+        elif isinstance(m, qnn.QuantIdentity) and m.act_quant.bit_width() is not None:
+            kind = "kv" if name.endswith(KV_POINTS) else "activation"
+            found[kind].add(int(round(float(m.act_quant.bit_width()))))
+    return {k: sorted(v) for k, v in found.items()}
+
+
+def _checkpoint_section(
+    model: Any, checkpoint: str | None, module: Any, meta: dict[str, Any] | None, prof: Any, stripped: bool
+) -> dict[str, Any] | None:
+    """report.json's ``checkpoint``: what a trained model (a checkpoint or an in-memory module) holds, and
+    whether the profile's ``quant`` applies to it. None for a registry model built here."""
+    from edgeattn.export.onnx_export import is_quantized
+
+    path = checkpoint or (model if isinstance(model, str) and meta is not None else None)
+    if path is None and isinstance(model, str):
+        return None
+    quantized = is_quantized(module)
+    cfg = (meta or {}).get("quant")
+    if not quantized:
+        quant: Any = "float"
+    elif cfg:
+        quant = {k: cfg.get(k) for k in _CKPT_QUANT_KEYS}
+    else:
+        quant = None  # an in-memory quantized module: no config to show, only its bits
+    section = {
+        "path": str(path) if path is not None else None,
+        "module": None if path is not None else type(module).__name__,
+        "quant": quant,
+        "token_adaptive_stripped": stripped,
+        "exported_bits": _module_bits(module) if quantized else None,
+        "profile_quant_applied": False,  # True once PTQ quantized a float model with the profile's quant
+    }
+    section["note"] = _checkpoint_note(section, prof) if quantized else ""
+    return section
+
+
+def _checkpoint_note(section: dict[str, Any], prof: Any) -> str:
+    """The one line that says a quantized model is exported as trained, and where its bits differ from the
+    profile's ``quant``."""
+    what = f"checkpoint '{section['path']}'" if section["path"] else f"module {section['module']}"
+    bits = section["exported_bits"]
+    held = ", ".join(f"{k} {'/'.join(map(str, v))}" for k, v in bits.items() if v)
+    line = (
+        f"{what} is quantized ({held} bits): its own quantizers are exported as trained; the profile's quant "
+        "section applies only to PTQ of float models"
+    )
+    pq = prof.quant
+    want = {"weight": [pq.weight_bits], "activation": [pq.act_bits], "kv": [min(pq.act_bits, pq.kv_max_bits or 99)]}
+    differ = [f"{k} {'/'.join(map(str, bits[k]))} vs {want[k][0]}" for k in want if bits[k] and bits[k] != want[k]]
+    if differ:
+        line += f"; its bits differ from profile '{prof.name}' ({', '.join(differ)})"
+    return line
 
 
 def _check_batch_fits(
@@ -372,6 +476,7 @@ def _export_model(
         token_adaptive = True
         module = _cached(cache, ("strip", *model_key), lambda: strip_token_adaptive(copy.deepcopy(module)))
     quantized = is_quantized(module)
+    ckpt = _checkpoint_section(model, checkpoint, module, meta, prof, token_adaptive)  # before any PTQ
     if not quantized and not (meta or {}).get("reparameterized"):
         from edgeattn.reparameterize import reparameterize
 
@@ -395,7 +500,7 @@ def _export_model(
     dyn = prof.export.dynamic_batch if dynamic_batch is None else dynamic_batch
     if target == "coreml":
         dyn = False
-    notes: list[str] = []
+    notes: list[str] = [ckpt["note"]] if ckpt and ckpt["note"] else []
     if token_adaptive:
         notes.append(
             "token-adaptive bits stripped (edgeattn.quant.adaptive.strip_token_adaptive): every token runs at the "
@@ -421,6 +526,8 @@ def _export_model(
         )
         stage_s["ptq"] = round(time.perf_counter() - t0, 3)
         quantized = True
+        if ckpt:
+            ckpt["profile_quant_applied"] = True
         notes.append("float model quantized by PTQ (edgeattn.quant.ptq) with the profile's bit widths")
     elif prec == "int8" and not quantized:  # Core ML
         notes.append(
@@ -438,6 +545,7 @@ def _export_model(
         precision=prec,
         profile=prof.model_dump(mode="json"),
         out_dir=str(out),
+        checkpoint=ckpt,
         inputs=[{"name": "input", "shape": ["batch" if dyn else shape[0], *shape[1:]], "dtype": "float32"}],
         parity_inputs=counts,
         notes=notes,
@@ -478,6 +586,7 @@ def _export_model(
             shape=shape,
             cache=cache,
             noise_floor=noise_floor and quantized,
+            atol_given=atol is not None,
         )
         (_run_coreml if target == "coreml" else _run_onnx_based)(job)
         report.passed = all(p["passed"] for p in report.parity)
@@ -678,6 +787,7 @@ class _Job:
     shape: tuple[int, ...]
     cache: dict | None
     noise_floor: bool  # widen the gate by the reference's rounding noise floor (quantized models)
+    atol_given: bool = False  # tol.max_abs is the caller's --atol, not the profile's
 
     def floor(self, x: np.ndarray, ref: np.ndarray, compute: str) -> Any:
         """The reference's rounding noise floor on ``x`` at ``compute`` precision (None when off)."""
@@ -710,19 +820,40 @@ def _gate(
     reference's rounding noise floor at ``compute``, the float precision the runtime computes in."""
     from edgeattn.export.parity import compare_outputs
 
-    res = compare_outputs(ref, got, job.tol, runtime=runtime)
+    given = job.atol_given
+    res = compare_outputs(ref, got, job.tol, runtime=runtime, atol_given=given)
     if not res.passed:  # judge again against the reference's own rounding noise (quantized models only)
         floor = job.floor(x, ref, compute)
         if floor is not None:
-            res = compare_outputs(ref, got, job.tol, runtime=runtime, noise_floor=floor)
+            res = compare_outputs(ref, got, job.tol, runtime=runtime, noise_floor=floor, atol_given=given)
     res.note = note
     if not res.passed and bisect is not None:
-        try:
-            res.first_diverging_node = bisect()
-        except Exception as exc:  # bisecting is best effort; the failure itself is what matters
-            res.note = (note + "; " if note else "") + f"bisect failed: {type(exc).__name__}: {exc}"
+        res.first_diverging_node, bisect_note = _bisect_worst(job, x, ref, got, bisect)
+        res.note = "; ".join(n for n in (note, bisect_note) if n)
     job.report.parity.append(res.to_dict())
     return res.passed
+
+
+def _bisect_worst(
+    job: _Job, x: np.ndarray, ref: np.ndarray, got: np.ndarray, bisect: Any
+) -> tuple[dict[str, Any] | None, str]:
+    """Bisect on the static batch holding the input whose output misses the tolerance the most (where the
+    divergence shows; another batch's output may still agree). Returns (the node or None, a note or '')."""
+    from edgeattn.export.parity import worst_batch
+
+    rows = worst_batch(ref, got, job.shape[0], job.tol)
+    where = f"inputs {rows.start}..{rows.stop - 1}"
+    try:
+        node = bisect(x[rows])
+    except Exception as exc:  # bisecting is best effort; the failure itself is what matters
+        return None, f"bisect failed: {type(exc).__name__}: {exc}"
+    if node is None:
+        return None, (
+            f"bisect on {where} (the worst output): there the runtime's final output agrees with ONNX Runtime "
+            "without optimisations within the tolerance, so no node is named (compare the onnxruntime-noopt "
+            "entry with PyTorch)"
+        )
+    return {**node, "inputs": [rows.start, rows.stop]}, ""
 
 
 def _cached(cache: dict | None, key: Any, build: Any) -> Any:
@@ -795,7 +926,7 @@ def _run_onnx_based(job: _Job) -> None:
             ref_run,
             run_batched(lambda b: run_ort(sess, b), x_run, batch),
             "onnxruntime",
-            bisect=lambda: first_diverging_node(onnx_model, x_run[:batch], run_ort_model, tol),
+            bisect=lambda xb: first_diverging_node(onnx_model, xb, run_ort_model, tol),
         )
     elif target == "tensorrt":
         spec = prof.tensorrt
@@ -868,7 +999,7 @@ def _run_onnx_based(job: _Job) -> None:
                     got,
                     label,
                     _OV_COMPUTE.get(infer_prec, "fp32"),
-                    bisect=lambda: first_diverging_node(ov_model, x_run[:batch], probe.run_model, tol),
+                    bisect=lambda xb: first_diverging_node(ov_model, xb, probe.run_model, tol),
                 )
             if prec == "int8" and not cpu_isa:
                 report.kernels = kernel_report(r, x_run[:batch], ov_model)

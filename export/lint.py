@@ -474,6 +474,8 @@ def attention_fusion(model: onnx.ModelProto) -> list[AttentionFusion]:
             src = g.source(qk.input[idx])
             if src is None or src.op_type != "DequantizeLinear":
                 reasons.append(f"{label} input of {_name(qk)} has no Q/DQ")
+            else:
+                reasons += _clip_reason(g, src, f"{label} input of {_name(qk)}")
         # the softmax output must be quantized, then feed the second matmul
         av = None
         users = g.sink(sm.output[0])
@@ -485,14 +487,46 @@ def attention_fusion(model: onnx.ModelProto) -> list[AttentionFusion]:
             zp = g.consts.get(qnode.input[2]) if len(qnode.input) > 2 and qnode.input[2] else None
             if zp is None or zp.dtype != np.int8:
                 reasons.append("the Softmax output is quantized unsigned; TensorRT needs signed int8")
-            for dq in g.sink(qnode.output[0]):
-                if dq.op_type == "DequantizeLinear":
-                    av = next((u for u in g.sink(dq.output[0]) if u.op_type == "MatMul"), None)
+            for dq in _pair_dqs(g, qnode):
+                reasons += _clip_reason(g, dq, "the Softmax output")
+                av = av or next((u for u in g.sink(dq.output[0]) if u.op_type == "MatMul"), None)
         if av is None:
             reasons.append("no MatMul consumes the (dequantized) Softmax output")
         else:
             src = g.source(av.input[1])
             if src is None or src.op_type != "DequantizeLinear":
                 reasons.append(f"V input of {_name(av)} has no Q/DQ")
+            else:
+                reasons += _clip_reason(g, src, f"V input of {_name(av)}")
         blocks.append(AttentionFusion(_name(sm), _name(qk), _name(av) if av else None, not reasons, reasons))
     return blocks
+
+
+def _pair_clip(g: _Graph, dq: onnx.NodeProto) -> onnx.NodeProto | None:
+    """The Clip between ``dq`` and its QuantizeLinear (Q -> Clip -> DQ, brevitas' form of < 8-bit values)."""
+    prod = g.producer.get(dq.input[0])
+    if prod is None or prod.op_type != "Clip":
+        return None
+    up = g.producer.get(prod.input[0])
+    return prod if up is not None and up.op_type == "QuantizeLinear" else None
+
+
+def _pair_dqs(g: _Graph, q: onnx.NodeProto) -> list[onnx.NodeProto]:
+    """The DequantizeLinear nodes that take ``q``'s output, directly or behind one Clip."""
+    out = []
+    for user in g.sink(q.output[0]):
+        if user.op_type == "Clip":
+            out += [d for d in g.sink(user.output[0]) if d.op_type == "DequantizeLinear"]
+        elif user.op_type == "DequantizeLinear":
+            out.append(user)
+    return out
+
+
+def _clip_reason(g: _Graph, dq: onnx.NodeProto, what: str) -> list[str]:
+    """A reason when a Clip sits between ``dq`` and its QuantizeLinear (the lint's clip-between-qdq)."""
+    clip = _pair_clip(g, dq)
+    if clip is None:
+        return []
+    return [
+        f"{what}: Clip {_name(clip)} between QuantizeLinear and DequantizeLinear breaks the Q/DQ pair TensorRT fuses"
+    ]

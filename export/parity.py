@@ -37,6 +37,7 @@ __all__ = [
     "run_batched",
     "run_ort",
     "top1_per_sample",
+    "worst_batch",
 ]
 
 
@@ -112,10 +113,12 @@ def compare_outputs(
     runtime: str,
     reference_name: str = "pytorch",
     noise_floor: Any = None,
+    atol_given: bool = False,
 ) -> ParityResult:
     """Compare two stacked outputs (samples on axis 0) against a profile ``Tolerance``, widened by
-    ``noise_floor`` (a :class:`~edgeattn.export.noise_floor.NoiseFloor`) when one is given."""
-    from edgeattn.export.noise_floor import CAP, widen
+    ``noise_floor`` (a :class:`~edgeattn.export.noise_floor.NoiseFloor`) when one is given. ``atol_given``: the
+    tolerance's ``max_abs`` is the caller's ``--atol``, not the profile's (failure messages name it)."""
+    from edgeattn.export.noise_floor import widen
 
     profile_tol = {
         "max_abs": float(tolerance.max_abs),
@@ -131,11 +134,7 @@ def compare_outputs(
         m["top1"] = float(per_sample[stable].mean()) if stable.any() else 1.0
     failures = _failures(m, tol)
     if failures and capped:
-        failures.append(
-            "the reference itself is ill-conditioned at this precision: float-rounding noise alone moves its "
-            f"output beyond {CAP:g}x the profile's tolerance (noise floor: max abs "
-            f"{noise_floor.max_abs_rel_range:.3g}, cosine {noise_floor.cosine:.6f})"
-        )
+        failures.append(_capped_message(profile_tol, noise_floor, atol_given))
     widened = noise_floor is not None
     return ParityResult(
         runtime=runtime,
@@ -151,6 +150,29 @@ def compare_outputs(
     )
 
 
+def _capped_message(tol: dict[str, float], floor: Any, atol_given: bool) -> str:
+    """Why widening by the noise floor stopped at its cap: each tolerance that the reference's own float-rounding
+    noise exceeds by more than the cap, named by where it came from (the profile, or the caller's --atol)."""
+    from edgeattn.export.noise_floor import CAP, MARGIN
+
+    abs_capped = MARGIN * floor.max_abs_rel_range > CAP * tol["max_abs"]
+    cos_capped = MARGIN * (1.0 - floor.cosine) > CAP * (1.0 - tol["min_cosine"])
+    source = "your --atol" if atol_given else "the profile's max_abs"
+    parts = []
+    if abs_capped:
+        parts.append(f"its max abs error beyond {CAP:g}x {source} {tol['max_abs']:g}")
+    if cos_capped:
+        parts.append(f"its 1 - cosine beyond {CAP:g}x the profile's {1.0 - tol['min_cosine']:g}")
+    if atol_given and not cos_capped:
+        verdict = "your --atol is tighter than the reference's own float-rounding noise (pass a larger one)"
+    else:
+        verdict = "the reference itself is ill-conditioned at this precision"
+    return (
+        f"{verdict}: float-rounding noise alone moves {' and '.join(parts)} (noise floor: max abs "
+        f"{floor.max_abs_rel_range:.3g}, cosine {floor.cosine:.6f})"
+    )
+
+
 def _failures(m: dict[str, float], tol: dict[str, float]) -> list[str]:
     failures = []
     if not m["max_abs_rel_range"] <= tol["max_abs"]:
@@ -160,6 +182,25 @@ def _failures(m: dict[str, float], tol: dict[str, float]) -> list[str]:
     if not m["top1"] >= tol["min_top1_agreement"]:
         failures.append(f"top-1 agreement {m['top1']:.3f} < {tol['min_top1_agreement']:g}")
     return failures
+
+
+def worst_batch(reference: np.ndarray, artifact: np.ndarray, batch: int, tolerance: Any) -> slice:
+    """The ``batch`` consecutive inputs (one static batch, aligned to ``batch``) that hold the input whose output
+    misses ``tolerance`` the most: its max abs error over the pooled output range, or its ``1 - cosine``, each
+    measured in units of what the tolerance allows (non-finite outputs count as the worst)."""
+    ref = np.asarray(reference, dtype=np.float64)
+    out = np.asarray(artifact, dtype=np.float64)
+    n = len(ref)
+    r2, o2 = ref.reshape(n, -1), out.reshape(n, -1)
+    span = float(ref.max() - ref.min()) if ref.size else 0.0
+    span = span if span > 0 else max(float(np.abs(ref).max(initial=0.0)), 1e-12)
+    err = np.abs(o2 - r2).max(axis=1) / span / max(float(tolerance.max_abs), 1e-300)
+    norms = np.linalg.norm(r2, axis=1) * np.linalg.norm(o2, axis=1)
+    cos = np.where(norms > 0, (r2 * o2).sum(1) / np.maximum(norms, 1e-300), 1.0)
+    miss = (1.0 - cos) / max(1.0 - float(tolerance.min_cosine), 1e-300)
+    score = np.where(np.isfinite(o2).all(axis=1), np.maximum(err, miss), np.inf)
+    start = (int(np.argmax(score)) // batch) * batch
+    return slice(start, min(start + batch, n))
 
 
 def run_batched(fn: Callable[[np.ndarray], np.ndarray], inputs: np.ndarray, batch: int) -> np.ndarray:

@@ -43,6 +43,9 @@ class ExportReport:
     precision: str
     profile: dict[str, Any]
     out_dir: str
+    # a trained model (checkpoint or in-memory module): its path, the quant config it was trained with ("float"
+    # for a float one), the bits its quantizers hold and whether the profile's quant applies (None: registry model)
+    checkpoint: dict[str, Any] | None = None
     artifacts: dict[str, str] = field(default_factory=dict)
     inputs: list[dict[str, Any]] = field(default_factory=list)
     outputs: list[dict[str, Any]] = field(default_factory=list)

@@ -563,3 +563,116 @@ def test_cli_registry_model_onnx_end_to_end(tmp_path, capsys):
     assert json.loads((tmp_path / "r.json").read_text())["model"] == "mobilenetv2"
     code, err = _cli(capsys, "mobilenetv2", "onnx", out, *small, "--force")
     assert code == 0, err
+
+
+# ---------------------------------------------------------------------- report.json: what a checkpoint holds
+def _w4a8_checkpoint(path: Path) -> Path:
+    """vit_tiny (32x32) quantized W4A8 with 7-bit K/V, calibrated on random inputs, saved as 'edgeattn qat' does."""
+    from edgeattn.quant.checkpoint import save_checkpoint
+    from edgeattn.quant.config import QuantConfig
+    from edgeattn.quant.quantize import quantize_model
+
+    from edgeattn.models import create_model
+    from edgeattn.reparameterize import reparameterize
+
+    kwargs = {"img_size": 32, "num_classes": 10}
+    cfg = QuantConfig.parse({"weight_bits": 4, "act_bits": 8, "kv_max_bits": 7, "preset": "openvino"}, "test")
+    torch.manual_seed(0)
+    float_model = reparameterize(create_model("vit_tiny", **kwargs)).eval()
+    model = calibrate(quantize_model(float_model, cfg), [torch.from_numpy(X[:4])])
+    meta = {"model": "vit_tiny", "model_kwargs": kwargs, "quant": cfg, "reparameterized": True}
+    return save_checkpoint(path, model, meta)
+
+
+def test_report_says_what_a_quantized_checkpoint_holds(tmp_path, capsys):
+    ckpt = _w4a8_checkpoint(tmp_path / "w4a8.pt")
+    code = main(["export", str(ckpt), "-t", "onnx", "-p", "host-cpu", "-o", str(tmp_path / "o"), "--n-inputs", "2"])
+    out = capsys.readouterr().out
+    assert code in (0, 3)  # written either way; a random-weight W4A8 model may miss the gate
+    rep = json.loads((tmp_path / "o" / "report.json").read_text())
+    c = rep["checkpoint"]
+    assert c["path"] == str(ckpt) and c["module"] is None and not c["token_adaptive_stripped"]
+    assert c["quant"] == {
+        "weight_bits": 4,
+        "act_bits": 8,
+        "kv_max_bits": 7,
+        "preset": "openvino",
+        "quantize_linear": True,
+        "quantize_attention": True,
+        "overrides": {},
+        "float_layers": [],
+        "token_adaptive": False,
+    }
+    assert c["exported_bits"] == {"weight": [4], "activation": [8], "kv": [7]} and not c["profile_quant_applied"]
+    weight_bits = load_profile("host-cpu").quant.weight_bits  # 7 or 8, by this CPU's VNNI
+    assert c["note"] == (
+        f"checkpoint '{ckpt}' is quantized (weight 4, activation 8, kv 7 bits): its own quantizers are exported as "
+        "trained; the profile's quant section applies only to PTQ of float models; its bits differ from profile "
+        f"'host-cpu' (weight 4 vs {weight_bits})"
+    )
+    assert rep["notes"][0] == c["note"]
+    assert c["note"] in out.replace("\n", " ")  # the console says it too (after a failed gate as well)
+    # the ONNX holds what the checkpoint says: 4-bit weights are int8 initializers within [-8, 7]
+    m = onnx.load(str(next((tmp_path / "o").glob("*.onnx"))))
+    int8 = [numpy_helper.to_array(i) for i in m.graph.initializer if i.data_type == TensorProto.INT8 and i.dims]
+    assert int8 and max(int(a.max()) for a in int8) <= 7 and min(int(a.min()) for a in int8) >= -8
+
+
+def test_report_of_an_in_memory_module(quant_vit, tmp_path):
+    rep = export_model(quant_vit, "onnx", "host-cpu", tmp_path / "q", inputs=X[:2], n_inputs=2, noise_floor=False)
+    c = rep.checkpoint
+    assert c["path"] is None and c["module"] == "TinyViT" and c["quant"] is None
+    assert c["exported_bits"] == {"weight": [8], "activation": [8], "kv": [8]}
+    assert c["note"].startswith("module TinyViT is quantized (weight 8, activation 8, kv 8 bits): its own")
+    rep = export_model(TinyViT().eval(), "onnx", "host-cpu", tmp_path / "p", inputs=X[:2], n_inputs=2)
+    assert rep.precision == "int8" and rep.checkpoint["quant"] == "float" and rep.checkpoint["note"] == ""
+    assert rep.checkpoint["profile_quant_applied"] and rep.checkpoint["exported_bits"] is None
+    kwargs = {"img_size": 32}
+    rep = export_model(
+        "mobilenetv2", "onnx", "host-cpu", tmp_path / "r", precision="fp32", n_inputs=1, model_kwargs=kwargs
+    )
+    assert rep.checkpoint is None  # a registry model built here: no checkpoint to describe
+
+
+def _attention_qdq(clip: set[str]) -> onnx.ModelProto:
+    """x (1, 4, 8) as q, k and v of one attention block, each quantized Q -> DQ, the Softmax output too; the
+    quant points named in ``clip`` ("k", "v", "attn") get brevitas' < 8-bit form Q -> Clip -> DQ."""
+    inits = [
+        numpy_helper.from_array(np.array(0.05, np.float32), "s"),
+        numpy_helper.from_array(np.array(0, np.int8), "zp"),
+        numpy_helper.from_array(np.array(-64, np.int8), "lo"),
+        numpy_helper.from_array(np.array(63, np.int8), "hi"),
+    ]
+    nodes = []
+
+    def qdq(src: str, name: str) -> str:
+        nodes.append(helper.make_node("QuantizeLinear", [src, "s", "zp"], [f"{name}_q"], name=f"{name}_Q"))
+        held = f"{name}_q"
+        if name in clip:
+            nodes.append(helper.make_node("Clip", [held, "lo", "hi"], [f"{name}_c"], name=f"{name}_Clip"))
+            held = f"{name}_c"
+        nodes.append(helper.make_node("DequantizeLinear", [held, "s", "zp"], [f"{name}_dq"], name=f"{name}_DQ"))
+        return f"{name}_dq"
+
+    q, k, v = qdq("x", "q"), qdq("x", "k"), qdq("x", "v")
+    nodes.append(helper.make_node("Transpose", [k], ["kt"], perm=[0, 2, 1], name="kT"))
+    nodes.append(helper.make_node("MatMul", [q, "kt"], ["scores"], name="qk"))
+    nodes.append(helper.make_node("Softmax", ["scores"], ["p"], axis=-1, name="softmax"))
+    nodes.append(helper.make_node("MatMul", [qdq("p", "attn"), v], ["y"], name="av"))
+    return _opset17_model(nodes, inits, [1, 4, 8], [1, 4, 8])
+
+
+def test_attention_fusion_names_a_clip_between_q_and_dq():
+    (block,) = attention_fusion(_attention_qdq(set()))
+    assert block.fusable and block.reasons == [] and block.av_matmul == "av"
+    clip_lints = [f.node for f in lint_tensorrt(_attention_qdq({"k", "v", "attn"}), major=10, precision="int8")
+                  if f.rule == "clip-between-qdq"]
+    assert sorted(clip_lints) == ["attn_Clip", "k_Clip", "v_Clip"]
+    (block,) = attention_fusion(_attention_qdq({"k", "v", "attn"}))
+    breaks = "between QuantizeLinear and DequantizeLinear breaks the Q/DQ pair TensorRT fuses"
+    assert not block.fusable and block.qk_matmul == "qk" and block.av_matmul == "av"  # the MatMul is found
+    assert block.reasons == [
+        f"K input of qk: Clip k_Clip {breaks}",
+        f"the Softmax output: Clip attn_Clip {breaks}",
+        f"V input of av: Clip v_Clip {breaks}",
+    ]

@@ -321,3 +321,130 @@ def test_build_engine_profile_max_is_never_below_the_batch(tmp_path, monkeypatch
     assert path.read_bytes() == b"engine"
     set_shape = trt.Builder.return_value.create_optimization_profile.return_value.set_shape
     set_shape.assert_called_once_with("input", (1, 3, 8, 8), (64, 3, 8, 8), (64, 3, 8, 8))
+
+
+# ------------------------------------------------------- 6: the bisection runs where the output diverges most
+def _optimised_ort_flips(monkeypatch, mark: np.ndarray) -> None:
+    """ONNX Runtime *with* graph optimisations (the runtime under test) returns every output negated for the
+    input ``mark``, and exact outputs for every other input; the no-optimisation reference stays exact."""
+    import onnxruntime as ort
+
+    real = ort.InferenceSession
+
+    class Flipping:
+        def __init__(self, model, opts=None, providers=None):
+            self.sess = real(model, opts, providers=providers)
+            self.flip = opts is None or opts.graph_optimization_level != ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+
+        def __getattr__(self, name):
+            return getattr(self.sess, name)
+
+        def run(self, names, feeds):
+            x = next(iter(feeds.values()))
+            outs = self.sess.run(names, feeds)
+            hit = np.array([np.array_equal(row, mark) for row in x])
+            return [np.where(hit.reshape(-1, *[1] * (o.ndim - 1)), -o, o) if self.flip else o for o in outs]
+
+    monkeypatch.setattr(ort, "InferenceSession", Flipping)
+
+
+def test_failing_gate_bisects_the_batch_with_the_worst_output(tmp_path, monkeypatch):
+    """Only input 5 diverges: the first static batch (batch 1, input 0) agrees, so bisecting there named nothing;
+    the gate now bisects on the batch holding input 5 and names the first node."""
+    import onnx
+    from edgeattn.export.parity import _float_outputs
+
+    _optimised_ort_flips(monkeypatch, X[5])
+    with pytest.raises(EdgeAttnError) as info:
+        export_model(TinyViT().eval(), "onnx", "host-cpu", tmp_path / "o", precision="fp32", inputs=X, n_inputs=8)
+    assert info.value.exit_code == 3
+    ort_gate = info.value.report.parity[-1]
+    assert ort_gate["runtime"] == "onnxruntime" and ort_gate["cosine"] == pytest.approx(-1.0)
+    node = ort_gate["first_diverging_node"]
+    onnx_model = onnx.load(str(tmp_path / "o" / "model.FAILED_PARITY.onnx"))
+    first_tensor, first_node = _float_outputs(onnx_model)[0]  # every node's output is negated for input 5
+    assert node["inputs"] == [5, 6] and node["index"] == 0 and node["node"] == first_node
+    assert node["tensor"] == first_tensor and f"first diverging node {first_node}" in str(info.value)
+
+
+def test_worst_batch_is_the_static_batch_holding_the_worst_input():
+    from edgeattn.export.parity import worst_batch
+
+    tol = load_profile("host-cpu").tolerance_for("fp32")
+    ref = np.tile(np.array([[0.0, 1.0, 2.0]]), (6, 1))
+    out = ref.copy()
+    out[1, 2] += 0.2  # 10% of the range: the largest error
+    out[4] *= 0.999  # a tiny, exactly proportional one: cosine 1
+    assert worst_batch(ref, out, 2, tol) == slice(0, 2)
+    assert worst_batch(ref, out, 4, tol) == slice(0, 4)
+    out[3] = [2.0, 1.0, 0.0]  # reversed: the worst cosine, and the largest error (the whole range)
+    assert worst_batch(ref, out, 2, tol) == slice(2, 4)
+    assert worst_batch(ref, out, 4, tol) == slice(0, 4)
+    out[5, 0] = np.nan  # a non-finite output is the worst of all
+    assert worst_batch(ref, out, 4, tol) == slice(4, 6)
+
+
+# ----------------------------------------------------------------- 7: --atol below the reference's rounding noise
+def test_failure_beyond_the_cap_names_the_atol_it_came_from():
+    from edgeattn.export.noise_floor import NoiseFloor
+    from edgeattn.export.parity import compare_outputs
+
+    tol = load_profile("host-cpu").tolerance_for("int8")
+    ref = np.array([[0.0, 1.0, 2.0], [3.0, 2.0, 1.0]])
+    out = ref + np.array([[0.0, 0.0, 0.003], [0.0, 0.0, 0.0]])  # 1e-3 of the range, cosine ~1
+    floor = NoiseFloor("fp32", 1e-3, 4, 0.0005, 0.99999999, 1.0, (True, True))
+    tight = tol.model_copy(update={"max_abs": 1e-6})
+    res = compare_outputs(ref, out, tight, runtime="x", noise_floor=floor, atol_given=True)
+    assert not res.passed and res.tolerance["max_abs"] == pytest.approx(4e-6)
+    assert res.failures[-1] == (
+        "your --atol is tighter than the reference's own float-rounding noise (pass a larger one): float-rounding "
+        "noise alone moves its max abs error beyond 4x your --atol 1e-06 (noise floor: max abs 0.0005, cosine "
+        "1.000000)"
+    )
+    # the same tolerance from a profile: the reference is called ill-conditioned, and the profile named
+    res = compare_outputs(ref, out, tight, runtime="x", noise_floor=floor)
+    assert res.failures[-1].startswith("the reference itself is ill-conditioned at this precision: ")
+    assert "beyond 4x the profile's max_abs 1e-06" in res.failures[-1] and "--atol" not in res.failures[-1]
+
+
+# -------------------------------------------------------------- 8: model-building flags a checkpoint fixes
+def _mnv2_checkpoint(path: Path) -> Path:
+    from edgeattn.quant.checkpoint import save_checkpoint
+
+    from edgeattn.models import create_model
+
+    kwargs = {"img_size": 32, "num_classes": 10}
+    meta = {"model": "mobilenetv2", "model_kwargs": kwargs, "quant": None, "reparameterized": False}
+    return save_checkpoint(path, create_model("mobilenetv2", **kwargs), meta)
+
+
+@pytest.mark.parametrize("how", ["path", "--checkpoint"])
+def test_img_size_that_a_checkpoint_fixes_is_refused_before_any_work(tmp_path, capsys, how):
+    ckpt = _mnv2_checkpoint(tmp_path / "mnv2.pt")
+    model, extra = (str(ckpt), ()) if how == "path" else ("mobilenetv2", ("--checkpoint", str(ckpt)))
+    code, err = _cli(capsys, model, "onnx", tmp_path / "o", *extra, "--img-size", "64", "--n-inputs", "2")
+    assert code == 2 and _one_line_error(err) == (
+        f"error: --img-size 64 cannot apply to checkpoint '{ckpt}': the model is rebuilt as it was trained, "
+        "with img_size 32; leave it out"
+    )
+    assert not (tmp_path / "o").exists() and _leftovers(tmp_path) == []
+    with pytest.raises(EdgeAttnError, match=r"model_kwargs in_chans=1 cannot apply .* with in_chans 3; leave"):
+        export_model(str(ckpt), "onnx", "host-cpu", tmp_path / "p", n_inputs=2, model_kwargs={"in_chans": 1})
+    assert not (tmp_path / "p").exists()
+
+
+def test_img_size_equal_to_the_checkpoints_is_accepted(tmp_path):
+    ckpt = _mnv2_checkpoint(tmp_path / "mnv2.pt")
+    rep = export_model(
+        str(ckpt), "onnx", "host-cpu", tmp_path / "o", precision="fp32", n_inputs=2, model_kwargs={"img_size": 32}
+    )
+    assert rep.passed and rep.inputs[0]["shape"] == [1, 3, 32, 32]
+    assert rep.checkpoint == {
+        "path": str(ckpt),
+        "module": None,
+        "quant": "float",
+        "token_adaptive_stripped": False,
+        "exported_bits": None,
+        "profile_quant_applied": False,
+        "note": "",
+    }

@@ -6,6 +6,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -327,3 +328,19 @@ def test_ctrl_c_prints_and_saves_partial_results(tmp_path, monkeypatch, capsys):
     data = json.loads(out.read_text())
     assert data["interrupted"] is True and data["results"][0]["latency"]["count"] == 12 - 3
     assert "interrupted" in capsys.readouterr().out
+
+
+def test_artifact_that_failed_its_parity_gate_is_timed_with_one_warning(art, tmp_path, capsys):
+    failed = tmp_path / "model.FAILED_PARITY.onnx"
+    shutil.copy(art / "small.onnx", failed)
+    out = tmp_path / "r.json"
+    args = ["profile", str(failed), str(art / "small.onnx"), "--threads", "1", "--warmup", "1", "--iters", "3"]
+    assert main([*args, "--json", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert captured.err.strip().splitlines() == [
+        f"warning: {failed} failed its parity gate in edgeattn export (its outputs do not match the model; see "
+        "report.json beside it): timed all the same"
+    ]
+    report = ProfileReport.model_validate(json.loads(out.read_text()))
+    assert [r.parity_failed for r in report.results] == [True, False]
+    assert all(r.latency.count == 3 for r in report.results)  # timed all the same

@@ -87,14 +87,14 @@ def export(
             if json_out:
                 write_json(json_out, exc.report)
             console.print(exc.report.summary(), highlight=False)
+            _print_notes(exc.report)
             raise
     console.print(
         f"[bold]{report.model}[/] -> {report.target} ({report.precision}), profile "
         f"{report.profile['name']}: {', '.join(Path(p).name for p in report.artifacts.values())}"
     )
     console.print(report.summary(), highlight=False)
-    for note in report.notes:
-        console.print(f"[dim]{note}[/]")
+    _print_notes(report)
     if report.trtexec:
         console.print(f"trtexec: {report.trtexec}", highlight=False, soft_wrap=True)
     if report.kernels:
@@ -104,3 +104,9 @@ def export(
         )
     if json_out:
         write_json(json_out, report)
+
+
+def _print_notes(report) -> None:
+    """The report's notes, one dim line each (the first says how a trained checkpoint's bits were exported)."""
+    for note in report.notes:
+        console.print(f"[dim]{note}[/]", highlight=False, soft_wrap=True)

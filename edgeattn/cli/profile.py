@@ -128,6 +128,7 @@ def profile(
         if tasks:
             bar.stop()
     render_table(report, console)
+    _warn_failed_parity(report)
     if json_out:
         write_json(json_out, report)
         console.print(f"wrote {json_out}")
@@ -137,3 +138,19 @@ def profile(
     if report.interrupted:
         console.print("[red]interrupted: the figures above are what was measured before Ctrl-C[/]")
         raise typer.Exit(130)
+
+
+def _warn_failed_parity(report) -> None:
+    """One stderr line per artifact that failed its parity gate in `edgeattn export` (timed all the same)."""
+    from rich.markup import escape
+
+    from edgeattn.cli._common import err_console
+
+    for r in report.results:
+        if r.parity_failed:
+            err_console.print(
+                f"[yellow]warning:[/] {escape(r.artifact)} failed its parity gate in edgeattn export (its outputs do "
+                "not match the model; see report.json beside it): timed all the same",
+                highlight=False,
+                soft_wrap=True,
+            )

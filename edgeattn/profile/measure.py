@@ -32,6 +32,13 @@ ProgressFn = Callable[[str, float, float], None]
 """``progress(phase, completed, total)``; phases: 'load', 'warmup', 'timed', 'layers'."""
 
 DEFAULT_ITERS = 100
+FAILED_PARITY_TAG = "FAILED_PARITY"  # what `edgeattn export` puts in the name of an artifact whose gate failed
+
+
+def failed_parity(path: str | Path) -> bool:
+    """True when ``path`` is an artifact `edgeattn export` wrote after its parity gate failed
+    (``model.FAILED_PARITY.onnx``, ``.xml``, ``.mlpackage``, ...)."""
+    return FAILED_PARITY_TAG in Path(path).name.split(".")
 
 
 def latency_stats(samples_ms: Sequence[float], batch: int) -> LatencyStats:
@@ -287,6 +294,7 @@ def profile_artifacts(
                     efficiency=eff,
                     rss_after_load_mb=rss_load[k],
                     rss_after_cold_mb=rss_cold[k],
+                    parity_failed=failed_parity(paths[k]),
                     samples_ms=samples[k] if keep_samples else [],
                 )
             )

@@ -135,6 +135,11 @@ class ArtifactResult(BaseModel):
         "runtime's lazy allocations: arenas, JIT kernels); None in reports written before it was recorded",
     )
     layers: LayerBreakdown | None = None
+    parity_failed: bool = Field(
+        False,
+        description="the artifact's name says `edgeattn export` wrote it after its parity gate failed "
+        "(FAILED_PARITY): its outputs do not match the model; it is timed all the same",
+    )
     samples_ms: list[float] = Field(default_factory=list, description="every timed latency, in run order")
 
 
