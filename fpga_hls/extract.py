@@ -38,8 +38,55 @@ def _q(fmt, value: Any, what: str, kind: str) -> np.ndarray:
         ) from None
 
 
+def quant_weight(layer: Any) -> Any | None:
+    """A brevitas layer's quantized weights (the dequantized values it computes with), else ``None``.
+
+    ``quant_weight()`` (brevitas 0.13) returns an ``IntQuantTensor``; ``.value`` is ``int * scale``. A layer
+    whose weight quantization is disabled, or a plain torch layer, computes with its float ``weight``.
+    """
+    proxy = getattr(layer, "weight_quant", None)
+    if proxy is None or not getattr(proxy, "is_quant_enabled", False) or not hasattr(layer, "quant_weight"):
+        return None
+    return layer.quant_weight().value
+
+
+def _weight(layer: Any) -> Any:
+    """The weights ``layer`` computes with: a brevitas layer's quantized ones (what QAT trained), else ``weight``.
+
+    They are then quantized to the profile's ``ap_fixed`` weight type by :func:`_q`. A power-of-two scale (the
+    ``fpga`` preset) no finer than the weight LSB (4-bit QAT weights: scale ~2^-7 against 2^-14) puts every value
+    exactly on that grid, so the trained values reach ``weights.h`` unchanged. Otherwise (a finer power-of-two
+    scale, as 16-bit weights under 1 in magnitude get; or a float scale from another preset) each value is rounded
+    again, half to even, to the nearest multiple of the weight LSB: :func:`requantized_weights` measures that
+    change. Biases stay float in these checkpoints (``QuantConfig.bias`` is ``"float"``): quantized from ``bias``.
+    """
+    value = quant_weight(layer)
+    return layer.weight if value is None else value
+
+
+def requantized_weights(root: Any, fmt: HLSFormats) -> dict[str, Any]:
+    """How the profile's weight type changes the brevitas-quantized weights under ``root``.
+
+    ``tensors``: quantized weight tensors; ``rerounded``: those with a value off the ``ap_fixed`` weight grid;
+    ``max_change``: the largest change that rounding made (0.0 when every quantized weight is exact).
+    """
+    tensors = rerounded = 0
+    worst = 0.0
+    for module in root.modules():
+        value = quant_weight(module)
+        if value is None:
+            continue
+        arr = _np(value)
+        on_grid = fmt.weight.dequantize(fmt.weight.quantize(arr, rounding="half-even"))
+        change = float(np.max(np.abs(on_grid - arr), initial=0.0))
+        tensors += 1
+        rerounded += change > 0.0
+        worst = max(worst, change)
+    return {"tensors": tensors, "rerounded": rerounded, "max_change": worst}
+
+
 def _linear(lin, fmt: HLSFormats, what: str) -> tuple[np.ndarray, np.ndarray]:
-    w = _q(fmt.weight, lin.weight, f"{what}.weight", "weight")
+    w = _q(fmt.weight, _weight(lin), f"{what}.weight", "weight")
     b = lin.bias if lin.bias is not None else lin.weight.new_zeros(lin.weight.shape[0])
     return w, _q(fmt.act, b, f"{what}.bias", "act")
 
@@ -141,7 +188,7 @@ def model_params(model: Any, fmt: HLSFormats) -> ModelParams:
     pe = model.patch_embed
     dim = pe.out_channels
     patch = int(pe.kernel_size[0])
-    w = pe.weight.reshape(dim, -1)
+    w = _weight(pe).reshape(dim, -1)
     patch_w = _q(fmt.weight, w, "patch_embed.weight", "weight")
     b = pe.bias if pe.bias is not None else pe.weight.new_zeros(dim)
     patch_b = _q(fmt.act, b, "patch_embed.bias", "act")

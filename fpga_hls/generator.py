@@ -10,7 +10,7 @@
       firmware/weights.h                          raw integer weights at the profile's widths (generated)
       tb/edgeattn_tb.cpp                          test bench: runs the top, compares with the golden model
       tb_data/tb_input.dat, tb_golden.dat         test vectors (raw ints) and golden outputs
-      tb_data/tb_float.dat                        the float PyTorch outputs for the same inputs
+      tb_data/tb_float.dat                        the PyTorch model's outputs for the same inputs (the reference)
       build_prj.tcl                               Vitis HLS script: csim, csynth, cosim, export
       project.json                                what was generated: shapes, formats, estimate, errors
 
@@ -29,7 +29,14 @@ from typing import Any
 import numpy as np
 from edgeattn.fpga_hls import golden as G
 from edgeattn.fpga_hls.estimate import LayerShape, estimate
-from edgeattn.fpga_hls.extract import SUPPORTED_SHAPE, check_vit, layer_params, model_params
+from edgeattn.fpga_hls.extract import (
+    SUPPORTED_SHAPE,
+    check_vit,
+    layer_params,
+    model_params,
+    quant_weight,
+    requantized_weights,
+)
 
 from edgeattn.atomic import replaceable_dir, staging_dir
 from edgeattn.errors import EdgeAttnError
@@ -54,6 +61,12 @@ class ProjectInfo:
     # the same float model computing the profile's softmax/GELU methods, against the model as given: the part of
     # ``golden_vs_float`` that the approximations cause (the rest is the fixed-point arithmetic)
     approx_vs_float: dict[str, float] = field(default_factory=dict)
+    # what ``golden_vs_float`` and ``approx_vs_float`` compare with (the "float" in their names is historical):
+    # "the float model", or a brevitas fake-quant model whose activation quantizers are on
+    reference: str = "the float model"
+    reference_bits: str | None = None  # e.g. "W4A4" for a fake-quant reference, None for a float one
+    # the softmax/GELU methods the model computes and the ones the design computes
+    approx: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -66,6 +79,9 @@ class ProjectInfo:
             "shape": self.shape.__dict__,
             "golden_vs_float": self.golden_vs_float,
             "approx_vs_float": self.approx_vs_float,
+            "reference": self.reference,
+            "reference_bits": self.reference_bits,
+            "approx": self.approx,
             "estimate": self.estimate,
             "stats": self.stats,
         }
@@ -180,6 +196,35 @@ def _approx_reference(model: Any, images: Any, layer: int | None, approx: Any) -
     return _reference(twin, images, layer)[1]
 
 
+def _is_fake_quant(net: Any) -> bool:
+    return any(type(m).__module__.startswith("brevitas.") for m in net.modules())
+
+
+def reference_label(net: Any, fmt: G.HLSFormats) -> tuple[str, str | None]:
+    """What the golden model is compared with: ``(label, bits)``, bits like ``"W4A4"`` (``None``: float model).
+
+    A quantized model (``edgeattn.quant.quantize_model``, e.g. from an ``edgeattn qat`` checkpoint) runs with its
+    activation quantizers on; the design does not quantize activations to those bits.
+    """
+    if not _is_fake_quant(net):
+        return "the float model", None
+    cfg = getattr(net, "quant_config", None)
+    bits = f"W{cfg.weight_bits}A{cfg.act_bits}" if cfg is not None else "brevitas"
+    design = f"ap_fixed<{fmt.act_width},{fmt.act_int}>"
+    return f"the fake-quant {bits} model (its activations are quantized; the design's are {design})", bits
+
+
+def _approx_info(part: Any, approx: Any) -> dict[str, Any]:
+    """The softmax/GELU methods ``part`` computes (sorted lists) and those the design computes."""
+    from edgeattn.approx import approximations_in
+
+    found = approximations_in(part)
+    return {
+        "model": {kind: sorted(found[kind]) for kind in ("softmax", "gelu")},
+        "design": {"softmax": approx.softmax, "gelu": approx.gelu},
+    }
+
+
 class _Stop(Exception):
     """Ends the forward pass once the block of interest has run."""
 
@@ -211,12 +256,14 @@ def generate_project(
 
     Args:
         model: a registry name (``vit_tiny``, ``edge_moe_vit``) or a model instance of that shape (eval mode
-            is set here). Its weights are quantized to the profile's widths.
+            is set here). Its weights are quantized to the profile's widths; a brevitas-quantized model's
+            quantized weights (``quant_weight()``) are, not its float master weights, and it is the reference
+            of ``golden_vs_float`` with its activation quantizers on (``ProjectInfo.reference`` says so).
         profile: a device profile (name, path or :class:`~edgeattn.device_profile.DeviceProfile`) with an
             ``hls`` section.
         out_dir: project folder; must not exist unless ``force``.
         layer: which encoder layer becomes ``encoder_layer_top``; ``None`` builds ``vit_top`` for the model.
-        vectors: number of test vectors (random images through the float model).
+        vectors: number of test vectors (random images through the model).
         seed: seed of the test images.
         attn_parallel: query rows in flight (default: the profile's ``hls.attn_parallel``).
         formats: override the profile's widths (for width sweeps).
@@ -274,6 +321,8 @@ def generate_project(
     shape = model_shape(net, layer)
     est = estimate(shape, hls, fmt)
     top = "vit_top" if layer is None else "encoder_layer_top"
+    part = net if layer is None else net.blocks[layer]
+    label, bits = reference_label(net, fmt)
     info = ProjectInfo(
         path=out_dir,
         model=name,
@@ -284,6 +333,9 @@ def generate_project(
         shape=shape,
         golden_vs_float=metrics,
         approx_vs_float=approx_metrics,
+        reference=label,
+        reference_bits=bits,
+        approx=_approx_info(part, prof.approx),
         estimate=est,
         stats={
             "score_saturated": stats.score_saturated,
@@ -295,6 +347,8 @@ def generate_project(
             "profile": prof.name,
         },
     )
+    if any(quant_weight(m) is not None for m in part.modules()):
+        info.stats["quant_weights"] = requantized_weights(part, fmt)
 
     with staging_dir(out_dir) as tmp:
         _write_project(tmp, info, hls, lps, mp, in_raw, gold, ref)

@@ -80,6 +80,25 @@ def test_whole_vit_csim_is_bit_exact(tmp_path, p):
     assert report["cosine_vs_float"] > 0.99
 
 
+def test_4bit_quantized_layer_csim_is_bit_exact(tmp_path):
+    """A W4A4 fpga-preset model: the C++ runs its 4-bit weights bit-exactly; the reference is named."""
+    _require_toolchain()
+    from edgeattn.quant import QuantConfig, ptq
+
+    torch.manual_seed(5)
+    model = create_model("vit_tiny", img_size=16, depth=1, embed_dim=32, num_heads=2, patch_size=4).eval()
+    cfg = QuantConfig.from_profile("zcu102-hls").with_bits("w4a4")
+    qmodel = ptq(model, cfg, [torch.randn(8, 3, 16, 16)])
+    prj = tmp_path / "q"
+    info = generate_project(qmodel, "zcu102-hls", prj, layer=0, vectors=2)
+    assert info.reference_bits == "W4A4"
+    report = run_csim(prj)
+    assert report["mismatches"] == 0 and report["outputs"] == 2 * 17 * 32
+    assert report["reference"] == info.reference and "fake-quant W4A4" in report["reference"]
+    got = np.loadtxt(prj / "tb_data/csim_results.dat", ndmin=2)
+    assert np.array_equal(got, np.loadtxt(prj / "tb_data/tb_golden.dat", ndmin=2))
+
+
 def test_cli_hls_csim_and_bad_input(tmp_path, capsys, monkeypatch):
     _require_toolchain()
     from edgeattn.cli import main

@@ -357,6 +357,8 @@ def _header_array(text: str, name: str, count: int) -> np.ndarray:
 
 
 def test_cli_checkpoint_weights_reach_the_headers(tmp_path, capsys):
+    import json
+
     from edgeattn.quant.checkpoint import save_checkpoint
 
     from edgeattn.cli import main
@@ -372,6 +374,10 @@ def test_cli_checkpoint_weights_reach_the_headers(tmp_path, capsys):
     assert main(["hls", "edge_moe_vit", "-o", str(tmp_path / "a"), "--checkpoint", str(plain), *sets]) == 0
     text = (tmp_path / "a/firmware/weights.h").read_text()
     assert np.array_equal(_header_array(text, "qkv_w", 96 * 32), expect.ravel())
+    out = capsys.readouterr().out
+    assert "fixed point vs the float model:" in " ".join(out.split())
+    note = [ln for ln in out.splitlines() if ln.startswith("note:")]
+    assert len(note) == 1 and "computes softmax exact and gelu exact; the design computes softmax online" in note[0]
     # an `edgeattn qat` checkpoint (float model): meta rebuilds the model
     ckpt = tmp_path / "m.ckpt"
     meta = {"model": "edge_moe_vit", "model_kwargs": kwargs, "quant": None, "reparameterized": False}
@@ -379,10 +385,122 @@ def test_cli_checkpoint_weights_reach_the_headers(tmp_path, capsys):
     assert main(["hls", "edge_moe_vit", "-o", str(tmp_path / "b"), "--checkpoint", str(ckpt)]) == 0
     text = (tmp_path / "b/firmware/weights.h").read_text()
     assert np.array_equal(_header_array(text, "qkv_w", 96 * 32), expect.ravel())
-    capsys.readouterr()
+    assert json.loads((tmp_path / "b/project.json").read_text())["reference"] == "the float model"
+    note = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("note:")]
+    assert len(note) == 1 and "was trained with softmax exact and gelu exact" in note[0]
+    # --set with an `edgeattn qat` checkpoint (which rebuilds its own model) is refused, not ignored
+    assert main(["hls", "edge_moe_vit", "-o", str(tmp_path / "c"), "--checkpoint", str(ckpt), *sets[:2]]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--set embed_dim=32" in err and "rebuilds its own model" in err
     # a checkpoint of another model / a state_dict that does not fit: one line, exit 2, no project
     assert main(["hls", "vit_tiny", "-o", str(tmp_path / "c"), "--checkpoint", str(ckpt)]) == 2
     assert "holds a 'edge_moe_vit' model" in capsys.readouterr().err
     assert main(["hls", "edge_moe_vit", "-o", str(tmp_path / "c"), "--checkpoint", str(plain)]) == 2
     assert "does not fit" in capsys.readouterr().err
     assert not (tmp_path / "c").exists()
+
+
+# ------------------------------------------------------------------ quantized `edgeattn qat` checkpoints
+TINY_VIT = {"num_classes": 10, "img_size": 16, "depth": 1, "embed_dim": 32, "num_heads": 2, "patch_size": 4}
+W_FRAC = 14  # ap_fixed<16,2> weights of zcu102-hls
+
+
+def _quant_checkpoint(path, bits: str, approx: dict, **quant) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """(float model, calibrated brevitas model) of a tiny vit_tiny under the fpga preset, saved at ``path``."""
+    from edgeattn.quant import QuantConfig, ptq
+    from edgeattn.quant.checkpoint import save_checkpoint
+
+    kwargs = {**TINY_VIT, **approx}
+    torch.manual_seed(11)
+    model = create_model("vit_tiny", **kwargs).eval()
+    cfg = QuantConfig.from_profile("zcu102-hls").with_bits(bits)
+    cfg = QuantConfig.parse({**cfg.model_dump(), **quant})
+    qmodel = ptq(model, cfg, [torch.randn(16, 3, 16, 16, generator=torch.Generator().manual_seed(1))])
+    save_checkpoint(path, qmodel, {"model": "vit_tiny", "model_kwargs": kwargs, "quant": cfg})
+    return model, qmodel
+
+
+def _expected_raw(layer, bits: int) -> np.ndarray:
+    """Independent reference: the master weights on the quantizer's grid (signed, narrow range, round half to
+    even), as raw ints of the profile's weight type."""
+    scale = float(layer.quant_weight().scale.detach())
+    w = layer.weight.detach().double().numpy()
+    qmax = 2 ** (bits - 1) - 1
+    ints = np.clip(np.round(w / scale), -qmax, qmax)
+    raw = ints * scale * 2**W_FRAC
+    assert np.array_equal(raw, np.round(raw))  # a power-of-two scale >= 2^-14: exact on the weight grid
+    return raw.astype(np.int64)
+
+
+def test_cli_4bit_checkpoint_weights_are_the_trained_ones(tmp_path, capsys):
+    import json
+
+    from edgeattn.cli import main
+
+    ckpt = tmp_path / "w4a4.pt"
+    model, qmodel = _quant_checkpoint(ckpt, "w4a4", {"softmax": "online", "gelu": "edgemoe"})
+    prj = tmp_path / "p"
+    assert main(["hls", "vit_tiny", "-o", str(prj), "--checkpoint", str(ckpt), "--layer", "all", "--vectors", "2"]) == 0
+    out = capsys.readouterr().out
+    text = (prj / "firmware/weights.h").read_text()
+    blk = qmodel.blocks[0]
+    layers = {
+        "qkv_w": blk.attn.qkv,
+        "proj_w": blk.attn.proj,
+        "fc1_w": blk.mlp.fc1,
+        "fc2_w": blk.mlp.fc2,
+        "patch_w": qmodel.patch_embed,
+        "head_w": qmodel.head,
+    }
+    for name, layer in layers.items():
+        expect = _expected_raw(layer, 4).ravel()
+        got = _header_array(text, name, expect.size)
+        assert len(np.unique(got)) <= 15, name  # 4-bit narrow range: -7..7 steps of the scale
+        assert np.array_equal(got, expect), name
+    # not the float master weights (what was generated before)
+    master = np.round(model.blocks[0].attn.qkv.weight.detach().double().numpy() * 2**W_FRAC).ravel()
+    assert not np.array_equal(_header_array(text, "qkv_w", master.size), master)
+    # the reference is the checkpoint's fake-quant model, and the project says so
+    saved = json.loads((prj / "project.json").read_text())
+    assert saved["reference_bits"] == "W4A4" and saved["reference"].startswith("the fake-quant W4A4 model")
+    assert "ap_fixed<32,10>" in saved["reference"] and "golden_vs_float" in saved
+    assert saved["stats"]["quant_weights"] == {"tensors": 6, "rerounded": 0, "max_change": 0.0}
+    assert "fixed point vs the checkpoint's W4A4 model:" in " ".join(out.split())
+    assert "note:" not in out  # trained with the design's softmax/GELU; weights exact
+    images = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        fake_quant, fp = qmodel(images).double().numpy(), model(images).double().numpy()
+    tb_float = np.loadtxt(prj / "tb_data/tb_float.dat", ndmin=2)
+    assert np.abs(tb_float - fake_quant).max() < 1e-6
+    assert np.abs(tb_float - fp).max() > 1e-2  # the float model would be a different reference
+
+
+def test_cli_notes_for_what_the_design_does_not_take(tmp_path, capsys):
+    """Token-adaptive bits, exact softmax/GELU and 16-bit weights finer than the weight type: one note each."""
+    import json
+
+    from edgeattn.cli import main
+
+    ckpt = tmp_path / "ta.pt"
+    _model, qmodel = _quant_checkpoint(ckpt, "w16a8", {}, token_adaptive=True, low_act_bits=4)
+    prj = tmp_path / "p"
+    assert main(["hls", "vit_tiny", "-o", str(prj), "--checkpoint", str(ckpt), "--vectors", "2"]) == 0
+    notes = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("note:")]
+    assert len(notes) == 3, notes
+    token, approx, grid = notes
+    assert "token-adaptive" in token and "act bits (8)" in token and "4-bit" in token
+    assert "trained with softmax exact and gelu exact" in approx
+    assert "design computes softmax online and GELU edgemoe" in approx
+    saved = json.loads((prj / "project.json").read_text())
+    assert saved["approx"]["model"] == {"softmax": ["exact"], "gelu": ["exact"]}
+    assert f"approx_vs_float {saved['approx_vs_float']['max_abs_err']:.3g}" in approx
+    # 16-bit weights with a 2^-17 scale: rounded to the 2^-14 grid, half to even, from the quantized values
+    lin = qmodel.blocks[0].attn.qkv
+    value = lin.quant_weight().value.detach().double().numpy()
+    assert float(lin.quant_weight().scale.detach()) < 2.0**-W_FRAC
+    got = _header_array((prj / "firmware/weights.h").read_text(), "qkv_w", value.size)
+    assert np.array_equal(got, np.round(value * 2**W_FRAC).astype(np.int64).ravel())
+    q = saved["stats"]["quant_weights"]
+    assert q["tensors"] == 4 and q["rerounded"] == 4  # qkv, proj, fc1, fc2 of the layer
+    assert 0 < q["max_change"] <= 2.0 ** -(W_FRAC + 1)
+    assert "4 of 4 quantized weight tensors are off the ap_fixed<16,2> grid" in grid

@@ -41,8 +41,9 @@ def _parse_sets(items: list[str]) -> dict:
     return out
 
 
-def _load_model(model: str, checkpoint: Path | None, kwargs: dict):
-    """The model to generate for: from a checkpoint when given, else the registry with ``kwargs``."""
+def _load_model(model: str, checkpoint: Path | None, kwargs: dict) -> tuple[Any, dict | None]:
+    """``(model, meta)``: the model to generate for, from a checkpoint when given, else the registry with ``kwargs``;
+    ``meta`` is an ``edgeattn qat`` checkpoint's (``None`` otherwise)."""
     import torch
 
     from edgeattn.errors import EdgeAttnError
@@ -60,7 +61,7 @@ def _load_model(model: str, checkpoint: Path | None, kwargs: dict):
             raise EdgeAttnError(f"--set {given}: '{model}' rejects these arguments ({exc})") from exc
 
     if checkpoint is None:
-        return build()
+        return build(), None
     if not checkpoint.is_file():
         raise EdgeAttnError(f"--checkpoint '{checkpoint}' not found")
     try:
@@ -72,13 +73,19 @@ def _load_model(model: str, checkpoint: Path | None, kwargs: dict):
     if isinstance(state, dict) and state.get("format") == "edgeattn-checkpoint":
         from edgeattn.quant.checkpoint import load_checkpoint  # written by `edgeattn qat`
 
-        # the design has one width per tensor: every token at act_bits
+        if kwargs:  # the checkpoint's meta rebuilds the model: --set would be silently ignored
+            given = " ".join(f"{k}={v!r}" for k, v in kwargs.items())
+            raise EdgeAttnError(
+                f"--set {given}: '{checkpoint}' is an `edgeattn qat` checkpoint, which rebuilds its own model; "
+                "drop --set (it applies to a plain state_dict)"
+            )
+        # the design has one width per tensor: every token at act_bits (see _notes)
         net, meta = load_checkpoint(checkpoint, strip_token_adaptive=True)
         if meta.get("model") != model:
             raise EdgeAttnError(
                 f"--checkpoint '{checkpoint}' holds a '{meta.get('model')}' model, not '{model}'"
             )
-        return net
+        return net, meta
     # otherwise a plain state_dict of the registry model built with --set arguments
     net = build()
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
@@ -88,7 +95,56 @@ def _load_model(model: str, checkpoint: Path | None, kwargs: dict):
     except (RuntimeError, TypeError, AttributeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise EdgeAttnError(f"--checkpoint '{checkpoint}' does not fit '{model}': {first}") from None
-    return net
+    return net, None
+
+
+def _token_adaptive_note(meta: dict | None) -> list[str]:
+    quant = (meta or {}).get("quant") or {}
+    if not quant.get("token_adaptive"):
+        return []
+    act, low = quant.get("act_bits"), quant.get("low_act_bits")
+    return [
+        f"token-adaptive checkpoint: the design has one width per tensor, so every token runs at the "
+        f"checkpoint's act bits ({act}); its {low}-bit low-importance tokens are not reproduced (the reference "
+        f"model is stripped the same way)"
+    ]
+
+
+def _approx_note(info: Any, meta: dict | None) -> list[str]:
+    model, design = info.approx.get("model", {}), info.approx.get("design", {})
+    if all(model.get(k) == [design.get(k)] for k in ("softmax", "gelu")):
+        return []
+    verb = "was trained with" if meta is not None else "computes"
+    methods = " and ".join(f"{k} {'/'.join(model.get(k) or ['none'])}" for k in ("softmax", "gelu"))
+    return [
+        f"the checkpoint's model {verb} {methods}; the design computes softmax {design.get('softmax')} and "
+        f"GELU {design.get('gelu')} (their gap, measured: approx_vs_float "
+        f"{info.approx_vs_float['max_abs_err']:.3g})"
+    ]
+
+
+def _requantized_note(info: Any) -> list[str]:
+    q = info.stats.get("quant_weights") or {}
+    if not q.get("rerounded"):
+        return []
+    fmt = info.formats
+    return [
+        f"{q['rerounded']} of {q['tensors']} quantized weight tensors are off the ap_fixed<{fmt.weight_width},"
+        f"{fmt.weight_int}> grid (LSB 2^-{fmt.weight_frac}): rounded to it, by up to {q['max_change']:.3g}"
+    ]
+
+
+def _notes(info: Any, meta: dict | None, checkpoint: Path | None) -> list[str]:
+    """One-line notes on what the design does not take over from the checkpoint."""
+    if checkpoint is None:
+        return []
+    return _token_adaptive_note(meta) + _approx_note(info, meta) + _requantized_note(info)
+
+
+def _reference_phrase(info: Any) -> str:
+    """What the golden model was compared with, for the summary lines."""
+    bits = getattr(info, "reference_bits", None)
+    return "the float model" if bits is None else f"the checkpoint's {bits} model"
 
 
 def hls(
@@ -140,7 +196,7 @@ def hls(
         find_ap_types()
     torch.manual_seed(seed)
     torch.set_num_threads(min(2, torch.get_num_threads()))
-    net = _load_model(model, checkpoint, kwargs)
+    net, meta = _load_model(model, checkpoint, kwargs)
     with console.status(f"generating {output} ..."):
         info = generate_project(
             net,
@@ -154,12 +210,16 @@ def hls(
             model_name=model,
         )
     summary = info.to_json()
+    for note in _notes(info, meta, checkpoint):
+        console.print(f"note: {note}", highlight=False, soft_wrap=True, markup=False)
+    vs = _reference_phrase(info)
     console.print(
         f"[bold]{output}[/]: {info.top} for {model}"
         + ("" if info.layer is None else f" layer {info.layer}")
-        + f"; fixed point vs float: max abs err {info.golden_vs_float['max_abs_err']:.3g}, "
+        + f"; fixed point vs {vs}: max abs err {info.golden_vs_float['max_abs_err']:.3g}, "
         f"cosine {info.golden_vs_float['cosine']:.6f} (the softmax/GELU approximations alone, "
-        f"in float: {info.approx_vs_float['max_abs_err']:.3g})"
+        f"in {'float' if info.reference_bits is None else 'that model'}: "
+        f"{info.approx_vs_float['max_abs_err']:.3g})"
     )
     est = info.estimate
     console.print(
@@ -177,7 +237,7 @@ def hls(
         summary["csim"] = {k: v for k, v in report.items() if k != "estimate"}
         console.print(
             f"csim: {report['mismatches']} mismatches over {report['vectors']} vectors "
-            f"({report['outputs']} outputs) vs the golden model; vs float: max abs err "
+            f"({report['outputs']} outputs) vs the golden model; vs {vs}: max abs err "
             f"{report['max_abs_err_vs_float']:.3g}, cosine {report['cosine_vs_float']:.6f} "
             f"(compile {report['compile_s']:.1f} s, run {report['run_s']:.2f} s)"
         )
