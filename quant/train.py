@@ -922,8 +922,14 @@ def _check_fp_meta(
             f"fp_checkpoint '{source}' holds a '{meta.get('model')}' model, this run is for '{cfg.model}'; "
             f"set model: {meta.get('model')} (and its model_kwargs) or use another checkpoint"
         )
-    # compared in JSON form: a checkpoint keeps tuples where a YAML config gives lists
-    diff = _difference(_as_json({"model_kwargs": meta.get("model_kwargs") or {}}), _as_json({"model_kwargs": kwargs}))
+    # compared in JSON form: a checkpoint keeps tuples where a YAML config gives lists. An approximation left out
+    # is the factories' default, 'exact' (model_kwargs_for names only the others)
+    saved_kwargs, run_kwargs = dict(meta.get("model_kwargs") or {}), dict(kwargs)
+    for key in ("softmax", "gelu"):
+        if (key in saved_kwargs) != (key in run_kwargs):
+            saved_kwargs.setdefault(key, "exact")
+            run_kwargs.setdefault(key, "exact")
+    diff = _difference(_as_json({"model_kwargs": saved_kwargs}), _as_json({"model_kwargs": run_kwargs}))
     if diff is not None:
         key, was, now = diff
         raise EdgeAttnError(

@@ -181,3 +181,15 @@ def test_qat_builds_its_model_with_the_profiles_approximations(tmp_path):
     assert model_kwargs_for(explicit, info)["gelu"] == "tanh"  # the run's own model_kwargs win
     assert "softmax" not in model_kwargs_for(TrainConfig(model="fmvit_t"), info)  # host-cpu: exact
 
+
+
+def test_an_fp_checkpoint_trained_exact_is_refused_by_name_for_an_approx_run():
+    """The FP checkpoint's meta leaves the default methods out: the refusal says 'exact', not '<unset>'."""
+    from edgeattn.quant.train import TrainConfig, _check_fp_meta
+
+    cfg = TrainConfig(model="fmvit_t")
+    meta = {"model": "fmvit_t", "model_kwargs": {"num_classes": 10, "in_chans": 3, "img_size": 32}}
+    run_kwargs = {**meta["model_kwargs"], "softmax": "ibert"}
+    with pytest.raises(EdgeAttnError, match=r"model_kwargs.softmax='exact', this run has 'ibert'"):
+        _check_fp_meta(meta, "fp.pt", cfg, run_kwargs, {}, warn=False)
+    _check_fp_meta(meta, "fp.pt", cfg, dict(meta["model_kwargs"]), {}, warn=False)  # the same model: accepted
