@@ -34,7 +34,6 @@ from edgeattn.fpga_hls.extract import (
     check_vit,
     layer_params,
     model_params,
-    quant_weight,
     requantized_weights,
 )
 
@@ -196,17 +195,15 @@ def _approx_reference(model: Any, images: Any, layer: int | None, approx: Any) -
     return _reference(twin, images, layer)[1]
 
 
-def _is_fake_quant(net: Any) -> bool:
-    return any(type(m).__module__.startswith("brevitas.") for m in net.modules())
-
-
 def reference_label(net: Any, fmt: G.HLSFormats) -> tuple[str, str | None]:
     """What the golden model is compared with: ``(label, bits)``, bits like ``"W4A4"`` (``None``: float model).
 
     A quantized model (``edgeattn.quant.quantize_model``, e.g. from an ``edgeattn qat`` checkpoint) runs with its
     activation quantizers on; the design does not quantize activations to those bits.
     """
-    if not _is_fake_quant(net):
+    from edgeattn.export.onnx_export import is_quantized
+
+    if not is_quantized(net):
         return "the float model", None
     cfg = getattr(net, "quant_config", None)
     bits = f"W{cfg.weight_bits}A{cfg.act_bits}" if cfg is not None else "brevitas"
@@ -347,8 +344,9 @@ def generate_project(
             "profile": prof.name,
         },
     )
-    if any(quant_weight(m) is not None for m in part.modules()):
-        info.stats["quant_weights"] = requantized_weights(part, fmt)
+    requantized = requantized_weights(part, fmt)
+    if requantized["tensors"]:  # a brevitas-quantized model
+        info.stats["quant_weights"] = requantized
 
     with staging_dir(out_dir) as tmp:
         _write_project(tmp, info, hls, lps, mp, in_raw, gold, ref)

@@ -39,7 +39,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
@@ -63,7 +63,15 @@ from edgeattn.quant.losses import (
 )
 from edgeattn.quant.ptq import calibrate
 from edgeattn.quant.quantize import quantize_model
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from torch import nn
 from torch.utils.data import TensorDataset
 
@@ -82,12 +90,6 @@ OWNED_QUANT_KEYS = {
     "token_ratio": "token_ratio",
     "calibration": "calibration",
 }
-# integer and float settings: YAML's true/false are not numbers here (pydantic would read true as 1)
-_NUMERIC_FIELDS = (
-    "img_size", "in_chans", "seq_len", "corpus_bytes", "max_train_samples", "max_val_samples", "token_ratio",
-    "fp_epochs", "fp_lr", "epochs", "lr", "grad_clip", "weight_decay", "augment_shift", "batch_size",
-    "calib_samples", "seed", "num_threads",
-)  # fmt: skip
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
@@ -184,11 +186,14 @@ class TrainConfig(BaseModel):
         QuantConfig().with_bits(v)  # raises with a clear message for a bad setting
         return v.lower()
 
-    @field_validator(*_NUMERIC_FIELDS, mode="before")
+    @field_validator("*", mode="before")
     @classmethod
-    def _not_a_bool(cls, v: Any) -> Any:
+    def _not_a_bool(cls, v: Any, info: ValidationInfo) -> Any:
+        # YAML's true/false are not numbers here (pydantic would read true as 1 in an int or float setting)
         if isinstance(v, bool):
-            raise ValueError(f"expected a number, got {v!r}")
+            annotation = cls.model_fields[info.field_name].annotation  # int, float | None, str, ...
+            if (set(get_args(annotation)) - {type(None)} or {annotation}) <= {int, float}:
+                raise ValueError(f"expected a number, got {v!r}")
         return v
 
     @field_validator("quant")
@@ -243,9 +248,6 @@ class TrainConfig(BaseModel):
             if flags and key in flags:
                 source = flags[key]
             raise EdgeAttnError(format_validation_error(source, err)) from None
-        except EdgeAttnError as err:  # QuantConfig.with_bits, from the 'bits' validator
-            where = flags["bits"] if flags and "bits" in flags else source
-            raise EdgeAttnError(f"{where}: {err}") from None
 
     @classmethod
     def from_yaml(cls, path: str | Path, **updates: Any) -> TrainConfig:
@@ -996,15 +998,14 @@ def _check_quant_patterns(cfg: TrainConfig, model: nn.Module) -> None:
 def _check_model_takes_data(cfg: TrainConfig, model: nn.Module, train: TensorDataset, task: str) -> None:
     """One forward pass of two training samples (eval mode, no gradient, no random draws): a model that cannot
     take the data fails here, before ``--force`` removes anything, not in the first training step."""
-    inputs, targets = train.tensors[0][:2], train.tensors[1][:2]
     try:
         with torch.no_grad():
-            out = model.eval()(inputs)
+            out = model.eval()(train.tensors[0][:2])
     except (RuntimeError, ValueError, IndexError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise EdgeAttnError(f"model '{cfg.model}' cannot take data '{cfg.data}': {first}") from None
     classes = out.shape[-1]
-    needed = int(train.tensors[1].max()) + 1 if task == "vision" else int(targets.max()) + 1
+    needed = int(train.tensors[1].max()) + 1  # labels, or next tokens
     if needed > classes:
         raise EdgeAttnError(
             f"model '{cfg.model}' has {classes} outputs but data '{cfg.data}' has {needed} "

@@ -143,7 +143,7 @@ def _notes(info: Any, meta: dict | None, checkpoint: Path | None) -> list[str]:
 
 def _reference_phrase(info: Any) -> str:
     """What the golden model was compared with, for the summary lines."""
-    bits = getattr(info, "reference_bits", None)
+    bits = info.reference_bits
     return "the float model" if bits is None else f"the checkpoint's {bits} model"
 
 
