@@ -966,17 +966,23 @@ def _run_onnx_based(job: _Job) -> None:
         ovs = prof.openvino
         compress = bool(ovs and ovs.compress_to_fp16) or prec == "fp16"
         t0 = time.perf_counter()
-        ov_model, n_split = for_openvino(onnx_model)
+        ov_model, rewrites = for_openvino(onnx_model)
         ov_onnx = onnx_path
-        if n_split:
+        if rewrites["concat_split"]:
             report.notes.append(
-                f"OpenVINO IR: {n_split} Concat->Q/DQ->Conv rewritten as per-part convs + Add (same integers;"
-                " "
-                "works around OpenVINO CPU's wrong int8 Conv after a Concat, see docs/export.md)"
+                f"OpenVINO IR: {rewrites['concat_split']} Concat->Q/DQ->Conv rewritten as per-part convs + Add"
+                " (same integers; works around OpenVINO CPU's wrong int8 Conv after a Concat, see docs/export.md)"
             )
+        if rewrites["pool_as_conv"]:
+            report.notes.append(
+                f"OpenVINO IR: {rewrites['pool_as_conv']} AveragePool of a quantized input rewritten as a depthwise"
+                " mean Conv (same values; works around OpenVINO CPU's wrong int8 pooling before a Clip, see"
+                " docs/export.md)"
+            )
+        if any(rewrites.values()):
             ov_onnx = save_onnx(ov_model, stage / ".openvino_input.onnx")
         xml = convert_to_ir(ov_onnx, stage / "model.xml", compress_to_fp16=compress and prec != "int8")
-        if n_split:
+        if any(rewrites.values()):
             ov_onnx.unlink()
         report.timings_s["openvino_convert"] = round(time.perf_counter() - t0, 3)
         report.artifacts["openvino_xml"] = str(xml)

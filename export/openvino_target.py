@@ -102,18 +102,20 @@ def require_openvino():
     return ov
 
 
-def for_openvino(onnx_model: Any) -> tuple[Any, int]:
-    """A copy of ``onnx_model`` with OpenVINO's int8 Concat problem worked around, and how many rewrites.
+def for_openvino(onnx_model: Any) -> tuple[Any, dict[str, int]]:
+    """A copy of ``onnx_model`` with two OpenVINO int8 defects worked around, and how many rewrites of each.
 
-    See :func:`edgeattn.export.qdq.split_concat_conv`: OpenVINO 2026.4's CPU plugin computes an int8 Conv
-    whose quantized input is a Concat wrongly; the rewrite computes the same integers without the Concat.
+    OpenVINO 2026.4's CPU plugin computes an int8 Conv whose quantized input is a Concat wrongly
+    (:func:`edgeattn.export.qdq.split_concat_conv`, ``"concat_split"``), and an average pool of a quantized
+    input wrongly when a Clip follows it (:func:`edgeattn.export.qdq.pool_to_depthwise_conv`, ``"pool_as_conv"``).
+    Both rewrites compute the same integers.
     """
     import onnx
-    from edgeattn.export.qdq import split_concat_conv
+    from edgeattn.export.qdq import pool_to_depthwise_conv, split_concat_conv
 
     copy = onnx.ModelProto()
     copy.CopyFrom(onnx_model)
-    return copy, split_concat_conv(copy)
+    return copy, {"concat_split": split_concat_conv(copy), "pool_as_conv": pool_to_depthwise_conv(copy)}
 
 
 def convert_to_ir(onnx_path: str | Path, xml_path: str | Path, *, compress_to_fp16: bool = False) -> Path:

@@ -13,6 +13,8 @@ DequantizeLinear, so every runtime sees ``int8 W -> DequantizeLinear -> Conv/Gem
 :func:`fold_dq_transpose` moves a constant Transpose that sits between a weight DQ and its MatMul
 into the int8 tensor itself (the per-channel axis follows the permutation). :func:`move_activation_clips` moves the
 integer Clip of a sub-8-bit activation in front of its QuantizeLinear as a float Clip (OpenVINO drops the first).
+:func:`split_concat_conv` and :func:`pool_to_depthwise_conv` work around two OpenVINO CPU defects (see
+:func:`edgeattn.export.openvino_target.for_openvino`).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ __all__ = [
     "fold_dq_transpose",
     "fold_weight_qcdq",
     "move_activation_clips",
+    "pool_to_depthwise_conv",
     "remove_unused",
     "topological_sort",
     "summarize_qdq",
@@ -411,7 +414,8 @@ def split_concat_conv(model: onnx.ModelProto) -> int:
     convolutions over each part's channels (the bias is added once). It exists for OpenVINO: its CPU
     plugin (2026.4) computes an int8 Conv whose quantized input comes from a Concat wrongly (20% of the output
     range on a 3-layer test net, where the same net with Add instead of Concat matches to 1e-7), and FMViT's
-    CFB fuses its two paths exactly so.
+    CFB fuses its two paths exactly so. A float Clip between the Concat and the Q (a sub-8-bit quantizer, see
+    :func:`move_activation_clips`) is applied to each part: clipping is element by element.
     Needs inferred shapes for the Concat inputs; returns how many were rewritten.
     """
     graph = model.graph
@@ -428,6 +432,9 @@ def split_concat_conv(model: onnx.ModelProto) -> int:
         if cat.op_type != "Concat" or _attr(cat, "axis", 0) != 1:
             continue
         nxt = users.get(cat.output[0], [])
+        clip = None  # the float Clip of a sub-8-bit quantizer (move_activation_clips), clipped per part below
+        if len(nxt) == 1 and nxt[0].op_type == "Clip":
+            clip, nxt = nxt[0], users.get(nxt[0].output[0], [])
         if len(nxt) != 1 or nxt[0].op_type != "QuantizeLinear":
             continue
         q = nxt[0]
@@ -459,6 +466,11 @@ def split_concat_conv(model: onnx.ModelProto) -> int:
                 numpy_helper.from_array(np.ascontiguousarray(w[:, start : start + c]), w_name)
             )
             start += c
+            if clip is not None:
+                new_nodes.append(
+                    helper.make_node("Clip", [src, *clip.input[1:]], [f"{tag}_clipped"], name=f"{tag}_Clip")
+                )
+                src = f"{tag}_clipped"
             qi = helper.make_node("QuantizeLinear", [src, *q.input[1:]], [f"{tag}_q"], name=f"{tag}_Q")
             qi.attribute.extend(q.attribute)
             di = helper.make_node(
@@ -482,7 +494,7 @@ def split_concat_conv(model: onnx.ModelProto) -> int:
             new_nodes.append(helper.make_node("Add", [acc, name], [out], name=f"{base}_Add{i}"))
             acc = out
         replace[id(conv)] = new_nodes
-        drop.update({id(cat), id(q), id(dq), id(wdq)})
+        drop.update({id(cat), id(q), id(dq), id(wdq)} | ({id(clip)} if clip is not None else set()))
         rewritten += 1
     if rewritten:
         out_nodes: list[onnx.NodeProto] = []
@@ -495,4 +507,83 @@ def split_concat_conv(model: onnx.ModelProto) -> int:
         graph.node.extend(out_nodes)
         topological_sort(model)
         remove_unused(model)
+    return rewritten
+
+
+# Ops that only move or reshape values: a Clip behind them still clips the pool's output element by element.
+_SHAPE_OPS = {"Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Identity"}
+
+
+def _feeds_clip(start: str, users: dict[str, list[onnx.NodeProto]]) -> bool:
+    """Whether tensor ``start`` reaches a Clip through shape-only ops."""
+    todo, seen = [start], set()
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        for user in users.get(name, []):
+            if user.op_type == "Clip":
+                return True
+            if user.op_type in _SHAPE_OPS:
+                todo.append(user.output[0])
+    return False
+
+
+def pool_to_depthwise_conv(model: onnx.ModelProto) -> int:
+    """Rewrite ``DQ -> AveragePool -> (shape ops) -> Clip -> Q`` pooling as a depthwise Conv with weights
+    ``1 / (kh * kw)``, in place; returns how many were rewritten.
+
+    It exists for OpenVINO: its CPU plugin (2026.4) computes an average pool of a quantized input wrongly when a
+    Clip follows the pool, the float Clip :func:`move_activation_clips` writes for a sub-8-bit quantizer
+    (measured: DQ(4 bit) -> AveragePool -> Reshape -> Transpose -> Clip -> Q/DQ differs from ONNX Runtime by up to
+    three output steps in 63% of the values; the same graph with the Conv matches exactly). FMViT's RLMHSA pools
+    its quantized input for K/V exactly so. The Conv computes the same mean (for the usual 2x2 window ``0.25`` is
+    exact; other windows can differ in the last float bit). Only 2-D pools without padding and with
+    ``ceil_mode = 0`` are rewritten (a Conv divides a partial window by the full count); needs the pool input's
+    channel count from shape inference.
+    """
+    graph = model.graph
+    producers = {o: n for n in graph.node for o in n.output}
+    users = _consumers(graph)
+    shapes = {
+        vi.name: [d.dim_value for d in vi.type.tensor_type.shape.dim]
+        for vi in list(graph.value_info) + list(graph.input) + list(graph.output)
+    }
+    rewritten = 0
+    for node in graph.node:
+        if node.op_type != "AveragePool":
+            continue
+        src = producers.get(node.input[0])
+        if src is None or src.op_type != "DequantizeLinear" or not _feeds_clip(node.output[0], users):
+            continue
+        kernel = list(_attr(node, "kernel_shape", []))
+        shape = shapes.get(node.input[0], [])
+        pads = list(_attr(node, "pads", [0] * 2 * len(kernel)))
+        if (
+            len(kernel) != 2
+            or len(shape) != 4
+            or shape[1] <= 0
+            or any(pads)
+            or _attr(node, "ceil_mode", 0)
+            or _attr(node, "auto_pad", b"NOTSET") not in (b"NOTSET", b"VALID")
+            or any(d != 1 for d in _attr(node, "dilations", [1, 1]))
+        ):
+            continue
+        channels = shape[1]
+        weight = np.full((channels, 1, *kernel), 1.0 / (kernel[0] * kernel[1]), np.float32)
+        w_name = _unique_name(graph, f"{node.name or node.output[0]}_mean_weight")
+        graph.initializer.append(numpy_helper.from_array(weight, w_name))
+        strides = list(_attr(node, "strides", [1, 1]))
+        conv = helper.make_node(
+            "Conv",
+            [node.input[0], w_name],
+            list(node.output),
+            name=f"{node.name}_as_conv",
+            group=channels,
+            kernel_shape=kernel,
+            strides=strides,
+        )
+        node.CopyFrom(conv)
+        rewritten += 1
     return rewritten
