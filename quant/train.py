@@ -29,6 +29,7 @@ this run's model, model_kwargs and data and have been trained on the same train/
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import math
 import os
@@ -389,17 +390,76 @@ def quant_config_for(cfg: TrainConfig, info: dict[str, Any]) -> QuantConfig:
 
 
 # ---------------------------------------------------------------------------------------------- distributed
+LAUNCH_HINT = "launch with torchrun, which sets both, or unset RANK and WORLD_SIZE for one process"
+
+
+def dist_env() -> tuple[int, int]:
+    """``(rank, world_size)`` from torchrun's ``RANK`` and ``WORLD_SIZE``; ``(0, 1)`` when neither is set.
+
+    One :class:`EdgeAttnError` for a partial or inconsistent pair: a ``RANK=1`` without ``WORLD_SIZE`` would
+    otherwise train alone as a non-main process and write nothing, a ``WORLD_SIZE=0`` fail in the first training
+    step.
+    """
+    raw = {name: os.environ.get(name) for name in ("RANK", "WORLD_SIZE")}
+    given = {name: value for name, value in raw.items() if value is not None}
+    if not given:
+        return 0, 1
+    if len(given) == 1:
+        (name, value), missing = next(iter(given.items())), ({"RANK", "WORLD_SIZE"} - set(given)).pop()
+        raise EdgeAttnError(f"environment: {name}={value} is set but {missing} is not; {LAUNCH_HINT}")
+    values: dict[str, int] = {}
+    for name, value in given.items():
+        try:
+            values[name] = int(value)
+        except ValueError:
+            raise EdgeAttnError(f"environment: {name}={value!r} is not a whole number; {LAUNCH_HINT}") from None
+    rank, world = values["RANK"], values["WORLD_SIZE"]
+    if world < 1 or not 0 <= rank < world:
+        raise EdgeAttnError(
+            f"environment: RANK={rank} with WORLD_SIZE={world}: need WORLD_SIZE >= 1 and 0 <= RANK < WORLD_SIZE; "
+            f"{LAUNCH_HINT}"
+        )
+    return rank, world
+
+
 def process_rank() -> int:
-    """This process's rank under ``torchrun`` (``RANK``), 0 when not launched by it."""
-    return int(os.environ.get("RANK", "0"))
+    """This process's rank under ``torchrun`` (``RANK``), 0 when not launched by it (see :func:`dist_env`)."""
+    return dist_env()[0]
+
+
+def _launched_rank() -> int:
+    """``RANK`` as torchrun sets it when ``WORLD_SIZE`` > 1, else 0; never raises (for deciding who prints)."""
+    try:
+        return int(os.environ["RANK"]) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else 0
+    except (KeyError, ValueError):
+        return 0
+
+
+def check_shards(batch_size: int, n_train: int, world: int) -> None:
+    """Refuse a run that ``world`` processes cannot share exactly: ``batch_size`` is global and each process takes
+    ``batch_size / world`` samples of every batch (a remainder would silently shrink or grow the batch), and each
+    process needs at least one training sample per epoch (else nothing is trained)."""
+    if world == 1:
+        return
+    if batch_size % world:
+        lower = batch_size - batch_size % world
+        sizes = f"{lower} or {lower + world}" if lower else str(world)
+        raise EdgeAttnError(
+            f"batch_size {batch_size} is not a multiple of the {world} processes (WORLD_SIZE): it is the global "
+            f"batch, split evenly over them; use a batch_size of {sizes}"
+        )
+    if n_train < world:
+        raise EdgeAttnError(
+            f"{n_train} training sample(s) for {world} processes (WORLD_SIZE): each needs at least one; use fewer "
+            "processes or more samples (max_train_samples)"
+        )
 
 
 class _Dist:
     """Process-group facts; single process when not launched by torchrun."""
 
     def __init__(self) -> None:
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = process_rank()
+        self.rank, self.world = dist_env()
         self.active = False
         if self.world > 1:
             import torch.distributed as dist
@@ -1035,7 +1095,14 @@ def _run(cfg: TrainConfig, resume: bool, show: bool, dist: _Dist, force: bool) -
             "use --resume, --force or another --output"
         )
     state = _load_state(state_path, cfg) if resume and state_path.is_file() else None
+    if state is not None and int(state.get("world_size", dist.world)) != dist.world:
+        # the epoch's sample order and step count depend on it (epoch_order, steps_per_epoch)
+        raise EdgeAttnError(
+            f"--resume: the run in '{out_dir}' was made with {state['world_size']} process(es), not {dist.world}; "
+            "resume it with the same torchrun --nproc_per_node, or start a new run (--force or another --output)"
+        )
     train, val, info = load_data(cfg)
+    check_shards(cfg.batch_size, len(train), dist.world)
     task = info["task"]
     kwargs = model_kwargs_for(cfg, info)
     split = split_settings(cfg)
@@ -1226,6 +1293,7 @@ def _qat(
                 "history": history,
                 "epoch": epoch + 1,
                 "config": cfg.model_dump(mode="json"),
+                "world_size": dist.world,  # --resume needs the same number of processes
             }
             if cfg.token_adaptive:
                 from edgeattn.quant.adaptive import TOKEN_SCORES
@@ -1240,6 +1308,7 @@ def _qat(
 
 
 # ---------------------------------------------------------------------------------------------- command line
+RANK_ERROR_GRACE_S = 3.0  # how long a failed rank > 0 waits for torchrun to stop it before printing its error
 FLAG_NAMES = {"num_threads": "threads", "output_dir": "output"}  # settings whose flag has another name
 
 
@@ -1286,7 +1355,21 @@ def main(argv: list[str] | None = None) -> int:
         add_completion=False, pretty_exceptions_enable=False, context_settings={"help_option_names": ["-h", "--help"]}
     )
     single.command()(qat)  # a one-command app: usage reads "python -m edgeattn.quant.train [OPTIONS]"
-    return run_app(single, sys.argv[1:] if argv is None else argv, prog_name="python -m edgeattn.quant.train")
+    args = sys.argv[1:] if argv is None else argv
+    if _launched_rank() == 0:
+        return run_app(single, args, prog_name="python -m edgeattn.quant.train")
+    # Under torchrun every process parses the same flags and reads the same files, so rank 0 alone prints the help,
+    # a usage error or the one error line (and the report: cli/qat.py). A crash's traceback still shows: it
+    # propagates past this block, after the streams are restored.
+    err = io.StringIO()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+        code = run_app(single, args, prog_name="python -m edgeattn.quant.train")
+    if code not in (0, 130):  # 130: stopped by a signal that every rank got; rank 0 reports it
+        # If rank 0 failed too it has printed the error, and torchrun stops this process during the wait (it polls
+        # every 0.1 s). Still alive after it: the failure was this rank's own, so show it.
+        time.sleep(RANK_ERROR_GRACE_S)
+        sys.stderr.write(err.getvalue())
+    return code
 
 
 if __name__ == "__main__":
