@@ -1197,11 +1197,19 @@ def _run(cfg: TrainConfig, resume: bool, show: bool, dist: _Dist, force: bool) -
             # ---- QAT
             history = _qat(cfg, ptq_model, teacher, train, val, task, q_meta, out_dir, state, dist, prog, stop)
             result["history"] = history
+            if stop.stop:
+                # the model in memory stopped mid-epoch; what is kept (qat_last.pt) is the last complete epoch
+                result["status"] = "interrupted"
+                last = history[-1] if history else {}
+                result["qat"], result["qat_nll"] = last.get("val"), last.get("val_nll")
+                result["attn_kl_qat"] = None
+                result["qat_epochs_complete"] = len(history)
+                return _finish(result, out_dir, t0, dist)
             result["qat"], result["qat_nll"] = validation_metrics(ptq_model, val, task)
             result["attn_kl_qat"] = attention_fidelity(ptq_model, teacher, val)
-            result["status"] = "interrupted" if stop.stop else "done"
+            result["status"] = "done"
             prog.log(f"QAT  ({result['metric']}): {result['qat']:.3f}")
-            if dist.is_main and not stop.stop:
+            if dist.is_main:
                 save_checkpoint(out_dir / "model.pt", ptq_model, q_meta)
                 result["checkpoint"] = str(out_dir / "model.pt")
         except KeyboardInterrupt:

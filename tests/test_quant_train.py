@@ -118,6 +118,12 @@ def test_resume_continues_exactly(tmp_path, monkeypatch, augment_shift):
     assert first["status"] == "interrupted"
     state = torch.load(tmp_path / "cut" / "state.pt", weights_only=True)  # no pickled numpy: loads safely
     assert state["epoch"] == 1  # the last complete epoch is what stays on disk
+    # the result describes that kept epoch, not the half-trained model in memory: its validation re-measured
+    kept, _ = load_checkpoint(tmp_path / "cut" / "qat_last.pt")
+    train_ds, val_ds, info = T.load_data(T.TrainConfig(**cut))
+    assert first["qat_epochs_complete"] == 1 and first["attn_kl_qat"] is None
+    assert first["qat"] == pytest.approx(T.validation_metrics(kept, val_ds, info["task"])[0], abs=1e-9)
+    assert first["qat"] == first["history"][0]["val"] and first["qat"] == straight["history"][0]["val"]
     monkeypatch.undo()
     resumed = T.run(cut, resume=True, progress=False)
     keys = ("loss_total", "loss_task", "loss_entropy", "loss_distribution", "val")

@@ -138,6 +138,8 @@ def _print_table(result: dict) -> None:
         if value is None:
             continue
         kl_value = result.get(kl) if kl else None
+        if key == "qat" and result.get("qat_epochs_complete") is not None:  # stopped: the epoch that is kept
+            label = f"QAT (epoch {result['qat_epochs_complete']}, kept)"
         table.add_row(label, f"{value:.2f}", "" if kl_value is None else f"{kl_value:.5f}")
     console.print(table)
     console.print(f"outputs in {result.get('output_dir')} ({result.get('seconds', 0):.1f} s)")
