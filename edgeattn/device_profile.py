@@ -9,12 +9,14 @@ fields are rejected so that a typo never silently falls back to a default.
 
 from __future__ import annotations
 
+import os
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
 
 from edgeattn.errors import ProfileError
 from edgeattn.yaml_files import describe_yaml_error, load_yaml, read_utf8
@@ -30,15 +32,17 @@ GeluMethod = Literal["exact", "tanh", "edgemoe", "edgemoe_mm", "ibert", "sigmoid
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: a YAML value of the wrong type is refused, not coerced ("8" or 8.0 for an int, true for 1, 1 for
+    # true); a whole number is still accepted where a float is wanted (clock_mhz: 300)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class RuntimeSpec(_Strict):
     """Which runtime runs the artifact, on which device, and which version line it must work with."""
 
     name: Runtime = Field(description="runtime that executes the exported artifact")
-    version: str = Field(description="supported version line, e.g. '10.x', '11.x', '>=2024.4'")
-    device: str = Field("CPU", description="device inside the runtime: CPU, GPU, NPU, ANE, FPGA ...")
+    version: str = Field(min_length=1, description="supported version line, e.g. '10.x', '11.x', '>=2024.4'")
+    device: str = Field("CPU", min_length=1, description="device inside the runtime: CPU, GPU, NPU, ANE, FPGA ...")
 
 
 class QuantSpec(_Strict):
@@ -101,7 +105,9 @@ class ExportSpec(_Strict):
 
     opset: int = Field(17, ge=13, le=23, description="ONNX opset (17+ keeps LayerNorm a single op)")
     input_shape: tuple[int, ...] = Field(
-        (1, 3, 224, 224), description="default model input shape: NCHW, or (batch, tokens) for language models"
+        (1, 3, 224, 224),
+        strict=False,  # a YAML list is a tuple here; its entries stay strict ints
+        description="default model input shape: NCHW, or (batch, tokens) for language models"
     )
     dynamic_batch: bool = Field(False, description="export the batch dimension as dynamic")
 
@@ -179,7 +185,7 @@ class FixedPoint(_Strict):
 class HLSSpec(_Strict):
     """FPGA (Vitis HLS) settings for the Edge-MoE-style accelerator."""
 
-    part: str = Field(description="FPGA part, e.g. xczu9eg-ffvb1156-2-e (ZCU102)")
+    part: str = Field(min_length=1, description="FPGA part, e.g. xczu9eg-ffvb1156-2-e (ZCU102)")
     board: str = Field("", description="board name, informational")
     clock_mhz: float = Field(gt=0, description="target clock")
     act: FixedPoint = Field(description="activation type")
@@ -197,9 +203,11 @@ class HLSSpec(_Strict):
 class DeviceProfile(_Strict):
     """A deployment target: runtime, precision, bit widths, export settings and target sections."""
 
-    name: str = Field(description="profile name (file stem for shipped profiles)")
+    name: str = Field(min_length=1, description="profile name (file stem for shipped profiles)")
     description: str = Field("", description="one line for humans")
-    targets: tuple[Target, ...] = Field(description="export targets this profile is written for")
+    targets: tuple[Target, ...] = Field(
+        min_length=1, strict=False, description="export targets this profile is written for (a YAML list)"
+    )
     runtime: RuntimeSpec
     precision: ProfilePrecision = Field(
         description="default precision of exported artifacts ('fixed': an HLS-only profile's ap_fixed datapath)"
@@ -212,6 +220,14 @@ class DeviceProfile(_Strict):
     openvino: OpenVINOSpec | None = None
     coreml: CoreMLSpec | None = None
     hls: HLSSpec | None = None
+
+    @field_validator("targets")
+    @classmethod
+    def _targets_once(cls, targets: tuple[str, ...]) -> tuple[str, ...]:
+        repeated = sorted({t for t in targets if targets.count(t) > 1})
+        if repeated:
+            raise ValueError(f"lists {', '.join(repeated)} more than once")
+        return targets
 
     @model_validator(mode="after")
     def _sections_match_targets(self) -> DeviceProfile:
@@ -291,9 +307,10 @@ def load_profile(name_or_path: str | Path) -> DeviceProfile:
     (7 bits on x86 without VNNI, see :mod:`edgeattn.hostinfo`).
     """
     text_name = str(name_or_path)
-    path = Path(text_name)
-    looks_like_path = path.suffix in (".yaml", ".yml") or "/" in text_name or path.exists()
-    if looks_like_path:
+    if not text_name.strip():
+        raise ProfileError("empty profile name; give a shipped profile name or a path to a YAML file")
+    if _names_a_file(name_or_path):
+        path = Path(text_name)
         if path.is_dir():
             raise ProfileError(f"{path}: is a folder, not a profile file")
         if not path.is_file():
@@ -313,6 +330,19 @@ def load_profile(name_or_path: str | Path) -> DeviceProfile:
     return profile
 
 
+def _names_a_file(name_or_path: str | Path) -> bool:
+    """Whether ``name_or_path`` is a path rather than a shipped profile name.
+
+    A ``.yaml``/``.yml`` name or one with a folder in it is a path. A bare shipped name is the shipped
+    profile even where the working directory holds a file or folder of that name (``-o zcu102-hls``); write
+    ``./NAME`` for that file. Any other bare name is a path if it exists.
+    """
+    text = str(name_or_path)
+    if Path(text).suffix in (".yaml", ".yml") or "/" in text or os.sep in text:
+        return True
+    return text not in shipped_profile_names() and Path(text).exists()
+
+
 def _resolve_host(profile: DeviceProfile) -> DeviceProfile:
     from edgeattn.hostinfo import detect_host
 
@@ -324,16 +354,76 @@ def _resolve_host(profile: DeviceProfile) -> DeviceProfile:
 
 
 def describe_fields(model: type[BaseModel] = DeviceProfile, prefix: str = "") -> list[tuple[str, str, str]]:
-    """(dotted field, type, description) for every field of the schema, for documentation."""
+    """(dotted field, type, description) for every field of the schema, for documentation.
+
+    The type says what a YAML author may write: the allowed values of a choice, the range of a number, and
+    ``required`` or the default. Entries of the ``tolerance`` map are named ``tolerance.<fp32|fp16|int8>.FIELD``.
+    """
     rows: list[tuple[str, str, str]] = []
     for name, field in model.model_fields.items():
         annotation = field.annotation
         sub = _nested_model(annotation)
-        type_name = getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
-        rows.append((prefix + name, type_name, field.description or (sub.__doc__ or "").strip().split("\n")[0]))
+        description = field.description or (sub.__doc__ or "").strip().split("\n")[0]
+        rows.append((prefix + name, _field_type_text(field), description))
         if sub is not None:
-            rows.extend(describe_fields(sub, prefix + name + "."))
+            key = get_args(annotation)[0] if get_origin(annotation) is dict else None
+            inner = f"<{'|'.join(map(str, get_args(key)))}>." if key is not None else ""
+            rows.extend(describe_fields(sub, f"{prefix}{name}.{inner}"))
     return rows
+
+
+def _field_type_text(field: FieldInfo) -> str:
+    """``'int 2..16, default 8'``, ``'fp32 | fp16 | int8, required'``: type, range and default of one field."""
+    kind = _annotation_text(field.annotation)
+    nullable = kind.endswith(" or null")
+    parts = [kind.removesuffix(" or null")]
+    attrs = {"Ge": "ge", "Gt": "gt", "Le": "le", "MinLen": "min_length"}  # annotated_types constraints
+    named = ((type(m).__name__, m) for m in field.metadata)
+    bounds = {cls: getattr(m, attrs[cls]) for cls, m in named if cls in attrs}
+    lo, hi = bounds.get("Ge"), bounds.get("Le")
+    if lo is not None and hi is not None:
+        parts[0] += f" {lo}..{hi}"
+    else:
+        parts[0] += "".join(f" {op} {bounds[k]}" for k, op in (("Ge", ">="), ("Gt", ">"), ("Le", "<=")) if k in bounds)
+    if nullable:
+        parts[0] += " or null"
+    if bounds.get("MinLen"):
+        parts.append("non-empty")
+    if field.is_required():
+        parts.append("required")
+    else:
+        default = field.get_default(call_default_factory=True)
+        if default is None or isinstance(default, (BaseModel, dict)):
+            parts.append("optional")
+        else:
+            parts.append(f"default {_yaml_text(default)}")
+    return ", ".join(parts)
+
+
+def _yaml_text(value: Any) -> str:
+    """A default as it is written in YAML: ``true``, ``''``, ``[1, 3, 224, 224]``."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, str):
+        return value or "''"
+    return str(list(value)) if isinstance(value, tuple) else str(value)
+
+
+def _annotation_text(annotation: Any) -> str:
+    """A type as a YAML author reads it: ``a | b`` for choices, ``list of int``, ``section``, ``X or null``."""
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is Literal:
+        return " | ".join(str(a) for a in args)
+    if origin is tuple:
+        return f"list of {_annotation_text(args[0])}"
+    if origin is dict:
+        return f"map {_annotation_text(args[0])} -> section"
+    if args and type(None) in args:  # X | None
+        inner = [a for a in args if a is not type(None)]
+        return " | ".join(_annotation_text(a) for a in inner) + " or null"
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return "section"
+    return getattr(annotation, "__name__", str(annotation))
 
 
 def _nested_model(annotation: Any) -> type[BaseModel] | None:

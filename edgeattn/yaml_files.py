@@ -19,6 +19,12 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         seen: set[Any] = set()
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)
+            try:
+                hash(key)
+            except TypeError:  # '? [a, b]': PyYAML would fail the same way later, with a bare TypeError
+                raise yaml.constructor.ConstructorError(
+                    None, None, "a mapping key is a list or a mapping", key_node.start_mark
+                ) from None
             if key in seen:
                 raise yaml.constructor.ConstructorError(
                     None, None, f"key {key!r} is given twice", key_node.start_mark

@@ -147,9 +147,11 @@ class FixedFormat:
         """Float -> int64 in this format (``rounding`` as :data:`ROUNDING_MODES`; saturate or raise)."""
         if rounding not in ROUNDING_MODES:
             raise ValueError(f"unknown rounding mode {rounding!r}; allowed: {', '.join(ROUNDING_MODES)}")
-        x = np.asarray(x, dtype=np.float64) * 2.0**self.frac
+        x = np.asarray(x, dtype=np.float64)
         if not np.all(np.isfinite(x)):
             raise ValueError("FixedFormat.quantize: input has NaN or inf")
+        with np.errstate(over="ignore"):  # a huge finite value scales to +-inf: it saturates (or is out of range)
+            x = x * 2.0**self.frac
         if rounding == "floor":
             q = np.floor(x)
         elif rounding == "half-up":

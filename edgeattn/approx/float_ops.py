@@ -157,12 +157,24 @@ def softmax_base2(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
     ``m = ceil(max t)`` is an integer so rescaling a running sum by a change of max is a shift;
     ``2^(t-m) = 2^floor * 2^frac``.
     """
-    t = x * LOG2E
-    m = torch.ceil(torch.amax(t, dim=dim, keepdim=True))
-    u = torch.clamp(t - m, min=-MIN_EXP_ARG * LOG2E)
+    u = torch.clamp(_base2_exponent(x, dim), min=-MIN_EXP_ARG * LOG2E)
     k = torch.floor(u)
     e = base2_pow2_frac(u - k) * _pow2_int(k)
     return e / torch.sum(e, dim=dim, keepdim=True)
+
+
+def _base2_exponent(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """``t - ceil(max t)`` for ``t = x*log2(e)``, as ``(x - max x)*log2(e) + (t_max - ceil(t_max))``.
+
+    The same value, but ``x*log2(e)`` is never formed: for finite scores above ``finfo.max / log2(e)`` (2.4e38 in
+    float32, 45400 in float16) it is inf, and inf - inf gave a NaN row where every other method gives 1 and 0.
+    ``t_max`` is taken from the row max clamped to half the dtype's range, where every float is an integer and
+    so the fractional offset is 0 anyway.
+    """
+    x_max = torch.amax(x, dim=dim, keepdim=True)
+    limit = torch.finfo(x.dtype).max / 2
+    t_max = torch.clamp(x_max, -limit, limit) * LOG2E
+    return (x - x_max) * LOG2E + (t_max - torch.ceil(t_max))
 
 
 class OnlineSoftmaxStream:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from numbers import Integral
 from typing import Any
 
 import numpy as np
@@ -258,6 +259,8 @@ def gelu_records(bits: ReportBits, seed: int = 0, progress: Any = None) -> tuple
 def build_report(bits: ReportBits | None = None, seed: int = 0, progress: Any = None) -> dict[str, Any]:
     """The whole report: ``{"bits", "distribution", "records"}`` (+ ``_curves`` for plotting)."""
     bits = bits or ReportBits()
+    if isinstance(seed, bool) or not isinstance(seed, Integral) or seed < 0:
+        raise ValueError(f"argument 'seed' must be a non-negative integer, got {seed!r}")
     sm = softmax_records(bits, seed, progress)
     gl, curves = gelu_records(bits, seed, progress)
     return {

@@ -25,7 +25,7 @@ def report(
         "probabilities; default 16,8) or 'IN,OUT,GIN,GOUT' adding the GELU input width (GIN-5 fraction bits) "
         "and output fraction bits (default 16,16).",
     ),
-    seed: int = typer.Option(0, "--seed", help="Seed of the input distributions."),
+    seed: int = typer.Option(0, "--seed", min=0, help="Seed of the input distributions (>= 0)."),
     force: bool = typer.Option(False, "--force", help="Overwrite existing --json/--plot files."),
 ) -> None:
     """For every method: float and fixed-point error against float64 (max/mean abs, row sums, KL)."""

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from edgeattn.cli._common import console, transient_progress, write_json
+from edgeattn.cli._common import check_output_path, console, transient_progress, write_json
 
 app = typer.Typer(help="Models in the registry.", no_args_is_help=True)
 
@@ -54,6 +54,8 @@ def list_cmd(
 
     from edgeattn.models import list_models
 
+    if json_out is not None:
+        check_output_path(json_out, "--json")  # before counting: a bad path costs nothing and names itself
     torch.set_num_threads(min(2, torch.get_num_threads()))
     names = list_models()
     rows = []
@@ -87,6 +89,8 @@ def info(
     """Show one model: input, params and MACs of train and deploy forms, BN and reparameterizable blocks."""
     import torch
 
+    if json_out is not None:
+        check_output_path(json_out, "--json")
     torch.set_num_threads(min(2, torch.get_num_threads()))
     record = _describe(name, img_size)
     for key, value in record.items():

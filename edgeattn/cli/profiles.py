@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
-from edgeattn.cli._common import console, write_json
+from edgeattn.cli._common import check_output_path, console, write_json
 
 app = typer.Typer(help="Device profiles (what each deployment target needs).", no_args_is_help=True)
 
@@ -19,6 +20,8 @@ def list_profiles(
     """List the shipped profiles with their runtime, precision and bit widths."""
     from edgeattn.device_profile import load_profile, shipped_profile_names
 
+    if json_out is not None:
+        check_output_path(json_out, "--json")  # before loading: a bad path writes nothing and names itself
     profiles = [load_profile(name) for name in shipped_profile_names()]
     table = Table(title="Shipped device profiles")
     for col in ("name", "targets", "runtime", "precision", "W/A bits", "softmax/GELU", "description"):
@@ -48,10 +51,14 @@ def show(
 
     from edgeattn.device_profile import HOST_PROFILE, load_profile
 
+    if json_out is not None:
+        check_output_path(json_out, "--json")
     profile = load_profile(name)
     payload: dict = {"profile": profile.model_dump(mode="json")}
-    console.print(f"[bold]{profile.name}[/]: {profile.description}")
-    console.print(yaml.safe_dump(payload["profile"], sort_keys=False).rstrip(), highlight=False)
+    console.print(f"[bold]{escape(profile.name)}[/]: {escape(profile.description)}", highlight=False)
+    # allow_unicode: names stay readable (not "\xFC" escapes); width: one line per value, as in the file
+    text = yaml.safe_dump(payload["profile"], sort_keys=False, allow_unicode=True, width=10**6)
+    console.print(escape(text.rstrip()), highlight=False)
     if profile.name == HOST_PROFILE:
         from edgeattn.hostinfo import detect_host
 

@@ -63,6 +63,7 @@ def create_model(name: str, **kwargs) -> nn.Module:
     ``ValueError`` naming the argument for a wrong type or range (``depth=0``, ``num_heads="2"``).
     """
     fn = model_entrypoint(name)
+    _check_approximation_kwargs(name, fn, kwargs)
     try:
         return fn(**kwargs)
     except TypeError as exc:
@@ -75,6 +76,22 @@ def create_model(name: str, **kwargs) -> nn.Module:
         if "multiple values" in match.group(0):
             raise EdgeAttnError(f"model {name!r} sets argument {arg!r} itself; leave it out") from exc
         raise EdgeAttnError(f"model {name!r} takes no argument {arg!r} ({exc})") from exc
+
+
+def _check_approximation_kwargs(name: str, fn: Callable[..., nn.Module], kwargs: dict) -> None:
+    """Raise ``EdgeAttnError`` naming the argument (``softmax``/``gelu``) for an unknown approximation method.
+
+    The blocks check the method too, but their message names their own argument ('method'), not the one given.
+    An argument the factory does not name is left to the binding check (``tiny_llama`` has no ``gelu``).
+    """
+    from edgeattn.approx import GELU_METHODS, SOFTMAX_METHODS
+
+    params = inspect.signature(fn).parameters
+    for arg, allowed in (("softmax", SOFTMAX_METHODS), ("gelu", GELU_METHODS)):
+        if arg in kwargs and arg in params and kwargs[arg] not in allowed:
+            raise EdgeAttnError(
+                f"model {name!r}: argument {arg!r}: unknown {arg} method {kwargs[arg]!r}; allowed: {', '.join(allowed)}"
+            )
 
 
 def approximation_kwargs(name: str, softmax: str, gelu: str) -> dict[str, str]:

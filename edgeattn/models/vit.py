@@ -66,6 +66,11 @@ class VisionTransformer(nn.Module):
             raise ValueError(f"{self._arg_owner}: img_size={img_size} must be divisible by patch_size={patch_size}")
         if embed_dim % num_heads:
             raise ValueError(f"{self._arg_owner}: embed_dim={embed_dim} must be divisible by num_heads={num_heads}")
+        if int(embed_dim * mlp_ratio) < 1:  # the MLP's hidden width; 0 would build empty Linear layers
+            raise ValueError(
+                f"{self._arg_owner}: mlp_ratio={mlp_ratio} leaves the MLP no hidden unit "
+                f"(int(embed_dim * mlp_ratio) = 0; embed_dim={embed_dim})"
+            )
         self.input_size = (in_chans, img_size, img_size)
         self.num_classes = num_classes
         num_patches = (img_size // patch_size) ** 2
