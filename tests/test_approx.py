@@ -234,6 +234,17 @@ def test_bad_input() -> None:
         online_softmax_chunked(torch.zeros(3), 0)
 
 
+@pytest.mark.parametrize("method", SOFTMAX_METHODS)
+def test_softmax_of_empty_rows_is_empty(method: str) -> None:
+    """No scores to normalise: an empty result of the same shape, as torch.softmax gives (the approximate methods
+    took the row max first and raised IndexError)."""
+    for shape, dim in (((2, 0), -1), ((0, 3), 0), ((2, 0, 4), 1)):
+        out = softmax(torch.empty(shape), dim=dim, method=method)
+        assert out.shape == shape
+    rows = softmax(torch.empty(0, 3), dim=-1, method=method)  # no rows, 3 scores each: nothing to compute either
+    assert rows.shape == (0, 3)
+
+
 def test_float_and_fixed_agree() -> None:
     """The fixed-point models implement the same formulas: compare them on the same inputs."""
     from edgeattn.approx.fixed import FixedFormat

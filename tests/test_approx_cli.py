@@ -45,6 +45,13 @@ def test_report_bad_bits(tmp_path, capsys) -> None:
     assert "Traceback" not in err
     assert not (tmp_path / "x.json").exists()
     assert main(["approx", "report", "--plot", str(tmp_path / "x.svg")]) == 2
+    capsys.readouterr()
+    # ASCII digits only: int() alone took '1_6' as 16 and Arabic-Indic digits as 16
+    for bad in ("1_6,8", "\u0661\u0666,8", "-16,8"):
+        assert main(["approx", "report", "--bits", bad, "--json", str(tmp_path / "x.json")]) == 2
+        assert capsys.readouterr().err.strip() == (
+            f"error: --bits must be integers 'IN,OUT' or 'IN,OUT,GELU_IN,GELU_OUT_FRAC', got {bad!r}"
+        )
 
 
 def _no_measuring(*args, **kwargs):

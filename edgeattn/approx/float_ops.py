@@ -246,6 +246,8 @@ def softmax(x: torch.Tensor, dim: int = -1, method: str = "exact") -> torch.Tens
     """Softmax of ``x`` along ``dim`` by ``method`` (one of :data:`SOFTMAX_METHODS`). Differentiable."""
     _check_method(method, SOFTMAX_METHODS, "softmax")
     x = _as_tensor(x, "softmax")
+    if x.shape[dim] == 0:  # no scores: an empty result, as torch.softmax gives (the row max would not exist)
+        return torch.softmax(x, dim=dim)
     return _SOFTMAX[method](x, dim=dim)
 
 

@@ -17,6 +17,7 @@ Float versions run in float32 (as inside a model); fixed-point ones are the inte
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from numbers import Integral
 from typing import Any
@@ -100,12 +101,13 @@ def parse_bits(text: str | None) -> ReportBits:
     """Parse ``--bits``: ``"IN,OUT"`` (softmax) or ``"IN,OUT,GIN,GOUT"`` (softmax then GELU)."""
     if text is None or text == "":
         return ReportBits()
-    try:
-        vals = [int(v) for v in text.split(",")]
-    except ValueError:
+    parts = [v.strip() for v in text.split(",")]
+    # ASCII digits only: int() would also take '1_6' and other scripts' digits ('١٦' as 16)
+    if not all(re.fullmatch(r"[0-9]+", v) for v in parts):
         raise ValueError(
             f"--bits must be integers 'IN,OUT' or 'IN,OUT,GELU_IN,GELU_OUT_FRAC', got {text!r}"
-        ) from None
+        )
+    vals = [int(v) for v in parts]
     if len(vals) not in (2, 4):
         raise ValueError(f"--bits takes 2 or 4 comma-separated integers, got {text!r}")
     return ReportBits(*vals)

@@ -8,12 +8,16 @@ from pathlib import Path
 import typer
 
 from edgeattn.cli._common import check_output_path, console, transient_progress, write_json
+from edgeattn.errors import EdgeAttnError
 
 app = typer.Typer(help="Models in the registry.", no_args_is_help=True)
 
 
-def _describe(name: str, img_size: int | None = None) -> dict:
-    """Counts for one model at its default input (or ``img_size``): train and deploy form."""
+def _describe(name: str, img_size: int | None = None, quiet_language: bool = False) -> dict:
+    """Counts for one model at its default input (or ``img_size``): train and deploy form.
+
+    A model without an image size (a language model) refuses ``img_size`` unless ``quiet_language`` (the list,
+    where language models keep their own input)."""
     import torch
 
     import edgeattn
@@ -21,6 +25,10 @@ def _describe(name: str, img_size: int | None = None) -> dict:
 
     factory = model_entrypoint(name)  # unknown names fail here with the list of valid ones
     takes_img_size = "img_size" in inspect.signature(factory).parameters
+    if img_size is not None and not takes_img_size and not quiet_language:
+        raise EdgeAttnError(
+            f"--img-size: model '{name}' takes no image size (a language model: its input is token ids)"
+        )
     kwargs = {"img_size": img_size} if img_size is not None and takes_img_size else {}
     train = create_model(name, **kwargs).eval()
     deploy = edgeattn.reparameterize(train)
@@ -63,12 +71,22 @@ def list_cmd(
         task = progress.add_task("counting", total=len(names))
         for name in names:
             progress.update(task, description=name)
-            rows.append(_describe(name, img_size))
+            try:
+                rows.append(_describe(name, img_size, quiet_language=True))
+            except (EdgeAttnError, ValueError) as exc:  # e.g. --img-size 9 for a model with 16-pixel patches
+                if img_size is None:
+                    raise
+                rows.append({"name": name, "error": str(exc)})
             progress.advance(task)
+    if all("error" in r for r in rows):
+        raise EdgeAttnError(f"--img-size {img_size}: no registered model takes it ({rows[0]['error']})")
     table = Table(title="Registered models (MACs from torch.utils.flop_counter)")
     for col in ("name", "input", "params (train)", "MACs (train)"):
         table.add_column(col, justify="left" if col in ("name", "input") else "right")
     for r in rows:
+        if "error" in r:
+            table.add_row(r["name"], "-", "-", "-")
+            continue
         table.add_row(
             r["name"],
             "x".join(map(str, r["input_shape"][1:])) + ("" if r["input_dtype"] == "float32" else " ids"),
@@ -76,6 +94,9 @@ def list_cmd(
             f"{r['macs'] / 1e6:.0f}M ({r['macs_train'] / 1e6:.0f}M)",
         )
     console.print(table)
+    for r in rows:
+        if "error" in r:
+            console.print(f"{r['name']}: not at --img-size {img_size}: {r['error']}", highlight=False, markup=False)
     if json_out:
         write_json(json_out, rows)
 
