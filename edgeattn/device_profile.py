@@ -303,8 +303,8 @@ def _read_yaml(text: str | None, source: str) -> Any:
 def load_profile(name_or_path: str | Path) -> DeviceProfile:
     """Load a profile by shipped name (``jetson-orin-trt10``) or by path to a YAML file.
 
-    ``host-cpu`` is resolved against the machine it runs on: its weight bit width and K/V cap follow the CPU
-    (7 bits on x86 without VNNI, see :mod:`edgeattn.hostinfo`).
+    ``host-cpu`` is resolved against the machine it runs on: its weight bit width and K/V cap are capped at what
+    the CPU runs exactly (7 bits on x86 without VNNI, see :mod:`edgeattn.hostinfo`); fewer bits are kept.
     """
     text_name = str(name_or_path)
     if not text_name.strip():
@@ -347,8 +347,16 @@ def _resolve_host(profile: DeviceProfile) -> DeviceProfile:
     from edgeattn.hostinfo import detect_host
 
     host = detect_host()
-    update = {"weight_bits": host.recommended_weight_bits, "kv_max_bits": host.recommended_kv_max_bits}
-    if all(getattr(profile.quant, k) == v for k, v in update.items()):
+    # caps, not values: the CPU's limit lowers the profile's bits and never raises them (a copy of host-cpu.yaml
+    # that asks for 4-bit weights keeps them); the shipped file's 8-bit weights and no K/V cap become the CPU's
+    quant = profile.quant
+    update = {
+        "weight_bits": min(quant.weight_bits, host.recommended_weight_bits),
+        "kv_max_bits": min(
+            (b for b in (quant.kv_max_bits, host.recommended_kv_max_bits) if b is not None), default=None
+        ),
+    }
+    if all(getattr(quant, k) == v for k, v in update.items()):
         return profile
     return profile.model_copy(update={"quant": profile.quant.model_copy(update=update)})
 

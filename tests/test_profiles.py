@@ -216,6 +216,30 @@ def test_host_detection_maps_isa_to_profile(monkeypatch, flags, profile, bits, k
         hostinfo.detect_host.cache_clear()
 
 
+@pytest.mark.parametrize(
+    ("flags", "asked", "got"),
+    [
+        ({"avx2", "fma"}, (4, 4, None), (4, 4, 7)),  # lower bits are kept; the K/V cap still comes from the CPU
+        ({"avx2", "fma"}, (8, 8, 5), (7, 8, 5)),  # an 8-bit weight still drops to the CPU's 7; a lower K/V cap stays
+        ({"avx2", "fma", "avx512f", "avx512_vnni"}, (4, 4, None), (4, 4, None)),
+    ],
+)
+def test_a_host_cpu_copy_keeps_bits_below_the_cpus_cap(monkeypatch, tmp_path, flags, asked, got):
+    """A profile named host-cpu caps its bits at what the CPU can run; it used to set them, so a copy of
+    host-cpu.yaml asking for 4-bit weights silently got 7 (or 8)."""
+    weight_bits, act_bits, kv = asked
+    data = yaml.safe_load((REPO / "profiles" / "host-cpu.yaml").read_text())
+    data["quant"].update(weight_bits=weight_bits, act_bits=act_bits, kv_max_bits=kv)
+    path = tmp_path / "my-host.yaml"
+    path.write_text(yaml.safe_dump(data))
+    _fake_host(monkeypatch, flags)
+    try:
+        quant = load_profile(path).quant
+        assert (quant.weight_bits, quant.act_bits, quant.kv_max_bits) == got
+    finally:
+        hostinfo.detect_host.cache_clear()
+
+
 def test_peak_of_a_detected_host_is_the_profilers_one_formula(monkeypatch):
     # One peak formula only (edgeattn.profile.system.peak_gmacs); HostInfo used to carry a second one that
     # counted 4 int8 MACs per lane without VNNI, where AVX2 needs two instructions for four (2 per lane).
