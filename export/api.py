@@ -69,15 +69,18 @@ def resolve_model(
     if not isinstance(model, str):
         if checkpoint:
             raise EdgeAttnError("--checkpoint goes with a registry model name, not an in-memory module")
+        _refuse_token_model(type(model).__name__, model)
         fix = "switch it with edgeattn.approx.set_approximations and fine-tune it"
         _check_approximations(model, profile, "the model", fix)
-        return model.eval(), type(model).__name__, None
+        _probe_forward(model.eval(), (1, *_input_shape(model, profile, 1)[1:]))
+        return model, type(model).__name__, None
     if _looks_like_file(model):
         module, meta = _load_ckpt(model)
+        _refuse_token_model(str(meta.get("model", model)), module)  # before any flag it would make moot
         _check_model_kwargs(model, module, meta, model_kwargs)
         _check_approximations(module, profile, f"checkpoint '{model}'")
         return module, str(meta.get("model", model)), meta
-    from edgeattn.models import approximation_kwargs, create_model, list_models
+    from edgeattn.models import approximation_kwargs, create_model, is_language_model, list_models
 
     if model not in list_models():
         raise EdgeAttnError(f"unknown model '{model}'; registered models: {', '.join(list_models())}")
@@ -87,15 +90,53 @@ def resolve_model(
             raise EdgeAttnError(
                 f"checkpoint '{checkpoint}' is for model '{meta.get('model')}', not '{model}'", exit_code=7
             )
+        _refuse_token_model(model, module)
         _check_model_kwargs(checkpoint, module, meta, model_kwargs)
         _check_approximations(module, profile, f"checkpoint '{checkpoint}'")
         return module, model, meta
+    if is_language_model(model):  # before building it: an --img-size would otherwise be the first complaint
+        _refuse_token_model(model, None)
     kwargs = {**approximation_kwargs(model, profile.approx.softmax, profile.approx.gelu), **(model_kwargs or {})}
-    if model != "tiny_llama":
+    if not is_language_model(model):
         c, h, _ = profile.export.input_shape[1:4] if len(profile.export.input_shape) == 4 else (3, 224, 224)
         kwargs.setdefault("img_size", h)
         kwargs.setdefault("in_chans", c)
     return create_model(model, **kwargs).eval(), model, None
+
+
+def _refuse_token_model(name: str, module: Any | None) -> None:
+    """Refuse a language model (token ids in, logits per position out) with one line, exit code 2.
+
+    ``module`` None means a registry language model not yet built. A module counts as one when it has
+    ``vocab_size`` and ``seq_len`` (the convention of ``edgeattn.models.inputs.example_input``) or an
+    ``input_size`` that is not (C, H, W); a module without ``input_size`` is taken at the profile's shape.
+    """
+    size = getattr(module, "input_size", None) if module is not None else None
+    token_ids = module is None or (hasattr(module, "vocab_size") and hasattr(module, "seq_len"))
+    if not token_ids and (size is None or len(tuple(size)) == 3):
+        return
+    what = f"input_size {tuple(size)}" if size is not None else "token ids"
+    raise EdgeAttnError(
+        f"edgeattn export handles vision models with (B, C, H, W) inputs; '{name}' takes {what} "
+        "(token-id models are not supported by the exporter yet)"
+    )
+
+
+def _probe_forward(module: Any, shape: tuple[int, ...]) -> None:
+    """Run an in-memory module once on zeros of the export input's shape, so that a module that cannot take
+    (B, C, H, W) floats (a language model without ``input_size``) is refused in one line, not deep in PTQ."""
+    import torch
+
+    try:
+        with torch.no_grad():
+            module(torch.zeros(shape))
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise EdgeAttnError(
+            f"the model cannot run on the export input, float32 {list(shape)} ({first}); edgeattn export handles "
+            "vision models with (B, C, H, W) float inputs: give the module an input_size (C, H, W) or pass a "
+            "profile whose export.input_shape it takes"
+        ) from None
 
 
 # model_kwargs the CLI sets, by the flag that sets them
@@ -460,12 +501,7 @@ def _export_model(
     module, name, meta = _cached(
         cache, ("model", *model_key), lambda: resolve_model(model, checkpoint, prof, model_kwargs)
     )
-    size = getattr(module, "input_size", None)
-    if size is not None and len(tuple(size)) != 3:
-        raise EdgeAttnError(
-            f"edgeattn export handles vision models with (B, C, H, W) inputs; '{name}' takes input_size "
-            f"{tuple(size)} (token-id models are not supported by the exporter yet)"
-        )
+    _refuse_token_model(name, module)  # resolve_model refuses them first; a cached module is checked here
     from edgeattn.export.onnx_export import is_quantized
     from edgeattn.quant.adaptive import has_token_adaptive, strip_token_adaptive
 

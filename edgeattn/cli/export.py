@@ -61,7 +61,7 @@ def export(
         check_output_path(json_out, "--json")  # before exporting, not after it
     if exporter not in ("torchscript", "dynamo"):
         raise EdgeAttnError(f"--exporter must be torchscript or dynamo, got '{exporter}'")
-    kwargs = {"img_size": img_size} if img_size else None
+    kwargs = {"img_size": img_size} if img_size is not None else None  # --img-size 0 is refused, not dropped
     with console.status(f"exporting {model} for {target} ...", spinner="dots"):
         try:
             report = export_model(

@@ -46,6 +46,22 @@ def onnx_macs(model: Any, input_shapes: Mapping[str, Sequence[int]] | None = Non
             dim.ClearField("dim_param")
             dim.dim_value = int(value)
     inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+    total, unresolved = _count_macs(inferred.graph)
+    if unresolved:
+        # ONNX's inference leaves Slices with computed bounds symbolic (RoPE's cos[:T] in tiny_llama), and at batch
+        # 1 the broadcast after them loses the batch dim too; ONNX Runtime's symbolic inference resolves them
+        try:
+            from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+            again = _count_macs(SymbolicShapeInference.infer_shapes(model, auto_merge=True).graph)
+        except Exception:  # not installed, or an op it does not know: keep ONNX's (honest) partial count
+            again = (total, unresolved)
+        total, unresolved = min((total, unresolved), again, key=lambda c: c[1])
+    return total, unresolved
+
+
+def _count_macs(g: Any) -> tuple[int, int]:
+    """(MACs, unresolved MAC-carrying nodes) of a shape-inferred ``onnx.GraphProto``."""
     shapes: dict[str, list[int] | None] = {}
 
     def _record(name: str, ttype: Any) -> None:
@@ -55,7 +71,6 @@ def onnx_macs(model: Any, input_shapes: Mapping[str, Sequence[int]] | None = Non
         dims = [d.dim_value if d.HasField("dim_value") else -1 for d in ttype.tensor_type.shape.dim]
         shapes[name] = None if any(d <= 0 for d in dims) else dims
 
-    g = inferred.graph
     for vi in list(g.input) + list(g.value_info) + list(g.output):
         _record(vi.name, vi.type)
     for t in g.initializer:

@@ -286,6 +286,7 @@ def profile_artifacts(
                     device=runner.device,
                     precision=runner.precision,
                     input_shapes=runner.input_shapes,
+                    input_dtypes=getattr(runner, "input_dtypes", {}),
                     settings=runner.settings,
                     load_ms=load_ms[k],
                     cold_ms=cold_ms[k],

@@ -174,11 +174,13 @@ class Runner:
     precision: str = "fp32"
     compute_precision: str = "fp32"
     input_shapes: dict[str, list[int]]
+    input_dtypes: dict[str, str]  # numpy dtype names of the bound inputs (e.g. int64 token ids, float32 images)
     settings: dict[str, Any]
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.input_shapes = {}
+        self.input_dtypes = {}
         self.settings = {}
 
     def run(self) -> None:
@@ -262,6 +264,7 @@ class OrtRunner(Runner):
                 )
             self.input_shapes[inp.name] = shape
             self.feeds[inp.name] = make_input(shape, dtype, seed=i)
+            self.input_dtypes[inp.name] = self.feeds[inp.name].dtype.name
         self.settings = {
             "provider": provider,
             "intra_op_num_threads": threads or "default (physical cores)",
@@ -276,7 +279,7 @@ class OrtRunner(Runner):
             so.intra_op_num_threads = self._threads
         so.inter_op_num_threads = 1
         so.execution_mode = self._ort.ExecutionMode.ORT_SEQUENTIAL
-        so.log_severity_level = 3
+        so.log_severity_level = 4  # a failed run is reported in one line (EdgeAttnError), not also by ORT's log
         if not (self._spin if spin is None else spin):
             # idle worker threads would otherwise spin and steal cores from the next artifact
             so.add_session_config_entry("session.intra_op.allow_spinning", "0")
@@ -467,6 +470,9 @@ class OpenVINORunner(Runner):
                 f"openvino cannot compile '{path}' for {self.device}: {_first_line(exc)}"
             ) from exc
         self.request, self._inputs = self._bind(self.compiled)
+        self.input_dtypes = {
+            inp.get_any_name(): arr.dtype.name for inp, arr in zip(self.compiled.inputs, self._inputs, strict=True)
+        }
         infer_prec = self._prop("INFERENCE_PRECISION_HINT")
         self.compute_precision = "int8" if self.precision == "int8" else _ov_precision_name(infer_prec)
         self.settings = {
@@ -619,6 +625,7 @@ class TensorRTRunner(Runner):
             dtype = trt.nptype(engine.get_tensor_dtype(name))
             self.buffers[name] = torch.from_numpy(make_input(shape, dtype, seed=i)).cuda()
             self.input_shapes[name] = shape
+            self.input_dtypes[name] = np.dtype(dtype).name
         for name in names:
             if name not in self.buffers:
                 shape = list(self.context.get_tensor_shape(name))
@@ -746,6 +753,7 @@ class CoreMLRunner(Runner):
             dtype = {65568: np.float32, 65552: np.float16, 131104: np.int32}.get(arr.dataType, np.float32)
             self.feeds[inp.name] = make_input(shape, dtype, seed=i)
             self.input_shapes[inp.name] = shape
+            self.input_dtypes[inp.name] = np.dtype(dtype).name
         self.precision = "fp16"  # mlprograms compute in fp16 unless converted with compute_precision fp32
         self.compute_precision = "fp16"
         self.settings = {"compute_units": _COREML_UNITS[self.device]}

@@ -119,6 +119,10 @@ class ArtifactResult(BaseModel):
         description="precision of the artifact's graph: int8 (Q/DQ or integer ops), fp16, fp32"
     )
     input_shapes: dict[str, list[int]]
+    input_dtypes: dict[str, str] = Field(
+        default_factory=dict,
+        description="numpy dtype of each bound input (float32: random normal; integer, e.g. int64 token ids: 0/1)",
+    )
     settings: dict[str, Any] = Field(default_factory=dict, description="runtime settings actually in effect")
     load_ms: float = Field(description="time to load/compile the artifact")
     cold_ms: float = Field(description="first inference after loading")
