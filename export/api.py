@@ -69,14 +69,14 @@ def resolve_model(
     if not isinstance(model, str):
         if checkpoint:
             raise EdgeAttnError("--checkpoint goes with a registry model name, not an in-memory module")
-        _refuse_token_model(type(model).__name__, model)
         fix = "switch it with edgeattn.approx.set_approximations and fine-tune it"
         _check_approximations(model, profile, "the model", fix)
-        _probe_forward(model.eval(), (1, *_input_shape(model, profile, 1)[1:]))
+        if not is_token_model(model):
+            _probe_forward(model.eval(), (1, *_input_shape(model, profile, 1)[1:]))
         return model, type(model).__name__, None
     if _looks_like_file(model):
         module, meta = _load_ckpt(model)
-        _refuse_token_model(str(meta.get("model", model)), module)  # before any flag it would make moot
+        _refuse_image_flags(str(meta.get("model", model)), module, model_kwargs)  # before the kwargs check
         _check_model_kwargs(model, module, meta, model_kwargs)
         _check_approximations(module, profile, f"checkpoint '{model}'")
         return module, str(meta.get("model", model)), meta
@@ -90,12 +90,12 @@ def resolve_model(
             raise EdgeAttnError(
                 f"checkpoint '{checkpoint}' is for model '{meta.get('model')}', not '{model}'", exit_code=7
             )
-        _refuse_token_model(model, module)
+        _refuse_image_flags(model, module, model_kwargs)
         _check_model_kwargs(checkpoint, module, meta, model_kwargs)
         _check_approximations(module, profile, f"checkpoint '{checkpoint}'")
         return module, model, meta
-    if is_language_model(model):  # before building it: an --img-size would otherwise be the first complaint
-        _refuse_token_model(model, None)
+    if is_language_model(model):  # before building it: create_model would name 'img_size', not the flag
+        _refuse_image_flags(model, None, model_kwargs)
     kwargs = {**approximation_kwargs(model, profile.approx.softmax, profile.approx.gelu), **(model_kwargs or {})}
     if not is_language_model(model):
         c, h, _ = profile.export.input_shape[1:4] if len(profile.export.input_shape) == 4 else (3, 224, 224)
@@ -104,22 +104,41 @@ def resolve_model(
     return create_model(model, **kwargs).eval(), model, None
 
 
-def _refuse_token_model(name: str, module: Any | None) -> None:
-    """Refuse a language model (token ids in, logits per position out) with one line, exit code 2.
+TOKEN_TARGETS = ("onnx", "openvino")  # where a token-id (language) model exports; see _refuse_unsupported_input
 
-    ``module`` None means a registry language model not yet built. A module counts as one when it has
-    ``vocab_size`` and ``seq_len`` (the convention of ``edgeattn.models.inputs.example_input``) or an
-    ``input_size`` that is not (C, H, W); a module without ``input_size`` is taken at the profile's shape.
-    """
-    size = getattr(module, "input_size", None) if module is not None else None
-    token_ids = module is None or (hasattr(module, "vocab_size") and hasattr(module, "seq_len"))
-    if not token_ids and (size is None or len(tuple(size)) == 3):
+
+def is_token_model(module: Any | None) -> bool:
+    """Whether ``module`` takes token ids: it has ``vocab_size`` and ``seq_len`` (the convention of
+    ``edgeattn.models.inputs.example_input``). ``None`` stands for a registry language model not yet built."""
+    return module is None or (hasattr(module, "vocab_size") and hasattr(module, "seq_len"))
+
+
+def _refuse_image_flags(name: str, module: Any | None, model_kwargs: dict[str, Any] | None) -> None:
+    """A token-id model has no image size: refuse ``--img-size`` in one line (exit 2) before anything is built."""
+    given = [k for k in (model_kwargs or {}) if k in _MODEL_FLAGS]
+    if given and is_token_model(module):
+        raise EdgeAttnError(
+            f"{_MODEL_FLAGS[given[0]]}: model '{name}' takes no image size (a language model: its input is token ids)"
+        )
+
+
+def _refuse_unsupported_input(name: str, module: Any, target: str) -> None:
+    """Refuse, in one line with exit code 2, an input edgeattn export cannot handle for ``target``: token ids
+    anywhere but ONNX and OpenVINO (TensorRT and Core ML would need int32 ids and their own checks), and an
+    ``input_size`` that is neither token ids nor (C, H, W)."""
+    if is_token_model(module):
+        if target not in TOKEN_TARGETS:
+            raise EdgeAttnError(
+                f"'{name}' takes token ids: edgeattn export handles token-id models for "
+                f"{' and '.join(TOKEN_TARGETS)}, not {target} yet"
+            )
         return
-    what = f"input_size {tuple(size)}" if size is not None else "token ids"
-    raise EdgeAttnError(
-        f"edgeattn export handles vision models with (B, C, H, W) inputs; '{name}' takes {what} "
-        "(token-id models are not supported by the exporter yet)"
-    )
+    size = getattr(module, "input_size", None)
+    if size is not None and len(tuple(size)) != 3:
+        raise EdgeAttnError(
+            f"edgeattn export handles vision models with (B, C, H, W) inputs and token-id models; '{name}' takes "
+            f"input_size {tuple(size)}"
+        )
 
 
 def _probe_forward(module: Any, shape: tuple[int, ...]) -> None:
@@ -281,17 +300,45 @@ def _check_batch_fits(
 
 
 def _input_shape(model: Any, profile: Any, batch: int | None) -> tuple[int, ...]:
+    """The export input's shape: ``(batch, *input_size)``, ``(batch, seq_len)`` for a token-id model without
+    ``input_size``, else the profile's ``export.input_shape`` (``batch`` overrides its first dimension)."""
     size = getattr(model, "input_size", None)
+    if size is None and is_token_model(model):
+        size = (int(model.seq_len),)
     base = tuple(profile.export.input_shape)
     rest = tuple(size) if size is not None else base[1:]
     return (batch or base[0], *rest)
 
 
 def _parity_inputs(
-    shape: tuple[int, ...], n: int, meta: dict[str, Any] | None, seed: int, given: np.ndarray | None
+    shape: tuple[int, ...],
+    n: int,
+    meta: dict[str, Any] | None,
+    seed: int,
+    given: np.ndarray | None,
+    vocab: int | None = None,
 ) -> tuple[np.ndarray, dict[str, int]]:
-    """``n`` inputs: random normal, half replaced by real samples when the checkpoint names its data."""
+    """``n`` inputs: random normal, half replaced by real samples when the checkpoint names its data.
+
+    A token-id model (``vocab`` set) gets int64 ids: uniform in ``[0, vocab)``, half replaced by windows of the
+    standard library's source text (byte ids, the corpus edgeattn's language models train on) when the vocabulary
+    holds every byte.
+    """
     rng = np.random.default_rng(seed)
+    if vocab is not None:
+        if given is not None:
+            ids = np.asarray(given)
+            if ids.dtype.kind not in "iu" or ids.size == 0 or ids.min() < 0 or ids.max() >= vocab:
+                raise EdgeAttnError(f"inputs: token ids must be integers in [0, {vocab}) for this model")
+            return ids.astype(np.int64)[:n], {"random": 0, "real": 0, "given": min(n, len(ids))}
+        x = rng.integers(0, vocab, (n, *shape[1:]), dtype=np.int64)
+        if vocab < 256:
+            return x, {"random": n, "real": 0}
+        from edgeattn.data import stdlib_corpus
+
+        real = stdlib_corpus(seq_len=shape[1], split="val", seed=0).tensors[0][: n // 2].numpy()
+        x[: len(real)] = real
+        return x, {"random": n - len(real), "real": len(real)}
     x = rng.standard_normal((n, *shape[1:])).astype(np.float32)
     counts = {"random": n, "real": 0}
     if given is not None:
@@ -309,19 +356,28 @@ def _parity_inputs(
     return x, counts
 
 
-def _calibration_batches(shape: tuple[int, ...], calib_inputs: Any, seed: int) -> list[Any]:
-    if calib_inputs is not None:
-        import torch
-
-        return [torch.as_tensor(np.asarray(calib_inputs, np.float32))]
+def _calibration_batches(
+    shape: tuple[int, ...], calib_inputs: Any, seed: int, vocab: int | None = None
+) -> list[Any]:
+    """PTQ calibration inputs: ``calib_inputs``, else digits images (vision) or standard-library text windows
+    (a token-id model whose vocabulary holds every byte; random ids otherwise)."""
     import torch
 
+    if calib_inputs is not None:
+        dtype = np.int64 if vocab is not None else np.float32
+        return [torch.as_tensor(np.asarray(calib_inputs, dtype))]
+    gen = torch.Generator().manual_seed(seed)
+    if vocab is not None:
+        if vocab < 256:
+            return [torch.randint(0, vocab, (16, *shape[1:]), generator=gen)]
+        from edgeattn.data import stdlib_corpus
+
+        return [stdlib_corpus(seq_len=shape[1], split="train", seed=seed).tensors[0][:64]]
     from edgeattn.data import digits_dataset
 
     if len(shape) == 4:
         ds = digits_dataset(img_size=shape[2], in_chans=shape[1], split="train", seed=seed)
         return [ds.tensors[0][:64]]
-    gen = torch.Generator().manual_seed(seed)
     return [torch.randn(16, *shape[1:], generator=gen)]
 
 
@@ -501,7 +557,7 @@ def _export_model(
     module, name, meta = _cached(
         cache, ("model", *model_key), lambda: resolve_model(model, checkpoint, prof, model_kwargs)
     )
-    _refuse_token_model(name, module)  # resolve_model refuses them first; a cached module is checked here
+    _refuse_unsupported_input(name, module, target)
     from edgeattn.export.onnx_export import is_quantized
     from edgeattn.quant.adaptive import has_token_adaptive, strip_token_adaptive
 
@@ -533,6 +589,7 @@ def _export_model(
     ):
         prec = "fp16"
     shape = _input_shape(module, prof, batch)
+    vocab = int(module.vocab_size) if is_token_model(module) else None  # token ids in [0, vocab)
     dyn = prof.export.dynamic_batch if dynamic_batch is None else dynamic_batch
     if target == "coreml":
         dyn = False
@@ -555,8 +612,8 @@ def _export_model(
                 prof,
                 _cached(
                     cache if calib_inputs is None else None,
-                    ("calib", shape, seed),
-                    lambda: _calibration_batches(shape, calib_inputs, seed),
+                    ("calib", shape, seed, vocab),
+                    lambda: _calibration_batches(shape, calib_inputs, seed, vocab),
                 ),
             ).eval(),
         )
@@ -574,7 +631,7 @@ def _export_model(
     tol = prof.tolerance_for(prec)
     if atol is not None:
         tol = tol.model_copy(update={"max_abs": float(atol)})
-    x, counts = _parity_inputs(shape, n_inputs, meta, seed, inputs)
+    x, counts = _parity_inputs(shape, n_inputs, meta, seed, inputs, vocab)
     report = ExportReport(
         model=name,
         target=target,
@@ -582,7 +639,13 @@ def _export_model(
         profile=prof.model_dump(mode="json"),
         out_dir=str(out),
         checkpoint=ckpt,
-        inputs=[{"name": "input", "shape": ["batch" if dyn else shape[0], *shape[1:]], "dtype": "float32"}],
+        inputs=[
+            {
+                "name": "input",
+                "shape": ["batch" if dyn else shape[0], *shape[1:]],
+                "dtype": "int64" if vocab is not None else "float32",
+            }
+        ],
         parity_inputs=counts,
         notes=notes,
         versions=environment(),

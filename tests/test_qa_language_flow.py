@@ -1,5 +1,5 @@
-"""QA sweep of the language-model path (tiny_llama): export refuses token-id models in one line before any
-vision flag is judged, and the profiler describes and measures a hand-exported LM artifact correctly."""
+"""The language-model path (tiny_llama): export to ONNX and OpenVINO with token-id parity, one-line refusals of
+vision flags and of targets without token-id support, and the profiler on an LM artifact."""
 
 from __future__ import annotations
 
@@ -18,9 +18,8 @@ from edgeattn.models import create_model
 
 # a small tiny_llama: 2 layers, dim 32, 2 heads (head dim 16), SwiGLU width 96, vocab 64, 8 positions
 LM = {"vocab_size": 64, "seq_len": 8, "dim": 32, "depth": 2, "num_heads": 2}
-REFUSAL = (
-    "error: edgeattn export handles vision models with (B, C, H, W) inputs; 'tiny_llama' takes {what} "
-    "(token-id models are not supported by the exporter yet)"
+IMG_SIZE_REFUSAL = (
+    "error: --img-size: model 'tiny_llama' takes no image size (a language model: its input is token ids)"
 )
 
 
@@ -36,23 +35,29 @@ def _lm_checkpoint(path: Path) -> Path:
     return path
 
 
-def test_export_refuses_a_language_model_before_judging_img_size(tmp_path, capsys):
-    """--img-size on tiny_llama used to be the first complaint ("takes no argument 'img_size'", or for a
-    checkpoint "rebuilt ... with its own img_size"): dropping it only led to the real refusal."""
+def test_export_refuses_img_size_for_a_language_model(tmp_path, capsys):
+    """--img-size on tiny_llama used to be judged as a vision flag ("takes no argument 'img_size'", or for a
+    checkpoint "rebuilt ... with its own img_size"); now one line naming the flag, before anything is built."""
     out = tmp_path / "out"
     assert main(["export", "tiny_llama", "-t", "onnx", "-p", "host-cpu", "--img-size", "32", "-o", str(out)]) == 2
-    assert _err_lines(capsys) == [REFUSAL.format(what="token ids")]
+    assert _err_lines(capsys) == [IMG_SIZE_REFUSAL]
     ckpt = _lm_checkpoint(tmp_path / "lm.pt")
     for args in ([str(ckpt)], ["tiny_llama", "--checkpoint", str(ckpt)]):
         code = main(["export", *args, "-t", "openvino", "-p", "host-cpu", "--img-size", "32", "-o", str(out)])
         assert code == 2
-        assert _err_lines(capsys) == [REFUSAL.format(what="input_size (8,)")]
+        assert _err_lines(capsys) == [IMG_SIZE_REFUSAL]
+    for target, profile in (("tensorrt", "jetson-orin-trt10"), ("coreml", "apple-a17-coreml")):
+        assert main(["export", str(ckpt), "-t", target, "-p", profile, "-o", str(out)]) == 2
+        assert _err_lines(capsys) == [
+            f"error: 'tiny_llama' takes token ids: edgeattn export handles token-id models for onnx and openvino, "
+            f"not {target} yet"
+        ]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["lm.pt"]  # nothing staged or half-written
 
 
-def test_export_refuses_an_in_memory_token_model_without_input_size(tmp_path):
-    """A module whose forward takes token ids and that has no input_size used to die in PTQ with torch's
-    RuntimeError (a traceback); now one EdgeAttnError naming the input it was given."""
+def test_export_refuses_an_in_memory_module_that_cannot_take_the_input(tmp_path):
+    """A module whose forward takes token ids and that says neither input_size nor vocab_size/seq_len used to die
+    in PTQ with torch's RuntimeError (a traceback); now one EdgeAttnError naming the input it was given."""
     from edgeattn.export import export_model
 
     lm = nn.Sequential(nn.Embedding(10, 4), nn.Linear(4, 4))
@@ -61,10 +66,48 @@ def test_export_refuses_an_in_memory_token_model_without_input_size(tmp_path):
     assert info.value.exit_code == 2
     assert str(info.value).startswith("the model cannot run on the export input, float32 [1, 3, 224, 224] (")
     assert "'indices'" in str(info.value)  # torch's own reason, first line
-    lm.vocab_size, lm.seq_len = 10, 4  # the example_input convention for language models
-    with pytest.raises(EdgeAttnError, match=r"'Sequential' takes token ids \(token-id models"):
-        export_model(lm, "onnx", "host-cpu", tmp_path / "o")
     assert list(tmp_path.iterdir()) == []
+    lm.vocab_size, lm.seq_len = 10, 4  # the example_input convention for language models: token ids (B, 4)
+    rep = export_model(lm, "onnx", "host-cpu", tmp_path / "o", precision="fp32", n_inputs=4)
+    assert rep.passed and rep.inputs[0] == {"name": "input", "shape": [1, 4], "dtype": "int64"}
+
+
+@pytest.mark.parametrize("target", ["onnx", "openvino"])
+def test_a_token_model_exports_with_token_id_parity(tmp_path, target):
+    """A token-id model exports to ONNX and OpenVINO: int64 ids in [0, vocab) as the input, PTQ calibrated on
+    token ids, the gate passing; ONNX Runtime's logits on other ids equal a float64 run of the model."""
+    import onnxruntime as ort
+    from edgeattn.export import export_model
+
+    torch.manual_seed(0)
+    lm = create_model("tiny_llama", **LM).eval()
+    fp32 = export_model(lm, target, "host-cpu", tmp_path / "fp32", precision="fp32", n_inputs=8, force=True)
+    int8 = export_model(lm, target, "host-cpu", tmp_path / "int8", n_inputs=8, force=True)
+    for rep in (fp32, int8):
+        assert rep.passed and rep.inputs[0]["dtype"] == "int64" and rep.inputs[0]["shape"][1:] == [8]
+        assert rep.parity_inputs == {"random": 8, "real": 0}  # vocab 64 < 256: no byte text
+    assert int8.precision == "int8" and any("PTQ" in note for note in int8.notes)
+    onnx_path = tmp_path / "fp32" / "model.onnx"
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    ids = np.random.default_rng(1).integers(0, 64, (1, 8))
+    got = sess.run(None, {sess.get_inputs()[0].name: ids})[0]
+    with torch.no_grad():
+        want = lm.double()(torch.from_numpy(ids)).numpy()  # float64 reference
+    assert got.shape == (1, 8, 64) and np.abs(got - want).max() < 1e-4 * np.ptp(want)
+
+
+def test_a_byte_vocabulary_model_is_checked_on_real_text(tmp_path):
+    """With every byte in the vocabulary, half the parity inputs are windows of the standard library's source."""
+    from edgeattn.export import export_model
+
+    from edgeattn.data import stdlib_corpus
+
+    torch.manual_seed(0)
+    lm = create_model("tiny_llama", **{**LM, "vocab_size": 256}).eval()
+    rep = export_model(lm, "onnx", "host-cpu", tmp_path / "o", precision="fp32", n_inputs=8, force=True)
+    assert rep.passed and rep.parity_inputs == {"random": 4, "real": 4}
+    real = stdlib_corpus(seq_len=8, split="val", seed=0).tensors[0][:4].numpy()
+    assert real.max() < 256 and len(np.unique(real)) > 8  # text, not one repeated id
 
 
 def test_export_img_size_zero_is_refused_not_dropped(tmp_path, capsys):
