@@ -71,9 +71,10 @@ def resolve_model(
             raise EdgeAttnError("--checkpoint goes with a registry model name, not an in-memory module")
         fix = "switch it with edgeattn.approx.set_approximations and fine-tune it"
         _check_approximations(model, profile, "the model", fix)
-        if not is_token_model(model):
-            _probe_forward(model.eval(), (1, *_input_shape(model, profile, 1)[1:]))
-        return model, type(model).__name__, None
+        module = copy.deepcopy(model).eval()  # the caller's model keeps its training flag (and everything else)
+        if not is_token_model(module):
+            _probe_forward(module, (1, *_input_shape(module, profile, 1)[1:]))
+        return module, type(model).__name__, None
     if _looks_like_file(model):
         module, meta = _load_ckpt(model)
         _refuse_image_flags(str(meta.get("model", model)), module, model_kwargs)  # before the kwargs check

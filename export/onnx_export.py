@@ -85,6 +85,25 @@ def _quiet():
             lg.setLevel(lvl)
 
 
+@contextlib.contextmanager
+def _no_mha_fastpath():
+    """Trace ``nn.MultiheadAttention`` (and the ``nn.Transformer*`` layers) through their plain ops: in eval mode
+    without grad torch takes a fused fast path (``aten::_native_multi_head_attention``) that no ONNX exporter
+    converts."""
+    import torch
+
+    mha = getattr(torch.backends, "mha", None)
+    if mha is None:  # pragma: no cover - torch >= 2.2 has it
+        yield
+        return
+    before = mha.get_fastpath_enabled()
+    mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        mha.set_fastpath_enabled(before)
+
+
 def _export_kwargs(opset: int, dynamic_batch: bool) -> dict[str, Any]:
     kwargs: dict[str, Any] = {
         "dynamo": True,
@@ -111,7 +130,7 @@ def _torch_export(
         kwargs.pop("external_data")
     with tempfile.TemporaryDirectory(prefix="edgeattn-onnx-") as tmp:
         path = os.path.join(tmp, "model.onnx")
-        with _quiet(), torch.no_grad():
+        with _quiet(), torch.no_grad(), _no_mha_fastpath():
             if quantized:
                 from brevitas.export import export_onnx_qcdq
 

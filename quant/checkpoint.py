@@ -15,6 +15,7 @@ Files are written atomically (temp file + rename), so an interrupted run never l
 from __future__ import annotations
 
 import contextlib
+import copy
 import pickle
 import zipfile
 from collections.abc import Iterator
@@ -97,14 +98,26 @@ def read_checkpoint_file(path: str | Path) -> dict[str, Any]:
     return payload
 
 
-def build_model(meta: dict[str, Any]) -> nn.Module:
-    """Rebuild the (possibly reparameterized and quantized) module that ``meta`` describes, untrained."""
+def build_model(meta: dict[str, Any], model: nn.Module | None = None) -> nn.Module:
+    """Rebuild the (possibly reparameterized and quantized) module that ``meta`` describes, untrained.
+
+    ``model``: your own float model (an instance of the saved architecture) to rebuild from instead of the
+    registry; it is deep-copied, not changed.
+    """
     from edgeattn.models import create_model
 
+    if model is not None:
+        return _deploy_and_quantize(copy.deepcopy(model), meta)
     try:
         model = create_model(meta["model"], **dict(meta.get("model_kwargs") or {}))
     except (KeyError, TypeError, ValueError) as err:
-        raise EdgeAttnError(f"checkpoint meta cannot rebuild model '{meta.get('model')}': {err}") from None
+        hint = "; for your own model pass it: load_checkpoint(path, model=MyModel())"
+        raise EdgeAttnError(f"checkpoint meta cannot rebuild model '{meta.get('model')}': {err}{hint}") from None
+    return _deploy_and_quantize(model, meta)
+
+
+def _deploy_and_quantize(model: nn.Module, meta: dict[str, Any]) -> nn.Module:
+    """``model`` (owned here) in the form ``meta`` records: deploy form and quantized as saved."""
     if meta.get("reparameterized"):
         from edgeattn.reparameterize import reparameterize
 
@@ -117,8 +130,14 @@ def build_model(meta: dict[str, Any]) -> nn.Module:
     return model
 
 
-def load_checkpoint(path: str | Path, *, strip_token_adaptive: bool = False) -> tuple[nn.Module, dict[str, Any]]:
+def load_checkpoint(
+    path: str | Path, *, strip_token_adaptive: bool = False, model: nn.Module | None = None
+) -> tuple[nn.Module, dict[str, Any]]:
     """``(model, meta)`` from a checkpoint written by :func:`save_checkpoint`; the model is in eval mode.
+
+    A registry model is rebuilt from ``meta``; a model of your own needs ``model``, a float instance of its
+    architecture (with the same softmax/GELU methods), which is copied, reparameterized and quantized as ``meta``
+    says before the weights are loaded strictly.
 
     With ``strip_token_adaptive`` (export, hls), token-adaptive quant points are replaced by their high-bit
     quantizers (:func:`edgeattn.quant.adaptive.strip_token_adaptive`). Without it, a token-adaptive model with
@@ -127,7 +146,7 @@ def load_checkpoint(path: str | Path, *, strip_token_adaptive: bool = False) -> 
     """
     payload = read_checkpoint_file(path)
     meta = payload["meta"]
-    model = build_model(meta)
+    model = build_model(meta, model)
     try:
         model.load_state_dict(payload["state_dict"], strict=True)
     except RuntimeError as err:

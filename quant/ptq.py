@@ -18,24 +18,42 @@ from edgeattn.quant.quantize import quantize_model
 from torch import nn
 
 
-def _inputs(batch: Any) -> torch.Tensor:
-    return batch[0] if isinstance(batch, (tuple, list)) else batch
+def _inputs(batch: Any) -> torch.Tensor | dict[str, torch.Tensor]:
+    """The model input of one calibration batch: a tensor, the first item of an ``(x, y)`` tuple/list, or a dict
+    of keyword inputs (models with several inputs)."""
+    x = batch[0] if isinstance(batch, (tuple, list)) and batch else batch
+    if isinstance(x, torch.Tensor) and x.dim() > 0:
+        return x
+    if isinstance(x, dict) and x and all(isinstance(v, torch.Tensor) and v.dim() > 0 for v in x.values()):
+        lengths = {len(v) for v in x.values()}
+        if len(lengths) != 1:
+            raise ValueError(f"calibrate: the tensors of a dict batch differ in batch size: {sorted(lengths)}")
+        return x
+    raise TypeError(
+        "calibrate: each batch must be a tensor, an (x, y) tuple or a dict of keyword-input tensors with a batch "
+        f"dimension, got {type(x).__name__}"
+    )
 
 
 @torch.no_grad()
 def calibrate(model: nn.Module, batches: Iterable[Any], max_samples: int = 256) -> int:
-    """Run up to ``max_samples`` inputs of ``batches`` ((x, y) tuples or tensors) through ``model`` in
-    calibration mode; returns the number of samples used. The model is left in eval mode."""
+    """Run up to ``max_samples`` inputs of ``batches`` (tensors, (x, y) tuples, or dicts of keyword inputs for a
+    model with several inputs) through ``model`` in calibration mode; returns the number of samples used. The
+    model's training flag is kept."""
     seen = 0
     was_training = model.training
     model.eval()
     with calibration_mode(model):
         for batch in batches:
             x = _inputs(batch)
-            take = min(len(x), max_samples - seen)
+            size = len(next(iter(x.values()))) if isinstance(x, dict) else len(x)
+            take = min(size, max_samples - seen)
             if take <= 0:
                 break
-            model(x[:take])
+            if isinstance(x, dict):
+                model(**{k: v[:take] for k, v in x.items()})
+            else:
+                model(x[:take])
             seen += take
     model.train(was_training)
     if seen == 0:

@@ -15,12 +15,13 @@ comes back in eval mode, fake-quantizing; its activation scales still need calib
 from __future__ import annotations
 
 import copy
+import warnings
 from typing import Any
 
 import torch
 from brevitas import nn as qnn
 from edgeattn.quant import presets
-from edgeattn.quant.config import QuantConfig
+from edgeattn.quant.config import QuantConfig, matches_module
 from torch import nn
 
 LOGITS_PROBE = "logits_probe"
@@ -55,7 +56,7 @@ def quantize_model(model: nn.Module, config_or_profile: Any = None, *, inplace: 
     blocks_with_points = {
         name.rsplit(".", 1)[0] if "." in name else "" for name, m in qmodel.named_modules() if is_quant_point(name, m)
     }
-    replacements: list[tuple[str, nn.Module]] = []
+    replacements: list[tuple[nn.Module, nn.Module]] = []
     for name, module in qmodel.named_modules():
         if not name or config.is_float(name):
             continue
@@ -64,16 +65,16 @@ def quantize_model(model: nn.Module, config_or_profile: Any = None, *, inplace: 
             if type(module) is nn.Linear and not config.quantize_linear:
                 continue
             quant_input = parent not in blocks_with_points
-            replacements.append((name, _quant_layer(module, name, config, quant_input)))
+            replacements.append((module, _quant_layer(module, name, config, quant_input)))
         elif is_quant_point(name, module):
             leaf = name.rsplit(".", 1)[-1]
             if leaf in ATTENTION_POINTS and not config.quantize_attention:
                 continue
             if not config.quantize_linear and _feeds_only_linear(qmodel.get_submodule(parent), leaf):
                 continue
-            replacements.append((name, _quant_point(leaf, name, config)))
-    for name, new in replacements:
-        _set_submodule(qmodel, name, new)
+            replacements.append((module, _quant_point(leaf, name, config)))
+    _replace_everywhere(qmodel, {id(old): new for old, new in replacements})
+    _warn_unquantized(qmodel, config)
     init_weight_scales(qmodel)
     if config.token_adaptive:
         from edgeattn.quant.adaptive import enable_token_adaptive
@@ -81,6 +82,37 @@ def quantize_model(model: nn.Module, config_or_profile: Any = None, *, inplace: 
         enable_token_adaptive(qmodel, config)
     qmodel.quant_config = config  # type: ignore[assignment]  # read by checkpoint/export code
     return qmodel.eval()
+
+
+def _replace_everywhere(root: nn.Module, new_for: dict[int, nn.Module]) -> None:
+    """Put ``new_for[id(m)]`` wherever module ``m`` is a child, under every name it has.
+
+    ``named_modules`` lists a module registered twice (``self.dec = self.enc``) once; replacing it by that one name
+    would leave the other pointing at the float layer.
+    """
+    for parent in list(root.modules()):
+        for leaf, child in list(parent._modules.items()):
+            if child is not None and id(child) in new_for:
+                setattr(parent, leaf, new_for[id(child)])
+
+
+def _warn_unquantized(model: nn.Module, config: QuantConfig) -> None:
+    """Warn about what ``quantize_model`` leaves in float without being asked to: ``nn.MultiheadAttention``
+    (its input projection is a bare parameter and its attention runs inside one torch function), and
+    ``float_layers``/``overrides`` patterns that name no module (a typo would quantize the layer meant)."""
+    mha = [n for n, m in model.named_modules() if isinstance(m, nn.MultiheadAttention)]
+    if mha:
+        warnings.warn(
+            f"quantize_model: {len(mha)} nn.MultiheadAttention module(s) stay float, projections and attention "
+            f"included ({', '.join(mha[:3])}{', ...' if len(mha) > 3 else ''}); write the attention with nn.Linear "
+            "layers (and q_quant/k_quant/v_quant/attn_quant nn.Identity points) to quantize it",
+            stacklevel=3,
+        )
+    names = [n for n, _ in model.named_modules() if n]
+    patterns = [("float_layers", p) for p in config.float_layers] + [("overrides", p) for p in config.overrides]
+    for where, pat in patterns:
+        if not any(matches_module(n, pat) for n in names):
+            warnings.warn(f"quantize_model: {where} pattern '{pat}' matches no module of the model", stacklevel=3)
 
 
 def _feeds_only_linear(block: nn.Module, point: str) -> bool:
@@ -143,18 +175,13 @@ def _quant_layer(module: nn.Module, name: str, config: QuantConfig, quant_input:
             padding_mode=module.padding_mode,
             **common,
         )
-    with torch.no_grad():
-        new.weight.copy_(module.weight)
-        if module.bias is not None:
-            new.bias.copy_(module.bias)
+    # the float layer's own parameters, not copies: weights tied to another layer (or an embedding) stay tied, and
+    # a frozen weight stays frozen
+    new.weight = module.weight
+    if module.bias is not None:
+        new.bias = module.bias
     new.train(module.training)
     return new
-
-
-def _set_submodule(root: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, leaf = name.rpartition(".")
-    parent = root.get_submodule(parent_name) if parent_name else root
-    setattr(parent, leaf, new)
 
 
 def quant_layers(model: nn.Module) -> dict[str, nn.Module]:

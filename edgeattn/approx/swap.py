@@ -4,14 +4,30 @@ The registry's models hold :class:`ApproxSoftmax` / :class:`ApproxGELU` modules 
 at construction. Your own model (or a checkpoint) can be switched afterwards with :func:`set_approximations`,
 which also replaces ``torch.nn.Softmax`` and ``torch.nn.GELU`` modules. A softmax called as a function inside a
 ``forward`` (``x.softmax(-1)``, ``F.softmax``, ``F.scaled_dot_product_attention``) is not a module and cannot be
-swapped from outside: use ``edgeattn.approx.softmax(x, dim, method)`` there.
+swapped from outside: use ``edgeattn.approx.softmax(x, dim, method)`` there. Neither can torch's
+``nn.MultiheadAttention`` (and the ``nn.Transformer*`` layers built on it), whose softmax runs inside one torch
+function: :func:`set_approximations` warns about it and :func:`approximations_in` reports it as ``exact``.
 """
+
 
 from __future__ import annotations
 
+import warnings
+
+import torch.nn.functional as F
 from torch import nn
 
 from edgeattn.approx.float_ops import GELU_METHODS, SOFTMAX_METHODS, ApproxGELU, ApproxSoftmax, _check_method
+
+
+def _fused_exact(module: nn.Module) -> tuple[str, ...]:
+    """The ops (``"softmax"``, ``"gelu"``) a torch module computes exactly inside its own forward, where no
+    submodule can be swapped."""
+    if isinstance(module, nn.MultiheadAttention):
+        return ("softmax",)
+    if isinstance(module, (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)) and module.activation is F.gelu:
+        return ("gelu",)  # activation="gelu" is the function; a GELU module given as activation is a child
+    return ()
 
 
 def set_approximations(model: nn.Module, softmax: str | None = None, gelu: str | None = None) -> dict[str, int]:
@@ -26,9 +42,21 @@ def set_approximations(model: nn.Module, softmax: str | None = None, gelu: str |
         _check_method(softmax, SOFTMAX_METHODS, "softmax")
     if gelu is not None:
         _check_method(gelu, GELU_METHODS, "gelu")
+    if (softmax is not None and type(model) is nn.Softmax) or (gelu is not None and type(model) is nn.GELU):
+        raise ValueError(
+            f"set_approximations replaces the {type(model).__name__} modules inside a model and cannot replace the "
+            "model itself; pass the module that holds it"
+        )
     counts = {"softmax": 0, "gelu": 0}
+    if softmax is not None and isinstance(model, ApproxSoftmax):
+        model.method, counts["softmax"] = softmax, 1
+    if gelu is not None and isinstance(model, ApproxGELU):
+        model.method, counts["gelu"] = gelu, 1
     for parent_name, parent in list(model.named_modules()):  # a list: children are replaced on the way
-        for name, child in list(parent.named_children()):
+        # _modules, not named_children(): a module registered under two names is replaced under both
+        for name, child in list(parent._modules.items()):
+            if child is None:
+                continue
             if softmax is not None and isinstance(child, ApproxSoftmax):
                 child.method = softmax
                 counts["softmax"] += 1
@@ -44,7 +72,24 @@ def set_approximations(model: nn.Module, softmax: str | None = None, gelu: str |
             elif gelu is not None and isinstance(child, nn.GELU):
                 setattr(parent, name, ApproxGELU(gelu))
                 counts["gelu"] += 1
+    _warn_fused(model, {"softmax": softmax, "gelu": gelu})
     return counts
+
+
+def _warn_fused(model: nn.Module, wanted: dict[str, str | None]) -> None:
+    """Warn once per op about torch modules that keep computing it exactly although another method was asked."""
+    for op, method in wanted.items():
+        if method is None or method == "exact":
+            continue
+        stuck = [f"{n or '(model)'} ({type(m).__name__})" for n, m in model.named_modules() if op in _fused_exact(m)]
+        if stuck:
+            more = ", ..." if len(stuck) > 3 else ""
+            warnings.warn(
+                f"set_approximations: {len(stuck)} module(s) compute {op} inside a torch function and keep the exact "
+                f"one, not '{method}': {', '.join(stuck[:3])}{more}; write that attention with nn.Linear layers and "
+                f"edgeattn.approx's ApproxSoftmax / ApproxGELU to swap it",
+                stacklevel=3,
+            )
 
 
 def approximations_in(model: nn.Module) -> dict[str, set[str]]:
@@ -52,7 +97,9 @@ def approximations_in(model: nn.Module) -> dict[str, set[str]]:
     "gelu": {"edgemoe"}}`` (an empty set where it has none).
 
     ``ApproxSoftmax``/``ApproxGELU`` report their method; torch's ``nn.Softmax`` is ``exact`` and ``nn.GELU`` is
-    ``exact`` (or ``tanh`` with ``approximate="tanh"``, the same formula). Functional calls are not seen.
+    ``exact`` (or ``tanh`` with ``approximate="tanh"``, the same formula), and so is the softmax of
+    ``nn.MultiheadAttention`` (the GELU of an ``nn.Transformer*Layer`` with ``activation="gelu"``). Functional
+    calls are not seen.
     """
     found: dict[str, set[str]] = {"softmax": set(), "gelu": set()}
     for module in model.modules():
@@ -64,4 +111,6 @@ def approximations_in(model: nn.Module) -> dict[str, set[str]]:
             found["gelu"].add(module.method)
         elif isinstance(module, nn.GELU):
             found["gelu"].add("tanh" if module.approximate == "tanh" else "exact")
+        for op in _fused_exact(module):
+            found[op].add("exact")
     return found
