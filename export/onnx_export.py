@@ -92,16 +92,12 @@ def _no_mha_fastpath():
     converts."""
     import torch
 
-    mha = getattr(torch.backends, "mha", None)
-    if mha is None:  # pragma: no cover - torch >= 2.2 has it
-        yield
-        return
-    before = mha.get_fastpath_enabled()
-    mha.set_fastpath_enabled(False)
+    before = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
     try:
         yield
     finally:
-        mha.set_fastpath_enabled(before)
+        torch.backends.mha.set_fastpath_enabled(before)
 
 
 def _export_kwargs(opset: int, dynamic_batch: bool) -> dict[str, Any]:

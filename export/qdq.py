@@ -406,6 +406,14 @@ def summarize_qdq(model: onnx.ModelProto) -> QDQSummary:
     return summary
 
 
+def _inferred_shapes(graph: onnx.GraphProto) -> dict[str, list[int]]:
+    """Tensor name -> dims (0 where unknown) from the graph's inputs, outputs and inferred value_info."""
+    return {
+        vi.name: [d.dim_value for d in vi.type.tensor_type.shape.dim]
+        for vi in list(graph.value_info) + list(graph.input) + list(graph.output)
+    }
+
+
 def split_concat_conv(model: onnx.ModelProto) -> int:
     """Rewrite ``Concat(a_1..a_k) -> Q -> DQ -> Conv(group 1)`` as ``sum_i Conv(DQ(Q(a_i)), W[:, c_i])``.
 
@@ -421,10 +429,7 @@ def split_concat_conv(model: onnx.ModelProto) -> int:
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}
     users = _consumers(graph)
-    shapes = {
-        vi.name: [d.dim_value for d in vi.type.tensor_type.shape.dim]
-        for vi in list(graph.value_info) + list(graph.input) + list(graph.output)
-    }
+    shapes = _inferred_shapes(graph)
     replace: dict[int, list[onnx.NodeProto]] = {}
     drop: set[int] = set()
     rewritten = 0
@@ -546,10 +551,7 @@ def pool_to_depthwise_conv(model: onnx.ModelProto) -> int:
     graph = model.graph
     producers = {o: n for n in graph.node for o in n.output}
     users = _consumers(graph)
-    shapes = {
-        vi.name: [d.dim_value for d in vi.type.tensor_type.shape.dim]
-        for vi in list(graph.value_info) + list(graph.input) + list(graph.output)
-    }
+    shapes = _inferred_shapes(graph)
     rewritten = 0
     for node in graph.node:
         if node.op_type != "AveragePool":
