@@ -11,6 +11,7 @@ covers every module under it (``"blocks.0"`` leaves the whole first block in flo
 from __future__ import annotations
 
 import re
+from contextvars import ContextVar
 from fnmatch import fnmatchcase
 from typing import Any, Literal
 
@@ -27,6 +28,9 @@ Preset = Literal["tensorrt", "openvino", "coreml", "fpga", "generic"]
 Calibration = Literal["percentile", "minmax"]
 WeightScaleInit = Literal["absmax", "mse"]
 Importance = Literal["auto", "first", "mean"]
+
+# What an invalid QuantConfig's one-line error names: parse()'s source while it runs, else the class.
+_SOURCE: ContextVar[str] = ContextVar("quant_config_source", default="QuantConfig")
 
 _BITS_RE = re.compile(r"w(\d+)a(\d+)")  # used with fullmatch: '$' would accept a trailing newline
 
@@ -108,6 +112,14 @@ class QuantConfig(BaseModel):
         description="module-name pattern (fnmatch; covers everything under a match) -> per-layer bit widths",
     )
 
+    def __init__(self, **data: Any) -> None:
+        # An invalid config says what is wrong in one line (naming parse()'s source, else "QuantConfig") instead of
+        # pydantic's multi-line report, whether it is built from Python or parsed from YAML.
+        try:
+            super().__init__(**data)
+        except ValidationError as err:
+            raise EdgeAttnError(format_validation_error(_SOURCE.get(), err)) from None
+
     @field_validator("weight_bits", "act_bits", "low_act_bits", "softmax_bits", "kv_max_bits")
     @classmethod
     def _bits(cls, v: int | None, info: Any) -> int | None:
@@ -130,10 +142,15 @@ class QuantConfig(BaseModel):
             return data
         if not isinstance(data, dict):
             raise EdgeAttnError(f"{source}: expected a mapping of quant fields, got {type(data).__name__}")
+        bad_keys = [key for key in data if not isinstance(key, str)]
+        if bad_keys:
+            raise EdgeAttnError(f"{source}: unknown key '{bad_keys[0]}'")
+        # cls(**data), not model_validate: pydantic would wrap __init__'s one-line error in a ValidationError
+        token = _SOURCE.set(source)
         try:
-            return cls.model_validate(data)
-        except ValidationError as err:
-            raise EdgeAttnError(format_validation_error(source, err)) from None
+            return cls(**data)
+        finally:
+            _SOURCE.reset(token)
 
     @classmethod
     def from_profile(cls, profile: Any, **updates: Any) -> QuantConfig:

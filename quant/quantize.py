@@ -20,9 +20,12 @@ from typing import Any
 
 import torch
 from brevitas import nn as qnn
+from brevitas.nn.mixin.base import QuantLayerMixin
 from edgeattn.quant import presets
 from edgeattn.quant.config import QuantConfig, matches_module
 from torch import nn
+
+from edgeattn.errors import EdgeAttnError
 
 LOGITS_PROBE = "logits_probe"
 SOFTMAX_POINT = "attn_quant"
@@ -52,6 +55,7 @@ def quantize_model(model: nn.Module, config_or_profile: Any = None, *, inplace: 
     name/path (``"intel-avx2-openvino"`` -> 7-bit weights). ``None`` means the default W8A8 config.
     """
     config = QuantConfig() if config_or_profile is None else resolve_config(config_or_profile)
+    _refuse_quantized(model)
     qmodel = model if inplace else copy.deepcopy(model)
     blocks_with_points = {
         name.rsplit(".", 1)[0] if "." in name else "" for name, m in qmodel.named_modules() if is_quant_point(name, m)
@@ -82,6 +86,17 @@ def quantize_model(model: nn.Module, config_or_profile: Any = None, *, inplace: 
         enable_token_adaptive(qmodel, config)
     qmodel.quant_config = config  # type: ignore[assignment]  # read by checkpoint/export code
     return qmodel.eval()
+
+
+def _refuse_quantized(model: nn.Module) -> None:
+    """A model that already holds brevitas layers would come back unchanged (nothing float is left to swap), so
+    quantizing it again, at new bits say, would silently keep the old ones."""
+    done = [name or type(model).__name__ for name, m in model.named_modules() if isinstance(m, QuantLayerMixin)]
+    if done:
+        raise EdgeAttnError(
+            f"quantize_model: the model is already quantized ({len(done)} brevitas layer(s), e.g. '{done[0]}'); "
+            "pass the float model, e.g. the deploy form before quantize_model or ptq"
+        )
 
 
 def _replace_everywhere(root: nn.Module, new_for: dict[int, nn.Module]) -> None:

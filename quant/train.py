@@ -505,12 +505,45 @@ class _Dist:
         dist.all_reduce(t)
         return {k: float(v) / self.world for k, v in zip(keys, t.tolist(), strict=True)}
 
-    def wrap(self, model: nn.Module) -> nn.Module:
+    def sum_over_ranks(self, values: list[float]) -> list[float]:
+        """Add each value up over the processes, in float64 (identity for one process)."""
+        if self.world == 1:
+            return values
+        import torch.distributed as dist
+
+        t = torch.tensor(values, dtype=torch.float64)
+        dist.all_reduce(t)
+        return t.tolist()
+
+    def wrap(self, model: nn.Module, example: torch.Tensor) -> nn.Module:
+        """``model`` in DDP under torchrun (as is for one process). DDP looks for parameters without a gradient
+        after every step only when ``example`` shows some (token-adaptive bits leave the first block's low-bit
+        scales unused): the search costs a graph traversal per step, and torch warns on every rank when it finds
+        nothing."""
         if self.world == 1:
             return model
         from torch.nn.parallel import DistributedDataParallel as DDP
 
-        return DDP(model, find_unused_parameters=True)
+        return DDP(model, find_unused_parameters=has_unused_parameters(model, example))
+
+
+def has_unused_parameters(model: nn.Module, example: torch.Tensor) -> bool:
+    """True if a forward and backward pass of ``example`` (in eval mode) leaves a trainable parameter of ``model``
+    without a gradient. The RNG, the training flag and the gradients are left as they were."""
+    grads = {p: p.grad for p in model.parameters()}
+    was = model.training
+    model.eval()
+    try:
+        for p in grads:
+            p.grad = None
+        with torch.random.fork_rng(devices=[]):  # keeps the RNG stream where it was: --resume stays exact
+            out = model(example)
+            (out[0] if isinstance(out, (tuple, list)) else out).float().sum().backward()
+        return any(p.requires_grad and p.grad is None for p in grads)
+    finally:
+        for p, g in grads.items():
+            p.grad = g
+        model.train(was)
 
 
 # ---------------------------------------------------------------------------------------------- stop handling
@@ -608,21 +641,31 @@ def task_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def validation_metrics(model: nn.Module, ds: TensorDataset, task: str, batch_size: int = 128) -> tuple[float, float]:
+def validation_metrics(
+    model: nn.Module, ds: TensorDataset, task: str, batch_size: int = 128, dist: _Dist | None = None
+) -> tuple[float, float]:
     """``(metric, nll)`` of ``model`` on ``ds`` in one pass: top-1 accuracy in % (vision) or perplexity (language),
     and the mean cross-entropy in nats per target (per image, or per predicted token).
 
-    The cross-entropy separates models whose top-1 ties: on a small validation set one image is a coarse step."""
+    The cross-entropy separates models whose top-1 ties: on a small validation set one image is a coarse step.
+    Under torchrun (``dist`` with several processes) each rank scores every ``world``-th sample and the counts are
+    added up over the ranks: the same figures as one process, in a ``world``-th of the time. Every rank must call it.
+    """
     was = model.training
     model.eval()
+    order = torch.arange(len(ds))
+    if dist is not None and dist.world > 1:
+        order = order[dist.rank :: dist.world]
     correct, total, nll = 0, 0, 0.0
-    for x, y in _in_order(ds, batch_size):
+    for x, y in _batches(ds, order, batch_size):
         out = model(x)
         nll += float(F.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1), reduction="sum"))
         total += y.numel()
         if task == "vision":
             correct += int((out.argmax(-1) == y).sum())
     model.train(was)
+    if dist is not None:
+        correct, total, nll = dist.sum_over_ranks([float(correct), float(total), nll])
     mean_nll = nll / max(total, 1)
     if task == "vision":
         return 100.0 * correct / max(total, 1), mean_nll
@@ -732,7 +775,7 @@ def _train_fp(
     progress: _Progress,
     stop: _StopFlag,
 ) -> None:
-    net = dist.wrap(model)
+    net = dist.wrap(model, train.tensors[0][:2])
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.fp_lr, weight_decay=0.05)
     epoch_steps = steps_per_epoch(len(train), _local_bs(cfg, dist), dist.world)
     sched = _make_scheduler(opt, "cosine", cfg.fp_epochs * epoch_steps)
@@ -1174,11 +1217,11 @@ def _run(cfg: TrainConfig, resume: bool, show: bool, dist: _Dist, force: bool) -
             result["fp_checkpoint"] = str(cfg.fp_checkpoint or fp_path)
             result["model"] = fp_meta["model"]  # the outputs are labelled with what the FP checkpoint holds
             teacher = frozen_teacher(fp_model, fp_meta)
-            result["fp32"], result["fp32_nll"] = validation_metrics(teacher, val, task)
+            result["fp32"], result["fp32_nll"] = validation_metrics(teacher, val, task, dist=dist)
             prog.log(f"FP32 ({result['metric']}): {result['fp32']:.3f}")
             # ---- PTQ baseline
             ptq_model = calibrated_ptq_model(cfg, teacher, qcfg, train)
-            result["ptq"], result["ptq_nll"] = validation_metrics(ptq_model, val, task)
+            result["ptq"], result["ptq_nll"] = validation_metrics(ptq_model, val, task, dist=dist)
             result["attn_kl_ptq"] = attention_fidelity(ptq_model, teacher, val)
             prog.log(f"PTQ  ({result['metric']}): {result['ptq']:.3f}")
             q_meta = {
@@ -1205,7 +1248,7 @@ def _run(cfg: TrainConfig, resume: bool, show: bool, dist: _Dist, force: bool) -
                 result["attn_kl_qat"] = None
                 result["qat_epochs_complete"] = len(history)
                 return _finish(result, out_dir, t0, dist)
-            result["qat"], result["qat_nll"] = validation_metrics(ptq_model, val, task)
+            result["qat"], result["qat_nll"] = validation_metrics(ptq_model, val, task, dist=dist)
             result["attn_kl_qat"] = attention_fidelity(ptq_model, teacher, val)
             result["status"] = "done"
             prog.log(f"QAT  ({result['metric']}): {result['qat']:.3f}")
@@ -1260,7 +1303,7 @@ def _qat(
         set_rng_state(state["rng"])
         history = list(state["history"])
         start_epoch = int(state["epoch"])
-    net = dist.wrap(student)
+    net = dist.wrap(student, train.tensors[0][:2])
     bar = prog.task("QAT", max(cfg.epochs - start_epoch, 0) * epoch_steps)
     for epoch in range(start_epoch, cfg.epochs):
         student.train()
@@ -1286,7 +1329,7 @@ def _qat(
         sums = dist.mean_over_ranks(sums)  # metrics of the global batch, not of rank 0's shard
         row: dict[str, Any] = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"]}
         row.update({f"loss_{k}": v / max(n_steps, 1) for k, v in sums.items()})
-        row["val"], row["val_nll"] = validation_metrics(student, val, task)
+        row["val"], row["val_nll"] = validation_metrics(student, val, task, dist=dist)
         row["seconds"] = time.perf_counter() - t_ep
         history.append(row)
         prog.log(

@@ -202,3 +202,61 @@ def test_torchrun_refusal_is_one_line_and_writes_nothing(tmp_path):
     assert "exitcode  : 2" in proc.stderr
     assert not out.exists()
     assert time.perf_counter() - t0 < 60
+
+
+class _OneRankOf:
+    """Stands in for ``train._Dist`` on one rank of ``world``: records the counts that rank would add up."""
+
+    def __init__(self, rank: int, world: int) -> None:
+        self.rank, self.world = rank, world
+        self.sent: list[float] = []
+
+    def sum_over_ranks(self, values: list[float]) -> list[float]:
+        self.sent = list(values)
+        return values
+
+
+def test_validation_is_sharded_over_ranks_and_adds_up_to_one_process() -> None:
+    """Each rank scores every world-th sample; the counts the ranks add up are exactly one process's counts."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 10))
+    x, y = torch.randn(33, 1, 4, 4), torch.randint(0, 10, (33,))
+    ds = torch.utils.data.TensorDataset(x, y)
+    ranks = [_OneRankOf(r, 2) for r in range(2)]
+    for r in ranks:
+        T.validation_metrics(model, ds, "vision", batch_size=8, dist=r)  # type: ignore[arg-type]
+    correct, total, nll = (sum(vals) for vals in zip(*(r.sent for r in ranks), strict=True))
+    assert [r.sent[1] for r in ranks] == [17.0, 16.0]  # every sample on exactly one rank
+    with torch.no_grad():  # independent reference: the whole set in one float64 pass
+        logits = model(x).double()
+        ref_nll = float(torch.nn.functional.cross_entropy(logits, y, reduction="sum"))
+        ref_correct = int((logits.argmax(-1) == y).sum())
+    assert (correct, total) == (ref_correct, 33)
+    assert nll == pytest.approx(ref_nll, rel=1e-6)
+    top1, mean_nll = T.validation_metrics(model, ds, "vision", batch_size=8)
+    assert top1 == pytest.approx(100.0 * ref_correct / 33) and mean_nll == pytest.approx(ref_nll / 33, rel=1e-6)
+
+
+def test_ddp_looks_for_unused_parameters_only_when_there_are_some() -> None:
+    """Token-adaptive bits leave the first block's low-bit scales without a gradient: DDP must search for unused
+    parameters there (or fail), and nowhere else (or it warns on every rank and traverses the graph every step).
+    The probe leaves the RNG stream, the gradients and the training flag as they were."""
+    from edgeattn.quant import QuantConfig, ptq
+
+    from edgeattn.models import create_model
+
+    model = create_model("vit_tiny", img_size=16, in_chans=1, num_classes=10, **TINY).eval()
+    x = torch.randn(4, 1, 16, 16)
+    plain = ptq(model, QuantConfig(), [x]).train()
+    adaptive = ptq(model, QuantConfig(token_adaptive=True), [x])
+    marker = next(plain.parameters())
+    marker.grad = torch.full_like(marker, 3.0)
+    torch.manual_seed(5)
+    assert T.has_unused_parameters(plain, x[:2]) is False
+    after = torch.rand(3)
+    torch.manual_seed(5)
+    assert torch.equal(after, torch.rand(3))  # the probe drew nothing from the global RNG
+    assert torch.equal(marker.grad, torch.full_like(marker, 3.0)) and plain.training
+    assert all(p.grad is None for p in list(plain.parameters())[1:])
+    assert T.has_unused_parameters(adaptive, x[:2]) is True
+    assert not adaptive.training

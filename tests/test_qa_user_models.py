@@ -268,3 +268,29 @@ def test_user_conv_bn_model_exports_and_matches_onnx_runtime(tmp_path) -> None:
         assert np.abs(got - model(x).numpy()).max() < 0.1 * np.abs(model(x).numpy()).max()
     ops = {n.op_type for n in __import__("onnx").load(report.artifacts["onnx"]).graph.node}
     assert "BatchNormalization" not in ops and "QuantizeLinear" in ops
+
+
+def test_quantizing_a_quantized_model_is_refused() -> None:
+    """A second quantize_model (or ptq) would find nothing float to swap and silently keep the first bits."""
+    from edgeattn.quant import QuantConfig
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 2)).eval()
+    q8 = quantize_model(model)
+    with pytest.raises(EdgeAttnError, match=r"already quantized \(2 brevitas layer\(s\), e.g. '0'\)"):
+        quantize_model(q8, QuantConfig(weight_bits=4))
+    assert quantize_model(model, QuantConfig(weight_bits=4))[0].weight_quant.bit_width() == 4  # the float one works
+
+
+def test_quant_config_built_in_python_fails_in_one_line() -> None:
+    from edgeattn.quant import QuantConfig
+
+    for kwargs, message in (
+        ({"weight_bits": 1}, "QuantConfig: 'weight_bits': weight_bits must be between 2 and 16 bits, got 1"),
+        ({"wieght_bits": 4}, "QuantConfig: unknown key 'wieght_bits'"),
+        ({"overrides": {"head": {"act_bits": 40}}}, "QuantConfig: 'overrides.head.act_bits': act_bits must be"),
+    ):
+        with pytest.raises(EdgeAttnError) as err:
+            QuantConfig(**kwargs)
+        assert str(err.value).startswith(message) and "\n" not in str(err.value)
+    with pytest.raises(EdgeAttnError, match=r"^my.yaml: 'weight_bits'"):  # parse() still names its source
+        QuantConfig.parse({"weight_bits": 1}, "my.yaml")
