@@ -65,6 +65,7 @@ def profile(
     list_devices: bool = typer.Option(
         False, "--list-devices", help="Show the runtimes and devices here, then exit."
     ),
+    force: bool = typer.Option(False, "--force", help="Overwrite existing --json/--plot files."),
 ) -> None:
     """Profile artifacts on this machine: cold start, latency statistics, memory, MACs vs peak, per-layer.
 
@@ -77,9 +78,7 @@ def profile(
     from edgeattn.profile import list_devices as _list_devices
     from edgeattn.profile import plot_report, profile_artifacts, render_devices, render_table
 
-    for out, flag in ((json_out, "--json"), (plot, "--plot")):
-        if out is not None:
-            check_output_path(out, flag)
+    _check_outputs(json_out, plot, force)
     if list_devices:
         if artifacts:
             raise EdgeAttnError("--list-devices takes no ARTIFACT; run it alone, then profile the artifacts")
@@ -138,6 +137,24 @@ def profile(
     if report.interrupted:
         console.print("[red]interrupted: the figures above are what was measured before Ctrl-C[/]")
         raise typer.Exit(130)
+
+
+def _check_outputs(json_out: Path | None, plot: Path | None, force: bool) -> None:
+    """Refuse, before measuring, outputs that cannot be written or would be lost: a path that cannot be
+    written, an existing file without ``--force``, ``--json`` and ``--plot`` naming one file, a plot format
+    matplotlib cannot write."""
+    from edgeattn.profile.plot import check_plot_path
+
+    for out, flag in ((json_out, "--json"), (plot, "--plot")):
+        if out is None:
+            continue
+        check_output_path(out, flag)
+        if out.exists() and not force:
+            raise EdgeAttnError(f"{flag} '{out}' exists; pass --force to overwrite it")
+    if json_out is not None and plot is not None and json_out.resolve() == plot.resolve():
+        raise EdgeAttnError(f"--json and --plot name the same file '{json_out}'; give each its own")
+    if plot is not None:
+        check_plot_path(plot)
 
 
 def _warn_failed_parity(report) -> None:

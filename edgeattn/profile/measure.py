@@ -108,6 +108,17 @@ def interleave(
     return samples, False
 
 
+def input_batch(input_shapes: Mapping[str, Sequence[int]], batch: int | None = None) -> int:
+    """Samples in one inference: ``batch`` when given, else the leading (batch) dim of the first input that
+    has one (an artifact exported with a fixed batch of 4, or ``--shape x=4x...``, runs 4 samples), else 1."""
+    if batch is not None:
+        return batch
+    for shape in input_shapes.values():
+        if len(shape) > 0:
+            return int(shape[0])
+    return 1
+
+
 def _label(paths: Sequence[Path]) -> list[str]:
     """The shortest path tails (file name, then parent/file name, ...) that tell the artifacts apart."""
     for depth in range(1, max(len(p.parts) for p in paths) + 1):
@@ -256,9 +267,9 @@ def profile_artifacts(
             block = [1 for _ in runners]
         results: list[ArtifactResult] = []
         labels = _label(paths)
-        eff_batch = batch or 1
+        batches = [input_batch(runner.input_shapes, batch) for runner in runners]
         for k, runner in enumerate(runners):
-            stats = latency_stats(samples[k], eff_batch) if samples[k] else None
+            stats = latency_stats(samples[k], batches[k]) if samples[k] else None
             macs, macs_source = runner.macs()
             peak, formula = system.peak_gmacs(runner.compute_precision, threads)
             eff = Efficiency(
@@ -286,6 +297,7 @@ def profile_artifacts(
                     device=runner.device,
                     precision=runner.precision,
                     input_shapes=runner.input_shapes,
+                    batch=batches[k],
                     input_dtypes=getattr(runner, "input_dtypes", {}),
                     settings=runner.settings,
                     load_ms=load_ms[k],
@@ -326,7 +338,7 @@ def profile_artifacts(
             "warmup": warmup,
             "iters": iters,
             "seconds": seconds,
-            "batch": eff_batch,
+            "batch": batch,
             "threads": threads,
             "hint": hint,
             "infer_precision": infer_precision,

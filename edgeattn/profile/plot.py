@@ -5,7 +5,24 @@ from __future__ import annotations
 from pathlib import Path
 
 from edgeattn.atomic import atomic_path
+from edgeattn.errors import EdgeAttnError
 from edgeattn.profile.schema import ProfileReport
+
+
+def check_plot_path(path: str | Path) -> None:
+    """Raise an :class:`EdgeAttnError` unless matplotlib can write ``path``'s format (by suffix; none = PNG).
+
+    Called before measuring, so ``--plot lat.txt`` fails at once instead of after the timed runs.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    suffix = Path(path).suffix.lower().lstrip(".")
+    formats = FigureCanvasAgg.get_supported_filetypes()
+    if suffix and suffix not in formats:
+        raise EdgeAttnError(
+            f"--plot '{path}': matplotlib cannot write '.{suffix}' files; use one of "
+            f"{', '.join('.' + f for f in sorted(formats))}"
+        )
 
 
 def plot_report(report: ProfileReport, path: str | Path, top_ops: int = 8) -> Path:
@@ -20,6 +37,7 @@ def plot_report(report: ProfileReport, path: str | Path, top_ops: int = 8) -> Pa
     import matplotlib.pyplot as plt
 
     path = Path(path)
+    check_plot_path(path)
     with_layers = any(r.layers for r in report.results)
     fig, axes = plt.subplots(
         1, 2 if with_layers else 1, figsize=(12 if with_layers else 7, 4.5), squeeze=False

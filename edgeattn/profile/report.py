@@ -24,6 +24,15 @@ def _g(x: float | None) -> str:
     return f"{x:.{max(0, 3 - len(str(int(abs(x)))))}f}" if abs(x) >= 1 else f"{x:.4f}"
 
 
+def _print_table(console: Console, table: Table) -> None:
+    """Print ``table`` no narrower than its minimum width (its widest number or word per column).
+
+    Below that rich would crop numbers to "8213.…" or drop a column's values; on a narrow console (80 columns
+    when stdout is a pipe) the table is printed wider instead, every figure whole.
+    """
+    console.print(table, width=max(console.width, console.measure(table).minimum), crop=False)
+
+
 def render_table(report: ProfileReport, console: Console | None = None, top_layers: int = 12) -> None:
     """Print the side-by-side latency table, the efficiency table and (if measured) the top layers."""
     console = console or Console()
@@ -59,10 +68,10 @@ def render_table(report: ProfileReport, console: Console | None = None, top_laye
             _g(lat and lat.p50_ms),
             _g(lat and lat.p90_ms),
             _g(lat and lat.p99_ms),
-            _f(lat and lat.throughput, ".0f"),
+            _g(lat and lat.throughput),  # 4 significant digits: a slow model's 0.217/s is not "0"
             _f(r.ratio_to_first, ".2f"),
         )
-    console.print(t)
+    _print_table(console, t)
     console.print(
         "runtimes: " + ", ".join(sorted({f"{r.runtime} {r.runtime_version}" for r in report.results})),
         highlight=False,
@@ -73,8 +82,8 @@ def render_table(report: ProfileReport, console: Console | None = None, top_laye
         pad_edge=False,
     )
     e.add_column("artifact", overflow="fold", min_width=12, max_width=24)
-    for col in ("load", "cold", "+RSS load", "+RSS cold", "GMACs", "GMAC/s", "peak", "%peak"):
-        e.add_column(col, justify="right")
+    for col in ("load", "cold", "+RSS\nload", "+RSS\ncold", "GMACs", "GMAC/s", "peak", "%peak"):
+        e.add_column(col, justify="right", no_wrap=True)  # a number is never cut to "12.…"
     for r in report.results:
         ef = r.efficiency
         e.add_row(
@@ -88,7 +97,7 @@ def render_table(report: ProfileReport, console: Console | None = None, top_laye
             f"{_f(ef.peak_gmacs, '.0f')} {ef.peak_precision}",  # peak GMAC/s at the compute precision
             _f(ef.fraction_of_peak * 100 if ef.fraction_of_peak is not None else None, ".1f"),
         )
-    console.print(e)
+    _print_table(console, e)
     for r in report.results:
         if r.efficiency.note:
             console.print(f"[yellow]{r.label}: {r.efficiency.note}[/]", highlight=False)
@@ -127,7 +136,7 @@ def render_table(report: ProfileReport, console: Console | None = None, top_laye
                 f"{layer.time_ms:.4f}" + ("~" if layer.estimated else ""),
                 f"{layer.share * 100:.1f}",
             )
-        console.print(lt)
+        _print_table(console, lt)
         console.print(
             "time by precision: " + ", ".join(f"{k} {v:.3f} ms" for k, v in b.by_precision.items()),
             highlight=False,

@@ -107,7 +107,14 @@ def require_runtime(runtime: str) -> None:
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
+    """The first informative line of ``exc``'s message (at most 300 characters).
+
+    OpenVINO's messages open with where they were raised (``Exception from src/...cpp:84:``, ``Check '...'
+    failed at src/...``); those lines are skipped for the first one that says what is wrong.
+    """
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    told = [line for line in lines if not line.startswith("Exception from ") and " failed at " not in line]
+    text = told or lines
     return text[0][:300] if text else type(exc).__name__
 
 
@@ -440,7 +447,10 @@ class OpenVINORunner(Runner):
                 f"OpenVINO IR '{path}' has no weights file beside it ({path.with_suffix('.bin').name})"
             )
         try:
-            model = self.core.read_model(str(path))
+            # an IR is read with its weights named: OpenVINO then tries no other frontend on a broken .xml
+            # (its TensorFlow frontend would print parse errors on stderr before the one-line error)
+            weights = [str(path.with_suffix(".bin"))] if path.suffix.lower() == ".xml" else []
+            model = self.core.read_model(str(path), *weights)
         except Exception as exc:
             raise EdgeAttnError(f"cannot load '{path}' with openvino: {_first_line(exc)}") from exc
         new_shapes: dict[str, list[int]] = {}

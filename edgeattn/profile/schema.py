@@ -119,6 +119,10 @@ class ArtifactResult(BaseModel):
         description="precision of the artifact's graph: int8 (Q/DQ or integer ops), fp16, fp32"
     )
     input_shapes: dict[str, list[int]]
+    batch: int = Field(
+        1,
+        description="samples per inference, used for throughput: --batch, else the leading dim of the first input",
+    )
     input_dtypes: dict[str, str] = Field(
         default_factory=dict,
         description="numpy dtype of each bound input (float32: random normal; integer, e.g. int64 token ids: 0/1)",
@@ -176,7 +180,9 @@ class ProfileReport(BaseModel):
     schema_version: int = SCHEMA_VERSION
     created_utc: str
     system: SystemRecord
-    settings: dict[str, Any] = Field(description="warmup, iters/seconds, batch, threads, interleaving block")
+    settings: dict[str, Any] = Field(
+        description="warmup, iters/seconds, batch (as asked: None = each artifact's own), threads, interleaving block"
+    )
     interleaved: bool = Field(
         description="True when several artifacts were timed in alternation (A B A B ...)"
     )
