@@ -105,7 +105,10 @@ def resolve_model(
     return create_model(model, **kwargs).eval(), model, None
 
 
-TOKEN_TARGETS = ("onnx", "openvino")  # where a token-id (language) model exports; see _refuse_unsupported_input
+TOKEN_TARGETS = TARGETS  # where a token-id (language) model exports: every target (Core ML takes the ids as int32)
+# the integer type of the token ids each target's artifact takes: Core ML has no int64 inputs; the ONNX-based
+# targets keep torch's int64 (TensorRT 10+ takes INT64 inputs and Gather indices: tensorrt_target.TENSORRT_ELEM_TYPES)
+TOKEN_ID_DTYPES = {"onnx": "int64", "tensorrt": "int64", "openvino": "int64", "coreml": "int32"}
 
 
 def is_token_model(module: Any | None) -> bool:
@@ -125,8 +128,7 @@ def _refuse_image_flags(name: str, module: Any | None, model_kwargs: dict[str, A
 
 def _refuse_unsupported_input(name: str, module: Any, target: str) -> None:
     """Refuse, in one line with exit code 2, an input edgeattn export cannot handle for ``target``: token ids
-    anywhere but ONNX and OpenVINO (TensorRT and Core ML would need int32 ids and their own checks), and an
-    ``input_size`` that is neither token ids nor (C, H, W)."""
+    for a target not in :data:`TOKEN_TARGETS`, and an ``input_size`` that is neither token ids nor (C, H, W)."""
     if is_token_model(module):
         if target not in TOKEN_TARGETS:
             raise EdgeAttnError(
@@ -644,7 +646,7 @@ def _export_model(
             {
                 "name": "input",
                 "shape": ["batch" if dyn else shape[0], *shape[1:]],
-                "dtype": "int64" if vocab is not None else "float32",
+                "dtype": TOKEN_ID_DTYPES[target] if vocab is not None else "float32",
             }
         ],
         parity_inputs=counts,
@@ -1045,6 +1047,14 @@ def _run_onnx_based(job: _Job) -> None:
             )
         from edgeattn.export import tensorrt_target as trt_mod
 
+        bad_types = trt_mod.unsupported_tensor_types(onnx_model)
+        if bad_types:
+            name, elem = bad_types[0]
+            more = f" (+{len(bad_types) - 1} more)" if len(bad_types) > 1 else ""
+            raise EdgeAttnError(
+                f"tensor '{name}' is {elem}, a type TensorRT has no DataType for (profile '{prof.name}'){more}",
+                exit_code=5,
+            )
         report.trtexec = trt_mod.trtexec_command(
             "model.onnx", "model.engine", spec, prec, "input", shape, dyn
         )
@@ -1125,7 +1135,10 @@ def _run_coreml(job: _Job) -> None:
     report.timings_s["coreml_convert"] = round(time.perf_counter() - t0, 3)
     report.artifacts["mlpackage"] = str(path)
     target_name = info["deployment_target"]
-    spec = cm.validate_spec(path, deployment_target=target_name, input_shape=tuple(example.shape))
+    in_dtype = "float32" if example.dtype.is_floating_point else TOKEN_ID_DTYPES["coreml"]
+    spec = cm.validate_spec(
+        path, deployment_target=target_name, input_shape=tuple(example.shape), input_dtype=in_dtype
+    )
     report.coreml = {**info, "spec": spec}
     report.node_counts = spec["op_counts"]
     if not spec["passed"]:
@@ -1134,6 +1147,8 @@ def _run_coreml(job: _Job) -> None:
         )
     batch = example.shape[0]
     x_run = x[: (len(x) // batch) * batch]
+    if x_run.dtype.kind in "iu":  # token ids: the package takes them as int32 (Core ML has no int64 inputs)
+        x_run = x_run.astype(np.int32)
     ref_run = job.ref[: len(x_run)]
     compute = info["compute_precision"]  # what the program computes in (an explicit --precision decides)
     t0 = time.perf_counter()

@@ -257,10 +257,12 @@ def _convert(
     compute: Any,
 ) -> tuple[Any, str | None]:
     """coremltools' conversion of ``traced`` (+ linear weight quantization for int8): (mlmodel, weight dtype)."""
+    # token ids (an integer example) go in as int32: Core ML has no int64 inputs
+    in_dtype = np.int32 if not example.dtype.is_floating_point else np.float32
     with _quiet():
         mlmodel = ct.convert(
             traced,
-            inputs=[ct.TensorType(name="input", shape=tuple(example.shape), dtype=np.float32)],
+            inputs=[ct.TensorType(name="input", shape=tuple(example.shape), dtype=in_dtype)],
             outputs=[ct.TensorType(name="output", dtype=np.float32)],
             convert_to="mlprogram",
             minimum_deployment_target=target,
@@ -300,11 +302,12 @@ def _allowed_ops(spec_version: int) -> set[str]:
 
 
 def validate_spec(
-    path: str | Path, *, deployment_target: str, input_shape: tuple[int, ...]
+    path: str | Path, *, deployment_target: str, input_shape: tuple[int, ...], input_dtype: str = "float32"
 ) -> dict[str, Any]:
-    """Check a saved ``.mlpackage`` without running it: program type, spec version, I/O, op set.
+    """Check a saved ``.mlpackage`` without running it: program type, spec version, I/O (shape and element
+    type: ``float32``, or ``int32`` for token ids), op set.
 
-    Returns ``{"passed", "problems", "op_counts", "spec_version", "inputs", "outputs"}``.
+    Returns ``{"passed", "problems", "op_counts", "spec_version", "inputs", "input_dtype", "outputs"}``.
     """
     ct = require_coremltools()
     with _quiet():
@@ -322,6 +325,10 @@ def validate_spec(
     outputs = [o.name for o in spec.description.output]
     if list(inputs) != ["input"] or inputs["input"] != list(input_shape):
         problems.append(f"inputs {inputs} differ from {{'input': {list(input_shape)}}}")
+    array_types = ct.proto.FeatureTypes_pb2.ArrayFeatureType.ArrayDataType
+    dtypes = [array_types.Name(i.type.multiArrayType.dataType).lower() for i in spec.description.input]
+    if dtypes[:1] != [input_dtype]:
+        problems.append(f"input element type {', '.join(dtypes)} differs from {input_dtype}")
     if outputs != ["output"]:
         problems.append(f"outputs {outputs} differ from ['output']")
     op_counts: dict[str, int] = {}
@@ -339,6 +346,7 @@ def validate_spec(
         "problems": problems,
         "spec_version": int(spec.specificationVersion),
         "inputs": inputs,
+        "input_dtype": dtypes[0] if dtypes else None,
         "outputs": outputs,
         "op_counts": dict(sorted(op_counts.items())),
     }

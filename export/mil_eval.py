@@ -8,7 +8,9 @@ is rounded to FP16, which is where on-device results differ from FP32 (accumulat
 FP32, as Core ML's CPU and GPU backends do; the Neural Engine may differ a little more).
 
 Ops covered: those the project's vision models convert to (conv, linear, matmul, elementwise, norms,
-activations, pooling, shape ops, weight dequantization, and topk / scatter_along_axis for MoE routing).
+activations, pooling, shape ops, weight dequantization, and topk / scatter_along_axis for MoE routing), and
+those of its language models (int32 token-id inputs, integer add, comparisons such as ``greater_equal`` for
+the wrap of negative ids, ``select``, ``gather`` of embedding rows, ``silu``).
 Anything else raises :class:`UnsupportedMILOp`, and the parity gate then reports that numeric parity awaits a macOS run.
 """
 
@@ -87,6 +89,12 @@ class MILProgram:
     def from_package(cls, path: str | Path) -> MILProgram:
         return cls(load_program(path))
 
+    def input_dtype(self, name: str) -> np.dtype:
+        """The numpy type of program input ``name`` (float32 for an image, int32 for token ids)."""
+        from coremltools.converters.mil.mil import types
+
+        return np.dtype(types.nptype_from_builtin(self.fn.inputs[name].dtype))
+
     def op_types(self) -> set[str]:
         return {op.op_type for op in self.fn.operations}
 
@@ -100,7 +108,7 @@ class MILProgram:
             raise UnsupportedMILOp(f"MIL ops without a reference implementation: {', '.join(missing)}")
         env: dict[str, np.ndarray] = {}
         for name, var in self.fn.inputs.items():
-            env[var.name] = np.asarray(inputs[name], dtype=np.float32)
+            env[var.name] = np.asarray(inputs[name], dtype=self.input_dtype(name))
         self._env = env
         for op in self.fn.operations:
             if op.op_type == "const":
@@ -111,7 +119,14 @@ class MILProgram:
             results = result if isinstance(result, (list, tuple)) else [result]
             for var, val in zip(op.outputs, results, strict=True):
                 env[var.name] = val
-        return {var.name: np.asarray(env[var.name], dtype=np.float32) for var in self.fn.outputs}
+        return {var.name: self._output(env[var.name]) for var in self.fn.outputs}
+
+    @staticmethod
+    def _output(value: Any) -> np.ndarray:
+        """A program output as the caller gets it: float32 for floats (Core ML's output type here), integer and
+        bool outputs unchanged."""
+        out = np.asarray(value)
+        return out if out.dtype.kind in "iub" else out.astype(np.float32)
 
     def _value(self, v: Any) -> Any:
         if isinstance(v, (list, tuple)):
@@ -135,9 +150,37 @@ class MILProgram:
         return np.float16 if all(np.asarray(x).dtype == np.float16 for x in xs) else np.float32
 
     def _binary(self, x, y, fn):
+        xa, ya = np.asarray(x), np.asarray(y)
+        if xa.dtype.kind in "iu" and ya.dtype.kind in "iu":  # integer arithmetic (token-id offsets) stays exact
+            return fn(xa, ya).astype(xa.dtype)
         dt = self._promote(x, y)
         out = fn(np.asarray(x, np.float32), np.asarray(y, np.float32))
-        return out.astype(dt) if np.asarray(x).dtype.kind == "f" else out
+        return out.astype(dt) if xa.dtype.kind == "f" else out
+
+    def _compare(self, x, y, fn) -> np.ndarray:
+        """A MIL comparison: bool, computed on the operands' own values (ints exact, floats as stored)."""
+        xa, ya = np.asarray(x), np.asarray(y)
+        if xa.dtype.kind == "f" or ya.dtype.kind == "f":
+            xa, ya = xa.astype(np.float32), ya.astype(np.float32)
+        return fn(xa, ya).astype(np.bool_)
+
+    def _op_greater_equal(self, x, y):
+        return self._compare(x, y, np.greater_equal)
+
+    def _op_greater(self, x, y):
+        return self._compare(x, y, np.greater)
+
+    def _op_less(self, x, y):
+        return self._compare(x, y, np.less)
+
+    def _op_less_equal(self, x, y):
+        return self._compare(x, y, np.less_equal)
+
+    def _op_equal(self, x, y):
+        return self._compare(x, y, np.equal)
+
+    def _op_not_equal(self, x, y):
+        return self._compare(x, y, np.not_equal)
 
     # ----- weights -----
     def _op_constexpr_affine_dequantize(self, quantized_data, zero_point, scale, axis):

@@ -23,7 +23,17 @@ __all__ = [
     "max_batch_for",
     "tensorrt_available",
     "trtexec_command",
+    "unsupported_tensor_types",
 ]
+
+# ONNX element types TensorRT has a DataType for (TensorRT 10/11: FLOAT, HALF, BF16, INT8, INT32, INT64, BOOL,
+# UINT8, FP8, INT4). Any other type in the graph (DOUBLE, INT16, UINT16/32/64, STRING, ...) is refused: the
+# parser rejects it, or (double weights) casts it down to float, so the engine would not compute what ONNX Runtime
+# checked. Token ids may stay int64: TensorRT 10 added INT64 tensors, and its Gather takes int32 or int64 indices
+# (int64 ones are cast to int32 when the data is not int64; TensorRT's Gather operator documentation).
+TENSORRT_ELEM_TYPES = frozenset(
+    ["FLOAT", "FLOAT16", "BFLOAT16", "INT8", "INT32", "INT64", "BOOL", "UINT8", "FLOAT8E4M3FN", "INT4"]
+)
 
 # the largest batch a dynamic-batch engine accepts, unless the export batch (the profile's opt shape) is larger
 DEFAULT_MAX_BATCH = 32
@@ -36,6 +46,29 @@ def tensorrt_available() -> bool:
     except ImportError:
         return False
     return True
+
+
+def unsupported_tensor_types(model: Any) -> list[tuple[str, str]]:
+    """``(tensor name, ONNX element type)`` of every graph input, output, initializer, constant and inferred
+    intermediate whose type TensorRT has no DataType for (see :data:`TENSORRT_ELEM_TYPES`); [] when all fit."""
+    import onnx
+    from onnx import TensorProto
+
+    inferred = onnx.shape_inference.infer_shapes(model)
+    graph = inferred.graph
+    found: dict[str, int] = {}
+    for vi in [*graph.input, *graph.output, *graph.value_info]:
+        found[vi.name] = vi.type.tensor_type.elem_type
+    for init in graph.initializer:
+        found[init.name] = init.data_type
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.TENSOR:
+                found[node.output[0]] = attr.t.data_type
+            if node.op_type == "Cast" and attr.name == "to":
+                found[node.output[0]] = attr.i
+    names = {name: TensorProto.DataType.Name(t) for name, t in found.items() if t}
+    return sorted((name, t) for name, t in names.items() if t not in TENSORRT_ELEM_TYPES)
 
 
 def max_batch_for(input_shape: tuple[int, ...], max_batch: int | None = None) -> int:
