@@ -9,9 +9,11 @@ PyTorch model.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -90,7 +92,7 @@ def compile_testbench(project_dir: str | Path, *, cxx: str | None = None, timeou
         tmp,
     ]
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        proc = _run(cmd, timeout)
     except subprocess.TimeoutExpired:
         Path(tmp).unlink(missing_ok=True)
         raise EdgeAttnError(f"compiling {prj} took longer than {timeout:.0f} s") from None
@@ -100,6 +102,25 @@ def compile_testbench(project_dir: str | Path, *, cxx: str | None = None, timeou
         raise EdgeAttnError(f"g++ failed on {prj}: {first}", exit_code=3)
     os.replace(tmp, exe)
     return exe
+
+
+def _run(cmd: list[str], timeout: float, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """``subprocess.run`` whose whole process group dies with it.
+
+    ``g++`` forks ``cc1plus``: on a timeout or a Ctrl-C, killing only the driver (what ``subprocess.run`` does)
+    would leave the compiler running, writing into a project folder that is being removed.
+    """
+    proc = subprocess.Popen(
+        cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 def _read_rows(path: Path, skip_header: bool = False) -> np.ndarray:
@@ -129,7 +150,7 @@ def run_csim(
     results = prj / "tb_data/csim_results.dat"
     results.unlink(missing_ok=True)
     try:
-        proc = subprocess.run([str(exe)], cwd=prj, capture_output=True, text=True, timeout=timeout)
+        proc = _run([str(exe)], timeout, cwd=prj)
     except subprocess.TimeoutExpired:
         raise EdgeAttnError(f"the C simulation of {prj} took longer than {timeout:.0f} s") from None
     t2 = time.perf_counter()

@@ -66,7 +66,8 @@ def estimate(shape: LayerShape, hls, formats) -> dict:
 
     Returns a JSON-able dict: ``cycles`` (per part and total), ``dsp``, ``bram18k``, ``latency_us`` at
     ``hls.clock_mhz``, ``dsp_floor_us`` (every DSP busy with a MAC every cycle), ``efficiency`` (floor /
-    latency), ``fits`` (within the DSP/BRAM budgets) and ``arithmetic`` (the formulas with numbers).
+    latency), ``budget`` (the profile's DSP and BRAM18K), ``fits`` (within them) and ``arithmetic`` (the
+    formulas with numbers).
     """
     n, d, h, f = shape.tokens, shape.dim, shape.heads, shape.hidden
     hd = d // h
@@ -193,6 +194,7 @@ def estimate(shape: LayerShape, hls, formats) -> dict:
         "latency_us": latency_us,
         "dsp_floor_us": floor_us,
         "efficiency": floor_us / latency_us,
+        "budget": {"dsp": hls.dsp_budget, "bram18k": hls.bram_budget},
         "fits": dsp["total"] <= hls.dsp_budget and bram["total"] <= hls.bram_budget,
         "arithmetic": lines,
     }

@@ -62,18 +62,29 @@ def test_an_error_after_a_swallowed_ctrl_c_is_reported_as_the_interrupt(
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
 
 
-def test_ctrl_c_that_is_not_swallowed_exits_130(python_sigint_handler):
+def test_ctrl_c_that_is_not_swallowed_exits_130(python_sigint_handler, capsys):
     app = typer.Typer(add_completion=False)
 
     @app.command()
     def work() -> None:
         signal.raise_signal(signal.SIGINT)
 
+    @app.command()
+    def careful() -> None:  # a command that handles its Ctrl-C says so itself: no second line
+        try:
+            signal.raise_signal(signal.SIGINT)
+        except KeyboardInterrupt:
+            typer.echo("stopped; the last epoch is kept", err=True)
+            raise typer.Exit(130) from None
+
     @app.callback()
     def _root() -> None:
         """Root."""
 
     assert run_app(app, ["work"]) == 130
+    assert capsys.readouterr().err.strip() == "error: interrupted"  # typer alone would exit 130 saying nothing
+    assert run_app(app, ["careful"]) == 130
+    assert capsys.readouterr().err.strip() == "stopped; the last epoch is kept"
 
 
 def test_an_ignored_sigint_stays_ignored(capsys):

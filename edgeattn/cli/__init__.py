@@ -72,6 +72,8 @@ def run_app(typer_app: typer.Typer, argv: list[str] | None = None, prog_name: st
             typer_app(args=argv, standalone_mode=True, prog_name=prog_name)
         except SystemExit as exc:
             code = int(exc.code or 0) if not isinstance(exc.code, str) else 1
+            if _unhandled_interrupt(exc):  # typer turned a Ctrl-C no command caught into a silent exit 130
+                return fail("interrupted", 130)
             return 130 if interrupted and code != 0 else code
         except KeyboardInterrupt:
             return fail("interrupted", 130)
@@ -88,6 +90,13 @@ def run_app(typer_app: typer.Typer, argv: list[str] | None = None, prog_name: st
                 raise
             return fail(_os_error_line(exc), 2)
     return 0
+
+
+def _unhandled_interrupt(exc: SystemExit) -> bool:
+    """True when ``exc`` is typer's ``Exit(130)`` raised *from* a ``KeyboardInterrupt`` that reached it: the command
+    did not handle the Ctrl-C (a command that does says so itself and raises its own ``typer.Exit(130)``)."""
+    exit_ = exc.__context__
+    return isinstance(exit_, typer.Exit) and isinstance(exit_.__cause__, KeyboardInterrupt)
 
 
 @contextmanager

@@ -15,6 +15,9 @@ import typer
 
 from edgeattn.cli._common import check_output_path, console, write_json
 
+# what `generate_project` and `run_csim` write inside the project folder
+PROJECT_ENTRIES = ("firmware", "tb", "tb_data", "build", "build_prj.tcl", "project.json", "csim_report.json")
+
 
 def _parse_layer(text: str) -> int | None:
     from edgeattn.errors import EdgeAttnError
@@ -63,7 +66,8 @@ def _load_model(model: str, checkpoint: Path | None, kwargs: dict) -> tuple[Any,
     if checkpoint is None:
         return build(), None
     if not checkpoint.is_file():
-        raise EdgeAttnError(f"--checkpoint '{checkpoint}' not found")
+        what = "is a folder, not a file" if checkpoint.is_dir() else "not found"
+        raise EdgeAttnError(f"--checkpoint '{checkpoint}' {what}")
     try:
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable file is a user error here
@@ -90,12 +94,26 @@ def _load_model(model: str, checkpoint: Path | None, kwargs: dict) -> tuple[Any,
     net = build()
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
+    if isinstance(state, dict) and set(state) != set(net.state_dict()):
+        raise EdgeAttnError(f"--checkpoint '{checkpoint}' does not fit '{model}': {_key_diff(state, net)}")
     try:
         net.load_state_dict(state)
     except (RuntimeError, TypeError, AttributeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        # torch's message is a header line ("Error(s) in loading state_dict for X:") and then the details
+        lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+        first = " ".join(lines)[:300] if lines else type(exc).__name__
         raise EdgeAttnError(f"--checkpoint '{checkpoint}' does not fit '{model}': {first}") from None
     return net, None
+
+
+def _key_diff(state: dict, net: Any) -> str:
+    """How the keys of a state_dict differ from the model's, in a few words (counts and the first of each)."""
+    expected, given = set(net.state_dict()), {str(k) for k in state}
+    parts = []
+    for what, keys in (("missing", sorted(expected - given)), ("unexpected", sorted(given - expected))):
+        if keys:
+            parts.append(f"{len(keys)} {what} key(s), e.g. '{keys[0]}'")
+    return "; ".join(parts) + " (built with the same --set arguments?)"
 
 
 def _token_adaptive_note(meta: dict | None) -> list[str]:
@@ -147,6 +165,20 @@ def _reference_phrase(info: Any) -> str:
     return "the float model" if bits is None else f"the checkpoint's {bits} model"
 
 
+def _check_json_outside_project(json_out: Path, output: Path) -> None:
+    """Refuse a ``--json`` path that is the project folder or one of the files the project holds."""
+    from edgeattn.errors import EdgeAttnError
+
+    summary, project = json_out.resolve(), output.resolve()
+    clash = summary == project
+    if project in summary.parents:
+        clash = summary.relative_to(project).parts[0] in PROJECT_ENTRIES
+    if clash:
+        raise EdgeAttnError(
+            f"--json '{json_out}' would overwrite part of the project '{output}'; write the summary elsewhere"
+        )
+
+
 def hls(
     model: str = typer.Argument(
         ..., help="Registry model with plain ViT encoder layers: vit_tiny, edge_moe_vit."
@@ -176,8 +208,6 @@ def hls(
     json_out: Path | None = typer.Option(None, "--json", help="Also write the summary as JSON here."),
 ) -> None:
     """Generate an HLS C++ project (Vitis HLS) for the Edge-MoE-style attention accelerator."""
-    import shutil
-
     import torch
 
     from edgeattn.atomic import replaceable_dir
@@ -189,15 +219,34 @@ def hls(
     replaceable_dir(output)  # not '.', a folder above it, or a file
     if json_out is not None:
         check_output_path(json_out, "--json")  # before generating and simulating, not after
+        _check_json_outside_project(json_out, output)
     if output.exists() and not force:
         raise EdgeAttnError(f"{output} already exists; pass --force to replace it")
+    if output.is_dir() and any(output.iterdir()) and not (output / "project.json").is_file():
+        # --force deletes the folder: only an earlier project (or an empty folder), never the user's other files
+        raise EdgeAttnError(
+            f"{output} is not an HLS project folder (no project.json): --force only replaces a project; "
+            "pick another -o"
+        )
     if csim:  # fail before writing anything when the C simulation cannot run here
         find_compiler()
         find_ap_types()
     torch.manual_seed(seed)
     torch.set_num_threads(min(2, torch.get_num_threads()))
     net, meta = _load_model(model, checkpoint, kwargs)
-    with console.status(f"generating {output} ..."):
+    reports: list[dict] = []
+
+    def simulate(staged: Path) -> None:
+        """C-simulate the staged project: a failure or Ctrl-C publishes nothing and keeps an old ``output``."""
+        try:
+            report = run_csim(staged, write_report=False)  # inside the "generating" status line
+        except EdgeAttnError as exc:  # name the folder the user asked for, not the staging one
+            raise type(exc)(str(exc).replace(str(staged.resolve()), str(output)), exc.exit_code) from None
+        report["project"] = str(output.resolve())  # where it is published, not the staging folder
+        write_json(staged / "csim_report.json", report)
+        reports.append(report)
+
+    with console.status(f"generating {output}" + (" and running the C simulation (g++)" if csim else "") + " ..."):
         info = generate_project(
             net,
             profile,
@@ -208,6 +257,7 @@ def hls(
             attn_parallel=parallel,
             force=force,
             model_name=model,
+            check=simulate if csim else None,
         )
     summary = info.to_json()
     for note in _notes(info, meta, checkpoint):
@@ -227,13 +277,16 @@ def hls(
         f"(DSP floor {est['dsp_floor_us']:.1f} us), DSP {est['dsp']['total']}, "
         f"BRAM18K {est['bram18k']['total']}"
     )
+    if not est["fits"]:
+        console.print(
+            f"note: the estimate does not fit the profile's budget: DSP {est['dsp']['total']} of "
+            f"{est['budget']['dsp']}, BRAM18K {est['bram18k']['total']} of {est['budget']['bram18k']}",
+            highlight=False,
+            soft_wrap=True,
+            markup=False,
+        )
     if csim:
-        try:
-            with console.status("C simulation (g++) ..."):
-                report = run_csim(output)
-        except BaseException:
-            shutil.rmtree(output, ignore_errors=True)  # no half-checked project left behind
-            raise
+        report = reports[0]
         summary["csim"] = {k: v for k, v in report.items() if k != "estimate"}
         console.print(
             f"csim: {report['mismatches']} mismatches over {report['vectors']} vectors "
