@@ -16,18 +16,20 @@ This module is a face: it imports every part of the toolchain.
 
 from __future__ import annotations
 
+import inspect
 import json
 import shutil
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 
-from edgeattn.atomic import replaceable_dir
+from edgeattn.atomic import replaceable_dir, write_text_atomic
 from edgeattn.errors import EdgeAttnError
 from edgeattn.report import Report, fmt
 
@@ -47,7 +49,7 @@ STEP_TITLES = {
 @dataclass
 class StepResult:
     name: str
-    status: str  # ok | failed | skipped
+    status: str  # ok | failed | skipped | interrupted
     seconds: float = 0.0
     detail: str = ""
     data: dict[str, Any] = field(default_factory=dict)
@@ -76,6 +78,26 @@ class DemoSettings:
                    profile_seconds=1.0, parity_samples=16, hls_fp_epochs=1, hls_vectors=2)
 
 
+class StepFailed(EdgeAttnError):
+    """A step that ran to its end with a result that is a failure (a C simulation that differs from the golden
+    model); ``data`` keeps its figures, so that the report can show them next to the failure."""
+
+    def __init__(self, message: str, data: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.data = data
+
+
+def _usable(res: StepResult | None) -> bool:
+    """Whether a later step can use this step's result: it completed, or it failed with figures (StepFailed)."""
+    return res is not None and (res.status == "ok" or (res.status == "failed" and bool(res.data)))
+
+
+def _stop_if_interrupted(result: dict[str, Any]) -> None:
+    """The trainer turns Ctrl-C into a flag and returns ``status: interrupted`` (a partial result): pass it on."""
+    if result.get("status") == "interrupted":
+        raise KeyboardInterrupt
+
+
 class Demo:
     """Runs the steps in order, tracking which succeeded so dependants can be skipped with a reason."""
 
@@ -91,24 +113,29 @@ class Demo:
         index = list(STEP_TITLES).index(name) + 1
         title = STEP_TITLES[name]
         self.console.rule(f"[bold]{index}/{len(STEP_TITLES)} {title}")
-        missing = [n for n in needs if self.results.get(n) is None or self.results[n].status != "ok"]
+        missing = [n for n in needs if not _usable(self.results.get(n))]
         if missing:
             res = StepResult(name, "skipped", detail=f"needs step '{missing[0]}', which did not complete")
-            self.console.print(f"[yellow]skipped:[/] {res.detail}")
+            self.console.print(f"[yellow]skipped:[/] {escape(res.detail)}")
         else:
             t0 = time.perf_counter()
             try:
                 data = fn()
                 res = StepResult(name, "ok", time.perf_counter() - t0, data=data or {})
                 self.console.print(f"[green]done[/] in {res.seconds:.1f} s")
-            except (Exception, KeyboardInterrupt) as exc:  # a failing step must not end the demo
-                if isinstance(exc, KeyboardInterrupt):
-                    raise
+            except KeyboardInterrupt:  # Ctrl-C ends the demo: the step is recorded, run() writes what ran
+                self.results[name] = StepResult(name, "interrupted", time.perf_counter() - t0,
+                                                detail="stopped by Ctrl-C")
+                self.console.print("[red]interrupted[/]")
+                raise
+            except Exception as exc:  # a failing step must not end the demo
                 detail = f"{type(exc).__name__}: {exc}" if not isinstance(exc, EdgeAttnError) else str(exc)
-                res = StepResult(name, "failed", time.perf_counter() - t0, detail=detail.splitlines()[0])
+                first_line = (detail.splitlines() or [type(exc).__name__])[0]
+                res = StepResult(name, "failed", time.perf_counter() - t0, detail=first_line,
+                                 data=exc.data if isinstance(exc, StepFailed) else {})
                 with self.log_path.open("a", encoding="utf-8") as log:
                     log.write(f"--- step {name} failed\n{traceback.format_exc()}\n")
-                self.console.print(f"[red]failed:[/] {res.detail} (traceback in {self.log_path})")
+                self.console.print(f"[red]failed:[/] {escape(res.detail)} (traceback in {escape(str(self.log_path))})")
         self.results[name] = res
         return res
 
@@ -123,14 +150,15 @@ class Demo:
             num_threads=self.s.threads,
         )
         result = run(cfg, force=True)
+        _stop_if_interrupted(result)
         fp_model, _ = _load(self.out / "train" / "fp.pt")
         deploy = _reparam_summary(fp_model, self.s.img_size)
         return {"fp32": result["fp32"], "ptq": result["ptq"], "fp_checkpoint": result["fp_checkpoint"],
-                "seconds_fp": result.get("fp_train_seconds"), **deploy}
+                "seconds_fp": result.get("fp_train_seconds"), "val_samples": _val_samples(self.s), **deploy}
 
     # ------------------------------------------------------------------ 2. qat
     def qat(self) -> dict[str, Any]:
-        from edgeattn.quant.train import preset_config, run
+        from edgeattn.quant.train import attention_fidelity, preset_config, run
 
         cfg = preset_config(
             "demo", model="fmvit_t", data="digits", img_size=self.s.img_size, epochs=self.s.qat_epochs,
@@ -139,8 +167,11 @@ class Demo:
             output_dir=str(self.out / "qat"), num_threads=self.s.threads,
         )
         result = run(cfg, force=True)
+        _stop_if_interrupted(result)
         keys = ("fp32", "ptq", "qat", "attn_kl_ptq", "attn_kl_qat", "checkpoint", "history", "quant_config")
-        return {k: result.get(k) for k in keys}
+        # the attention KL is measured on the first n validation images (the trainer's default n)
+        kl_images = inspect.signature(attention_fidelity).parameters["n"].default
+        return {**{k: result.get(k) for k in keys}, "attn_kl_images": min(kl_images, _val_samples(self.s))}
 
     # ------------------------------------------------------------------ 3. export
     def export(self) -> dict[str, Any]:
@@ -171,10 +202,14 @@ class Demo:
             except EdgeAttnError as exc:
                 row.update(status="error", detail=str(exc), report={})
             row["artifact"] = _main_artifact(row.get("report", {}).get("artifacts", {}))
-            self.console.print(f"    {row['status']}" + (f": {row['detail']}" if row.get("detail") else ""))
+            self.console.print(f"    {row['status']}" + (f": {escape(row['detail'])}" if row.get("detail") else ""))
             artifacts.append(row)
         if not any(a["status"] == "passed" for a in artifacts):
             raise EdgeAttnError("no artifact passed its parity gate")
+        bad = [f"{a['name']} ({a['status']})" for a in artifacts if a["status"] != "passed"]
+        if bad:  # the others are still profiled: a failed step with figures feeds its dependants
+            raise StepFailed(f"{len(bad)} of {len(artifacts)} artifacts did not pass: {', '.join(bad)}",
+                             {"artifacts": artifacts})
         return {"artifacts": artifacts}
 
     # ------------------------------------------------------------------ 4. profile
@@ -184,26 +219,34 @@ class Demo:
         exp = {a["name"]: a for a in self.results["export"].data["artifacts"]}
         rows: list[dict[str, Any]] = []
         plots: list[str] = []
+        not_profiled: list[str] = []
         for runtime, fp_name, q_name in (("onnxruntime", "onnx_fp32", "onnx_int8"),
                                          ("openvino", "openvino_fp32", "openvino_int8")):
             paths = [exp[n]["artifact"] for n in (fp_name, q_name) if n in exp and exp[n].get("artifact")]
             if len(paths) < 2:
+                not_profiled.append(f"{runtime} ({fp_name} and {q_name} were not both exported)")
                 continue
             report = profile_artifacts(paths, runtime=runtime, seconds=self.s.profile_seconds,
                                        threads=self.s.threads, warmup=5)
+            if report.interrupted:  # the profiler returns what it measured before Ctrl-C
+                raise KeyboardInterrupt
             plot = self.out / f"latency_{runtime}.png"
             plot_report(report, str(plot))
             plots.append(plot.name)
-            for label, res in zip(("FP32", "INT8"), report.results, strict=False):
+            raw = self.out / f"latency_{runtime}.json"  # the profiler's own figures, as `edgeattn profile --json`
+            write_text_atomic(raw, report.model_dump_json(indent=2) + "\n")
+            for label, res in zip(("FP32", "INT8"), report.results, strict=True):
                 if res.latency is None:
                     continue
                 rows.append({"runtime": runtime, "precision": label, "p50_ms": res.latency.p50_ms,
-                             "p90_ms": res.latency.p90_ms, "speedup": 1.0 / res.ratio_to_first
-                             if res.ratio_to_first else None, "gmacs": res.efficiency.achieved_gmacs,
-                             "peak_fraction": res.efficiency.fraction_of_peak})
+                             "p90_ms": res.latency.p90_ms, "runs": res.latency.count, "batch": res.batch,
+                             "speedup": 1.0 / res.ratio_to_first if res.ratio_to_first else None,
+                             "gmacs": res.efficiency.achieved_gmacs,
+                             "peak_fraction": res.efficiency.fraction_of_peak,
+                             "parity_failed": res.parity_failed, "artifact": res.artifact, "json": raw.name})
         if not rows:
             raise EdgeAttnError("no FP32/INT8 artifact pair to profile")
-        return {"rows": rows, "plots": plots}
+        return {"rows": rows, "plots": plots, "not_profiled": not_profiled}
 
     # ------------------------------------------------------------------ 5. hls
     def hls(self) -> dict[str, Any]:
@@ -219,31 +262,49 @@ class Demo:
             skip_qat=True, output_dir=str(self.out / "hls_model"), num_threads=self.s.threads,
         )
         trained = run(cfg, force=True)
+        _stop_if_interrupted(trained)
         model, _ = _load(self.out / "hls_model" / "fp.pt")
         info = generate_project(model, "zcu102-hls", self.out / "hls_prj", layer=1, vectors=self.s.hls_vectors,
                                 force=True, model_name="edge_moe_vit")
         csim = run_csim(info.path)
-        return {"vit_top1": trained["fp32"], "project": str(info.path), "csim": csim,
+        data = {"vit_top1": trained["fp32"], "project": str(info.path), "csim": csim,
                 "estimate": info.estimate, "golden_vs_float": info.golden_vs_float}
+        if csim.get("mismatches") != 0:  # run_csim reports a mismatch, it does not raise: the demo must not pass
+            raise StepFailed(f"C simulation: {csim.get('mismatches')} outputs differ from the golden model "
+                             f"over {csim.get('vectors')} vectors", data)
+        return data
 
     # ------------------------------------------------------------------ 6. report
     def report(self) -> dict[str, Any]:
         rep = build_report(self)
         md, html = rep.write(self.out)
-        return {"markdown": str(md), "html": str(html)}
+        return {"markdown": str(md), "html": str(html), "settings": asdict(self.s)}
 
     def run(self) -> dict[str, StepResult]:
-        self.step("train", self.train)
-        self.step("qat", self.qat, needs=("train",))
-        self.step("export", self.export, needs=("train", "qat"))
-        self.step("profile", self.profile, needs=("export",))
-        self.step("hls", self.hls)
-        self._approx_plot()
+        """Run every step, then write the report and ``summary.json``; after Ctrl-C, write both for the steps
+        that ran (the interrupted one marked so) and re-raise, so the command ends with exit code 130."""
+        try:
+            self.step("train", self.train)
+            self.step("qat", self.qat, needs=("train",))
+            self.step("export", self.export, needs=("train", "qat"))
+            self.step("profile", self.profile, needs=("export",))
+            self.step("hls", self.hls)
+            self._approx_plot()
+        except KeyboardInterrupt:
+            self.interrupted = True
+            self.approx = getattr(self, "approx", None)
+            self.step("report", self.report)
+            self._write_summary()
+            raise
         self.step("report", self.report)
+        self._write_summary()
+        return self.results
+
+    def _write_summary(self) -> None:
+        """``summary.json``: each step's status, seconds, note and figures (atomically: never half-written)."""
         summary = {name: {"status": r.status, "seconds": r.seconds, "detail": r.detail, "data": r.data}
                    for name, r in self.results.items()}
-        (self.out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
-        return self.results
+        write_text_atomic(self.out / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
 
     def _approx_plot(self) -> None:
         """Approximation error curves for the report (cheap; failures only lose the plot)."""
@@ -254,8 +315,11 @@ class Demo:
             data = approx_report()
             approx_plot(data, str(self.out / "approx_errors.png"))
             self.approx = data
-        except Exception:  # the report says the plot is missing
+        except Exception as exc:  # the report says the section is missing and why; the traceback goes to the log
             self.approx = None
+            self.approx_error = f"{type(exc).__name__}: {exc}".splitlines()[0]
+            with self.log_path.open("a", encoding="utf-8") as log:
+                log.write(f"--- approximation report failed\n{traceback.format_exc()}\n")
 
 
 def _load(path: Path):
@@ -292,41 +356,97 @@ def _main_artifact(artifacts: dict[str, str]) -> str | None:
 def build_report(demo: Demo) -> Report:
     """Turn the demo's step results into the report a user reads."""
     r = demo.results
-    rep = Report(
-        "edgeattn demo report",
-        intro=(
-            "What `edgeattn demo` did on this machine, end to end: train a deploy-friendly attention model "
-            "on scikit-learn's digits, quantize it with EdgeQAT, export it to every target with a parity gate, "
-            "profile it here, and run an FPGA attention layer in C simulation."
-        ),
+    intro = (
+        "What `edgeattn demo` did on this machine, end to end: train a deploy-friendly attention model "
+        "on scikit-learn's digits, quantize it with EdgeQAT, export it to every target with a parity gate, "
+        "profile it here, and run an FPGA attention layer in C simulation. Everything below is in "
+        "`summary.json` next to this report."
     )
+    stopped = [n for n, res in r.items() if res.status == "interrupted"]
+    if stopped or getattr(demo, "interrupted", False):
+        during = f"during step '{stopped[0]}'" if stopped else "after its last step"
+        intro += (f"\n\n**The demo was interrupted (Ctrl-C) {during}**: what did not run is marked so "
+                  "below.")
+    rep = Report("edgeattn demo report", intro=intro)
     steps = rep.section("Steps")
     steps.table(["step", "status", "seconds", "note"],
                 [[STEP_TITLES[n], res.status, round(res.seconds, 1), res.detail or ""] for n, res in r.items()])
+    s = demo.s
+    steps.text(
+        f"Settings: {s.fp_epochs} FP32 epochs, {s.qat_epochs} QAT epoch(s), "
+        f"{'all' if s.max_train_samples is None else s.max_train_samples} training images, "
+        f"{_val_samples(s)} validation images, {s.parity_samples} parity inputs per artifact, "
+        f"{fmt(s.profile_seconds)} s of timed runs per runtime, {s.threads} threads."
+    )
     _accuracy_section(rep, r)
-    _export_section(rep, r)
+    _export_section(rep, r, demo.out)
     _profile_section(rep, r)
     _approx_section(rep, demo)
-    _hls_section(rep, r)
+    _hls_section(rep, r, demo.out)
     return rep
+
+
+def _val_samples(settings: DemoSettings) -> int:
+    """How many validation images the accuracy figures are measured on: digits' validation split, capped."""
+    from edgeattn.data import digits_dataset
+
+    n_val = len(digits_dataset(8, 1, "val"))  # the split's size depends on neither image size nor seed
+    cap = settings.max_val_samples
+    return n_val if cap is None else min(n_val, cap)
 
 
 def _ok(results: dict[str, StepResult], name: str) -> bool:
     return name in results and results[name].status == "ok"
 
 
+def _not_available(results: dict[str, StepResult], name: str, what: str) -> str:
+    """The line a section shows when its step has no figures, with the step's status and reason."""
+    res = results.get(name)
+    if res is None:
+        return f"Not available: the {what} step did not run."
+    if res.status == "ok":
+        return f"Not available: the {what} step gave no figures."
+    reason = f": {res.detail}" if res.detail else ""
+    return f"Not available: the {what} step did not complete. Status: {res.status}{reason}"
+
+
+def _rel(path: str | None, out: Path) -> str:
+    """``path`` relative to the output folder where it lies inside it (so links work wherever it is moved)."""
+    if not path:
+        return "-"
+    p = Path(path)
+    try:
+        return p.resolve().relative_to(out.resolve()).as_posix()
+    except ValueError:
+        return str(p)
+
+
 def _accuracy_section(rep: Report, r: dict[str, StepResult]) -> None:
     sec = rep.section("Accuracy per stage (fmvit_t on digits, top-1 %)")
     if not _ok(r, "train"):
-        sec.text("Not available: the training step did not complete.")
+        sec.text(_not_available(r, "train", "training"))
         return
     t = r["train"].data
     rows = [["FP32 (deploy form)", t["fp32"], "-"]]
     if _ok(r, "qat"):
         q = r["qat"].data
-        rows += [["PTQ W8A8 (percentile calibration)", q["ptq"], q.get("attn_kl_ptq")],
-                 ["EdgeQAT W8A8", q["qat"], q.get("attn_kl_qat")]]
+        qc = q.get("quant_config") or {}
+        bits = f"W{qc.get('weight_bits', '?')}A{qc.get('act_bits', '?')}"  # what was trained, not what was asked
+        rows += [[f"PTQ {bits} ({qc.get('calibration', '?')} calibration)", q["ptq"], q.get("attn_kl_ptq")],
+                 [f"EdgeQAT {bits}", q["qat"], q.get("attn_kl_qat")]]
+    else:
+        rows.append(["PTQ / EdgeQAT W8A8", None, None])
     sec.table(["stage", "top-1 %", "attention-map KL vs FP"], rows)
+    kl_images = r["qat"].data.get("attn_kl_images", "?") if _ok(r, "qat") else "?"
+    sec.text(f"Top-1 % of the {t.get('val_samples', '?')} images of the digits validation split (never trained "
+             f"on; chance is 10 %). The KL is KL(FP32 || quantized) of the attention maps, the mean over every "
+             f"attention row of the first {kl_images} of those images.")
+    if not _ok(r, "qat"):
+        sec.text(_not_available(r, "qat", "QAT"))
+    elif (qc := r["qat"].data.get("quant_config") or {}).get("weight_bits") != 8:
+        sec.text(f"The demo asks for w8a8; the host-cpu profile caps weights at this CPU's limit (7 bits on x86 "
+                 f"without VNNI), so the model holds {qc.get('weight_bits')}-bit weights (KV at most "
+                 f"{qc.get('kv_max_bits')} bits): the figures measure those.")
     sec.text(
         f"Reparameterization: {t['train_params']:,} train-time parameters -> {t['deploy_params']:,} deploy "
         f"parameters, {t['train_modules']} -> {t['deploy_modules']} modules; max abs output difference "
@@ -334,24 +454,47 @@ def _accuracy_section(rep: Report, r: dict[str, StepResult]) -> None:
     )
 
 
-def _export_section(rep: Report, r: dict[str, StepResult]) -> None:
+def _gate(artifact: dict[str, Any], par: dict[str, Any]) -> str:
+    """What the parity gate said for one comparison, or why there was none."""
+    if not par:
+        return "not checked" if artifact.get("status") == "passed" else artifact.get("status", "error")
+    if not par.get("passed"):
+        return "FAILED"
+    if par.get("passed_profile_tolerance") is False:
+        return "passed (within noise floor)"
+    return "passed"
+
+
+def _export_section(rep: Report, r: dict[str, StepResult], out: Path) -> None:
     sec = rep.section("Parity per artifact")
-    if not _ok(r, "export"):
-        sec.text("Not available: the export step did not complete.")
+    if not _usable(r.get("export")):
+        sec.text(_not_available(r, "export", "export"))
         return
+    if not _ok(r, "export"):
+        sec.text(f"**The export step failed: {r['export'].detail}.**")
     rows = []
     for a in r["export"].data["artifacts"]:
         report = a.get("report") or {}
         checks = report.get("parity") or [{}]
         for par in checks:
-            note = "; ".join(par.get("failures") or []) or par.get("note", "")
+            tol = par.get("tolerance") or {}
+            note = "; ".join(par.get("failures") or []) or par.get("note", "") or (a.get("detail") or "")
             if par.get("first_diverging_node"):
                 note += f" (first diverging node: {par['first_diverging_node'].get('node', '?')})"
-            rows.append([a["name"], a["profile"], "passed" if par.get("passed", True) else "FAILED",
-                         par.get("runtime", "-"), par.get("max_abs"), par.get("cosine"), par.get("top1"), note])
+            rows.append([
+                a["name"], a["profile"], _rel(a.get("artifact"), out), _gate(a, par), par.get("runtime", "-"),
+                _inputs(par.get("n_inputs"), report.get("parity_inputs") or {}),
+                _with_limit(par.get("max_abs_rel_range"), "max", tol.get("max_abs")),
+                _with_limit(par.get("cosine"), "min", tol.get("min_cosine"), digits=6),
+                _with_limit(par.get("top1"), "min", tol.get("min_top1_agreement")), note,
+            ])
         for note in report.get("notes") or []:
-            rows.append([a["name"], a["profile"], "note", "-", None, None, None, note])
-    sec.table(["artifact", "profile", "gate", "runtime", "max abs err", "cosine", "top-1 agree", "note"], rows)
+            rows.append([a["name"], a["profile"], "", "note", "-", None, None, None, None, note])
+    sec.table(["artifact", "profile", "file", "gate", "runtime", "inputs", "max abs err / output range",
+               "min cosine", "top-1 agreement (fraction)", "note"], rows)
+    sec.text("Each artifact runs in the runtime named against the PyTorch model on the same inputs; the bracket "
+             "after each figure is the profile's tolerance (the gate passes when all three hold). Each "
+             "artifact's figures are in `export/ARTIFACT/report.json`.")
     trt = next((a for a in r["export"].data["artifacts"] if a["target"] == "tensorrt"), None)
     if trt and trt.get("report"):
         cmd = trt["report"].get("trtexec")
@@ -359,23 +502,49 @@ def _export_section(rep: Report, r: dict[str, StepResult]) -> None:
             sec.text(f"TensorRT (not installed here) builds the engine on the device with:\n\n```\n{cmd}\n```")
 
 
+def _inputs(n: int | None, kinds: dict[str, int]) -> str:
+    """How many inputs a parity check ran on, and of which kind (digits images or random noise)."""
+    if n is None:
+        return "-"
+    parts = [f"{kinds[k]} {k}" for k in ("real", "random") if kinds.get(k)]
+    return f"{n} ({', '.join(parts)})" if parts else str(n)
+
+
+def _with_limit(value: float | None, op: str, limit: float | None, digits: int = 4) -> str:
+    """``value (op limit)``: a parity figure next to the tolerance it is held to."""
+    if value is None:
+        return "-"
+    text = f"{value:.{digits}f}" if digits > 4 else fmt(value, digits)
+    return text if limit is None else f"{text} ({op} {fmt(limit, digits)})"
+
+
 def _profile_section(rep: Report, r: dict[str, StepResult]) -> None:
     sec = rep.section("Latency on this machine (median of interleaved runs)")
     if not _ok(r, "profile"):
-        sec.text("Not available: the profile step did not complete.")
+        sec.text(_not_available(r, "profile", "profile"))
         return
-    rows = [[x["runtime"], x["precision"], x["p50_ms"], x["p90_ms"], x["speedup"], x["gmacs"], x["peak_fraction"]]
-            for x in r["profile"].data["rows"]]
-    sec.table(["runtime", "precision", "p50 ms", "p90 ms", "speed-up vs FP32", "GMAC/s", "fraction of peak"],
-              rows)
-    by_key = {(x["runtime"], x["precision"]): x for x in r["profile"].data["rows"]}
+    data = r["profile"].data
+    rows = [[x["runtime"], x["precision"] + (" (parity FAILED)" if x.get("parity_failed") else ""), x.get("runs"),
+             x["p50_ms"], x["p90_ms"], x["speedup"], x["gmacs"], x["peak_fraction"]] for x in data["rows"]]
+    sec.table(["runtime", "precision", "timed runs", "p50 ms", "p90 ms", "speed-up vs FP32 (p50)", "GMAC/s",
+               "fraction of peak"], rows)
+    if data.get("not_profiled"):
+        sec.text("Not profiled: " + "; ".join(data["not_profiled"]) + ".")
+    raw = sorted({x["json"] for x in data["rows"] if x.get("json")})
+    batches = sorted({x.get("batch", 1) for x in data["rows"]})
+    own = " The profiler's own figures: " + ", ".join(f"`{n}`" for n in raw) + "." if raw else ""
+    sec.text(f"Batch {', '.join(map(str, batches))}; FP32 and INT8 timed in turn (A B A B ...); speed-up = FP32 p50 "
+             f"/ this p50 (above 1: INT8 is faster).{own}")
+    by_key = {(x["runtime"], x["precision"]): x for x in data["rows"]}
+    fastest = min((x["p50_ms"] for x in data["rows"] if x["precision"] == "FP32"), default=None)
     if any(x["speedup"] and x["speedup"] < 1 for (_, prec), x in by_key.items() if prec == "INT8"):
         sec.text(
-            "At the demo's 32x32 input the whole network is a fraction of a millisecond, so the Q/DQ "
-            "boundaries cost more than int8 arithmetic saves; at 224x224 `benchmarks/export.json` measures "
-            "the INT8 IR against FP32 (`python benchmarks/export.py --img-size 224`)."
+            f"At the demo's 32x32 input the whole network is small ({fmt(fastest)} ms in FP32 here), so the "
+            "Q/DQ boundaries cost more than int8 arithmetic saves; at 224x224 the repository's "
+            "`benchmarks/export.json` measures the INT8 IR against FP32 (`python benchmarks/export.py "
+            "--img-size 224`)."
         )
-    for plot in r["profile"].data["plots"]:
+    for plot in data["plots"]:
         sec.image(plot, plot)
 
 
@@ -383,19 +552,23 @@ def _approx_section(rep: Report, demo: Demo) -> None:
     sec = rep.section("Hardware-friendly softmax and GELU: error against float64")
     data = getattr(demo, "approx", None)
     if not data:
-        sec.text("Not available: the approximation report could not be computed.")
+        reason = getattr(demo, "approx_error", "")
+        sec.text("Not available: the approximation report could not be computed"
+                 + (f" ({reason}; traceback in demo.log)." if reason else "."))
         return
     rows = [[x["op"], x["method"], x["repr"], x["max_abs_err"], x["mean_abs_err"]] for x in data["records"]]
     sec.table(["op", "method", "representation", "max abs err", "mean abs err"], rows)
     sec.image("approx_errors.png", "approximation error curves")
 
 
-def _hls_section(rep: Report, r: dict[str, StepResult]) -> None:
+def _hls_section(rep: Report, r: dict[str, StepResult], out: Path) -> None:
     sec = rep.section("FPGA: one MoE encoder layer in HLS C++ (zcu102-hls)")
-    if not _ok(r, "hls"):
-        sec.text("Not available: the HLS step did not complete.")
+    h = r["hls"].data if _usable(r.get("hls")) else {}
+    if not h.get("csim"):
+        sec.text(_not_available(r, "hls", "HLS"))
         return
-    h = r["hls"].data
+    if not _ok(r, "hls"):
+        sec.text(f"**The HLS step failed: {r['hls'].detail}.**")
     c = h["csim"]
     est = h.get("estimate") or {}
     shape = est.get("shape", {})
@@ -406,7 +579,8 @@ def _hls_section(rep: Report, r: dict[str, StepResult]) -> None:
         "profile's fixed-point widths and run in C simulation against the bit-exact golden model."
     )
     sec.table(["C-sim vectors", "mismatches vs golden", "max abs err vs float", "cosine vs float"],
-              [[c.get("vectors"), c.get("mismatches"), c.get("max_abs_err_vs_float"), c.get("cosine_vs_float")]])
+              [[c.get("vectors"), c.get("mismatches"), c.get("max_abs_err_vs_float"),
+                _with_limit(c.get("cosine_vs_float"), "", None, digits=6)]])
     if est:
         sec.table(
             ["estimate (zcu102-hls)", "value"],
@@ -418,7 +592,8 @@ def _hls_section(rep: Report, r: dict[str, StepResult]) -> None:
         )
         if est.get("arithmetic"):
             sec.text("The arithmetic behind the estimate:\n\n```\n" + "\n".join(est["arithmetic"]) + "\n```")
-    sec.text(f"The project (firmware, test bench, vectors, Vitis HLS Tcl) is in `{h['project']}`.")
+    sec.text(f"The project (firmware, test bench, vectors, Vitis HLS Tcl) is in `{_rel(h['project'], out)}`; "
+             "the C simulation's figures are in its `csim_report.json`.")
 
 
 def run_demo(out_dir: Path, settings: DemoSettings | None = None, force: bool = False,

@@ -6,6 +6,7 @@ Markdown to ``report.html`` with the ``markdown`` package (tables extension), so
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,11 +45,20 @@ def fmt(value: Any, digits: int = 4) -> str:
     return str(value)
 
 
+def md_cell(value: Any) -> str:
+    """One table cell: ``fmt(value)`` on one line, with ``|`` escaped and ``&``/``<`` as HTML entities, so that
+    the Markdown table keeps its columns and the HTML shows the same text (``<x>`` is not taken for a tag)."""
+    text = " ".join(fmt(value).split())
+    text = re.sub(r"&(?=[#A-Za-z])", "&amp;", text)  # what HTML would read as an entity or a tag
+    text = re.sub(r"<(?=[A-Za-z/!?])", "&lt;", text)
+    return text.replace("|", "\\|")
+
+
 def md_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     """A GitHub-style Markdown table."""
-    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines = ["| " + " | ".join(md_cell(h) for h in headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
     for row in rows:
-        lines.append("| " + " | ".join(fmt(v).replace("|", "\\|") for v in row) + " |")
+        lines.append("| " + " | ".join(md_cell(v) for v in row) + " |")
     return "\n".join(lines)
 
 
@@ -90,13 +100,15 @@ class Report:
 
     def write(self, out_dir: Path) -> tuple[Path, Path]:
         """Write report.md and report.html into ``out_dir`` atomically; return both paths."""
+        import html as html_lib
+
         import markdown
 
         text = self.markdown()
         body = markdown.markdown(text, extensions=["tables", "fenced_code"])
         html = (
             "<!doctype html>\n<html><head><meta charset='utf-8'>"
-            f"<title>{self.title}</title><style>{_CSS}</style></head>\n<body>\n{body}\n</body></html>\n"
+            f"<title>{html_lib.escape(self.title)}</title><style>{_CSS}</style></head>\n<body>\n{body}\n</body></html>\n"
         )
         md_path, html_path = out_dir / "report.md", out_dir / "report.html"
         write_text_atomic(md_path, text)
