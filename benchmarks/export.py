@@ -12,6 +12,8 @@
 
 Usage: python benchmarks/export.py [--img-size 224] [--threads 2] [--torch-threads 1|none] [--skip-latency]
        [--out benchmarks/export.json]
+
+Quick check: ``--img-size 32 --n-inputs 4 --reps 3 --isa '' --out /tmp/export.json``.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _cli import BenchError, Parser, check_out, command_line, positive_int, provenance, run_cli
 from _timing import paired_ratio, time_interleaved  # benchmarks/_timing.py (run as a script)
 
 
@@ -160,6 +163,7 @@ def latency_pair(paths: dict[str, str], img: int, threads: int, reps: int) -> di
         "int8_exec_types": exec_types,
         "reps": reps,
         "threads": threads,
+        "load_average_1m": round(os.getloadavg()[0], 2),
     }
 
 
@@ -178,7 +182,10 @@ def _capped_latency(paths: dict[str, str], isa: str, img: int, threads: int, rep
         "--reps",
         str(reps),
     ]
-    child = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+    child = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    if child.returncode != 0:  # e.g. an ISA name oneDNN does not know
+        tail = (child.stderr.strip().splitlines() or ["(no stderr)"])[-1]
+        raise BenchError(f"the latency child with ONEDNN_MAX_CPU_ISA={isa} failed ({child.returncode}): {tail}")
     return json.loads(child.stdout.strip().splitlines()[-1])
 
 
@@ -205,12 +212,29 @@ def openvino_int8_vs_fp32(img: int, threads: int, reps: int, isa: str | None) ->
     return out
 
 
+def _torch_threads(text: str) -> list[int | None]:
+    """``--torch-threads``: ``"1,none"`` -> ``[1, None]``; a :class:`BenchError` for anything else."""
+    values: list[int | None] = []
+    for item in text.split(","):
+        item = item.strip().lower()
+        if item == "none":
+            values.append(None)
+        elif item.isdigit() and int(item) >= 1:
+            values.append(int(item))
+        else:
+            raise BenchError(f"--torch-threads takes integers >= 1 or 'none', comma-separated; got '{text}'")
+    return values
+
+
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--img-size", type=int, default=224)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--reps", type=int, default=30)
-    ap.add_argument("--n-inputs", type=int, default=32, help="parity inputs per gate (export_model's default)")
+    """Run the sections asked for and write the JSON (or, as ``--latency-child``, print one latency pair)."""
+    ap = Parser(description=__doc__.splitlines()[0])
+    ap.add_argument("--img-size", type=positive_int, default=224)
+    ap.add_argument("--threads", type=positive_int, default=2)
+    ap.add_argument("--reps", type=positive_int, default=30)
+    ap.add_argument(
+        "--n-inputs", type=positive_int, default=32, help="parity inputs per gate (export_model's default)"
+    )
     ap.add_argument(
         "--torch-threads",
         default="1",
@@ -232,9 +256,19 @@ def main() -> None:
             json.dumps(latency_pair(json.loads(args.latency_child), args.img_size, args.threads, args.reps))
         )
         return
-    result = {"command": " ".join([Path(sys.executable).name, *sys.argv])}
+    runs = _torch_threads(args.torch_threads)
+    out = check_out(args.out, "--out")
+    result = {
+        "command": command_line(),
+        **provenance(),
+        "units": {
+            "*_seconds, timings_s": "seconds (wall, except total_cpu_seconds)",
+            "*_ms": "milliseconds per inference (median)",
+            "int8_speedup": "FP32 time / INT8 time (> 1: INT8 faster)",
+            "parity": "max abs error / output range",
+        },
+    }
     if not args.skip_all_targets:
-        runs = [None if v.strip().lower() == "none" else int(v) for v in args.torch_threads.split(",")]
         result["all_targets"] = all_targets(args.img_size, args.n_inputs, args.threads, runs[0])
         if len(runs) > 1:  # the same run with other torch thread counts, back to back (same machine load)
             result["all_targets_other_torch_threads"] = [
@@ -246,9 +280,10 @@ def main() -> None:
         )
     from edgeattn.cli._common import write_json
 
-    write_json(args.out, result)
+    result["load_average_at_end"] = list(os.getloadavg())
+    write_json(out, result)
     print(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))

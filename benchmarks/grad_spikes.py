@@ -22,19 +22,22 @@ from ``quant/train.py``:
     python benchmarks/grad_spikes.py --fp-checkpoint /tmp/q/bench20/vision_fp20_seed1-fp/fp.pt --seed 1 \
         --out benchmarks/grad_spikes.json
 
-The FP checkpoints come from ``benchmarks/qat.py --seeds ... --fp-epochs 20 --workdir /tmp/q/bench20``.
+The FP checkpoints come from ``benchmarks/qat.py --seeds ... --fp-epochs 20 --workdir /tmp/q/bench20``. Each run
+adds (or replaces) its ``seed<N>_<bits>`` entry of ``--out`` and keeps the others. Quick check: ``--steps 1 --out
+/tmp/grad_spikes.json`` with any FP checkpoint of that benchmark.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
+import os
 import statistics
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+from _cli import BenchError, Parser, check_out, command_line, nonneg_float, positive_int, provenance, read_json, run_cli
 from edgeattn.quant.checkpoint import load_checkpoint
 from edgeattn.quant.losses import DISTRIBUTION_ROW_FLOOR, distribution_loss
 from edgeattn.quant.train import (
@@ -133,15 +136,21 @@ def replay(cfg: TrainConfig, steps: int) -> list[dict[str, Any]]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    """Replay the steps and add this seed's entry to ``--out``."""
+    ap = Parser(description=__doc__.split("\n")[0])
     ap.add_argument("--fp-checkpoint", required=True, help="FP checkpoint of benchmarks/qat.py's seed")
     ap.add_argument("--seed", type=int, required=True, help="the seed that checkpoint was trained with")
     ap.add_argument("--bits", default="w4a4")
-    ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--lr", type=float, default=5e-4)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--out", default="benchmarks/grad_spikes.json")
+    ap.add_argument("--steps", type=positive_int, default=20)
+    ap.add_argument("--lr", type=nonneg_float, default=5e-4)
+    ap.add_argument("--threads", type=positive_int, default=2)
+    ap.add_argument("--out", default=str(Path(__file__).with_name("grad_spikes.json")))
     args = ap.parse_args()
+    out = check_out(args.out, "--out")
+    if not Path(args.fp_checkpoint).is_file():
+        raise BenchError(f"--fp-checkpoint '{args.fp_checkpoint}' is not a file")
+    previous = read_json(out, "--out") if out.exists() else {}  # read now: a bad file fails before the replay
+    prov = provenance()
     torch.set_num_threads(args.threads)
     # the edgeqat-no-entropy-<bits> row of benchmarks/qat.py (--fp-epochs 20 --qat-epochs 6), without grad_clip
     cfg = TrainConfig.parse(
@@ -162,12 +171,13 @@ def main() -> None:
         "grad_spikes",
     )
     records = replay(cfg, args.steps)
-    out = Path(args.out)
-    payload: dict[str, Any] = json.loads(out.read_text()) if out.is_file() else {}
+    payload: dict[str, Any] = read_json(out, "--out") if out.exists() else previous  # as it is now
     spiky = [r for r in records if r["grad_total"] > 1e3]
     payload[f"seed{args.seed}_{args.bits}"] = {
-        "command": f"python benchmarks/grad_spikes.py --fp-checkpoint {args.fp_checkpoint} --seed {args.seed} "
-        f"--bits {args.bits} --steps {args.steps} --lr {args.lr}",
+        "command": command_line(),
+        **prov,
+        "threads": args.threads,
+        "load_average_at_end": list(os.getloadavg()),
         "steps_over_1e3": len(spiky),
         "median_grad_total": statistics.median(r["grad_total"] for r in records),
         "median_grad_distribution_without_small_rows": statistics.median(
@@ -192,4 +202,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))

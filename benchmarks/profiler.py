@@ -12,16 +12,18 @@ Sections (every figure measured in this run; ratios from runs interleaved or alt
   ``-hint none -nstreams 1``, sync API) for fmvit_t FP32 and INT8 IR, and vs a plain timed ONNX Runtime loop
   in a separate process; the two tools alternate ``--rounds`` times, the ratio is of the medians of their
   medians. Target: within 10%.
-* ``overhead``: the profiler (CLI, separate process) vs a plain timed loop on a ~1 ms model (target < 5%), and
+* ``overhead``: the profiler (CLI, separate process) vs a plain timed loop on a sub-ms model (target < 5%), and
   the timing loop's own per-inference cost measured on a no-op runner.
 
 Usage: python benchmarks/profiler.py [--models fmvit_t,mobilenetv2] [--threads 2] [--iters 40] [--rounds 7]
        [--skip models,agreement,overhead]   (skipped sections keep the figures of the previous JSON)
+
+Each section's own command and settings are in ``sections_run_by`` (a kept section keeps those of the run that
+measured it). Quick check: ``--models mobilenetv2 --iters 5 --rounds 1 --skip agreement,overhead --out /tmp/p.json``.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
@@ -35,6 +37,9 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+from _cli import BenchError, Parser, check_out, command_line, positive_int, read_json, run_cli
+
+SECTIONS = ("models", "agreement", "overhead")
 
 # This file is named like the standard library's `profile` module (which cProfile, and through it
 # torch.export, imports): drop the script's own folder from the import path before torch is imported.
@@ -314,16 +319,22 @@ def plain_ort(path: Path, threads: int, iters: int, warmup: int) -> tuple[float,
 
 
 def alternate(a, b, rounds: int) -> dict[str, object]:
-    """Run a() and b() (each -> (p50, min) in ms) alternately ``rounds`` times.
+    """Run a() and b() (each -> (p50, min) in ms) alternately ``rounds`` times, a first in even rounds and b
+    first in odd ones (so neither always runs on the machine the other has just warmed or loaded).
 
     ``ratio``: median of the profiler's p50s over the median of the reference's p50s (the target's figure).
+    ``ratio_paired``: median over rounds of the profiler's p50 / the reference's p50 of the same round.
     ``ratio_of_minimums``: the same for the minimum latencies, which on a machine shared with other tenants
     estimates the uncontended state of both tools (a p50 moves whenever a neighbour takes a core).
     """
     xs, ys = [], []
-    for _ in range(rounds):
-        xs.append(a())
-        ys.append(b())
+    for r in range(rounds):
+        if r % 2:
+            ys.append(b())
+            xs.append(a())
+        else:
+            xs.append(a())
+            ys.append(b())
     ma, mb = statistics.median(x[0] for x in xs), statistics.median(y[0] for y in ys)
     la, lb = min(x[1] for x in xs), min(y[1] for y in ys)
     return {
@@ -332,6 +343,7 @@ def alternate(a, b, rounds: int) -> dict[str, object]:
         "profiler_median_ms": ma,
         "reference_median_ms": mb,
         "ratio": ma / mb,
+        "ratio_paired": statistics.median(x[0] / y[0] for x, y in zip(xs, ys, strict=True)),
         "within_10pct": abs(ma / mb - 1) <= 0.10,
         "profiler_min_ms": la,
         "reference_min_ms": lb,
@@ -373,7 +385,7 @@ def bench_agreement(work: Path, threads: int, iters: int, rounds: int) -> dict[s
 
 
 def small_model(path: Path) -> Path:
-    """A conv net of about 1 ms on 2 cores (48x48 input, 32 channels, 5 convs)."""
+    """A conv net of 0.74 ms on 1 thread, 0.38 ms on 2 (48x48 input, 32 channels, 5 convs; profile.json)."""
     import torch
 
     if path.exists():
@@ -402,7 +414,7 @@ def bench_overhead(work: Path, threads: int, rounds: int) -> dict[str, object]:
     from edgeattn.profile.runners import Runner
 
     path = small_model(work / "small_1ms.onnx")
-    log(f"overhead: profiler vs plain loop on a ~1 ms model, {threads} threads")
+    log(f"overhead: profiler vs plain loop on a sub-ms model, {threads} threads")
     res = alternate(
         lambda: ours_cli(path, threads, 400, 50, []), lambda: plain_ort(path, threads, 400, 50), rounds
     )
@@ -432,12 +444,21 @@ def bench_overhead(work: Path, threads: int, rounds: int) -> dict[str, object]:
     }
 
 
+def _older_run_by(previous: dict, key: str) -> dict[str, object]:
+    """Which run measured section ``key`` of a JSON written before ``sections_run_by`` existed: the run that wrote
+    it, unless that run kept the section from an earlier one (then it is not recorded)."""
+    if "command" in previous and key not in previous.get("sections_from_previous_run", []):
+        return {"command": previous["command"], "settings": previous.get("settings")}
+    return {"command": "not recorded (kept from a run before sections_run_by existed)"}
+
+
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    """Run the sections not skipped, keep the skipped ones from the previous ``--out``, write the JSON."""
+    ap = Parser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="all", help="comma-separated registry names, or 'all' vision models")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--iters", type=int, default=40)
-    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--threads", type=positive_int, default=2)
+    ap.add_argument("--iters", type=positive_int, default=40)
+    ap.add_argument("--rounds", type=positive_int, default=7)
     ap.add_argument(
         "--workdir",
         type=Path,
@@ -448,23 +469,44 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=HERE / "profile.json")
     ap.add_argument("--skip", default="", help="comma-separated sections to skip: models,agreement,overhead")
     args = ap.parse_args()
+    skip = set(filter(None, args.skip.split(",")))
+    if skip - set(SECTIONS):
+        raise BenchError(f"--skip: unknown section(s) {', '.join(sorted(skip - set(SECTIONS)))}; sections: "
+                         f"{', '.join(SECTIONS)}")
+    out = check_out(args.out, "--out")
+    previous = read_json(out, "--out") if out.exists() else {}  # read now: a bad file fails before measuring
+    if args.workdir is not None and args.workdir.exists() and not args.workdir.is_dir():
+        raise BenchError(f"--workdir '{args.workdir}' exists and is not a folder")
+    from edgeattn.models import list_models
+
+    names = (
+        [n for n in list_models() if n != "tiny_llama"] if args.models == "all" else args.models.split(",")
+    )
+    if set(names) - set(list_models()):
+        raise BenchError(f"--models: unknown {', '.join(sorted(set(names) - set(list_models())))}; registered: "
+                         f"{', '.join(list_models())}")
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     if args.workdir is None:  # fresh, so no export of an older model or quantizer is timed by mistake
         args.workdir = Path(tempfile.mkdtemp(prefix="edgeattn-profile-bench-"))
     args.workdir.mkdir(parents=True, exist_ok=True)
     from edgeattn.cli._common import write_json
-    from edgeattn.models import list_models
     from edgeattn.profile.system import system_record
 
-    skip = set(filter(None, args.skip.split(",")))
-    names = (
-        [n for n in list_models() if n != "tiny_llama"] if args.models == "all" else args.models.split(",")
-    )
     started = time.time()
-    result: dict[str, object] = {
-        "command": "python benchmarks/profiler.py " + " ".join(sys.argv[1:]),
-        "system": system_record().model_dump(mode="json"),
+    run_by = {
+        "command": command_line(),
         "settings": {"threads": args.threads, "iters": args.iters, "rounds": args.rounds},
+        "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    result: dict[str, object] = {
+        "command": run_by["command"],
+        "system": system_record().model_dump(mode="json"),
+        "settings": run_by["settings"],
+        "units": {
+            "*_ms": "milliseconds per inference",
+            "ratio, ratio_paired, ratio_of_minimums": "profiler time / reference tool time",
+            "ratio_to_fp32": "artifact time / FP32 artifact time (< 1: faster)",
+        },
     }
     # the agreement needs fmvit_t's artifacts: export them first even when only agreement runs
     if "models" not in skip:
@@ -486,20 +528,22 @@ def main() -> int:
         result["overhead"] = {
             f"threads_{th}": bench_overhead(args.workdir, th, args.rounds) for th in thread_counts
         }
-    if args.out.exists():  # sections skipped in this run keep their previous figures
-        previous = json.loads(args.out.read_text())
-        for key in ("models", "agreement", "overhead"):
-            if key not in result and key in previous:
-                result[key] = previous[key]
-                result.setdefault("sections_from_previous_run", []).append(key)
+    # which run measured each section: this one, or (for a section skipped now) the one the previous JSON names
+    sections_run_by: dict[str, object] = {key: run_by for key in SECTIONS if key in result}
+    for key in SECTIONS:  # sections skipped in this run keep their previous figures
+        if key not in result and key in previous:
+            result[key] = previous[key]
+            result.setdefault("sections_from_previous_run", []).append(key)
+            sections_run_by[key] = previous.get("sections_run_by", {}).get(key) or _older_run_by(previous, key)
+    result["sections_run_by"] = sections_run_by
     if isinstance(result.get("models"), dict):
         result["per_layer_summary"] = per_layer_summary(result["models"])
     result["wall_s"] = round(time.time() - started, 1)
     result["load_average_end"] = list(os.getloadavg())
-    write_json(args.out, result)
-    log(f"wrote {args.out}")
+    write_json(out, result)
+    log(f"wrote {out}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

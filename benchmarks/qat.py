@@ -10,7 +10,7 @@ is the validation cross-entropy in nats per image or token, ``attn_kl`` is the m
 attention) over every attention row of 64 validation samples. ``seed_summary[...][<bits>]["nll"]`` pairs the W8A8-style
 methods by seed on that cross-entropy, where one validation image is too coarse a step for top-1.
 
-    python benchmarks/qat.py --out benchmarks/qat.json            # the whole table
+    python benchmarks/qat.py --out benchmarks/qat.json --force    # the whole table, replacing the file
     python benchmarks/qat.py --only vision --qat-epochs 1 --out /tmp/q.json
     python benchmarks/qat.py --only vision --resume --seeds 1,2,3,4   # the vision table again, per seed
 
@@ -51,11 +51,12 @@ default EdgeQAT at the suite's own lr (a subset of seeds gets its own ``..._seed
 
 from __future__ import annotations
 
-import argparse
 import json
+import os
 import platform
 import re
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -63,6 +64,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from _cli import BenchError, Parser, check_out, int_list, positive_int, read_json, run_cli
 from edgeattn.quant.losses import DISTRIBUTION_ROW_FLOOR
 from edgeattn.quant.train import TrainConfig, run
 
@@ -820,11 +822,22 @@ def _lr_sweep_summary(
         payload.setdefault("lr_sweep_summary", {})[key] = out
 
 
+def _version(package: str) -> str | None:
+    """The installed version of ``package``, None if it is not installed."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
+
+
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", default="benchmarks/qat.json")
+    """Run the rows asked for, writing ``--out`` after each one."""
+    ap = Parser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", default=str(Path(__file__).with_name("qat.json")))
     ap.add_argument("--only", choices=["vision", "language"], default=None)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=positive_int, default=2)
     ap.add_argument("--fp-epochs", type=int, default=6)
     ap.add_argument("--qat-epochs", type=int, default=6, help="QAT epochs of every vision QAT row")
     ap.add_argument("--lm-fp-epochs", type=int, default=3)
@@ -835,6 +848,9 @@ def main() -> None:
     ap.add_argument("--lm-lr", type=float, default=1e-4, help="QAT peak learning rate of every language QAT row")
     ap.add_argument("--qat-train-samples", type=int, default=None, help="cap QAT rows' training samples")
     ap.add_argument("--resume", action="store_true", help="keep rows already in --out")
+    ap.add_argument(
+        "--force", action="store_true", help="without --resume: replace an existing --out (its rows are dropped)"
+    )
     ap.add_argument("--workdir", default=None)
     ap.add_argument(
         "--bits",
@@ -914,23 +930,37 @@ def main() -> None:
         help="comma-separated seeds: run only the vision table (no ablations, no language), once per seed",
     )
     args = ap.parse_args()
+    out = check_out(args.out, "--out")
+    if out.exists() and not (args.resume or args.force):
+        raise BenchError(
+            f"--out '{out}' exists: --resume adds to its rows, --force replaces it (and drops every row in it)"
+        )
+    seeds = int_list(args.seeds, "--seeds")
+    lm_seeds = int_list(args.lm_seeds, "--lm-seeds")
+    if seeds and args.only == "language":
+        raise BenchError("--seeds repeats the vision table; it cannot run with --only language (use --lm-seeds)")
+    if lm_seeds and (seeds or args.only == "vision"):
+        raise BenchError("--lm-seeds repeats the language table; it cannot run with --seeds or --only vision")
     torch.set_num_threads(args.threads)
-    out = Path(args.out)
-    payload: dict[str, Any] = json.loads(out.read_text()) if args.resume and out.is_file() else {}
+    payload: dict[str, Any] = read_json(out, "--out") if args.resume and out.exists() else {}
     payload["host"] = {
         "machine": platform.machine(),
         "processor": platform.processor(),
         "torch": torch.__version__,
+        "python": platform.python_version(),
+        "brevitas": _version("brevitas"),
         "threads": args.threads,
         # host-cpu resolves the bits per host: 7-bit weights and K/V on x86 without VNNI
         "has_vnni": detect_host().has_vnni,
         "note": "2 shared CPU cores; other jobs may run concurrently, so seconds are upper bounds",
     }
+    repo = Path(__file__).resolve().parents[1]
+    shown = {**vars(args), "out": os.path.relpath(out.resolve(), repo) if out.resolve().is_relative_to(repo) else out}
     command = "python benchmarks/qat.py " + " ".join(
         # by identity: a 0 (``--lm-train-samples 0``) is a value, not an unset flag; a switch has no value
         f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}")
-        for k, v in vars(args).items()
-        if v is not None and v is not False and v != "" and k != "resume"
+        for k, v in shown.items()
+        if v is not None and v is not False and v != "" and k not in ("resume", "force")
     )
     # each mode keeps its own command line, so a later run of another mode does not overwrite it
     lm_train_samples = args.lm_train_samples or None  # 0: every training window
@@ -948,8 +978,6 @@ def main() -> None:
         payload["command"] = command
     work = Path(args.workdir or tempfile.mkdtemp(prefix="edgeattn-qat-bench-"))
     QAT_SAMPLES.update(vision=args.qat_train_samples, language=args.qat_train_samples)
-    seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
-    lm_seeds = [int(x) for x in args.lm_seeds.split(",") if x.strip()]
     sweep = _sweep_specs(args.lr_sweep)
     if sweep and not (seeds or lm_seeds):
         raise SystemExit("--lr-sweep needs --seeds (vision) or --lm-seeds (language)")
@@ -1054,4 +1082,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))

@@ -2,6 +2,9 @@
 targets of the reparameterization issue. Writes medians and ratios measured side by side to JSON.
 
     python benchmarks/reparam.py [--out benchmarks/reparam.json] [--models fmvit_t,mobilenetv2] [--threads 1]
+        [--budget-scale 1.0]
+
+Quick check (about a minute): ``--models mobilenetv2 --budget-scale 0.05 --out /tmp/reparam.json``.
 
 For each registered model (default input: 224x224 for the vision models) the script exports the train form
 (eval mode) and the deploy form with ``torch.onnx.export`` (opset 18), loads both in ONNX Runtime and in
@@ -16,7 +19,6 @@ and the four ELA versions against their published formulas.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import tempfile
@@ -26,6 +28,7 @@ from pathlib import Path
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 import numpy as np
 import torch
+from _cli import BenchError, Parser, check_out, command_line, nonneg_float, positive_int, run_cli
 from _timing import paired_ratio, time_interleaved  # benchmarks/_timing.py (run as a script)
 from torch import nn
 
@@ -80,7 +83,9 @@ def _has_reparam(model: nn.Module) -> bool:
     return any(callable(getattr(m, "reparameterize", None)) for m in model.modules())
 
 
-def bench_models(names: list[str], tmp: Path, threads: int) -> dict:
+def bench_models(names: list[str], tmp: Path, threads: int, budget_scale: float = 1.0) -> dict:
+    """Per model: parameters, MACs, deploy-vs-train parity, ONNX op counts, and interleaved latency of both forms in
+    both runtimes (ratios train/deploy: > 1 means the deploy form is faster)."""
     out = {}
     for name in names:
         train = create_model(name).eval()
@@ -108,7 +113,7 @@ def bench_models(names: list[str], tmp: Path, threads: int) -> dict:
         for form in ("train", "deploy"):
             for rt, fn in _runners(tmp / f"{name}_{form}.onnx", xs, threads).items():
                 runs[f"{rt}/{form}"] = fn
-        timing = time_interleaved(runs, budget_s=8.0)
+        timing = time_interleaved(runs, budget_s=8.0 * budget_scale)
         record["latency_ms"] = {k: round(v["median_ms"], 4) for k, v in timing.items()}
         record["reps"] = timing["openvino/deploy"]["reps"]
         record["speedup_deploy_vs_train"] = {
@@ -124,7 +129,7 @@ def bench_models(names: list[str], tmp: Path, threads: int) -> dict:
     return out
 
 
-def bench_rep3x3(tmp: Path, threads: int, channels: int = 64, size: int = 56) -> dict:
+def bench_rep3x3(tmp: Path, threads: int, channels: int = 64, size: int = 56, budget_scale: float = 1.0) -> dict:
     """Reparameterized RepConv (4 branches + 1x1 + identity, ReLU) vs plain Conv2d 3x3 + ReLU."""
     from edgeattn.blocks import RepConv
 
@@ -138,7 +143,7 @@ def bench_rep3x3(tmp: Path, threads: int, channels: int = 64, size: int = 56) ->
         _export(model, x, tmp / f"rep3x3_{label}.onnx")
         for rt, fn in _runners(tmp / f"rep3x3_{label}.onnx", x.numpy(), threads).items():
             runs[f"{rt}/{label}"] = fn
-    timing = time_interleaved(runs, budget_s=6.0, min_reps=30, max_reps=300)
+    timing = time_interleaved(runs, budget_s=6.0 * budget_scale, min_reps=30, max_reps=300)
     med = {k: round(v["median_ms"], 4) for k, v in timing.items()}
     return {
         "shape": [1, channels, size, size],
@@ -154,7 +159,7 @@ def bench_rep3x3(tmp: Path, threads: int, channels: int = 64, size: int = 56) ->
     }
 
 
-def bench_fmvit_vs_mobilenetv2(tmp: Path, threads: int) -> dict:
+def bench_fmvit_vs_mobilenetv2(tmp: Path, threads: int, budget_scale: float = 1.0) -> dict:
     """OpenVINO CPU FP32 at 224x224, deploy forms, interleaved; plus global-context parameter counts."""
     from edgeattn.blocks import RLMHSA, Attention
 
@@ -169,7 +174,7 @@ def bench_fmvit_vs_mobilenetv2(tmp: Path, threads: int) -> dict:
         params[name] = count_params(model)
         # parameters of modules that see the whole image (self-attention); MobileNet-V2 has none
         ctx[name] = sum(count_params(m) for m in model.modules() if isinstance(m, (RLMHSA, Attention)))
-    timing = time_interleaved(runs, budget_s=10.0, min_reps=40, max_reps=400)
+    timing = time_interleaved(runs, budget_s=10.0 * budget_scale, min_reps=40, max_reps=400)
     med = {k: round(v["median_ms"], 4) for k, v in timing.items()}
     return {
         "runtime": "openvino CPU f32",
@@ -205,23 +210,37 @@ def param_costs() -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    """Run every section and write the JSON."""
+    ap = Parser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(Path(__file__).with_suffix(".json")))
     ap.add_argument("--models", default=None, help="comma-separated subset (default: every registered model)")
     # One thread by default: on the shared 2-core host a 2-thread parallel region stalls whenever another
     # process holds one of the cores, which made identical graphs differ by up to ~35% between runs.
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--threads", type=positive_int, default=1)
+    ap.add_argument(
+        "--budget-scale",
+        type=nonneg_float,
+        default=1.0,
+        help="multiplies every section's timing budget (8 s per model, 6 s rep3x3, 10 s fmvit_t vs mobilenetv2); "
+        "the minimum repetitions (10, 30, 40) still apply",
+    )
     args = ap.parse_args(argv)
+    out_path = check_out(args.out, "--out")
+    names = args.models.split(",") if args.models else list_models()
+    unknown = sorted(set(names) - set(list_models()))
+    if unknown:
+        raise BenchError(f"--models: unknown {', '.join(unknown)}; registered: {', '.join(list_models())}")
     torch.set_num_threads(args.threads)
     import onnxruntime
     import openvino
 
     from edgeattn.hostinfo import detect_host
 
-    names = args.models.split(",") if args.models else list_models()
     result: dict = {
+        "command": command_line(),
         "host": detect_host().model_dump(mode="json"),
         "threads": args.threads,
+        "budget_scale": args.budget_scale,
         "load_average_at_start": list(os.getloadavg()),
         "versions": {
             "torch": torch.__version__,
@@ -230,14 +249,19 @@ def main(argv: list[str] | None = None) -> int:
         },
         "method": "torch.onnx.export (dynamo, opset 18); forms x runtimes interleaved round-robin in each "
         "repetition; latency = median ms; ratios = median over repetitions of the ratio within a repetition",
+        "units": {
+            "latency_ms": "milliseconds per inference (median)",
+            "speedup_deploy_vs_train": "train time / deploy time (> 1: deploy faster)",
+            "*_over_*": "first time / second time (< 1: first faster)",
+        },
     }
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         result["param_costs"] = param_costs()
-        result["rep3x3_vs_plain_conv"] = bench_rep3x3(tmp, args.threads)
+        result["rep3x3_vs_plain_conv"] = bench_rep3x3(tmp, args.threads, budget_scale=args.budget_scale)
         print("rep3x3:", result["rep3x3_vs_plain_conv"], flush=True)
-        result["models"] = bench_models(names, tmp, args.threads)
-        result["fmvit_t_vs_mobilenetv2"] = bench_fmvit_vs_mobilenetv2(tmp, args.threads)
+        result["models"] = bench_models(names, tmp, args.threads, args.budget_scale)
+        result["fmvit_t_vs_mobilenetv2"] = bench_fmvit_vs_mobilenetv2(tmp, args.threads, args.budget_scale)
         print("fmvit_t vs mobilenetv2:", result["fmvit_t_vs_mobilenetv2"], flush=True)
     timed = {n: r for n, r in result["models"].items() if r.get("timed", True)}
     result["targets"] = {
@@ -269,10 +293,10 @@ def main(argv: list[str] | None = None) -> int:
         "max_rel_diff_below_1e-5": {n: r["max_rel_diff"] < 1e-5 for n, r in timed.items()},
     }
     result["load_average_at_end"] = list(os.getloadavg())
-    write_json(args.out, result)
-    print(f"wrote {args.out}")
+    write_json(out_path, result)
+    print(f"wrote {out_path}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

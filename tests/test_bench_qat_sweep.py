@@ -4,6 +4,7 @@ hand-computed figures (the benchmark itself trains for minutes; its helpers are 
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,8 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "qat.py"
 
 @pytest.fixture(scope="module")
 def bench():
+    if str(BENCH.parent) not in sys.path:  # the script imports its helpers as top-level _cli / _timing
+        sys.path.insert(0, str(BENCH.parent))
     spec = importlib.util.spec_from_file_location("bench_qat", BENCH)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
