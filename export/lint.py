@@ -337,7 +337,7 @@ def _qdq_rules(g: _Graph) -> list[LintFinding]:
                         "zero point must be 0 (TensorRT supports symmetric quantization only)",
                     )
                 )
-            dtype = zp.dtype if zp is not None else np.dtype(np.uint8)
+            dtype = _qdq_int_dtype(g, node, zp)
             src = g.inits.get(node.input[0]) if node.op_type == "DequantizeLinear" else None
             if src is not None and src.data_type == onnx.TensorProto.INT32:
                 out.append(
@@ -400,9 +400,35 @@ def _qdq_rules(g: _Graph) -> list[LintFinding]:
                     )
                 )
                 continue
-            if idx == 1 and g.is_const(tensor):
+            if idx == 1 and (g.is_const(tensor) or g.is_const(src.input[0])):  # a weight: DQ of a constant
                 out.extend(_weight_axis_rule(g, node, src))
     return out
+
+
+_ONNX_INT_DTYPES = {onnx.TensorProto.INT8: np.dtype(np.int8), onnx.TensorProto.UINT8: np.dtype(np.uint8)}
+
+
+def _qdq_int_dtype(g: _Graph, node: onnx.NodeProto, zp: np.ndarray | None) -> np.dtype | None:
+    """The integer type of a QuantizeLinear's output or a DequantizeLinear's input, as ONNX defines it.
+
+    The zero point's type when there is one; otherwise a DequantizeLinear takes its input's type (an
+    initializer's, or that of the QuantizeLinear feeding it), and a QuantizeLinear writes ``output_dtype``
+    (opset 21) or uint8. None when it cannot be told statically (the rule then stays quiet).
+    """
+    if zp is not None:
+        return zp.dtype
+    if node.op_type == "QuantizeLinear":
+        return _ONNX_INT_DTYPES.get(_attr(node, "output_dtype", onnx.TensorProto.UINT8))
+    init = g.inits.get(node.input[0])
+    if init is not None:
+        return _ONNX_INT_DTYPES.get(init.data_type)
+    prod = g.producer.get(node.input[0])
+    if prod is not None and prod.op_type == "Clip":  # brevitas' Q -> Clip -> DQ
+        prod = g.producer.get(prod.input[0])
+    if prod is not None and prod.op_type == "QuantizeLinear":
+        q_zp = g.consts.get(prod.input[2]) if len(prod.input) > 2 and prod.input[2] else None
+        return _qdq_int_dtype(g, prod, q_zp)
+    return None
 
 
 def _weight_axis_rule(g: _Graph, node: onnx.NodeProto, dq: onnx.NodeProto) -> list[LintFinding]:

@@ -16,8 +16,9 @@ floor (:mod:`edgeattn.export.noise_floor`): the thresholds then widen to twice t
 shows when only float rounding changes, at most four times the profile's.
 
 ONNX models can be bisected: :func:`first_diverging_node` adds single
-intermediate outputs and binary-searches the topological order for the first node whose value in the
-runtime under test departs from ONNX Runtime with graph optimisations disabled.
+intermediate outputs and binary-searches the topological order of the data path (constant weight chains
+left out) for the first node whose value in the runtime under test departs from ONNX Runtime with graph
+optimisations disabled, then walks upstream while an input of that node departs too.
 """
 
 from __future__ import annotations
@@ -241,8 +242,21 @@ def _with_output(model, name: str):
     return copy
 
 
+def _input_dependent(model) -> set[str]:
+    """Names of the tensors whose value depends on a graph input (the data path; weight chains such as an int8
+    initializer's DequantizeLinear are the same for every input and are left out)."""
+    inits = {i.name for i in model.graph.initializer}
+    live = {i.name for i in model.graph.input if i.name not in inits}
+    for node in model.graph.node:
+        if any(i in live for i in node.input):
+            live.update(o for o in node.output if o)
+    return live
+
+
 def _float_outputs(model) -> list[tuple[str, str]]:
-    """(tensor name, node name) of every node output that holds a float value, in topological order."""
+    """(tensor name, node name) of every node output on the data path that holds a float value, in topological
+    order. Constant sub-graphs (a weight's DequantizeLinear) are left out: their value does not depend on the
+    input, so a bisection landing on one would learn nothing about the data path and skip past the divergence."""
     import onnx
 
     inferred = onnx.shape_inference.infer_shapes(model)
@@ -250,13 +264,33 @@ def _float_outputs(model) -> list[tuple[str, str]]:
     types.update({vi.name: vi.type.tensor_type.elem_type for vi in inferred.graph.output})
     floats = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)
     skip = {"Constant", "Shape", "QuantizeLinear"}
+    live = _input_dependent(model)
     return [
         (out, node.name or node.op_type)
         for node in model.graph.node
         if node.op_type not in skip
         for out in node.output[:1]
-        if types.get(out) in floats
+        if types.get(out) in floats and out in live
     ]
+
+
+def _float_parents(model, tensor: str, candidates: set[str]) -> list[str]:
+    """The candidate tensors nearest upstream of ``tensor``: its producer's inputs that are candidates, looking
+    through producers whose outputs are not (a QuantizeLinear's int8 output, Shape) to their own inputs."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    found: list[str] = []
+    seen: set[str] = set()
+    stack = [i for i in producer[tensor].input if i] if tensor in producer else []
+    while stack:
+        name = stack.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        if name in candidates:
+            found.append(name)
+        elif name in producer:
+            stack.extend(i for i in producer[name].input if i)
+    return found
 
 
 def first_diverging_node(
@@ -270,9 +304,13 @@ def first_diverging_node(
     """Bisect ``model`` (ONNX) for the first node whose output in ``run_candidate`` leaves ``tolerance``.
 
     ``run_candidate(model_with_one_output, x)`` runs the runtime under test; the reference is ONNX
-    Runtime without graph optimisations on the same one-output model. Assumes divergence persists
-    downstream once it appears (binary search over the topological order, ``log2(nodes)`` runs).
-    Returns ``{"node", "tensor", "op_type", "index", "max_abs_rel_range", "cosine"}`` or None.
+    Runtime without graph optimisations on the same one-output model. Only tensors on the data path are
+    probed (:func:`_float_outputs`). Assumes divergence persists downstream once it appears (binary search over
+    the topological order, ``log2(tensors)`` runs), then walks upstream from the node found while one of its
+    inputs diverges too (a parallel branch that agrees can hide the divergence from the search), so that the
+    node returned has inputs that agree and an output that does not.
+    Returns ``{"node", "tensor", "op_type", "index", "max_abs_rel_range", "cosine", "exact"}`` or None;
+    ``exact`` is False when ``max_steps`` ran out before the search converged.
     """
     candidates = _float_outputs(model)
     if not candidates:
@@ -302,6 +340,24 @@ def first_diverging_node(
             lo = mid + 1
         else:
             hi, found, found_m = mid, mid, m
+    exact = lo >= hi
+    # the order is topological, not a chain: a parallel branch that agrees can sit between the divergence and
+    # ``found``. Walk upstream while an input of the named node diverges too, so that every input of the node
+    # returned agrees (the node itself is where the values part)
+    index = {t: i for i, (t, _) in enumerate(candidates)}
+    names = set(index)
+    for _ in range(max_steps):
+        bad = None
+        for parent in sorted(_float_parents(model, candidates[found][0], names), key=index.__getitem__):
+            ok, m = check(index[parent])
+            if not ok:
+                bad = (index[parent], m)
+                break
+        if bad is None:
+            break
+        found, found_m = bad
+    else:
+        exact = False
     tensor, node = candidates[found]
     return {
         "node": node,
@@ -310,7 +366,7 @@ def first_diverging_node(
         "index": found,
         "max_abs_rel_range": found_m["max_abs_rel_range"],
         "cosine": found_m["cosine"],
-        "exact": steps < max_steps,
+        "exact": exact,
     }
 
 

@@ -6,6 +6,7 @@ import json
 import platform
 import sys
 from dataclasses import asdict, dataclass, field
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,9 @@ class ExportReport:
     # a trained model (checkpoint or in-memory module): its path, the quant config it was trained with ("float"
     # for a float one), the bits its quantizers hold and whether the profile's quant applies (None: registry model)
     checkpoint: dict[str, Any] | None = None
+    # the settings this run used where a flag can override the profile (opset as written in the ONNX file,
+    # exporter, batch, dynamic batch, runtime threads, OpenVINO ISA cap, noise floor on/off, input seed)
+    settings: dict[str, Any] = field(default_factory=dict)
     artifacts: dict[str, str] = field(default_factory=dict)
     inputs: list[dict[str, Any]] = field(default_factory=list)
     outputs: list[dict[str, Any]] = field(default_factory=list)
@@ -71,7 +75,7 @@ class ExportReport:
         return self.to_dict()
 
     def summary(self) -> str:
-        """One line per parity comparison, for the console."""
+        """One line per parity comparison, for the console (the figures of report.json's ``parity``)."""
         lines = []
         for p in self.parity:
             status = "ok" if p["passed"] else "FAILED"
@@ -123,7 +127,12 @@ def environment() -> dict[str, Any]:
     from edgeattn.hostinfo import detect_host
 
     host = detect_host()
+    try:
+        own = metadata.version("edgeattn")
+    except metadata.PackageNotFoundError:  # run from a source tree that is not installed
+        own = None
     return {
+        "edgeattn": own,
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "cpu": host.cpu_model,

@@ -86,14 +86,14 @@ def export(
         except ParityFailure as exc:
             if json_out:
                 write_json(json_out, exc.report)
-            console.print(exc.report.summary(), highlight=False)
+            console.print(exc.report.summary(), highlight=False, soft_wrap=True)
             _print_notes(exc.report)
             raise
     console.print(
         f"[bold]{report.model}[/] -> {report.target} ({report.precision}), profile "
         f"{report.profile['name']}: {', '.join(Path(p).name for p in report.artifacts.values())}"
     )
-    console.print(report.summary(), highlight=False)
+    console.print(report.summary(), highlight=False, soft_wrap=True)
     _print_notes(report)
     if report.trtexec:
         console.print(f"trtexec: {report.trtexec}", highlight=False, soft_wrap=True)
@@ -102,6 +102,7 @@ def export(
         console.print(
             f"OpenVINO int8 kernels: {sum(n['int8'] for n in k['nodes'])}/{k['count']} compute nodes"
         )
+    console.print(f"report: {Path(report.out_dir) / 'report.json'}", highlight=False, soft_wrap=True)
     if json_out:
         write_json(json_out, report)
 
