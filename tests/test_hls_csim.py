@@ -8,24 +8,15 @@ tiny ViT.
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pytest
 import torch
-from edgeattn.fpga_hls import find_ap_types, generate_project, run_csim
+from _hls_toolchain import require_toolchain
+from edgeattn.fpga_hls import generate_project, run_csim
 
-from edgeattn.errors import EdgeAttnError, MissingBackendError
+from edgeattn.errors import EdgeAttnError
 from edgeattn.models import create_model
-
-
-def _require_toolchain() -> None:
-    if shutil.which("g++") is None:
-        pytest.skip("g++ is not installed")
-    try:
-        find_ap_types()
-    except MissingBackendError:
-        pytest.skip("the ap_types headers (hls4ml wheel) are not installed")
 
 
 def _small(seed: int = 0):
@@ -36,7 +27,7 @@ def _small(seed: int = 0):
 @pytest.fixture(scope="module")
 def layer_runs(tmp_path_factory):
     """MoE encoder layer (layer 1, 17 tokens) at P = 1, 2, 4: reports and raw outputs."""
-    _require_toolchain()
+    require_toolchain()
     root = tmp_path_factory.mktemp("hls_layer")
     out = {}
     for p in (1, 2, 4):
@@ -71,7 +62,7 @@ def test_reordering_does_not_change_results(layer_runs):
 
 @pytest.mark.parametrize("p", [1, 2, 4])
 def test_whole_vit_csim_is_bit_exact(tmp_path, p):
-    _require_toolchain()
+    require_toolchain()
     prj = tmp_path / "vit"
     info = generate_project(_small(), "zcu102-hls", prj, layer=None, vectors=2, attn_parallel=p)
     assert info.top == "vit_top" and info.shape.moe_layers == 1 and info.shape.depth == 2
@@ -82,7 +73,7 @@ def test_whole_vit_csim_is_bit_exact(tmp_path, p):
 
 def test_4bit_quantized_layer_csim_is_bit_exact(tmp_path):
     """A W4A4 fpga-preset model: the C++ runs its 4-bit weights bit-exactly; the reference is named."""
-    _require_toolchain()
+    require_toolchain()
     from edgeattn.quant import QuantConfig, ptq
 
     torch.manual_seed(5)
@@ -100,7 +91,7 @@ def test_4bit_quantized_layer_csim_is_bit_exact(tmp_path):
 
 
 def test_cli_hls_csim_and_bad_input(tmp_path, capsys, monkeypatch):
-    _require_toolchain()
+    require_toolchain()
     from edgeattn.cli import main
 
     prj = tmp_path / "cli"
@@ -149,6 +140,6 @@ def test_cli_hls_csim_and_bad_input(tmp_path, capsys, monkeypatch):
 
 
 def test_run_csim_on_a_folder_that_is_not_a_project(tmp_path):
-    _require_toolchain()
+    require_toolchain()
     with pytest.raises(EdgeAttnError, match="not an edgeattn HLS project"):
         run_csim(tmp_path)

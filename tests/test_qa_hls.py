@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import time
 from pathlib import Path
@@ -23,25 +22,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from edgeattn.fpga_hls import HLSFormats, LayerShape, estimate, estimate_model, find_ap_types, generate_project
+from _hls_toolchain import require_toolchain
+from edgeattn.fpga_hls import HLSFormats, LayerShape, estimate, estimate_model, generate_project
 from edgeattn.fpga_hls import csim as csim_mod
 from edgeattn.fpga_hls import generator as gen_mod
 
 from edgeattn.cli import main
 from edgeattn.device_profile import load_profile
-from edgeattn.errors import EdgeAttnError, MissingBackendError
+from edgeattn.errors import EdgeAttnError
 from edgeattn.models import create_model
 
 SMALL = ["--set", "embed_dim=32", "--set", "img_size=16", "--set", "num_heads=2", "--set", "depth=2"]
 
-
-def _require_toolchain() -> None:
-    if shutil.which("g++") is None:
-        pytest.skip("g++ is not installed")
-    try:
-        find_ap_types()
-    except MissingBackendError:
-        pytest.skip("the ap_types headers (hls4ml wheel) are not installed")
 
 
 def _hls_args(prj: Path, *extra: str) -> list[str]:
@@ -57,7 +49,7 @@ def _staging_left(root: Path) -> list[str]:
 
 
 def test_csim_force_keeps_the_old_project_until_the_simulation_ran(tmp_path, monkeypatch, capsys):
-    _require_toolchain()
+    require_toolchain()
     prj = tmp_path / "prj"
     assert main(_hls_args(prj, "--seed", "1")) == 0
     old = _snapshot(prj)
