@@ -4,7 +4,9 @@
   the model's input size and repeated over ``in_chans`` channels, normalised to [-1, 1].
 * :func:`stdlib_corpus`: a byte-level corpus (vocabulary 256) built from the Python standard library's ``.py``
   sources, cut into (input, next-byte target) windows for ``tiny_llama``.
-* :func:`image_folder` (``root/<class>/<image>``) and :func:`text_file` for a user's own data.
+* :func:`image_folder` / :func:`image_folder_splits` (``root/<class>/<image>``) and :func:`text_file` for a
+  user's own data; :func:`checkpoint_samples`: inputs from the data a checkpoint was trained on, prepared as in
+  training.
 * :func:`random_shift`: the training-time augmentation of image batches (random whole-pixel translations).
 
 Splits are deterministic given ``seed``: the same call always returns the same tensors. Which samples are train
@@ -14,6 +16,7 @@ count and ``seq_len`` for text (the tail is validation).
 
 from __future__ import annotations
 
+import sys
 import sysconfig
 from pathlib import Path
 from typing import Literal
@@ -121,7 +124,10 @@ def _windows(data: bytes, seq_len: int, split: str) -> TensorDataset:
         raise ValueError(f"seq_len must be >= 2, got {seq_len}")
     n_windows = (len(data) - 1) // seq_len
     if n_windows < 2:  # checked before frombuffer, which refuses an empty buffer with an obscure message
-        raise EdgeAttnError(f"text corpus too short for seq_len={seq_len}: {len(data)} bytes")
+        raise EdgeAttnError(
+            f"text corpus too short for seq_len={seq_len}: {len(data)} bytes, needs at least {2 * seq_len + 1} "
+            "(one training and one validation window)"
+        )
     arr = torch.frombuffer(bytearray(data), dtype=torch.uint8).long()
     n_val = max(1, int(round(n_windows * VAL_FRACTION / 2)))  # 10% of windows for validation
     # the last windows (a contiguous tail of the corpus) are validation, so no byte is in both splits
@@ -158,51 +164,150 @@ def text_file(
         raise EdgeAttnError(f"data file '{path}': {err}") from None
 
 
-def image_folder(
-    root: str | Path, img_size: int = 32, in_chans: int = 3, split: Split = "train", seed: int = 0
-) -> tuple[TensorDataset, list[str]]:
-    """A user's images laid out as ``root/<class name>/<image>``; returns (dataset, class names).
+def _hidden(path: Path) -> bool:
+    """Files and folders a user did not put there as data: dot-files (``.DS_Store``, macOS ``._*`` resource forks,
+    ``.ipynb_checkpoints``) and the ``__MACOSX`` folder that unzipping a macOS archive leaves."""
+    return path.name.startswith(".") or path.name == "__MACOSX"
 
-    For a train or val split every class needs at least :data:`MIN_IMAGES_PER_CLASS` images (one for training, one
-    for validation). Both splits come in a seeded random order, not grouped by class, so that a sample cap or the first
-    calibration samples see every class; ``split="all"`` keeps the file order."""
+
+def _read_image(path: Path, img_size: int) -> np.ndarray:
+    """One image as an (img_size, img_size, 3) float32 array in [0, 1]: bilinear resize (the aspect ratio is not
+    kept), grayscale repeated over RGB, alpha dropped. 16-bit and 32-bit integer images are scaled by 1/65535 and
+    float images clipped to [0, 1], rather than clipped to 8 bits (which turns a 16-bit image black and white)."""
     from PIL import Image
 
-    root = Path(root)
+    try:
+        with Image.open(path) as im:
+            if im.mode in ("I", "F") or im.mode.startswith("I;16"):
+                arr = np.asarray(im, dtype=np.float32)
+                arr = arr / 65535.0 if im.mode != "F" else arr
+                plane = Image.fromarray(np.clip(arr, 0.0, 1.0), mode="F")
+                plane = plane.resize((img_size, img_size), Image.BILINEAR)
+                return np.repeat(np.asarray(plane, dtype=np.float32)[:, :, None], 3, axis=2)
+            rgb = im.convert("RGB").resize((img_size, img_size), Image.BILINEAR)
+            return np.asarray(rgb, dtype=np.float32) / 255.0
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        raise EdgeAttnError(f"data path '{path}': not a readable image ({err})") from None
+
+
+def _read_image_folder(root: Path, img_size: int) -> tuple[torch.Tensor, np.ndarray, list[str]]:
+    """(images (N, 3, img_size, img_size) in [0, 1], labels (N,), class names) of ``root/<class>/<image>``,
+    class by class in sorted file order. Hidden entries are ignored; other files that are not images (by suffix) and
+    sub-folders inside a class folder are skipped with one warning on stderr that counts them."""
     if not root.is_dir():
         raise EdgeAttnError(f"data path '{root}' does not exist or is not a directory")
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+    try:
+        classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not _hidden(p))
+    except OSError as err:
+        raise EdgeAttnError(f"data path '{root}': cannot list it ({err.strerror or err})") from None
     if not classes:
         raise EdgeAttnError(f"data path '{root}': expected one sub-folder per class, found none")
     images: list[torch.Tensor] = []
     labels: list[int] = []
+    skipped: list[Path] = []
     for ci, cname in enumerate(classes):
-        for f in sorted((root / cname).iterdir()):
-            if f.suffix.lower() not in _IMAGE_SUFFIXES:
+        try:
+            entries = sorted(f for f in (root / cname).iterdir() if not _hidden(f))
+        except OSError as err:
+            raise EdgeAttnError(f"data path '{root / cname}': cannot list it ({err.strerror or err})") from None
+        for f in entries:
+            if f.is_dir() or f.suffix.lower() not in _IMAGE_SUFFIXES:
+                skipped.append(f)
                 continue
-            try:
-                with Image.open(f) as im:
-                    im = im.convert("RGB").resize((img_size, img_size), Image.BILINEAR)
-                    arr = np.asarray(im, dtype=np.float32) / 255.0
-            except OSError as err:
-                raise EdgeAttnError(f"data path '{f}': not a readable image ({err})") from None
-            images.append(torch.from_numpy(arr).permute(2, 0, 1))
+            images.append(torch.from_numpy(_read_image(f, img_size)).permute(2, 0, 1))
             labels.append(ci)
+    if skipped:
+        folders = sorted({f.name for f in skipped if f.is_dir()})
+        kinds = sorted({f.suffix.lower() or f.name for f in skipped if not f.is_dir()})
+        print(
+            f"warning: data path '{root}': skipped {len(skipped) - len(folders)} file(s) that are not images "
+            f"({', '.join(kinds[:5]) or 'none'}) and {len(folders)} folder(s) inside class folders "
+            f"({', '.join(folders[:5]) or 'none'}); images are read from root/<class>/ only, with suffix "
+            f"{', '.join(sorted(_IMAGE_SUFFIXES))}",
+            file=sys.stderr,
+        )
     if not images:
         raise EdgeAttnError(f"data path '{root}': no images found")
-    lab = np.asarray(labels, dtype=np.int64)
-    counts = np.bincount(lab, minlength=len(classes))
+    return torch.stack(images), np.asarray(labels, dtype=np.int64), classes
+
+
+def _check_splittable(root: Path, labels: np.ndarray, classes: list[str]) -> None:
+    """Refuse a folder that a train/val split cannot use: one class, or a class with too few images."""
+    if len(classes) < 2:
+        raise EdgeAttnError(
+            f"data path '{root}': found 1 class ('{classes[0]}'); a classifier needs at least 2 class sub-folders"
+        )
+    counts = np.bincount(labels, minlength=len(classes))
     few = [(c, int(n)) for c, n in zip(classes, counts, strict=True) if n < MIN_IMAGES_PER_CLASS]
-    if few and split != "all":
+    if few:
         name, n = few[0]
         raise EdgeAttnError(
             f"data path '{root}': class '{name}' has {n} image(s); every class needs at least "
             f"{MIN_IMAGES_PER_CLASS} (training and validation each take one or more)"
         )
-    idx = _split_indices(lab, split, seed)
+
+
+def _folder_split(
+    images: torch.Tensor, labels: np.ndarray, split: str, img_size: int, in_chans: int, seed: int
+) -> TensorDataset:
+    idx = _split_indices(labels, split, seed)
     if split != "all":
         # images were read class by class; a seeded shuffle (a stream of its own, so the split is unchanged)
         # spreads the classes over the order that sample caps and calibration take from the front
         idx = np.random.default_rng([seed, _ORDER_STREAM]).permutation(idx)
-    x = _to_model_input(torch.stack(images)[idx], img_size, in_chans).contiguous()
-    return TensorDataset(x, torch.from_numpy(lab[idx])), classes
+    x = _to_model_input(images[idx], img_size, in_chans).contiguous()
+    return TensorDataset(x, torch.from_numpy(labels[idx]))
+
+
+def image_folder(
+    root: str | Path, img_size: int = 32, in_chans: int = 3, split: Split = "train", seed: int = 0
+) -> tuple[TensorDataset, list[str]]:
+    """A user's images laid out as ``root/<class name>/<image>``; returns (dataset, class names).
+
+    For a train or val split there must be at least 2 classes and every class needs at least
+    :data:`MIN_IMAGES_PER_CLASS` images (one for training, one for validation). Both splits come in a seeded random
+    order, not grouped by class, so that a sample cap or the first calibration samples see every class;
+    ``split="all"`` keeps the file order. Images are read as :func:`_read_image` says."""
+    _check_split(split)
+    root = Path(root)
+    images, labels, classes = _read_image_folder(root, img_size)
+    if split != "all":
+        _check_splittable(root, labels, classes)
+    return _folder_split(images, labels, split, img_size, in_chans, seed), classes
+
+
+def image_folder_splits(
+    root: str | Path, img_size: int = 32, in_chans: int = 3, seed: int = 0
+) -> tuple[TensorDataset, TensorDataset, list[str]]:
+    """``(train, val, class names)``: the same as two :func:`image_folder` calls, reading the images once."""
+    root = Path(root)
+    images, labels, classes = _read_image_folder(root, img_size)
+    _check_splittable(root, labels, classes)
+    train = _folder_split(images, labels, "train", img_size, in_chans, seed)
+    return train, _folder_split(images, labels, "val", img_size, in_chans, seed), classes
+
+
+def checkpoint_samples(meta: dict, split: Split = "val") -> torch.Tensor | None:
+    """Model inputs from the data a checkpoint written by ``edgeattn qat`` was trained on, prepared exactly as that
+    training prepared them (size, channels, normalisation, seeded split): images or token windows of ``split``.
+
+    Reads ``meta["data"]`` ('digits', 'stdlib'), or ``meta["data_path"]`` (the absolute path of a user's image folder
+    or text file), with ``meta["split"]`` and ``meta["model_kwargs"]``. ``None`` when the meta names no data, or the
+    folder or file is no longer there (a caller then falls back to other inputs)."""
+    data, split_cfg = meta.get("data"), meta.get("split") or {}
+    kwargs = meta.get("model_kwargs") or {}
+    seed = int(split_cfg.get("seed", 0))
+    if data == "digits":
+        return digits_dataset(int(kwargs["img_size"]), int(kwargs["in_chans"]), split, seed).tensors[0]
+    if data == "stdlib":
+        seq_len, corpus = int(kwargs["seq_len"]), int(split_cfg.get("corpus_bytes", 400_000))
+        return stdlib_corpus(seq_len, split, max_bytes=corpus).tensors[0]
+    path = meta.get("data_path")
+    if not path:
+        return None
+    path = Path(path)
+    if path.is_dir():
+        return image_folder(path, int(kwargs["img_size"]), int(kwargs["in_chans"]), split, seed)[0].tensors[0]
+    if path.is_file():
+        return text_file(path, int(kwargs["seq_len"]), split).tensors[0]
+    return None

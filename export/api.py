@@ -328,6 +328,7 @@ def _parity_inputs(
     holds every byte.
     """
     rng = np.random.default_rng(seed)
+    own = _own_data(meta, shape, "val")  # the user's image folder or text file the checkpoint was trained on
     if vocab is not None:
         if given is not None:
             ids = np.asarray(given)
@@ -335,6 +336,10 @@ def _parity_inputs(
                 raise EdgeAttnError(f"inputs: token ids must be integers in [0, {vocab}) for this model")
             return ids.astype(np.int64)[:n], {"random": 0, "real": 0, "given": min(n, len(ids))}
         x = rng.integers(0, vocab, (n, *shape[1:]), dtype=np.int64)
+        if own is not None:
+            real = own[: n // 2].numpy()
+            x[: len(real)] = real
+            return x, {"random": n - len(real), "real": len(real)}
         if vocab < 256:
             return x, {"random": n, "real": 0}
         from edgeattn.data import stdlib_corpus
@@ -349,7 +354,11 @@ def _parity_inputs(
         return x, {"random": 0, "real": 0, "given": len(x)}
     data = (meta or {}).get("data") or (meta or {}).get("dataset")
     name = data.get("name") if isinstance(data, dict) else data
-    if name == "digits" and len(shape) == 4:
+    if own is not None:
+        real = own[: n // 2].numpy()
+        x[: len(real)] = real
+        counts = {"random": n - len(real), "real": len(real)}
+    elif name == "digits" and len(shape) == 4:
         from edgeattn.data import digits_dataset
 
         ds = digits_dataset(img_size=shape[2], in_chans=shape[1], split="val", seed=0)
@@ -359,16 +368,34 @@ def _parity_inputs(
     return x, counts
 
 
+def _own_data(meta: dict[str, Any] | None, shape: tuple[int, ...], split: str) -> Any:
+    """Samples of ``split`` from the user's own image folder or text file that the checkpoint was trained on
+    (``meta["data_path"]``, written by ``edgeattn qat``), prepared as training prepared them; ``None`` for the
+    shipped data sets, when the data is gone, or when its sample shape is not the export's."""
+    if not (meta or {}).get("data_path"):
+        return None
+    from edgeattn.data import checkpoint_samples
+
+    samples = checkpoint_samples(meta, split)
+    if samples is None or tuple(samples.shape[1:]) != tuple(shape[1:]) or len(samples) == 0:
+        return None
+    return samples
+
+
 def _calibration_batches(
-    shape: tuple[int, ...], calib_inputs: Any, seed: int, vocab: int | None = None
+    shape: tuple[int, ...], calib_inputs: Any, seed: int, vocab: int | None = None, meta: dict | None = None
 ) -> list[Any]:
-    """PTQ calibration inputs: ``calib_inputs``, else digits images (vision) or standard-library text windows
-    (a token-id model whose vocabulary holds every byte; random ids otherwise)."""
+    """PTQ calibration inputs: ``calib_inputs``, else the user's own data the checkpoint was trained on, else
+    digits images (vision) or standard-library text windows (a token-id model whose vocabulary holds every byte;
+    random ids otherwise)."""
     import torch
 
     if calib_inputs is not None:
         dtype = np.int64 if vocab is not None else np.float32
         return [torch.as_tensor(np.asarray(calib_inputs, dtype))]
+    own = _own_data(meta, shape, "train")
+    if own is not None:
+        return [own[:64]]
     gen = torch.Generator().manual_seed(seed)
     if vocab is not None:
         if vocab < 256:
@@ -615,8 +642,8 @@ def _export_model(
                 prof,
                 _cached(
                     cache if calib_inputs is None else None,
-                    ("calib", shape, seed, vocab),
-                    lambda: _calibration_batches(shape, calib_inputs, seed, vocab),
+                    ("calib", shape, seed, vocab, (meta or {}).get("data_path")),
+                    lambda: _calibration_batches(shape, calib_inputs, seed, vocab, meta),
                 ),
             ).eval(),
         )

@@ -318,13 +318,12 @@ def load_data(cfg: TrainConfig) -> tuple[TensorDataset, TensorDataset, dict[str,
     elif cfg.data == "digits":
         train = D.digits_dataset(cfg.img_size, cfg.in_chans, "train", cfg.seed)
         val = D.digits_dataset(cfg.img_size, cfg.in_chans, "val", cfg.seed)
-        info = {"task": "vision", "num_classes": 10}
+        info = {"task": "vision", "num_classes": 10, "classes": [str(c) for c in range(10)]}
     else:
         path = Path(cfg.data)
         if not path.exists():
             raise EdgeAttnError(f"data path '{path}' does not exist (use 'digits', 'stdlib', a folder or a file)")
-        train, classes = D.image_folder(path, cfg.img_size, cfg.in_chans, "train", cfg.seed)
-        val, _ = D.image_folder(path, cfg.img_size, cfg.in_chans, "val", cfg.seed)
+        train, val, classes = D.image_folder_splits(path, cfg.img_size, cfg.in_chans, cfg.seed)
         info = {"task": "vision", "num_classes": len(classes), "classes": classes}
     for name, ds in (("training", train), ("validation", val)):
         if len(ds) == 0:  # refused here, before the run writes anything (an untrained fp.pt, say)
@@ -332,6 +331,18 @@ def load_data(cfg: TrainConfig) -> tuple[TensorDataset, TensorDataset, dict[str,
     train = _cap(train, cfg.max_train_samples)
     val = _cap(val, cfg.max_val_samples)
     return train, val, info
+
+
+def data_meta(cfg: TrainConfig, info: dict[str, Any]) -> dict[str, Any]:
+    """What the checkpoints and result.json record about the data besides ``data`` and ``split``: ``classes`` (the
+    class names in label order, vision) and ``data_path`` (a user's folder or file as an absolute path, so that
+    export, profile and hls can find it from any working directory; see ``edgeattn.data.checkpoint_samples``)."""
+    out: dict[str, Any] = {}
+    if "classes" in info:
+        out["classes"] = list(info["classes"])
+    if cfg.data not in ("digits", "stdlib"):
+        out["data_path"] = str(Path(cfg.data).resolve())
+    return out
 
 
 def _cap(ds: TensorDataset, n: int | None) -> TensorDataset:
@@ -1016,10 +1027,18 @@ def _same_data(a: Any, b: str) -> bool:
 
 
 def _check_fp_meta(
-    meta: dict[str, Any], source: str, cfg: TrainConfig, kwargs: dict[str, Any], split: dict[str, Any], warn: bool
+    meta: dict[str, Any],
+    source: str,
+    cfg: TrainConfig,
+    kwargs: dict[str, Any],
+    split: dict[str, Any],
+    warn: bool,
+    info: dict[str, Any] | None = None,
 ) -> None:
-    """Refuse an FP checkpoint that is not the model this run describes, or that was trained on another train/val
-    split; warn about one from an older edgeattn that does not record its split."""
+    """Refuse an FP checkpoint that is not the model this run describes, that was trained on another train/val
+    split or whose class names (``meta["classes"]``, where recorded) are not the data's (``info["classes"]``): the
+    same folder with a class renamed has the same count, so labels would silently mean other classes. Warn about
+    one from an older edgeattn that does not record its split."""
     if meta.get("quant"):
         raise EdgeAttnError(f"fp_checkpoint '{source}' is quantized; give a float checkpoint")
     if meta.get("model") != cfg.model:
@@ -1041,9 +1060,20 @@ def _check_fp_meta(
             f"fp_checkpoint '{source}' was built with {key}={was!r}, this run has {now!r} (model_kwargs, "
             "the profile's approx, img_size, in_chans, seq_len and the data's classes must match)"
         )
-    if meta.get("data") is not None and not _same_data(meta["data"], cfg.data):  # None: an older edgeattn
+    # "data" as given (relative to the folder that run started in) or "data_path" (made absolute then): either
+    # naming this run's data will do; the classes and split checks below still apply
+    saved_data = [d for d in (meta.get("data"), meta.get("data_path")) if d is not None]
+    if saved_data and not any(_same_data(d, cfg.data) for d in saved_data):  # none: an older edgeattn
         raise EdgeAttnError(
-            f"fp_checkpoint '{source}' was trained on data '{meta.get('data')}', this run uses '{cfg.data}'"
+            f"fp_checkpoint '{source}' was trained on data '{saved_data[-1]}', this run uses '{cfg.data}'"
+        )
+    saved_classes, run_classes = meta.get("classes"), (info or {}).get("classes")
+    if saved_classes is not None and run_classes is not None and list(saved_classes) != list(run_classes):
+        pairs = zip(list(saved_classes) + [None], list(run_classes) + [None], strict=False)
+        label, (was, now) = next((i, ab) for i, ab in enumerate(pairs) if ab[0] != ab[1])
+        raise EdgeAttnError(
+            f"fp_checkpoint '{source}' was trained on other classes: label {label} is {was!r} there and "
+            f"{now!r} in this data"
         )
     saved = meta.get("split")
     if saved is None:
@@ -1153,13 +1183,15 @@ def _run(cfg: TrainConfig, resume: bool, show: bool, dist: _Dist, force: bool) -
     fp_source: Path | None = None  # the FP checkpoint to start from, checked here and loaded below
     if cfg.fp_checkpoint:
         fp_source = Path(cfg.fp_checkpoint)
-        _check_fp_meta(read_checkpoint_file(fp_source)["meta"], str(fp_source), cfg, kwargs, split, dist.is_main)
+        _check_fp_meta(
+            read_checkpoint_file(fp_source)["meta"], str(fp_source), cfg, kwargs, split, dist.is_main, info
+        )
     elif resume and fp_path.is_file():
         fp_source = fp_path
         fp_saved = read_checkpoint_file(fp_path)["meta"]
         if state is None and "config" in fp_saved:  # stopped before QAT's first epoch: fp.pt has the settings
             _check_resume_config(fp_saved["config"], cfg, fp_path)
-        _check_fp_meta(fp_saved, str(fp_path), cfg, kwargs, split, dist.is_main)
+        _check_fp_meta(fp_saved, str(fp_path), cfg, kwargs, split, dist.is_main, info)
     from edgeattn.models import create_model
 
     # a bad model name or argument, or token-adaptive settings the model cannot take, fail here: before --force
@@ -1186,6 +1218,7 @@ def _run(cfg: TrainConfig, resume: bool, show: bool, dist: _Dist, force: bool) -
         "reparameterized": False,
         "data": cfg.data,
         "split": split,
+        **data_meta(cfg, info),
         "config": cfg.model_dump(mode="json"),
     }
     result: dict[str, Any] = {
@@ -1199,6 +1232,10 @@ def _run(cfg: TrainConfig, resume: bool, show: bool, dist: _Dist, force: bool) -
         "token_adaptive": cfg.token_adaptive,
         "output_dir": str(out_dir),
         "world_size": dist.world,
+        "split": split,
+        "train_samples": len(train),
+        "val_samples": len(val),
+        **data_meta(cfg, info),
     }
     with _StopFlag() as stop, _Progress(show) as prog:
         try:
@@ -1231,6 +1268,7 @@ def _run(cfg: TrainConfig, resume: bool, show: bool, dist: _Dist, force: bool) -
                 "reparameterized": True,
                 "data": cfg.data,
                 "split": split,
+                **data_meta(cfg, info),
             }
             if dist.is_main:
                 save_checkpoint(out_dir / "ptq.pt", ptq_model, q_meta)
