@@ -22,7 +22,13 @@ def reparameterize(model: nn.Module, inplace: bool = False) -> nn.Module:
     else is reported with a warning. BN folding uses the running statistics, so the deploy form equals the train
     form in eval mode. With ``inplace=False`` (the default) the input model is left untouched and a deep copy is
     converted. The training flag of the model is kept (QAT trains the deploy form).
+
+    Raises ``TypeError`` if ``model`` is not an ``nn.Module``.
     """
+    from torch import nn
+
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"reparameterize: argument 'model' must be a torch.nn.Module, got {type(model).__name__}")
     target = model if inplace else copy.deepcopy(model)
     _walk(target)
     _fold_sequential_bn(target)

@@ -73,13 +73,21 @@ def _pow2_int(n: torch.Tensor) -> torch.Tensor:
 
 
 # Exp arguments are clamped here before the integer/fraction split: exp(-128) underflows float32 anyway, and
-# without the clamp a masked score of -inf would give floor(inf) - inf = NaN.
+# without the clamp a masked score of -inf would give floor(inf) - inf = NaN. float64 keeps exp(-128) = 2.6e-56,
+# so a masked score would get a tiny non-zero weight there: it is clamped at -1100 instead, below float64's
+# smallest exp (exp(-745.2)), so masks give exactly 0 in every dtype.
 MIN_EXP_ARG = 128.0
+MIN_EXP_ARG_F64 = 1100.0
+
+
+def _min_exp_arg(dtype: torch.dtype) -> float:
+    """The clamp of the shifted exp arguments for ``dtype``: where exp is exactly 0 in that dtype."""
+    return MIN_EXP_ARG_F64 if dtype == torch.float64 else MIN_EXP_ARG
 
 
 def _shifted(x: torch.Tensor, dim: int) -> torch.Tensor:
-    """``x - max(x)`` along ``dim``, clamped below at ``-MIN_EXP_ARG``."""
-    return torch.clamp(x - torch.amax(x, dim=dim, keepdim=True), min=-MIN_EXP_ARG)
+    """``x - max(x)`` along ``dim``, clamped below at ``-MIN_EXP_ARG`` (``-MIN_EXP_ARG_F64`` in float64)."""
+    return torch.clamp(x - torch.amax(x, dim=dim, keepdim=True), min=-_min_exp_arg(x.dtype))
 
 
 def _take(table: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -157,7 +165,7 @@ def softmax_base2(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
     ``m = ceil(max t)`` is an integer so rescaling a running sum by a change of max is a shift;
     ``2^(t-m) = 2^floor * 2^frac``.
     """
-    u = torch.clamp(_base2_exponent(x, dim), min=-MIN_EXP_ARG * LOG2E)
+    u = torch.clamp(_base2_exponent(x, dim), min=-_min_exp_arg(x.dtype) * LOG2E)
     k = torch.floor(u)
     e = base2_pow2_frac(u - k) * _pow2_int(k)
     return e / torch.sum(e, dim=dim, keepdim=True)
@@ -195,12 +203,13 @@ class OnlineSoftmaxStream:
         cmax = torch.amax(chunk, dim=-1, keepdim=True)
         if self.m is None:
             self.m = cmax
-            self.d = torch.sum(torch.exp(chunk - cmax), dim=-1, keepdim=True)
+            self.d = torch.sum(torch.exp(chunk - _finite_max(cmax)), dim=-1, keepdim=True)
             return
         m_new = torch.maximum(self.m, cmax)
-        self.d = self.d * torch.exp(self.m - m_new) + torch.sum(
-            torch.exp(chunk - m_new), dim=-1, keepdim=True
-        )
+        # A row masked (-inf) so far has d = 0: rescaling it by exp(-inf - -inf) = NaN would poison the row, so
+        # an all -inf max subtracts 0 instead (exp(-inf) = 0 keeps d = 0).
+        safe = _finite_max(m_new)
+        self.d = self.d * torch.exp(self.m - safe) + torch.sum(torch.exp(chunk - safe), dim=-1, keepdim=True)
         self.m = m_new
 
     def finalize(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -213,6 +222,11 @@ class OnlineSoftmaxStream:
     def weights(s: torch.Tensor, m: torch.Tensor, inv_d: torch.Tensor) -> torch.Tensor:
         """Deferred probabilities ``exp(s - m) * inv_d``."""
         return deferred_weights(s, m, inv_d)
+
+
+def _finite_max(m: torch.Tensor) -> torch.Tensor:
+    """``m`` with ``-inf`` (a row whose scores so far are all masked) replaced by 0, for subtracting from scores."""
+    return torch.where(torch.isneginf(m), torch.zeros_like(m), m)
 
 
 def deferred_weights(s: torch.Tensor, m: torch.Tensor, inv_d: torch.Tensor) -> torch.Tensor:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from edgeattn.blocks.rep import check_positive_ints
+
 __all__ = ["ELA", "ELA_VARIANTS"]
 
 # variant -> (kernel size, "depthwise" or channels-per-conv-group, GroupNorm groups)
@@ -34,8 +36,7 @@ class ELA(nn.Module):
         if variant not in ELA_VARIANTS:
             raise ValueError(f"unknown ELA variant {variant!r}; allowed: {', '.join(ELA_VARIANTS)}")
         kernel, per_group, gn_groups = ELA_VARIANTS[variant]
-        if channels <= 0:
-            raise ValueError(f"ELA-{variant}: channels must be positive, got {channels}")
+        check_positive_ints(f"ELA-{variant}", channels=channels)
         if per_group != "depthwise" and channels % per_group:
             raise ValueError(f"ELA-{variant}: channels={channels} must be divisible by {per_group}")
         if channels % gn_groups:

@@ -24,13 +24,26 @@ from torch import nn
 
 from edgeattn.approx import ApproxGELU, ApproxSoftmax
 from edgeattn.blocks.attention import ATTENTION_QUANT_POINTS, add_quant_points
-from edgeattn.blocks.rep import MultiGroupConv1x1, RepConv, fuse_bn_into_linear, set_weight_bias
+from edgeattn.blocks.rep import (
+    MultiGroupConv1x1,
+    RepConv,
+    check_positive_ints,
+    fuse_bn_into_linear,
+    set_weight_bias,
+)
 
 __all__ = ["GMLP", "RLMHSA", "CFB", "HFBlock", "FMBlock", "usable_groups"]
 
 
-def usable_groups(channels: Sequence[int], groups: Sequence[int]) -> tuple[int, ...]:
-    """The group counts of ``groups`` that divide every channel count in ``channels`` (1 always kept)."""
+def usable_groups(channels: Sequence[int], groups: Sequence[int], where: str = "usable_groups") -> tuple[int, ...]:
+    """The group counts of ``groups`` that divide every channel count in ``channels`` (1 always kept).
+
+    Raises ``ValueError`` (prefixed with ``where``, the calling block) for a group count that is not a positive
+    integer: 0 would divide by zero here.
+    """
+    if isinstance(groups, (str, bytes)) or not isinstance(groups, Sequence):
+        raise ValueError(f"{where}: groups must be a list of positive integers, got {groups!r}")
+    check_positive_ints(where, **{f"groups[{i}]": g for i, g in enumerate(groups)})
     keep = tuple(g for g in groups if all(c % g == 0 for c in channels))
     return keep if 1 in keep else (1, *keep)
 
@@ -48,9 +61,8 @@ class GMLP(nn.Module):
         self, dim: int, hidden_dim: int, groups: Sequence[int] = (1, 2, 4), gelu: str = "exact"
     ) -> None:
         super().__init__()
-        if dim <= 0 or hidden_dim <= 0:
-            raise ValueError(f"GMLP: dim ({dim}) and hidden_dim ({hidden_dim}) must be positive")
-        g = usable_groups((dim, hidden_dim), groups)
+        check_positive_ints("GMLP", dim=dim, hidden_dim=hidden_dim)
+        g = usable_groups((dim, hidden_dim), groups, "GMLP")
         self.in_quant = nn.Identity()
         self.fc1 = MultiGroupConv1x1(dim, hidden_dim, g)
         self.act = ApproxGELU(method=gelu)
@@ -83,10 +95,7 @@ class RLMHSA(nn.Module):
         softmax: str = "exact",
     ) -> None:
         super().__init__()
-        if dim <= 0 or num_heads <= 0 or sr_ratio <= 0:
-            raise ValueError(
-                f"RLMHSA: dim ({dim}), num_heads ({num_heads}), sr_ratio ({sr_ratio}) must be > 0"
-            )
+        check_positive_ints("RLMHSA", dim=dim, num_heads=num_heads, sr_ratio=sr_ratio)
         if dim % num_heads:
             raise ValueError(f"RLMHSA: dim={dim} must be divisible by num_heads={num_heads}")
         self.dim, self.num_heads, self.sr_ratio = dim, num_heads, sr_ratio
@@ -153,7 +162,8 @@ class CFB(nn.Module):
 
     def __init__(self, dim: int, groups: Sequence[int] = (1, 2)) -> None:
         super().__init__()
-        self.fuse = MultiGroupConv1x1(2 * dim, dim, usable_groups((2 * dim, dim), groups))
+        check_positive_ints("CFB", dim=dim)
+        self.fuse = MultiGroupConv1x1(2 * dim, dim, usable_groups((2 * dim, dim), groups, "CFB"))
         self.local = RepConv(dim, dim, 3, groups=dim, act=None)
 
     def forward(self, high: torch.Tensor, low: torch.Tensor) -> torch.Tensor:

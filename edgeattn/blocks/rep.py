@@ -16,6 +16,7 @@ in attributes named ``branches``, ``scale_branch`` and ``identity_branch``, whic
 from __future__ import annotations
 
 from collections.abc import Sequence
+from numbers import Integral
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +32,7 @@ __all__ = [
     "grouped_to_dense",
     "make_act",
     "set_weight_bias",
+    "check_positive_ints",
 ]
 
 
@@ -111,7 +113,20 @@ def make_act(act: str | None) -> nn.Module:
     return table[act]()
 
 
+def check_positive_ints(where: str, **values: object) -> None:
+    """Raise ``ValueError("{where}: {name} must be a positive integer, got ...")`` unless every value is an
+    integer > 0 (``bool`` refused). A float or string channel count would otherwise fail deep inside torch."""
+    for name, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, Integral) or value <= 0:
+            raise ValueError(f"{where}: {name} must be a positive integer, got {value!r}")
+
+
 def _check_channels(name: str, in_ch: int, out_ch: int, groups: int) -> None:
+    for value in (in_ch, out_ch, groups):
+        if isinstance(value, bool) or not isinstance(value, Integral):
+            raise ValueError(
+                f"{name}: channels and groups must be integers (got {in_ch!r}, {out_ch!r}, groups={groups!r})"
+            )
     if in_ch <= 0 or out_ch <= 0 or groups <= 0:
         raise ValueError(
             f"{name}: channels and groups must be positive (got {in_ch}, {out_ch}, groups={groups})"
@@ -156,6 +171,7 @@ class ConvBN(nn.Module):
     ) -> None:
         super().__init__()
         _check_channels("ConvBN", in_channels, out_channels, groups)
+        check_positive_ints("ConvBN", kernel_size=kernel_size, stride=stride)
         self.conv = nn.Conv2d(
             in_channels, out_channels, kernel_size, stride, kernel_size // 2, groups=groups, bias=False
         )
@@ -206,6 +222,7 @@ class RepConv(nn.Module):
     ) -> None:
         super().__init__()
         _check_channels("RepConv", in_channels, out_channels, groups)
+        check_positive_ints("RepConv", kernel_size=kernel_size, stride=stride, num_branches=num_branches)
         if kernel_size % 2 == 0:
             raise ValueError(f"RepConv: kernel_size must be odd, got {kernel_size}")
         if num_branches < 1:

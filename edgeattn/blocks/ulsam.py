@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from edgeattn.approx import ApproxSoftmax
-from edgeattn.blocks.rep import fuse_bn, set_weight_bias
+from edgeattn.blocks.rep import check_positive_ints, fuse_bn, set_weight_bias
 
 __all__ = ["ULSAM"]
 
@@ -32,10 +32,7 @@ class ULSAM(nn.Module):
 
     def __init__(self, channels: int, num_subspaces: int = 4, softmax: str = "exact") -> None:
         super().__init__()
-        if channels <= 0 or num_subspaces <= 0:
-            raise ValueError(
-                f"ULSAM: channels ({channels}) and num_subspaces ({num_subspaces}) must be positive"
-            )
+        check_positive_ints("ULSAM", channels=channels, num_subspaces=num_subspaces)
         if channels % num_subspaces:
             raise ValueError(f"ULSAM: channels={channels} must be divisible by num_subspaces={num_subspaces}")
         self.channels, self.num_subspaces = channels, num_subspaces

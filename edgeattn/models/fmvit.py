@@ -87,6 +87,7 @@ class FMViT(nn.Module):
             raise ValueError(
                 "FMViT: widths/depths/mlp_ratios need 4 entries, heads/sr_ratios 2 (stages 3, 4)"
             )
+        _check_fmvit_shapes(widths, heads, mlp_ratios)
         self.input_size = (in_chans, img_size, img_size)
         self.num_classes = num_classes
         # Small inputs (e.g. 32x32 digits) keep more resolution: the stem downsamples 2x instead of 4x.
@@ -127,6 +128,23 @@ class FMViT(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.forward_features(x).mean(dim=(2, 3)))
+
+
+def _check_fmvit_shapes(widths: Sequence[int], heads: Sequence[int], mlp_ratios: Sequence[float]) -> None:
+    """Raise ``ValueError`` naming the argument for widths/heads/ratios the layers cannot be built from (the
+    layers' own errors would name their parameters, e.g. RLMHSA's ``dim``, not the model's)."""
+    if widths[0] < 2:
+        raise ValueError(
+            f"FMViT: widths[0] must be >= 2 (the stem's first conv has widths[0] // 2 channels), got {widths[0]}"
+        )
+    for i, n_heads in enumerate(heads):
+        if widths[i + 2] % n_heads:
+            raise ValueError(
+                f"FMViT: heads[{i}]={n_heads} must divide widths[{i + 2}]={widths[i + 2]} (stage {i + 3} attention)"
+            )
+    for i, (width, ratio) in enumerate(zip(widths, mlp_ratios, strict=True)):
+        if int(width * ratio) < 1:
+            raise ValueError(f"FMViT: mlp_ratios[{i}]={ratio!r} gives widths[{i}]={width} a gMLP hidden width of 0")
 
 
 def _build(

@@ -88,6 +88,13 @@ class MobileNetV2(nn.Module):
             img_size=img_size,
             ulsam_subspaces=ulsam_subspaces,
         )
+        if attention == "ulsam":
+            ulsam_widths = sorted({MOBILENETV2_CFG[stage][1] for stage, _ in ULSAM_AFTER})
+            if any(c % ulsam_subspaces for c in ulsam_widths):
+                raise ValueError(
+                    f"MobileNetV2: ulsam_subspaces={ulsam_subspaces} must divide the channels ULSAM sees "
+                    f"({', '.join(map(str, ulsam_widths))})"
+                )
         if isinstance(dropout, bool) or not isinstance(dropout, Real) or not 0 <= dropout < 1:
             raise ValueError(f"MobileNetV2: dropout must be a number in [0, 1), got {dropout!r}")
         if softmax != "exact" and attention != "ulsam":
