@@ -296,18 +296,20 @@ def checkpoint_samples(meta: dict, split: Split = "val") -> torch.Tensor | None:
     folder or file is no longer there (a caller then falls back to other inputs)."""
     data, split_cfg = meta.get("data"), meta.get("split") or {}
     kwargs = meta.get("model_kwargs") or {}
+
+    def setting(key: str) -> int | None:  # the model's own argument, else what the split recorded
+        value = kwargs.get(key, split_cfg.get(key))
+        return None if value is None else int(value)
+
     seed = int(split_cfg.get("seed", 0))
-    if data == "digits":
-        return digits_dataset(int(kwargs["img_size"]), int(kwargs["in_chans"]), split, seed).tensors[0]
-    if data == "stdlib":
-        seq_len, corpus = int(kwargs["seq_len"]), int(split_cfg.get("corpus_bytes", 400_000))
-        return stdlib_corpus(seq_len, split, max_bytes=corpus).tensors[0]
-    path = meta.get("data_path")
-    if not path:
-        return None
-    path = Path(path)
-    if path.is_dir():
-        return image_folder(path, int(kwargs["img_size"]), int(kwargs["in_chans"]), split, seed)[0].tensors[0]
-    if path.is_file():
-        return text_file(path, int(kwargs["seq_len"]), split).tensors[0]
+    img_size, in_chans, seq_len = setting("img_size"), setting("in_chans"), setting("seq_len")
+    path = Path(meta["data_path"]) if meta.get("data_path") else None
+    if data == "digits" and img_size and in_chans:
+        return digits_dataset(img_size, in_chans, split, seed).tensors[0]
+    if data == "stdlib" and seq_len:
+        return stdlib_corpus(seq_len, split, max_bytes=int(split_cfg.get("corpus_bytes", 400_000))).tensors[0]
+    if path is not None and path.is_dir() and img_size and in_chans:
+        return image_folder(path, img_size, in_chans, split, seed)[0].tensors[0]
+    if path is not None and path.is_file() and seq_len:
+        return text_file(path, seq_len, split).tensors[0]
     return None
