@@ -240,3 +240,27 @@ def test_first_line_skips_where_openvino_raised():
     assert _first_line(exc) == "Start-end tags mismatch at offset 299"
     assert _first_line(RuntimeError("plain message\nmore")) == "plain message"
     assert _first_line(RuntimeError("")) == "RuntimeError"
+
+
+def test_ort_dequantize_time_is_not_counted_as_int8_compute(tmp_path):
+    """A Q/DQ graph that ONNX Runtime did not fuse runs its Conv in fp32 between DequantizeLinear nodes: the DQ's
+    int8 input made its time count as int8 compute. Conversions get their own label; integer kernels stay int8."""
+    from edgeattn.profile import layers as L
+
+    nodes = [  # (name, op, first input type, ms)
+        ("dq", "DequantizeLinear", "int8", 0.4),
+        ("conv", "Conv", "float", 1.0),
+        ("q", "QuantizeLinear", "float", 0.2),
+        ("qconv", "QLinearConv", "uint8", 0.5),
+    ]
+    events, ts = [], 0
+    for name, op, dtype, ms in nodes:
+        args = {"op_name": op, "provider": "CPUExecutionProvider", "input_type_shape": [{dtype: [1, 4]}]}
+        events.append({"cat": "Node", "name": f"{name}_kernel_time", "ts": ts, "dur": ms * 1000, "args": args})
+        ts += ms * 1000 + 1
+    events.append({"cat": "Session", "name": "model_run", "ts": 0, "dur": ts})
+    acc = L.LayerAccumulator()
+    assert L.read_ort_trace(events, acc) == 1
+    b = acc.breakdown("ort", end_to_end_p50_ms=2.1)
+    assert {x.name: x.precision for x in b.layers} == {"dq": "q/dq", "conv": "fp32", "q": "q/dq", "qconv": "int8"}
+    assert b.by_precision == pytest.approx({"fp32": 1.0, "q/dq": 0.6, "int8": 0.5})  # hand sums of the events

@@ -152,9 +152,18 @@ class LayerAccumulator:
         )
 
 
+# ONNX Runtime's (de)quantize nodes convert between float and int8; they do no int8 arithmetic. Labelled by their
+# input type they would count as int8 time, although in a Q/DQ graph ORT did not fuse, the compute runs in fp32.
+_QDQ_ONNX_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"}
+
+
 def _onnx_event_precision(op_name: str, args: dict[str, Any]) -> str:
+    """The precision of one ONNX Runtime node event: ``int8`` for integer kernels, ``q/dq`` for (de)quantize
+    conversions, else the type of its first input (``fp32``, ``fp16``, ``int8``)."""
     if op_name in _INT_ONNX_OPS:
         return "int8"
+    if op_name in _QDQ_ONNX_OPS:
+        return "q/dq"
     for entry in args.get("input_type_shape", [])[:1]:
         for dtype in entry:
             if dtype in ("int8", "uint8"):

@@ -37,7 +37,9 @@ class LayerRecord(BaseModel):
         "", description="kernel/implementation that actually ran (e.g. jit_avx2_I8, brgconv_avx512_f32)"
     )
     precision: str = Field(
-        "unknown", description="execution precision read from the kernel: int8, fp32, fp16, bf16"
+        "unknown",
+        description="execution precision read from the kernel: int8, fp32, fp16, bf16; q/dq for ONNX Runtime's "
+        "(de)quantize conversions (no int8 arithmetic)",
     )
     device: str = Field("", description="execution provider / device that ran the layer")
     time_ms: float = Field(description="median time per inference in this layer (over the profiled runs)")
