@@ -68,7 +68,7 @@ from _cli import BenchError, Parser, check_out, int_list, positive_int, read_jso
 from edgeattn.quant.losses import DISTRIBUTION_ROW_FLOOR
 from edgeattn.quant.train import TrainConfig, run
 
-from edgeattn.hostinfo import detect_host
+from edgeattn.hostinfo import detect_host, runtime_versions
 
 QAT_SAMPLES: dict[str, int | None] = {}  # suite -> cap on QAT training samples (--qat-train-samples)
 # the paper's recipe, all three losses; edgeattn's default drops the entropy loss (measured by the
@@ -822,16 +822,6 @@ def _lr_sweep_summary(
         payload.setdefault("lr_sweep_summary", {})[key] = out
 
 
-def _version(package: str) -> str | None:
-    """The installed version of ``package``, None if it is not installed."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(package)
-    except PackageNotFoundError:
-        return None
-
-
 def main() -> None:
     """Run the rows asked for, writing ``--out`` after each one."""
     ap = Parser(description=__doc__.split("\n")[0])
@@ -948,7 +938,7 @@ def main() -> None:
         "processor": platform.processor(),
         "torch": torch.__version__,
         "python": platform.python_version(),
-        "brevitas": _version("brevitas"),
+        "brevitas": runtime_versions()["brevitas"],
         "threads": args.threads,
         # host-cpu resolves the bits per host: 7-bit weights and K/V on x86 without VNNI
         "has_vnni": detect_host().has_vnni,

@@ -328,7 +328,6 @@ def _parity_inputs(
     holds every byte.
     """
     rng = np.random.default_rng(seed)
-    own = _own_data(meta, shape, "val")  # the user's image folder or text file the checkpoint was trained on
     if vocab is not None:
         if given is not None:
             ids = np.asarray(given)
@@ -336,36 +335,35 @@ def _parity_inputs(
                 raise EdgeAttnError(f"inputs: token ids must be integers in [0, {vocab}) for this model")
             return ids.astype(np.int64)[:n], {"random": 0, "real": 0, "given": min(n, len(ids))}
         x = rng.integers(0, vocab, (n, *shape[1:]), dtype=np.int64)
-        if own is not None:
-            real = own[: n // 2].numpy()
-            x[: len(real)] = real
-            return x, {"random": n - len(real), "real": len(real)}
-        if vocab < 256:
-            return x, {"random": n, "real": 0}
-        from edgeattn.data import stdlib_corpus
+        real = _own_data(meta, shape, "val")  # the user's text file the checkpoint was trained on
+        if real is None and vocab >= 256:
+            from edgeattn.data import stdlib_corpus
 
-        real = stdlib_corpus(seq_len=shape[1], split="val", seed=0).tensors[0][: n // 2].numpy()
-        x[: len(real)] = real
-        return x, {"random": n - len(real), "real": len(real)}
-    x = rng.standard_normal((n, *shape[1:])).astype(np.float32)
-    counts = {"random": n, "real": 0}
+            real = stdlib_corpus(seq_len=shape[1], split="val", seed=0).tensors[0]
+        return _with_real(x, real)
     if given is not None:
         x = np.asarray(given, np.float32)[:n]
         return x, {"random": 0, "real": 0, "given": len(x)}
+    x = rng.standard_normal((n, *shape[1:])).astype(np.float32)
     data = (meta or {}).get("data") or (meta or {}).get("dataset")
     name = data.get("name") if isinstance(data, dict) else data
-    if own is not None:
-        real = own[: n // 2].numpy()
-        x[: len(real)] = real
-        counts = {"random": n - len(real), "real": len(real)}
-    elif name == "digits" and len(shape) == 4:
+    real = _own_data(meta, shape, "val")  # the user's image folder the checkpoint was trained on
+    if real is None and name == "digits" and len(shape) == 4:
         from edgeattn.data import digits_dataset
 
-        ds = digits_dataset(img_size=shape[2], in_chans=shape[1], split="val", seed=0)
-        real = ds.tensors[0][: n // 2].numpy()
-        x[: len(real)] = real
-        counts = {"random": n - len(real), "real": len(real)}
-    return x, counts
+        real = digits_dataset(img_size=shape[2], in_chans=shape[1], split="val", seed=0).tensors[0]
+    return _with_real(x, real)
+
+
+def _with_real(x: np.ndarray, real: Any) -> tuple[np.ndarray, dict[str, int]]:
+    """``x`` with its first half replaced by the leading ``real`` samples (a tensor, or None for none), and the
+    counts of each kind."""
+    n = len(x)
+    if real is None:
+        return x, {"random": n, "real": 0}
+    part = real[: n // 2].numpy()
+    x[: len(part)] = part
+    return x, {"random": n - len(part), "real": len(part)}
 
 
 def _own_data(meta: dict[str, Any] | None, shape: tuple[int, ...], split: str) -> Any:

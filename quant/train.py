@@ -1211,6 +1211,7 @@ def _run(cfg: TrainConfig, resume: bool, show: bool, dist: _Dist, force: bool) -
     dist.barrier()
     seed_everything(cfg.seed)
 
+    recorded_data = data_meta(cfg, info)  # classes and data_path: in every checkpoint and in result.json
     fp_meta = {
         "model": cfg.model,
         "model_kwargs": kwargs,
@@ -1218,7 +1219,7 @@ def _run(cfg: TrainConfig, resume: bool, show: bool, dist: _Dist, force: bool) -
         "reparameterized": False,
         "data": cfg.data,
         "split": split,
-        **data_meta(cfg, info),
+        **recorded_data,
         "config": cfg.model_dump(mode="json"),
     }
     result: dict[str, Any] = {
@@ -1235,7 +1236,7 @@ def _run(cfg: TrainConfig, resume: bool, show: bool, dist: _Dist, force: bool) -
         "split": split,
         "train_samples": len(train),
         "val_samples": len(val),
-        **data_meta(cfg, info),
+        **recorded_data,
     }
     with _StopFlag() as stop, _Progress(show) as prog:
         try:
@@ -1268,7 +1269,7 @@ def _run(cfg: TrainConfig, resume: bool, show: bool, dist: _Dist, force: bool) -
                 "reparameterized": True,
                 "data": cfg.data,
                 "split": split,
-                **data_meta(cfg, info),
+                **recorded_data,
             }
             if dist.is_main:
                 save_checkpoint(out_dir / "ptq.pt", ptq_model, q_meta)
