@@ -8,7 +8,8 @@ Figures per comparison (outputs flattened per sample, all inputs pooled):
 * ``max_rel``: largest ``|a - r| / max(|r|, 1e-3 * range)`` (the floor keeps near-zeros from dominating);
 * ``cosine``: the smallest per-sample cosine similarity;
 * ``top1``: fraction of samples whose argmax over the last axis agrees (every position for sequence
-  outputs); with a noise floor, only over the samples whose argmax the floor found stable.
+  outputs); with a noise floor, only over the samples whose argmax the floor found stable: ``top1_samples`` of
+  ``top1_of`` samples (all of them without a floor).
 
 A gate passes when ``max_abs_rel_range <= max_abs``, ``cosine >= min_cosine`` and
 ``top1 >= min_top1_agreement``. For a quantized model the gate can be given the reference's rounding noise
@@ -62,6 +63,8 @@ class ParityResult:
     profile_tolerance: dict[str, float] | None = None  # before widening by the noise floor
     noise_floor: dict[str, Any] | None = None
     passed_profile_tolerance: bool | None = None  # set where a noise floor widened the tolerance
+    top1_samples: int | None = None  # samples ``top1`` is computed over (the stable ones, with a noise floor)
+    top1_of: int | None = None  # samples compared in all
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict for report.json."""
@@ -129,10 +132,13 @@ def compare_outputs(
     tol, capped = widen(profile_tol, noise_floor)
     m = _metrics(reference, artifact)
     strict = not _failures(m, profile_tol)  # the verdict at the profile's tolerance, top-1 over all samples
+    n = int(np.asarray(reference).shape[0])
+    counted = n
     if noise_floor is not None:  # top-1 only where rounding noise does not move the reference's argmax
         stable = np.asarray(noise_floor.top1_stable, dtype=bool)
         per_sample = top1_per_sample(reference, artifact)
         m["top1"] = float(per_sample[stable].mean()) if stable.any() else 1.0
+        counted = int(stable.sum())
     failures = _failures(m, tol)
     if failures and capped:
         failures.append(_capped_message(profile_tol, noise_floor, atol_given))
@@ -140,13 +146,15 @@ def compare_outputs(
     return ParityResult(
         runtime=runtime,
         reference=reference_name,
-        n_inputs=int(np.asarray(reference).shape[0]),
+        n_inputs=n,
         tolerance=tol,
         passed=not failures,
         failures=failures,
         profile_tolerance=profile_tol if widened else None,
         noise_floor=noise_floor.to_dict() if widened else None,
         passed_profile_tolerance=strict if widened else None,
+        top1_samples=counted,
+        top1_of=n,
         **m,
     )
 

@@ -20,6 +20,7 @@ __all__ = [
     "backend_error",
     "environment",
     "error_line",
+    "top1_count",
     "write_report",
 ]
 
@@ -83,9 +84,18 @@ class ExportReport:
                 status = "ok (within the rounding noise floor)"
             lines.append(
                 f"{p['runtime']:<28} max|err|/range {p['max_abs_rel_range']:.2e}  cos {p['cosine']:.6f}  "
-                f"top1 {p['top1']:.3f}  {status}"
+                f"top1 {p['top1']:.3f}{top1_count(p)}  {status}"
             )
         return "\n".join(lines)
+
+
+def top1_count(parity: dict[str, Any]) -> str:
+    """`` (62/64 stable samples)`` when the noise floor left samples out of a comparison's ``top1``, else ``""``
+    (also for reports written before the count was recorded)."""
+    counted, total = parity.get("top1_samples"), parity.get("top1_of")
+    if counted is None or total is None or counted >= total:
+        return ""
+    return f" ({counted}/{total} stable samples)"
 
 
 class ParityFailure(EdgeAttnError):

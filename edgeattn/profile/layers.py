@@ -39,6 +39,8 @@ _INT_ONNX_OPS = {
     "QLinearSigmoid",
     "QLinearAveragePool",
     "QLinearGlobalAveragePool",
+    "MatMulIntegerToFloat",  # int8 x int8 -> int32, then scaled to float
+    "DynamicQuantizeMatMul",  # float input quantized to uint8 inside the kernel, int8 arithmetic
 }
 
 
@@ -272,3 +274,99 @@ def add_openvino_counter_means(
         ms = max(0.0, (runs_after * ms_after - runs_before * ms_before) / runs)
         acc.add(name, info.node_type, info.exec_type, precision_from_kernel(info.exec_type), device, ms)
     acc.runs += 1
+
+
+# MAC-carrying ops as ONNX Runtime runs them (after its fusions; NCHWc convolutions are named Conv).
+_ORT_CONV_OPS = {"Conv", "FusedConv", "NhwcConv", "NhwcFusedConv", "ConvInteger", "QLinearConv", "ConvTranspose"}
+_ORT_MATMUL_OPS = {
+    "MatMul",
+    "FusedMatMul",
+    "MatMulInteger",
+    "QLinearMatMul",
+    "MatMulIntegerToFloat",
+    "DynamicQuantizeMatMul",
+}
+_ORT_GEMM_OPS = {"Gemm", "FusedGemm", "QGemm"}
+
+
+def _shapes(entries: list[dict[str, list[int]]]) -> list[list[int]]:
+    """``[{"float": [1, 16]}, ...]`` (a node event's input/output_type_shape) -> ``[[1, 16], ...]``."""
+    return [list(shape) for entry in entries for shape in entry.values()]
+
+
+def _event_macs(op: str, args: dict[str, Any]) -> int | None:
+    """MACs of one ONNX Runtime node event, from the shapes the trace records; None where they do not tell.
+
+    The trace leaves out constant inputs the kernel pre-packed (a Gemm's or MatMul's weight), so MACs are read
+    from the activation and the output: MatMul ``out x K`` with K the first input's reduced dim, Gemm
+    ``out x size(A) / M``; a convolution needs its weight, the first later input of the output's rank
+    (``out x size(W) / W[0]``; ConvTranspose ``size(X) x size(W) / W[0]``).
+    """
+    ins, outs = _shapes(args.get("input_type_shape", [])), _shapes(args.get("output_type_shape", []))
+    if not ins or not outs or not ins[0] or not outs[0]:
+        return None
+    a, out = ins[0], outs[0]
+    if op in _ORT_MATMUL_OPS:
+        if len(a) == 1:
+            k = a[0]
+        elif len(out) >= 2 and a[-2] != out[-2] and a[-1] == out[-2]:
+            k = a[-2]  # A transposed (FusedMatMul transA)
+        else:
+            k = a[-1]
+        return int(np.prod(out)) * k
+    if op in _ORT_GEMM_OPS:
+        return int(np.prod(out)) * int(np.prod(a)) // out[0] if len(a) == 2 and len(out) == 2 else None
+    if op in _ORT_CONV_OPS:
+        w = next((shape for shape in ins[1:] if len(shape) == len(out) and shape[0] > 0), None)
+        if w is None:
+            return None
+        per_out = int(np.prod(w)) // w[0]
+        return (int(np.prod(a)) if op == "ConvTranspose" else int(np.prod(out))) * per_out
+    return None
+
+
+def ort_macs_by_precision(trace: OrtTrace, graph_macs: int | None = None) -> tuple[dict[str, int], str]:
+    """MACs of one inference per precision ONNX Runtime's MAC-carrying kernels actually ran in, and a note.
+
+    Reads the node events of the trace's last ``model_run``: QLinearConv/QLinearMatMul/ConvInteger/
+    MatMulInteger/QGemm are int8; Conv/FusedConv/Gemm/MatMul count at their first input's type (fp32 for a Conv
+    that ONNX Runtime left between DequantizeLinear and QuantizeLinear instead of fusing it). A kernel whose
+    weight ONNX Runtime pre-packed (a fused QLinearConv) has no weight shape in the trace: the MACs of such kernels
+    are the graph's count ``graph_macs`` less those the trace tells, split over their precisions by output
+    elements where they differ. The note says when that was done, or what was left out.
+    """
+    events = _trace_events(trace)
+    runs = [e for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"]
+    if not runs:
+        return {}, ""
+    last = max(runs, key=lambda e: e["ts"])
+    macs: dict[str, int] = {}
+    hidden: dict[str, int] = {}  # per precision: output elements of the kernels whose MACs the trace hides
+    for e in events:
+        if e.get("cat") != "Node" or not e.get("name", "").endswith("_kernel_time"):
+            continue
+        if not last["ts"] <= e["ts"] <= last["ts"] + last["dur"]:
+            continue
+        args = e.get("args", {})
+        op = args.get("op_name", "")
+        if op not in _ORT_CONV_OPS | _ORT_MATMUL_OPS | _ORT_GEMM_OPS:
+            continue
+        precision = _onnx_event_precision(op, args)
+        n = _event_macs(op, args)
+        if n is None:
+            outs = _shapes(args.get("output_type_shape", []))
+            hidden[precision] = hidden.get(precision, 0) + (int(np.prod(outs[0])) if outs else 0)
+        else:
+            macs[precision] = macs.get(precision, 0) + n
+    if not hidden:
+        return macs, ""
+    kernels = f"MAC kernels whose weight the trace does not show ({', '.join(sorted(hidden))})"
+    rest = (graph_macs or 0) - sum(macs.values())
+    if graph_macs is None or rest <= 0:
+        return macs, f"{kernels} left out: no graph MAC count to take theirs from"
+    elements = sum(hidden.values())
+    for precision, out in hidden.items():
+        share = out / elements if elements else 1.0 / len(hidden)
+        macs[precision] = macs.get(precision, 0) + round(rest * share)
+    split = "" if len(hidden) == 1 else ", split by output elements"
+    return macs, f"{kernels}: their {rest} MACs are the graph's count less the rest{split}"

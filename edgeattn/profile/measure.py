@@ -174,6 +174,45 @@ def _check_shape_names(
         )
 
 
+def _join(*notes: str) -> str:
+    return "; ".join(n for n in notes if n)
+
+
+def efficiency(
+    runner: Runner, macs: int | None, macs_source: str, threads: int | None, probe: bool = True
+) -> Efficiency:
+    """The peak for what ``runner``'s kernels ran, without the achieved figures (set from the latency later).
+
+    Where the runtime tells the precision each MAC-carrying kernel ran in (ONNX Runtime's trace, read by
+    ``runner.executed_macs()`` when ``probe``), the peak is weighted by the MACs per precision
+    (:func:`system.mixed_peak_gmacs`); otherwise it is the peak at ``runner.compute_precision``.
+    """
+    executed = runner.executed_macs(macs) if probe else None
+    note = ""
+    if executed and any(executed[0].values()):
+        by_precision, how = executed
+        peak, formula, precision = system.mixed_peak_gmacs(by_precision, threads)
+        formula += "; precision per MAC kernel from ONNX Runtime's profiling trace" + (f" ({how})" if how else "")
+    else:
+        by_precision = {}
+        precision = runner.compute_precision
+        peak, formula = system.peak_gmacs(precision, threads)
+        if runner.runtime == "onnxruntime" and precision != "fp32":
+            note = (
+                f"peak at the graph's precision ({precision}): no profiling trace told which precision ONNX "
+                "Runtime's MAC kernels ran in (unfused Q/DQ Conv/Gemm/MatMul run in fp32)"
+            )
+    return Efficiency(
+        macs=macs,
+        macs_source=macs_source,
+        peak_gmacs=peak,
+        peak_precision=precision,
+        peak_formula=formula,
+        macs_by_precision=by_precision,
+        note=note,
+    )
+
+
 def profile_artifacts(
     paths: Sequence[str | Path],
     runtime: str = "auto",
@@ -271,22 +310,20 @@ def profile_artifacts(
         for k, runner in enumerate(runners):
             stats = latency_stats(samples[k], batches[k]) if samples[k] else None
             macs, macs_source = runner.macs()
-            peak, formula = system.peak_gmacs(runner.compute_precision, threads)
-            eff = Efficiency(
-                macs=macs,
-                macs_source=macs_source,
-                peak_gmacs=peak,
-                peak_precision=runner.compute_precision,
-                peak_formula=formula,
-            )
+            try:
+                eff = efficiency(runner, macs, macs_source, threads, probe=not interrupted)
+            except KeyboardInterrupt:  # during the kernel probe: keep what was timed, peak at the graph's precision
+                interrupted = True
+                eff = efficiency(runner, macs, macs_source, threads, probe=False)
             if stats and macs:
                 eff.achieved_gmacs = macs / (stats.p50_ms * 1e-3) / 1e9
-                eff.fraction_of_peak = eff.achieved_gmacs / peak if peak else None
+                eff.fraction_of_peak = eff.achieved_gmacs / eff.peak_gmacs if eff.peak_gmacs else None
                 if eff.fraction_of_peak is not None and eff.fraction_of_peak > 1:
-                    eff.note = (
+                    eff.note = _join(
+                        eff.note,
                         "achieved GMAC/s exceed the computed peak: the cores ran faster than the clock "
-                        f"used ({formula.split(' x ')[-1]}) or the kernels compute fewer MACs than the "
-                        "graph (e.g. Winograd)"
+                        f"used ({sysrec.clock_ghz:.3f} GHz) or the kernels compute fewer MACs than the "
+                        "graph (e.g. Winograd)",
                     )
             results.append(
                 ArtifactResult(

@@ -202,6 +202,12 @@ class Runner:
         """Run the runtime's per-layer profiler for ``runs`` inferences and return the breakdown."""
         raise EdgeAttnError(f"per-layer profiling is not available for runtime '{self.runtime}'")
 
+    def executed_macs(self, graph_macs: int | None = None) -> tuple[dict[str, int], str] | None:
+        """MACs of one inference per precision the runtime's kernels actually ran in, and a note on how they were
+        counted (``graph_macs``: the graph's count); None where the runtime does not tell (the peak then uses
+        ``compute_precision``)."""
+        return None
+
     def close(self) -> None:
         """Release the runtime objects."""
 
@@ -347,6 +353,26 @@ class OrtRunner(Runner):
                 "uncorrected_total_ms": raw.breakdown(source, end_to_end_p50_ms).total_ms,
             }
         )
+
+    def executed_macs(self, graph_macs: int | None = None) -> tuple[dict[str, int], str] | None:
+        """From ONNX Runtime's profiling trace of one inference (after one warm-up) on a separate session.
+
+        ONNX Runtime fuses DequantizeLinear -> Conv/Gemm/MatMul -> QuantizeLinear into QLinear kernels only where
+        its selectors match; elsewhere the MACs run in fp32 between the (de)quantize nodes, so a Q/DQ graph's
+        precision does not say what ran. fp32 graphs are not probed (their MACs run in fp32). None when the
+        trace could not be read.
+        """
+        if self.precision == "fp32":
+            return None
+        with tempfile.TemporaryDirectory(prefix="edgeattn-ortmacs-") as tmp:
+            try:
+                options = self._options(str(Path(tmp) / "macs"), spin=False)
+                sess = self._ort.InferenceSession(str(self.path), options, providers=[self._provider])
+                for _ in range(2):
+                    sess.run(None, self.feeds)
+                return L.ort_macs_by_precision(sess.end_profiling(), graph_macs)
+            except Exception:  # the probe is only for the peak: without it the peak keeps the graph's precision
+                return None
 
     def close(self) -> None:
         self.session = None

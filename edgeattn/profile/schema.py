@@ -103,7 +103,14 @@ class Efficiency(BaseModel):
     macs_source: str = Field("", description="how the MACs were counted")
     achieved_gmacs: float | None = Field(None, description="macs / p50 latency, in GMAC/s")
     peak_gmacs: float | None = Field(None, description="arithmetic peak for the precision and threads used")
-    peak_precision: str = Field("fp32", description="precision the peak is computed for")
+    peak_precision: str = Field(
+        "fp32", description="precision the peak is computed for; mixed: a MAC-weighted peak over several"
+    )
+    macs_by_precision: dict[str, int] = Field(
+        default_factory=dict,
+        description="MACs of one inference per precision the runtime's kernels ran in (ONNX Runtime: read from "
+        "its profiling trace); the peak is weighted by them. Empty: the peak is at the graph's precision",
+    )
     peak_formula: str = Field("", description="the arithmetic behind peak_gmacs")
     fraction_of_peak: float | None = None
     note: str = Field("", description="set when the figures need a caveat (e.g. above the computed peak)")

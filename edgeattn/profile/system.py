@@ -163,3 +163,30 @@ def peak_gmacs(
         f" = {peak:.1f} GMAC/s (clock {source})"
     )
     return peak, formula
+
+
+def mixed_peak_gmacs(
+    macs_by_precision: dict[str, int], threads: int | None = None, host: HostInfo | None = None
+) -> tuple[float | None, str, str]:
+    """The peak for MACs that ran in several precisions: ``(peak, formula, precision label)``.
+
+    Every MAC at its own precision's peak takes ``sum_p(MACs_p / peak_p)`` seconds, so the peak of the whole
+    is ``sum_p MACs_p / sum_p(MACs_p / peak_p)``, the MAC-weighted harmonic mean. One precision: that
+    precision's :func:`peak_gmacs`. The label is the precision, or ``mixed`` when there are several.
+    """
+    used = {p: m for p, m in macs_by_precision.items() if m > 0}
+    if not used:
+        raise ValueError("no MACs to weight the peak by")
+    host = host or detect_host()
+    peaks = {p: peak_gmacs(p, threads, host) for p in sorted(used, key=lambda p: -used[p])}
+    if len(peaks) == 1:
+        (precision, (peak, formula)), = peaks.items()
+        return peak, formula, precision
+    if any(peak is None for peak, _ in peaks.values()):
+        return None, "clock unknown", "mixed"
+    total = sum(used.values())
+    peak = total / sum(used[p] / pk for p, (pk, _) in peaks.items())
+    terms = " + ".join(f"{used[p] / total:.3f}/{pk:.1f}" for p, (pk, _) in peaks.items())
+    parts = "; ".join(f"{p}: {formula}" for p, (_, formula) in peaks.items())
+    formula = f"MAC-weighted: 1 / ({terms}) = {peak:.1f} GMAC/s (MAC share/peak per precision; {parts})"
+    return peak, formula, "mixed"
