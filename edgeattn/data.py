@@ -9,6 +9,11 @@
   training.
 * :func:`random_shift`: the training-time augmentation of image batches (random whole-pixel translations).
 
+A user's images are turned upright by their EXIF orientation, then brought to ``img_size`` x ``img_size`` by
+``resize``: ``"crop"`` (the default, timm's and torchvision's evaluation transform: the shorter side scaled to
+``img_size``, then the centre cropped, so the aspect ratio is kept) or ``"stretch"`` (both sides scaled, as edgeattn
+did before the choice existed; a checkpoint that records no ``resize`` was trained that way).
+
 Splits are deterministic given ``seed``: the same call always returns the same tensors. Which samples are train
 and which are validation depends on ``seed`` for digits and image folders (a stratified split), and on the byte
 count and ``seq_len`` for text (the tail is validation).
@@ -29,6 +34,10 @@ from torch.utils.data import TensorDataset
 from edgeattn.errors import EdgeAttnError
 
 Split = Literal["train", "val", "all"]
+Resize = Literal["crop", "stretch"]
+RESIZE_MODES: tuple[str, ...] = ("crop", "stretch")
+DEFAULT_RESIZE: Resize = "crop"
+LEGACY_RESIZE: Resize = "stretch"  # what a checkpoint without a recorded ``resize`` was trained with
 VAL_FRACTION = 0.2
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
 MIN_IMAGES_PER_CLASS = 2  # the stratified split puts at least one image of every class into validation
@@ -170,30 +179,54 @@ def _hidden(path: Path) -> bool:
     return path.name.startswith(".") or path.name == "__MACOSX"
 
 
-def _read_image(path: Path, img_size: int) -> np.ndarray:
-    """One image as an (img_size, img_size, 3) float32 array in [0, 1]: bilinear resize (the aspect ratio is not
-    kept), grayscale repeated over RGB, alpha dropped. 16-bit and 32-bit integer images are scaled by 1/65535 and
-    float images clipped to [0, 1], rather than clipped to 8 bits (which turns a 16-bit image black and white)."""
-    from PIL import Image
+def _check_resize(resize: str) -> None:
+    if resize not in RESIZE_MODES:
+        raise ValueError(f"resize must be 'crop' or 'stretch', got {resize!r}")
 
+
+def _source_box(width: int, height: int, resize: str) -> tuple[float, float, float, float]:
+    """The region of a ``width`` x ``height`` image that becomes the square model input: all of it (stretch), or
+    the centred square with the shorter side's length (crop). Resampling that box straight to ``img_size`` is the
+    same as scaling the shorter side to ``img_size`` and cropping the centre, with one resampling instead of two."""
+    if resize == "stretch":
+        return 0.0, 0.0, float(width), float(height)
+    side = min(width, height)
+    left, top = (width - side) / 2, (height - side) / 2
+    return left, top, left + side, top + side
+
+
+def _read_image(path: Path, img_size: int, resize: Resize = DEFAULT_RESIZE) -> np.ndarray:
+    """One image as an (img_size, img_size, 3) float32 array in [0, 1]: turned upright by its EXIF orientation
+    (phone photos are often stored sideways with a tag saying so), then bilinearly resampled as ``resize`` says
+    (module docstring), grayscale repeated over RGB, alpha dropped. 16-bit and 32-bit integer images are scaled by
+    1/65535 and float images clipped to [0, 1], rather than clipped to 8 bits (which turns a 16-bit image black
+    and white)."""
+    from PIL import Image, ImageOps
+
+    size = (img_size, img_size)
     try:
         with Image.open(path) as im:
+            im = ImageOps.exif_transpose(im)
+            box = _source_box(im.width, im.height, resize)
             if im.mode in ("I", "F") or im.mode.startswith("I;16"):
                 arr = np.asarray(im, dtype=np.float32)
                 arr = arr / 65535.0 if im.mode != "F" else arr
                 plane = Image.fromarray(np.clip(arr, 0.0, 1.0), mode="F")
-                plane = plane.resize((img_size, img_size), Image.BILINEAR)
+                plane = plane.resize(size, Image.BILINEAR, box=box)
                 return np.repeat(np.asarray(plane, dtype=np.float32)[:, :, None], 3, axis=2)
-            rgb = im.convert("RGB").resize((img_size, img_size), Image.BILINEAR)
+            rgb = im.convert("RGB").resize(size, Image.BILINEAR, box=box)
             return np.asarray(rgb, dtype=np.float32) / 255.0
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
         raise EdgeAttnError(f"data path '{path}': not a readable image ({err})") from None
 
 
-def _read_image_folder(root: Path, img_size: int) -> tuple[torch.Tensor, np.ndarray, list[str]]:
+def _read_image_folder(
+    root: Path, img_size: int, resize: Resize = DEFAULT_RESIZE
+) -> tuple[torch.Tensor, np.ndarray, list[str]]:
     """(images (N, 3, img_size, img_size) in [0, 1], labels (N,), class names) of ``root/<class>/<image>``,
-    class by class in sorted file order. Hidden entries are ignored; other files that are not images (by suffix) and
-    sub-folders inside a class folder are skipped with one warning on stderr that counts them."""
+    class by class in sorted file order, each read by :func:`_read_image` with ``resize``. Hidden entries are
+    ignored; other files that are not images (by suffix) and sub-folders inside a class folder are skipped with one
+    warning on stderr that counts them."""
     if not root.is_dir():
         raise EdgeAttnError(f"data path '{root}' does not exist or is not a directory")
     try:
@@ -214,7 +247,7 @@ def _read_image_folder(root: Path, img_size: int) -> tuple[torch.Tensor, np.ndar
             if f.is_dir() or f.suffix.lower() not in _IMAGE_SUFFIXES:
                 skipped.append(f)
                 continue
-            images.append(torch.from_numpy(_read_image(f, img_size)).permute(2, 0, 1))
+            images.append(torch.from_numpy(_read_image(f, img_size, resize)).permute(2, 0, 1))
             labels.append(ci)
     if skipped:
         folders = sorted({f.name for f in skipped if f.is_dir()})
@@ -260,28 +293,36 @@ def _folder_split(
 
 
 def image_folder(
-    root: str | Path, img_size: int = 32, in_chans: int = 3, split: Split = "train", seed: int = 0
+    root: str | Path,
+    img_size: int = 32,
+    in_chans: int = 3,
+    split: Split = "train",
+    seed: int = 0,
+    resize: Resize = DEFAULT_RESIZE,
 ) -> tuple[TensorDataset, list[str]]:
     """A user's images laid out as ``root/<class name>/<image>``; returns (dataset, class names).
 
     For a train or val split there must be at least 2 classes and every class needs at least
     :data:`MIN_IMAGES_PER_CLASS` images (one for training, one for validation). Both splits come in a seeded random
     order, not grouped by class, so that a sample cap or the first calibration samples see every class;
-    ``split="all"`` keeps the file order. Images are read as :func:`_read_image` says."""
+    ``split="all"`` keeps the file order. Images are read as :func:`_read_image` says (``resize``: ``"crop"`` or
+    ``"stretch"``, see the module docstring)."""
     _check_split(split)
+    _check_resize(resize)
     root = Path(root)
-    images, labels, classes = _read_image_folder(root, img_size)
+    images, labels, classes = _read_image_folder(root, img_size, resize)
     if split != "all":
         _check_splittable(root, labels, classes)
     return _folder_split(images, labels, split, img_size, in_chans, seed), classes
 
 
 def image_folder_splits(
-    root: str | Path, img_size: int = 32, in_chans: int = 3, seed: int = 0
+    root: str | Path, img_size: int = 32, in_chans: int = 3, seed: int = 0, resize: Resize = DEFAULT_RESIZE
 ) -> tuple[TensorDataset, TensorDataset, list[str]]:
     """``(train, val, class names)``: the same as two :func:`image_folder` calls, reading the images once."""
+    _check_resize(resize)
     root = Path(root)
-    images, labels, classes = _read_image_folder(root, img_size)
+    images, labels, classes = _read_image_folder(root, img_size, resize)
     _check_splittable(root, labels, classes)
     train = _folder_split(images, labels, "train", img_size, in_chans, seed)
     return train, _folder_split(images, labels, "val", img_size, in_chans, seed), classes
@@ -292,8 +333,10 @@ def checkpoint_samples(meta: dict, split: Split = "val") -> torch.Tensor | None:
     training prepared them (size, channels, normalisation, seeded split): images or token windows of ``split``.
 
     Reads ``meta["data"]`` ('digits', 'stdlib'), or ``meta["data_path"]`` (the absolute path of a user's image folder
-    or text file), with ``meta["split"]`` and ``meta["model_kwargs"]``. ``None`` when the meta names no data, or the
-    folder or file is no longer there (a caller then falls back to other inputs)."""
+    or text file), with ``meta["split"]`` and ``meta["model_kwargs"]``; an image folder is resampled as
+    ``meta["resize"]`` says, :data:`LEGACY_RESIZE` (stretch) for a checkpoint written before that was recorded.
+    ``None`` when the meta names no data, or the folder or file is no longer there (a caller then falls back to
+    other inputs). A ``resize`` that is neither 'crop' nor 'stretch' is an :class:`EdgeAttnError`."""
     data, split_cfg = meta.get("data"), meta.get("split") or {}
     kwargs = meta.get("model_kwargs") or {}
 
@@ -309,7 +352,10 @@ def checkpoint_samples(meta: dict, split: Split = "val") -> torch.Tensor | None:
     if data == "stdlib" and seq_len:
         return stdlib_corpus(seq_len, split, max_bytes=int(split_cfg.get("corpus_bytes", 400_000))).tensors[0]
     if path is not None and path.is_dir() and img_size and in_chans:
-        return image_folder(path, img_size, in_chans, split, seed)[0].tensors[0]
+        resize = meta.get("resize", LEGACY_RESIZE)
+        if resize not in RESIZE_MODES:
+            raise EdgeAttnError(f"checkpoint meta 'resize': expected 'crop' or 'stretch', got {resize!r}")
+        return image_folder(path, img_size, in_chans, split, seed, resize)[0].tensors[0]
     if path is not None and path.is_file() and seq_len:
         return text_file(path, seq_len, split).tensors[0]
     return None

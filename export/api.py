@@ -368,8 +368,9 @@ def _with_real(x: np.ndarray, real: Any) -> tuple[np.ndarray, dict[str, int]]:
 
 def _own_data(meta: dict[str, Any] | None, shape: tuple[int, ...], split: str) -> Any:
     """Samples of ``split`` from the user's own image folder or text file that the checkpoint was trained on
-    (``meta["data_path"]``, written by ``edgeattn qat``), prepared as training prepared them; ``None`` for the
-    shipped data sets, when the data is gone, or when its sample shape is not the export's."""
+    (``meta["data_path"]``, written by ``edgeattn qat``), prepared as training prepared them (images resampled as
+    ``meta["resize"]`` records: :func:`edgeattn.data.checkpoint_samples`); ``None`` for the shipped data sets, when
+    the data is gone, or when its sample shape is not the export's."""
     if not (meta or {}).get("data_path"):
         return None
     from edgeattn.data import checkpoint_samples
@@ -640,7 +641,7 @@ def _export_model(
                 prof,
                 _cached(
                     cache if calib_inputs is None else None,
-                    ("calib", shape, seed, vocab, (meta or {}).get("data_path")),
+                    ("calib", shape, seed, vocab, (meta or {}).get("data_path"), (meta or {}).get("resize")),
                     lambda: _calibration_batches(shape, calib_inputs, seed, vocab, meta),
                 ),
             ).eval(),

@@ -8,6 +8,9 @@ to rebuild the module before loading the weights:
 * ``"quant"``: a :class:`~edgeattn.quant.config.QuantConfig` dict, or ``None`` for a float model;
 * ``"token_scores"`` (token-adaptive models): :data:`edgeattn.quant.adaptive.TOKEN_SCORES`, the token scoring the
   low-bit quantizers were trained under (see :func:`load_checkpoint`).
+* ``"data"``, ``"split"``, ``"classes"``, ``"data_path"`` and, for a user's image folder, ``"resize"`` (``crop`` or
+  ``stretch``; none recorded means ``stretch``, what edgeattn did before): the data the model was trained on and how
+  it was prepared, so that :func:`edgeattn.data.checkpoint_samples` can prepare the same inputs again.
 
 Files are written atomically (temp file + rename), so an interrupted run never leaves a half-written checkpoint.
 """

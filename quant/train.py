@@ -77,6 +77,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from edgeattn.atomic import check_writable_folder
+from edgeattn.data import DEFAULT_RESIZE, LEGACY_RESIZE, Resize
 from edgeattn.errors import EdgeAttnError
 from edgeattn.yaml_files import describe_yaml_error, load_yaml, read_utf8
 
@@ -146,6 +147,11 @@ class TrainConfig(BaseModel):
     model_kwargs: dict[str, Any] = Field(default_factory=dict, description="extra model factory arguments")
     data: str = Field("digits", description="'digits', 'stdlib', an image folder (root/<class>/*) or a text file")
     img_size: int = Field(32, ge=8, description="vision input size (digits are upsampled to it)")
+    resize: Resize = Field(
+        DEFAULT_RESIZE,
+        description="image folders: how an image becomes img_size x img_size; crop: shorter side scaled to img_size, "
+        "centre cropped (aspect kept, timm/torchvision's eval transform); stretch: both sides scaled",
+    )
     in_chans: int = Field(3, ge=1)
     seq_len: int = Field(64, ge=2, description="language-model context length")
     corpus_bytes: int = Field(400_000, ge=1000, description="bytes of stdlib source used for 'stdlib'")
@@ -303,6 +309,9 @@ def preset_config(name: str, **updates: Any) -> TrainConfig:
 
 
 # ---------------------------------------------------------------------------------------------- data / model
+BUILTIN_DATA = ("digits", "stdlib")  # the data sets that ship with edgeattn; any other ``data`` is a path
+
+
 def load_data(cfg: TrainConfig) -> tuple[TensorDataset, TensorDataset, dict[str, Any]]:
     """(train, val, info) for ``cfg.data``; info has ``task`` ('vision'|'language'), classes or vocab."""
     from edgeattn import data as D
@@ -323,7 +332,7 @@ def load_data(cfg: TrainConfig) -> tuple[TensorDataset, TensorDataset, dict[str,
         path = Path(cfg.data)
         if not path.exists():
             raise EdgeAttnError(f"data path '{path}' does not exist (use 'digits', 'stdlib', a folder or a file)")
-        train, val, classes = D.image_folder_splits(path, cfg.img_size, cfg.in_chans, cfg.seed)
+        train, val, classes = D.image_folder_splits(path, cfg.img_size, cfg.in_chans, cfg.seed, cfg.resize)
         info = {"task": "vision", "num_classes": len(classes), "classes": classes}
     for name, ds in (("training", train), ("validation", val)):
         if len(ds) == 0:  # refused here, before the run writes anything (an untrained fp.pt, say)
@@ -335,13 +344,17 @@ def load_data(cfg: TrainConfig) -> tuple[TensorDataset, TensorDataset, dict[str,
 
 def data_meta(cfg: TrainConfig, info: dict[str, Any]) -> dict[str, Any]:
     """What the checkpoints and result.json record about the data besides ``data`` and ``split``: ``classes`` (the
-    class names in label order, vision) and ``data_path`` (a user's folder or file as an absolute path, so that
-    export, profile and hls can find it from any working directory; see ``edgeattn.data.checkpoint_samples``)."""
+    class names in label order, vision), ``data_path`` (a user's folder or file as an absolute path, so that
+    export, profile and hls can find it from any working directory; see ``edgeattn.data.checkpoint_samples``) and,
+    for an image folder, ``resize`` (how its images were brought to ``img_size``, so that whatever reads them again
+    from the checkpoint prepares the same tensors)."""
     out: dict[str, Any] = {}
     if "classes" in info:
         out["classes"] = list(info["classes"])
-    if cfg.data not in ("digits", "stdlib"):
+    if cfg.data not in BUILTIN_DATA:
         out["data_path"] = str(Path(cfg.data).resolve())
+        if info.get("task") == "vision":
+            out["resize"] = cfg.resize
     return out
 
 
@@ -982,16 +995,31 @@ def _difference(
     return None
 
 
-def _check_resume_config(saved: Any, cfg: TrainConfig, source: Path) -> None:
-    """Refuse to resume a run whose recorded settings differ from ``cfg`` (naming the first differing key)."""
+def _check_resume_config(saved: Any, cfg: TrainConfig, source: Path, data_path: str | None = None) -> None:
+    """Refuse to resume a run whose recorded settings differ from ``cfg`` (naming the first differing key).
+
+    ``data_path``: the absolute path of the run's own data as recorded then (``data_meta``). With it, a folder or
+    file is the same data when ``cfg.data`` resolves to that path, from whatever working directory and however
+    spelled; a relative ``data`` that names another folder from here is refused. Without it (a file from an older
+    edgeattn) the two ``data`` settings are compared as paths from the current working directory."""
     if not isinstance(saved, dict):
         raise EdgeAttnError(f"--resume: '{source}' records no run settings; rerun with --force to start over")
-    # a setting added to TrainConfig after the run was written: the run had its default (e.g. augment_shift 0)
-    defaults = TrainConfig.model_construct().model_dump(mode="json")
+    # a setting added to TrainConfig after the run was written: the run had its default (e.g. augment_shift 0),
+    # except resize, whose default is not what came before it: those runs stretched their images
+    defaults = {**TrainConfig.model_construct().model_dump(mode="json"), "resize": LEGACY_RESIZE}
     saved = {**{k: v for k, v in defaults.items() if k not in saved}, **saved}
-    if _same_data(saved.get("data"), cfg.data):  # the same folder or file, however spelled
+    ignore = RESUME_FREE_KEYS if _is_image_folder(cfg) else RESUME_FREE_KEYS | {"resize"}  # it changes no number
+    if data_path is not None and cfg.data not in BUILTIN_DATA and saved.get("data") not in BUILTIN_DATA:
+        now = str(Path(cfg.data).resolve())
+        if now != data_path:
+            raise EdgeAttnError(
+                f"--resume: the run in '{source.parent}' was made with data={data_path!r}, not {now!r}; resume it "
+                "with the same settings, or start a new run (--force or another --output)"
+            )
         saved["data"] = cfg.data
-    diff = _difference(saved, cfg.model_dump(mode="json"), RESUME_FREE_KEYS)
+    elif _same_data(saved.get("data"), cfg.data):  # the same folder or file, however spelled
+        saved["data"] = cfg.data
+    diff = _difference(saved, cfg.model_dump(mode="json"), ignore)
     if diff is not None:
         key, was, now = diff
         hint = " (more epochs are a new lr schedule: start a new run from its fp.pt)" if key == "epochs" else ""
@@ -1013,8 +1041,23 @@ def _load_state(path: Path, cfg: TrainConfig) -> dict[str, Any]:
         ) from None
     if not isinstance(state, dict) or any(k not in state for k in STATE_KEYS):
         raise EdgeAttnError(f"--resume: '{path}' is not a QAT state file; rerun with --force to start over")
-    _check_resume_config(state["config"], cfg, path)
+    # a state.pt from before it recorded data_path: the run's checkpoint of the same epoch has it
+    data_path = state.get("data_path") or _checkpoint_data_path(path.parent / "qat_last.pt")
+    _check_resume_config(state["config"], cfg, path, data_path)
     return state
+
+
+def _checkpoint_data_path(path: Path) -> str | None:
+    """The ``data_path`` a run's checkpoint records; ``None`` where it records none or cannot be read."""
+    try:
+        return read_checkpoint_file(path)["meta"].get("data_path")
+    except EdgeAttnError:
+        return None
+
+
+def _is_image_folder(cfg: TrainConfig) -> bool:
+    """Whether ``cfg.data`` is a user's image folder (the data that ``resize`` applies to)."""
+    return cfg.data not in BUILTIN_DATA and Path(cfg.data).is_dir()
 
 
 def _same_data(a: Any, b: str) -> bool:
@@ -1066,6 +1109,14 @@ def _check_fp_meta(
     if saved_data and not any(_same_data(d, cfg.data) for d in saved_data):  # none: an older edgeattn
         raise EdgeAttnError(
             f"fp_checkpoint '{source}' was trained on data '{saved_data[-1]}', this run uses '{cfg.data}'"
+        )
+    # a checkpoint that names its data was written by edgeattn qat, which stretched images before resize existed; one
+    # that names none (saved from the Python API) says nothing about how its images were prepared
+    was = meta.get("resize", LEGACY_RESIZE)
+    if saved_data and _is_image_folder(cfg) and was != cfg.resize:
+        raise EdgeAttnError(
+            f"fp_checkpoint '{source}' was trained on images brought to img_size by resize={was!r}, this run has "
+            f"resize={cfg.resize!r}; run with resize={was!r} or train a new FP model (no fp_checkpoint)"
         )
     saved_classes, run_classes = meta.get("classes"), (info or {}).get("classes")
     if saved_classes is not None and run_classes is not None and list(saved_classes) != list(run_classes):
@@ -1190,7 +1241,7 @@ def _run(cfg: TrainConfig, resume: bool, show: bool, dist: _Dist, force: bool) -
         fp_source = fp_path
         fp_saved = read_checkpoint_file(fp_path)["meta"]
         if state is None and "config" in fp_saved:  # stopped before QAT's first epoch: fp.pt has the settings
-            _check_resume_config(fp_saved["config"], cfg, fp_path)
+            _check_resume_config(fp_saved["config"], cfg, fp_path, fp_saved.get("data_path"))
         _check_fp_meta(fp_saved, str(fp_path), cfg, kwargs, split, dist.is_main, info)
     from edgeattn.models import create_model
 
@@ -1385,6 +1436,8 @@ def _qat(
                 "config": cfg.model_dump(mode="json"),
                 "world_size": dist.world,  # --resume needs the same number of processes
             }
+            if q_meta.get("data_path"):  # --resume compares the data by this absolute path
+                state["data_path"] = q_meta["data_path"]
             if cfg.token_adaptive:
                 from edgeattn.quant.adaptive import TOKEN_SCORES
 

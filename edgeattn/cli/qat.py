@@ -34,6 +34,11 @@ def qat(
     ),
     seed: int | None = typer.Option(None, "--seed", help="Random seed."),
     img_size: int | None = typer.Option(None, "--img-size", help="Vision input size."),
+    resize: str | None = typer.Option(
+        None,
+        "--resize",
+        help="Image folder to img_size: crop (shorter side, centre crop; default) or stretch (aspect not kept).",
+    ),
     output: Path | None = typer.Option(None, "--output", "-o", help="Output directory (default runs/qat)."),
     fp_checkpoint: Path | None = typer.Option(None, "--fp-checkpoint", help="Start from this FP checkpoint."),
     token_adaptive: bool | None = typer.Option(
@@ -84,6 +89,7 @@ def qat(
         augment_shift=augment_shift,
         seed=seed,
         img_size=img_size,
+        resize=resize,
         output_dir=str(output) if output else None,
         fp_checkpoint=str(fp_checkpoint) if fp_checkpoint else None,
         token_adaptive=token_adaptive,
