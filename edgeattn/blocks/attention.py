@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from edgeattn.approx import ApproxGELU, ApproxSoftmax
+from edgeattn.blocks.rep import check_input
 
 __all__ = ["ATTENTION_QUANT_POINTS", "Attention", "Mlp", "add_quant_points"]
 
@@ -58,7 +59,7 @@ class Attention(nn.Module):
             raise ValueError(f"Attention: dim ({dim}) and num_heads ({num_heads}) must be positive")
         if dim % num_heads:
             raise ValueError(f"Attention: dim={dim} must be divisible by num_heads={num_heads}")
-        self.num_heads = num_heads
+        self.dim, self.num_heads = dim, num_heads
         self.head_dim = dim // num_heads
         self.scale = float(self.head_dim**-0.5)
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
@@ -70,6 +71,7 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, N, C) -> (B, N, C)."""
+        check_input("Attention", x, ("N", "T", self.dim))
         b, n, c = x.shape
         x = self.in_quant(x)
         qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
@@ -102,6 +104,7 @@ class Mlp(nn.Module):
     ) -> None:
         super().__init__()
         out_features = out_features or in_features
+        self.in_features = in_features
         self.in_quant = nn.Identity()
         self.fc1 = nn.Linear(in_features, hidden_features)
         self.act = ApproxGELU(method=gelu)
@@ -111,6 +114,7 @@ class Mlp(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(..., in_features) -> (..., out_features)."""
+        check_input("Mlp", x, ("...", self.in_features))
         x = self.act(self.fc1(self.in_quant(x)))
         x = self.drop(x)
         return self.drop(self.fc2(self.hidden_quant(x)))

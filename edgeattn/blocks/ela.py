@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from edgeattn.blocks.rep import check_positive_ints
+from edgeattn.blocks.rep import check_input, check_positive_ints
 
 __all__ = ["ELA", "ELA_VARIANTS"]
 
@@ -44,13 +44,14 @@ class ELA(nn.Module):
                 f"ELA-{variant}: channels={channels} must be divisible by its {gn_groups} GroupNorm groups"
             )
         conv_groups = channels if per_group == "depthwise" else channels // int(per_group)
-        self.variant = variant
+        self.variant, self.channels = variant, channels
         self.conv = nn.Conv1d(channels, channels, kernel, padding=kernel // 2, groups=conv_groups, bias=False)
         self.gn = nn.GroupNorm(gn_groups, channels)
         self.gate = nn.Sigmoid()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, C, H, W)."""
+        check_input(f"ELA-{self.variant}", x, ("N", self.channels, "H", "W"))
         z_h = x.mean(dim=3)  # (B, C, H): pooled along the width
         z_w = x.mean(dim=2)  # (B, C, W): pooled along the height
         y_h = self.gate(self.gn(self.conv(z_h))).unsqueeze(3)  # (B, C, H, 1)

@@ -27,9 +27,12 @@ from edgeattn.blocks.attention import ATTENTION_QUANT_POINTS, add_quant_points
 from edgeattn.blocks.rep import (
     MultiGroupConv1x1,
     RepConv,
+    check_input,
     check_positive_ints,
+    format_shape,
     fuse_bn_into_linear,
     set_weight_bias,
+    static_shape,
 )
 
 __all__ = ["GMLP", "RLMHSA", "CFB", "HFBlock", "FMBlock", "usable_groups"]
@@ -63,6 +66,7 @@ class GMLP(nn.Module):
         super().__init__()
         check_positive_ints("GMLP", dim=dim, hidden_dim=hidden_dim)
         g = usable_groups((dim, hidden_dim), groups, "GMLP")
+        self.dim = dim
         self.in_quant = nn.Identity()
         self.fc1 = MultiGroupConv1x1(dim, hidden_dim, g)
         self.act = ApproxGELU(method=gelu)
@@ -71,6 +75,7 @@ class GMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, dim, H, W) -> (B, dim, H, W)."""
+        check_input("GMLP", x, ("N", self.dim, "H", "W"))
         return self.fc2(self.hidden_quant(self.act(self.fc1(self.in_quant(x)))))
 
 
@@ -117,6 +122,7 @@ class RLMHSA(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, C, H, W)."""
+        check_input("RLMHSA", x, ("N", self.dim, "H", "W"))
         b, c, h, w = x.shape
         if not self.deployed:
             x = self.norm(x)
@@ -163,11 +169,18 @@ class CFB(nn.Module):
     def __init__(self, dim: int, groups: Sequence[int] = (1, 2)) -> None:
         super().__init__()
         check_positive_ints("CFB", dim=dim)
+        self.dim = dim
         self.fuse = MultiGroupConv1x1(2 * dim, dim, usable_groups((2 * dim, dim), groups, "CFB"))
         self.local = RepConv(dim, dim, 3, groups=dim, act=None)
 
     def forward(self, high: torch.Tensor, low: torch.Tensor) -> torch.Tensor:
         """Two (B, dim, H, W) maps -> (B, dim, H, W)."""
+        check_input("CFB", high, ("N", self.dim, "H", "W"), what="high")
+        check_input("CFB", low, ("N", self.dim, "H", "W"), what="low")
+        high_shape, low_shape = static_shape(high), static_shape(low)
+        if high_shape != low_shape:
+            shapes = f"{format_shape(high_shape)} and {format_shape(low_shape)}"
+            raise ValueError(f"CFB expects high and low of the same shape, got {shapes}")
         return self.local(self.fuse(torch.cat([high, low], dim=1)))
 
 
@@ -180,10 +193,13 @@ class HFBlock(nn.Module):
         self, dim: int, mlp_ratio: float = 3.0, groups: Sequence[int] = (1, 2, 4), gelu: str = "exact"
     ) -> None:
         super().__init__()
+        self.dim = dim
         self.mixer = RepConv(dim, dim, 3, groups=dim, use_identity=False, act=None)
         self.mlp = GMLP(dim, int(dim * mlp_ratio), groups, gelu=gelu)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, dim, H, W) -> (B, dim, H, W)."""
+        check_input("HFBlock", x, ("N", self.dim, "H", "W"))
         x = x + self.mixer(x)
         return x + self.mlp(x)
 
@@ -206,6 +222,7 @@ class FMBlock(nn.Module):
         gelu: str = "exact",
     ) -> None:
         super().__init__()
+        self.dim = dim
         # no identity branch: the block's residual already carries x, the path carries only the local part
         self.high = RepConv(dim, dim, 3, groups=dim, use_identity=False, act=None)
         self.attn = RLMHSA(dim, num_heads, sr_ratio, softmax=softmax)
@@ -213,5 +230,7 @@ class FMBlock(nn.Module):
         self.mlp = GMLP(dim, int(dim * mlp_ratio), groups, gelu=gelu)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, dim, H, W) -> (B, dim, H, W)."""
+        check_input("FMBlock", x, ("N", self.dim, "H", "W"))
         x = x + self.cfb(self.high(x), self.attn(x))
         return x + self.mlp(x)

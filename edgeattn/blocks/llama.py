@@ -13,12 +13,33 @@ from torch import nn
 
 from edgeattn.approx import ApproxSoftmax
 from edgeattn.blocks.attention import add_quant_points
+from edgeattn.blocks.rep import check_input, format_shape, static_shape
 
-__all__ = ["RMSNorm", "rope_tables", "apply_rope", "LlamaAttention", "SwiGLU", "LlamaBlock", "MASK_VALUE"]
+__all__ = [
+    "RMSNorm",
+    "rope_tables",
+    "apply_rope",
+    "LlamaAttention",
+    "SwiGLU",
+    "LlamaBlock",
+    "MASK_VALUE",
+    "check_tokens",
+]
 
 # Added to masked logits. Finite and fp16-representable (TensorRT FP16 engines), and far below any real
 # logit so every softmax approximation sends it to 0.
 MASK_VALUE = -1.0e4
+
+
+def check_tokens(where: str, x: object, dim: int, seq_len: int) -> None:
+    """Raise ``ValueError`` unless ``x`` is a float (N, T, dim) tensor with 1 <= T <= ``seq_len`` (the RoPE
+    tables and causal mask are built for ``seq_len`` positions)."""
+    check_input(where, x, ("N", "T", dim))
+    shape = static_shape(x)
+    if not 1 <= shape[1] <= seq_len:
+        raise ValueError(
+            f"{where} expects input of shape (N, T, {dim}) with 1 <= T <= seq_len={seq_len}, got {format_shape(shape)}"
+        )
 
 
 class RMSNorm(nn.Module):
@@ -26,10 +47,12 @@ class RMSNorm(nn.Module):
 
     def __init__(self, dim: int, eps: float = 1e-6) -> None:
         super().__init__()
-        self.eps = eps
+        self.dim, self.eps = dim, eps
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(..., dim) -> (..., dim)."""
+        check_input("RMSNorm", x, ("...", self.dim))
         return x * torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + self.eps) * self.weight
 
 
@@ -66,7 +89,7 @@ class LlamaAttention(nn.Module):
             )
         if dim % num_heads:
             raise ValueError(f"LlamaAttention: dim={dim} must be divisible by num_heads={num_heads}")
-        self.num_heads = num_heads
+        self.dim, self.num_heads = dim, num_heads
         self.head_dim = dim // num_heads
         self.scale = float(self.head_dim**-0.5)
         self.seq_len = seq_len
@@ -82,9 +105,8 @@ class LlamaAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, T, C) -> (B, T, C)."""
+        check_tokens("LlamaAttention", x, self.dim, self.seq_len)
         b, t, c = x.shape
-        if t > self.seq_len:
-            raise ValueError(f"sequence length {t} exceeds the model's seq_len={self.seq_len}")
         x = self.in_quant(x)
         qkv = self.qkv(x).reshape(b, t, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         cos, sin = self.rope_cos[:t], self.rope_sin[:t]
@@ -106,6 +128,7 @@ class SwiGLU(nn.Module):
 
     def __init__(self, dim: int, hidden_dim: int) -> None:
         super().__init__()
+        self.dim = dim
         self.in_quant = nn.Identity()
         self.gate_proj = nn.Linear(dim, hidden_dim, bias=False)
         self.up_proj = nn.Linear(dim, hidden_dim, bias=False)
@@ -114,6 +137,8 @@ class SwiGLU(nn.Module):
         self.down_proj = nn.Linear(hidden_dim, dim, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(..., dim) -> (..., dim)."""
+        check_input("SwiGLU", x, ("...", self.dim))
         x = self.in_quant(x)
         return self.down_proj(self.hidden_quant(self.act(self.gate_proj(x)) * self.up_proj(x)))
 
@@ -125,11 +150,14 @@ class LlamaBlock(nn.Module):
         self, dim: int, num_heads: int, hidden_dim: int, seq_len: int, softmax: str = "exact"
     ) -> None:
         super().__init__()
+        self.dim, self.seq_len = dim, seq_len
         self.attn_norm = RMSNorm(dim)
         self.attn = LlamaAttention(dim, num_heads, seq_len, softmax=softmax)
         self.mlp_norm = RMSNorm(dim)
         self.mlp = SwiGLU(dim, hidden_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, dim) -> (B, T, dim), T <= seq_len."""
+        check_tokens("LlamaBlock", x, self.dim, self.seq_len)
         x = x + self.attn(self.attn_norm(x))
         return x + self.mlp(self.mlp_norm(x))

@@ -15,6 +15,7 @@ in attributes named ``branches``, ``scale_branch`` and ``identity_branch``, whic
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from numbers import Integral
 
@@ -33,6 +34,9 @@ __all__ = [
     "make_act",
     "set_weight_bias",
     "check_positive_ints",
+    "check_input",
+    "format_shape",
+    "static_shape",
 ]
 
 
@@ -121,6 +125,47 @@ def check_positive_ints(where: str, **values: object) -> None:
             raise ValueError(f"{where}: {name} must be a positive integer, got {value!r}")
 
 
+def format_shape(shape: Sequence[object]) -> str:
+    """``(N, 3, H, W)`` / ``(3, 32, 32)``: a shape as a user writes it (``(5,)`` for one dim)."""
+    inner = ", ".join(str(d) for d in shape)
+    return f"({inner},)" if len(shape) == 1 else f"({inner})"
+
+
+def static_shape(x: torch.Tensor) -> tuple[int, ...]:
+    """``x``'s sizes as Python ints, for input checks.
+
+    Under ``torch.jit.trace`` sizes are 0-dim tensors; a check reads them as constants on purpose (it only
+    raises, the graph never depends on it), so the tracer's warning about that is silenced here.
+    """
+    if not torch.jit.is_tracing():
+        return tuple(x.shape)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        return tuple(int(d) for d in x.shape)
+
+
+def check_input(where: str, x: object, shape: Sequence[int | str], what: str = "input") -> None:
+    """Raise ``ValueError("{where} expects {what} of shape (N, 3, H, W), got (3, 32, 32)")`` unless ``x`` is a
+    floating-point tensor that fits ``shape``.
+
+    ``shape`` entries: an int must match exactly; a name (``"N"``, ``"H"``) takes any size; a leading ``"..."``
+    takes any number of leading dims. Only the rank and sizes fixed at construction are compared, never the
+    batch or another axis an exporter may make dynamic: the check is Python on static shapes, so traced and
+    exported graphs do not change.
+    """
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"{where} expects {what} as a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise ValueError(f"{where} expects a floating-point {what}, got {x.dtype}")
+    got = static_shape(x)
+    variadic = len(shape) > 0 and shape[0] == "..."
+    fixed = tuple(shape[1:]) if variadic else tuple(shape)
+    rank_ok = len(got) >= len(fixed) if variadic else len(got) == len(fixed)
+    tail = got[len(got) - len(fixed) :] if rank_ok else ()
+    if not rank_ok or any(isinstance(want, int) and size != want for want, size in zip(fixed, tail, strict=True)):
+        raise ValueError(f"{where} expects {what} of shape {format_shape(shape)}, got {format_shape(got)}")
+
+
 def _check_channels(name: str, in_ch: int, out_ch: int, groups: int) -> None:
     for value in (in_ch, out_ch, groups):
         if isinstance(value, bool) or not isinstance(value, Integral):
@@ -177,9 +222,12 @@ class ConvBN(nn.Module):
         )
         self.bn = nn.BatchNorm2d(out_channels)
         self.act = make_act(act)
+        self.in_channels = in_channels
         self.deployed = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, in_channels, H, W) -> (N, out_channels, H', W')."""
+        check_input("ConvBN", x, ("N", self.in_channels, "H", "W"))
         if self.deployed:
             return self.act(self.conv(x))
         return self.act(self.bn(self.conv(x)))
@@ -244,6 +292,8 @@ class RepConv(nn.Module):
         self.deployed = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, in_channels, H, W) -> (N, out_channels, H', W')."""
+        check_input("RepConv", x, ("N", self.in_channels, "H", "W"))
         if self.deployed:
             return self.act(self.reparam_conv(x))
         out = self.branches[0](x)
@@ -303,6 +353,8 @@ class MultiGroupConv1x1(nn.Module):
         self.deployed = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, in_channels, H, W) -> (N, out_channels, H, W)."""
+        check_input("MultiGroupConv1x1", x, ("N", self.in_channels, "H", "W"))
         if self.deployed:
             return self.reparam_conv(x)
         out = self.branches[0](x)

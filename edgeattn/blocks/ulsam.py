@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from edgeattn.approx import ApproxSoftmax
-from edgeattn.blocks.rep import check_positive_ints, fuse_bn, set_weight_bias
+from edgeattn.blocks.rep import check_input, check_positive_ints, fuse_bn, set_weight_bias
 
 __all__ = ["ULSAM"]
 
@@ -48,6 +48,7 @@ class ULSAM(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, m, H, W) -> (B, m, H, W)."""
+        check_input("ULSAM", x, ("N", self.channels, "H", "W"))
         b, m, h, w = x.shape
         g = self.num_subspaces
         if self.deployed:

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from edgeattn.blocks.attention import Mlp
+from edgeattn.blocks.rep import check_input
 from edgeattn.models._checks import check_positive_int
 from edgeattn.models.registry import register_model
 from edgeattn.models.vit import VisionTransformer
@@ -47,7 +48,7 @@ class MoEMlp(nn.Module):
             raise ValueError(f"MoEMlp: top_k={top_k} must be between 1 and num_experts={num_experts}")
         if num_tasks < 1:
             raise ValueError(f"MoEMlp: num_tasks must be >= 1, got {num_tasks}")
-        self.num_experts = num_experts
+        self.dim, self.num_experts = dim, num_experts
         self.top_k = top_k
         self.task = 0
         self.experts = nn.ModuleList(Mlp(dim, hidden, gelu=gelu) for _ in range(num_experts))
@@ -62,6 +63,7 @@ class MoEMlp(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, N, dim) -> (B, N, dim). Every expert runs (static graph); unselected ones weigh 0."""
+        check_input("MoEMlp", x, ("...", self.dim))
         weights = self.gate_weights(x)
         out = torch.zeros_like(x)
         for e, expert in enumerate(self.experts):
@@ -73,6 +75,7 @@ class EdgeMoEViT(VisionTransformer):
     """Multi-task ViT: shared embedding, blocks and experts; per task one gate per MoE layer and a head."""
 
     _arg_owner = "edge_moe_vit"
+    model_name = "edge_moe_vit"
 
     def __init__(
         self,

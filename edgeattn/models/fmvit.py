@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from edgeattn.blocks.fmvit import FMBlock, HFBlock
-from edgeattn.blocks.rep import RepConv
+from edgeattn.blocks.rep import RepConv, check_input
 from edgeattn.models._checks import check_positive_int, check_positive_ints, check_positive_numbers
 from edgeattn.models.registry import register_model
 
@@ -51,7 +51,12 @@ FMVIT_CONFIGS: dict[str, dict] = {
 
 
 class FMViT(nn.Module):
-    """FMViT classifier mapping (B, C, H, W) -> (B, num_classes)."""
+    """FMViT classifier mapping (B, C, H, W) -> (B, num_classes); any H, W (fully convolutional up to the pool).
+
+    ``model_name`` names the model in input errors (the registry factories set theirs).
+    """
+
+    model_name = "FMViT"
 
     def __init__(
         self,
@@ -124,6 +129,7 @@ class FMViT(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> the last stage's (B, widths[-1], H/32, W/32) map."""
+        check_input(self.model_name, x, ("N", self.input_size[0], "H", "W"))
         return self.stages(self.stem(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -153,9 +159,11 @@ def _build(
     # Positional-only, so a user's ``size=...`` lands in ``kw`` and FMViT rejects it as an unexpected keyword
     # (the size is the factory's name) instead of clashing with this function's own ``size``.
     cfg = {**FMVIT_CONFIGS[size], **kw}
-    return FMViT(
+    model = FMViT(
         num_classes=num_classes, in_chans=in_chans, img_size=img_size, softmax=softmax, gelu=gelu, **cfg
     )
+    model.model_name = f"fmvit_{size}"
+    return model
 
 
 @register_model

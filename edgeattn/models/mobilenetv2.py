@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from edgeattn.blocks.ela import ELA
-from edgeattn.blocks.rep import ConvBN
+from edgeattn.blocks.rep import ConvBN, check_input
 from edgeattn.blocks.ulsam import ULSAM
 from edgeattn.models._checks import check_positive_int
 from edgeattn.models.registry import register_model
@@ -65,8 +65,11 @@ class InvertedResidual(nn.Module):
 class MobileNetV2(nn.Module):
     """MobileNet-V2 classifier (B, C, H, W) -> (B, num_classes); ``attention``: None, "ela" or "ulsam".
 
-    ``softmax`` is the method of ULSAM's softmax, the model's only one (so ``attention="ulsam"`` only).
+    ``softmax`` is the method of ULSAM's softmax, the model's only one (so ``attention="ulsam"`` only). Any H, W
+    (convolutional up to the global pool); ``model_name`` names the model in input errors.
     """
+
+    model_name = "MobileNetV2"
 
     def __init__(
         self,
@@ -122,21 +125,22 @@ class MobileNetV2(nn.Module):
         self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(1280, num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, in_chans, H, W) -> (B, num_classes)."""
+        check_input(self.model_name, x, ("N", self.input_size[0], "H", "W"))
         return self.classifier(self.features(x).mean(dim=(2, 3)))
 
 
 @register_model
 def mobilenetv2(num_classes: int = 1000, in_chans: int = 3, img_size: int = 224, **kwargs) -> MobileNetV2:
     """MobileNet-V2 1.0 (~3.5M parameters at 1000 classes)."""
-    return MobileNetV2(num_classes=num_classes, in_chans=in_chans, img_size=img_size, **kwargs)
+    return _named("mobilenetv2", MobileNetV2(num_classes=num_classes, in_chans=in_chans, img_size=img_size, **kwargs))
 
 
 @register_model
 def mobilenetv2_ela(num_classes: int = 1000, in_chans: int = 3, img_size: int = 224, **kwargs) -> MobileNetV2:
     """MobileNet-V2 with ELA-L after the depthwise conv of every expanding inverted residual."""
-    return MobileNetV2(
-        num_classes=num_classes, in_chans=in_chans, img_size=img_size, attention="ela", **kwargs
-    )
+    model = MobileNetV2(num_classes=num_classes, in_chans=in_chans, img_size=img_size, attention="ela", **kwargs)
+    return _named("mobilenetv2_ela", model)
 
 
 @register_model
@@ -145,7 +149,7 @@ def mobilenetv2_ulsam(
 ) -> MobileNetV2:
     """MobileNet-V2 with ULSAM (g=4) after late stride-1 inverted residuals (see ``ULSAM_AFTER``);
     ``softmax`` is the method of ULSAM's softmax over positions."""
-    return MobileNetV2(
+    model = MobileNetV2(
         num_classes=num_classes,
         in_chans=in_chans,
         img_size=img_size,
@@ -153,3 +157,9 @@ def mobilenetv2_ulsam(
         softmax=softmax,
         **kwargs,
     )
+    return _named("mobilenetv2_ulsam", model)
+
+
+def _named(name: str, model: MobileNetV2) -> MobileNetV2:
+    model.model_name = name  # the registry name, for input errors
+    return model

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from edgeattn.blocks.llama import LlamaBlock, RMSNorm
+from edgeattn.blocks.rep import format_shape, static_shape
 from edgeattn.models._checks import check_positive_int
 from edgeattn.models.registry import register_model
 
@@ -49,7 +50,22 @@ class TinyLlama(nn.Module):
         self.apply(_init_weights)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        """Token ids (B, T), int64 or int32, T <= seq_len -> logits (B, T, vocab_size)."""
+        self._check_ids(ids)
         return self.lm_head(self.norm(self.blocks(self.embed(ids))))
+
+    def _check_ids(self, ids: object) -> None:
+        # dtype, rank and T are static in export (only the batch axis is dynamic); id values are not checked
+        if not isinstance(ids, torch.Tensor):
+            raise ValueError(f"tiny_llama expects token ids as a torch.Tensor, got {type(ids).__name__}")
+        if ids.dtype not in (torch.int64, torch.int32):
+            raise ValueError(f"tiny_llama expects int64 or int32 token ids, got {ids.dtype}")
+        shape = static_shape(ids)
+        if len(shape) != 2 or not 1 <= shape[1] <= self.seq_len:
+            raise ValueError(
+                f"tiny_llama expects token ids of shape (N, T) with 1 <= T <= seq_len={self.seq_len}, "
+                f"got {format_shape(shape)}"
+            )
 
 
 def _init_weights(module: nn.Module) -> None:

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from edgeattn.blocks.attention import Attention, Mlp
+from edgeattn.blocks.rep import check_input
 from edgeattn.models._checks import check_positive_int, check_positive_number
 from edgeattn.models.registry import register_model
 
@@ -32,10 +33,12 @@ class ViTBlock(nn.Module):
 class VisionTransformer(nn.Module):
     """ViT classifier mapping (B, C, H, W) -> (B, num_classes) with a learned class token and position table.
 
-    Shapes are fixed at construction (``img_size``/``patch_size``), so the graph is static for export.
+    Shapes are fixed at construction (``img_size``/``patch_size``), so the graph is static for export and the
+    input must be exactly (B, in_chans, img_size, img_size): the position table has one row per patch.
     """
 
     _arg_owner = "vit"  # names the model in argument errors (subclasses override)
+    model_name = "vit"  # names the model in input errors (factories set their registry name)
 
     def __init__(
         self,
@@ -85,6 +88,8 @@ class VisionTransformer(nn.Module):
         nn.init.trunc_normal_(self.cls_token, std=0.02)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, in_chans, img_size, img_size) -> (B, num_classes)."""
+        check_input(self.model_name, x, ("N", *self.input_size))
         x = self.patch_embed(x).flatten(2).transpose(1, 2)  # (B, N, D)
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
         x = self.norm(self.blocks(x))
@@ -109,7 +114,7 @@ def vit_tiny(
     if patch_size is None:
         check_positive_int("vit", img_size=img_size)  # compared below, before the model checks it
         patch_size = 16 if img_size >= 112 else 4
-    return VisionTransformer(
+    model = VisionTransformer(
         img_size=img_size,
         patch_size=patch_size,
         in_chans=in_chans,
@@ -118,3 +123,5 @@ def vit_tiny(
         gelu=gelu,
         **kwargs,
     )
+    model.model_name = "vit_tiny"
+    return model
