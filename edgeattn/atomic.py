@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -127,9 +128,50 @@ def staging_dir(out_dir: str | Path, suffix: str = "") -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-", suffix=suffix))
     try:
         yield tmp
-        publish_modes(tmp)  # files staged inside with mkstemp are private too
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
+        publish_dir(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def make_staging_dir(out_dir: str | Path) -> Path:
+    """Create and return an empty hidden folder beside ``out_dir`` (same parent: one filesystem, so that
+    :func:`publish_dir` is a rename), for work that must not touch ``out_dir`` until it has ended. The caller
+    publishes it with :func:`publish_dir` or keeps it with :func:`keep_aside`; :func:`staging_dir` is the
+    all-or-nothing form. ``out_dir`` must pass :func:`replaceable_dir`."""
+    out_dir = replaceable_dir(out_dir)
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
+    except OSError as exc:
+        raise EdgeAttnError(f"cannot write beside '{out_dir}': {exc.strerror or exc}") from None
+
+
+def publish_dir(tmp: str | Path, out_dir: str | Path) -> None:
+    """Make ``tmp`` (a folder beside ``out_dir``) become ``out_dir``, with the modes the umask gives.
+
+    A previous ``out_dir`` is first renamed aside and deleted only once ``tmp`` has taken its place, so an
+    interruption never leaves a mix of both, nor the old folder half-deleted with the new one lost.
+    """
+    tmp, out_dir = Path(tmp), Path(out_dir)
+    publish_modes(tmp)  # files staged inside with mkstemp are private too
+    if not out_dir.exists():
+        os.replace(tmp, out_dir)
+        return
+    old = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.old-"))
+    os.replace(out_dir, old)  # onto the empty folder just made: POSIX rename allows it
+    os.replace(tmp, out_dir)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def keep_aside(tmp: str | Path, out_dir: str | Path, label: str) -> Path:
+    """Rename ``tmp`` (a folder beside ``out_dir``) to a visible, new ``NAME.LABEL-YYYYmmdd-HHMMSS`` beside
+    ``out_dir``, and return that path: for an unfinished run that the user may inspect, while ``out_dir`` keeps
+    what it held."""
+    tmp, out_dir = Path(tmp), Path(out_dir)
+    base = out_dir.parent / f"{out_dir.name}.{label}-{time.strftime('%Y%m%d-%H%M%S')}"
+    target, n = base, 1
+    while target.exists():  # never replace an earlier kept folder
+        n += 1
+        target = base.with_name(f"{base.name}-{n}")
+    os.rename(tmp, target)
+    return target

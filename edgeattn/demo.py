@@ -11,6 +11,9 @@ on it still run):
 5. ``hls``     the FPGA accelerator: a small ViT trained on digits, one encoder layer to HLS C++, C simulation;
 6. ``report``  ``report.md`` + ``report.html`` with tables and plots.
 
+The run is staged beside the output folder and replaces it only when it has ended (see :func:`run_demo`);
+``summary.json`` holds paths inside the output folder relative to it (see :meth:`Demo._write_summary`).
+
 This module is a face: it imports every part of the toolchain.
 """
 
@@ -18,10 +21,13 @@ from __future__ import annotations
 
 import inspect
 import json
-import shutil
+import os
+import signal
+import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +35,7 @@ from typing import Any
 from rich.console import Console
 from rich.markup import escape
 
-from edgeattn.atomic import replaceable_dir, write_text_atomic
+from edgeattn.atomic import keep_aside, make_staging_dir, publish_dir, replaceable_dir, write_text_atomic
 from edgeattn.errors import EdgeAttnError
 from edgeattn.report import Report, fmt
 
@@ -92,6 +98,52 @@ def _usable(res: StepResult | None) -> bool:
     return res is not None and (res.status == "ok" or (res.status == "failed" and bool(res.data)))
 
 
+class DemoInterrupted(KeyboardInterrupt):
+    """Ctrl-C ended the demo; ``where`` holds its partial output (report.md and summary.json say which steps
+    ran), ``kept_aside`` says whether that is a folder beside the output folder, which was left as it was."""
+
+    def __init__(self, where: Path, kept_aside: bool) -> None:
+        super().__init__(str(where))
+        self.where = where
+        self.kept_aside = kept_aside
+
+
+def _interrupt_in_chain(exc: BaseException) -> bool:
+    """Whether a KeyboardInterrupt is in ``exc``'s ``__cause__`` / ``__context__`` chain: a library caught
+    Ctrl-C and raised its own error instead."""
+    seen: set[int] = set()
+    link: BaseException | None = exc
+    while link is not None and id(link) not in seen:
+        if isinstance(link, KeyboardInterrupt):
+            return True
+        seen.add(id(link))
+        link = link.__cause__ or link.__context__
+    return False
+
+
+def _rebase(value: Any, old: str, new: str) -> Any:
+    """``value`` (step data: dicts, lists, strings) with the folder ``old`` renamed ``new`` in every string."""
+    if isinstance(value, dict):
+        return {k: _rebase(v, old, new) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_rebase(v, old, new) for v in value]
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    return value.replace(old, new) if isinstance(value, str) and old != new else value
+
+
+def _relative(value: Any, root: str) -> Any:
+    """``value`` with every string that is the path of something inside the folder ``root`` made relative to
+    it (POSIX separators); other strings, paths outside it included, are kept as they are."""
+    if isinstance(value, dict):
+        return {k: _relative(v, root) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_relative(v, root) for v in value]
+    if isinstance(value, str) and value.startswith(root + os.sep):
+        return Path(value[len(root) + 1:]).as_posix()
+    return "." if value == root else value
+
+
 def _stop_if_interrupted(result: dict[str, Any]) -> None:
     """The trainer turns Ctrl-C into a flag and returns ``status: interrupted`` (a partial result): pass it on."""
     if result.get("status") == "interrupted":
@@ -101,12 +153,19 @@ def _stop_if_interrupted(result: dict[str, Any]) -> None:
 class Demo:
     """Runs the steps in order, tracking which succeeded so dependants can be skipped with a reason."""
 
-    def __init__(self, out_dir: Path, settings: DemoSettings, console: Console) -> None:
-        self.out = out_dir
+    def __init__(self, out_dir: Path, settings: DemoSettings, console: Console, final: Path | None = None) -> None:
+        self.out = out_dir  # where the steps write (run_demo: a staging folder)
+        self.final = final or out_dir  # the folder the output is published as, named in the report and summary
         self.s = settings
         self.console = console
         self.results: dict[str, StepResult] = {}
         self.log_path = out_dir / "demo.log"
+        self.sigints = 0  # Ctrl-C presses seen while run() ran
+        self._sigints_before = 0  # ... when the current step started
+
+    def _interrupted(self, exc: BaseException) -> bool:
+        """Whether ``exc``, raised in the current step, is a Ctrl-C that a library turned into its own error."""
+        return self.sigints > self._sigints_before or _interrupt_in_chain(exc)
 
     # ------------------------------------------------------------------ step runner
     def step(self, name: str, fn: Callable[[], dict[str, Any]], needs: tuple[str, ...] = ()) -> StepResult:
@@ -119,8 +178,16 @@ class Demo:
             self.console.print(f"[yellow]skipped:[/] {escape(res.detail)}")
         else:
             t0 = time.perf_counter()
+            self._sigints_before = self.sigints
             try:
-                data = fn()
+                try:
+                    data = fn()
+                except Exception as exc:
+                    if self._interrupted(exc):  # a library swallowed Ctrl-C: it is still an interrupt
+                        raise KeyboardInterrupt from exc
+                    raise
+                if self.sigints > self._sigints_before:  # swallowed, and the step went on: stop now
+                    raise KeyboardInterrupt
                 res = StepResult(name, "ok", time.perf_counter() - t0, data=data or {})
                 self.console.print(f"[green]done[/] in {res.seconds:.1f} s")
             except KeyboardInterrupt:  # Ctrl-C ends the demo: the step is recorded, run() writes what ran
@@ -135,7 +202,8 @@ class Demo:
                                  data=exc.data if isinstance(exc, StepFailed) else {})
                 with self.log_path.open("a", encoding="utf-8") as log:
                     log.write(f"--- step {name} failed\n{traceback.format_exc()}\n")
-                self.console.print(f"[red]failed:[/] {escape(res.detail)} (traceback in {escape(str(self.log_path))})")
+                log = self.final / self.log_path.name
+                self.console.print(f"[red]failed:[/] {escape(res.detail)} (traceback in {escape(str(log))})")
         self.results[name] = res
         return res
 
@@ -200,6 +268,8 @@ class Demo:
             except ParityFailure as exc:
                 row.update(status="failed", detail=str(exc), report=exc.report.to_dict())
             except EdgeAttnError as exc:
+                if self._interrupted(exc):  # not an export error: stop here, not after the other artifacts
+                    raise KeyboardInterrupt from exc
                 row.update(status="error", detail=str(exc), report={})
             row["artifact"] = _main_artifact(row.get("report", {}).get("artifacts", {}))
             self.console.print(f"    {row['status']}" + (f": {escape(row['detail'])}" if row.get("detail") else ""))
@@ -276,13 +346,36 @@ class Demo:
 
     # ------------------------------------------------------------------ 6. report
     def report(self) -> dict[str, Any]:
-        rep = build_report(self)
+        rep = build_report(self).replace(str(self.out), str(self.final))
         md, html = rep.write(self.out)
         return {"markdown": str(md), "html": str(html), "settings": asdict(self.s)}
+
+    @contextmanager
+    def _counting_sigint(self) -> Iterator[None]:
+        """Count Ctrl-C presses (then handle them as before), so that a step whose library swallowed the
+        KeyboardInterrupt and raised its own error is recorded as interrupted, not failed."""
+        previous = signal.getsignal(signal.SIGINT)
+        if not callable(previous) or threading.current_thread() is not threading.main_thread():
+            yield  # SIGINT ignored (a background job) or not ours to handle
+            return
+
+        def handler(signum: int, frame: Any) -> None:
+            self.sigints += 1
+            previous(signum, frame)
+
+        signal.signal(signal.SIGINT, handler)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
 
     def run(self) -> dict[str, StepResult]:
         """Run every step, then write the report and ``summary.json``; after Ctrl-C, write both for the steps
         that ran (the interrupted one marked so) and re-raise, so the command ends with exit code 130."""
+        with self._counting_sigint():
+            return self._run()
+
+    def _run(self) -> dict[str, StepResult]:
         try:
             self.step("train", self.train)
             self.step("qat", self.qat, needs=("train",))
@@ -301,8 +394,15 @@ class Demo:
         return self.results
 
     def _write_summary(self) -> None:
-        """``summary.json``: each step's status, seconds, note and figures (atomically: never half-written)."""
-        summary = {name: {"status": r.status, "seconds": r.seconds, "detail": r.detail, "data": r.data}
+        """``summary.json``: each step's status, seconds, note and figures (atomically: never half-written).
+
+        A value that is the path of a file or folder inside the output folder is relative to that folder (the
+        folder can be moved or shared); a path outside it stays absolute; text that only mentions a path (the
+        trtexec command line, an error) names the output folder by its final absolute path, never the staging
+        folder the run wrote into."""
+        final = str(self.final)
+        summary = {name: {"status": r.status, "seconds": r.seconds, "detail": _rebase(r.detail, str(self.out), final),
+                          "data": _relative(_rebase(r.data, str(self.out), final), final)}
                    for name, r in self.results.items()}
         write_text_atomic(self.out / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
 
@@ -466,6 +566,8 @@ def _gate(artifact: dict[str, Any], par: dict[str, Any]) -> str:
 
 
 def _export_section(rep: Report, r: dict[str, StepResult], out: Path) -> None:
+    from edgeattn.export.report import top1_count
+
     sec = rep.section("Parity per artifact")
     if not _usable(r.get("export")):
         sec.text(_not_available(r, "export", "export"))
@@ -486,7 +588,7 @@ def _export_section(rep: Report, r: dict[str, StepResult], out: Path) -> None:
                 _inputs(par.get("n_inputs"), report.get("parity_inputs") or {}),
                 _with_limit(par.get("max_abs_rel_range"), "max", tol.get("max_abs")),
                 _with_limit(par.get("cosine"), "min", tol.get("min_cosine"), digits=6),
-                _with_limit(par.get("top1"), "min", tol.get("min_top1_agreement")), note,
+                _with_limit(par.get("top1"), "min", tol.get("min_top1_agreement")) + top1_count(par), note,
             ])
         for note in report.get("notes") or []:
             rows.append([a["name"], a["profile"], "", "note", "-", None, None, None, None, note])
@@ -598,12 +700,56 @@ def _hls_section(rep: Report, r: dict[str, StepResult], out: Path) -> None:
 
 def run_demo(out_dir: Path, settings: DemoSettings | None = None, force: bool = False,
              console: Console | None = None) -> dict[str, StepResult]:
-    """Run the demo into ``out_dir`` (refused if it exists and is not empty, unless ``force``)."""
+    """Run the demo into ``out_dir`` (refused if it exists and is not empty, unless ``force``).
+
+    The run writes into a hidden staging folder beside ``out_dir`` (``.NAME.tmp-*``) and replaces ``out_dir``
+    only once it has ended, failed steps included (its report says which). If it is stopped (Ctrl-C:
+    :class:`DemoInterrupted`) or crashes, a non-empty ``out_dir`` is left as it was and the partial run is kept
+    beside it as ``NAME.partial-YYYYmmdd-HHMMSS``; with nothing to keep, the partial run becomes ``out_dir``.
+    The returned results name files where they ended up.
+    """
     out_dir = replaceable_dir(out_dir)  # never '.', a folder above it, or a file (resolved: a link's target)
-    if out_dir.exists() and any(out_dir.iterdir()):
-        if not force:
-            raise EdgeAttnError(f"output directory '{out_dir}' is not empty; use --force to replace it")
-        shutil.rmtree(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    demo = Demo(out_dir, settings or DemoSettings(), console or Console())
-    return demo.run()
+    had_output = out_dir.exists() and any(out_dir.iterdir())
+    if had_output and not force:
+        raise EdgeAttnError(f"output directory '{out_dir}' is not empty; use --force to replace it")
+    console = console or Console()
+    staging = make_staging_dir(out_dir)
+    demo = Demo(staging, settings or DemoSettings(), console, final=out_dir)
+    try:
+        results = demo.run()
+    except BaseException as exc:
+        if had_output:
+            where = keep_aside(staging, out_dir, "partial")
+            console.print(f"[yellow]The previous output in {escape(str(out_dir))} is unchanged; this run's "
+                          f"partial output is in {escape(str(where))}[/]")
+        else:
+            where = out_dir
+            publish_dir(staging, out_dir)
+        _rebase_results(demo.results, staging, where)
+        _rebase_json_files(where, staging)
+        if isinstance(exc, KeyboardInterrupt):
+            raise DemoInterrupted(where, kept_aside=had_output) from exc
+        raise
+    publish_dir(staging, out_dir)
+    _rebase_results(results, staging, out_dir)
+    _rebase_json_files(out_dir, staging)
+    return results
+
+
+def _rebase_json_files(folder: Path, old: Path) -> None:
+    """Rename the staging folder ``old`` to ``folder``, where the run now is, in the JSON records under it
+    (the tools' report.json, result.json, the profiler's figures: absolute paths in their own formats), so that
+    none points into a folder that is gone. Text is replaced as written (formatting kept); binary files (the
+    checkpoints' metadata) keep the staging path."""
+    needle, new = json.dumps(str(old))[1:-1], json.dumps(str(folder))[1:-1]  # as JSON escapes them
+    for path in sorted(folder.rglob("*.json")):
+        text = path.read_text(encoding="utf-8")
+        if needle in text:
+            write_text_atomic(path, text.replace(needle, new))
+
+
+def _rebase_results(results: dict[str, StepResult], old: Path, new: Path) -> None:
+    """Rename the folder ``old`` to ``new`` in the steps' paths and notes, in place."""
+    for res in results.values():
+        res.detail = _rebase(res.detail, str(old), str(new))
+        res.data = _rebase(res.data, str(old), str(new))

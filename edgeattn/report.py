@@ -91,6 +91,14 @@ class Report:
         self.sections.append(sec)
         return sec
 
+    def replace(self, old: str, new: str) -> Report:
+        """Replace ``old`` by ``new`` in the intro and every block (e.g. a staging folder's path by the folder
+        the report is published as)."""
+        self.intro = self.intro.replace(old, new)
+        for sec in self.sections:
+            sec.blocks = [block.replace(old, new) for block in sec.blocks]
+        return self
+
     def markdown(self) -> str:
         parts = [f"# {self.title}", self.intro.strip()]
         for sec in self.sections:

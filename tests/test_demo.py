@@ -101,7 +101,9 @@ def test_demo_force_through_a_link_replaces_the_target_folder_only(user_cwd, cap
     (target / "old.txt").write_text("old demo")
     (user_cwd / "link").symlink_to(target)
     ran = {}
-    monkeypatch.setattr(Demo, "run", lambda self: ran.setdefault("out", self.out) and {})
+    monkeypatch.setattr(Demo, "run", lambda self: ran.update(out=self.out, final=self.final) or {})
     run_demo(user_cwd / "link", DemoSettings(), force=True, console=Console(file=io.StringIO()))
-    assert ran["out"] == target.resolve() and not (target / "old.txt").exists()
+    # the run is staged beside the link's target folder, then replaces it
+    assert ran["final"] == target.resolve() and ran["out"].parent == target.resolve().parent
+    assert target.is_dir() and not (target / "old.txt").exists() and not ran["out"].exists()
     assert (user_cwd / "link").is_symlink() and (user_cwd / "keep.txt").read_text() == "user data"

@@ -13,21 +13,26 @@ from edgeattn.cli._common import console
 
 def demo(
     output: Path = typer.Option(Path("out/demo"), "--output", "-o", help="Folder for everything the demo writes."),
-    force: bool = typer.Option(False, "--force", help="Replace the output folder if it is not empty."),
+    force: bool = typer.Option(
+        False, "--force", help="Replace the output folder if it is not empty, once the new run has ended (a "
+        "stopped run leaves it as it was and is kept beside it as NAME.partial-DATE-TIME)."),
     fast: bool = typer.Option(False, "--fast", help="Smaller run (fewer epochs and samples) for smoke tests."),
 ) -> None:
     """Run the whole path on digits: FP32 -> EdgeQAT -> export + parity -> profile -> HLS C-sim -> report."""
-    from edgeattn.demo import DemoSettings, run_demo
+    from edgeattn.demo import DemoInterrupted, DemoSettings, run_demo
     from edgeattn.errors import EdgeAttnError
 
     t0 = time.perf_counter()
     settings = DemoSettings.fast() if fast else DemoSettings()
     try:
         results = run_demo(output, settings, force=force, console=console)
-    except KeyboardInterrupt:  # typer would end with 130 and no word; say where the partial report is
-        written = (output / "summary.json").is_file()
-        where = f"; {output / 'report.md'} and summary.json say which steps ran" if written else ""
-        raise EdgeAttnError(f"interrupted{where}", exit_code=130) from None
+    except KeyboardInterrupt as exc:  # typer would end with 130 and no word; say where the partial report is
+        kept = isinstance(exc, DemoInterrupted) and exc.kept_aside
+        folder = exc.where if kept else output
+        note = f"; the previous output in {output} is unchanged" if kept else ""
+        if (folder / "summary.json").is_file():
+            note += f"; {folder / 'report.md'} and summary.json say which steps ran"
+        raise EdgeAttnError(f"interrupted{note}", exit_code=130) from None
     failed = [name for name, r in results.items() if r.status != "ok"]
     console.rule("[bold]summary")
     for name, r in results.items():
