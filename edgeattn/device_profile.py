@@ -182,6 +182,16 @@ class FixedPoint(_Strict):
         return self.width - self.integer
 
 
+class HLSTolerance(_Strict):
+    """The accuracy gate of ``edgeattn hls``: the fixed-point design's outputs against the reference model
+    (``edgeattn.fpga_hls.gate``; a bound left out keeps its default, max_abs 0.1 and min_cosine 0.99)."""
+
+    max_abs: float | None = Field(
+        None, gt=0, allow_inf_nan=False, description="max abs error allowed, as a fraction of the output range"
+    )
+    min_cosine: float | None = Field(None, ge=-1, le=1, description="smallest per-vector cosine similarity")
+
+
 class HLSSpec(_Strict):
     """FPGA (Vitis HLS) settings for the Edge-MoE-style accelerator."""
 
@@ -198,6 +208,7 @@ class HLSSpec(_Strict):
     mac_cols: int = Field(16, ge=1, description="columns of the shared multiply-accumulate array")
     dsp_budget: int = Field(ge=1, description="DSP slices available")
     bram_budget: int = Field(ge=1, description="BRAM18K blocks available")
+    tolerance: HLSTolerance = Field(HLSTolerance(), description="accuracy gate of the generated design")
 
 
 class DeviceProfile(_Strict):

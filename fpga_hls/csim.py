@@ -138,9 +138,11 @@ def run_csim(
     Keys: ``mismatches`` (outputs that differ from the golden model, bit for bit), ``vectors``, ``outputs``,
     ``max_abs_err_vs_float``, ``cosine_vs_float`` (vs ``reference``: the float model or the checkpoint's
     fake-quant one), ``golden_max_abs_err_vs_float``,
-    ``approx_max_abs_err_vs_float`` (the softmax/GELU approximations' share, in float), ``compile_s``, ``run_s``,
+    ``approx_max_abs_err_vs_float`` (the softmax/GELU approximations' share, in float), ``vectors_source``,
+    ``gate`` (the accuracy gate of project.json's tolerance on these outputs), ``compile_s``, ``run_s``,
     ``top``, ``attn_parallel``, ``estimate`` (from project.json).
     """
+    from edgeattn.fpga_hls.gate import gate_result, resolve_tolerance
     from edgeattn.fpga_hls.generator import compare
 
     prj = Path(project_dir).resolve()  # the test bench runs with cwd=prj
@@ -168,6 +170,9 @@ def run_csim(
     if got.shape != gold.shape:
         raise EdgeAttnError(f"the C simulation wrote {got.shape} outputs, the golden model has {gold.shape}")
     vs_float = compare(got * 2.0**-frac, ref)
+    # the project's accuracy gate on the C simulation's outputs (a project written before the gate: the defaults)
+    tol = (meta.get("gate") or {}).get("tolerance") or {}
+    gate = gate_result(got * 2.0**-frac, ref, resolve_tolerance(None, tol.get("max_abs"), tol.get("min_cosine")))
     report = {
         "project": str(prj),
         "model": meta["model"],
@@ -187,6 +192,8 @@ def run_csim(
         # None for a project generated before this field existed
         "approx_max_abs_err_vs_float": meta.get("approx_vs_float", {}).get("max_abs_err"),
         "score_saturated": meta["stats"]["score_saturated"],
+        "vectors_source": meta.get("vectors_source"),
+        "gate": gate,
         "compile_s": round(t1 - t0, 3),
         "run_s": round(t2 - t1, 3),
         "testbench_summary": summary,

@@ -37,6 +37,8 @@ from edgeattn.fpga_hls.extract import (
     model_params,
     requantized_weights,
 )
+from edgeattn.fpga_hls.gate import gate_result, resolve_tolerance
+from edgeattn.fpga_hls.vectors import vector_images
 
 from edgeattn.atomic import replaceable_dir, staging_dir
 from edgeattn.errors import EdgeAttnError
@@ -67,6 +69,10 @@ class ProjectInfo:
     reference_bits: str | None = None  # e.g. "W4A4" for a fake-quant reference, None for a float one
     # the softmax/GELU methods the model computes and the ones the design computes
     approx: dict[str, Any] = field(default_factory=dict)
+    # where the test images come from (fpga_hls.vectors.vector_images's record)
+    vectors_source: dict[str, Any] = field(default_factory=dict)
+    # the accuracy gate on the golden model vs the reference (fpga_hls.gate.gate_result): bounds, figures, verdict
+    gate: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -82,6 +88,8 @@ class ProjectInfo:
             "reference": self.reference,
             "reference_bits": self.reference_bits,
             "approx": self.approx,
+            "vectors_source": self.vectors_source,
+            "gate": self.gate,
             "estimate": self.estimate,
             "stats": self.stats,
         }
@@ -237,11 +245,11 @@ class _Stop(Exception):
     """Ends the forward pass once the block of interest has run."""
 
 
-def _overflow_error(stats: G.GoldenStats, fmt: G.HLSFormats) -> EdgeAttnError:
+def _overflow_error(stats: G.GoldenStats, fmt: G.HLSFormats, source: str) -> EdgeAttnError:
     stage, count = max(stats.overflow.items(), key=lambda kv: kv[1])
     peak = stats.max_abs.get(stage, float("nan"))
     return EdgeAttnError(
-        f"activation overflow on the test vectors: {count} values at '{stage}' (up to {peak:.4g}) exceed "
+        f"activation overflow on the test vectors ({source}): {count} values at '{stage}' (up to {peak:.4g}) exceed "
         f"ap_fixed<{fmt.act_width},{fmt.act_int}> (range +-{2.0 ** (fmt.act_int - 1):g}); "
         f"raise hls.act.integer in the profile"
     )
@@ -260,6 +268,9 @@ def generate_project(
     force: bool = False,
     model_name: str | None = None,
     check: Callable[[Path], Any] | None = None,
+    vectors_from: str = "random",
+    meta: dict | None = None,
+    tolerance: dict[str, float] | None = None,
 ) -> ProjectInfo:
     """Generate an HLS project for encoder layer ``layer`` of ``model`` (``None``: the whole tiny ViT).
 
@@ -272,8 +283,8 @@ def generate_project(
             ``hls`` section.
         out_dir: project folder; must not exist unless ``force``.
         layer: which encoder layer becomes ``encoder_layer_top``; ``None`` builds ``vit_top`` for the model.
-        vectors: number of test vectors (random images through the model).
-        seed: seed of the test images.
+        vectors: number of test vectors (images through the model).
+        seed: seed of the random test images.
         attn_parallel: query rows in flight (default: the profile's ``hls.attn_parallel``).
         formats: override the profile's widths (for width sweeps).
         force: replace an existing ``out_dir``.
@@ -281,13 +292,17 @@ def generate_project(
         check: called with the staged project folder once it is complete, before it replaces ``out_dir``
             (e.g. the C simulation): if it raises (or is interrupted), nothing is published and an existing
             ``out_dir`` is left as it was.
+        vectors_from: ``"random"`` (standard-normal images from ``seed``) or ``"data"``: validation images of
+            the data ``meta`` (an ``edgeattn qat`` checkpoint's) records, else digits (:mod:`.vectors`).
+        meta: the ``edgeattn qat`` checkpoint meta of ``model``, for ``vectors_from="data"``.
+        tolerance: the accuracy gate's bounds, ``{"max_abs": fraction of the output range, "min_cosine": ...}``
+            (either may be left out: :data:`~edgeattn.fpga_hls.gate.DEFAULT_TOLERANCE`). A failed gate does not
+            raise: the project is written and ``ProjectInfo.gate["passed"]`` is False (the CLI exits 1).
 
     Raises:
         EdgeAttnError: unsupported model shape, weights or activations that overflow the declared widths,
             an existing ``out_dir`` without ``force``.
     """
-    import torch
-
     out_dir = Path(out_dir)
     replaceable_dir(out_dir)  # not '.', a folder above it, or a file: fail before any work
     if out_dir.exists() and not force:
@@ -295,6 +310,7 @@ def generate_project(
     if vectors < 1:
         raise EdgeAttnError(f"vectors must be >= 1, got {vectors}")
     net, default_name, prof, hls = _resolve_target(model, profile, layer, attn_parallel)
+    tol = resolve_tolerance(hls, (tolerance or {}).get("max_abs"), (tolerance or {}).get("min_cosine"))
     fmt = formats or G.HLSFormats.from_profile(hls)
     name = model_name or default_name
     blocks = list(net.blocks) if layer is None else [net.blocks[layer]]
@@ -310,15 +326,14 @@ def generate_project(
     lps = mp.layers if mp is not None else [layer_params(net.blocks[layer], fmt, f"blocks.{layer}")]
     _check_uniform(lps, name)
 
-    gen = torch.Generator().manual_seed(seed)
-    images = torch.randn(vectors, *net.input_size, generator=gen)
+    images, source = vector_images(net, vectors, vectors_from, meta, seed)
     inputs, ref = _reference(net, images, layer)
     try:
         in_raw = fmt.act.quantize(inputs, rounding="half-even", saturate=False)
     except ValueError:
         raise EdgeAttnError(
-            f"test-vector inputs (up to {np.max(np.abs(inputs)):.4g}) exceed ap_fixed<{fmt.act_width},"
-            f"{fmt.act_int}>; raise hls.act.integer in the profile"
+            f"test-vector inputs ({source['description']}; up to {np.max(np.abs(inputs)):.4g}) exceed "
+            f"ap_fixed<{fmt.act_width},{fmt.act_int}>; raise hls.act.integer in the profile"
         ) from None
     stats = G.GoldenStats()
     if mp is None:
@@ -326,7 +341,7 @@ def generate_project(
     else:
         gold = np.stack([G.vit_forward(x, mp, fmt, stats) for x in in_raw])
     if stats.overflow:
-        raise _overflow_error(stats, fmt)
+        raise _overflow_error(stats, fmt, source["description"])
     metrics = compare(fmt.act.dequantize(gold), ref)
     approx_metrics = compare(_approx_reference(net, images, layer, prof.approx), ref)
 
@@ -348,6 +363,8 @@ def generate_project(
         reference=label,
         reference_bits=bits,
         approx=_approx_info(part, prof.approx),
+        vectors_source=source,
+        gate=gate_result(fmt.act.dequantize(gold), ref, tol),
         estimate=est,
         stats={
             "score_saturated": stats.score_saturated,

@@ -4,6 +4,10 @@ The project holds the Edge-MoE-style accelerator's C++ (one encoder layer, or th
 ``--layer all``), weights at the profile's widths, test vectors from the PyTorch model with the fixed-point
 golden outputs, a test bench and a Vitis HLS Tcl script. ``--csim`` compiles and runs the test bench with g++
 and the ``ap_types`` headers from hls4ml, and writes ``PRJ/csim_report.json``.
+
+Exit codes: 0 ok; 1 the C simulation differs from the golden model, or the accuracy gate (``--atol``,
+``--min-cosine``) failed: the project is written all the same, with the figures; 2 bad input; 3 g++ failed;
+4 g++ or the ap_types headers are missing.
 """
 
 from __future__ import annotations
@@ -194,10 +198,24 @@ def hls(
         "0", "--layer", help="Encoder layer for encoder_layer_top, or 'all' for vit_top."
     ),
     vectors: int = typer.Option(4, "--vectors", help="Number of test vectors."),
+    vectors_from: str | None = typer.Option(
+        None,
+        "--vectors-from",
+        help="Test images: 'data' (the checkpoint's validation images, else digits) or 'random' "
+        "(default: data with --checkpoint, random without).",
+    ),
+    atol: float | None = typer.Option(
+        None,
+        "--atol",
+        help="Accuracy gate: max abs error vs the reference, as a fraction of its output range (default 0.1).",
+    ),
+    min_cosine: float | None = typer.Option(
+        None, "--min-cosine", help="Accuracy gate: smallest per-vector cosine vs the reference (default 0.99)."
+    ),
     parallel: int | None = typer.Option(
         None, "--parallel", help="Query rows in flight (default: the profile's)."
     ),
-    seed: int = typer.Option(0, "--seed", help="Seed of the test images (and of the random weights)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of random test images (and of the random weights)."),
     sets: list[str] = typer.Option(
         [], "--set", help="Model argument KEY=VALUE (repeatable), e.g. --set embed_dim=96."
     ),
@@ -213,9 +231,15 @@ def hls(
     from edgeattn.atomic import replaceable_dir
     from edgeattn.errors import EdgeAttnError
     from edgeattn.fpga_hls import find_ap_types, find_compiler, generate_project, run_csim
+    from edgeattn.fpga_hls.gate import resolve_tolerance
+    from edgeattn.fpga_hls.vectors import VECTOR_SOURCES
 
     which = _parse_layer(layer)
     kwargs = _parse_sets(sets)
+    source = vectors_from or ("data" if checkpoint is not None else "random")
+    if source not in VECTOR_SOURCES:
+        raise EdgeAttnError(f"--vectors-from must be one of {', '.join(VECTOR_SOURCES)}, got {source!r}")
+    resolve_tolerance(None, atol, min_cosine)  # out-of-range bounds fail before any work
     replaceable_dir(output)  # not '.', a folder above it, or a file
     if json_out is not None:
         check_output_path(json_out, "--json")  # before generating and simulating, not after
@@ -258,11 +282,15 @@ def hls(
             force=force,
             model_name=model,
             check=simulate if csim else None,
+            vectors_from=source,
+            meta=meta,
+            tolerance={"max_abs": atol, "min_cosine": min_cosine},
         )
     summary = info.to_json()
     for note in _notes(info, meta, checkpoint):
         console.print(f"note: {note}", highlight=False, soft_wrap=True, markup=False)
     vs = _reference_phrase(info)
+    console.print(f"test vectors: {info.vectors_source['description']}", highlight=False, soft_wrap=True)
     console.print(
         f"[bold]{output}[/]: {info.top} for {model}"
         + ("" if info.layer is None else f" layer {info.layer}")
@@ -285,6 +313,8 @@ def hls(
             soft_wrap=True,
             markup=False,
         )
+    console.print(_gate_line(info.gate, vs), highlight=False, soft_wrap=True, markup=False)
+    failure = None
     if csim:
         report = reports[0]
         summary["csim"] = {k: v for k, v in report.items() if k != "estimate"}
@@ -295,10 +325,30 @@ def hls(
             f"(compile {report['compile_s']:.1f} s, run {report['run_s']:.2f} s)"
         )
         if report["mismatches"]:
-            if json_out is not None:
-                write_json(json_out, summary)
-            raise EdgeAttnError(
-                f"C simulation differs from the golden model in {report['mismatches']} outputs", 1
-            )
+            failure = f"C simulation differs from the golden model in {report['mismatches']} outputs"
+        elif not report["gate"]["passed"]:
+            failure = _gate_failure("the C simulation", report["gate"], vs, output)
+    if failure is None and not info.gate["passed"]:
+        failure = _gate_failure("the fixed-point golden model", info.gate, vs, output)
     if json_out is not None:
         write_json(json_out, summary)
+    if failure is not None:
+        raise EdgeAttnError(failure, 1)
+
+
+def _gate_line(gate: dict, vs: str) -> str:
+    """The accuracy gate's figures, bounds and verdict on one console line."""
+    tol = gate["tolerance"]
+    verdict = "passed" if gate["passed"] else "FAILED"
+    return (
+        f"accuracy gate vs {vs}: max abs err {gate['max_abs_rel_range']:.3g} of the output range "
+        f"(bound {tol['max_abs']:g}), smallest cosine {gate['cosine']:.6f} (bound {tol['min_cosine']:g}): {verdict}"
+    )
+
+
+def _gate_failure(what: str, gate: dict, vs: str, output: Path) -> str:
+    """The one-line error of a failed accuracy gate: each figure that misses its bound, and the bound's option."""
+    return (
+        f"accuracy gate failed: {what} vs {vs}: {'; '.join(gate['failures'])}; "
+        f"the project is written to {output} for inspection"
+    )
