@@ -175,10 +175,14 @@ def test_summary_paths_are_relative_to_the_output_folder_and_resolve(tmp_path, m
 # ---------------------------------------------------------------------------------------------- swallowed Ctrl-C
 @pytest.mark.parametrize("how", ["signal", "chain"])
 def test_ctrl_c_that_a_library_turns_into_an_export_error_ends_the_demo_with_130(tmp_path, monkeypatch, capsys,
-                                                                                 how):
+                                                                                 request, how):
     """``signal``: a library catches the KeyboardInterrupt and raises its own error with no trace of it (only the
     demo's SIGINT count tells); ``chain``: it raises its error while handling the KeyboardInterrupt."""
     from edgeattn import export as export_pkg
+
+    # Python's own Ctrl-C handler, as in a terminal (pytest-xdist workers ignore SIGINT, and so does the demo then)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    request.addfinalizer(lambda: signal.signal(signal.SIGINT, previous))
 
     calls: list[str] = []
 
