@@ -236,12 +236,15 @@ MODEL_CASES = {
     ),
 }
 
+_VOCAB = "tiny_llama expects token ids in [0, 256) (vocab_size), got ids from "
 _IDS = "tiny_llama expects token ids of shape (N, T) with 1 <= T <= seq_len=16, got "
 LLAMA_CASES = [
     (torch.zeros(1, 17, dtype=torch.int64), _IDS + "(1, 17)"),
     (torch.zeros(16, dtype=torch.int64), _IDS + "(16,)"),
     (torch.zeros(1, 0, dtype=torch.int32), _IDS + "(1, 0)"),
     ([[1, 2, 3]], "tiny_llama expects token ids as a torch.Tensor, got list"),
+    (torch.tensor([[0, 5, 256]]), _VOCAB + "0 to 256"),
+    (torch.tensor([[3, -1]], dtype=torch.int32), _VOCAB + "-1 to 3"),
 ]
 
 
@@ -256,7 +259,9 @@ def test_model_rejects_wrong_input(name):
         _raises(lambda: model(bad), message)
 
 
-@pytest.mark.parametrize("bad, message", LLAMA_CASES, ids=["too-long", "1-D", "empty", "list"])
+@pytest.mark.parametrize(
+    "bad, message", LLAMA_CASES, ids=["too-long", "1-D", "empty", "list", "past-vocab", "negative"]
+)
 def test_tiny_llama_rejects_wrong_ids(bad, message):
     model = create_model("tiny_llama", seq_len=16, dim=32, depth=1).eval()
     with torch.no_grad():
@@ -352,3 +357,22 @@ def test_jit_trace_keeps_the_checks_out_of_the_graph():
         assert torch.equal(traced(x), block(x))
     with pytest.raises(ValueError, match=re.escape("FMBlock expects input of shape (N, 16, H, W), got (2, 8, 8, 8)")):
         torch.jit.trace(block, torch.randn(2, 8, 8, 8), check_trace=False)
+
+
+def test_tiny_llama_id_check_stays_out_of_traced_and_exported_graphs(tmp_path):
+    """The id-range check reads data, so it runs only in eager mode: a trace or an ONNX export of any ids holds no
+    trace of it (the same graph as with the check removed) and still computes the model."""
+    import onnx
+
+    model = create_model("tiny_llama", seq_len=8, dim=32, depth=1, vocab_size=256).eval()
+    ids = torch.tensor([[1, 2, 255, 0]])
+    with torch.no_grad():
+        traced = torch.jit.trace(model, (ids,), check_trace=False)
+        torch.testing.assert_close(traced(ids), model(ids), rtol=0, atol=0)
+        # the traced graph has no check: an out-of-range id reaches the embedding (torch's own error, not ours)
+        with pytest.raises(RuntimeError, match="index out of range"):
+            traced(torch.tensor([[1, 2, 256, 0]]))
+    path = tmp_path / "m.onnx"
+    torch.onnx.export(model, (ids,), str(path), dynamo=False)
+    ops = [n.op_type for n in onnx.load(str(path)).graph.node]
+    assert "ReduceMin" not in ops and "ReduceMax" not in ops and "If" not in ops

@@ -55,7 +55,8 @@ class TinyLlama(nn.Module):
         return self.lm_head(self.norm(self.blocks(self.embed(ids))))
 
     def _check_ids(self, ids: object) -> None:
-        # dtype, rank and T are static in export (only the batch axis is dynamic); id values are not checked
+        # dtype, rank and T are static in export (only the batch axis is dynamic); the id values are data, so they
+        # are checked in eager runs only, never while a graph is traced, exported or compiled
         if not isinstance(ids, torch.Tensor):
             raise ValueError(f"tiny_llama expects token ids as a torch.Tensor, got {type(ids).__name__}")
         if ids.dtype not in (torch.int64, torch.int32):
@@ -66,6 +67,17 @@ class TinyLlama(nn.Module):
                 f"tiny_llama expects token ids of shape (N, T) with 1 <= T <= seq_len={self.seq_len}, "
                 f"got {format_shape(shape)}"
             )
+        if not _building_graph() and ids.numel():
+            low, high = int(ids.min()), int(ids.max())
+            if low < 0 or high >= self.vocab_size:
+                raise ValueError(
+                    f"tiny_llama expects token ids in [0, {self.vocab_size}) (vocab_size), got ids from {low} to {high}"
+                )
+
+
+def _building_graph() -> bool:
+    """Whether torch is tracing, exporting or compiling this forward (rather than running it eagerly)."""
+    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()
 
 
 def _init_weights(module: nn.Module) -> None:
