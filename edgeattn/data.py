@@ -198,9 +198,9 @@ def _source_box(width: int, height: int, resize: str) -> tuple[float, float, flo
 def _read_image(path: Path, img_size: int, resize: Resize = DEFAULT_RESIZE) -> np.ndarray:
     """One image as an (img_size, img_size, 3) float32 array in [0, 1]: turned upright by its EXIF orientation
     (phone photos are often stored sideways with a tag saying so), then bilinearly resampled as ``resize`` says
-    (module docstring), grayscale repeated over RGB, alpha dropped. 16-bit and 32-bit integer images are scaled by
-    1/65535 and float images clipped to [0, 1], rather than clipped to 8 bits (which turns a 16-bit image black
-    and white)."""
+    (module docstring), grayscale repeated over RGB, alpha (and a palette's transparency) dropped. 16-bit and 32-bit
+    integer images are scaled by 1/65535 and float images clipped to [0, 1], rather than clipped to 8 bits (which
+    turns a 16-bit image black and white)."""
     from PIL import Image, ImageOps
 
     size = (img_size, img_size)
@@ -214,6 +214,10 @@ def _read_image(path: Path, img_size: int, resize: Resize = DEFAULT_RESIZE) -> n
                 plane = Image.fromarray(np.clip(arr, 0.0, 1.0), mode="F")
                 plane = plane.resize(size, Image.BILINEAR, box=box)
                 return np.repeat(np.asarray(plane, dtype=np.float32)[:, :, None], 3, axis=2)
+            if im.mode == "P" and "transparency" in im.info:
+                # via RGBA: the same colours as a direct RGB conversion, without the UserWarning Pillow raises
+                # for palette transparency given as bytes (a warning pointing into Pillow's code otherwise)
+                im = im.convert("RGBA")
             rgb = im.convert("RGB").resize(size, Image.BILINEAR, box=box)
             return np.asarray(rgb, dtype=np.float32) / 255.0
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:

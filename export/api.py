@@ -381,6 +381,36 @@ def _own_data(meta: dict[str, Any] | None, shape: tuple[int, ...], split: str) -
     return samples
 
 
+def _own_data_notes(
+    meta: dict[str, Any] | None, counts: dict[str, int], shape: tuple[int, ...], vocab: int | None, ptq: bool
+) -> list[str]:
+    """Report notes on the user's own data a checkpoint records (``meta["data_path"]``): how many parity inputs
+    and (``ptq``: a PTQ calibrated without given inputs) the calibration came from it, or, when it is no longer
+    there (moved or renamed since training), one note saying what stood in for it. Empty when the checkpoint
+    names no such data or parity inputs were given."""
+    path = (meta or {}).get("data_path")
+    if not path or "given" in counts:
+        return []
+    from edgeattn.data import LEGACY_RESIZE
+
+    if vocab is not None:
+        kind, stand_in = "text windows", "standard-library text" if vocab >= 256 else "random ids"
+    else:
+        kind = f"images (resize {(meta or {}).get('resize', LEGACY_RESIZE)})"
+        stand_in = "digits images" if len(shape) == 4 else "random inputs"
+    if counts["real"] and Path(path).exists():
+        notes = [f"parity: {counts['real']} of the inputs are validation {kind} of the checkpoint's data '{path}'"]
+        return notes + ([f"PTQ calibrated on training {kind} of the checkpoint's data '{path}'"] if ptq else [])
+    parity = f"{counts['random']} random inputs" + (f" and {counts['real']} {stand_in}" if counts["real"] else "")
+    why = (
+        "gives no inputs of the model's shape"
+        if Path(path).exists()
+        else "is not available here (moved or renamed since training?)"
+    )
+    calib = f" and PTQ calibrated on {stand_in}" if ptq else ""
+    return [f"the checkpoint's data '{path}' {why}: parity ran on {parity}{calib} instead of its own samples"]
+
+
 def _calibration_batches(
     shape: tuple[int, ...], calib_inputs: Any, seed: int, vocab: int | None = None, meta: dict | None = None
 ) -> list[Any]:
@@ -628,7 +658,8 @@ def _export_model(
             "token-adaptive bits stripped (edgeattn.quant.adaptive.strip_token_adaptive): every token runs at the "
             "model's act_bits, and parity is checked against that model"
         )
-    if prec == "int8" and not quantized and target != "coreml":
+    calibrated = prec == "int8" and not quantized and target != "coreml"
+    if calibrated:
         from edgeattn.quant import ptq
 
         calib_key = ("ptq", *model_key, prof.quant.model_dump_json(), shape, seed)
@@ -661,6 +692,7 @@ def _export_model(
     if atol is not None:
         tol = tol.model_copy(update={"max_abs": float(atol)})
     x, counts = _parity_inputs(shape, n_inputs, meta, seed, inputs, vocab)
+    notes += _own_data_notes(meta, counts, shape, vocab, calibrated and calib_inputs is None)
     run = len(x) if dyn else len(x) // shape[0] * shape[0]  # a static-batch artifact runs whole batches only
     if run < len(x):
         notes.append(

@@ -29,7 +29,7 @@ def _checkpoint_images(meta: dict | None, size: tuple[int, ...]) -> tuple[Any, s
         return None, "the checkpoint records no training data"
     samples = checkpoint_samples(meta, "val")
     if samples is None:
-        return None, f"the checkpoint's data '{name}' is not available here"
+        return None, f"the checkpoint's data '{name}' is not available here (moved or renamed since training?)"
     if tuple(samples.shape[1:]) != tuple(size):
         return None, f"the checkpoint's data '{name}' gives {tuple(samples.shape[1:])} inputs, not {tuple(size)}"
     return samples, None
