@@ -13,9 +13,15 @@ from typing import Any
 
 from edgeattn.errors import EdgeAttnError
 
-__all__ = ["VECTOR_SOURCES", "vector_images"]
+__all__ = ["VECTOR_SOURCES", "check_source", "vector_images"]
 
 VECTOR_SOURCES = ("data", "random")
+
+
+def check_source(source: str) -> None:
+    """Raise :class:`EdgeAttnError` unless ``source`` is one of :data:`VECTOR_SOURCES`."""
+    if source not in VECTOR_SOURCES:
+        raise EdgeAttnError(f"--vectors-from must be one of {', '.join(VECTOR_SOURCES)}, got {source!r}")
 
 
 def _checkpoint_images(meta: dict | None, size: tuple[int, ...]) -> tuple[Any, str | None]:
@@ -48,8 +54,7 @@ def vector_images(
     import torch
 
     size = tuple(int(s) for s in net.input_size)
-    if source not in VECTOR_SOURCES:
-        raise EdgeAttnError(f"--vectors-from must be one of {', '.join(VECTOR_SOURCES)}, got {source!r}")
+    check_source(source)
     if source == "random":
         gen = torch.Generator().manual_seed(seed)
         images = torch.randn(vectors, *size, generator=gen)

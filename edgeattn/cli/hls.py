@@ -232,13 +232,12 @@ def hls(
     from edgeattn.errors import EdgeAttnError
     from edgeattn.fpga_hls import find_ap_types, find_compiler, generate_project, run_csim
     from edgeattn.fpga_hls.gate import resolve_tolerance
-    from edgeattn.fpga_hls.vectors import VECTOR_SOURCES
+    from edgeattn.fpga_hls.vectors import check_source
 
     which = _parse_layer(layer)
     kwargs = _parse_sets(sets)
     source = vectors_from or ("data" if checkpoint is not None else "random")
-    if source not in VECTOR_SOURCES:
-        raise EdgeAttnError(f"--vectors-from must be one of {', '.join(VECTOR_SOURCES)}, got {source!r}")
+    check_source(source)  # before loading the model
     resolve_tolerance(None, atol, min_cosine)  # out-of-range bounds fail before any work
     replaceable_dir(output)  # not '.', a folder above it, or a file
     if json_out is not None:
