@@ -1064,7 +1064,7 @@ def _same_data(a: Any, b: str) -> bool:
     """Whether two ``data`` settings name the same data ('digits', 'stdlib', or the same path however spelled)."""
     if a == b:
         return True
-    if not isinstance(a, str) or a in ("digits", "stdlib") or b in ("digits", "stdlib"):
+    if not isinstance(a, str) or a in BUILTIN_DATA or b in BUILTIN_DATA:
         return False
     return Path(a).resolve() == Path(b).resolve()
 
