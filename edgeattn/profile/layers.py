@@ -41,6 +41,9 @@ _INT_ONNX_OPS = {
     "QLinearGlobalAveragePool",
     "MatMulIntegerToFloat",  # int8 x int8 -> int32, then scaled to float
     "DynamicQuantizeMatMul",  # float input quantized to uint8 inside the kernel, int8 arithmetic
+    # DequantizeLinear(8-bit weight) -> MatMul fused by ONNX Runtime; its default accuracy_level 4
+    # (session.qdq_matmulnbits_accuracy_level) quantizes the activation and runs int8 dot products
+    "MatMulNBits",
 }
 
 
@@ -285,8 +288,13 @@ _ORT_MATMUL_OPS = {
     "QLinearMatMul",
     "MatMulIntegerToFloat",
     "DynamicQuantizeMatMul",
+    "MatMulNBits",
 }
 _ORT_GEMM_OPS = {"Gemm", "FusedGemm", "QGemm"}
+# com.microsoft attention kernels ONNX Runtime fuses attention into (softmax(Q K^T) V, + the QKV projection for
+# Attention/QAttention). QAttention's projection is int8, its Q K^T and softmax x V run in fp32.
+_ORT_ATTENTION_OPS = {"Attention", "QAttention", "MultiHeadAttention", "GroupQueryAttention"}
+ORT_MAC_OPS = _ORT_CONV_OPS | _ORT_MATMUL_OPS | _ORT_GEMM_OPS | _ORT_ATTENTION_OPS
 
 
 def _shapes(entries: list[dict[str, list[int]]]) -> list[list[int]]:
@@ -325,12 +333,52 @@ def _event_macs(op: str, args: dict[str, Any]) -> int | None:
     return None
 
 
+def _attention_macs(op: str, args: dict[str, Any]) -> dict[str, int] | None:
+    """MACs per precision of one fused attention event, from its shapes; None where they do not tell.
+
+    Per batch, ``S`` queries against ``L`` keys cost ``S x L x (D_qk + D_v)`` (Q K^T, then softmax x V, summed
+    over the heads, so the head count cancels). Attention/QAttention (input ``[B, S, D_in]``, QKV bias
+    ``[D_q + D_k + D_v]``, output ``[B, S, D_v]``) add the QKV projection ``B x S x D_in x len(bias)``, int8 for
+    QAttention. MultiHeadAttention: query ``[B, S, D]``, key ``[B, L, D]`` or ``[B, N, L, H]``. GroupQueryAttention:
+    query ``[B, S, D]``, ``L`` from its present key output ``[B, N_kv, L, H]`` (past + new), else ``S``.
+    """
+    ins, outs = _shapes(args.get("input_type_shape", [])), _shapes(args.get("output_type_shape", []))
+    if not ins or not outs or len(ins[0]) != 3 or len(outs[0]) != 3:
+        return None
+    (b, s, d_in), d_v = ins[0], outs[0][-1]
+    if op in ("Attention", "QAttention"):
+        bias = next((shape for shape in ins[1:] if len(shape) == 1 and shape[0] > d_v), None)
+        if bias is None:
+            return None
+        d_qk = (bias[0] - d_v) // 2
+        core = b * s * s * (d_qk + d_v)
+        projection = b * s * d_in * bias[0]
+        if op == "QAttention":
+            return {"int8": projection, "fp32": core}
+        return {_onnx_event_precision(op, args): projection + core}
+    if op == "MultiHeadAttention":
+        key = ins[1] if len(ins) > 1 else []
+        if len(key) == 3:
+            length, d_qk = key[1], d_in
+        elif len(key) == 4:
+            length, d_qk = key[2], key[1] * key[3]
+        else:
+            return None  # packed QKV: the head split is an attribute the trace does not record
+        return {_onnx_event_precision(op, args): b * s * length * (d_qk + d_v)}
+    if op == "GroupQueryAttention":
+        present = outs[1] if len(outs) > 1 and len(outs[1]) == 4 else None
+        length = present[2] if present else s
+        return {_onnx_event_precision(op, args): b * s * length * 2 * d_v}
+    return None
+
+
 def ort_macs_by_precision(trace: OrtTrace, graph_macs: int | None = None) -> tuple[dict[str, int], str]:
     """MACs of one inference per precision ONNX Runtime's MAC-carrying kernels actually ran in, and a note.
 
     Reads the node events of the trace's last ``model_run``: QLinearConv/QLinearMatMul/ConvInteger/
-    MatMulInteger/QGemm are int8; Conv/FusedConv/Gemm/MatMul count at their first input's type (fp32 for a Conv
-    that ONNX Runtime left between DequantizeLinear and QuantizeLinear instead of fusing it). A kernel whose
+    MatMulInteger(ToFloat)/QGemm/MatMulNBits are int8; Conv/FusedConv/Gemm/MatMul/FusedMatMul count at their first
+    input's type (fp32 for a Conv that ONNX Runtime left between DequantizeLinear and QuantizeLinear instead of
+    fusing it); fused attention kernels as :func:`_attention_macs` tells. A kernel whose
     weight ONNX Runtime pre-packed (a fused QLinearConv) has no weight shape in the trace: the MACs of such kernels
     are the graph's count ``graph_macs`` less those the trace tells, split over their precisions by output
     elements where they differ. The note says when that was done, or what was left out.
@@ -349,10 +397,19 @@ def ort_macs_by_precision(trace: OrtTrace, graph_macs: int | None = None) -> tup
             continue
         args = e.get("args", {})
         op = args.get("op_name", "")
-        if op not in _ORT_CONV_OPS | _ORT_MATMUL_OPS | _ORT_GEMM_OPS:
+        if op not in ORT_MAC_OPS:
             continue
         precision = _onnx_event_precision(op, args)
-        n = _event_macs(op, args)
+        if op in _ORT_ATTENTION_OPS:
+            parts = _attention_macs(op, args)
+            if parts is not None:
+                for p, n in parts.items():
+                    macs[p] = macs.get(p, 0) + n
+                continue
+            precision = "fp32" if op == "QAttention" else precision  # unknown split: the safer (lower) peak
+            n = None
+        else:
+            n = _event_macs(op, args)
         if n is None:
             outs = _shapes(args.get("output_type_shape", []))
             hidden[precision] = hidden.get(precision, 0) + (int(np.prod(outs[0])) if outs else 0)

@@ -26,7 +26,7 @@ from edgeattn.profile.runners import (
     check_openvino_options,
     open_runner,
 )
-from edgeattn.profile.schema import ArtifactResult, Efficiency, LatencyStats, ProfileReport
+from edgeattn.profile.schema import ArtifactResult, Efficiency, LatencyStats, LayerBreakdown, ProfileReport
 
 ProgressFn = Callable[[str, float, float], None]
 """``progress(phase, completed, total)``; phases: 'load', 'warmup', 'timed', 'layers'."""
@@ -189,10 +189,20 @@ def efficiency(
     """
     executed = runner.executed_macs(macs) if probe else None
     note = ""
+    covered = None
+    trace = ""
     if executed and any(executed[0].values()):
         by_precision, how = executed
+        trace = runner.peak_trace
         peak, formula, precision = system.mixed_peak_gmacs(by_precision, threads)
         formula += "; precision per MAC kernel from ONNX Runtime's profiling trace" + (f" ({how})" if how else "")
+        if macs:
+            covered = sum(by_precision.values()) / macs
+            if abs(covered - 1) > 0.005:
+                note = (
+                    f"the trace's MAC kernels cover {covered:.1%} of the graph's {macs} MACs; the peak is weighted "
+                    "by those (the rest ran in kernels whose MACs the trace does not tell)"
+                )
     else:
         by_precision = {}
         precision = runner.compute_precision
@@ -209,6 +219,8 @@ def efficiency(
         peak_precision=precision,
         peak_formula=formula,
         macs_by_precision=by_precision,
+        macs_covered=covered,
+        peak_trace=trace,
         note=note,
     )
 
@@ -307,8 +319,22 @@ def profile_artifacts(
         results: list[ArtifactResult] = []
         labels = _label(paths)
         batches = [input_batch(runner.input_shapes, batch) for runner in runners]
+        all_stats = [latency_stats(s, b) if s else None for s, b in zip(samples, batches, strict=True)]
+        layer_breakdowns: list[LayerBreakdown | None] = [None for _ in runners]
+        if per_layer and not interrupted:
+            # before the peak: ONNX Runtime's kernel probe then reads this trace instead of tracing again
+            try:
+                for k, runner in enumerate(runners):
+                    if progress:
+                        progress("layers", k, len(runners))
+                    p50 = all_stats[k].p50_ms if all_stats[k] else 0.0
+                    layer_breakdowns[k] = runner.profile_layers(layer_runs, p50)
+                if progress:
+                    progress("layers", len(runners), len(runners))
+            except KeyboardInterrupt:
+                interrupted = True
         for k, runner in enumerate(runners):
-            stats = latency_stats(samples[k], batches[k]) if samples[k] else None
+            stats = all_stats[k]
             macs, macs_source = runner.macs()
             try:
                 eff = efficiency(runner, macs, macs_source, threads, probe=not interrupted)
@@ -346,23 +372,13 @@ def profile_artifacts(
                     rss_after_cold_mb=rss_cold[k],
                     parity_failed=failed_parity(paths[k]),
                     samples_ms=samples[k] if keep_samples else [],
+                    layers=layer_breakdowns[k],
                 )
             )
         first = results[0].latency
         for r in results:
             if first and r.latency:
                 r.ratio_to_first = r.latency.p50_ms / first.p50_ms
-        if per_layer and not interrupted:
-            try:
-                for k, runner in enumerate(runners):
-                    if progress:
-                        progress("layers", k, len(runners))
-                    p50 = results[k].latency.p50_ms if results[k].latency else 0.0
-                    results[k].layers = runner.profile_layers(layer_runs, p50)
-                if progress:
-                    progress("layers", len(runners), len(runners))
-            except KeyboardInterrupt:
-                interrupted = True
     finally:
         for runner in runners:
             runner.close()

@@ -180,6 +180,7 @@ class Runner:
     device: str = "CPU"
     precision: str = "fp32"
     compute_precision: str = "fp32"
+    peak_trace: str = ""  # which trace executed_macs() read: "per-layer" (reused), "probe", or "" (none)
     input_shapes: dict[str, list[int]]
     input_dtypes: dict[str, str]  # numpy dtype names of the bound inputs (e.g. int64 token ids, float32 images)
     settings: dict[str, Any]
@@ -257,6 +258,7 @@ class OrtRunner(Runner):
         self._provider = provider
         self._threads = threads
         self._spin = spin
+        self._layer_trace: tuple[tuple[Any, ...], list[dict[str, Any]]] | None = None  # (key, events)
         try:
             self._model = onnx.load(str(path), load_external_data=False)
             self.session = ort.InferenceSession(str(path), self._options(), providers=[provider])
@@ -337,6 +339,8 @@ class OrtRunner(Runner):
                 else:
                     raw.timed_pair(lambda: plain.run(None, self.feeds), lambda: sess.run(None, self.feeds))
             trace = L.load_ort_trace(sess.end_profiling())  # parsed once, read three times below
+            # the peak's kernel probe (executed_macs) reads this trace instead of tracing another session
+            self._layer_trace = (self._trace_key(sess.get_session_options(), sess.get_providers()), trace)
             L.read_ort_trace(trace, raw, skip_runs=warm)
             # The profiler's cost on this model, measured side by side: profiled minus plain inference time.
             # The calibrated share of it recorded inside node events is taken off the events, evenly.
@@ -354,28 +358,44 @@ class OrtRunner(Runner):
             }
         )
 
+    def _trace_key(self, options: Any, providers: Sequence[str]) -> tuple[Any, ...]:
+        """What decides which kernels a traced session runs: graph file, optimisation level, threads, providers,
+        inputs. Sessions with equal keys run the same kernels in the same precisions."""
+        feeds = tuple(sorted((name, a.shape, a.dtype.str) for name, a in self.feeds.items()))
+        level = int(options.graph_optimization_level)
+        return str(Path(self.path).resolve()), level, options.intra_op_num_threads, tuple(providers), feeds
+
     def executed_macs(self, graph_macs: int | None = None) -> tuple[dict[str, int], str] | None:
-        """From ONNX Runtime's profiling trace of one inference (after one warm-up) on a separate session.
+        """From ONNX Runtime's profiling trace: the ``--per-layer`` one when it ran the same graph with the same
+        optimisation level, threads, providers and inputs, else a separate session's (one warm-up, one inference).
 
         ONNX Runtime fuses DequantizeLinear -> Conv/Gemm/MatMul -> QuantizeLinear into QLinear kernels only where
         its selectors match; elsewhere the MACs run in fp32 between the (de)quantize nodes, so a Q/DQ graph's
         precision does not say what ran. fp32 graphs are not probed (their MACs run in fp32). None when the
-        trace could not be read.
+        trace could not be read. ``self.peak_trace`` says which trace was read.
         """
+        self.peak_trace = ""
         if self.precision == "fp32":
             return None
         with tempfile.TemporaryDirectory(prefix="edgeattn-ortmacs-") as tmp:
             try:
                 options = self._options(str(Path(tmp) / "macs"), spin=False)
+                key = self._trace_key(options, self.session.get_providers())
+                if self._layer_trace is not None and self._layer_trace[0] == key:
+                    self.peak_trace = "per-layer"
+                    return L.ort_macs_by_precision(self._layer_trace[1], graph_macs)
                 sess = self._ort.InferenceSession(str(self.path), options, providers=[self._provider])
                 for _ in range(2):
                     sess.run(None, self.feeds)
+                self.peak_trace = "probe"
                 return L.ort_macs_by_precision(sess.end_profiling(), graph_macs)
             except Exception:  # the probe is only for the peak: without it the peak keeps the graph's precision
+                self.peak_trace = ""
                 return None
 
     def close(self) -> None:
         self.session = None
+        self._layer_trace = None
 
 
 def ort_profiler_inside_share(ort: Any, options: Any, provider: str, nodes: int = 128, runs: int = 60) -> float:

@@ -111,6 +111,16 @@ class Efficiency(BaseModel):
         description="MACs of one inference per precision the runtime's kernels ran in (ONNX Runtime: read from "
         "its profiling trace); the peak is weighted by them. Empty: the peak is at the graph's precision",
     )
+    macs_covered: float | None = Field(
+        None,
+        description="sum(macs_by_precision) / macs: the share of the graph's MACs the peak is weighted by (below 1 "
+        "where some MACs ran in kernels the trace does not tell); None when not weighted",
+    )
+    peak_trace: str = Field(
+        "",
+        description="the ONNX Runtime trace macs_by_precision was read from: 'per-layer' (the --per-layer trace, "
+        "reused) or 'probe' (a separate two-inference traced session); empty when not weighted",
+    )
     peak_formula: str = Field("", description="the arithmetic behind peak_gmacs")
     fraction_of_peak: float | None = None
     note: str = Field("", description="set when the figures need a caveat (e.g. above the computed peak)")
