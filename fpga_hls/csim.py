@@ -136,8 +136,9 @@ def run_csim(
     """Compile and run the C simulation of a generated project; return (and write) ``csim_report.json``.
 
     Keys: ``mismatches`` (outputs that differ from the golden model, bit for bit), ``vectors``, ``outputs``,
-    ``max_abs_err_vs_float``, ``cosine_vs_float`` (vs ``reference``: the float model or the checkpoint's
-    fake-quant one), ``golden_max_abs_err_vs_float``,
+    ``max_abs_err_vs_float``, ``cosine_vs_float`` (vs ``reference``: the float model, or a quantized model's
+    weights with float activations or its fake-quant model, as ``reference_kind`` says),
+    ``golden_max_abs_err_vs_float``,
     ``approx_max_abs_err_vs_float`` (the softmax/GELU approximations' share, in float), ``vectors_source``,
     ``gate`` (the accuracy gate of project.json's tolerance on these outputs), ``compile_s``, ``run_s``,
     ``top``, ``attn_parallel``, ``estimate`` (from project.json).
@@ -184,6 +185,8 @@ def run_csim(
         "mismatches": int(np.count_nonzero(got != gold)),
         # what tb_float.dat holds: "the float model" or a fake-quant one (project.json "reference")
         "reference": meta.get("reference", "the float model"),
+        # "design" or "checkpoint" (the --reference option); None for a project generated before it existed
+        "reference_kind": meta.get("reference_kind"),
         "max_abs_err_vs_float": vs_float["max_abs_err"],
         "cosine_vs_float": vs_float["cosine"],
         "float_max_abs": vs_float["ref_max_abs"],

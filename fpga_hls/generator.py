@@ -20,8 +20,9 @@ leaves a partial project behind.
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
@@ -43,7 +44,11 @@ from edgeattn.fpga_hls.vectors import vector_images
 from edgeattn.atomic import replaceable_dir, staging_dir
 from edgeattn.errors import EdgeAttnError
 
-__all__ = ["ProjectInfo", "generate_project", "compare"]
+__all__ = ["REFERENCES", "ProjectInfo", "check_reference", "generate_project", "compare"]
+
+# what a brevitas-quantized model is compared with: "design", the arithmetic the design implements in float (the
+# checkpoint's quantized weights, activations unquantized), or "checkpoint", its fake-quant model as trained
+REFERENCES = ("design", "checkpoint")
 
 
 @dataclass
@@ -64,9 +69,11 @@ class ProjectInfo:
     # ``golden_vs_float`` that the approximations cause (the rest is the fixed-point arithmetic)
     approx_vs_float: dict[str, float] = field(default_factory=dict)
     # what ``golden_vs_float`` and ``approx_vs_float`` compare with (the "float" in their names is historical):
-    # "the float model", or a brevitas fake-quant model whose activation quantizers are on
+    # "the float model", or for a brevitas model its quantized weights with float activations ("design") or its
+    # fake-quant model with the activation quantizers on ("checkpoint")
     reference: str = "the float model"
-    reference_bits: str | None = None  # e.g. "W4A4" for a fake-quant reference, None for a float one
+    reference_bits: str | None = None  # e.g. "W4A4" for a brevitas model's reference, None for a float one
+    reference_kind: str = "design"  # the ``reference`` option (a float model is its own reference either way)
     # the softmax/GELU methods the model computes and the ones the design computes
     approx: dict[str, Any] = field(default_factory=dict)
     # where the test images come from (fpga_hls.vectors.vector_images's record)
@@ -87,6 +94,7 @@ class ProjectInfo:
             "approx_vs_float": self.approx_vs_float,
             "reference": self.reference,
             "reference_bits": self.reference_bits,
+            "reference_kind": self.reference_kind,
             "approx": self.approx,
             "vectors_source": self.vectors_source,
             "gate": self.gate,
@@ -214,11 +222,18 @@ def _approx_reference(model: Any, images: Any, layer: int | None, approx: Any) -
     return _reference(twin, images, layer)[1]
 
 
-def reference_label(net: Any, fmt: G.HLSFormats) -> tuple[str, str | None]:
+def check_reference(kind: str) -> None:
+    """Raise :class:`EdgeAttnError` unless ``kind`` is one of :data:`REFERENCES`."""
+    if kind not in REFERENCES:
+        raise EdgeAttnError(f"--reference must be one of {', '.join(REFERENCES)}, got {kind!r}")
+
+
+def reference_label(net: Any, fmt: G.HLSFormats, kind: str = "design") -> tuple[str, str | None]:
     """What the golden model is compared with: ``(label, bits)``, bits like ``"W4A4"`` (``None``: float model).
 
     A quantized model (``edgeattn.quant.quantize_model``, e.g. from an ``edgeattn qat`` checkpoint) runs with its
-    activation quantizers on; the design does not quantize activations to those bits.
+    quantized weights and, for ``kind="checkpoint"``, with its activation quantizers on (which the design does not
+    have: its activations are ``ap_fixed<act>``); for ``kind="design"`` with them off.
     """
     from edgeattn.export.onnx_export import is_quantized
 
@@ -227,7 +242,30 @@ def reference_label(net: Any, fmt: G.HLSFormats) -> tuple[str, str | None]:
     cfg = getattr(net, "quant_config", None)
     bits = f"W{cfg.weight_bits}A{cfg.act_bits}" if cfg is not None else "brevitas"
     design = f"ap_fixed<{fmt.act_width},{fmt.act_int}>"
+    if kind == "design":
+        return f"the {bits} checkpoint's quantized weights with float activations (the design's are {design})", bits
     return f"the fake-quant {bits} model (its activations are quantized; the design's are {design})", bits
+
+
+@contextlib.contextmanager
+def reference_mode(net: Any, kind: str = "design") -> Iterator[None]:
+    """Run ``net`` inside as the ``kind`` reference: for ``"design"``, a brevitas model's activation quantizers
+    (quant points, layer input quantizers, the softmax output's) are off, its weight quantizers on.
+
+    The design holds the quantized weights (:func:`~edgeattn.fpga_hls.extract.quant_weight`) but carries every
+    activation at the profile's ``ap_fixed`` widths, so its float counterpart has no activation quantization.
+    brevitas's own switch is used (``quantization_status_manager``, which the calibration modes are built on); the
+    quantizers are restored on exit. A float model, or ``"checkpoint"``, runs as it is.
+    """
+    from edgeattn.export.onnx_export import is_quantized
+
+    if kind == "checkpoint" or not is_quantized(net):
+        yield
+        return
+    from brevitas.graph.calibrate import quantization_status_manager
+
+    with quantization_status_manager(net, disable_act_quant=True, is_training=False):
+        yield
 
 
 def _approx_info(part: Any, approx: Any) -> dict[str, Any]:
@@ -271,14 +309,15 @@ def generate_project(
     vectors_from: str = "random",
     meta: dict | None = None,
     tolerance: dict[str, float] | None = None,
+    reference: str = "design",
 ) -> ProjectInfo:
     """Generate an HLS project for encoder layer ``layer`` of ``model`` (``None``: the whole tiny ViT).
 
     Args:
         model: a registry name (``vit_tiny``, ``edge_moe_vit``) or a model instance of that shape (eval mode
             is set here). Its weights are quantized to the profile's widths; a brevitas-quantized model's
-            quantized weights (``quant_weight()``) are, not its float master weights, and it is the reference
-            of ``golden_vs_float`` with its activation quantizers on (``ProjectInfo.reference`` says so).
+            quantized weights (``quant_weight()``) are, not its float master weights; ``reference`` says what
+            the golden model is compared with (``ProjectInfo.reference`` says it in words).
         profile: a device profile (name, path or :class:`~edgeattn.device_profile.DeviceProfile`) with an
             ``hls`` section.
         out_dir: project folder; must not exist unless ``force``.
@@ -298,6 +337,10 @@ def generate_project(
         tolerance: the accuracy gate's bounds, ``{"max_abs": fraction of the output range, "min_cosine": ...}``
             (either may be left out: :data:`~edgeattn.fpga_hls.gate.DEFAULT_TOLERANCE`). A failed gate does not
             raise: the project is written and ``ProjectInfo.gate["passed"]`` is False (the CLI exits 1).
+        reference: for a brevitas-quantized model, ``"design"`` (default): its quantized weights with float
+            activations, the arithmetic the design implements; ``"checkpoint"``: its fake-quant model with the
+            activation quantizers on, as trained (the total deviation from it). A float model is the reference
+            either way.
 
     Raises:
         EdgeAttnError: unsupported model shape, weights or activations that overflow the declared widths,
@@ -309,6 +352,7 @@ def generate_project(
         raise EdgeAttnError(f"{out_dir} already exists; pass --force to replace it")
     if vectors < 1:
         raise EdgeAttnError(f"vectors must be >= 1, got {vectors}")
+    check_reference(reference)
     net, default_name, prof, hls = _resolve_target(model, profile, layer, attn_parallel)
     tol = resolve_tolerance(hls, (tolerance or {}).get("max_abs"), (tolerance or {}).get("min_cosine"))
     fmt = formats or G.HLSFormats.from_profile(hls)
@@ -327,7 +371,9 @@ def generate_project(
     _check_uniform(lps, name)
 
     images, source = vector_images(net, vectors, vectors_from, meta, seed)
-    inputs, ref = _reference(net, images, layer)
+    with reference_mode(net, reference):
+        inputs, ref = _reference(net, images, layer)
+        approx_ref = _approx_reference(net, images, layer, prof.approx)
     try:
         in_raw = fmt.act.quantize(inputs, rounding="half-even", saturate=False)
     except ValueError:
@@ -343,13 +389,13 @@ def generate_project(
     if stats.overflow:
         raise _overflow_error(stats, fmt, source["description"])
     metrics = compare(fmt.act.dequantize(gold), ref)
-    approx_metrics = compare(_approx_reference(net, images, layer, prof.approx), ref)
+    approx_metrics = compare(approx_ref, ref)
 
     shape = model_shape(net, layer)
     est = estimate(shape, hls, fmt)
     top = "vit_top" if layer is None else "encoder_layer_top"
     part = net if layer is None else net.blocks[layer]
-    label, bits = reference_label(net, fmt)
+    label, bits = reference_label(net, fmt, reference)
     info = ProjectInfo(
         path=out_dir,
         model=name,
@@ -362,6 +408,7 @@ def generate_project(
         approx_vs_float=approx_metrics,
         reference=label,
         reference_bits=bits,
+        reference_kind=reference,
         approx=_approx_info(part, prof.approx),
         vectors_source=source,
         gate=gate_result(fmt.act.dequantize(gold), ref, tol),

@@ -166,7 +166,11 @@ def _notes(info: Any, meta: dict | None, checkpoint: Path | None) -> list[str]:
 def _reference_phrase(info: Any) -> str:
     """What the golden model was compared with, for the summary lines."""
     bits = info.reference_bits
-    return "the float model" if bits is None else f"the checkpoint's {bits} model"
+    if bits is None:
+        return "the float model"
+    if info.reference_kind == "design":
+        return f"the {bits} checkpoint's weights with float activations (--reference design)"
+    return f"the checkpoint's {bits} model (--reference checkpoint)"
 
 
 def _check_json_outside_project(json_out: Path, output: Path) -> None:
@@ -212,6 +216,12 @@ def hls(
     min_cosine: float | None = typer.Option(
         None, "--min-cosine", help="Accuracy gate: smallest per-vector cosine vs the reference (default 0.99)."
     ),
+    reference: str = typer.Option(
+        "design",
+        "--reference",
+        help="Reference of a quantized checkpoint: 'design' (its quantized weights, float activations: what the "
+        "design computes) or 'checkpoint' (its fake-quant model, activation quantizers on).",
+    ),
     parallel: int | None = typer.Option(
         None, "--parallel", help="Query rows in flight (default: the profile's)."
     ),
@@ -232,12 +242,14 @@ def hls(
     from edgeattn.errors import EdgeAttnError
     from edgeattn.fpga_hls import find_ap_types, find_compiler, generate_project, run_csim
     from edgeattn.fpga_hls.gate import resolve_tolerance
+    from edgeattn.fpga_hls.generator import check_reference
     from edgeattn.fpga_hls.vectors import check_source
 
     which = _parse_layer(layer)
     kwargs = _parse_sets(sets)
     source = vectors_from or ("data" if checkpoint is not None else "random")
     check_source(source)  # before loading the model
+    check_reference(reference)
     resolve_tolerance(None, atol, min_cosine)  # out-of-range bounds fail before any work
     replaceable_dir(output)  # not '.', a folder above it, or a file
     if json_out is not None:
@@ -284,6 +296,7 @@ def hls(
             vectors_from=source,
             meta=meta,
             tolerance={"max_abs": atol, "min_cosine": min_cosine},
+            reference=reference,
         )
     summary = info.to_json()
     for note in _notes(info, meta, checkpoint):
