@@ -6,7 +6,8 @@
   sources, cut into (input, next-byte target) windows for ``tiny_llama``.
 * :func:`image_folder` / :func:`image_folder_splits` (``root/<class>/<image>``) and :func:`text_file` for a
   user's own data; :func:`checkpoint_samples`: inputs from the data a checkpoint was trained on, prepared as in
-  training.
+  training, checked against the content fingerprint training recorded (:func:`data_fingerprint`,
+  :func:`checkpoint_data_problem`).
 * :func:`random_shift`: the training-time augmentation of image batches (random whole-pixel translations).
 
 A user's images are turned upright by their EXIF orientation, then brought to ``img_size`` x ``img_size`` by
@@ -21,6 +22,8 @@ count and ``seq_len`` for text (the tail is validation).
 
 from __future__ import annotations
 
+import hashlib
+import os
 import sys
 import sysconfig
 from pathlib import Path
@@ -224,23 +227,22 @@ def _read_image(path: Path, img_size: int, resize: Resize = DEFAULT_RESIZE) -> n
         raise EdgeAttnError(f"data path '{path}': not a readable image ({err})") from None
 
 
-def _read_image_folder(
-    root: Path, img_size: int, resize: Resize = DEFAULT_RESIZE
-) -> tuple[torch.Tensor, np.ndarray, list[str]]:
-    """(images (N, 3, img_size, img_size) in [0, 1], labels (N,), class names) of ``root/<class>/<image>``,
-    class by class in sorted file order, each read by :func:`_read_image` with ``resize``. Hidden entries are
-    ignored; other files that are not images (by suffix) and sub-folders inside a class folder are skipped with one
-    warning on stderr that counts them."""
+def _folder_classes(root: Path) -> list[str]:
+    """The class names of ``root/<class>/<image>`` (its visible sub-folders, sorted): the labels in order."""
     if not root.is_dir():
         raise EdgeAttnError(f"data path '{root}' does not exist or is not a directory")
     try:
-        classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not _hidden(p))
+        return sorted(p.name for p in root.iterdir() if p.is_dir() and not _hidden(p))
     except OSError as err:
         raise EdgeAttnError(f"data path '{root}': cannot list it ({err.strerror or err})") from None
-    if not classes:
-        raise EdgeAttnError(f"data path '{root}': expected one sub-folder per class, found none")
-    images: list[torch.Tensor] = []
-    labels: list[int] = []
+
+
+def _folder_files(root: Path) -> tuple[list[str], list[tuple[int, Path]], list[Path]]:
+    """``(class names, [(label, image file)], skipped entries)`` of ``root/<class>/<image>``: the files
+    :func:`_read_image_folder` reads, class by class in sorted file order, and what it skips (non-images by
+    suffix, sub-folders of class folders). Hidden entries are neither."""
+    classes = _folder_classes(root)
+    files: list[tuple[int, Path]] = []
     skipped: list[Path] = []
     for ci, cname in enumerate(classes):
         try:
@@ -250,9 +252,23 @@ def _read_image_folder(
         for f in entries:
             if f.is_dir() or f.suffix.lower() not in _IMAGE_SUFFIXES:
                 skipped.append(f)
-                continue
-            images.append(torch.from_numpy(_read_image(f, img_size, resize)).permute(2, 0, 1))
-            labels.append(ci)
+            else:
+                files.append((ci, f))
+    return classes, files, skipped
+
+
+def _read_image_folder(
+    root: Path, img_size: int, resize: Resize = DEFAULT_RESIZE
+) -> tuple[torch.Tensor, np.ndarray, list[str]]:
+    """(images (N, 3, img_size, img_size) in [0, 1], labels (N,), class names) of ``root/<class>/<image>``,
+    class by class in sorted file order, each read by :func:`_read_image` with ``resize``. Hidden entries are
+    ignored; other files that are not images (by suffix) and sub-folders inside a class folder are skipped with one
+    warning on stderr that counts them."""
+    classes, files, skipped = _folder_files(root)
+    if not classes:
+        raise EdgeAttnError(f"data path '{root}': expected one sub-folder per class, found none")
+    images = [torch.from_numpy(_read_image(f, img_size, resize)).permute(2, 0, 1) for _, f in files]
+    labels = [ci for ci, _ in files]
     if skipped:
         folders = sorted({f.name for f in skipped if f.is_dir()})
         kinds = sorted({f.suffix.lower() or f.name for f in skipped if not f.is_dir()})
@@ -266,6 +282,35 @@ def _read_image_folder(
     if not images:
         raise EdgeAttnError(f"data path '{root}': no images found")
     return torch.stack(images), np.asarray(labels, dtype=np.int64), classes
+
+
+def _file_digest(path: Path) -> bytes:
+    try:
+        with path.open("rb") as fh:
+            return hashlib.file_digest(fh, "sha256").digest()
+    except OSError as err:
+        raise EdgeAttnError(f"data path '{path}': cannot read it ({err.strerror or err})") from None
+
+
+def data_fingerprint(path: str | Path) -> str:
+    """A content fingerprint of a user's data, ``"sha256:<hex>"``, recorded in every checkpoint trained on it
+    (``data_fingerprint``) and compared wherever that data is read again as the checkpoint's own
+    (:func:`checkpoint_data_problem`).
+
+    An image folder: a SHA-256 over its class names and, for every image the loader reads (in its order), the
+    path relative to the folder and the SHA-256 of the file's bytes; so a replaced, added, removed or moved image
+    and a renamed or added class all change it, while hidden files and the non-images the loader skips do not. A
+    text file: the SHA-256 of its bytes. Only bytes are read, nothing is decoded: a small cost next to training."""
+    path = Path(path)
+    if path.is_file():
+        return "sha256:" + _file_digest(path).hex()
+    classes, files, _ = _folder_files(path)
+    h = hashlib.sha256(b"edgeattn image folder 1\0")
+    for name in classes:
+        h.update(b"class\0" + os.fsencode(name) + b"\0")
+    for _, f in files:  # unambiguous: a name holds no NUL and the digest has a fixed size
+        h.update(b"file\0" + os.fsencode(f.relative_to(path).as_posix()) + b"\0" + _file_digest(f))
+    return "sha256:" + h.hexdigest()
 
 
 def _check_splittable(root: Path, labels: np.ndarray, classes: list[str]) -> None:
@@ -332,6 +377,35 @@ def image_folder_splits(
     return train, _folder_split(images, labels, "val", img_size, in_chans, seed), classes
 
 
+DATA_GONE = "is not available here (moved or renamed since training?)"
+
+
+def checkpoint_data_problem(meta: dict) -> str | None:
+    """Why the user's data a checkpoint records (``meta["data_path"]``) cannot be read as the data it was trained
+    on, as a phrase that follows "the checkpoint's data 'PATH'": it is gone (:data:`DATA_GONE`), its classes are
+    not ``meta["classes"]``, or its content is not ``meta["data_fingerprint"]`` (:func:`data_fingerprint`).
+    ``None`` when it is the same data, or the meta names none (digits, stdlib). A checkpoint from before the
+    fingerprint was recorded is checked by its classes alone."""
+    if not meta.get("data_path"):
+        return None
+    path = Path(meta["data_path"])
+    if not path.exists():
+        return DATA_GONE
+    try:
+        classes = meta.get("classes")
+        if classes is not None and path.is_dir() and (now := _folder_classes(path)) != list(classes):
+            return f"has changed since training: its classes are now {now}, the checkpoint's are {list(classes)}"
+        recorded = meta.get("data_fingerprint")
+        if recorded is not None and data_fingerprint(path) != recorded:
+            return (
+                "has changed since training: its content is not what the checkpoint was trained on "
+                "(files replaced, added, removed or renamed)"
+            )
+    except EdgeAttnError as err:
+        return f"cannot be read ({err})"
+    return None
+
+
 def checkpoint_samples(meta: dict, split: Split = "val") -> torch.Tensor | None:
     """Model inputs from the data a checkpoint written by ``edgeattn qat`` was trained on, prepared exactly as that
     training prepared them (size, channels, normalisation, seeded split): images or token windows of ``split``.
@@ -339,8 +413,9 @@ def checkpoint_samples(meta: dict, split: Split = "val") -> torch.Tensor | None:
     Reads ``meta["data"]`` ('digits', 'stdlib'), or ``meta["data_path"]`` (the absolute path of a user's image folder
     or text file), with ``meta["split"]`` and ``meta["model_kwargs"]``; an image folder is resampled as
     ``meta["resize"]`` says, :data:`LEGACY_RESIZE` (stretch) for a checkpoint written before that was recorded.
-    ``None`` when the meta names no data, or the folder or file is no longer there (a caller then falls back to
-    other inputs). A ``resize`` that is neither 'crop' nor 'stretch' is an :class:`EdgeAttnError`."""
+    ``None`` when the meta names no data, or the folder or file is no longer there or no longer holds the data the
+    checkpoint was trained on (:func:`checkpoint_data_problem` says which; a caller then falls back to other
+    inputs). A ``resize`` that is neither 'crop' nor 'stretch' is an :class:`EdgeAttnError`."""
     data, split_cfg = meta.get("data"), meta.get("split") or {}
     kwargs = meta.get("model_kwargs") or {}
 
@@ -355,11 +430,13 @@ def checkpoint_samples(meta: dict, split: Split = "val") -> torch.Tensor | None:
         return digits_dataset(img_size, in_chans, split, seed).tensors[0]
     if data == "stdlib" and seq_len:
         return stdlib_corpus(seq_len, split, max_bytes=int(split_cfg.get("corpus_bytes", 400_000))).tensors[0]
-    if path is not None and path.is_dir() and img_size and in_chans:
+    if path is None or checkpoint_data_problem(meta) is not None:
+        return None
+    if path.is_dir() and img_size and in_chans:
         resize = meta.get("resize", LEGACY_RESIZE)
         if resize not in RESIZE_MODES:
             raise EdgeAttnError(f"checkpoint meta 'resize': expected 'crop' or 'stretch', got {resize!r}")
         return image_folder(path, img_size, in_chans, split, seed, resize)[0].tensors[0]
-    if path is not None and path.is_file() and seq_len:
+    if path.is_file() and seq_len:
         return text_file(path, seq_len, split).tensors[0]
     return None

@@ -706,7 +706,8 @@ def run_demo(out_dir: Path, settings: DemoSettings | None = None, force: bool = 
     only once it has ended, failed steps included (its report says which). If it is stopped (Ctrl-C:
     :class:`DemoInterrupted`) or crashes, a non-empty ``out_dir`` is left as it was and the partial run is kept
     beside it as ``NAME.partial-YYYYmmdd-HHMMSS``; with nothing to keep, the partial run becomes ``out_dir``.
-    The returned results name files where they ended up.
+    The returned results name files where they ended up, and so does every file in the folder, the checkpoints'
+    metadata included (:func:`_rebase_files`, done before the publishing rename).
     """
     out_dir = replaceable_dir(out_dir)  # never '.', a folder above it, or a file (resolved: a link's target)
     had_output = out_dir.exists() and any(out_dir.iterdir())
@@ -717,6 +718,7 @@ def run_demo(out_dir: Path, settings: DemoSettings | None = None, force: bool = 
     demo = Demo(staging, settings or DemoSettings(), console, final=out_dir)
     try:
         results = demo.run()
+        _rebase_files(staging, staging, out_dir)  # before the rename: the published folder never names the staging one
     except BaseException as exc:
         if had_output:
             where = keep_aside(staging, out_dir, "partial")
@@ -726,26 +728,59 @@ def run_demo(out_dir: Path, settings: DemoSettings | None = None, force: bool = 
             where = out_dir
             publish_dir(staging, out_dir)
         _rebase_results(demo.results, staging, where)
-        _rebase_json_files(where, staging)
+        _rebase_files(where, staging, where)
         if isinstance(exc, KeyboardInterrupt):
             raise DemoInterrupted(where, kept_aside=had_output) from exc
         raise
     publish_dir(staging, out_dir)
     _rebase_results(results, staging, out_dir)
-    _rebase_json_files(out_dir, staging)
     return results
 
 
-def _rebase_json_files(folder: Path, old: Path) -> None:
-    """Rename the staging folder ``old`` to ``folder``, where the run now is, in the JSON records under it
-    (the tools' report.json, result.json, the profiler's figures: absolute paths in their own formats), so that
-    none points into a folder that is gone. Text is replaced as written (formatting kept); binary files (the
-    checkpoints' metadata) keep the staging path."""
-    needle, new = json.dumps(str(old))[1:-1], json.dumps(str(folder))[1:-1]  # as JSON escapes them
-    for path in sorted(folder.rglob("*.json")):
-        text = path.read_text(encoding="utf-8")
-        if needle in text:
-            write_text_atomic(path, text.replace(needle, new))
+def _rebase_files(folder: Path, old: Path, new: Path) -> None:
+    """Rename the staging folder ``old`` to ``new``, where the run is published, in every file under ``folder`` that
+    names it, so that none points into a folder that is gone: JSON records (report.json, result.json, the
+    profiler's figures; as JSON escapes the path, formatting kept), other UTF-8 text (demo.log's tracebacks) and
+    the strings inside torch files (the checkpoints' meta and state.pt's settings: the run's output_dir, the FP
+    checkpoint a QAT run started from). Each file is rewritten atomically. Other binary files (ONNX, IR weights,
+    images) are left as they are; none records a path."""
+    needle = os.fsencode(str(old))
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and not p.is_symlink()):
+        if path.suffix == ".pt":
+            if needle in path.read_bytes():  # torch.save stores its pickle uncompressed: the path is there as UTF-8
+                _rebase_torch_file(path, str(old), str(new))
+            continue
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:  # binary
+            continue
+        was, now = str(old), str(new)
+        if path.suffix == ".json":  # as JSON escapes them
+            was, now = json.dumps(was)[1:-1], json.dumps(now)[1:-1]
+        if was in text:
+            write_text_atomic(path, text.replace(was, now))
+
+
+def _rebase_torch_file(path: Path, old: str, new: str) -> None:
+    """Rewrite a torch file (loaded as ``torch.load(weights_only=True)`` reads it) with ``old`` renamed ``new``
+    in each of its strings; tensors and container types are kept."""
+    import torch
+
+    from edgeattn.quant.checkpoint import atomic_torch_save
+
+    atomic_torch_save(_rebase_strings(torch.load(path, map_location="cpu", weights_only=True), old, new), path)
+
+
+def _rebase_strings(value: Any, old: str, new: str) -> Any:
+    """``value`` with ``old`` renamed ``new`` in every string inside its dicts, lists and tuples (of the same
+    types; tensors and numbers as they are)."""
+    if isinstance(value, str):
+        return value.replace(old, new)
+    if isinstance(value, dict):
+        return type(value)((k, _rebase_strings(v, old, new)) for k, v in value.items())
+    if type(value) in (list, tuple):
+        return type(value)(_rebase_strings(v, old, new) for v in value)
+    return value
 
 
 def _rebase_results(results: dict[str, StepResult], old: Path, new: Path) -> None:

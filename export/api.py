@@ -370,7 +370,8 @@ def _own_data(meta: dict[str, Any] | None, shape: tuple[int, ...], split: str) -
     """Samples of ``split`` from the user's own image folder or text file that the checkpoint was trained on
     (``meta["data_path"]``, written by ``edgeattn qat``), prepared as training prepared them (images resampled as
     ``meta["resize"]`` records: :func:`edgeattn.data.checkpoint_samples`); ``None`` for the shipped data sets, when
-    the data is gone, or when its sample shape is not the export's."""
+    the data is gone or no longer what the checkpoint was trained on (its recorded classes and content fingerprint:
+    :func:`edgeattn.data.checkpoint_data_problem`), or when its sample shape is not the export's."""
     if not (meta or {}).get("data_path"):
         return None
     from edgeattn.data import checkpoint_samples
@@ -385,28 +386,25 @@ def _own_data_notes(
     meta: dict[str, Any] | None, counts: dict[str, int], shape: tuple[int, ...], vocab: int | None, ptq: bool
 ) -> list[str]:
     """Report notes on the user's own data a checkpoint records (``meta["data_path"]``): how many parity inputs
-    and (``ptq``: a PTQ calibrated without given inputs) the calibration came from it, or, when it is no longer
-    there (moved or renamed since training), one note saying what stood in for it. Empty when the checkpoint
-    names no such data or parity inputs were given."""
+    and (``ptq``: a PTQ calibrated without given inputs) the calibration came from it, or, when it cannot stand
+    for the training data (gone, or changed since: :func:`edgeattn.data.checkpoint_data_problem`), one note saying
+    why and what stood in for it. Empty when the checkpoint names no such data or parity inputs were given."""
     path = (meta or {}).get("data_path")
     if not path or "given" in counts:
         return []
-    from edgeattn.data import LEGACY_RESIZE
+    from edgeattn.data import LEGACY_RESIZE, checkpoint_data_problem
 
     if vocab is not None:
         kind, stand_in = "text windows", "standard-library text" if vocab >= 256 else "random ids"
     else:
         kind = f"images (resize {(meta or {}).get('resize', LEGACY_RESIZE)})"
         stand_in = "digits images" if len(shape) == 4 else "random inputs"
-    if counts["real"] and Path(path).exists():
+    problem = checkpoint_data_problem(meta or {})
+    if counts["real"] and problem is None:
         notes = [f"parity: {counts['real']} of the inputs are validation {kind} of the checkpoint's data '{path}'"]
         return notes + ([f"PTQ calibrated on training {kind} of the checkpoint's data '{path}'"] if ptq else [])
     parity = f"{counts['random']} random inputs" + (f" and {counts['real']} {stand_in}" if counts["real"] else "")
-    why = (
-        "gives no inputs of the model's shape"
-        if Path(path).exists()
-        else "is not available here (moved or renamed since training?)"
-    )
+    why = problem or "gives no inputs of the model's shape"
     calib = f" and PTQ calibrated on {stand_in}" if ptq else ""
     return [f"the checkpoint's data '{path}' {why}: parity ran on {parity}{calib} instead of its own samples"]
 
@@ -672,7 +670,7 @@ def _export_model(
                 prof,
                 _cached(
                     cache if calib_inputs is None else None,
-                    ("calib", shape, seed, vocab, (meta or {}).get("data_path"), (meta or {}).get("resize")),
+                    ("calib", shape, seed, vocab, *map((meta or {}).get, ("data_path", "resize", "data_fingerprint"))),
                     lambda: _calibration_batches(shape, calib_inputs, seed, vocab, meta),
                 ),
             ).eval(),

@@ -2,9 +2,9 @@
 
 ``data`` takes the first ``vectors`` validation images of the data an ``edgeattn qat`` checkpoint records
 (:func:`edgeattn.data.checkpoint_samples`, prepared as its training prepared them); when the checkpoint records
-none, its data is gone, or its images do not fit the model's input, scikit-learn's digits validation split
-(seed 0, upsampled to the model's input size, ``edgeattn.data.digits_dataset``), the default data of ``edgeattn
-qat``. ``random`` draws standard-normal images from ``seed``.
+none, its data is gone or changed since training, or its images do not fit the model's input, scikit-learn's
+digits validation split (seed 0, upsampled to the model's input size, ``edgeattn.data.digits_dataset``), the
+default data of ``edgeattn qat``. ``random`` draws standard-normal images from ``seed``.
 """
 
 from __future__ import annotations
@@ -28,14 +28,14 @@ def _checkpoint_images(meta: dict | None, size: tuple[int, ...]) -> tuple[Any, s
     """(images, None) from the checkpoint's own validation data, or (None, why not) to fall back to digits."""
     if not meta:
         return None, None
-    from edgeattn.data import checkpoint_samples
+    from edgeattn.data import DATA_GONE, checkpoint_data_problem, checkpoint_samples
 
     name = meta.get("data_path") or meta.get("data")
     if not name:
         return None, "the checkpoint records no training data"
     samples = checkpoint_samples(meta, "val")
     if samples is None:
-        return None, f"the checkpoint's data '{name}' is not available here (moved or renamed since training?)"
+        return None, f"the checkpoint's data '{name}' {checkpoint_data_problem(meta) or DATA_GONE}"
     if tuple(samples.shape[1:]) != tuple(size):
         return None, f"the checkpoint's data '{name}' gives {tuple(samples.shape[1:])} inputs, not {tuple(size)}"
     return samples, None

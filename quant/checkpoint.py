@@ -10,7 +10,9 @@ to rebuild the module before loading the weights:
   low-bit quantizers were trained under (see :func:`load_checkpoint`).
 * ``"data"``, ``"split"``, ``"classes"``, ``"data_path"`` and, for a user's image folder, ``"resize"`` (``crop`` or
   ``stretch``; none recorded means ``stretch``, what edgeattn did before): the data the model was trained on and how
-  it was prepared, so that :func:`edgeattn.data.checkpoint_samples` can prepare the same inputs again.
+  it was prepared, so that :func:`edgeattn.data.checkpoint_samples` can prepare the same inputs again;
+  ``"data_fingerprint"`` (a user's folder or file): its content then (:func:`edgeattn.data.data_fingerprint`), so
+  that a folder changed since is not read as that data (:func:`edgeattn.data.checkpoint_data_problem`).
 
 Files are written atomically (temp file + rename), so an interrupted run never leaves a half-written checkpoint.
 """

@@ -313,7 +313,8 @@ BUILTIN_DATA = ("digits", "stdlib")  # the data sets that ship with edgeattn; an
 
 
 def load_data(cfg: TrainConfig) -> tuple[TensorDataset, TensorDataset, dict[str, Any]]:
-    """(train, val, info) for ``cfg.data``; info has ``task`` ('vision'|'language'), classes or vocab."""
+    """(train, val, info) for ``cfg.data``; info has ``task`` ('vision'|'language'), classes or vocab and, for a
+    user's folder or file, ``data_fingerprint`` (``edgeattn.data.data_fingerprint``)."""
     from edgeattn import data as D
 
     if cfg.is_language:
@@ -324,6 +325,8 @@ def load_data(cfg: TrainConfig) -> tuple[TensorDataset, TensorDataset, dict[str,
             train = D.text_file(cfg.data, cfg.seq_len, "train")
             val = D.text_file(cfg.data, cfg.seq_len, "val")
         info: dict[str, Any] = {"task": "language", "vocab_size": 256}
+        if cfg.data != "stdlib":
+            info["data_fingerprint"] = D.data_fingerprint(cfg.data)
     elif cfg.data == "digits":
         train = D.digits_dataset(cfg.img_size, cfg.in_chans, "train", cfg.seed)
         val = D.digits_dataset(cfg.img_size, cfg.in_chans, "val", cfg.seed)
@@ -334,6 +337,7 @@ def load_data(cfg: TrainConfig) -> tuple[TensorDataset, TensorDataset, dict[str,
             raise EdgeAttnError(f"data path '{path}' does not exist (use 'digits', 'stdlib', a folder or a file)")
         train, val, classes = D.image_folder_splits(path, cfg.img_size, cfg.in_chans, cfg.seed, cfg.resize)
         info = {"task": "vision", "num_classes": len(classes), "classes": classes}
+        info["data_fingerprint"] = D.data_fingerprint(path)
     for name, ds in (("training", train), ("validation", val)):
         if len(ds) == 0:  # refused here, before the run writes anything (an untrained fp.pt, say)
             raise EdgeAttnError(f"data '{cfg.data}': the {name} split is empty; give more samples")
@@ -347,12 +351,15 @@ def data_meta(cfg: TrainConfig, info: dict[str, Any]) -> dict[str, Any]:
     class names in label order, vision), ``data_path`` (a user's folder or file as an absolute path, so that
     export, profile and hls can find it from any working directory; see ``edgeattn.data.checkpoint_samples``) and,
     for an image folder, ``resize`` (how its images were brought to ``img_size``, so that whatever reads them again
-    from the checkpoint prepares the same tensors)."""
+    from the checkpoint prepares the same tensors), and ``data_fingerprint`` (its content then, so that a folder
+    or file changed since is not taken for it: ``edgeattn.data.checkpoint_data_problem``)."""
     out: dict[str, Any] = {}
     if "classes" in info:
         out["classes"] = list(info["classes"])
     if cfg.data not in BUILTIN_DATA:
         out["data_path"] = str(Path(cfg.data).resolve())
+        if info.get("data_fingerprint"):
+            out["data_fingerprint"] = info["data_fingerprint"]
         if info.get("task") == "vision":
             out["resize"] = cfg.resize
     return out
@@ -1055,6 +1062,30 @@ def _checkpoint_data_path(path: Path) -> str | None:
         return None
 
 
+def _state_fingerprint(state: dict[str, Any], out_dir: Path) -> str | None:
+    """The data fingerprint a run's ``state.pt`` records, else its ``qat_last.pt`` of the same epoch (a state.pt
+    from before it recorded one); ``None`` where neither does."""
+    if state.get("data_fingerprint"):
+        return state["data_fingerprint"]
+    try:
+        return read_checkpoint_file(out_dir / "qat_last.pt")["meta"].get("data_fingerprint")
+    except EdgeAttnError:
+        return None
+
+
+def _check_same_content(recorded: str | None, info: dict[str, Any], what: str) -> None:
+    """Refuse data whose content is not what a run or checkpoint was trained on: ``recorded`` (its
+    ``data_fingerprint``) against this data's (``info``). Nothing to compare for built-in data or a record from
+    before fingerprints (its classes are compared in :func:`_check_fp_meta`)."""
+    now = info.get("data_fingerprint")
+    if recorded is not None and now is not None and recorded != now:
+        raise EdgeAttnError(
+            f"{what} was trained on other content of this data: files were replaced, added, removed or renamed "
+            "since (its data fingerprint differs); restore the data, or train a new model on it (a new run "
+            "without that checkpoint)"
+        )
+
+
 def _is_image_folder(cfg: TrainConfig) -> bool:
     """Whether ``cfg.data`` is a user's image folder (the data that ``resize`` applies to)."""
     return cfg.data not in BUILTIN_DATA and Path(cfg.data).is_dir()
@@ -1234,15 +1265,18 @@ def _run(cfg: TrainConfig, resume: bool, show: bool, dist: _Dist, force: bool) -
     fp_source: Path | None = None  # the FP checkpoint to start from, checked here and loaded below
     if cfg.fp_checkpoint:
         fp_source = Path(cfg.fp_checkpoint)
-        _check_fp_meta(
-            read_checkpoint_file(fp_source)["meta"], str(fp_source), cfg, kwargs, split, dist.is_main, info
-        )
+        fp_saved = read_checkpoint_file(fp_source)["meta"]
+        _check_fp_meta(fp_saved, str(fp_source), cfg, kwargs, split, dist.is_main, info)
+        _check_same_content(fp_saved.get("data_fingerprint"), info, f"fp_checkpoint '{fp_source}'")
     elif resume and fp_path.is_file():
         fp_source = fp_path
         fp_saved = read_checkpoint_file(fp_path)["meta"]
         if state is None and "config" in fp_saved:  # stopped before QAT's first epoch: fp.pt has the settings
             _check_resume_config(fp_saved["config"], cfg, fp_path, fp_saved.get("data_path"))
         _check_fp_meta(fp_saved, str(fp_path), cfg, kwargs, split, dist.is_main, info)
+        _check_same_content(fp_saved.get("data_fingerprint"), info, f"--resume: the run in '{out_dir}'")
+    if state is not None:  # the QAT epochs: state.pt's record (fp.pt's may come from another run's fp_checkpoint)
+        _check_same_content(_state_fingerprint(state, out_dir), info, f"--resume: the run in '{out_dir}'")
     from edgeattn.models import create_model
 
     # a bad model name or argument, or token-adaptive settings the model cannot take, fail here: before --force
@@ -1436,8 +1470,9 @@ def _qat(
                 "config": cfg.model_dump(mode="json"),
                 "world_size": dist.world,  # --resume needs the same number of processes
             }
-            if q_meta.get("data_path"):  # --resume compares the data by this absolute path
+            if q_meta.get("data_path"):  # --resume compares the data by this absolute path and this content
                 state["data_path"] = q_meta["data_path"]
+                state["data_fingerprint"] = q_meta.get("data_fingerprint")
             if cfg.token_adaptive:
                 from edgeattn.quant.adaptive import TOKEN_SCORES
 
