@@ -566,7 +566,7 @@ def _gate(artifact: dict[str, Any], par: dict[str, Any]) -> str:
 
 
 def _export_section(rep: Report, r: dict[str, StepResult], out: Path) -> None:
-    from edgeattn.export.report import top1_count
+    from edgeattn.export.report import cosine_count, top1_count
 
     sec = rep.section("Parity per artifact")
     if not _usable(r.get("export")):
@@ -587,7 +587,7 @@ def _export_section(rep: Report, r: dict[str, StepResult], out: Path) -> None:
                 a["name"], a["profile"], _rel(a.get("artifact"), out), _gate(a, par), par.get("runtime", "-"),
                 _inputs(par.get("n_inputs"), report.get("parity_inputs") or {}),
                 _with_limit(par.get("max_abs_rel_range"), "max", tol.get("max_abs")),
-                _with_limit(par.get("cosine"), "min", tol.get("min_cosine"), digits=6),
+                _with_limit(par.get("cosine"), "min", tol.get("min_cosine"), digits=6) + cosine_count(par),
                 _with_limit(par.get("top1"), "min", tol.get("min_top1_agreement")) + top1_count(par), note,
             ])
         for note in report.get("notes") or []:

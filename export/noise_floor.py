@@ -15,9 +15,11 @@ differences between runtimes, far below one quantization step. The floor is the 
 member from the unperturbed reference. :func:`widen` then lets the parity gate accept a max abs error and a
 cosine up to ``margin`` times the floor's, never more than ``cap`` times the profile's tolerance. Top-1
 agreement keeps the profile's threshold but is counted only on the samples whose reference argmax no member
-moved (near-tied logits flip under rounding noise alone). A well-conditioned model has a floor of ~0 and keeps
-the profile's tolerance, so real failures (saturating kernels, wrong integers) still fail; a model beyond the
-cap fails with a message that says it is ill-conditioned.
+moved (near-tied logits flip under rounding noise alone), and the smallest cosine only on the samples whose
+reference norm stands clear of the largest per-sample deviation (``max_norm_rel_range``; a vector near zero is
+turned any way by noise, see :func:`edgeattn.export.parity.cosine_resolvable`). A well-conditioned model has a
+floor of ~0 and keeps the profile's tolerance, so real failures (saturating kernels, wrong integers) still
+fail; a model beyond the cap fails with a message that says it is ill-conditioned.
 """
 
 from __future__ import annotations
@@ -27,13 +29,14 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["CAP", "MARGIN", "ROUNDING_REL", "NoiseFloor", "rounding_noise_floor", "widen"]
+__all__ = ["CAP", "MARGIN", "NEAR_ZERO", "ROUNDING_REL", "NoiseFloor", "rounding_noise_floor", "widen"]
 
 # relative size of the float differences between two runtimes, per compute precision: 16 ulps of float32
 # (a dot product of a few hundred terms summed in another order), 1 ulp of float16 / bfloat16
 ROUNDING_REL = {"fp32": 2.0**-20, "fp16": 2.0**-11, "bf16": 2.0**-8}
 MARGIN = 2.0  # accept up to this multiple of the floor ...
 CAP = 4.0  # ... but never more than this multiple of the profile's tolerance
+NEAR_ZERO = 0.25  # a sample's cosine may be left out only below this fraction of the batch's median output norm
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,8 @@ class NoiseFloor:
     cosine: float
     top1: float
     top1_stable: tuple[bool, ...]  # per sample: no member moved the reference's argmax (at any position)
+    max_norm_rel_range: float = 0.0  # largest per-sample norm of a member's deviation, over the output range
+    sample_cosine: tuple[float, ...] = ()  # per sample: the smallest cosine of any member (``cosine`` is their min)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict for report.json."""
@@ -77,7 +82,7 @@ def rounding_noise_floor(
     quantizers (a float model has no rounding grid to flip across).
     """
     import torch
-    from edgeattn.export.parity import _metrics, reference_outputs, top1_per_sample
+    from edgeattn.export.parity import _cosines, _metrics, _span, reference_outputs, top1_per_sample
 
     proxies = _act_quant_proxies(model)
     if not proxies:
@@ -85,8 +90,11 @@ def rounding_noise_floor(
     if compute not in ROUNDING_REL:
         raise ValueError(f"compute must be one of {', '.join(ROUNDING_REL)}, got '{compute}'")
     rel = ROUNDING_REL[compute]
-    worst = {"max_abs_rel_range": 0.0, "cosine": 1.0, "top1": 1.0}
+    worst = {"max_abs_rel_range": 0.0, "cosine": 1.0, "top1": 1.0, "max_norm_rel_range": 0.0}
+    ref64 = np.asarray(reference, dtype=np.float64)
+    n = len(ref64)
     stable = np.ones(len(reference), dtype=bool)
+    sample_cos = np.ones(len(reference))
     for k in range(members):
         gen = torch.Generator().manual_seed(seed + k)
 
@@ -107,9 +115,17 @@ def rounding_noise_floor(
         worst["max_abs_rel_range"] = max(worst["max_abs_rel_range"], m["max_abs_rel_range"])
         worst["cosine"] = min(worst["cosine"], m["cosine"])
         worst["top1"] = min(worst["top1"], m["top1"])
+        dev = np.linalg.norm((np.asarray(out, dtype=np.float64) - ref64).reshape(n, -1), axis=1)
+        worst["max_norm_rel_range"] = max(worst["max_norm_rel_range"], float(dev.max(initial=0.0)) / _span(ref64))
         stable &= top1_per_sample(reference, out) == 1.0
+        sample_cos = np.minimum(sample_cos, _cosines(ref64, np.asarray(out, dtype=np.float64)))
     return NoiseFloor(
-        compute=compute, rel=rel, members=members, top1_stable=tuple(bool(s) for s in stable), **worst
+        compute=compute,
+        rel=rel,
+        members=members,
+        top1_stable=tuple(bool(s) for s in stable),
+        sample_cosine=tuple(float(c) for c in sample_cos),
+        **worst,
     )
 
 

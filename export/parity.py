@@ -6,7 +6,9 @@ Figures per comparison (outputs flattened per sample, all inputs pooled):
 * ``max_abs_rel_range``: ``max_abs`` divided by the reference output range (``max - min``); this is
   what the profile's ``tolerance.max_abs`` bounds, so one threshold works for logits of any scale;
 * ``max_rel``: largest ``|a - r| / max(|r|, 1e-3 * range)`` (the floor keeps near-zeros from dominating);
-* ``cosine``: the smallest per-sample cosine similarity;
+* ``cosine``: the smallest per-sample cosine similarity; with a noise floor, only over the samples whose
+  reference is far enough from zero for the cosine to mean anything (:func:`cosine_resolvable`):
+  ``cosine_samples`` of ``cosine_of`` samples (all of them without a floor);
 * ``top1``: fraction of samples whose argmax over the last axis agrees (every position for sequence
   outputs); with a noise floor, only over the samples whose argmax the floor found stable: ``top1_samples`` of
   ``top1_of`` samples (all of them without a floor).
@@ -25,7 +27,7 @@ optimisations disabled, then walks upstream while an input of that node departs 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -33,6 +35,7 @@ import numpy as np
 __all__ = [
     "ParityResult",
     "compare_outputs",
+    "cosine_resolvable",
     "first_diverging_node",
     "ort_reference_session",
     "reference_outputs",
@@ -65,10 +68,29 @@ class ParityResult:
     passed_profile_tolerance: bool | None = None  # set where a noise floor widened the tolerance
     top1_samples: int | None = None  # samples ``top1`` is computed over (the stable ones, with a noise floor)
     top1_of: int | None = None  # samples compared in all
+    cosine_samples: int | None = None  # samples ``cosine`` is the smallest over (see cosine_resolvable)
+    cosine_of: int | None = None  # samples compared in all
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict for report.json."""
         return asdict(self)
+
+
+def _span(ref: np.ndarray) -> float:
+    """The reference's output range (``max - min``; its largest magnitude for a constant output)."""
+    span = float(ref.max() - ref.min()) if ref.size else 0.0
+    return span if span > 0 else max(float(np.abs(ref).max(initial=0.0)), 1e-12)
+
+
+def _cosines(ref: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """Per-sample cosine similarity of the flattened outputs (1 where either is all zeros, 0 everywhere when
+    the artifact has a non-finite value)."""
+    n = ref.shape[0] if ref.ndim else 1
+    r2, o2 = ref.reshape(n, -1), out.reshape(n, -1)
+    if not np.all(np.isfinite(o2)):
+        return np.zeros(n)
+    norms = np.linalg.norm(r2, axis=1) * np.linalg.norm(o2, axis=1)
+    return np.where(norms > 0, (r2 * o2).sum(1) / np.maximum(norms, 1e-300), 1.0)
 
 
 def _metrics(ref: np.ndarray, out: np.ndarray) -> dict[str, float]:
@@ -77,17 +99,12 @@ def _metrics(ref: np.ndarray, out: np.ndarray) -> dict[str, float]:
     if ref.shape != out.shape:
         raise ValueError(f"output shapes differ: reference {ref.shape}, artifact {out.shape}")
     diff = np.abs(out - ref)
-    span = float(ref.max() - ref.min()) if ref.size else 0.0
-    span = span if span > 0 else max(float(np.abs(ref).max(initial=0.0)), 1e-12)
+    span = _span(ref)
     max_abs = float(diff.max(initial=0.0))
     floor = 1e-3 * span
     max_rel = float((diff / np.maximum(np.abs(ref), floor)).max(initial=0.0))
-    n = ref.shape[0] if ref.ndim else 1
-    r2, o2 = ref.reshape(n, -1), out.reshape(n, -1)
-    norms = np.linalg.norm(r2, axis=1) * np.linalg.norm(o2, axis=1)
-    cos = np.where(norms > 0, (r2 * o2).sum(1) / np.maximum(norms, 1e-300), 1.0)
+    cos = _cosines(ref, out)
     if not np.all(np.isfinite(out)):
-        cos = np.zeros_like(cos)
         max_abs = max_rel = float("inf")
     top1 = float(top1_per_sample(ref, out).mean())
     return {
@@ -97,6 +114,29 @@ def _metrics(ref: np.ndarray, out: np.ndarray) -> dict[str, float]:
         "cosine": float(cos.min(initial=1.0)),
         "top1": top1,
     }
+
+
+def cosine_resolvable(reference: np.ndarray, floor: Any, min_cosine: float) -> np.ndarray:
+    """Per sample (axis 0): whether its cosine can tell a fault from the rounding noise ``floor`` measured.
+
+    An error of norm ``d`` turns a vector of norm ``|r|`` by at most ``asin(d / |r|)``, so rounding noise of
+    the size the gate accepts, ``d = MARGIN * floor.max_norm_rel_range * range``, can by itself push the cosine
+    of any sample with ``|r| * sqrt(1 - min_cosine**2) < d`` below ``min_cosine`` (the profile's). Such a
+    sample is left out of the smallest cosine when it is also near zero for its batch,
+    ``|r| < NEAR_ZERO * median |r|``; so at least half the samples always count, and an ill-conditioned model
+    cannot talk its way out of the cosine.
+    """
+    from edgeattn.export.noise_floor import MARGIN, NEAR_ZERO
+
+    ref = np.asarray(reference, dtype=np.float64)
+    n = ref.shape[0] if ref.ndim else 1
+    norms = np.linalg.norm(ref.reshape(n, -1), axis=1)
+    noise = MARGIN * float(floor.max_norm_rel_range) * _span(ref)
+    c = min(max(float(min_cosine), 0.0), 1.0)
+    turn = np.sqrt(1.0 - c * c)
+    reach = noise / turn if turn > 0 else np.inf  # the smallest norm noise cannot turn past min_cosine
+    near_zero = norms < NEAR_ZERO * float(np.median(norms))
+    return ~((norms < reach) & near_zero) if noise > 0 else np.ones(n, dtype=bool)
 
 
 def top1_per_sample(reference: np.ndarray, out: np.ndarray) -> np.ndarray:
@@ -129,19 +169,28 @@ def compare_outputs(
         "min_cosine": float(tolerance.min_cosine),
         "min_top1_agreement": float(tolerance.min_top1_agreement),
     }
-    tol, capped = widen(profile_tol, noise_floor)
+    floor = noise_floor
+    if noise_floor is not None:  # near-zero samples neither widen the cosine bound nor are judged by it
+        clear = cosine_resolvable(reference, noise_floor, profile_tol["min_cosine"])
+        if len(noise_floor.sample_cosine) == len(clear):
+            floor = replace(noise_floor, cosine=float(np.asarray(noise_floor.sample_cosine)[clear].min(initial=1.0)))
+    tol, capped = widen(profile_tol, floor)
     m = _metrics(reference, artifact)
     strict = not _failures(m, profile_tol)  # the verdict at the profile's tolerance, top-1 over all samples
     n = int(np.asarray(reference).shape[0])
-    counted = n
+    counted = cos_counted = n
     if noise_floor is not None:  # top-1 only where rounding noise does not move the reference's argmax
         stable = np.asarray(noise_floor.top1_stable, dtype=bool)
         per_sample = top1_per_sample(reference, artifact)
         m["top1"] = float(per_sample[stable].mean()) if stable.any() else 1.0
         counted = int(stable.sum())
-    failures = _failures(m, tol)
+        # ... and the cosine only where the reference stands clear of that noise (max abs still sees every sample)
+        cos = _cosines(np.asarray(reference, dtype=np.float64), np.asarray(artifact, dtype=np.float64))
+        m["cosine"] = float(cos[clear].min(initial=1.0))
+        cos_counted = int(clear.sum())
+    failures = _failures(m, tol, cos_counted, n)
     if failures and capped:
-        failures.append(_capped_message(profile_tol, noise_floor, atol_given))
+        failures.append(_capped_message(profile_tol, floor, atol_given))
     widened = noise_floor is not None
     return ParityResult(
         runtime=runtime,
@@ -151,10 +200,12 @@ def compare_outputs(
         passed=not failures,
         failures=failures,
         profile_tolerance=profile_tol if widened else None,
-        noise_floor=noise_floor.to_dict() if widened else None,
+        noise_floor=floor.to_dict() if widened else None,  # its cosine: over the samples clear of noise
         passed_profile_tolerance=strict if widened else None,
         top1_samples=counted,
         top1_of=n,
+        cosine_samples=cos_counted,
+        cosine_of=n,
         **m,
     )
 
@@ -182,12 +233,13 @@ def _capped_message(tol: dict[str, float], floor: Any, atol_given: bool) -> str:
     )
 
 
-def _failures(m: dict[str, float], tol: dict[str, float]) -> list[str]:
+def _failures(m: dict[str, float], tol: dict[str, float], cos_counted: int = 0, n: int = 0) -> list[str]:
     failures = []
     if not m["max_abs_rel_range"] <= tol["max_abs"]:
         failures.append(f"max abs error {m['max_abs_rel_range']:.3g} of the output range > {tol['max_abs']:g}")
     if not m["cosine"] >= tol["min_cosine"]:
-        failures.append(f"cosine {m['cosine']:.6f} < {tol['min_cosine']:g}")
+        over = f" (over {cos_counted}/{n} samples clear of the rounding noise)" if cos_counted < n else ""
+        failures.append(f"cosine {m['cosine']:.6f} < {tol['min_cosine']:g}{over}")
     if not m["top1"] >= tol["min_top1_agreement"]:
         failures.append(f"top-1 agreement {m['top1']:.3f} < {tol['min_top1_agreement']:g}")
     return failures
@@ -201,9 +253,7 @@ def worst_batch(reference: np.ndarray, artifact: np.ndarray, batch: int, toleran
     out = np.asarray(artifact, dtype=np.float64)
     n = len(ref)
     r2, o2 = ref.reshape(n, -1), out.reshape(n, -1)
-    span = float(ref.max() - ref.min()) if ref.size else 0.0
-    span = span if span > 0 else max(float(np.abs(ref).max(initial=0.0)), 1e-12)
-    err = np.abs(o2 - r2).max(axis=1) / span / max(float(tolerance.max_abs), 1e-300)
+    err = np.abs(o2 - r2).max(axis=1) / _span(ref) / max(float(tolerance.max_abs), 1e-300)
     norms = np.linalg.norm(r2, axis=1) * np.linalg.norm(o2, axis=1)
     cos = np.where(norms > 0, (r2 * o2).sum(1) / np.maximum(norms, 1e-300), 1.0)
     miss = (1.0 - cos) / max(1.0 - float(tolerance.min_cosine), 1e-300)

@@ -18,6 +18,7 @@ __all__ = [
     "ExportReport",
     "ParityFailure",
     "backend_error",
+    "cosine_count",
     "environment",
     "error_line",
     "top1_count",
@@ -83,8 +84,8 @@ class ExportReport:
             if p["passed"] and p.get("passed_profile_tolerance") is False:
                 status = "ok (within the rounding noise floor)"
             lines.append(
-                f"{p['runtime']:<28} max|err|/range {p['max_abs_rel_range']:.2e}  cos {p['cosine']:.6f}  "
-                f"top1 {p['top1']:.3f}{top1_count(p)}  {status}"
+                f"{p['runtime']:<28} max|err|/range {p['max_abs_rel_range']:.2e}  cos {p['cosine']:.6f}"
+                f"{cosine_count(p)}  top1 {p['top1']:.3f}{top1_count(p)}  {status}"
             )
         return "\n".join(lines)
 
@@ -96,6 +97,15 @@ def top1_count(parity: dict[str, Any]) -> str:
     if counted is None or total is None or counted >= total:
         return ""
     return f" ({counted}/{total} stable samples)"
+
+
+def cosine_count(parity: dict[str, Any]) -> str:
+    """`` (31/32 samples clear of noise)`` when the noise floor left near-zero samples out of a comparison's
+    smallest ``cosine``, else ``""`` (also for reports written before the count was recorded)."""
+    counted, total = parity.get("cosine_samples"), parity.get("cosine_of")
+    if counted is None or total is None or counted >= total:
+        return ""
+    return f" ({counted}/{total} samples clear of noise)"
 
 
 class ParityFailure(EdgeAttnError):
