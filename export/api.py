@@ -996,30 +996,33 @@ def _gate(
 
     A quantized model that misses the profile's tolerance is judged again with the tolerance widened by the
     reference's rounding noise floor at ``compute``, the float precision the runtime computes in."""
-    from edgeattn.export.parity import compare_outputs
+    from edgeattn.export.parity import compare_outputs, cosine_resolvable
 
     given = job.atol_given
     res = compare_outputs(ref, got, job.tol, runtime=runtime, atol_given=given)
+    counted = None  # the samples whose cosine the gate judged (all of them without a floor)
     if not res.passed:  # judge again against the reference's own rounding noise (quantized models only)
         floor = job.floor(x, ref, compute)
         if floor is not None:
             res = compare_outputs(ref, got, job.tol, runtime=runtime, noise_floor=floor, atol_given=given)
+            counted = cosine_resolvable(ref, floor, job.tol.min_cosine)
     res.note = note
     if not res.passed and bisect is not None:
-        res.first_diverging_node, bisect_note = _bisect_worst(job, x, ref, got, bisect)
+        res.first_diverging_node, bisect_note = _bisect_worst(job, x, ref, got, bisect, counted)
         res.note = "; ".join(n for n in (note, bisect_note) if n)
     job.report.parity.append(res.to_dict())
     return res.passed
 
 
 def _bisect_worst(
-    job: _Job, x: np.ndarray, ref: np.ndarray, got: np.ndarray, bisect: Any
+    job: _Job, x: np.ndarray, ref: np.ndarray, got: np.ndarray, bisect: Any, cosine_counted: np.ndarray | None = None
 ) -> tuple[dict[str, Any] | None, str]:
     """Bisect on the static batch holding the input whose output misses the tolerance the most (where the
-    divergence shows; another batch's output may still agree). Returns (the node or None, a note or '')."""
+    divergence shows; another batch's output may still agree), its cosine counted only where the gate judged it
+    (``cosine_counted``). Returns (the node or None, a note or '')."""
     from edgeattn.export.parity import worst_batch
 
-    rows = worst_batch(ref, got, job.shape[0], job.tol)
+    rows = worst_batch(ref, got, job.shape[0], job.tol, cosine_counted)
     where = f"inputs {rows.start}..{rows.stop - 1}"
     try:
         node = bisect(x[rows])

@@ -245,10 +245,14 @@ def _failures(m: dict[str, float], tol: dict[str, float], cos_counted: int = 0, 
     return failures
 
 
-def worst_batch(reference: np.ndarray, artifact: np.ndarray, batch: int, tolerance: Any) -> slice:
+def worst_batch(
+    reference: np.ndarray, artifact: np.ndarray, batch: int, tolerance: Any, cosine_counted: np.ndarray | None = None
+) -> slice:
     """The ``batch`` consecutive inputs (one static batch, aligned to ``batch``) that hold the input whose output
     misses ``tolerance`` the most: its max abs error over the pooled output range, or its ``1 - cosine``, each
-    measured in units of what the tolerance allows (non-finite outputs count as the worst)."""
+    measured in units of what the tolerance allows (non-finite outputs count as the worst). ``cosine_counted``
+    (per sample, :func:`cosine_resolvable`): the samples whose cosine the gate judged; the others are scored by
+    their error alone."""
     ref = np.asarray(reference, dtype=np.float64)
     out = np.asarray(artifact, dtype=np.float64)
     n = len(ref)
@@ -257,6 +261,8 @@ def worst_batch(reference: np.ndarray, artifact: np.ndarray, batch: int, toleran
     norms = np.linalg.norm(r2, axis=1) * np.linalg.norm(o2, axis=1)
     cos = np.where(norms > 0, (r2 * o2).sum(1) / np.maximum(norms, 1e-300), 1.0)
     miss = (1.0 - cos) / max(1.0 - float(tolerance.min_cosine), 1e-300)
+    if cosine_counted is not None:
+        miss = np.where(np.asarray(cosine_counted, dtype=bool), miss, 0.0)
     score = np.where(np.isfinite(o2).all(axis=1), np.maximum(err, miss), np.inf)
     start = (int(np.argmax(score)) // batch) * batch
     return slice(start, min(start + batch, n))

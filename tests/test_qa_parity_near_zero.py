@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _export_models import corrupt_weight_scale, host_bits, tiny_quant_vit  # noqa: E402
 from edgeattn.export import export_model  # noqa: E402
 from edgeattn.export.noise_floor import NoiseFloor, rounding_noise_floor  # noqa: E402
-from edgeattn.export.parity import compare_outputs, reference_outputs  # noqa: E402
+from edgeattn.export.parity import compare_outputs, cosine_resolvable, reference_outputs, worst_batch  # noqa: E402
 from edgeattn.export.report import ExportReport  # noqa: E402
 
 INT8 = SimpleNamespace(max_abs=0.05, min_cosine=0.995, min_top1_agreement=0.9)  # host-cpu's int8 tolerance
@@ -107,6 +107,19 @@ def test_a_large_floor_leaves_out_only_outliers_below_a_quarter_of_the_median_no
     # a floor that measured no deviation at all leaves nothing out
     res = compare_outputs(REF, REF + NOISE, INT8, runtime="x", noise_floor=_floor(0.0))
     assert (res.cosine_samples, res.cosine_of) == (4, 4) and not res.passed
+
+
+def test_bisection_starts_on_the_worst_judged_sample_not_the_near_zero_one():
+    # batches of 2: samples 2..3 hold the near-zero sample (3), whose noisy cosine is the lowest of all
+    # (0.980456 by hand, 1 - cos = 3.9x what 0.995 allows, while its error is 0.03 / 9 = 0.07x max_abs); sample 0
+    # has a real fault of 0.3 on one logit: error 0.33 / 9 / 0.05 = 0.73x, cosine 0.99967 (0.07x). Judged with the
+    # floor, sample 3's cosine is not counted, so bisection goes to batch 0..1
+    got = REF + NOISE
+    got[0, 0] += 0.3
+    assert worst_batch(REF, got, 2, INT8) == slice(2, 4)  # every cosine scored: the near-zero batch
+    clear = cosine_resolvable(REF, _floor(0.06), INT8.min_cosine)
+    assert clear.tolist() == [True, True, True, False]
+    assert worst_batch(REF, got, 2, INT8, clear) == slice(0, 2)
 
 
 def test_console_line_says_over_how_many_samples_the_cosine_is():
