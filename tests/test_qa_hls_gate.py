@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from _hls_toolchain import gate_figures as _figures
 from _hls_toolchain import require_toolchain
 from edgeattn.fpga_hls.gate import gate_result
 
@@ -35,15 +36,6 @@ def _run(capsys, prj: Path, *extra: str) -> tuple[int, str, str]:
     code = main(["hls", "edge_moe_vit", "-o", str(prj), *SMALL, "--vectors", "2", *extra])
     out, err = capsys.readouterr()
     return code, out, err
-
-
-def _figures(prj: Path, outputs: str = "tb_data/tb_golden.dat") -> tuple[float, float]:
-    """(max abs error / reference range, smallest per-vector cosine) from the project's files, in float64."""
-    got = np.loadtxt(prj / outputs, ndmin=2) * 2.0**-ACT_F
-    ref = np.loadtxt(prj / "tb_data/tb_float.dat", ndmin=2)
-    rel = np.abs(got - ref).max() / (ref.max() - ref.min())
-    cos = min(float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b))) for a, b in zip(got, ref, strict=True))
-    return float(rel), cos
 
 
 def _profile(tmp_path: Path, name: str, old: str, new: str) -> Path:

@@ -18,13 +18,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _hls_toolchain import gate_figures as _figures
 from _hls_toolchain import require_toolchain
 
 from edgeattn.cli import main
 from edgeattn.models import create_model
 
 TINY = {"num_classes": 10, "img_size": 16, "depth": 1, "embed_dim": 32, "num_heads": 2, "patch_size": 4}
-ACT_F = 22  # ap_fixed<32,10> activations of zcu102-hls
 RANDOM = ["--vectors-from", "random"]
 
 
@@ -54,15 +54,6 @@ def _hls(capsys, prj: Path, ckpt: Path, *extra: str) -> tuple[int, str, str]:
     code = main(["hls", "vit_tiny", "-o", str(prj), "--checkpoint", str(ckpt), *extra])
     out, err = capsys.readouterr()
     return code, " ".join(out.split()), err
-
-
-def _figures(prj: Path, outputs: str = "tb_data/tb_golden.dat") -> tuple[float, float]:
-    """(max abs error / reference range, smallest per-vector cosine) from the project's files, in float64."""
-    got = np.loadtxt(prj / outputs, ndmin=2) * 2.0**-ACT_F
-    ref = np.loadtxt(prj / "tb_data/tb_float.dat", ndmin=2)
-    rel = np.abs(got - ref).max() / (ref.max() - ref.min())
-    cos = min(float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b))) for a, b in zip(got, ref, strict=True))
-    return float(rel), cos
 
 
 # ------------------------------------------------------------------ the float64 reference, by hand
