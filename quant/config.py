@@ -190,16 +190,12 @@ class QuantConfig(BaseModel):
         """
         if setting == "profile":
             return self
+        problem = bits_problem(setting)
+        if problem is not None:
+            raise EdgeAttnError(f"bits {setting!r}: {problem}")
         m = _BITS_RE.fullmatch(setting.lower())
-        if not m:
-            raise EdgeAttnError(f"bits {setting!r}: expected 'profile' or wNaM, e.g. w8a8, w4a8, w4a4")
+        assert m is not None  # bits_problem checked it
         wb, ab = int(m.group(1)), int(m.group(2))
-        for what, b in (("weight", wb), ("activation", ab)):
-            if not MIN_BITS <= b <= MAX_BITS:
-                raise EdgeAttnError(
-                    f"bits {setting!r}: {b}-bit {what}s are not supported (brevitas integer quantizers here: "
-                    f"{MIN_BITS} to {MAX_BITS} bits)"
-                )
         if self.preset in ("openvino", "generic") and self.weight_bits == 7 and wb == 8:
             wb = 7
         data = self.model_dump()
@@ -242,6 +238,22 @@ def matches_module(name: str, pattern: str) -> bool:
     """
     parts = name.split(".")
     return any(fnmatchcase(".".join(parts[:i]), pattern) for i in range(1, len(parts) + 1))
+
+
+def bits_problem(setting: str) -> str | None:
+    """What is wrong with a bit setting (``"profile"`` or ``wNaM``), without naming it; ``None`` when it is valid.
+    Callers put their own prefix in front (``with_bits``: ``bits 'w0a8': ...``; a config: the key or flag)."""
+    if setting == "profile":
+        return None
+    m = _BITS_RE.fullmatch(setting.lower())
+    if not m:
+        return "expected 'profile' or wNaM, e.g. w8a8, w4a8, w4a4"
+    for what, b in (("weight", int(m.group(1))), ("activation", int(m.group(2)))):
+        if not MIN_BITS <= b <= MAX_BITS:
+            return (
+                f"{b}-bit {what}s are not supported (brevitas integer quantizers here: {MIN_BITS} to {MAX_BITS} bits)"
+            )
+    return None
 
 
 def format_validation_error(source: str, err: ValidationError) -> str:

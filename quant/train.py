@@ -17,7 +17,8 @@ Flow: build the FP model (load ``fp_checkpoint`` or train it for ``fp_epochs``),
 model) and evaluate. Every epoch writes ``metrics.json``, ``state.pt`` (everything ``--resume`` needs: model,
 optimizer, scheduler, RNG states; the data order is a function of seed and epoch) and ``qat_last.pt`` (a checkpoint
 for ``load_checkpoint``), all atomically. Ctrl-C / SIGTERM stop at the next step boundary and keep the last complete
-epoch's files.
+epoch's files; so does a non-finite loss, weight or validation figure (:class:`TrainingDiverged`, on every rank at
+the same step: the per-step stop flag and divergence flag share one all-reduce).
 
 Guards (each a one-line :class:`EdgeAttnError` before any work): ``--resume`` needs the same settings as the run it
 continues (except ``num_threads`` and ``output_dir``; ``epochs`` too, since the lr schedule spans them all);
@@ -53,7 +54,7 @@ from edgeattn.quant.checkpoint import (
     read_checkpoint_file,
     save_checkpoint,
 )
-from edgeattn.quant.config import QuantConfig, format_validation_error
+from edgeattn.quant.config import QuantConfig, bits_problem, format_validation_error
 from edgeattn.quant.losses import (
     DISTRIBUTION_ROW_FLOOR,
     Probe,
@@ -190,7 +191,9 @@ class TrainConfig(BaseModel):
     @field_validator("bits")
     @classmethod
     def _bits(cls, v: str) -> str:
-        QuantConfig().with_bits(v)  # raises with a clear message for a bad setting
+        problem = bits_problem(v)
+        if problem is not None:  # the key or flag is named in front of this (format_validation_error)
+            raise ValueError(f"{problem}, got {v!r}")
         return v.lower()
 
     @field_validator("*", mode="before")
@@ -217,6 +220,8 @@ class TrainConfig(BaseModel):
     def _augment_fits(self) -> TrainConfig:
         if self.augment_shift and self.is_language:
             raise ValueError("augment_shift moves images; it does not apply to a language model's text")
+        if "resize" in self.model_fields_set and self.is_language:  # only when given: the default must work
+            raise ValueError("resize brings images to img_size; it does not apply to a language model's text")
         if self.augment_shift >= self.img_size:
             raise ValueError(f"augment_shift {self.augment_shift} must be smaller than img_size {self.img_size}")
         return self
@@ -517,13 +522,17 @@ class _Dist:
 
     def any_rank(self, flag: bool) -> bool:
         """True if ``flag`` is set on any process: all ranks stop at the same step (no hanging all-reduce)."""
+        return self.any_rank_flags(flag)[0]
+
+    def any_rank_flags(self, *flags: bool) -> tuple[bool, ...]:
+        """Each flag OR-ed over the processes, in one all-reduce (the stop and divergence checks of a step)."""
         if self.world == 1:
-            return flag
+            return flags
         import torch.distributed as dist
 
-        t = torch.tensor([1.0 if flag else 0.0])
+        t = torch.tensor([1.0 if f else 0.0 for f in flags])
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        return bool(t.item() > 0)
+        return tuple(bool(v > 0) for v in t.tolist())
 
     def mean_over_ranks(self, values: dict[str, float]) -> dict[str, float]:
         """Average each value over the processes (identity for one process)."""
@@ -797,6 +806,44 @@ class _Progress:
             self._p.__exit__(*exc)
 
 
+# ---------------------------------------------------------------------------------------------- divergence
+class TrainingDiverged(EdgeAttnError):
+    """A training loss, validation figure or weight became inf or nan: the run stopped (exit code 1; a result, not
+    a bad input). ``result`` is what ``result.json`` records (``status: diverged`` and where)."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, result: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.result = result
+
+
+class _Diverged(Exception):
+    """Raised inside a training phase, on every rank at once; :func:`_run` turns it into :class:`TrainingDiverged`.
+    ``step`` of ``steps`` is 1-based within ``epoch`` (``steps`` 0: found at the end of the epoch, not at a step);
+    ``kept``: the QAT epochs already written, whose files stay."""
+
+    def __init__(
+        self, stage: str, epoch: int, step: int, steps: int, what: str, kept: list[dict[str, Any]] | None = None
+    ) -> None:
+        super().__init__(f"{stage} epoch {epoch} step {step}: {what}")
+        self.stage, self.epoch, self.step, self.steps, self.what = stage, epoch, step, steps, what
+        self.kept = list(kept or [])  # the QAT epochs whose files are on disk (metrics.json's history)
+
+
+def _nonfinite_loss(value: float) -> str:
+    """The reason for a step whose loss is not finite here or on another process."""
+    if math.isfinite(value):
+        return "the training loss is inf or nan on another process"
+    return f"the training loss is {value}"
+
+
+def _finite_weights(model: nn.Module) -> bool:
+    """Whether every floating-point parameter and buffer of ``model`` is finite (once per epoch, not per step)."""
+    tensors = [*model.parameters(), *model.buffers()]
+    return all(bool(torch.isfinite(t).all()) for t in tensors if t.is_floating_point())
+
+
 # ---------------------------------------------------------------------------------------------- phases
 def _train_fp(
     cfg: TrainConfig,
@@ -815,16 +862,22 @@ def _train_fp(
     for epoch in range(cfg.fp_epochs):
         order = epoch_order(len(train), cfg.seed + 7, epoch, dist.rank, dist.world)
         batches = _batches(train, order, _local_bs(cfg, dist))
-        for x, y in _augmented(batches, cfg.augment_shift, cfg.seed + 7, epoch, dist.rank):
+        for step, (x, y) in enumerate(_augmented(batches, cfg.augment_shift, cfg.seed + 7, epoch, dist.rank), 1):
             loss = task_loss(net(x), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
-            progress.advance(task, f"epoch {epoch + 1} loss {loss.item():.3f}")
-            if dist.any_rank(stop.stop):
+            value = loss.item()  # the progress line reads it anyway: the finiteness check costs no extra sync
+            progress.advance(task, f"epoch {epoch + 1} loss {value:.3f}")
+            stopped, diverged = dist.any_rank_flags(stop.stop, not math.isfinite(value))
+            if diverged:
+                raise _Diverged("FP training", epoch + 1, step, epoch_steps, _nonfinite_loss(value))
+            if stopped:
                 raise KeyboardInterrupt
     model.eval()
+    if dist.any_rank(not _finite_weights(model)):  # the last step can overflow the weights with a finite loss
+        raise _Diverged("FP training", cfg.fp_epochs, 0, 0, "its weights hold inf or nan")
 
 
 def _local_bs(cfg: TrainConfig, dist: _Dist) -> int:
@@ -915,6 +968,9 @@ def run(
     ``fp32_nll``/``ptq_nll``/``qat_nll`` (validation cross-entropy, nats per target),
     ``attn_kl_ptq``/``attn_kl_qat`` (mean KL of attention maps vs FP), ``history`` (per-epoch metrics),
     ``status`` ('done' or 'interrupted'), ``seconds``, ``output_dir`` and the checkpoint paths.
+    A training loss, validation figure or weight that becomes inf or nan raises :class:`TrainingDiverged` (exit
+    code 1, its ``result`` with status 'diverged' also in ``result.json``); the files of the last complete QAT epoch
+    stay as they were and no ``model.pt`` (nor, in FP training, ``fp.pt``) is written.
     An output directory that already holds a run is refused unless ``resume`` (same settings, see the module
     docstring) or ``force`` (removes that run's files first).
     """
@@ -1335,12 +1391,16 @@ def _run(cfg: TrainConfig, resume: bool, show: bool, dist: _Dist, force: bool) -
                 t_fp = time.perf_counter()
                 _train_fp(cfg, fp_model, train, dist, prog, stop)
                 result["fp_train_seconds"] = time.perf_counter() - t_fp
-                if dist.is_main:
-                    save_checkpoint(fp_path, fp_model, fp_meta)
             result["fp_checkpoint"] = str(cfg.fp_checkpoint or fp_path)
             result["model"] = fp_meta["model"]  # the outputs are labelled with what the FP checkpoint holds
             teacher = frozen_teacher(fp_model, fp_meta)
             result["fp32"], result["fp32_nll"] = validation_metrics(teacher, val, task, dist=dist)
+            if fp_source is None:  # saved once validated: a diverged FP model never becomes fp.pt
+                if not math.isfinite(result["fp32_nll"]):
+                    why = f"its validation cross-entropy is {result['fp32_nll']}"
+                    raise _Diverged("FP training", cfg.fp_epochs, 0, 0, why)
+                if dist.is_main:
+                    save_checkpoint(fp_path, fp_model, fp_meta)
             prog.log(f"FP32 ({result['metric']}): {result['fp32']:.3f}")
             # ---- PTQ baseline
             ptq_model = calibrated_ptq_model(cfg, teacher, qcfg, train)
@@ -1373,6 +1433,9 @@ def _run(cfg: TrainConfig, resume: bool, show: bool, dist: _Dist, force: bool) -
                 result["qat_epochs_complete"] = len(history)
                 return _finish(result, out_dir, t0, dist)
             result["qat"], result["qat_nll"] = validation_metrics(ptq_model, val, task, dist=dist)
+            if not math.isfinite(result["qat_nll"]):  # never promoted to model.pt (e.g. a resumed, finished run)
+                why = f"its validation cross-entropy is {result['qat_nll']}"
+                raise _Diverged("QAT", len(history), 0, 0, why, history)
             result["attn_kl_qat"] = attention_fidelity(ptq_model, teacher, val)
             result["status"] = "done"
             prog.log(f"QAT  ({result['metric']}): {result['qat']:.3f}")
@@ -1381,7 +1444,41 @@ def _run(cfg: TrainConfig, resume: bool, show: bool, dist: _Dist, force: bool) -
                 result["checkpoint"] = str(out_dir / "model.pt")
         except KeyboardInterrupt:
             result["status"] = "interrupted"
+        except _Diverged as div:
+            raise _diverged_error(div, cfg, result, out_dir, t0, dist) from None
     return _finish(result, out_dir, t0, dist)
+
+
+def _diverged_error(
+    div: _Diverged, cfg: TrainConfig, result: dict[str, Any], out_dir: Path, t0: float, dist: _Dist
+) -> TrainingDiverged:
+    """Records a diverged run in ``result.json`` (status ``diverged``, where, and the kept QAT epochs' figures) and
+    returns the one-line error to raise. The files already written are the last good ones and stay as they are."""
+    kept = div.kept
+    last = kept[-1] if kept else {}
+    result.update(
+        status="diverged",
+        diverged={"stage": div.stage, "epoch": div.epoch, "step": div.step, "steps": div.steps, "reason": div.what},
+        history=kept,
+    )
+    if div.stage == "QAT":
+        result.update(qat=last.get("val"), qat_nll=last.get("val_nll"), attn_kl_qat=None)
+        result["qat_epochs_complete"] = len(kept)
+    _finish(result, out_dir, t0, dist)
+    where = f"epoch {div.epoch}, step {div.step} of {div.steps}" if div.steps else f"the end of epoch {div.epoch}"
+    if div.stage == "QAT":
+        hint = f"lower --lr (was {cfg.lr:g}) or set --grad-clip (e.g. 1.0) and start again with --force"
+        if (out_dir / "fp.pt").is_file() or cfg.fp_checkpoint:
+            hint += f" (--fp-checkpoint {cfg.fp_checkpoint or out_dir / 'fp.pt'} skips FP training)"
+        kept_text = f"QAT epoch {len(kept)}'s files are kept" if kept else "the PTQ model (ptq.pt) is kept"
+    else:
+        hint = f"lower fp_lr (was {cfg.fp_lr:g}; a --config key) and start again with --force"
+        kept_text = "no model was saved"
+    return TrainingDiverged(
+        f"{div.stage} diverged at {where}: {div.what}; {hint}; {kept_text} in '{out_dir}', no model.pt "
+        "(result.json: status diverged)",
+        result,
+    )
 
 
 def _finish(result: dict[str, Any], out_dir: Path, t0: float, dist: _Dist) -> dict[str, Any]:
@@ -1447,7 +1544,10 @@ def _qat(
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + v
             prog.advance(bar, f"epoch {epoch + 1} loss {parts['total']:.4f}")
-            if dist.any_rank(stop.stop):
+            stopped, diverged = dist.any_rank_flags(stop.stop, not math.isfinite(parts["total"]))
+            if diverged:  # raised before this epoch's files: the last complete epoch's stay as they are
+                raise _Diverged("QAT", epoch + 1, n_steps, epoch_steps, _nonfinite_loss(parts["total"]), history)
+            if stopped:
                 stop.stop = True
                 return history  # the last complete epoch's files stay as they are
         sums = dist.mean_over_ranks(sums)  # metrics of the global batch, not of rank 0's shard
@@ -1455,6 +1555,10 @@ def _qat(
         row.update({f"loss_{k}": v / max(n_steps, 1) for k, v in sums.items()})
         row["val"], row["val_nll"] = validation_metrics(student, val, task, dist=dist)
         row["seconds"] = time.perf_counter() - t_ep
+        if dist.any_rank(not _finite_weights(student)):
+            raise _Diverged("QAT", epoch + 1, 0, 0, "its weights hold inf or nan", history)
+        if not math.isfinite(row["val_nll"]):  # the same figure on every rank (added up over them)
+            raise _Diverged("QAT", epoch + 1, 0, 0, f"its validation cross-entropy is {row['val_nll']}", history)
         history.append(row)
         prog.log(
             f"QAT epoch {epoch + 1}/{cfg.epochs}: loss {row.get('loss_total', float('nan')):.4f} val {row['val']:.3f}"
@@ -1563,6 +1667,7 @@ __all__ = [
     "preset_config",
     "build_config",
     "run",
+    "TrainingDiverged",
     "evaluate",
     "validation_metrics",
     "attention_fidelity",

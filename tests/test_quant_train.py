@@ -299,7 +299,7 @@ def test_cli_bad_input_one_line_exit_2_nothing_written(tmp_path, capsys, args, n
         ("", ["--seed", str(2**64)], "--seed: 'seed': input should be less than or equal to 4294967295"),
         ("", ["--model", "tiny_llama"], "'tiny_llama' is a language model and data 'digits' is images"),
         ("", ["--data", "stdlib"], "'fmvit_t' is a vision model and data 'stdlib' is text"),
-        ("", ["--bits", "w8a8\n"], "bits 'w8a8\\n': expected 'profile' or wNaM"),
+        ("", ["--bits", "w8a8\n"], "--bits: 'bits': expected 'profile' or wNaM, e.g. w8a8, w4a8, w4a4, got 'w8a8\\n'"),
     ],
 )
 def test_cli_bad_settings_name_the_setting_and_its_source(tmp_path, capsys, config, flags, needle):
