@@ -123,9 +123,8 @@ def staging_dir(out_dir: str | Path, suffix: str = "") -> Iterator[Path]:
     staging folder is removed and ``out_dir`` is left as it was. ``out_dir`` must pass :func:`replaceable_dir`.
     ``suffix`` ends the staging folder's name, for writers that insist on one (Core ML's ``.mlpackage``).
     """
+    tmp = _new_staging_dir(out_dir, suffix)
     out_dir = replaceable_dir(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-", suffix=suffix))
     try:
         yield tmp
         publish_dir(tmp, out_dir)
@@ -138,12 +137,19 @@ def make_staging_dir(out_dir: str | Path) -> Path:
     :func:`publish_dir` is a rename), for work that must not touch ``out_dir`` until it has ended. The caller
     publishes it with :func:`publish_dir` or keeps it with :func:`keep_aside`; :func:`staging_dir` is the
     all-or-nothing form. ``out_dir`` must pass :func:`replaceable_dir`."""
-    out_dir = replaceable_dir(out_dir)
+    return _new_staging_dir(out_dir)
+
+
+def _new_staging_dir(out_dir: str | Path, suffix: str = "") -> Path:
+    """The hidden staging folder beside ``out_dir``; a parent that cannot take it is refused first, in the words
+    every command uses, naming the user's path (not the internal temporary name)."""
+    out = replaceable_dir(out_dir)
+    check_writable_folder(out.parent, f"output folder '{out_dir}'")
     try:
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
-    except OSError as exc:
-        raise EdgeAttnError(f"cannot write beside '{out_dir}': {exc.strerror or exc}") from None
+        out.parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-", suffix=suffix))
+    except OSError as exc:  # e.g. a race with the check above
+        raise EdgeAttnError(f"output folder '{out_dir}': cannot write beside it ({exc.strerror or exc})") from None
 
 
 def publish_dir(tmp: str | Path, out_dir: str | Path) -> None:

@@ -233,7 +233,7 @@ def test_os_error_about_a_path_is_one_line_in_main(tmp_path, monkeypatch, capsys
     def boom(*args, **kwargs):
         raise PermissionError(13, "Permission denied", str(tmp_path / "x.json"))
 
-    monkeypatch.setattr(cli_profile, "check_output_path", lambda *a: None)
+    monkeypatch.setattr(cli_profile, "check_report_path", lambda *a, **k: None)
     monkeypatch.setattr("edgeattn.cli._common.write_json", boom)
     assert main(["profile", "--list-devices", "--json", str(tmp_path / "x.json")]) == 2
     assert _err(capsys) == f"error: cannot use '{tmp_path / 'x.json'}': Permission denied"

@@ -105,13 +105,15 @@ def test_huge_lr_on_text_stops_and_the_hinted_rerun_works(tmp_path, capsys):
     base = ["qat", "--model", "tiny_llama", "--data", str(text), "--fp-epochs", "1", "--epochs", "1",
             "--max-train-samples", "32", "--max-val-samples", "8", "--batch-size", "16", "--threads", "1",
             "--no-progress", "-o", str(out)]
-    assert cli_main([*base, "--lr", "1e30"]) == 1
+    report = tmp_path / "report.json"
+    assert cli_main([*base, "--lr", "1e30", "--json", str(report)]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     # at a step (a nan loss) or, when the last step overflowed the weights, at the end of the epoch
     assert len(err) == 1 and err[0].startswith(("error: QAT diverged at epoch 1, step ", "error: QAT diverged at the "
                                                 "end of epoch 1: its weights hold inf or nan;")), err
     assert "lower --lr (was 1e+30)" in err[0] and f"--fp-checkpoint {out / 'fp.pt'}" in err[0]
     assert json.loads((out / "result.json").read_text())["status"] == "diverged"
+    assert json.loads(report.read_text()) == json.loads((out / "result.json").read_text())  # --json: the same record
     assert not (out / "model.pt").exists() and not (out / "state.pt").exists()
     assert _finite(out / "fp.pt") and _finite(out / "ptq.pt")
     fp_bytes = (out / "fp.pt").read_bytes()

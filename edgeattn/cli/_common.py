@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -70,3 +74,68 @@ def check_output_path(path: Path, flag: str) -> None:
     if path.is_dir():
         raise EdgeAttnError(f"{flag} '{path}' is a directory")
     check_writable_folder(Path(os.path.abspath(path)).parent, f"{flag} '{path}'")
+
+
+def check_report_path(
+    path: Path, flag: str, force: bool, inputs: Iterable[str | Path | None] = (), resume: bool = False
+) -> None:
+    """Refuse, before any work, a report path (``--json``, ``--plot``) that would destroy something.
+
+    The one rule of every command: :func:`check_output_path`'s checks; never one of the command's ``inputs`` (a
+    file, or anything inside an input folder; ``None`` and paths that do not exist are skipped), with or without
+    ``--force``; an existing file only with ``--force`` (or ``resume``: the same run's report, continued).
+    """
+    check_output_path(path, flag)
+    for given in inputs:
+        if given is not None and _same_or_inside(path, Path(given)):
+            raise EdgeAttnError(f"{flag} '{path}' would overwrite the input '{given}'; write it elsewhere")
+    if path.exists() and not (force or resume):
+        raise EdgeAttnError(f"{flag} '{path}' exists; pass --force to overwrite it")
+
+
+def with_run_files(inputs: Iterable[str | Path | None]) -> list[str | Path | None]:
+    """``inputs`` and, beside each ``.pt`` file among them, the files of the ``edgeattn qat`` run that wrote it
+    (its metrics.json, result.json, other checkpoints): what a ``--json`` must not replace either."""
+    from edgeattn.quant.train import RUN_FILES
+
+    inputs = list(inputs)
+    pts = [Path(p) for p in inputs if p is not None and Path(p).suffix == ".pt" and Path(p).is_file()]
+    return inputs + [pt.parent / name for pt in pts for name in RUN_FILES]
+
+
+def _same_or_inside(path: Path, source: Path) -> bool:
+    """True when ``path`` is the existing file ``source`` (a link to it included) or lies inside the folder
+    ``source``."""
+    if not source.exists():
+        return False
+    if source.is_dir():
+        return source.resolve() in path.resolve().parents
+    if path.exists():
+        return os.path.samefile(path, source)
+    return path.resolve() == source.resolve()
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM acts as Ctrl-C: a ``KeyboardInterrupt`` that unwinds through the staging
+    contexts (which remove their temporary folders), so the command ends with exit code 130 as after Ctrl-C, as
+    ``edgeattn qat`` does on SIGTERM. Python's default for SIGTERM is to die at once, leaving temp folders.
+
+    The signal goes through the SIGINT handler in place (the CLI's, which notes the interrupt) where there is
+    one; main thread only, and the old handler is restored afterwards.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def as_ctrl_c(signum: int, frame: Any) -> None:
+        on_int = signal.getsignal(signal.SIGINT)
+        if callable(on_int):
+            on_int(signal.SIGINT, frame)
+        raise KeyboardInterrupt  # SIGINT ignored (a background job) or a handler that did not raise
+
+    old = signal.signal(signal.SIGTERM, as_ctrl_c)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from edgeattn.cli._common import check_output_path, console, missing_folders, transient_progress, write_json
+from edgeattn.cli._common import check_report_path, console, missing_folders, transient_progress, write_json
 
 app = typer.Typer(help="Hardware-friendly softmax and GELU approximations.", no_args_is_help=True)
 
@@ -36,9 +36,7 @@ def report(
     outputs = {flag: p for flag, p in (("--json", json_path), ("--plot", plot)) if p is not None}
     # Every output is checked before measuring, so a bad path costs nothing and writes nothing.
     for flag, p in outputs.items():
-        check_output_path(p, flag)
-        if p.exists() and not force:
-            raise EdgeAttnError(f"{p} exists; pass --force to overwrite")
+        check_report_path(p, flag, force)  # the rule of every command: an existing file only with --force
     if json_path is not None and plot is not None and json_path.resolve() == plot.resolve():
         raise EdgeAttnError(f"--json and --plot name the same file {plot}")
     try:

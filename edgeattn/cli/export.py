@@ -6,13 +6,15 @@ Exit codes: 0 ok, 2 bad input, 3 parity failed, 4 missing backend, 5 op/target p
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import typer
 
-from edgeattn.cli._common import check_output_path, console, write_json
+from edgeattn.cli._common import check_report_path, console, sigterm_as_interrupt, with_run_files, write_json
 
 
+@sigterm_as_interrupt()  # SIGTERM unwinds like Ctrl-C: the staging folder is removed
 def export(
     model: str = typer.Argument(..., help="Registry model name, or a checkpoint written by 'edgeattn qat'."),
     target: str = typer.Option(..., "--target", "-t", help="onnx, tensorrt, openvino or coreml."),
@@ -48,17 +50,21 @@ def export(
         "--noise-floor/--no-noise-floor",
         help="Quantized models: widen the tolerance to 2x the reference's rounding noise floor (at most 4x).",
     ),
-    force: bool = typer.Option(False, "--force", help="Replace an existing output directory."),
+    force: bool = typer.Option(
+        False, "--force", help="Replace an existing output directory (and an existing --json file)."
+    ),
     json_out: Path | None = typer.Option(None, "--json", help="Also write report.json's content here."),
 ) -> None:
     """Export MODEL for a deployment target, then check the artifact in its runtime against PyTorch."""
 
+    from edgeattn.atomic import check_writable_folder
     from edgeattn.errors import EdgeAttnError
     from edgeattn.export import export_model
     from edgeattn.export.report import ParityFailure
 
-    if json_out:
-        check_output_path(json_out, "--json")  # before exporting, not after it
+    if json_out:  # before exporting, not after it
+        _check_json(json_out, output, force, (model, checkpoint, profile))
+    check_writable_folder(Path(os.path.abspath(output)).parent, f"output folder '{output}'")
     if exporter not in ("torchscript", "dynamo"):
         raise EdgeAttnError(f"--exporter must be torchscript or dynamo, got '{exporter}'")
     kwargs = {"img_size": img_size} if img_size is not None else None  # --img-size 0 is refused, not dropped
@@ -111,3 +117,14 @@ def _print_notes(report) -> None:
     """The report's notes, one dim line each (the first says how a trained checkpoint's bits were exported)."""
     for note in report.notes:
         console.print(f"[dim]{note}[/]", highlight=False, soft_wrap=True)
+
+
+def _check_json(json_out: Path, output: Path, force: bool, inputs: tuple) -> None:
+    """Refuse a ``--json`` inside ``-o`` (replaced as a whole), on an input (the checkpoint, the qat run files
+    beside it, a profile YAML), or onto an existing file without ``--force``."""
+    from edgeattn.errors import EdgeAttnError
+
+    out, summary = Path(os.path.abspath(output)), Path(os.path.abspath(json_out))
+    if out == summary or out in summary.parents:
+        raise EdgeAttnError(f"--json '{json_out}' is inside the output folder '{output}'; write it elsewhere")
+    check_report_path(json_out, "--json", force, with_run_files(inputs))

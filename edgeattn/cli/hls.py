@@ -12,12 +12,15 @@ Exit codes: 0 ok; 1 the C simulation differs from the golden model, or the accur
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 import typer
 
-from edgeattn.cli._common import check_output_path, console, write_json
+from edgeattn.cli._common import check_report_path, console, sigterm_as_interrupt, with_run_files, write_json
+
+MAX_SEED = 2**32 - 1
 
 # what `generate_project` and `run_csim` write inside the project folder
 PROJECT_ENTRIES = ("firmware", "tb", "tb_data", "build", "build_prj.tcl", "project.json", "csim_report.json")
@@ -187,6 +190,7 @@ def _check_json_outside_project(json_out: Path, output: Path) -> None:
         )
 
 
+@sigterm_as_interrupt()  # SIGTERM unwinds like Ctrl-C: nothing is published, the staging folder is removed
 def hls(
     model: str = typer.Argument(
         ..., help="Registry model with plain ViT encoder layers: vit_tiny, edge_moe_vit."
@@ -232,19 +236,23 @@ def hls(
     csim: bool = typer.Option(
         False, "--csim", help="Compile and run the C simulation with g++ (writes csim_report.json)."
     ),
-    force: bool = typer.Option(False, "--force", help="Replace an existing project folder."),
+    force: bool = typer.Option(
+        False, "--force", help="Replace an existing project folder (and an existing --json file)."
+    ),
     json_out: Path | None = typer.Option(None, "--json", help="Also write the summary as JSON here."),
 ) -> None:
     """Generate an HLS C++ project (Vitis HLS) for the Edge-MoE-style attention accelerator."""
     import torch
 
-    from edgeattn.atomic import replaceable_dir
+    from edgeattn.atomic import check_writable_folder, replaceable_dir
     from edgeattn.errors import EdgeAttnError
     from edgeattn.fpga_hls import find_ap_types, find_compiler, generate_project, run_csim
     from edgeattn.fpga_hls.gate import resolve_tolerance
     from edgeattn.fpga_hls.generator import check_reference
     from edgeattn.fpga_hls.vectors import check_source
 
+    if not 0 <= seed <= MAX_SEED:  # numpy's seed range, as `edgeattn qat`
+        raise EdgeAttnError(f"--seed must be between 0 and {MAX_SEED}, got {seed}")
     which = _parse_layer(layer)
     kwargs = _parse_sets(sets)
     source = vectors_from or ("data" if checkpoint is not None else "random")
@@ -252,9 +260,10 @@ def hls(
     check_reference(reference)
     resolve_tolerance(None, atol, min_cosine)  # out-of-range bounds fail before any work
     replaceable_dir(output)  # not '.', a folder above it, or a file
-    if json_out is not None:
-        check_output_path(json_out, "--json")  # before generating and simulating, not after
+    if json_out is not None:  # before generating and simulating, not after
         _check_json_outside_project(json_out, output)
+        check_report_path(json_out, "--json", force, with_run_files((checkpoint, profile)))
+    check_writable_folder(Path(os.path.abspath(output)).parent, f"output folder '{output}'")
     if output.exists() and not force:
         raise EdgeAttnError(f"{output} already exists; pass --force to replace it")
     if output.is_dir() and any(output.iterdir()) and not (output / "project.json").is_file():

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from edgeattn.cli._common import check_output_path
+from edgeattn.cli._common import check_report_path, sigterm_as_interrupt
 from edgeattn.errors import EdgeAttnError
 
 
@@ -27,6 +27,7 @@ def _parse_shapes(specs: list[str] | None) -> dict[str, list[int]]:
     return shapes
 
 
+@sigterm_as_interrupt()  # SIGTERM stops the timing like Ctrl-C
 def profile(
     artifacts: list[Path] = typer.Argument(
         None, help="Artifacts to profile: .onnx, .xml (OpenVINO IR), .engine/.plan (TensorRT), .mlpackage."
@@ -78,7 +79,7 @@ def profile(
     from edgeattn.profile import list_devices as _list_devices
     from edgeattn.profile import plot_report, profile_artifacts, render_devices, render_table
 
-    _check_outputs(json_out, plot, force)
+    _check_outputs(json_out, plot, force, _inputs(artifacts or []))
     if list_devices:
         if artifacts:
             raise EdgeAttnError("--list-devices takes no ARTIFACT; run it alone, then profile the artifacts")
@@ -139,22 +140,46 @@ def profile(
         raise typer.Exit(130)
 
 
-def _check_outputs(json_out: Path | None, plot: Path | None, force: bool) -> None:
+def _check_outputs(json_out: Path | None, plot: Path | None, force: bool, inputs: list[Path]) -> None:
     """Refuse, before measuring, outputs that cannot be written or would be lost: a path that cannot be
-    written, an existing file without ``--force``, ``--json`` and ``--plot`` naming one file, a plot format
-    matplotlib cannot write."""
+    written, an input (``--force`` is for old reports, never inputs), an existing file without ``--force``,
+    ``--json`` and ``--plot`` naming one file, a plot format matplotlib cannot write."""
     from edgeattn.profile.plot import check_plot_path
 
     for out, flag in ((json_out, "--json"), (plot, "--plot")):
-        if out is None:
-            continue
-        check_output_path(out, flag)
-        if out.exists() and not force:
-            raise EdgeAttnError(f"{flag} '{out}' exists; pass --force to overwrite it")
+        if out is not None:
+            check_report_path(out, flag, force, inputs)
     if json_out is not None and plot is not None and json_out.resolve() == plot.resolve():
         raise EdgeAttnError(f"--json and --plot name the same file '{json_out}'; give each its own")
     if plot is not None:
         check_plot_path(plot)
+
+
+def _inputs(artifacts: list[Path]) -> list[Path]:
+    """The files the artifacts are read from: each artifact (a file, or a folder such as an .mlpackage), an
+    OpenVINO IR's ``.bin`` and an ONNX model's external-data files."""
+    files = list(artifacts)
+    for art in artifacts:
+        if art.suffix.lower() == ".xml":
+            files.append(art.with_suffix(".bin"))
+        elif art.suffix.lower() == ".onnx" and art.is_file():
+            files += [art.parent / name for name in _external_data(art)]
+    return files
+
+
+def _external_data(onnx_path: Path) -> set[str]:
+    """The external-data file names an ONNX model's tensors point to (none where it cannot be read: profiling
+    it reports that)."""
+    try:
+        import onnx
+
+        model = onnx.load(str(onnx_path), load_external_data=False)
+    except Exception:  # noqa: BLE001 - an unreadable model is reported by the profiler itself
+        return set()
+    tensors = list(model.graph.initializer) + [
+        a.t for node in model.graph.node for a in node.attribute if a.HasField("t")
+    ]
+    return {e.value for t in tensors for e in t.external_data if e.key == "location"}
 
 
 def _warn_failed_parity(report) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import typer
 
-from edgeattn.cli._common import check_output_path, console, write_json
+from edgeattn.cli._common import check_report_path, console, write_json
 
 
 def qat(
@@ -58,17 +58,18 @@ def qat(
         False, "--resume", help="Continue the run in --output exactly where it stopped (same settings)."
     ),
     force: bool = typer.Option(
-        False, "--force", help="Start over in an --output that already holds a run (removes that run's files)."
+        False, "--force", help="Start over in an --output that already holds a run (removes that run's files); "
+        "replace an existing --json file.",
     ),
-    json_out: Path | None = typer.Option(None, "--json", help="Also write the result as JSON here."),
+    json_out: Path | None = typer.Option(
+        None, "--json", help="Also write the result as JSON here (an existing file: with --force or --resume)."
+    ),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar or per-epoch lines."),
 ) -> None:
     """Quantization-aware training (EdgeQAT) with a PTQ baseline; writes checkpoints and metrics.json."""
     from edgeattn.errors import EdgeAttnError
-    from edgeattn.quant.train import build_config, process_rank, resumable, run
+    from edgeattn.quant.train import TrainingDiverged, build_config, process_rank, resumable, run
 
-    if json_out is not None:
-        check_output_path(json_out, "--json")  # before training, not after it
     if fp_checkpoint is not None and fp_checkpoint.is_dir():
         raise EdgeAttnError(f"--fp-checkpoint '{fp_checkpoint}' is a folder, not a checkpoint file")
     if fp_checkpoint is not None and not fp_checkpoint.is_file():
@@ -100,17 +101,25 @@ def qat(
         loss_entropy=entropy,
         loss_distribution=distribution,
     )
-    if json_out is not None:
+    if json_out is not None:  # before training, not after it
         from edgeattn.quant.train import RUN_FILES
 
         run_files = {(Path(cfg.output_dir) / name).resolve() for name in RUN_FILES}
         if json_out.resolve() in run_files:
             raise EdgeAttnError(f"--json '{json_out}' is one of the run's own files; write it elsewhere")
+        # the inputs: the data (a file or an image folder), the config, the FP checkpoint, a profile YAML
+        inputs = (cfg.data, config, fp_checkpoint, cfg.profile)
+        check_report_path(json_out, "--json", force, inputs, resume=resume)
     if fp_checkpoint is not None:  # fail before any training if the checkpoint is unusable
         from edgeattn.quant.checkpoint import read_checkpoint_file
 
         read_checkpoint_file(fp_checkpoint)
-    result = run(cfg, resume=resume, progress=not no_progress, force=force)
+    try:
+        result = run(cfg, resume=resume, progress=not no_progress, force=force)
+    except TrainingDiverged as exc:  # the error line follows; --json records the diverged run like result.json
+        if json_out is not None and process_rank() == 0:
+            write_json(json_out, exc.result)
+        raise
     if process_rank() == 0:  # under torchrun every process gets here; one report is enough
         _print_table(result)
         if json_out is not None:
