@@ -18,6 +18,10 @@ _INTERESTING_FLAGS = (
     "avx512_bf16", "avx512_fp16", "amx_tile", "amx_int8", "amx_bf16", "neon", "asimd", "asimddp", "i8mm",
 )
 
+# the most intra-op threads any command accepts (qat, export, profile): far above any CPU's cores, and below what
+# makes torch.set_num_threads overflow or a runtime start tens of thousands of threads
+MAX_THREADS = 1024
+
 RUNTIME_PACKAGES = ("torch", "onnx", "onnxruntime", "openvino", "coremltools", "tensorrt", "brevitas", "hls4ml")
 
 

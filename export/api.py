@@ -21,8 +21,9 @@ from edgeattn.export.report import ExportReport, ParityFailure, environment, wri
 
 from edgeattn.atomic import replaceable_dir, staging_dir
 from edgeattn.errors import EdgeAttnError
+from edgeattn.hostinfo import MAX_THREADS
 
-__all__ = ["DEFAULT_PROFILES", "TARGETS", "export_all", "export_model", "resolve_model"]
+__all__ = ["DEFAULT_PROFILES", "MAX_N_INPUTS", "MAX_THREADS", "TARGETS", "export_all", "export_model", "resolve_model"]
 
 TARGETS = ("onnx", "tensorrt", "openvino", "coreml")
 FAILED_TAG = "FAILED_PARITY"
@@ -39,6 +40,19 @@ DEFAULT_PROFILES = {
     "coreml": "apple-a17-coreml",
 }
 
+# parity inputs, and every runtime's outputs for them, are held in memory at once: a gate needs tens, and
+# 100 million token windows asked numpy for 47.7 GiB
+MAX_N_INPUTS = 4096
+
+
+def _check_counts(n_inputs: int, threads: int) -> None:
+    """Refuse ``--n-inputs`` and ``--threads`` outside their bounds, before any work (exit code 2)."""
+    for flag, value, top in (("--n-inputs", n_inputs, MAX_N_INPUTS), ("--threads", threads, MAX_THREADS)):
+        if value < 1:
+            raise EdgeAttnError(f"{flag} must be >= 1, got {value}")
+        if value > top:
+            raise EdgeAttnError(f"{flag} must be <= {top}, got {value}")
+
 
 # ----------------------------------------------------------------------------------------------------------
 # model resolution
@@ -47,15 +61,51 @@ def _looks_like_file(text: str) -> bool:
     return os.path.sep in text or text.endswith((".pt", ".pth", ".ckpt")) or Path(text).is_file()
 
 
+def _folder_error(path: str) -> EdgeAttnError:
+    """A folder given where a checkpoint file belongs (a qat run folder, most often): name the .pt files it holds."""
+    # state.pt is edgeattn qat's resume state (optimizer, rng), not a model checkpoint
+    names = sorted(p.name for p in Path(path).glob("*.pt") if p.is_file() and p.name != "state.pt")
+    if not names:
+        return EdgeAttnError(
+            f"'{path}' is a folder and holds no .pt file; give a checkpoint file (edgeattn qat writes "
+            "OUTPUT/model.pt)",
+            exit_code=7,
+        )
+    example = "model.pt" if "model.pt" in names else names[0]
+    return EdgeAttnError(
+        f"'{path}' is a folder; give a checkpoint file such as {os.path.join(path, example)} "
+        f"(it holds {', '.join(names)})",
+        exit_code=7,
+    )
+
+
+def _refuse_nonfinite(path: str, module: Any) -> None:
+    """Refuse a checkpoint whose weights or buffers (quantizer scales included) hold NaN or inf: a diverged
+    run's, which would otherwise fail deep inside the exporter with a message that does not point at it."""
+    from edgeattn.quant.checkpoint import nonfinite_weights
+
+    bad = nonfinite_weights(module)
+    if bad is not None:
+        raise EdgeAttnError(
+            f"checkpoint '{path}' holds non-finite weights ({bad}); it is from a diverged run: retrain it or export "
+            "an earlier checkpoint",
+            exit_code=7,
+        )
+
+
 def _load_ckpt(path: str) -> tuple[Any, dict[str, Any]]:
     from edgeattn.quant.checkpoint import load_checkpoint
 
+    if Path(path).is_dir():
+        raise _folder_error(path)
     if not Path(path).is_file():
         raise EdgeAttnError(f"checkpoint '{path}' not found", exit_code=7)
     try:
-        return load_checkpoint(path, strip_token_adaptive=True)  # _export_model strips in-memory modules too
+        module, meta = load_checkpoint(path, strip_token_adaptive=True)  # _export_model strips in-memory modules too
     except EdgeAttnError as exc:
         raise EdgeAttnError(str(exc), exit_code=7) from None
+    _refuse_nonfinite(path, module)
+    return module, meta
 
 
 def resolve_model(
@@ -75,14 +125,15 @@ def resolve_model(
         if not is_token_model(module):
             _probe_forward(module, (1, *_input_shape(module, profile, 1)[1:]))
         return module, type(model).__name__, None
-    if _looks_like_file(model):
+    from edgeattn.models import approximation_kwargs, create_model, is_language_model, list_models
+
+    # a folder is taken for a checkpoint path unless it shares a registry model's name (e.g. an old `-o fmvit_t`)
+    if _looks_like_file(model) or (Path(model).is_dir() and model not in list_models()):
         module, meta = _load_ckpt(model)
         _refuse_image_flags(str(meta.get("model", model)), module, model_kwargs)  # before the kwargs check
         _check_model_kwargs(model, module, meta, model_kwargs)
         _check_approximations(module, profile, f"checkpoint '{model}'")
         return module, str(meta.get("model", model)), meta
-    from edgeattn.models import approximation_kwargs, create_model, is_language_model, list_models
-
     if model not in list_models():
         raise EdgeAttnError(f"unknown model '{model}'; registered models: {', '.join(list_models())}")
     if checkpoint:
@@ -480,15 +531,16 @@ def export_model(
             stay in the compute precision, no PTQ). For Core ML an explicit ``fp32``/``fp16`` sets the compute
             precision; left out, the profile's ``coreml.compute_precision`` applies.
         atol: overrides the profile's ``max_abs`` tolerance (fraction of the output range).
-        n_inputs / inputs: parity inputs (``inputs`` replaces the generated ones). With a static batch there
-            must be at least one batch of them (the first batch is also the example the model is traced with).
+        n_inputs / inputs: parity inputs (``inputs`` replaces the generated ones), 1 to :data:`MAX_N_INPUTS`.
+            With a static batch there must be at least one batch of them (the first batch is also the example
+            the model is traced with).
         cpu_isa: run OpenVINO's CPU plugin capped at this oneDNN ISA (e.g. ``"AVX2"``, any case; one of
             :data:`edgeattn.export.openvino_target.ONEDNN_ISAS`) in a child process.
         cache: a dict shared by several calls in one process (e.g. one model to several targets, see
             :func:`export_all`): the resolved/deploy/PTQ'd model, the calibration data, the torch reference
             outputs, the exported ONNX and its ONNX Runtime (no-optimisation) outputs are reused when their
             inputs are the same (registry names only; in-memory modules are keyed by identity).
-        threads: intra-op threads of the runtimes under test (ONNX Runtime, OpenVINO).
+        threads: intra-op threads of the runtimes under test (ONNX Runtime, OpenVINO), 1 to :data:`MAX_THREADS`.
         noise_floor: a quantized model that misses the profile's tolerance is judged again with it widened
             to twice the reference's rounding noise floor, at most 4x the profile's
             (:mod:`edgeattn.export.noise_floor`); the report says when a gate passed only that way. False
@@ -583,8 +635,7 @@ def _export_model(
         raise EdgeAttnError(f"--opset must be between 13 and 23, got {opset}")
     if batch is not None and batch < 1:
         raise EdgeAttnError(f"--batch must be >= 1, got {batch}")
-    if n_inputs < 1:
-        raise EdgeAttnError(f"n_inputs must be >= 1, got {n_inputs}")
+    _check_counts(n_inputs, threads)
     if atol is not None and not (math.isfinite(atol) and atol > 0):
         raise EdgeAttnError(f"--atol must be a finite number > 0 (a fraction of the output range), got {atol}")
     if cpu_isa is not None:
@@ -861,6 +912,7 @@ def export_all(
     extra = sorted(set(profiles or {}) - set(targets))
     if extra:
         raise EdgeAttnError(f"profiles given for targets not exported: {', '.join(extra)}")
+    _check_counts(kwargs.get("n_inputs", 32), kwargs.get("threads", 2))
     resolved = {}
     for t in targets:
         p = (profiles or {}).get(t, DEFAULT_PROFILES[t])

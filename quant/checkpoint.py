@@ -57,6 +57,22 @@ def model_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
         return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
+def nonfinite_weights(model: nn.Module) -> str | None:
+    """``None`` when every floating-point tensor of ``model``'s state (weights and buffers, quantizer scales
+    included) is finite; else what is not, e.g. ``"5 NaN and 2 inf in 2 tensors, first: head.weight"`` (a
+    diverged run's checkpoint, which would otherwise fail deep inside an exporter or generator)."""
+    nan = inf = tensors = 0
+    first = None
+    for name, t in model_state_dict(model).items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            nan, inf, tensors = nan + int(torch.isnan(t).sum()), inf + int(torch.isinf(t).sum()), tensors + 1
+            first = first or name
+    if not tensors:
+        return None
+    counts = " and ".join(f"{n} {kind}" for n, kind in ((nan, "NaN"), (inf, "inf")) if n)
+    return f"{counts} in {tensors} tensor{'s' if tensors > 1 else ''}, first: {first}"
+
+
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:
     """``torch.save`` to a temp file in the same folder, then rename over ``path``
     (:func:`edgeattn.atomic.atomic_path`: the file gets the same umask modes as the run's JSON files)."""

@@ -34,7 +34,7 @@ def export(
     atol: float | None = typer.Option(
         None, "--atol", help="Parity max-abs tolerance as a fraction of the output range (default: profile)."
     ),
-    n_inputs: int = typer.Option(32, "--n-inputs", help="Number of parity inputs."),
+    n_inputs: int = typer.Option(32, "--n-inputs", help="Number of parity inputs (1-4096)."),
     img_size: int | None = typer.Option(None, "--img-size", help="Vision input side for registry models."),
     cpu_isa: str | None = typer.Option(
         None,
@@ -44,7 +44,9 @@ def export(
     exporter: str = typer.Option(
         "torchscript", "--exporter", help="torch ONNX exporter: torchscript or dynamo."
     ),
-    threads: int = typer.Option(2, "--threads", help="Threads of ONNX Runtime and OpenVINO (torch runs on one)."),
+    threads: int = typer.Option(
+        2, "--threads", help="Threads of ONNX Runtime and OpenVINO, 1-1024 (torch runs on one)."
+    ),
     noise_floor: bool = typer.Option(
         True,
         "--noise-floor/--no-noise-floor",

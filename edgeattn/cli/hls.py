@@ -96,6 +96,7 @@ def _load_model(model: str, checkpoint: Path | None, kwargs: dict) -> tuple[Any,
             raise EdgeAttnError(
                 f"--checkpoint '{checkpoint}' holds a '{meta.get('model')}' model, not '{model}'"
             )
+        _refuse_nonfinite(checkpoint, net)
         return net, meta
     # otherwise a plain state_dict of the registry model built with --set arguments
     net = build()
@@ -110,7 +111,18 @@ def _load_model(model: str, checkpoint: Path | None, kwargs: dict) -> tuple[Any,
         lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
         first = " ".join(lines)[:300] if lines else type(exc).__name__
         raise EdgeAttnError(f"--checkpoint '{checkpoint}' does not fit '{model}': {first}") from None
+    _refuse_nonfinite(checkpoint, net)
     return net, None
+
+
+def _refuse_nonfinite(checkpoint: Path, net: Any) -> None:
+    """Refuse weights holding NaN or inf (a diverged run's): they would overflow every fixed-point width."""
+    from edgeattn.errors import EdgeAttnError
+    from edgeattn.quant.checkpoint import nonfinite_weights
+
+    bad = nonfinite_weights(net)
+    if bad is not None:
+        raise EdgeAttnError(f"--checkpoint '{checkpoint}' holds non-finite weights ({bad}); it is from a diverged run")
 
 
 def _key_diff(state: dict, net: Any) -> str:

@@ -48,7 +48,7 @@ def profile(
         None, "--batch", "-b", help="Batch size (the artifact's batch dim must allow it)."
     ),
     threads: int = typer.Option(
-        None, "--threads", help="CPU threads the runtime may use (default: its own)."
+        None, "--threads", help="CPU threads the runtime may use, 1-1024 (default: its own)."
     ),
     per_layer: bool = typer.Option(False, "--per-layer", help="Add the runtime's per-layer breakdown."),
     layer_runs: int = typer.Option(

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from edgeattn.errors import EdgeAttnError, MissingBackendError
+from edgeattn.hostinfo import MAX_THREADS
 from edgeattn.openvino_core import openvino_core
 from edgeattn.profile import layers as L
 from edgeattn.profile.schema import LayerBreakdown
@@ -861,11 +862,13 @@ def check_artifact(path: str | Path, runtime: str = "auto") -> str:
 
 
 def check_batch_and_threads(batch: int | None, threads: int | None) -> None:
-    """Raise :class:`EdgeAttnError` if ``batch`` or ``threads`` is given and below 1."""
+    """Raise :class:`EdgeAttnError` if ``batch`` is given and below 1, or ``threads`` outside 1..``MAX_THREADS``."""
     if batch is not None and batch < 1:
         raise EdgeAttnError(f"--batch must be >= 1, got {batch}")
     if threads is not None and threads < 1:
         raise EdgeAttnError(f"--threads must be >= 1, got {threads}")
+    if threads is not None and threads > MAX_THREADS:
+        raise EdgeAttnError(f"--threads must be <= {MAX_THREADS}, got {threads}")
 
 
 def open_runner(
