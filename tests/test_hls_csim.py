@@ -123,9 +123,13 @@ def test_cli_hls_csim_and_bad_input(tmp_path, capsys, monkeypatch):
     summary = json.loads((tmp_path / "s.json").read_text())
     assert summary["csim"]["mismatches"] == 0 and summary["estimate"]["cycles"]["total"] > 0
     capsys.readouterr()
-    # an existing project is not overwritten without --force
+    # an existing project (and an existing --json file) is not overwritten without --force
+    before = (tmp_path / "s.json").read_bytes()
     assert main(args) == 2
+    assert "s.json' exists; pass --force to overwrite it" in capsys.readouterr().err
+    assert main([*args[:-1], str(tmp_path / "s2.json")]) == 2
     assert "already exists" in capsys.readouterr().err
+    assert (tmp_path / "s.json").read_bytes() == before and not (tmp_path / "s2.json").exists()
     # a model whose shape the templates cannot take: one line, exit 2, nothing written
     bad = tmp_path / "bad"
     assert main(["hls", "tiny_llama", "-o", str(bad)]) == 2
