@@ -320,7 +320,7 @@ def load_profile(name_or_path: str | Path) -> DeviceProfile:
     text_name = str(name_or_path)
     if not text_name.strip():
         raise ProfileError("empty profile name; give a shipped profile name or a path to a YAML file")
-    if _names_a_file(name_or_path):
+    if names_a_file(name_or_path):
         path = Path(text_name)
         if path.is_dir():
             raise ProfileError(f"{path}: is a folder, not a profile file")
@@ -341,7 +341,7 @@ def load_profile(name_or_path: str | Path) -> DeviceProfile:
     return profile
 
 
-def _names_a_file(name_or_path: str | Path) -> bool:
+def names_a_file(name_or_path: str | Path) -> bool:
     """Whether ``name_or_path`` is a path rather than a shipped profile name.
 
     A ``.yaml``/``.yml`` name or one with a folder in it is a path. A bare shipped name is the shipped

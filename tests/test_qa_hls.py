@@ -142,14 +142,15 @@ def test_parallel_is_held_to_the_profile_range_and_budget_is_checked(tmp_path, c
 
 def test_json_cannot_overwrite_the_project(tmp_path, capsys):
     prj = tmp_path / "prj"
-    for target in (prj, prj / "project.json", prj / "tb_data" / "s.json", prj / "build_prj.tcl"):
+    # the project's own files and a new name beside them alike: -o is replaced as a whole
+    for target in (prj, prj / "project.json", prj / "tb_data" / "s.json", prj / "build_prj.tcl", prj / "s.json"):
         assert main(_hls_args(prj, "--json", str(target))) == 2
         err = capsys.readouterr().err
-        assert "would overwrite part of the project" in err and err.count("\n") == 1
+        assert "is inside the output folder" in err and err.count("\n") == 1
         assert not prj.exists() and _staging_left(tmp_path) == []
-    # a new name beside the project's files is fine
-    assert main(_hls_args(prj, "--json", str(prj / "summary.json"))) == 0
-    summary = json.loads((prj / "summary.json").read_text())
+    # beside the project folder is fine
+    assert main(_hls_args(prj, "--json", str(tmp_path / "summary.json"))) == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["path"] == str(prj) and (prj / "project.json").is_file()
 
 

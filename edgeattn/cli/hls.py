@@ -22,9 +22,6 @@ from edgeattn.cli._common import check_report_path, console, sigterm_as_interrup
 
 MAX_SEED = 2**32 - 1
 
-# what `generate_project` and `run_csim` write inside the project folder
-PROJECT_ENTRIES = ("firmware", "tb", "tb_data", "build", "build_prj.tcl", "project.json", "csim_report.json")
-
 
 def _parse_layer(text: str) -> int | None:
     from edgeattn.errors import EdgeAttnError
@@ -189,17 +186,13 @@ def _reference_phrase(info: Any) -> str:
 
 
 def _check_json_outside_project(json_out: Path, output: Path) -> None:
-    """Refuse a ``--json`` path that is the project folder or one of the files the project holds."""
+    """Refuse a ``--json`` path that is the project folder or anything inside it: ``-o`` is replaced as a whole
+    (``--force``), which would take the summary with it, as ``edgeattn export`` refuses one inside its ``-o``."""
     from edgeattn.errors import EdgeAttnError
 
     summary, project = json_out.resolve(), output.resolve()
-    clash = summary == project
-    if project in summary.parents:
-        clash = summary.relative_to(project).parts[0] in PROJECT_ENTRIES
-    if clash:
-        raise EdgeAttnError(
-            f"--json '{json_out}' would overwrite part of the project '{output}'; write the summary elsewhere"
-        )
+    if summary == project or project in summary.parents:
+        raise EdgeAttnError(f"--json '{json_out}' is inside the output folder '{output}'; write it elsewhere")
 
 
 @sigterm_as_interrupt()  # SIGTERM unwinds like Ctrl-C: nothing is published, the staging folder is removed

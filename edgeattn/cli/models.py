@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from edgeattn.cli._common import check_output_path, console, transient_progress, write_json
+from edgeattn.cli._common import check_report_path, console, transient_progress, write_json
 from edgeattn.errors import EdgeAttnError
 
 app = typer.Typer(help="Models in the registry.", no_args_is_help=True)
@@ -53,6 +53,7 @@ def list_cmd(
         None, "--img-size", min=8, help="Input side for the vision models (default: each model's own)."
     ),
     json_out: Path | None = typer.Option(None, "--json", help="Also write the table as JSON to this file."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing --json file."),
 ) -> None:
     """List every registered model with parameters and MACs at its default input (deploy form; train form
     in brackets, where over-parameterized branches and BatchNorm add to it). Language models keep their
@@ -63,7 +64,7 @@ def list_cmd(
     from edgeattn.models import list_models
 
     if json_out is not None:
-        check_output_path(json_out, "--json")  # before counting: a bad path costs nothing and names itself
+        check_report_path(json_out, "--json", force)  # before counting: a bad path costs nothing and names itself
     torch.set_num_threads(min(2, torch.get_num_threads()))
     names = list_models()
     rows = []
@@ -106,12 +107,13 @@ def info(
     name: str = typer.Argument(..., help="Registered model name (see `edgeattn models list`)."),
     img_size: int | None = typer.Option(None, "--img-size", min=8, help="Input side for vision models."),
     json_out: Path | None = typer.Option(None, "--json", help="Also write the figures as JSON to this file."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing --json file."),
 ) -> None:
     """Show one model: input, params and MACs of train and deploy forms, BN and reparameterizable blocks."""
     import torch
 
     if json_out is not None:
-        check_output_path(json_out, "--json")
+        check_report_path(json_out, "--json", force)
     torch.set_num_threads(min(2, torch.get_num_threads()))
     record = _describe(name, img_size)
     for key, value in record.items():

@@ -8,7 +8,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from edgeattn.cli._common import check_output_path, console, write_json
+from edgeattn.cli._common import check_report_path, console, write_json
 
 app = typer.Typer(help="Device profiles (what each deployment target needs).", no_args_is_help=True)
 
@@ -16,12 +16,13 @@ app = typer.Typer(help="Device profiles (what each deployment target needs).", n
 @app.command("list")
 def list_profiles(
     json_out: Path | None = typer.Option(None, "--json", help="Also write the list as JSON to this file."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing --json file."),
 ) -> None:
     """List the shipped profiles with their runtime, precision and bit widths."""
     from edgeattn.device_profile import load_profile, shipped_profile_names
 
     if json_out is not None:
-        check_output_path(json_out, "--json")  # before loading: a bad path writes nothing and names itself
+        check_report_path(json_out, "--json", force)  # before loading: a bad path writes nothing and names itself
     profiles = [load_profile(name) for name in shipped_profile_names()]
     table = Table(title="Shipped device profiles")
     for col in ("name", "targets", "runtime", "precision", "W/A bits", "softmax/GELU", "description"):
@@ -45,14 +46,16 @@ def list_profiles(
 def show(
     name: str = typer.Argument(..., help="Shipped profile name or path to a profile YAML file."),
     json_out: Path | None = typer.Option(None, "--json", help="Also write the profile as JSON to this file."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing --json file."),
 ) -> None:
     """Show one profile; for `host-cpu`, also what was detected about this machine."""
     import yaml
 
-    from edgeattn.device_profile import HOST_PROFILE, load_profile
+    from edgeattn.device_profile import HOST_PROFILE, load_profile, names_a_file
 
     if json_out is not None:
-        check_output_path(json_out, "--json")
+        # a profile file given is the input: never replaced, not even with --force (a shipped name is no file here)
+        check_report_path(json_out, "--json", force, (name,) if names_a_file(name) else ())
     profile = load_profile(name)
     payload: dict = {"profile": profile.model_dump(mode="json")}
     console.print(f"[bold]{escape(profile.name)}[/]: {escape(profile.description)}", highlight=False)
