@@ -10,13 +10,14 @@ Entry points: :func:`export_model` and, for several targets in one run, :func:`e
 from __future__ import annotations
 
 from edgeattn.export.api import DEFAULT_PROFILES, TARGETS, export_all, export_model
-from edgeattn.export.report import EXIT_CODES, ExportReport, ParityFailure
+from edgeattn.export.report import EXIT_CODES, ExportReport, LintFailure, ParityFailure
 
 __all__ = [
     "DEFAULT_PROFILES",
     "EXIT_CODES",
     "TARGETS",
     "ExportReport",
+    "LintFailure",
     "ParityFailure",
     "export_all",
     "export_model",

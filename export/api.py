@@ -2,7 +2,8 @@
 
 Everything is built in a temporary directory next to ``out_dir`` and renamed into place at the end, so a
 failed run leaves nothing half-written; a run whose parity gate fails still writes its artifact, under a
-name containing ``FAILED_PARITY``, and its report, then raises :class:`ParityFailure` (exit code 3).
+name containing ``FAILED_PARITY``, and its report, then raises :class:`ParityFailure` (exit code 3). A TensorRT
+lint error writes the report alone (every finding in ``lint``, no artifact) and raises :class:`LintFailure` (exit 5).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from edgeattn.export.report import ExportReport, ParityFailure, environment, write_report
+from edgeattn.export.report import ExportReport, LintFailure, ParityFailure, environment, write_report
 
 from edgeattn.atomic import replaceable_dir, staging_dir
 from edgeattn.errors import EdgeAttnError
@@ -353,6 +354,17 @@ def _check_batch_fits(
         )
 
 
+def _refuse_coreml_flags(opset: int | None, exporter: str, dynamic_batch: bool | None) -> None:
+    """Refuse the flags Core ML does not honour: it converts the traced torch model with coremltools (no ONNX,
+    so no opset or ONNX exporter) into a package with a static batch (``--batch`` sets it)."""
+    if opset is not None:
+        raise EdgeAttnError("--opset applies to --target onnx, tensorrt or openvino only, not coreml")
+    if exporter != "torchscript":
+        raise EdgeAttnError(f"--exporter {exporter} applies to --target onnx, tensorrt or openvino only, not coreml")
+    if dynamic_batch:
+        raise EdgeAttnError("--dynamic-batch does not apply to --target coreml (a static batch; set it with --batch)")
+
+
 def _input_shape(model: Any, profile: Any, batch: int | None) -> tuple[int, ...]:
     """The export input's shape: ``(batch, *input_size)``, ``(batch, seq_len)`` for a token-id model without
     ``input_size``, else the profile's ``export.input_shape`` (``batch`` overrides its first dimension)."""
@@ -552,7 +564,8 @@ def export_model(
             measured 6.0 s with 2 threads vs 0.06 s with 1, docs/export.md). ``None`` leaves torch's
             setting alone.
     Returns the :class:`ExportReport` (also written to ``out_dir/report.json``). Raises
-    :class:`ParityFailure` (exit 3) after writing everything when a gate fails.
+    :class:`ParityFailure` (exit 3) after writing everything when a gate fails, and :class:`LintFailure` (exit 5)
+    after writing report.json alone (every finding, no artifact) when TensorRT's lint finds an error.
     """
     with _torch_threads(torch_threads):
         return _export_model(
@@ -644,6 +657,8 @@ def _export_model(
         cpu_isa = normalize_isa(cpu_isa)
         if target != "openvino":  # only OpenVINO's CPU plugin runs oneDNN kernels that the cap applies to
             raise EdgeAttnError(f"--cpu-isa applies to --target openvino only, not {target}")
+    if target == "coreml":
+        _refuse_coreml_flags(opset, exporter, dynamic_batch)
     _check_batch_fits(target, prof, batch, dynamic_batch, n_inputs, inputs)
     out = replaceable_dir(out_dir)  # refuses '.', a folder above it, a file: before any work
     _require_backend(target)
@@ -699,9 +714,10 @@ def _export_model(
     shape = _input_shape(module, prof, batch)
     vocab = int(module.vocab_size) if is_token_model(module) else None  # token ids in [0, vocab)
     dyn = prof.export.dynamic_batch if dynamic_batch is None else dynamic_batch
-    if target == "coreml":
-        dyn = False
     notes: list[str] = [ckpt["note"]] if ckpt and ckpt["note"] else []
+    if target == "coreml" and dyn:  # only the profile can ask for it here: the flag is refused above
+        notes.append(f"the profile's dynamic_batch does not apply to Core ML: a static batch of {shape[0]}")
+        dyn = False
     if token_adaptive:
         notes.append(
             "token-adaptive bits stripped (edgeattn.quant.adaptive.strip_token_adaptive): every token runs at the "
@@ -814,13 +830,24 @@ def _export_model(
             atol_given=atol is not None,
         )
         (_run_coreml if target == "coreml" else _run_onnx_based)(job)
-        report.passed = all(p["passed"] for p in report.parity)
-        if not report.passed:
+        report.passed = all(p["passed"] for p in report.parity) and not job.lint_errors
+        if job.lint_errors:  # TensorRT rejects the graph: no artifact, the report says why
+            for path in report.artifacts.values():
+                Path(path).unlink()
+            report.artifacts = {}
+        elif not report.passed:
             _tag_failed(stage, report)
         report.timings_s["total"] = round(time.perf_counter() - t_start, 3)
         # report.json names where the artifacts will be, not the staging folder
         report.artifacts = {k: str(out / Path(v).name) for k, v in report.artifacts.items()}
         write_report(stage / "report.json", report)
+    if job.lint_errors:
+        first, more = job.lint_errors[0], len(job.lint_errors) - 1
+        raise LintFailure(
+            f"tensorrt: {first.line(prof.name)}{f' (+{more} more)' if more else ''}; every finding in "
+            f"{out / 'report.json'} (lint)",
+            report,
+        )
     if not report.passed:
         failed = [p for p in report.parity if not p["passed"]]
         first = failed[0]
@@ -927,6 +954,8 @@ def export_all(
             kwargs.get("inputs"),
         )
         _require_backend(t)
+    if targets == ["coreml"]:
+        _refuse_coreml_flags(kwargs.get("opset"), kwargs.get("exporter", "torchscript"), kwargs.get("dynamic_batch"))
     if kwargs.get("cpu_isa") is not None:
         from edgeattn.export.openvino_target import normalize_isa
 
@@ -950,15 +979,17 @@ def export_all(
         try:
             # --cpu-isa caps OpenVINO's kernels; the other targets run without it
             own = kwargs if t == "openvino" else {**kwargs, "cpu_isa": None}
+            if t == "coreml":  # ONNX-only settings; Core ML's batch is static (docs/export.md)
+                own = {**own, "opset": None, "exporter": "torchscript", "dynamic_batch": False}
             reports[t] = export_model(model, t, resolved[t], root / t, force=force, cache=cache, **own)
         except ParityFailure as exc:  # the artifact and report are written; go on with the other targets
             reports[t] = exc.report
             failures.append(exc)
     if failures:
         first = failures[0]
-        err = ParityFailure(
-            f"{len(failures)} of {len(targets)} targets failed parity; first: {first}", first.report
-        )
+        what = "parity" if all(type(f) is ParityFailure for f in failures) else "their gates"
+        err = ParityFailure(f"{len(failures)} of {len(targets)} targets failed {what}; first: {first}", first.report)
+        err.exit_code = first.exit_code
         err.reports = reports
         raise err
     return reports
@@ -1017,6 +1048,7 @@ class _Job:
     noise_floor: bool  # widen the gate by the reference's rounding noise floor (quantized models)
     atol_given: bool = False  # tol.max_abs is the caller's --atol, not the profile's
     floors: dict = field(default_factory=dict)  # noise floors of this run, when no shared cache is given
+    lint_errors: list = field(default_factory=list)  # TensorRT lint findings of severity error
 
     def floor(self, x: np.ndarray, ref: np.ndarray, compute: str) -> Any:
         """The reference's rounding noise floor on ``x`` at ``compute`` precision (None when off)."""
@@ -1184,14 +1216,13 @@ def _run_onnx_based(job: _Job) -> None:
         )
         report.lint = [f.to_dict() for f in findings]
         report.attention_fusion = [a.to_dict() for a in lint_mod.attention_fusion(onnx_model)]
-        errors = [f for f in findings if f.severity == "error"]
-        if errors:
-            first = errors[0]
-            raise EdgeAttnError(
-                f"{first.message} [{first.rule}]"
-                + (f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""),
-                exit_code=5,
-            )
+        job.lint_errors = [f for f in findings if f.severity == "error"]
+        if job.lint_errors:  # _export_model writes the report (every finding) and raises LintFailure
+            # no [rule] in a note: the console prints notes as rich markup
+            report.notes += [
+                f"tensorrt lint error ({f.rule}): {f.line(prof.name, rule=False)}" for f in job.lint_errors
+            ]
+            return
         from edgeattn.export import tensorrt_target as trt_mod
 
         bad_types = trt_mod.unsupported_tensor_types(onnx_model)
@@ -1333,6 +1364,10 @@ def _coreml_gate(job: _Job, path: Path, x_run: np.ndarray, ref_run: np.ndarray, 
                 compute,
                 note="numpy reference evaluator of the saved mlprogram (FP16 storage per op); Core ML itself "
                 "runs only on macOS, so on-device numeric parity awaits a macOS run",
+            )
+            report.notes.append(
+                "coreml runs only on macOS: Core ML itself did not run here; the parity gate used the numpy MIL "
+                "reference evaluator of the saved mlprogram, and on-device numeric parity awaits a macOS run"
             )
         except UnsupportedMILOp as exc:
             report.notes.append(f"spec validated; numeric parity awaits a macOS run ({exc})")

@@ -218,6 +218,13 @@ class LintFinding:
     def to_dict(self) -> dict[str, str]:
         return asdict(self)
 
+    def line(self, profile_name: str, rule: bool = True) -> str:
+        """The finding as one line naming the node, its op and the profile (each once), and its rule as
+        ``[rule]`` unless ``rule`` is False."""
+        node = "" if f"node {self.node}" in self.message else f" at node {self.node} ({self.op_type})"
+        prof = "" if f"profile '{profile_name}'" in self.message else f", profile '{profile_name}'"
+        return f"{self.message}{f' [{self.rule}]' if rule else ''}{node}{prof}"
+
 
 @dataclass
 class AttentionFusion:

@@ -16,6 +16,7 @@ from edgeattn.errors import EdgeAttnError
 __all__ = [
     "EXIT_CODES",
     "ExportReport",
+    "LintFailure",
     "ParityFailure",
     "backend_error",
     "cosine_count",
@@ -28,10 +29,11 @@ __all__ = [
 # Exit codes of `edgeattn export` (documented in docs/export.md).
 EXIT_CODES = {
     0: "exported, every parity gate passed",
-    2: "bad input: unknown target/profile, a profile for another target, bad flag value",
+    2: "bad input: unknown target/profile, a profile for another target, a flag the target ignores, bad flag value",
     3: "parity gate failed (the artifact is written under a name that says so)",
     4: "a backend package is missing (the message names the pip extra)",
-    5: "the target cannot run an op of the model, or the exporter failed (node, op and profile named)",
+    5: "the target cannot run an op of the model (a TensorRT lint error writes report.json), or the exporter failed"
+    " (node, op and profile named)",
     6: "the output directory exists (use --force)",
     7: "the checkpoint is unreadable or belongs to another model",
 }
@@ -116,6 +118,13 @@ class ParityFailure(EdgeAttnError):
     def __init__(self, message: str, report: ExportReport) -> None:
         super().__init__(message)
         self.report = report
+
+
+class LintFailure(ParityFailure):
+    """The TensorRT lint found errors: report.json (every finding in ``lint``) is written, no artifact is
+    published (exit code 5). A :class:`ParityFailure` so that callers keep and write its report the same way."""
+
+    exit_code = 5
 
 
 def error_line(exc: BaseException, limit: int = 300) -> str:

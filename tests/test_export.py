@@ -555,7 +555,11 @@ def test_unsupported_op_for_tensorrt_names_op_node_profile(tmp_path):
         export_model(Det(), "tensorrt", "jetson-orin-trt10", tmp_path / "d", precision="fp32", n_inputs=2)
     msg = str(info.value)
     assert info.value.exit_code == 5 and "Det" in msg and "jetson-orin-trt10" in msg and "node" in msg
-    assert not (tmp_path / "d").exists()
+    # the report keeps every lint finding; no artifact is published
+    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["report.json"]
+    report = json.loads((tmp_path / "d" / "report.json").read_text())
+    assert report["passed"] is False and report["artifacts"] == {}
+    assert [(f["rule"], f["op_type"]) for f in report["lint"] if f["severity"] == "error"] == [("op-support", "Det")]
 
 
 def test_cli_registry_model_onnx_end_to_end(tmp_path, capsys):
