@@ -26,10 +26,10 @@ def export(
         None, "--checkpoint", help="Weights for MODEL (a qat checkpoint)."
     ),
     precision: str | None = typer.Option(None, "--precision", help="fp32, fp16 or int8 (default: profile)."),
-    opset: int | None = typer.Option(None, "--opset", help="ONNX opset (default: profile)."),
+    opset: int | None = typer.Option(None, "--opset", help="ONNX opset (default: profile; not for coreml)."),
     batch: int | None = typer.Option(None, "--batch", help="Batch size of the exported input."),
     dynamic_batch: bool | None = typer.Option(
-        None, "--dynamic-batch/--static-batch", help="Dynamic batch dimension (default: profile)."
+        None, "--dynamic-batch/--static-batch", help="Dynamic batch dimension (default: profile; coreml: static only)."
     ),
     atol: float | None = typer.Option(
         None, "--atol", help="Parity max-abs tolerance as a fraction of the output range (default: profile)."
@@ -42,7 +42,7 @@ def export(
         help="Cap OpenVINO's CPU kernels at this oneDNN ISA (e.g. AVX2, AVX512_CORE; any case) to check that CPU.",
     ),
     exporter: str = typer.Option(
-        "torchscript", "--exporter", help="torch ONNX exporter: torchscript or dynamo."
+        "torchscript", "--exporter", help="torch ONNX exporter: torchscript or dynamo (coreml: torchscript)."
     ),
     threads: int = typer.Option(
         2, "--threads", help="Threads of ONNX Runtime and OpenVINO, 1-1024 (torch runs on one)."
