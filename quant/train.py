@@ -587,12 +587,20 @@ def has_unused_parameters(model: nn.Module, example: torch.Tensor) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------- stop handling
+STOP_NOTICE = "stopping after the current step or stage (Ctrl-C again to stop now)"
+
+
 class _StopFlag:
-    """Turns SIGINT/SIGTERM into a flag checked between steps (main thread only)."""
+    """Turns SIGINT/SIGTERM into a flag checked after every step and at every stage boundary (main thread only).
+
+    The first signal sets ``stop`` and prints :data:`STOP_NOTICE`; a second one raises ``KeyboardInterrupt`` at once,
+    or, inside :meth:`holding` (an epoch's files being written), as soon as that block ends."""
 
     def __init__(self) -> None:
         self.stop = False
         self._old: dict[int, Any] = {}
+        self._holding = False
+        self._pending = False
 
     def __enter__(self) -> _StopFlag:
         import threading
@@ -603,7 +611,29 @@ class _StopFlag:
         return self
 
     def _handle(self, signum: int, _frame: Any) -> None:
-        self.stop = True
+        if not self.stop:
+            self.stop = True
+            print(STOP_NOTICE, file=sys.stderr, flush=True)  # rank > 0's stderr is not shown (see main)
+        elif self._holding:
+            self._pending = True
+        else:
+            raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def holding(self) -> Iterator[None]:
+        """Defers a second signal's immediate stop to the end of the block (files that belong together)."""
+        self._holding = True
+        try:
+            yield
+        finally:
+            self._holding = False
+        if self._pending:
+            raise KeyboardInterrupt
+
+    def check(self, dist: _Dist) -> None:
+        """A stage boundary: raises ``KeyboardInterrupt`` on every process at once if any of them got a signal."""
+        if dist.any_rank(self.stop):
+            raise KeyboardInterrupt
 
     def __exit__(self, *exc: object) -> None:
         for sig, old in self._old.items():
@@ -1379,6 +1409,7 @@ def _run(cfg: TrainConfig, resume: bool, show: bool, dist: _Dist, force: bool) -
         "val_samples": len(val),
         **recorded_data,
     }
+    stage = "FP training"  # the stage running, recorded if a signal stops the run
     with _StopFlag() as stop, _Progress(show) as prog:
         try:
             # ---- FP model
@@ -1391,6 +1422,8 @@ def _run(cfg: TrainConfig, resume: bool, show: bool, dist: _Dist, force: bool) -
                 t_fp = time.perf_counter()
                 _train_fp(cfg, fp_model, train, dist, prog, stop)
                 result["fp_train_seconds"] = time.perf_counter() - t_fp
+                stop.check(dist)
+            stage = "FP validation"
             result["fp_checkpoint"] = str(cfg.fp_checkpoint or fp_path)
             result["model"] = fp_meta["model"]  # the outputs are labelled with what the FP checkpoint holds
             teacher = frozen_teacher(fp_model, fp_meta)
@@ -1402,8 +1435,11 @@ def _run(cfg: TrainConfig, resume: bool, show: bool, dist: _Dist, force: bool) -
                 if dist.is_main:
                     save_checkpoint(fp_path, fp_model, fp_meta)
             prog.log(f"FP32 ({result['metric']}): {result['fp32']:.3f}")
+            stop.check(dist)
             # ---- PTQ baseline
+            stage = "PTQ"
             ptq_model = calibrated_ptq_model(cfg, teacher, qcfg, train)
+            stop.check(dist)
             result["ptq"], result["ptq_nll"] = validation_metrics(ptq_model, val, task, dist=dist)
             result["attn_kl_ptq"] = attention_fidelity(ptq_model, teacher, val)
             prog.log(f"PTQ  ({result['metric']}): {result['ptq']:.3f}")
@@ -1418,15 +1454,17 @@ def _run(cfg: TrainConfig, resume: bool, show: bool, dist: _Dist, force: bool) -
             }
             if dist.is_main:
                 save_checkpoint(out_dir / "ptq.pt", ptq_model, q_meta)
+            stop.check(dist)
             if cfg.skip_qat:
                 result.update(qat=None, qat_nll=None, attn_kl_qat=None, history=[], status="done")
                 return _finish(result, out_dir, t0, dist)
             # ---- QAT
+            stage = "QAT"
             history = _qat(cfg, ptq_model, teacher, train, val, task, q_meta, out_dir, state, dist, prog, stop)
             result["history"] = history
-            if stop.stop:
+            if dist.any_rank(stop.stop):  # also a signal after the last epoch's files: model.pt on --resume
                 # the model in memory stopped mid-epoch; what is kept (qat_last.pt) is the last complete epoch
-                result["status"] = "interrupted"
+                result.update(status="interrupted", stopped={"stage": stage})
                 last = history[-1] if history else {}
                 result["qat"], result["qat_nll"] = last.get("val"), last.get("val_nll")
                 result["attn_kl_qat"] = None
@@ -1443,7 +1481,7 @@ def _run(cfg: TrainConfig, resume: bool, show: bool, dist: _Dist, force: bool) -
                 save_checkpoint(out_dir / "model.pt", ptq_model, q_meta)
                 result["checkpoint"] = str(out_dir / "model.pt")
         except KeyboardInterrupt:
-            result["status"] = "interrupted"
+            result.update(status="interrupted", stopped={"stage": stage})
         except _Diverged as div:
             raise _diverged_error(div, cfg, result, out_dir, t0, dist) from None
     return _finish(result, out_dir, t0, dist)
@@ -1527,6 +1565,9 @@ def _qat(
     net = dist.wrap(student, train.tensors[0][:2])
     bar = prog.task("QAT", max(cfg.epochs - start_epoch, 0) * epoch_steps)
     for epoch in range(start_epoch, cfg.epochs):
+        if dist.any_rank(stop.stop):  # before the first step, and after an epoch's files are written
+            stop.stop = True  # on every rank: _run reads it
+            return history
         student.train()
         t_ep = time.perf_counter()
         sums: dict[str, float] = {}
@@ -1581,9 +1622,10 @@ def _qat(
                 from edgeattn.quant.adaptive import TOKEN_SCORES
 
                 state["token_scores"] = TOKEN_SCORES  # checked on --resume (adaptive.check_token_scores)
-            atomic_torch_save(state, state_path)
-            save_checkpoint(out_dir / "qat_last.pt", student, q_meta)
-            _write_json(out_dir / "metrics.json", {"history": history, "config": cfg.model_dump(mode="json")})
+            with stop.holding():  # a second Ctrl-C waits for the three files that belong together
+                atomic_torch_save(state, state_path)
+                save_checkpoint(out_dir / "qat_last.pt", student, q_meta)
+                _write_json(out_dir / "metrics.json", {"history": history, "config": cfg.model_dump(mode="json")})
         dist.barrier()
     student.eval()
     return history

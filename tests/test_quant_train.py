@@ -99,14 +99,15 @@ def test_resume_continues_exactly(tmp_path, monkeypatch, augment_shift):
     straight = T.run(cfg, progress=False)
 
     class StopInEpoch2(T._StopFlag):
-        """Acts like a SIGTERM in QAT epoch 2: checked once per step, 4 FP steps + 4 per QAT epoch."""
+        """Acts like a SIGTERM in QAT epoch 2: checked once per step (4 FP steps, 4 per QAT epoch), at the 4 stage
+        boundaries between FP training and QAT, and before each QAT epoch."""
 
         checks = 0
 
         @property
         def stop(self):
             StopInEpoch2.checks += 1
-            return StopInEpoch2.checks >= 4 + 4 + 2
+            return StopInEpoch2.checks >= 4 + 4 + (1 + 4) + (1 + 2)
 
         @stop.setter
         def stop(self, value):
@@ -691,7 +692,8 @@ def test_fp_checkpoint_kwargs_compare_tuples_and_lists_alike():
 
 def _stop_after(checks: int):
     class StopAfter(T._StopFlag):
-        """Acts like a SIGTERM at the ``checks``-th step (4 FP steps, then 4 per QAT epoch)."""
+        """Acts like a SIGTERM at the ``checks``-th check (4 FP steps, 4 stage boundaries, then per QAT epoch one
+        check before it and 4 steps)."""
 
         seen = 0
 
@@ -707,7 +709,7 @@ def _stop_after(checks: int):
     return StopAfter
 
 
-@pytest.mark.parametrize(("checks", "advice"), [(2, "--force starts over"), (4 + 4 + 2, "--resume continues")])
+@pytest.mark.parametrize(("checks", "advice"), [(2, "--force starts over"), (4 + 4 + 1 + 2, "--resume continues")])
 def test_stop_message_gives_the_advice_that_works(tmp_path, monkeypatch, capsys, checks, advice):
     out = tmp_path / "r"
     cfg = _yaml(tmp_path / "tiny.yaml", tiny_cfg(out, epochs=2))

@@ -121,7 +121,8 @@ def qat(
             write_json(json_out, exc.result)
         raise
     if process_rank() == 0:  # under torchrun every process gets here; one report is enough
-        _print_table(result)
+        if any(result.get(key) is not None for key in ("fp32", "ptq", "qat")):  # no empty table after an early stop
+            _print_table(result)
         if json_out is not None:
             write_json(json_out, result)
         if result.get("status") == "interrupted":
