@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from _tiny_runs import TINY, tiny_cfg
 from edgeattn.quant import train as T
 
 from edgeattn.errors import EdgeAttnError
@@ -22,28 +23,7 @@ pytestmark = pytest.mark.skipif(
     not torch.distributed.is_available(), reason="torch.distributed is not available in this torch build"
 )
 
-TINY = {"depth": 1, "embed_dim": 32, "num_heads": 2, "patch_size": 4}
 HINT = "launch with torchrun, which sets both, or unset RANK and WORLD_SIZE for one process"
-
-
-def tiny_cfg(out: Path, **kw: object) -> dict:
-    """A run of a few steps: vit_tiny at 16 px on 64 digits, 1 FP and 1 QAT epoch, one thread."""
-    cfg = {
-        "model": "vit_tiny",
-        "model_kwargs": TINY,
-        "img_size": 16,
-        "in_chans": 1,
-        "max_train_samples": 64,
-        "max_val_samples": 32,
-        "batch_size": 32,
-        "fp_epochs": 1,
-        "epochs": 1,
-        "calib_samples": 32,
-        "output_dir": str(out),
-        "num_threads": 1,
-    }
-    cfg.update(kw)
-    return cfg
 
 
 @pytest.fixture

@@ -16,33 +16,18 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from _tiny_runs import tiny_cfg as shared_tiny_cfg
 from edgeattn.quant import train as T
 from edgeattn.quant.checkpoint import load_checkpoint
 
 from edgeattn.cli import main as cli_main
 
-TINY = {"depth": 1, "embed_dim": 32, "num_heads": 2, "patch_size": 4}
 SNAPSHOT = ("fp.pt", "ptq.pt", "qat_last.pt", "state.pt", "metrics.json")  # the last good epoch's files
 
 
 def tiny_cfg(out: Path, **kw: object) -> dict:
-    """vit_tiny at 16 px on 64 digits: 2 steps of 32 per epoch, one thread."""
-    cfg = {
-        "model": "vit_tiny",
-        "model_kwargs": TINY,
-        "img_size": 16,
-        "in_chans": 1,
-        "max_train_samples": 64,
-        "max_val_samples": 32,
-        "batch_size": 32,
-        "fp_epochs": 1,
-        "epochs": 2,
-        "calib_samples": 32,
-        "output_dir": str(out),
-        "num_threads": 1,
-    }
-    cfg.update(kw)
-    return cfg
+    """The shared tiny run with 2 QAT epochs (2 steps of 32 each)."""
+    return shared_tiny_cfg(out, **{"epochs": 2, **kw})
 
 
 def _write(path: Path, cfg: dict) -> Path:

@@ -17,10 +17,9 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from _tiny_runs import tiny_cfg
 from edgeattn.quant import train as T
 from edgeattn.quant.checkpoint import load_checkpoint
-
-TINY = {"embed_dim": 32, "depth": 1, "num_heads": 2, "patch_size": 4, "num_classes": 10}
 
 # Runs the command with optional slow stages: SLOW_CALIB seconds before PTQ calibration, SLOW_FIDELITY seconds
 # before each attention-fidelity pass (PTQ's last step), and a marker file once FP training has started.
@@ -49,23 +48,8 @@ sys.exit(T.main(sys.argv[1:]))
 
 
 def _cfg(tmp_path: Path, out: Path, **kw) -> Path:
-    cfg = {
-        "model": "vit_tiny",
-        "model_kwargs": TINY,
-        "img_size": 16,
-        "in_chans": 1,
-        "max_train_samples": 64,
-        "max_val_samples": 32,
-        "batch_size": 32,
-        "fp_epochs": 1,
-        "epochs": 1,
-        "calib_samples": 32,
-        "output_dir": str(out),
-        "num_threads": 1,
-    }
-    cfg.update(kw)
     path = tmp_path / f"{out.name}.yaml"
-    path.write_text(yaml.safe_dump(cfg))
+    path.write_text(yaml.safe_dump(tiny_cfg(out, **kw)))
     return path
 
 
