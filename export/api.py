@@ -110,12 +110,14 @@ def _load_ckpt(path: str) -> tuple[Any, dict[str, Any]]:
 
 
 def resolve_model(
-    model: Any, checkpoint: str | None, profile: Any, model_kwargs: dict[str, Any] | None
+    model: Any, checkpoint: str | None, profile: Any, model_kwargs: dict[str, Any] | None, seed: int = 0
 ) -> tuple[Any, str, dict[str, Any] | None]:
     """(module in eval mode, name for the report, checkpoint meta or None).
 
     A registry model is built with the profile's softmax and GELU approximations (explicit ``model_kwargs``
-    win); a trained model (checkpoint, in-memory module) keeps its own and must match the profile's.
+    win) and random weights drawn from ``seed`` (the same artifact and parity figures every run; the caller's
+    global torch RNG is left as it was); a trained model (checkpoint, in-memory module) keeps its own and must
+    match the profile's.
     """
     if not isinstance(model, str):
         if checkpoint:
@@ -154,7 +156,11 @@ def resolve_model(
         c, h, _ = profile.export.input_shape[1:4] if len(profile.export.input_shape) == 4 else (3, 224, 224)
         kwargs.setdefault("img_size", h)
         kwargs.setdefault("in_chans", c)
-    return create_model(model, **kwargs).eval(), model, None
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return create_model(model, **kwargs).eval(), model, None
 
 
 TOKEN_TARGETS = TARGETS  # where a token-id (language) model exports: every target (Core ML takes the ids as int32)
@@ -546,6 +552,8 @@ def export_model(
         n_inputs / inputs: parity inputs (``inputs`` replaces the generated ones), 1 to :data:`MAX_N_INPUTS`.
             With a static batch there must be at least one batch of them (the first batch is also the example
             the model is traced with).
+        seed: draws the generated parity inputs, the PTQ calibration batches and a registry model's random
+            weights (the same artifact and figures on every run).
         cpu_isa: run OpenVINO's CPU plugin capped at this oneDNN ISA (e.g. ``"AVX2"``, any case; one of
             :data:`edgeattn.export.openvino_target.ONEDNN_ISAS`) in a child process.
         cache: a dict shared by several calls in one process (e.g. one model to several targets, see
@@ -678,7 +686,7 @@ def _export_model(
     stage_s: dict[str, float] = {}  # seconds per stage; ~0 where the cache served it
     t0 = time.perf_counter()
     module, name, meta = _cached(
-        cache, ("model", *model_key), lambda: resolve_model(model, checkpoint, prof, model_kwargs)
+        cache, ("model", *model_key, seed), lambda: resolve_model(model, checkpoint, prof, model_kwargs, seed)
     )
     _refuse_unsupported_input(name, module, target)
     from edgeattn.export.onnx_export import is_quantized
