@@ -21,6 +21,7 @@ _INTERESTING_FLAGS = (
 # the most intra-op threads any command accepts (qat, export, profile): far above any CPU's cores, and below what
 # makes torch.set_num_threads overflow or a runtime start tens of thousands of threads
 MAX_THREADS = 1024
+MAX_SEED = 2**32 - 1  # numpy's seed range (torch's is wider): the --seed bound of qat and hls
 
 RUNTIME_PACKAGES = ("torch", "onnx", "onnxruntime", "openvino", "coremltools", "tensorrt", "brevitas", "hls4ml")
 

@@ -80,11 +80,10 @@ from torch.utils.data import TensorDataset
 from edgeattn.atomic import check_writable_folder
 from edgeattn.data import DEFAULT_RESIZE, LEGACY_RESIZE, Resize
 from edgeattn.errors import EdgeAttnError
-from edgeattn.hostinfo import MAX_THREADS  # qat, export and profile share the bound
+from edgeattn.hostinfo import MAX_SEED, MAX_THREADS  # bounds shared with export, profile and hls
 from edgeattn.yaml_files import describe_yaml_error, load_yaml, read_utf8
 
 LANGUAGE_MODELS = ("tiny_llama",)
-MAX_SEED = 2**32 - 1  # numpy's seed range; torch's is wider
 # QuantConfig fields that TrainConfig sets itself: in ``quant`` they would silently fight the top-level setting
 OWNED_QUANT_KEYS = {
     "weight_bits": "bits (e.g. bits: w4a8; per layer: quant.overrides)",

@@ -77,14 +77,24 @@ def check_output_path(path: Path, flag: str) -> None:
 
 
 def check_report_path(
-    path: Path, flag: str, force: bool, inputs: Iterable[str | Path | None] = (), resume: bool = False
+    path: Path,
+    flag: str,
+    force: bool,
+    inputs: Iterable[str | Path | None] = (),
+    resume: bool = False,
+    output: Path | None = None,
 ) -> None:
     """Refuse, before any work, a report path (``--json``, ``--plot``) that would destroy something.
 
-    The one rule of every command: :func:`check_output_path`'s checks; never one of the command's ``inputs`` (a
-    file, or anything inside an input folder; ``None`` and paths that do not exist are skipped), with or without
-    ``--force``; an existing file only with ``--force`` (or ``resume``: the same run's report, continued).
+    The one rule of every command: :func:`check_output_path`'s checks; never the command's ``output`` folder or
+    anything inside it (replaced as a whole, which would take the report with it); never one of the command's
+    ``inputs`` (a file, or anything inside an input folder; ``None`` and paths that do not exist are skipped), with
+    or without ``--force``; an existing file only with ``--force`` (or ``resume``: the same run's report, continued).
     """
+    if output is not None:
+        report, out = path.resolve(), output.resolve()
+        if report == out or out in report.parents:
+            raise EdgeAttnError(f"{flag} '{path}' is inside the output folder '{output}'; write it elsewhere")
     check_output_path(path, flag)
     for given in inputs:
         if given is not None and _same_or_inside(path, Path(given)):

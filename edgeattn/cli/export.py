@@ -65,7 +65,7 @@ def export(
     from edgeattn.export.report import ParityFailure
 
     if json_out:  # before exporting, not after it
-        _check_json(json_out, output, force, (model, checkpoint, profile))
+        check_report_path(json_out, "--json", force, with_run_files((model, checkpoint, profile)), output=output)
     check_writable_folder(Path(os.path.abspath(output)).parent, f"output folder '{output}'")
     if exporter not in ("torchscript", "dynamo"):
         raise EdgeAttnError(f"--exporter must be torchscript or dynamo, got '{exporter}'")
@@ -119,14 +119,3 @@ def _print_notes(report) -> None:
     """The report's notes, one dim line each (the first says how a trained checkpoint's bits were exported)."""
     for note in report.notes:
         console.print(f"[dim]{note}[/]", highlight=False, soft_wrap=True)
-
-
-def _check_json(json_out: Path, output: Path, force: bool, inputs: tuple) -> None:
-    """Refuse a ``--json`` inside ``-o`` (replaced as a whole), on an input (the checkpoint, the qat run files
-    beside it, a profile YAML), or onto an existing file without ``--force``."""
-    from edgeattn.errors import EdgeAttnError
-
-    out, summary = Path(os.path.abspath(output)), Path(os.path.abspath(json_out))
-    if out == summary or out in summary.parents:
-        raise EdgeAttnError(f"--json '{json_out}' is inside the output folder '{output}'; write it elsewhere")
-    check_report_path(json_out, "--json", force, with_run_files(inputs))

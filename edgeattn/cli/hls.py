@@ -20,8 +20,6 @@ import typer
 
 from edgeattn.cli._common import check_report_path, console, sigterm_as_interrupt, with_run_files, write_json
 
-MAX_SEED = 2**32 - 1
-
 
 def _parse_layer(text: str) -> int | None:
     from edgeattn.errors import EdgeAttnError
@@ -185,16 +183,6 @@ def _reference_phrase(info: Any) -> str:
     return f"the checkpoint's {bits} model (--reference checkpoint)"
 
 
-def _check_json_outside_project(json_out: Path, output: Path) -> None:
-    """Refuse a ``--json`` path that is the project folder or anything inside it: ``-o`` is replaced as a whole
-    (``--force``), which would take the summary with it, as ``edgeattn export`` refuses one inside its ``-o``."""
-    from edgeattn.errors import EdgeAttnError
-
-    summary, project = json_out.resolve(), output.resolve()
-    if summary == project or project in summary.parents:
-        raise EdgeAttnError(f"--json '{json_out}' is inside the output folder '{output}'; write it elsewhere")
-
-
 @sigterm_as_interrupt()  # SIGTERM unwinds like Ctrl-C: nothing is published, the staging folder is removed
 def hls(
     model: str = typer.Argument(
@@ -255,6 +243,7 @@ def hls(
     from edgeattn.fpga_hls.gate import resolve_tolerance
     from edgeattn.fpga_hls.generator import check_reference
     from edgeattn.fpga_hls.vectors import check_source
+    from edgeattn.hostinfo import MAX_SEED
 
     if not 0 <= seed <= MAX_SEED:  # numpy's seed range, as `edgeattn qat`
         raise EdgeAttnError(f"--seed must be between 0 and {MAX_SEED}, got {seed}")
@@ -266,8 +255,7 @@ def hls(
     resolve_tolerance(None, atol, min_cosine)  # out-of-range bounds fail before any work
     replaceable_dir(output)  # not '.', a folder above it, or a file
     if json_out is not None:  # before generating and simulating, not after
-        _check_json_outside_project(json_out, output)
-        check_report_path(json_out, "--json", force, with_run_files((checkpoint, profile)))
+        check_report_path(json_out, "--json", force, with_run_files((checkpoint, profile)), output=output)
     check_writable_folder(Path(os.path.abspath(output)).parent, f"output folder '{output}'")
     if output.exists() and not force:
         raise EdgeAttnError(f"{output} already exists; pass --force to replace it")
