@@ -5,7 +5,8 @@ token-adaptive bits on) at W4A8. Language: ``tiny_llama`` on the stdlib byte cor
 
 Every row starts from the same FP checkpoint (trained once, first), uses the same seed, epochs and data order, and
 is written to the JSON as soon as it finishes (``--resume`` skips rows already in the file), so a partial run still
-leaves a valid table. Top-1 is in %, perplexity is on the validation split, ``nll`` (and the section's ``fp32_nll``)
+leaves a valid table. A row whose training diverges (inf or nan; a sweep's high lr, say) goes into the section's
+``diverged`` (stage, epoch, reason, lr) instead of its ``rows``, and the suite goes on. Top-1 is in %, perplexity is on the validation split, ``nll`` (and the section's ``fp32_nll``)
 is the validation cross-entropy in nats per image or token, ``attn_kl`` is the mean KL(FP attention || quantized
 attention) over every attention row of 64 validation samples. ``seed_summary[...][<bits>]["nll"]`` pairs the W8A8-style
 methods by seed on that cross-entropy, where one validation image is too coarse a step for top-1.
@@ -66,7 +67,7 @@ from typing import Any
 import torch
 from _cli import BenchError, Parser, check_out, int_list, positive_int, read_json, run_cli
 from edgeattn.quant.losses import DISTRIBUTION_ROW_FLOOR
-from edgeattn.quant.train import TrainConfig, run
+from edgeattn.quant.train import TrainConfig, TrainingDiverged, run
 
 from edgeattn.hostinfo import detect_host, runtime_versions
 
@@ -382,11 +383,14 @@ def run_suite(
     fp_ckpt = fp_dir / "fp.pt"
     if "fp32" not in section or not fp_ckpt.is_file():
         t0 = time.perf_counter()
-        res = run(
-            TrainConfig.parse({**base, "output_dir": str(fp_dir), "skip_qat": True}, f"{suite} fp"),
-            progress=False,
-            force=True,
-        )
+        try:
+            res = run(
+                TrainConfig.parse({**base, "output_dir": str(fp_dir), "skip_qat": True}, f"{suite} fp"),
+                progress=False,
+                force=True,
+            )
+        except TrainingDiverged as exc:  # every row starts from this model: the suite cannot go on
+            raise SystemExit(f"[{suite}] FP training diverged: {exc}") from None
         if res.get("status") != "done":
             raise SystemExit(f"[{suite}] FP training interrupted; rerun with --resume")
         section["fp32"] = res["fp32"]
@@ -399,12 +403,26 @@ def run_suite(
             f"[{suite}] FP32 {res['metric']} = {res['fp32']:.3f} ({section['fp_total_seconds']:.0f} s)",
             flush=True,
         )
+    diverged = section.setdefault("diverged", {})
     for row in rows:
-        if row["name"] in done:
+        if row["name"] in done or row["name"] in diverged:
             continue
         t0 = time.perf_counter()
         cfg = _row_config(base, row, str(fp_ckpt), str(work / row["name"]), QAT_SAMPLES.get(suite))
-        res = run(cfg, progress=False, force=True)
+        try:
+            res = run(cfg, progress=False, force=True)
+        except TrainingDiverged as exc:
+            # a row whose training blew up (a sweep's high lr, say) is recorded beside the table, not in it, and
+            # the suite goes on; summaries only ever see finished rows. Delete the entry to run it again.
+            where = exc.result.get("diverged", {})
+            diverged[row["name"]] = {**where, "lr": cfg.lr, "epochs": cfg.epochs}
+            _save(out, payload)
+            print(
+                f"[{suite}] {row['name']}: {where.get('stage')} diverged at epoch {where.get('epoch')} "
+                f"({where.get('reason')}); recorded under 'diverged', not in the table",
+                flush=True,
+            )
+            continue
         if res.get("status") != "done":  # Ctrl-C / SIGTERM: a truncated row must not enter the table
             raise SystemExit(f"[{suite}] {row['name']} interrupted; rerun with --resume")
         value = res["ptq"] if "ptq" in row else res["qat"]

@@ -4,6 +4,7 @@ hand-computed figures (the benchmark itself trains for minutes; its helpers are 
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -162,3 +163,29 @@ def test_augment_rows_and_their_paired_summary(bench):
     assert gain["mean"] == pytest.approx(0.0) and (gain["wins"], gain["losses"]) == (1, 1)
     assert entry["edgeqat_augment_minus_fp_finetune_augment"]["mean"] == pytest.approx(-0.2)
     assert entry["fp_finetune_augment_minus_fp32"]["mean"] == pytest.approx(0.5)
+
+
+def test_a_diverged_row_is_recorded_beside_the_table_and_the_suite_goes_on(bench, tmp_path, capsys):
+    """A sweep row at lr 1e30 diverges: before, TrainingDiverged ended the whole benchmark. Now the row lands in the
+    section's 'diverged' (stage, reason, lr), the next row still runs and enters the table, and a rerun skips both."""
+    from _tiny_runs import tiny_cfg
+
+    base = {k: v for k, v in tiny_cfg(tmp_path / "unused").items() if k != "output_dir"}
+    rows = [
+        {"name": "qat-w8a8-lr1e+30", "method": "plain QAT", "bits": "w8a8", "losses": bench.PLAIN, "lr": 1e30},
+        {"name": "qat-w8a8", "method": "plain QAT", "bits": "w8a8", "losses": bench.PLAIN},
+    ]
+    payload: dict = {}
+    out, work = tmp_path / "qat.json", tmp_path / "work"
+    bench.run_suite("vision", base, rows, payload, out, work)
+    section = json.loads(out.read_text())["vision"]
+    bad = section["diverged"]["qat-w8a8-lr1e+30"]
+    assert bad["stage"] == "QAT" and bad["lr"] == 1e30 and ("nan" in bad["reason"] or "inf" in bad["reason"])
+    assert "qat-w8a8-lr1e+30" not in section["rows"]
+    good = section["rows"]["qat-w8a8"]
+    assert 0.0 <= good["value"] <= 100.0 and good["lr"] != 1e30
+    assert "diverged" in capsys.readouterr().out
+    # a rerun (--resume) keeps both: nothing is trained again, so no row's seconds change
+    seconds = good["seconds"]
+    bench.run_suite("vision", base, rows, payload, out, work)
+    assert json.loads(out.read_text())["vision"]["rows"]["qat-w8a8"]["seconds"] == seconds
