@@ -2,15 +2,28 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import typer
+from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from edgeattn.cli._common import check_report_path, console, write_json
 
 app = typer.Typer(help="Device profiles (what each deployment target needs).", no_args_is_help=True)
+
+
+def _print_listing(table: Table) -> None:
+    """Print a listing whose names users copy: into a pipe or file (where rich assumes 80 columns) one line per row
+    at the table's natural width, so no name is broken or cut; on a terminal or with COLUMNS set, wrapped to that
+    width (words too long for their column fold onto the next line, never cut)."""
+    if console.is_terminal or os.environ.get("COLUMNS"):
+        console.print(table)
+        return
+    natural = console.measure(table, options=console.options.update_width(10**4)).maximum
+    Console(width=max(natural, console.width)).print(table)  # print() itself never goes past the console's width
 
 
 @app.command("list")
@@ -25,8 +38,9 @@ def list_profiles(
         check_report_path(json_out, "--json", force)  # before loading: a bad path writes nothing and names itself
     profiles = [load_profile(name) for name in shipped_profile_names()]
     table = Table(title="Shipped device profiles")
-    for col in ("name", "targets", "runtime", "precision", "W/A bits", "softmax/GELU", "description"):
-        table.add_column(col)
+    table.add_column("name", no_wrap=True)  # what users type into --profile: never wrapped or cut
+    for col in ("targets", "runtime", "precision", "W/A bits", "softmax/GELU", "description"):
+        table.add_column(col, overflow="fold")  # a word wider than its column breaks; no character is dropped
     for p in profiles:
         table.add_row(
             p.name,
@@ -37,7 +51,7 @@ def list_profiles(
             f"{p.approx.softmax}/{p.approx.gelu}",
             p.description,
         )
-    console.print(table)
+    _print_listing(table)
     if json_out:
         write_json(json_out, [p.model_dump(mode="json") for p in profiles])
 
@@ -89,8 +103,9 @@ def fields() -> None:
     from edgeattn.device_profile import describe_fields
 
     table = Table(title="Device profile fields")
-    for col in ("field", "type", "meaning"):
-        table.add_column(col)
+    table.add_column("field", no_wrap=True)  # the dotted name a YAML profile uses: never wrapped or cut
+    for col in ("type", "meaning"):
+        table.add_column(col, overflow="fold")
     for row in describe_fields():
         table.add_row(*row)
-    console.print(table)
+    _print_listing(table)
