@@ -213,3 +213,16 @@ def test_a_profile_tolerance_sets_the_gate_and_flags_override_it(tmp_path, capsy
     bad = _profile(tmp_path, "bad", shipped, "tolerance: {max_abs: 0}")
     code, out, err = _run(capsys, tmp_path / "prj3", "-p", str(bad))
     assert code == 2 and "max_abs" in err and err.count("\n") == 1 and not (tmp_path / "prj3").exists()
+
+
+def test_the_gate_line_prints_a_fine_bound_whole_and_the_cosine_finer():
+    """--min-cosine 0.9999999 printed as "(bound 1)" and a failing 0.99999985 as "1.000000": a line that
+    contradicted its own verdict."""
+    from edgeattn.cli.hls import _gate_line
+
+    gate = {"tolerance": {"max_abs": 0.1, "min_cosine": 0.9999999}, "passed": False}
+    line = _gate_line({**gate, "max_abs_rel_range": 0.01, "cosine": 0.99999985}, "the model")
+    assert "smallest cosine 0.99999985 (bound 0.9999999): FAILED" in line
+    default = {"tolerance": {"max_abs": 0.1, "min_cosine": 0.99}, "passed": True}
+    line = _gate_line({**default, "max_abs_rel_range": 0.01, "cosine": 0.999971}, "x")
+    assert "smallest cosine 0.999971 (bound 0.99)" in line

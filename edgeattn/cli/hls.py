@@ -354,9 +354,11 @@ def _gate_line(gate: dict, vs: str) -> str:
     """The accuracy gate's figures, bounds and verdict on one console line."""
     tol = gate["tolerance"]
     verdict = "passed" if gate["passed"] else "FAILED"
+    bound = f"{tol['min_cosine']:.10g}"  # whole: --min-cosine 0.9999999 is not "bound 1"
+    places = max(6, len(bound.partition(".")[2]) + 1)  # the cosine shows one place more than its bound
     return (
         f"accuracy gate vs {vs}: max abs err {gate['max_abs_rel_range']:.3g} of the output range "
-        f"(bound {tol['max_abs']:g}), smallest cosine {gate['cosine']:.6f} (bound {tol['min_cosine']:g}): {verdict}"
+        f"(bound {tol['max_abs']:.10g}), smallest cosine {gate['cosine']:.{places}f} (bound {bound}): {verdict}"
     )
 
 
