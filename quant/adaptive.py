@@ -46,6 +46,7 @@ mixed-precision kernels); ``edgeattn export`` and ``edgeattn hls`` do it themsel
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -234,6 +235,13 @@ def enable_token_adaptive(model: nn.Module, config: QuantConfig) -> TokenControl
     importance = token_importance(model, config)
     blocks = [(name, block, layout) for name, block in model.named_modules() if (layout := token_layout(block))]
     controller = TokenController(config.token_ratio, importance)
+    scorers = [b for _, b, lay in blocks if lay.attention and isinstance(getattr(b, "softmax", None), nn.Module)]
+    if not scorers:
+        warnings.warn(
+            "token_adaptive: the model has no edgeattn attention block (Attention, LlamaAttention, RLMHSA) to score "
+            f"its tokens, so every token runs at act_bits ({config.act_bits}); low_act_bits is never used",
+            stacklevel=3,
+        )
     for _name, block, layout in blocks:
         for point, tdim in layout.points.items():
             module = getattr(block, point, None)

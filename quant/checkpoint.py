@@ -6,6 +6,9 @@ to rebuild the module before loading the weights:
 * ``"model"``: registry name, ``"model_kwargs"``: its keyword arguments;
 * ``"reparameterized"``: whether the weights are the deploy form (``edgeattn.reparameterize``);
 * ``"quant"``: a :class:`~edgeattn.quant.config.QuantConfig` dict, or ``None`` for a float model;
+* ``"approximations"``: the softmax and GELU methods the model computes, ``{"softmax": [...], "gelu": [...]}``
+  (:func:`edgeattn.approx.approximations_in`), re-applied when the registry model is rebuilt (a checkpoint
+  without it, from an older edgeattn, gets what ``model_kwargs`` builds);
 * ``"token_scores"`` (token-adaptive models): :data:`edgeattn.quant.adaptive.TOKEN_SCORES`, the token scoring the
   low-bit quantizers were trained under (see :func:`load_checkpoint`).
 * ``"data"``, ``"split"``, ``"classes"``, ``"data_path"`` and, for a user's image folder, ``"resize"`` (``crop`` or
@@ -81,14 +84,23 @@ def atomic_torch_save(obj: Any, path: str | Path) -> Path:
     return Path(path)
 
 
+def _approximations(model: nn.Module) -> dict[str, list[str]]:
+    """:func:`edgeattn.approx.approximations_in` as sorted lists (a checkpoint's meta holds no sets)."""
+    from edgeattn.approx import approximations_in
+
+    return {op: sorted(methods) for op, methods in approximations_in(model).items()}
+
+
 def save_checkpoint(path: str | Path, model: nn.Module, meta: dict[str, Any]) -> Path:
-    """Write ``model``'s weights and ``meta`` (see module docstring) atomically to ``path``."""
+    """Write ``model``'s weights and ``meta`` (see module docstring) atomically to ``path``; ``meta``'s
+    ``"approximations"`` is recorded from ``model``."""
     for key in ("model", "model_kwargs"):
         if key not in meta:
             raise ValueError(f"save_checkpoint: meta needs '{key}'")
     meta = dict(meta)
     meta.setdefault("quant", None)
     meta.setdefault("reparameterized", False)
+    meta["approximations"] = _approximations(model)  # what the weights were fitted to, whatever model_kwargs say
     if hasattr(meta["quant"], "model_dump"):
         meta["quant"] = meta["quant"].model_dump(mode="json")
     if (meta["quant"] or {}).get("token_adaptive"):
@@ -119,22 +131,63 @@ def read_checkpoint_file(path: str | Path) -> dict[str, Any]:
     return payload
 
 
-def build_model(meta: dict[str, Any], model: nn.Module | None = None) -> nn.Module:
+def build_model(meta: dict[str, Any], model: nn.Module | None = None, source: str = "checkpoint") -> nn.Module:
     """Rebuild the (possibly reparameterized and quantized) module that ``meta`` describes, untrained.
 
     ``model``: your own float model (an instance of the saved architecture) to rebuild from instead of the
-    registry; it is deep-copied, not changed.
+    registry; it is deep-copied, not changed, and must compute the softmax and GELU methods ``meta`` records.
+    ``source`` names the checkpoint in errors.
     """
     from edgeattn.models import create_model
 
+    saved = meta.get("approximations")
     if model is not None:
+        if saved is not None:
+            _check_approximations(model, saved, source)
         return _deploy_and_quantize(copy.deepcopy(model), meta)
     try:
         model = create_model(meta["model"], **dict(meta.get("model_kwargs") or {}))
     except (KeyError, TypeError, ValueError) as err:
         hint = "; for your own model pass it: load_checkpoint(path, model=MyModel())"
         raise EdgeAttnError(f"checkpoint meta cannot rebuild model '{meta.get('model')}': {err}{hint}") from None
+    if saved is not None:
+        _restore_approximations(model, saved, source)
     return _deploy_and_quantize(model, meta)
+
+
+def _methods(names: list[str]) -> str:
+    return ", ".join(f"'{n}'" for n in names) or "none"
+
+
+def _restore_approximations(model: nn.Module, saved: dict[str, list[str]], source: str) -> None:
+    """Give the freshly built registry ``model`` the methods ``saved`` records (one per op: what
+    :func:`edgeattn.approx.set_approximations` set); ops that already match are left alone."""
+    from edgeattn.approx import set_approximations
+
+    have = _approximations(model)
+    for op in ("softmax", "gelu"):
+        want = list(saved.get(op) or [])
+        if want == have[op]:
+            continue
+        if len(want) != 1 or not have[op]:
+            raise EdgeAttnError(
+                f"{source} records {op} {_methods(want)}, the rebuilt model computes {_methods(have[op])}; "
+                "pass the saved model: load_checkpoint(path, model=MyModel())"
+            )
+        set_approximations(model, **{op: want[0]})
+
+
+def _check_approximations(model: nn.Module, saved: dict[str, list[str]], source: str) -> None:
+    """Refuse ``model`` when its softmax/GELU methods differ from the ``saved`` ones: the weights were fitted to
+    those, and a silent swap would change every output."""
+    have = _approximations(model)
+    for op in ("softmax", "gelu"):
+        want = list(saved.get(op) or [])
+        if have[op] != want:
+            raise EdgeAttnError(
+                f"{source} was saved with {op} {_methods(want)}, the model given computes {_methods(have[op])}; "
+                "give it the saved methods (edgeattn.approx.set_approximations) before loading"
+            )
 
 
 def _deploy_and_quantize(model: nn.Module, meta: dict[str, Any]) -> nn.Module:
@@ -151,14 +204,35 @@ def _deploy_and_quantize(model: nn.Module, meta: dict[str, Any]) -> nn.Module:
     return model
 
 
+def _short(key: str, width: int = 80) -> str:
+    return key if len(key) <= width else f"{key[: width // 2 - 2]}...{key[-(width // 2 - 1) :]}"
+
+
+def _state_mismatch(model: nn.Module, state: dict[str, Any]) -> str | None:
+    """The first missing, unexpected or wrongly shaped key of ``state`` for ``model``, e.g.
+    ``"missing key 'head.bias' (and 3 more)"``; ``None`` when the keys and shapes all agree."""
+    own = model_state_dict(model)
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shape = {k: tuple(getattr(v, "shape", ())) for k, v in state.items()}
+    sized = [k for k in own if k in state and tuple(own[k].shape) != shape[k]]
+    for what, keys in (("missing key", missing), ("unexpected key", unexpected), ("size mismatch for", sized)):
+        if keys:
+            more = f" (and {len(keys) - 1} more)" if len(keys) > 1 else ""
+            shapes = f": checkpoint {shape[keys[0]]}, model {tuple(own[keys[0]].shape)}" if keys is sized else ""
+            return f"{what} '{_short(keys[0])}'{shapes}{more}"
+    return None
+
+
 def load_checkpoint(
     path: str | Path, *, strip_token_adaptive: bool = False, model: nn.Module | None = None
 ) -> tuple[nn.Module, dict[str, Any]]:
     """``(model, meta)`` from a checkpoint written by :func:`save_checkpoint`; the model is in eval mode.
 
     A registry model is rebuilt from ``meta``; a model of your own needs ``model``, a float instance of its
-    architecture (with the same softmax/GELU methods), which is copied, reparameterized and quantized as ``meta``
-    says before the weights are loaded strictly.
+    architecture, which is copied, reparameterized and quantized as ``meta`` says before the weights are loaded
+    strictly. The softmax/GELU methods ``meta`` records (``"approximations"``) are re-applied to a rebuilt registry
+    model; a ``model`` computing other ones is refused (:class:`EdgeAttnError`).
 
     With ``strip_token_adaptive`` (export, hls), token-adaptive quant points are replaced by their high-bit
     quantizers (:func:`edgeattn.quant.adaptive.strip_token_adaptive`). Without it, a token-adaptive model with
@@ -167,12 +241,15 @@ def load_checkpoint(
     """
     payload = read_checkpoint_file(path)
     meta = payload["meta"]
-    model = build_model(meta, model)
+    model = build_model(meta, model, f"checkpoint '{path}'")
     try:
         model.load_state_dict(payload["state_dict"], strict=True)
     except RuntimeError as err:
-        first = str(err).strip().splitlines()[0]
-        raise EdgeAttnError(f"checkpoint '{path}' does not match model '{meta.get('model')}': {first}") from None
+        detail = _state_mismatch(model, payload["state_dict"]) or str(err).strip().splitlines()[-1].strip()
+        raise EdgeAttnError(
+            f"checkpoint '{path}' does not match model '{meta.get('model')}': {detail}; check meta's "
+            f"reparameterized ({meta.get('reparameterized')}), quant and model_kwargs against the model"
+        ) from None
     if (meta.get("quant") or {}).get("token_adaptive"):
         from edgeattn.quant import adaptive
 

@@ -240,9 +240,16 @@ def matches_module(name: str, pattern: str) -> bool:
     return any(fnmatchcase(".".join(parts[:i]), pattern) for i in range(1, len(parts) + 1))
 
 
-def bits_problem(setting: str) -> str | None:
+def is_bit_setting(text: Any) -> bool:
+    """Whether ``text`` is written like a bit setting (``wNaM``, any bit counts)."""
+    return isinstance(text, str) and _BITS_RE.fullmatch(text.lower()) is not None
+
+
+def bits_problem(setting: Any) -> str | None:
     """What is wrong with a bit setting (``"profile"`` or ``wNaM``), without naming it; ``None`` when it is valid.
     Callers put their own prefix in front (``with_bits``: ``bits 'w0a8': ...``; a config: the key or flag)."""
+    if not isinstance(setting, str):
+        return f"expected a string, 'profile' or wNaM (e.g. 'w8a8'), got {type(setting).__name__}"
     if setting == "profile":
         return None
     m = _BITS_RE.fullmatch(setting.lower())

@@ -43,19 +43,21 @@ def calibrate(model: nn.Module, batches: Iterable[Any], max_samples: int = 256) 
     seen = 0
     was_training = model.training
     model.eval()
-    with calibration_mode(model):
-        for batch in batches:
-            x = _inputs(batch)
-            size = len(next(iter(x.values()))) if isinstance(x, dict) else len(x)
-            take = min(size, max_samples - seen)
-            if take <= 0:
-                break
-            if isinstance(x, dict):
-                model(**{k: v[:take] for k, v in x.items()})
-            else:
-                model(x[:take])
-            seen += take
-    model.train(was_training)
+    try:
+        with calibration_mode(model):
+            for batch in batches:
+                x = _inputs(batch)
+                size = len(next(iter(x.values()))) if isinstance(x, dict) else len(x)
+                take = min(size, max_samples - seen)
+                if take <= 0:
+                    break
+                if isinstance(x, dict):
+                    model(**{k: v[:take] for k, v in x.items()})
+                else:
+                    model(x[:take])
+                seen += take
+    finally:  # a batch that raises must not leave the caller's model in eval mode
+        model.train(was_training)
     if seen == 0:
         raise ValueError("calibrate: no calibration samples were given")
     return seen

@@ -22,7 +22,7 @@ import torch
 from brevitas import nn as qnn
 from brevitas.nn.mixin.base import QuantLayerMixin
 from edgeattn.quant import presets
-from edgeattn.quant.config import QuantConfig, matches_module
+from edgeattn.quant.config import QuantConfig, is_bit_setting, matches_module
 from torch import nn
 
 from edgeattn.errors import EdgeAttnError
@@ -31,6 +31,17 @@ LOGITS_PROBE = "logits_probe"
 SOFTMAX_POINT = "attn_quant"
 QUANT_POINTS = ("in_quant", "q_quant", "k_quant", "v_quant", "attn_quant", "proj_in_quant", "hidden_quant")
 ATTENTION_POINTS = ("q_quant", "k_quant", "v_quant", "attn_quant")
+SWAPPED = (nn.Linear, nn.Conv1d, nn.Conv2d)  # the layer types (exact types) swapped for brevitas ones
+# weighted torch layers that have no swap here and so stay float (norms and embeddings stay float by design)
+UNSUPPORTED = (
+    nn.Conv3d,
+    nn.ConvTranspose1d,
+    nn.ConvTranspose2d,
+    nn.ConvTranspose3d,
+    nn.RNNBase,
+    nn.RNNCellBase,
+    nn.Bilinear,
+)
 
 
 def is_quant_point(name: str, module: nn.Module) -> bool:
@@ -45,7 +56,16 @@ def resolve_config(config_or_profile: Any) -> QuantConfig:
         return config_or_profile
     if isinstance(config_or_profile, dict):
         return QuantConfig.parse(config_or_profile)
-    return QuantConfig.from_profile(config_or_profile)
+    try:
+        return QuantConfig.from_profile(config_or_profile)
+    except EdgeAttnError:
+        if is_bit_setting(config_or_profile):
+            raise EdgeAttnError(
+                f"'{config_or_profile}' is a bit setting, not a device profile: pass "
+                f"QuantConfig().with_bits('{config_or_profile}') or "
+                f"QuantConfig.from_profile(name).with_bits('{config_or_profile}')"
+            ) from None
+        raise
 
 
 def quantize_model(model: nn.Module, config_or_profile: Any = None, *, inplace: bool = False) -> nn.Module:
@@ -54,6 +74,11 @@ def quantize_model(model: nn.Module, config_or_profile: Any = None, *, inplace: 
     ``config_or_profile``: a :class:`QuantConfig`, a dict of its fields, a ``DeviceProfile`` or a profile
     name/path (``"intel-avx2-openvino"`` -> 7-bit weights). ``None`` means the default W8A8 config.
     """
+    if not isinstance(model, nn.Module):
+        raise EdgeAttnError(
+            f"quantize_model takes an nn.Module, got {type(model).__name__} {model!r:.40}; build a registry model "
+            "first: edgeattn.models.create_model(name)"
+        )
     config = QuantConfig() if config_or_profile is None else resolve_config(config_or_profile)
     _refuse_quantized(model)
     qmodel = model if inplace else copy.deepcopy(model)
@@ -65,7 +90,7 @@ def quantize_model(model: nn.Module, config_or_profile: Any = None, *, inplace: 
         if not name or config.is_float(name):
             continue
         parent = name.rsplit(".", 1)[0] if "." in name else ""
-        if type(module) in (nn.Linear, nn.Conv1d, nn.Conv2d):
+        if type(module) in SWAPPED:
             if type(module) is nn.Linear and not config.quantize_linear:
                 continue
             quant_input = parent not in blocks_with_points
@@ -111,11 +136,40 @@ def _replace_everywhere(root: nn.Module, new_for: dict[int, nn.Module]) -> None:
                 setattr(parent, leaf, new_for[id(child)])
 
 
+def _unsupported_layers(model: nn.Module, config: QuantConfig, mha: list[str]) -> list[str]:
+    """``"name (Type)"`` of the weighted layers ``quantize_model`` has no brevitas swap for and the config does not
+    leave in float on purpose. Norms are float by design, and so are embeddings (lookup tables fed integer ids);
+    ``nn.MultiheadAttention`` has its own warning."""
+    found = []
+    for name, m in model.named_modules():
+        if not name or isinstance(m, QuantLayerMixin) or config.is_float(name):
+            continue
+        if any(matches_module(name, n) for n in mha):
+            continue
+        # a subclass of a swapped type is skipped too: the swap checks the exact type (its forward may differ)
+        subclass = isinstance(m, SWAPPED) and type(m) not in SWAPPED
+        if subclass and isinstance(m, nn.Linear) and not config.quantize_linear:
+            continue
+        if subclass or isinstance(m, UNSUPPORTED):
+            found.append(f"{name} ({type(m).__name__})")
+    return found
+
+
 def _warn_unquantized(model: nn.Module, config: QuantConfig) -> None:
     """Warn about what ``quantize_model`` leaves in float without being asked to: ``nn.MultiheadAttention``
-    (its input projection is a bare parameter and its attention runs inside one torch function), and
-    ``float_layers``/``overrides`` patterns that name no module (a typo would quantize the layer meant)."""
+    (its input projection is a bare parameter and its attention runs inside one torch function), weighted layers
+    without a quantized version (:data:`UNSUPPORTED`), and ``float_layers``/``overrides`` patterns that name no
+    module (a typo would quantize the layer meant)."""
     mha = [n for n, m in model.named_modules() if isinstance(m, nn.MultiheadAttention)]
+    unsupported = _unsupported_layers(model, config, mha)
+    if unsupported:
+        more = ", ..." if len(unsupported) > 5 else ""
+        warnings.warn(
+            f"quantize_model: {len(unsupported)} layer(s) with weights have no quantized version and stay float: "
+            f"{', '.join(unsupported[:5])}{more}; only nn.Linear, nn.Conv1d and nn.Conv2d are quantized (list "
+            "the others in float_layers to silence this)",
+            stacklevel=3,
+        )
     if mha:
         warnings.warn(
             f"quantize_model: {len(mha)} nn.MultiheadAttention module(s) stay float, projections and attention "

@@ -1219,6 +1219,13 @@ def _check_fp_meta(
             f"fp_checkpoint '{source}' was built with {key}={was!r}, this run has {now!r} (model_kwargs, "
             "the profile's approx, img_size, in_chans, seq_len and the data's classes must match)"
         )
+    for op in ("softmax", "gelu"):  # methods set after construction, which save_checkpoint records
+        saved_methods = (meta.get("approximations") or {}).get(op)
+        if saved_methods and saved_methods != [run_kwargs.get(op, "exact")]:
+            raise EdgeAttnError(
+                f"fp_checkpoint '{source}' computes {op} {', '.join(saved_methods)}, this run builds "
+                f"{run_kwargs.get(op, 'exact')!r} (the profile's approx and model_kwargs must match)"
+            )
     # "data" as given (relative to the folder that run started in) or "data_path" (made absolute then): either
     # naming this run's data will do; the classes and split checks below still apply
     saved_data = [d for d in (meta.get("data"), meta.get("data_path")) if d is not None]

@@ -17,7 +17,7 @@ import warnings
 import torch.nn.functional as F
 from torch import nn
 
-from edgeattn.approx.float_ops import GELU_METHODS, SOFTMAX_METHODS, ApproxGELU, ApproxSoftmax, _check_method
+from edgeattn.approx.float_ops import GELU_METHODS, SOFTMAX_METHODS, ApproxGELU, ApproxSoftmax
 
 
 def _fused_exact(module: nn.Module) -> tuple[str, ...]:
@@ -38,42 +38,52 @@ def set_approximations(model: nn.Module, softmax: str | None = None, gelu: str |
     now compute each: ``{"softmax": n, "gelu": m}``. Raises ``ValueError`` for an unknown method or an
     ``nn.Softmax`` without a ``dim`` (its axis depends on the input's rank).
     """
-    if softmax is not None:
-        _check_method(softmax, SOFTMAX_METHODS, "softmax")
-    if gelu is not None:
-        _check_method(gelu, GELU_METHODS, "gelu")
+    for arg, method, allowed in (("softmax", softmax, SOFTMAX_METHODS), ("gelu", gelu, GELU_METHODS)):
+        if method is not None and method not in allowed:
+            raise ValueError(
+                f"set_approximations: argument '{arg}': unknown {arg} method {method!r}; allowed: {', '.join(allowed)}"
+            )
     if (softmax is not None and type(model) is nn.Softmax) or (gelu is not None and type(model) is nn.GELU):
         raise ValueError(
             f"set_approximations replaces the {type(model).__name__} modules inside a model and cannot replace the "
             "model itself; pass the module that holds it"
         )
+    # every check comes before the first change: a refused call leaves the model as it was
+    swaps = _planned_swaps(model, softmax, gelu)
     counts = {"softmax": 0, "gelu": 0}
     if softmax is not None and isinstance(model, ApproxSoftmax):
         model.method, counts["softmax"] = softmax, 1
     if gelu is not None and isinstance(model, ApproxGELU):
         model.method, counts["gelu"] = gelu, 1
-    for parent_name, parent in list(model.named_modules()):  # a list: children are replaced on the way
-        # _modules, not named_children(): a module registered under two names is replaced under both
-        for name, child in list(parent._modules.items()):
-            if child is None:
-                continue
-            if softmax is not None and isinstance(child, ApproxSoftmax):
-                child.method = softmax
-                counts["softmax"] += 1
-            elif softmax is not None and isinstance(child, nn.Softmax):
-                if child.dim is None:
-                    where = f"{parent_name}.{name}" if parent_name else name
-                    raise ValueError(f"nn.Softmax '{where}' has no dim; give it one before swapping its method")
-                setattr(parent, name, ApproxSoftmax(softmax, child.dim))
-                counts["softmax"] += 1
-            elif gelu is not None and isinstance(child, ApproxGELU):
-                child.method = gelu
-                counts["gelu"] += 1
-            elif gelu is not None and isinstance(child, nn.GELU):
-                setattr(parent, name, ApproxGELU(gelu))
-                counts["gelu"] += 1
+    for parent, name, child, op in swaps:
+        if isinstance(child, (ApproxSoftmax, ApproxGELU)):
+            child.method = softmax if op == "softmax" else gelu
+        elif op == "softmax":
+            setattr(parent, name, ApproxSoftmax(softmax, child.dim))
+        else:
+            setattr(parent, name, ApproxGELU(gelu))
+        counts[op] += 1
     _warn_fused(model, {"softmax": softmax, "gelu": gelu})
     return counts
+
+
+def _planned_swaps(
+    model: nn.Module, softmax: str | None, gelu: str | None
+) -> list[tuple[nn.Module, str, nn.Module, str]]:
+    """``(parent, name, child, op)`` for every softmax/GELU child :func:`set_approximations` changes, found
+    without changing anything; an ``nn.Softmax`` without ``dim`` raises ``ValueError`` here."""
+    swaps = []
+    for parent_name, parent in model.named_modules():
+        # _modules, not named_children(): a module registered under two names is replaced under both
+        for name, child in parent._modules.items():
+            if softmax is not None and isinstance(child, nn.Softmax) and child.dim is None:
+                where = f"{parent_name}.{name}" if parent_name else name
+                raise ValueError(f"nn.Softmax '{where}' has no dim; give it one before swapping its method")
+            if softmax is not None and isinstance(child, (ApproxSoftmax, nn.Softmax)):
+                swaps.append((parent, name, child, "softmax"))
+            elif gelu is not None and isinstance(child, (ApproxGELU, nn.GELU)):
+                swaps.append((parent, name, child, "gelu"))
+    return swaps
 
 
 def _warn_fused(model: nn.Module, wanted: dict[str, str | None]) -> None:
