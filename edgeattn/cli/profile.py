@@ -11,9 +11,12 @@ from edgeattn.errors import EdgeAttnError
 
 
 def _parse_shapes(specs: list[str] | None) -> dict[str, list[int]]:
+    """``--shape NAME=D0xD1x...`` options as ``{name: dims}``; a name given twice is refused, not overwritten."""
     shapes: dict[str, list[int]] = {}
     for spec in specs or []:
         name, sep, dims = spec.partition("=")
+        if sep and name in shapes:
+            raise EdgeAttnError(f"--shape {name} given twice ({name}={'x'.join(map(str, shapes[name]))} and {spec})")
         try:
             if not sep or not name:
                 raise ValueError

@@ -13,7 +13,7 @@ import bisect
 import json
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -372,7 +372,31 @@ def _attention_macs(op: str, args: dict[str, Any]) -> dict[str, int] | None:
     return None
 
 
-def ort_macs_by_precision(trace: OrtTrace, graph_macs: int | None = None) -> tuple[dict[str, int], str]:
+# ONNX Runtime renames the nodes it rewrites: ``<output tensor>_nchwc`` (NCHWc convolutions), ``<node>_token_<n>``
+# (Q/DQ fusions), ``InsertedPrecisionFreeCast_<tensor>`` (an fp16 graph run in fp32 kernels).
+_ORT_NAME_PREFIX = re.compile(r"^(InsertedPrecisionFreeCast_)+")
+_ORT_NAME_SUFFIX = re.compile(r"(_nchwc|_token_\d+)+$")
+
+
+def graph_name_candidates(event_node: str) -> list[str]:
+    """Graph node or tensor names an ONNX Runtime trace node (``_kernel_time`` already cut) may stand for:
+    itself, then with ORT's rename prefixes and suffixes taken off (``InsertedPrecisionFreeCast_y_nchwc`` -> ``y``)."""
+    bare = _ORT_NAME_SUFFIX.sub("", _ORT_NAME_PREFIX.sub("", event_node))
+    return [event_node] if bare == event_node or not bare else [event_node, bare]
+
+
+def _scale_to(macs: dict[str, int], total: int) -> dict[str, int]:
+    """``macs`` scaled so that they add up to ``total`` exactly (rounding remainder on the largest)."""
+    have = sum(macs.values())
+    scaled = {p: n * total // have for p, n in macs.items()}
+    largest = max(scaled, key=lambda p: macs[p])
+    scaled[largest] += total - sum(scaled.values())
+    return scaled
+
+
+def ort_macs_by_precision(
+    trace: OrtTrace, graph_macs: int | None = None, node_macs: Mapping[str, int] | None = None
+) -> tuple[dict[str, int], str]:
     """MACs of one inference per precision ONNX Runtime's MAC-carrying kernels actually ran in, and a note.
 
     Reads the node events of the trace's last ``model_run``: QLinearConv/QLinearMatMul/ConvInteger/
@@ -382,6 +406,12 @@ def ort_macs_by_precision(trace: OrtTrace, graph_macs: int | None = None) -> tup
     weight ONNX Runtime pre-packed (a fused QLinearConv) has no weight shape in the trace: the MACs of such kernels
     are the graph's count ``graph_macs`` less those the trace tells, split over their precisions by output
     elements where they differ. The note says when that was done, or what was left out.
+
+    ``node_macs`` (graph node and output tensor names -> the graph's MACs of that node, as
+    :func:`edgeattn.profile.runners.onnx_node_macs` gives) takes precedence over a kernel's shapes wherever the trace
+    node maps back to a graph node (:func:`graph_name_candidates`): ORT's NCHWc convolutions record their channels
+    padded to the SIMD block (3->24 runs as 3->32), which would count MACs the model does not have. The counts never
+    exceed ``graph_macs``: where they would, they are scaled down to it.
     """
     events = _trace_events(trace)
     runs = [e for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"]
@@ -409,21 +439,33 @@ def ort_macs_by_precision(trace: OrtTrace, graph_macs: int | None = None) -> tup
             precision = "fp32" if op == "QAttention" else precision  # unknown split: the safer (lower) peak
             n = None
         else:
-            n = _event_macs(op, args)
+            name = e["name"][: -len("_kernel_time")]
+            known = [node_macs[c] for c in graph_name_candidates(name) if c in (node_macs or {})]
+            n = known[0] if known else _event_macs(op, args)
         if n is None:
             outs = _shapes(args.get("output_type_shape", []))
             hidden[precision] = hidden.get(precision, 0) + (int(np.prod(outs[0])) if outs else 0)
         else:
             macs[precision] = macs.get(precision, 0) + n
-    if not hidden:
-        return macs, ""
-    kernels = f"MAC kernels whose weight the trace does not show ({', '.join(sorted(hidden))})"
-    rest = (graph_macs or 0) - sum(macs.values())
-    if graph_macs is None or rest <= 0:
-        return macs, f"{kernels} left out: no graph MAC count to take theirs from"
-    elements = sum(hidden.values())
-    for precision, out in hidden.items():
-        share = out / elements if elements else 1.0 / len(hidden)
-        macs[precision] = macs.get(precision, 0) + round(rest * share)
-    split = "" if len(hidden) == 1 else ", split by output elements"
-    return macs, f"{kernels}: their {rest} MACs are the graph's count less the rest{split}"
+    note = ""
+    if hidden:
+        kernels = f"MAC kernels whose weight the trace does not show ({', '.join(sorted(hidden))})"
+        rest = (graph_macs or 0) - sum(macs.values())
+        if graph_macs is None or rest <= 0:
+            note = f"{kernels} left out: no graph MAC count to take theirs from"
+        else:
+            elements = sum(hidden.values())
+            for precision, out in hidden.items():
+                share = out / elements if elements else 1.0 / len(hidden)
+                macs[precision] = macs.get(precision, 0) + round(rest * share)
+            split = "" if len(hidden) == 1 else ", split by output elements"
+            note = f"{kernels}: their {rest} MACs are the graph's count less the rest{split}"
+    counted = sum(macs.values())
+    if graph_macs and counted > graph_macs:
+        macs = _scale_to(macs, graph_macs)
+        scaled = (
+            f"the kernels' shapes count {counted} MACs, more than the graph's {graph_macs} (channels padded for "
+            "SIMD): scaled down to the graph's"
+        )
+        note = f"{note}; {scaled}" if note else scaled
+    return macs, note

@@ -62,6 +62,13 @@ def onnx_macs(model: Any, input_shapes: Mapping[str, Sequence[int]] | None = Non
 
 def _count_macs(g: Any) -> tuple[int, int]:
     """(MACs, unresolved MAC-carrying nodes) of a shape-inferred ``onnx.GraphProto``."""
+    per_node, unresolved = node_macs(g)
+    return sum(macs for _, macs in per_node), unresolved
+
+
+def node_macs(g: Any) -> tuple[list[tuple[Any, int]], int]:
+    """``([(node, MACs), ...], unresolved)``: every MAC-carrying node (Conv, ConvTranspose, MatMul, Gemm and their
+    integer forms) of a shape-inferred ``onnx.GraphProto`` whose shapes are known, and how many are not."""
     shapes: dict[str, list[int] | None] = {}
 
     def _record(name: str, ttype: Any) -> None:
@@ -81,27 +88,28 @@ def _count_macs(g: Any) -> tuple[int, int]:
                 if attr.name == "value":
                     shapes[node.output[0]] = list(attr.t.dims)
 
-    total, unresolved = 0, 0
+    found: list[tuple[Any, int]] = []
+    unresolved = 0
     for node in g.node:
         op = node.op_type
         try:
             if op in _ONNX_CONV_WEIGHT_INDEX:
                 out, w = shapes.get(node.output[0]), shapes.get(node.input[_ONNX_CONV_WEIGHT_INDEX[op]])
-                total += math.prod(out) * math.prod(w[1:])
+                found.append((node, math.prod(out) * math.prod(w[1:])))
             elif op == "ConvTranspose":
                 x, w = shapes.get(node.input[0]), shapes.get(node.input[1])
-                total += math.prod(x) * math.prod(w[1:])
+                found.append((node, math.prod(x) * math.prod(w[1:])))
             elif op in _ONNX_MATMUL_INPUTS:
                 a = shapes.get(node.input[_ONNX_MATMUL_INPUTS[op][0]])
                 out = shapes.get(node.output[0])
-                total += math.prod(out) * a[-1]
+                found.append((node, math.prod(out) * a[-1]))
             elif op == "Gemm":
                 a, out = shapes.get(node.input[0]), shapes.get(node.output[0])
                 trans_a = next((at.i for at in node.attribute if at.name == "transA"), 0)
-                total += math.prod(out) * (a[0] if trans_a else a[1])
+                found.append((node, math.prod(out) * (a[0] if trans_a else a[1])))
         except (TypeError, IndexError):  # a shape was None: shape inference could not resolve it
             unresolved += 1
-    return int(total), unresolved
+    return [(node, int(macs)) for node, macs in found], unresolved
 
 
 def onnx_precision(model: Any) -> str:

@@ -111,22 +111,39 @@ def _first_line(exc: BaseException) -> str:
     """The first informative line of ``exc``'s message (at most 300 characters).
 
     OpenVINO's messages open with where they were raised (``Exception from src/...cpp:84:``, ``Check '...'
-    failed at src/...``); those lines are skipped for the first one that says what is wrong.
+    failed at src/...``); those lines are skipped for the first one that says what is wrong. A line ending in
+    ``:`` announces what follows (``FrontEnd API failed with OpConversionFailure:``, then ``-- No conversion rule
+    found for operations: my.domain.Foo``): the lines after it are joined to it.
     """
     lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
     told = [line for line in lines if not line.startswith("Exception from ") and " failed at " not in line]
     text = told or lines
-    return text[0][:300] if text else type(exc).__name__
+    if not text:
+        return type(exc).__name__
+    if text[0].endswith(":") and len(text) > 1:
+        return " ".join(line.removeprefix("-- ") for line in text)[:300]
+    return text[0][:300]
 
 
 def resolve_shape(
-    name: str, dims: Sequence[int | None], batch: int | None, override: Sequence[int] | None, artifact: str
+    name: str,
+    dims: Sequence[int | None] | None,
+    batch: int | None,
+    override: Sequence[int] | None,
+    artifact: str,
 ) -> list[int]:
     """Concrete input shape: ``override`` if given, else ``dims`` with the batch (first) dim set to ``batch``.
 
     A static dimension that differs from what is asked is an error naming the artifact and the input.
-    Dynamic (None) dims other than the batch must be given with ``--shape``.
+    Dynamic (None) dims other than the batch must be given with ``--shape``. ``dims=None`` is an input of
+    unknown rank: it takes an ``override`` of any rank and has no shape without one.
     """
+    if dims is None:
+        if override is None:
+            raise EdgeAttnError(
+                f"input '{name}' of '{artifact}' has no shape; give it with --shape {name}=D0xD1x..."
+            )
+        return [int(d) for d in override]
     if override is not None:
         override = [int(d) for d in override]
         if len(override) != len(dims) or any(
@@ -156,6 +173,33 @@ def resolve_shape(
         else:
             shape.append(int(d))
     return shape
+
+
+def resolve_shapes(
+    inputs: Mapping[str, Sequence[int | None] | None],
+    batch: int | None,
+    shapes: Mapping[str, Sequence[int]] | None,
+    artifact: str,
+) -> dict[str, list[int]]:
+    """:func:`resolve_shape` of every input (name -> dims, None for an unknown rank).
+
+    One inference has one batch: without ``batch``, the leading dimension a ``--shape`` gives a dynamic-batch input
+    is the batch of the other dynamic-batch inputs too. ``--shape`` giving different batches is refused unless every
+    dynamic-batch input has its own ``--shape``.
+    """
+    shapes = shapes or {}
+    if batch is None:
+        dynamic = [name for name, dims in inputs.items() if dims and dims[0] is None]
+        given = {name: int(shapes[name][0]) for name in dynamic if shapes.get(name)}
+        if len(set(given.values())) == 1:
+            batch = next(iter(given.values()))
+        elif given and len(given) < len(dynamic):
+            told = ", ".join(f"{name} {b}" for name, b in given.items())
+            raise EdgeAttnError(
+                f"--shape gives '{artifact}' different batches ({told}) and its other dynamic-batch inputs need one; "
+                "give --batch N, or every input's shape with --shape"
+            )
+    return {name: resolve_shape(name, dims, batch, shapes.get(name), artifact) for name, dims in inputs.items()}
 
 
 def _fmt_dims(dims: Sequence[int | None]) -> str:
@@ -227,6 +271,37 @@ def _sibling_onnx_macs(path: Path, shapes: Mapping[str, Sequence[int]]) -> tuple
     return macs, f"ONNX graph beside the artifact ({onnx_path.name}){note}"
 
 
+# one-input ops ONNX Runtime fuses into the convolution or GEMM before them (it then names the fused kernel after
+# their output tensor, e.g. "/1/Relu_output_0_nchwc")
+_FUSABLE_ACTIVATIONS = {"Relu", "Clip", "Sigmoid", "HardSigmoid", "LeakyRelu", "Tanh", "HardSwish", "Gelu"}
+
+
+def onnx_node_macs(model: Any, input_shapes: Mapping[str, Sequence[int]]) -> dict[str, int]:
+    """The graph's MACs per MAC-carrying node of an ONNX model at ``input_shapes``, keyed by node name and by output
+    tensor name, and by the output of a one-input activation applied to such a node's output. Nodes whose shapes
+    ONNX's inference leaves unknown are left out."""
+    import onnx
+
+    from edgeattn.profile.macs import node_macs
+
+    model = onnx.ModelProto.FromString(model.SerializeToString())  # never edit the caller's graph
+    for inp in model.graph.input:
+        if inp.name in input_shapes:
+            for dim, value in zip(inp.type.tensor_type.shape.dim, input_shapes[inp.name], strict=False):
+                dim.ClearField("dim_param")
+                dim.dim_value = int(value)
+    g = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True).graph
+    table: dict[str, int] = {}
+    for node, macs in node_macs(g)[0]:
+        for key in (node.name, *node.output):
+            if key:
+                table[key] = macs
+    for node in g.node:  # in graph order: an activation after a fused one after a counted node
+        if node.op_type in _FUSABLE_ACTIVATIONS and node.input and node.input[0] in table:
+            table[node.output[0]] = table[node.input[0]]
+    return table
+
+
 class OrtRunner(Runner):
     """ONNX Runtime InferenceSession, sequential execution, ``threads`` intra-op threads."""
 
@@ -270,9 +345,18 @@ class OrtRunner(Runner):
         self.precision = onnx_precision(self._model)
         self.compute_precision = self.precision
         self.feeds: dict[str, np.ndarray] = {}
+        unranked = {  # ORT reports an input of unknown rank as a scalar (shape [])
+            vi.name for vi in self._model.graph.input if not vi.type.tensor_type.HasField("shape")
+        }
+        declared = {
+            inp.name: [d if isinstance(d, int) and d > 0 else None for d in inp.shape]
+            for inp in self.session.get_inputs()
+        }
+        run_shapes = resolve_shapes(
+            {name: None if name in unranked else dims for name, dims in declared.items()}, batch, shapes, str(path)
+        )
         for i, inp in enumerate(self.session.get_inputs()):
-            dims = [d if isinstance(d, int) and d > 0 else None for d in inp.shape]
-            shape = resolve_shape(inp.name, dims, batch, (shapes or {}).get(inp.name), str(path))
+            shape = run_shapes[inp.name]
             dtype = _ORT_TYPES.get(inp.type)
             if dtype is None:
                 raise EdgeAttnError(
@@ -384,15 +468,22 @@ class OrtRunner(Runner):
                 key = self._trace_key(options, self.session.get_providers())
                 if self._layer_trace is not None and self._layer_trace[0] == key:
                     self.peak_trace = "per-layer"
-                    return L.ort_macs_by_precision(self._layer_trace[1], graph_macs)
+                    return L.ort_macs_by_precision(self._layer_trace[1], graph_macs, self._node_macs())
                 sess = self._ort.InferenceSession(str(self.path), options, providers=[self._provider])
                 for _ in range(2):
                     sess.run(None, self.feeds)
                 self.peak_trace = "probe"
-                return L.ort_macs_by_precision(sess.end_profiling(), graph_macs)
+                return L.ort_macs_by_precision(sess.end_profiling(), graph_macs, self._node_macs())
             except Exception:  # the probe is only for the peak: without it the peak keeps the graph's precision
                 self.peak_trace = ""
                 return None
+
+    def _node_macs(self) -> dict[str, int]:
+        """:func:`onnx_node_macs` of this graph at the bound input shapes ({} where ONNX cannot infer them)."""
+        try:
+            return onnx_node_macs(self._model, self.input_shapes)
+        except Exception:  # noqa: BLE001 - without it the kernels' own shapes are counted, capped at the graph's
+            return {}
 
     def close(self) -> None:
         self.session = None
@@ -500,12 +591,12 @@ class OpenVINORunner(Runner):
             model = self.core.read_model(str(path), *weights)
         except Exception as exc:
             raise EdgeAttnError(f"cannot load '{path}' with openvino: {_first_line(exc)}") from exc
-        new_shapes: dict[str, list[int]] = {}
+        declared: dict[str, list[int | None] | None] = {}
         for inp in model.inputs:
-            name = inp.get_any_name()
             pshape = inp.get_partial_shape()
-            dims = [d.get_length() if d.is_static else None for d in pshape]
-            new_shapes[name] = resolve_shape(name, dims, batch, (shapes or {}).get(name), str(path))
+            ranked = pshape.rank.is_static  # an unknown rank would iterate as a scalar
+            declared[inp.get_any_name()] = [d.get_length() if d.is_static else None for d in pshape] if ranked else None
+        new_shapes = resolve_shapes(declared, batch, shapes, str(path))
         if any(not inp.get_partial_shape().is_static for inp in model.inputs):
             try:
                 model.reshape({name: ov.PartialShape(s) for name, s in new_shapes.items()})
@@ -612,7 +703,15 @@ class OpenVINORunner(Runner):
             f"{acc.runs} chunks of {chunk} runs",
             end_to_end_p50_ms,
         )
-        return breakdown.model_copy(update={"runs": runs})
+        covered = breakdown.sum_over_interleaved_e2e or breakdown.sum_over_end_to_end
+        e2e_ms = breakdown.interleaved_e2e_ms or end_to_end_p50_ms
+        source = breakdown.source
+        if covered < 0.5 and e2e_ms < 0.1:
+            source += (
+                f"; the layers sum to only {covered:.2f} of the run: under 0.1 ms, most of OpenVINO's counters "
+                "(whole microseconds) read 0"
+            )
+        return breakdown.model_copy(update={"runs": runs, "source": source})
 
     def close(self) -> None:
         self.request = None
@@ -672,9 +771,10 @@ class TensorRTRunner(Runner):
         self.buffers: dict[str, Any] = {}
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
         inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        declared = {name: [d if d >= 0 else None for d in engine.get_tensor_shape(name)] for name in inputs}
+        run_shapes = resolve_shapes(declared, batch, shapes, str(path))
         for i, name in enumerate(inputs):
-            dims = [d if d >= 0 else None for d in engine.get_tensor_shape(name)]
-            shape = resolve_shape(name, dims, batch, (shapes or {}).get(name), str(path))
+            shape = run_shapes[name]
             if not self.context.set_input_shape(name, shape):
                 raise EdgeAttnError(
                     f"'{path}' cannot take input '{name}' of shape {shape} (engine profile range)"
@@ -799,14 +899,17 @@ class CoreMLRunner(Runner):
         except Exception as exc:
             raise EdgeAttnError(f"cannot load '{path}' with coremltools: {_first_line(exc)}") from exc
         self.feeds: dict[str, np.ndarray] = {}
-        for i, inp in enumerate(self.model.get_spec().description.input):
-            arr = inp.type.multiArrayType
-            dims = [int(d) for d in arr.shape] or None
-            if dims is None:
+        spec_inputs = list(self.model.get_spec().description.input)
+        for inp in spec_inputs:
+            if not inp.type.multiArrayType.shape:
                 raise EdgeAttnError(
                     f"input '{inp.name}' of '{path}' is not a multi-array; the profiler cannot feed it"
                 )
-            shape = resolve_shape(inp.name, dims, batch, (shapes or {}).get(inp.name), str(path))
+        declared = {inp.name: [int(d) for d in inp.type.multiArrayType.shape] for inp in spec_inputs}
+        run_shapes = resolve_shapes(declared, batch, shapes, str(path))
+        for i, inp in enumerate(spec_inputs):
+            arr = inp.type.multiArrayType
+            shape = run_shapes[inp.name]
             dtype = {65568: np.float32, 65552: np.float16, 131104: np.int32}.get(arr.dataType, np.float32)
             self.feeds[inp.name] = make_input(shape, dtype, seed=i)
             self.input_shapes[inp.name] = shape
@@ -853,12 +956,34 @@ def check_artifact(path: str | Path, runtime: str = "auto") -> str:
     than a Core ML package), has an extension no runtime claims, or needs a runtime that is not installed."""
     path = Path(path)
     if not path.exists():
+        if not path.suffix and len(path.parts) == 1 and _is_model_name(str(path)):
+            raise EdgeAttnError(f"'{path}' is a model name, not an artifact; {_export_first(path)}")
         raise EdgeAttnError(f"artifact not found: {path}")
+    if path.suffix.lower() in _CHECKPOINTS:
+        # no runtime reads these: ORT fails on the protobuf, OpenVINO's frontends print pages trying
+        raise EdgeAttnError(f"'{path}' is a PyTorch checkpoint, not an exported artifact; {_export_first(path)}")
     if path.is_dir() and path.suffix.lower() != ".mlpackage":
         raise EdgeAttnError(f"artifact '{path}' is a directory, not a model file")
     rt = runtime_for(path, runtime)
     require_runtime(rt)
     return rt
+
+
+_CHECKPOINTS = (".pt", ".pth")
+
+
+def _export_first(path: Path) -> str:
+    return f"export it first: edgeattn export {path} --target onnx -o DIR"
+
+
+def _is_model_name(name: str) -> bool:
+    """Whether ``name`` is a registered model (imports the model registry, and torch: only on the error path)."""
+    try:
+        from edgeattn.models import list_models
+
+        return name in list_models()
+    except Exception:  # noqa: BLE001 - a broken torch install must not hide the "not found"
+        return False
 
 
 def check_batch_and_threads(batch: int | None, threads: int | None) -> None:
