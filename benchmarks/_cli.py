@@ -64,9 +64,11 @@ def int_list(text: str, flag: str) -> list[int]:
         raise BenchError(f"{flag} takes comma-separated integers, got '{text}'") from None
 
 
-def check_out(path: str | Path, flag: str) -> Path:
+def check_out(path: str | Path, flag: str, force: bool = True) -> Path:
     """``path`` as a :class:`Path`, or a :class:`BenchError` unless a file can be written there.
 
+    ``force=False`` (a script's ``--force`` not given) also refuses an existing file, so that a quick check cannot
+    replace a committed JSON; scripts that merge into the file they read first keep the default.
     Checked before any measuring, so that a bad output path fails in a second, not after the benchmark ran. The
     write itself is atomic (``edgeattn.cli._common.write_json``: temporary file + rename).
     """
@@ -77,7 +79,14 @@ def check_out(path: str | Path, flag: str) -> Path:
         check_output_path(out, flag)
     except EdgeAttnError as exc:
         raise BenchError(str(exc)) from None
+    if not force and out.exists():
+        raise BenchError(f"{flag} '{out}' exists: --force replaces it (quick checks: write to /tmp)")
     return out
+
+
+def description(doc: str) -> str:
+    """A script's ``--help`` description: the first paragraph of its docstring, on one line."""
+    return " ".join(doc.strip().split("\n\n")[0].split())
 
 
 def read_json(path: Path, flag: str) -> dict[str, Any]:

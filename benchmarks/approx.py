@@ -1,7 +1,8 @@
 """Latency of every softmax/GELU method, torch float and its ONNX lowering in ONNX Runtime, side by side.
 
-Usage: ``python benchmarks/approx.py [--json FILE] [--budget S] [--threads T]`` (default JSON:
-``benchmarks/approx.json``; quick check: ``--budget 0 --json /tmp/approx.json``, 10 repetitions each).
+Usage: ``python benchmarks/approx.py [--json FILE] [--budget S] [--threads T] [--force]`` (default JSON:
+``benchmarks/approx.json``; an existing one is replaced only with ``--force``; quick check: ``--budget 0 --json
+/tmp/approx.json``, 10 repetitions each).
 Shapes: softmax on ViT-B attention scores (1, 12, 197, 197), GELU on a ViT-B MLP hidden activation (197, 3072).
 All methods of one op in one runtime run once per repetition in rotating order (after warm-up); the JSON has
 each method's median ms, its raw per-repetition samples, and its ratio to ``exact`` taken pairwise within each
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _cli import Parser, check_out, command_line, nonneg_float, positive_int, provenance, run_cli
+from _cli import Parser, check_out, command_line, description, nonneg_float, positive_int, provenance, run_cli
 from _timing import paired_ratio, time_interleaved  # benchmarks/_timing.py (run as a script)
 
 from edgeattn.approx import GELU_METHODS, SOFTMAX_METHODS
@@ -31,7 +32,7 @@ SHAPES = {"softmax": (1, 12, 197, 197), "gelu": (197, 3072)}
 
 def main() -> None:
     """Time every method of both ops in torch and ONNX Runtime; write the JSON."""
-    ap = Parser(description=__doc__.splitlines()[0])
+    ap = Parser(description=description(__doc__))
     ap.add_argument("--json", type=Path, default=Path(__file__).with_name("approx.json"))
     ap.add_argument(
         "--budget",
@@ -40,8 +41,11 @@ def main() -> None:
         help="seconds of timed repetitions per op and runtime (10 to 200 repetitions whatever the budget)",
     )
     ap.add_argument("--threads", type=positive_int, default=1)
+    ap.add_argument(
+        "--force", action="store_true", help="replace an existing --json (without it an existing file is refused)"
+    )
     args = ap.parse_args()
-    out = check_out(args.json, "--json")
+    out = check_out(args.json, "--json", force=args.force)
     prov = provenance()
     torch.set_num_threads(args.threads)
     import onnxruntime as ort

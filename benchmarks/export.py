@@ -10,10 +10,12 @@
    (what a CPU without VNNI runs), and so are the IRs made with the ``intel-avx2-openvino`` profile (int8
    convolutions; Linear layers and the attention core in f32, where OpenVINO's AVX2 kernels are faster).
 
-Usage: python benchmarks/export.py [--img-size 224] [--threads 2] [--torch-threads 1|none] [--skip-latency]
-       [--out benchmarks/export.json]
+Usage: python benchmarks/export.py [--img-size 224] [--threads 2] [--torch-threads 1|none] [--isa AVX2]
+       [--skip-latency | --skip-all-targets] [--out benchmarks/export.json] [--force]
 
-Quick check: ``--img-size 32 --n-inputs 4 --reps 3 --isa '' --out /tmp/export.json``.
+An existing ``--out`` is replaced only with ``--force``; a section skipped then keeps the figures of that file, and
+``sections_run_by`` names the command that measured each section. Quick check: ``--img-size 32 --n-inputs 4
+--reps 3 --isa '' --out /tmp/export.json``.
 """
 
 from __future__ import annotations
@@ -29,7 +31,17 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _cli import BenchError, Parser, check_out, command_line, positive_int, provenance, run_cli
+from _cli import (
+    BenchError,
+    Parser,
+    check_out,
+    command_line,
+    description,
+    positive_int,
+    provenance,
+    read_json,
+    run_cli,
+)
 from _timing import paired_ratio, time_interleaved  # benchmarks/_timing.py (run as a script)
 
 
@@ -226,9 +238,56 @@ def _torch_threads(text: str) -> list[int | None]:
     return values
 
 
+# the two sections, and the top-level keys each one writes
+SECTIONS = {
+    "all_targets": ("all_targets", "all_targets_other_torch_threads"),
+    "openvino_int8_vs_fp32": ("openvino_int8_vs_fp32",),
+}
+
+
+def check_isa(isa: str) -> str | None:
+    """``--isa`` as oneDNN spells it, ``None`` for ``''`` (no capped run), or a :class:`BenchError`: oneDNN
+    ignores a name it does not know, so the "capped" run would be one at the native ISA under a wrong label."""
+    from edgeattn.export.openvino_target import ONEDNN_ISAS
+
+    name = isa.strip().upper()
+    if not name:
+        return None
+    if name not in ONEDNN_ISAS:
+        raise BenchError(f"--isa '{isa}' is not a oneDNN ISA; choose one of {', '.join(ONEDNN_ISAS)} ('' to skip)")
+    return name
+
+
+def _measured_by(previous: dict, section: str) -> dict:
+    """Which run measured ``section`` of an earlier JSON: its ``sections_run_by`` entry; for a file written before
+    that existed, the section's own ``command``, else the file's unless that run kept the section from another."""
+    recorded = previous.get("sections_run_by", {}).get(section)
+    if recorded:
+        return recorded
+    own = previous[section].get("command") if isinstance(previous[section], dict) else None
+    if own:
+        return {"command": own}
+    if "command" in previous and section not in previous.get("sections_from_previous_run", []):
+        return {"command": previous["command"]}
+    return {"command": "not recorded (kept from a file written before sections_run_by existed)"}
+
+
+def keep_skipped(result: dict, previous: dict, skipped: list[str]) -> None:
+    """Copy the ``skipped`` sections' figures from ``previous`` (the file being replaced) into ``result``, with
+    the run that measured them in ``result["sections_run_by"]``; a section ``previous`` lacks stays absent."""
+    for section in skipped:
+        if section not in previous:
+            continue
+        for key in SECTIONS[section]:
+            if key in previous:
+                result[key] = previous[key]
+        result["sections_run_by"][section] = _measured_by(previous, section)
+        result.setdefault("sections_from_previous_run", []).append(section)
+
+
 def main() -> None:
     """Run the sections asked for and write the JSON (or, as ``--latency-child``, print one latency pair)."""
-    ap = Parser(description=__doc__.splitlines()[0])
+    ap = Parser(description=description(__doc__))
     ap.add_argument("--img-size", type=positive_int, default=224)
     ap.add_argument("--threads", type=positive_int, default=2)
     ap.add_argument("--reps", type=positive_int, default=30)
@@ -243,8 +302,14 @@ def main() -> None:
     )
     ap.add_argument("--skip-latency", action="store_true", help="only the all-targets export run")
     ap.add_argument("--isa", default="AVX2", help="also measure with oneDNN capped at this ISA ('' to skip)")
-    ap.add_argument("--skip-all-targets", action="store_true")
+    ap.add_argument("--skip-all-targets", action="store_true", help="only the OpenVINO latency section")
     ap.add_argument("--out", default=str(Path(__file__).with_suffix(".json")))
+    ap.add_argument(
+        "--force",
+        action="store_true",
+        help="replace an existing --out (a skipped section keeps that file's figures); without it an existing "
+        "file is refused",
+    )
     ap.add_argument("--latency-child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
 
@@ -257,10 +322,17 @@ def main() -> None:
         )
         return
     runs = _torch_threads(args.torch_threads)
-    out = check_out(args.out, "--out")
+    if args.skip_latency and args.skip_all_targets:
+        raise BenchError("--skip-latency and --skip-all-targets together leave nothing to measure")
+    isa = check_isa(args.isa)
+    out = check_out(args.out, "--out", force=args.force)
+    previous = read_json(out, "--out") if out.exists() else {}  # read now: a bad file fails before measuring
+    skip = {"all_targets": args.skip_all_targets, "openvino_int8_vs_fp32": args.skip_latency}
+    skipped = [section for section, skipping in skip.items() if skipping]
+    prov = provenance()
     result = {
         "command": command_line(),
-        **provenance(),
+        **prov,
         "units": {
             "*_seconds, timings_s": "seconds (wall, except total_cpu_seconds)",
             "*_ms": "milliseconds per inference (median)",
@@ -276,8 +348,11 @@ def main() -> None:
             ]
     if not args.skip_latency:
         result["openvino_int8_vs_fp32"] = openvino_int8_vs_fp32(
-            args.img_size, args.threads, args.reps, args.isa or None
+            args.img_size, args.threads, args.reps, isa
         )
+    run_by = {"command": result["command"], "started_utc": prov["started_utc"], "host": prov["host"]["cpu_model"]}
+    result["sections_run_by"] = {s: run_by for s in SECTIONS if s not in skipped}
+    keep_skipped(result, previous, skipped)
     from edgeattn.cli._common import write_json
 
     result["load_average_at_end"] = list(os.getloadavg())

@@ -22,6 +22,8 @@ from ``quant/train.py``:
     python benchmarks/grad_spikes.py --fp-checkpoint /tmp/q/bench20/vision_fp20_seed1-fp/fp.pt --seed 1 \
         --out benchmarks/grad_spikes.json
 
+``--seed`` defaults to the seed the checkpoint records (its meta's ``split.seed``); another one is refused.
+
 The FP checkpoints come from ``benchmarks/qat.py --seeds ... --fp-epochs 20 --workdir /tmp/q/bench20``. Each run
 adds (or replaces) its ``seed<N>_<bits>`` entry of ``--out`` and keeps the others. Quick check: ``--steps 1 --out
 /tmp/grad_spikes.json`` with any FP checkpoint of that benchmark.
@@ -37,8 +39,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _cli import BenchError, Parser, check_out, command_line, nonneg_float, positive_int, provenance, read_json, run_cli
-from edgeattn.quant.checkpoint import load_checkpoint
+from _cli import (
+    BenchError,
+    Parser,
+    check_out,
+    command_line,
+    description,
+    nonneg_float,
+    positive_int,
+    provenance,
+    read_json,
+    run_cli,
+)
+from edgeattn.quant.checkpoint import load_checkpoint, read_checkpoint_file
 from edgeattn.quant.losses import DISTRIBUTION_ROW_FLOOR, distribution_loss
 from edgeattn.quant.train import (
     TrainConfig,
@@ -135,11 +148,31 @@ def replay(cfg: TrainConfig, steps: int) -> list[dict[str, Any]]:
     return records
 
 
+def checkpoint_seed(path: str, seed: int | None) -> int:
+    """The seed to replay: the one the FP checkpoint's train/validation split was drawn with (its meta's
+    ``split.seed``). A ``seed`` that differs is a :class:`BenchError`: the replay would draw another split and other
+    batches than the run it explains. ``seed`` is needed only for a checkpoint that does not record its split."""
+    split = read_checkpoint_file(path)["meta"].get("split") or {}
+    saved = split.get("seed")
+    if saved is None:
+        if seed is None:
+            raise BenchError(f"--fp-checkpoint '{path}' does not record its split seed: pass --seed")
+        return seed
+    if seed is not None and seed != saved:
+        raise BenchError(
+            f"--seed {seed} does not match --fp-checkpoint '{path}', trained on the split of seed {saved}; "
+            f"leave --seed out or pass {saved}"
+        )
+    return int(saved)
+
+
 def main() -> None:
     """Replay the steps and add this seed's entry to ``--out``."""
-    ap = Parser(description=__doc__.split("\n")[0])
+    ap = Parser(description=description(__doc__))
     ap.add_argument("--fp-checkpoint", required=True, help="FP checkpoint of benchmarks/qat.py's seed")
-    ap.add_argument("--seed", type=int, required=True, help="the seed that checkpoint was trained with")
+    ap.add_argument(
+        "--seed", type=int, default=None, help="the seed that checkpoint was trained with (default: the one it records)"
+    )
     ap.add_argument("--bits", default="w4a4")
     ap.add_argument("--steps", type=positive_int, default=20)
     ap.add_argument("--lr", type=nonneg_float, default=5e-4)
@@ -149,6 +182,7 @@ def main() -> None:
     out = check_out(args.out, "--out")
     if not Path(args.fp_checkpoint).is_file():
         raise BenchError(f"--fp-checkpoint '{args.fp_checkpoint}' is not a file")
+    args.seed = checkpoint_seed(args.fp_checkpoint, args.seed)
     previous = read_json(out, "--out") if out.exists() else {}  # read now: a bad file fails before the replay
     prov = provenance()
     torch.set_num_threads(args.threads)

@@ -1,13 +1,14 @@
 """HLS benchmark: C simulation of one encoder layer (65 tokens, dim 192, 3 heads) at parallelism 1, 2, 4,
 the fixed-point error against float as the widths shrink, and the analytical estimate.
 
-    python benchmarks/hls.py [--json benchmarks/hls.json] [--vectors 4] [--quick]
+    python benchmarks/hls.py [--json benchmarks/hls.json] [--vectors 4] [--quick] [--force]
 
-``--quick`` (a check that the script runs, about a minute): layer 0 at parallelism 1 only, and the width sweep
-without its C simulation. Writes JSON with, per run: csim compile/run seconds, mismatches against the golden
-model, max abs error and cosine against the float PyTorch layer; the width sweep (golden model, which the C
-simulation equals bit for bit, confirmed by a C simulation at the narrowest setting); and cycles / DSP / BRAM /
-latency per parallelism; plus the command, host, versions and load average.
+An existing ``--json`` is replaced only with ``--force``. ``--quick`` (a check that the script runs, about a
+minute; write it to ``--json /tmp/hls.json``): layer 0 at parallelism 1 only, and the width sweep without its C
+simulation. Writes JSON with, per run: csim compile/run seconds, mismatches against the golden model, max abs error
+and cosine against the float PyTorch layer; the width sweep (golden model, which the C simulation equals bit for
+bit, confirmed by a C simulation at the narrowest setting); and cycles / DSP / BRAM / latency per parallelism; plus
+the command, host, versions and load average.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _cli import Parser, check_out, command_line, positive_int, provenance, run_cli
+from _cli import Parser, check_out, command_line, description, positive_int, provenance, run_cli
 from edgeattn.fpga_hls import HLSFormats, estimate_model, generate_project, run_csim
 
 from edgeattn.cli._common import write_json
@@ -39,12 +40,15 @@ WIDTHS = [  # (act width, act integer, weight width, weight integer, softmax_out
 
 def main() -> None:
     """C-simulate, sweep the widths, estimate; write the JSON."""
-    ap = Parser(description=__doc__.split("\n")[0])
+    ap = Parser(description=description(__doc__))
     ap.add_argument("--json", type=Path, default=Path(__file__).with_name("hls.json"))
     ap.add_argument("--vectors", type=positive_int, default=4, help="random input images per C simulation")
     ap.add_argument("--quick", action="store_true", help="layer 0 at P=1 only, width sweep without C simulation")
+    ap.add_argument(
+        "--force", action="store_true", help="replace an existing --json (without it an existing file is refused)"
+    )
     args = ap.parse_args()
-    out = check_out(args.json, "--json")
+    out = check_out(args.json, "--json", force=args.force)
     torch.set_num_threads(1)
     torch.manual_seed(0)
     model = create_model("edge_moe_vit").eval()  # 32x32 input, patch 4 -> 65 tokens, dim 192, 3 heads

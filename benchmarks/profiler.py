@@ -37,7 +37,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from _cli import BenchError, Parser, check_out, command_line, positive_int, read_json, run_cli
+from _cli import BenchError, Parser, check_out, command_line, description, positive_int, read_json, run_cli
 
 SECTIONS = ("models", "agreement", "overhead")
 
@@ -454,7 +454,7 @@ def _older_run_by(previous: dict, key: str) -> dict[str, object]:
 
 def main() -> int:
     """Run the sections not skipped, keep the skipped ones from the previous ``--out``, write the JSON."""
-    ap = Parser(description=__doc__.splitlines()[0])
+    ap = Parser(description=description(__doc__))
     ap.add_argument("--models", default="all", help="comma-separated registry names, or 'all' vision models")
     ap.add_argument("--threads", type=positive_int, default=2)
     ap.add_argument("--iters", type=positive_int, default=40)
@@ -473,6 +473,8 @@ def main() -> int:
     if skip - set(SECTIONS):
         raise BenchError(f"--skip: unknown section(s) {', '.join(sorted(skip - set(SECTIONS)))}; sections: "
                          f"{', '.join(SECTIONS)}")
+    if skip == set(SECTIONS):  # a run would only rewrite the file's command and settings over older figures
+        raise BenchError(f"--skip: every section ({', '.join(SECTIONS)}) skipped, nothing to measure")
     out = check_out(args.out, "--out")
     previous = read_json(out, "--out") if out.exists() else {}  # read now: a bad file fails before measuring
     if args.workdir is not None and args.workdir.exists() and not args.workdir.is_dir():

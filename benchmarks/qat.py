@@ -6,10 +6,11 @@ token-adaptive bits on) at W4A8. Language: ``tiny_llama`` on the stdlib byte cor
 Every row starts from the same FP checkpoint (trained once, first), uses the same seed, epochs and data order, and
 is written to the JSON as soon as it finishes (``--resume`` skips rows already in the file), so a partial run still
 leaves a valid table. A row whose training diverges (inf or nan; a sweep's high lr, say) goes into the section's
-``diverged`` (stage, epoch, reason, lr) instead of its ``rows``, and the suite goes on. Top-1 is in %, perplexity is on the validation split, ``nll`` (and the section's ``fp32_nll``)
-is the validation cross-entropy in nats per image or token, ``attn_kl`` is the mean KL(FP attention || quantized
-attention) over every attention row of 64 validation samples. ``seed_summary[...][<bits>]["nll"]`` pairs the W8A8-style
-methods by seed on that cross-entropy, where one validation image is too coarse a step for top-1.
+``diverged`` (stage, epoch, reason, lr) instead of its ``rows``, and the suite goes on. Top-1 is in %, perplexity
+is on the validation split, ``nll`` (and the section's ``fp32_nll``) is the validation cross-entropy in nats per image
+or token, ``attn_kl`` is the mean KL(FP attention || quantized attention) over every attention row of 64 validation
+samples. ``seed_summary[...][<bits>]["nll"]`` pairs the W8A8-style methods by seed on that cross-entropy, where one
+validation image is too coarse a step for top-1.
 
     python benchmarks/qat.py --out benchmarks/qat.json --force    # the whole table, replacing the file
     python benchmarks/qat.py --only vision --qat-epochs 1 --out /tmp/q.json
@@ -65,7 +66,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _cli import BenchError, Parser, check_out, int_list, positive_int, read_json, run_cli
+from _cli import BenchError, Parser, check_out, description, int_list, positive_int, read_json, run_cli
 from edgeattn.quant.losses import DISTRIBUTION_ROW_FLOOR
 from edgeattn.quant.train import TrainConfig, TrainingDiverged, run
 
@@ -842,7 +843,7 @@ def _lr_sweep_summary(
 
 def main() -> None:
     """Run the rows asked for, writing ``--out`` after each one."""
-    ap = Parser(description=__doc__.split("\n")[0])
+    ap = Parser(description=description(__doc__))
     ap.add_argument("--out", default=str(Path(__file__).with_name("qat.json")))
     ap.add_argument("--only", choices=["vision", "language"], default=None)
     ap.add_argument("--threads", type=positive_int, default=2)
@@ -960,6 +961,7 @@ def main() -> None:
         "threads": args.threads,
         # host-cpu resolves the bits per host: 7-bit weights and K/V on x86 without VNNI
         "has_vnni": detect_host().has_vnni,
+        "load_average_at_start": list(os.getloadavg()),
         "note": "2 shared CPU cores; other jobs may run concurrently, so seconds are upper bounds",
     }
     repo = Path(__file__).resolve().parents[1]

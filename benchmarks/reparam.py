@@ -2,15 +2,18 @@
 targets of the reparameterization issue. Writes medians and ratios measured side by side to JSON.
 
     python benchmarks/reparam.py [--out benchmarks/reparam.json] [--models fmvit_t,mobilenetv2] [--threads 1]
-        [--budget-scale 1.0]
+        [--budget-scale 1.0] [--force]
 
-Quick check (about a minute): ``--models mobilenetv2 --budget-scale 0.05 --out /tmp/reparam.json``.
+An existing ``--out`` is replaced only with ``--force``. Quick check (about a minute): ``--models mobilenetv2
+--budget-scale 0.05 --out /tmp/reparam.json``.
 
-For each registered model (default input: 224x224 for the vision models) the script exports the train form
-(eval mode) and the deploy form with ``torch.onnx.export`` (opset 18), loads both in ONNX Runtime and in
-OpenVINO (CPU, f32 inference precision: this host's default would be bf16) and times them interleaved
-(train/deploy x ORT/OpenVINO round-robin within each repetition), reporting medians and ratios. Models that
-reparameterization leaves unchanged (no BN, no branches) are listed but not timed.
+For each registered model (default input: 224x224 for the vision models; seed 0, BatchNorm statistics and affine
+parameters randomised so that folding them is measurable) the script exports the train form (eval mode) and the
+deploy form with ``torch.onnx.export`` (opset 18; for both forms constant folding only, not the exporter's
+optimizer, which would fold the train form's BatchNorm into its convolutions and leave nothing to compare), loads
+both in ONNX Runtime and in OpenVINO (CPU, f32 inference precision: this host's default would be bf16) and times
+them interleaved (train/deploy x ORT/OpenVINO round-robin within each repetition), reporting medians and ratios.
+Models that reparameterization leaves unchanged (no BN, no branches) are listed but not timed.
 
 Also measured: a reparameterized 3x3 RepConv block vs a single plain 3x3 conv of the same shape (the
 physical floor); fmvit_t vs mobilenetv2 on OpenVINO CPU FP32 at 224x224; and the parameter costs of ULSAM
@@ -28,7 +31,7 @@ from pathlib import Path
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 import numpy as np
 import torch
-from _cli import BenchError, Parser, check_out, command_line, nonneg_float, positive_int, run_cli
+from _cli import BenchError, Parser, check_out, command_line, description, nonneg_float, positive_int, run_cli
 from _timing import paired_ratio, time_interleaved  # benchmarks/_timing.py (run as a script)
 from torch import nn
 
@@ -38,10 +41,38 @@ from edgeattn.models import count_macs, count_params, create_model, example_inpu
 from edgeattn.openvino_core import openvino_core
 
 
-def _export(model: nn.Module, x: torch.Tensor, path: Path) -> None:
+def _export(model: nn.Module, x: torch.Tensor, path: Path, keep_batchnorm: bool = False) -> None:
+    """``model`` to ONNX (dynamo, opset 18). The exporter's optimizer folds BatchNorm into the preceding
+    convolutions; ``keep_batchnorm`` runs only its constant folding and dead-node removal instead, so a train form
+    keeps its BatchNormalization nodes."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, (x,), str(path), dynamo=True, opset_version=18, verbose=False)
+        program = torch.onnx.export(
+            model, (x,), dynamo=True, opset_version=18, verbose=False, optimize=not keep_batchnorm
+        )
+    if keep_batchnorm:
+        from onnxscript import optimizer
+
+        optimizer.fold_constants(program.model)
+        optimizer.remove_unused_nodes(program.model)
+    program.save(str(path))
+
+
+def randomize_batchnorm(model: nn.Module, seed: int = 0) -> int:
+    """Give every BatchNorm layer of ``model`` seeded random statistics and affine parameters (a fresh model's
+    mean 0, variance 1, weight 1, bias 0 make folding exact, so a deploy-vs-train difference would measure
+    nothing); returns how many layers were changed."""
+    gen = torch.Generator().manual_seed(seed)
+    layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    with torch.no_grad():
+        for bn in layers:
+            n = bn.num_features
+            bn.running_mean.copy_(0.1 * torch.randn(n, generator=gen))
+            bn.running_var.copy_(0.5 + torch.rand(n, generator=gen))  # in [0.5, 1.5)
+            if bn.affine:
+                bn.weight.copy_(0.5 + torch.rand(n, generator=gen))
+                bn.bias.copy_(0.1 * torch.randn(n, generator=gen))
+    return len(layers)
 
 
 def _runners(path: Path, x: np.ndarray, threads: int) -> dict:
@@ -88,9 +119,14 @@ def bench_models(names: list[str], tmp: Path, threads: int, budget_scale: float 
     both runtimes (ratios train/deploy: > 1 means the deploy form is faster)."""
     out = {}
     for name in names:
+        torch.manual_seed(0)
         train = create_model(name).eval()
         x = example_input(train)
-        record: dict = {"input_shape": list(x.shape), "params_train": count_params(train)}
+        record: dict = {
+            "input_shape": list(x.shape),
+            "params_train": count_params(train),
+            "batchnorm_layers_randomized": randomize_batchnorm(train),
+        }
         if not _has_reparam(train):
             record.update(timed=False, note="no BatchNorm or branches: the deploy form is the train form")
             out[name] = record
@@ -105,8 +141,8 @@ def bench_models(names: list[str], tmp: Path, threads: int, budget_scale: float 
             macs_deploy=count_macs(deploy, x),
             max_rel_diff=float((y - z).abs().max() / y.abs().max()),
         )
-        _export(train, x, tmp / f"{name}_train.onnx")
-        _export(deploy, x, tmp / f"{name}_deploy.onnx")
+        _export(train, x, tmp / f"{name}_train.onnx", keep_batchnorm=True)
+        _export(deploy, x, tmp / f"{name}_deploy.onnx", keep_batchnorm=True)  # the same export passes
         record["onnx_nodes"] = {form: _onnx_ops(tmp / f"{name}_{form}.onnx") for form in ("train", "deploy")}
         xs = x.numpy()
         runs = {}
@@ -211,7 +247,7 @@ def param_costs() -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     """Run every section and write the JSON."""
-    ap = Parser(description=__doc__.splitlines()[0])
+    ap = Parser(description=description(__doc__))
     ap.add_argument("--out", default=str(Path(__file__).with_suffix(".json")))
     ap.add_argument("--models", default=None, help="comma-separated subset (default: every registered model)")
     # One thread by default: on the shared 2-core host a 2-thread parallel region stalls whenever another
@@ -224,8 +260,11 @@ def main(argv: list[str] | None = None) -> int:
         help="multiplies every section's timing budget (8 s per model, 6 s rep3x3, 10 s fmvit_t vs mobilenetv2); "
         "the minimum repetitions (10, 30, 40) still apply",
     )
+    ap.add_argument(
+        "--force", action="store_true", help="replace an existing --out (without it an existing file is refused)"
+    )
     args = ap.parse_args(argv)
-    out_path = check_out(args.out, "--out")
+    out_path = check_out(args.out, "--out", force=args.force)
     names = args.models.split(",") if args.models else list_models()
     unknown = sorted(set(names) - set(list_models()))
     if unknown:
@@ -247,8 +286,11 @@ def main(argv: list[str] | None = None) -> int:
             "onnxruntime": onnxruntime.__version__,
             "openvino": openvino.__version__,
         },
-        "method": "torch.onnx.export (dynamo, opset 18); forms x runtimes interleaved round-robin in each "
-        "repetition; latency = median ms; ratios = median over repetitions of the ratio within a repetition",
+        "method": "torch.onnx.export (dynamo, opset 18; models section: seed 0, BatchNorm statistics and affine "
+        "parameters randomised; both forms exported with constant folding only, not the exporter's "
+        "optimizer, so the train form keeps its BatchNormalization nodes); forms x runtimes interleaved "
+        "round-robin in each repetition; latency = median ms; ratios = median over repetitions of the ratio "
+        "within a repetition",
         "units": {
             "latency_ms": "milliseconds per inference (median)",
             "speedup_deploy_vs_train": "train time / deploy time (> 1: deploy faster)",
@@ -268,8 +310,8 @@ def main(argv: list[str] | None = None) -> int:
         "deploy_never_slower": {
             n: {rt: s >= 1.0 for rt, s in r["speedup_deploy_vs_train"].items()} for n, r in timed.items()
         },
-        # For ConvBN-only models the exporter already folds BN into the conv, so both ONNX graphs hold the
-        # same op list (see onnx_nodes) and their ratio is 1 up to timing noise: allow 2% for that noise.
+        # For ConvBN-only models both runtimes fold the train form's BatchNormalization into the conv when they
+        # load it, so their ratio is 1 up to timing noise: allow 2% for that noise.
         "deploy_not_slower_within_2pct_noise": {
             n: {rt: s >= 0.98 for rt, s in r["speedup_deploy_vs_train"].items()} for n, r in timed.items()
         },

@@ -4,6 +4,7 @@ recomputed from their raw fields, and one-line errors for bad input to the scrip
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
 import math
@@ -370,3 +371,166 @@ def test_qat_refuses_to_replace_an_existing_table_without_resume_or_force(tmp_pa
     assert proc.returncode == 2
     assert "exists: --resume adds to its rows, --force replaces it" in proc.stderr
     assert json.loads(out.read_text()) == {"vision": {"rows": {"kept": {}}}}  # untouched
+
+
+# ------------------------------------------------------------------ QA sweep fixes: refusals, kept sections, seeds
+
+
+def _run_script(script: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(BENCH / script), *args], capture_output=True, text=True, timeout=120, cwd=BENCH.parent
+    )
+
+
+def _error_lines(proc: subprocess.CompletedProcess) -> list[str]:
+    return [ln for ln in proc.stderr.splitlines() if "Warning" not in ln and "warnings.warn" not in ln]
+
+
+def test_check_out_refuses_an_existing_file_unless_forced(cli, tmp_path):
+    out = tmp_path / "r.json"
+    assert cli.check_out(out, "--json", force=False) == out  # a new file is fine either way
+    out.write_text("{}")
+    with pytest.raises(cli.BenchError, match=r"--json '.*r.json' exists: --force replaces it"):
+        cli.check_out(out, "--json", force=False)
+    assert cli.check_out(out, "--json", force=True) == out
+    assert cli.check_out(out, "--json") == out  # default: the merging scripts (profiler, grad_spikes) read it first
+
+
+@pytest.mark.parametrize(
+    ("script", "flag", "args"),
+    [
+        ("hls.py", "--json", ["--quick"]),
+        ("approx.py", "--json", ["--budget", "0"]),
+        ("reparam.py", "--out", ["--models", "mobilenetv2", "--budget-scale", "0.05"]),
+        ("export.py", "--out", ["--img-size", "32", "--isa", ""]),
+    ],
+)
+def test_quick_runs_refuse_to_replace_an_existing_json(script, flag, args, tmp_path):
+    out = tmp_path / "committed.json"
+    out.write_text('{"kept": 1}')
+    proc = _run_script(script, *args, flag, str(out))
+    assert proc.returncode == 2, proc.stderr
+    lines = _error_lines(proc)
+    assert lines == [f"error: {flag} '{out}' exists: --force replaces it (quick checks: write to /tmp)"], proc.stderr
+    assert json.loads(out.read_text()) == {"kept": 1}
+
+
+@pytest.mark.parametrize(
+    ("script", "args", "message"),
+    [
+        ("export.py", ["--skip-latency", "--skip-all-targets"], "error: --skip-latency and --skip-all-targets"),
+        ("export.py", ["--isa", "FOO"], "error: --isa 'FOO' is not a oneDNN ISA; choose one of SSE41, AVX, AVX2,"),
+        ("profiler.py", ["--skip", "models,agreement,overhead"], "error: --skip: every section"),
+    ],
+)
+def test_runs_with_nothing_valid_to_measure_are_refused(script, args, message, tmp_path):
+    out = tmp_path / "previous.json"
+    out.write_text('{"models": {"kept": 1}, "command": "python benchmarks/x.py"}')
+    force = ["--force"] if script == "export.py" else []  # export.py: even where it may replace the file
+    proc = _run_script(script, *args, "--out", str(out), *force)
+    assert proc.returncode == 2, proc.stderr
+    lines = _error_lines(proc)
+    assert len(lines) == 1 and lines[0].startswith(message), proc.stderr
+    assert json.loads(out.read_text()) == {"models": {"kept": 1}, "command": "python benchmarks/x.py"}
+
+
+def test_help_descriptions_are_whole_sentences(cli):
+    assert cli.description("\nFirst line\n  goes on.\n\nSecond paragraph.\n") == "First line goes on."
+    for script, ending in (
+        ("hls.py", "as the widths shrink, and the analytical estimate."),
+        ("reparam.py", "Writes medians and ratios measured side by side to JSON."),
+    ):
+        text = " ".join(_run_script(script, "-h").stdout.split())
+        assert ending in text, text
+
+
+def test_export_keeps_a_skipped_section_with_the_command_that_measured_it():
+    export = _load("export")
+    committed = _committed("export.json")
+    run_by = {"command": "python benchmarks/export.py --skip-latency --force", "started_utc": "t", "host": "h"}
+    result = {"command": run_by["command"], "all_targets": {"new": 1}, "sections_run_by": {"all_targets": run_by}}
+    export.keep_skipped(result, committed, ["openvino_int8_vs_fp32"])
+    assert result["all_targets"] == {"new": 1}
+    assert result["openvino_int8_vs_fp32"] == committed["openvino_int8_vs_fp32"]  # the figures docs/export.md quotes
+    # written before sections_run_by: the section's own command names the run that measured it
+    assert result["sections_run_by"]["openvino_int8_vs_fp32"] == {
+        "command": committed["openvino_int8_vs_fp32"]["command"]
+    }
+    assert result["sections_from_previous_run"] == ["openvino_int8_vs_fp32"]
+    # the other way round: both all_targets keys are kept, and a recorded sections_run_by entry wins
+    again = {"command": "c2", "openvino_int8_vs_fp32": {"x": 2}, "sections_run_by": {"openvino_int8_vs_fp32": {}}}
+    previous = {**result, "sections_run_by": {"all_targets": run_by}, "all_targets_other_torch_threads": [{"o": 1}]}
+    export.keep_skipped(again, previous, ["all_targets"])
+    assert again["all_targets"] == {"new": 1} and again["all_targets_other_torch_threads"] == [{"o": 1}]
+    assert again["sections_run_by"]["all_targets"] == run_by
+    # a file whose run kept the section itself cannot say who measured it; a missing section stays missing
+    older = {"command": "c0", "all_targets": {"a": 1}, "sections_from_previous_run": ["all_targets"]}
+    fresh = {"sections_run_by": {}}
+    export.keep_skipped(fresh, older, ["all_targets", "openvino_int8_vs_fp32"])
+    assert fresh["sections_run_by"]["all_targets"]["command"].startswith("not recorded")
+    assert "openvino_int8_vs_fp32" not in fresh and fresh["sections_from_previous_run"] == ["all_targets"]
+
+
+def test_export_isa_is_checked_against_onednn_names():
+    export = _load("export")
+    assert export.check_isa(" avx2 ") == "AVX2" and export.check_isa("") is None
+    with pytest.raises(export.BenchError, match="--isa 'AVX3' is not a oneDNN ISA"):
+        export.check_isa("AVX3")
+
+
+def test_grad_spikes_seed_comes_from_the_checkpoint_and_a_mismatch_is_refused(tmp_path):
+    import torch
+    from edgeattn.quant.checkpoint import save_checkpoint
+
+    ckpt = tmp_path / "fp.pt"
+    meta = {"model": "none", "model_kwargs": {}, "split": {"seed": 3, "img_size": 32, "in_chans": 3}}
+    save_checkpoint(ckpt, torch.nn.Linear(2, 2), meta)
+    spikes = _load("grad_spikes")
+    assert spikes.checkpoint_seed(str(ckpt), None) == 3
+    assert spikes.checkpoint_seed(str(ckpt), 3) == 3
+    out = tmp_path / "g.json"
+    proc = _run_script("grad_spikes.py", "--fp-checkpoint", str(ckpt), "--seed", "4", "--out", str(out))
+    assert proc.returncode == 2, proc.stderr
+    assert _error_lines(proc) == [
+        f"error: --seed 4 does not match --fp-checkpoint '{ckpt}', trained on the split of seed 3; leave --seed "
+        "out or pass 3"
+    ]
+    assert not out.exists()
+    save_checkpoint(ckpt, torch.nn.Linear(2, 2), {"model": "none", "model_kwargs": {}})  # an older checkpoint
+    assert spikes.checkpoint_seed(str(ckpt), 5) == 5
+    with pytest.raises(spikes.BenchError, match="does not record its split seed: pass --seed"):
+        spikes.checkpoint_seed(str(ckpt), None)
+
+
+def test_reparam_train_form_keeps_random_batchnorm_that_onnxruntime_computes(tmp_path):
+    """A seeded random BatchNorm stays a BatchNormalization node in the train form's ONNX, and ONNX Runtime's output
+    matches the BatchNorm formula computed in float64."""
+    import onnx
+    import onnxruntime as ort
+    import torch
+    from torch import nn
+
+    reparam = _load("reparam")
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4)).eval()
+    assert reparam.randomize_batchnorm(model, seed=0) == 1
+    bn = model[1]
+    twin = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4)).eval()
+    reparam.randomize_batchnorm(twin, seed=0)
+    assert torch.equal(bn.running_var, twin[1].running_var) and torch.equal(bn.bias, twin[1].bias)  # seeded
+    assert not torch.allclose(bn.running_var, torch.ones(4)) and not torch.allclose(bn.running_mean, torch.zeros(4))
+    x = torch.randn(1, 3, 8, 8)
+    path = tmp_path / "train.onnx"
+    reparam._export(model, x, path, keep_batchnorm=True)
+    assert [n.op_type for n in onnx.load(str(path)).graph.node] == ["Conv", "BatchNormalization"]
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+    conv = copy.deepcopy(model[0]).double()
+    with torch.no_grad():
+        y = conv(x.double())
+        mean, var, w, b = (t.double().view(1, -1, 1, 1) for t in (bn.running_mean, bn.running_var, bn.weight, bn.bias))
+        want = ((y - mean) / torch.sqrt(var + bn.eps) * w + b).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    folded = tmp_path / "folded.onnx"
+    reparam._export(model, x, folded)  # the exporter's optimizer folds the BatchNorm away
+    assert "BatchNormalization" not in {n.op_type for n in onnx.load(str(folded)).graph.node}
