@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
@@ -38,11 +38,12 @@ from edgeattn.fpga_hls.extract import (
     model_params,
     requantized_weights,
 )
-from edgeattn.fpga_hls.gate import gate_result, resolve_tolerance
+from edgeattn.fpga_hls.gate import DEFAULT_TOLERANCE, gate_result, resolve_tolerance
 from edgeattn.fpga_hls.vectors import vector_images
 
 from edgeattn.atomic import replaceable_dir, staging_dir
 from edgeattn.errors import EdgeAttnError
+from edgeattn.hostinfo import MAX_SEED
 
 __all__ = ["REFERENCES", "ProjectInfo", "check_reference", "generate_project", "compare"]
 
@@ -125,12 +126,25 @@ def _resolve_profile(profile: Any):
     return prof
 
 
-def _resolve_model(model: Any) -> tuple[Any, str]:
+def _resolve_model(model: Any, seed: int = 0) -> tuple[Any, str]:
+    """``(module, name)``; a registry name is built with weights drawn from ``seed`` (as ``edgeattn hls`` does),
+    without touching the caller's random state, so the same call gives the same project every time."""
+    import torch
+    from torch import nn
+
     if isinstance(model, str):
         from edgeattn.models import create_model
 
-        return create_model(model), model
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return create_model(model), model
+    if not isinstance(model, nn.Module):
+        raise EdgeAttnError(f"model must be a registry name or a torch model, got {type(model).__name__}")
     return model, type(model).__name__
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _parallel_range(spec: Any) -> tuple[int, int]:
@@ -143,10 +157,15 @@ def _parallel_range(spec: Any) -> tuple[int, int]:
 
 
 def _resolve_target(
-    model: Any, profile: Any, layer: int | None, attn_parallel: int | None
+    model: Any, profile: Any, layer: int | None, attn_parallel: int | None, seed: int = 0
 ) -> tuple[Any, str, Any, Any]:
-    """Checked (model, name, profile, hls section): the model is a supported ViT in eval mode, ``layer`` is one of
-    its encoder layers (or ``None``), and ``attn_parallel`` (when given) overrides the profile's."""
+    """Checked (model, name, profile, hls section): the model (a registry name is built from ``seed``) is a
+    supported ViT in eval mode, ``layer`` is one of its encoder layers (or ``None``), and ``attn_parallel`` (when
+    given) overrides the profile's."""
+    if layer is not None and not _is_int(layer):
+        raise EdgeAttnError(f"layer must be an encoder layer index (an integer) or None, got {layer!r}")
+    if attn_parallel is not None and not _is_int(attn_parallel):
+        raise EdgeAttnError(f"attn_parallel must be an integer (--parallel), got {attn_parallel!r}")
     prof = _resolve_profile(profile)
     hls = prof.hls
     if attn_parallel is not None:
@@ -154,7 +173,7 @@ def _resolve_target(
         if not lo <= attn_parallel <= hi:  # the profile field's range: model_copy would not check it
             raise EdgeAttnError(f"attn_parallel must be >= {lo} and <= {hi} (--parallel), got {attn_parallel}")
         hls = hls.model_copy(update={"attn_parallel": int(attn_parallel)})
-    net, name = _resolve_model(model)
+    net, name = _resolve_model(model, seed)
     net.eval()
     check_vit(net, name)
     depth = len(net.blocks)
@@ -293,6 +312,20 @@ def _overflow_error(stats: G.GoldenStats, fmt: G.HLSFormats, source: str) -> Edg
     )
 
 
+def _check_tolerance_keys(tolerance: Any) -> None:
+    """EdgeAttnError unless ``tolerance`` is ``None`` or a mapping with only the gate's keys (a misspelt key
+    would otherwise be ignored and the default bound used)."""
+    if tolerance is None:
+        return
+    if not isinstance(tolerance, Mapping):
+        raise EdgeAttnError(f"tolerance must be a dict, got {type(tolerance).__name__}")
+    unknown = sorted(str(k) for k in tolerance if k not in DEFAULT_TOLERANCE)
+    if unknown:
+        raise EdgeAttnError(
+            f"tolerance: unknown key(s) {', '.join(map(repr, unknown))}; allowed: {', '.join(DEFAULT_TOLERANCE)}"
+        )
+
+
 def generate_project(
     model: Any,
     profile: Any,
@@ -323,7 +356,7 @@ def generate_project(
         out_dir: project folder; must not exist unless ``force``.
         layer: which encoder layer becomes ``encoder_layer_top``; ``None`` builds ``vit_top`` for the model.
         vectors: number of test vectors (images through the model).
-        seed: seed of the random test images.
+        seed: seed of the random test images, and of a registry model's weights when ``model`` is a name.
         attn_parallel: query rows in flight (default: the profile's ``hls.attn_parallel``).
         formats: override the profile's widths (for width sweeps).
         force: replace an existing ``out_dir``.
@@ -350,10 +383,15 @@ def generate_project(
     replaceable_dir(out_dir)  # not '.', a folder above it, or a file: fail before any work
     if out_dir.exists() and not force:
         raise EdgeAttnError(f"{out_dir} already exists; pass --force to replace it")
-    if vectors < 1:
-        raise EdgeAttnError(f"vectors must be >= 1, got {vectors}")
+    if not _is_int(vectors) or vectors < 1:
+        raise EdgeAttnError(f"vectors must be an integer >= 1, got {vectors!r}")
+    if not _is_int(seed) or not 0 <= seed <= MAX_SEED:
+        raise EdgeAttnError(f"seed must be an integer in 0..{MAX_SEED}, got {seed!r}")
+    _check_tolerance_keys(tolerance)
+    if formats is not None and not isinstance(formats, G.HLSFormats):
+        raise EdgeAttnError(f"formats must be an HLSFormats, got {type(formats).__name__}")
     check_reference(reference)
-    net, default_name, prof, hls = _resolve_target(model, profile, layer, attn_parallel)
+    net, default_name, prof, hls = _resolve_target(model, profile, layer, attn_parallel, seed)
     tol = resolve_tolerance(hls, (tolerance or {}).get("max_abs"), (tolerance or {}).get("min_cosine"))
     fmt = formats or G.HLSFormats.from_profile(hls)
     name = model_name or default_name
@@ -361,9 +399,10 @@ def generate_project(
     attn0 = blocks[0].attn
     dim, heads = attn0.qkv.in_features, attn0.num_heads
     try:
-        fmt.check(head_dim=dim // heads)
+        fmt.check(head_dim=dim // heads, profile=formats is None)
     except ValueError as exc:
-        raise EdgeAttnError(f"profile '{prof.name}': {exc}") from None
+        where = "formats" if formats is not None else f"profile '{prof.name}'"
+        raise EdgeAttnError(f"{where}: {exc}") from None
 
     # the parameters the hardware holds, quantized to the profile's widths
     mp: G.ModelParams | None = model_params(net, fmt) if layer is None else None

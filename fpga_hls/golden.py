@@ -103,28 +103,58 @@ class HLSFormats:
         """Fraction bits of LayerNorm's centred values: as many as keep ``sum(e^2)`` inside 62 bits."""
         return max(0, min(self.act_frac, (62 - math.ceil(math.log2(max(dim, 2)))) // 2 - self.act_int))
 
-    def check(self, head_dim: int = 64) -> None:
-        """ValueError naming the width that the templates cannot take."""
-        if not 8 <= self.act_width <= 32:
-            raise ValueError(f"hls.act.width must be in 8..32 (the LayerNorm datapath), got {self.act_width}")
-        if self.act_frac < 5:
-            raise ValueError(
-                f"hls.act needs >= 5 fraction bits (the GELU table step is 1/32), got {self.act_frac}"
-            )
-        if self.weight_width > 16:
-            raise ValueError(
-                f"hls.weight.width must be <= 16 (one DSP multiplier input), got {self.weight_width}"
-            )
+    def check(self, head_dim: int = 64, profile: bool = False) -> None:
+        """ValueError naming the field whose value the templates cannot take.
+
+        Messages name the :class:`HLSFormats` field (``act_width``), or with ``profile`` the profile field it
+        came from (``hls.act.width``). The ranges are the profile schema's, narrowed to what the templates hold.
+        """
+
+        def name(field_name: str) -> str:
+            return _PROFILE_FIELDS[field_name] if profile else field_name
+
+        for field_name in _PROFILE_FIELDS:
+            value = getattr(self, field_name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"{name(field_name)} must be an integer, got {value!r}")
+
+        def in_range(field_name: str, lo: int, hi: int, why: str = "") -> None:
+            value = getattr(self, field_name)
+            if not lo <= value <= hi:
+                raise ValueError(f"{name(field_name)} must be in {lo}..{hi}{why}, got {value}")
+
+        in_range("act_width", 8, 32, " (the LayerNorm datapath)")
+        in_range("act_int", 1, self.act_width - 5, " (>= 5 fraction bits: the GELU table step is 1/32)")
+        in_range("weight_width", 2, 16, " (one DSP multiplier input)")
+        in_range("weight_int", 1, self.weight_width, f" (at most {name('weight_width')})")
+        in_range("score_width", 2, 32)
+        max_score_frac = 2 * QK_FRAC
+        lo = max(1, self.score_width - max_score_frac)
+        in_range("score_int", lo, self.score_width, f" (<= {max_score_frac} fraction bits)")
+        in_range("prob_frac", 4, 24)
+        # the profile's range; wider entries overflow the C++ int table
+        in_range("gelu_table_frac", 8, 24)
         if self.act_frac + self.weight_frac > 40:
-            raise ValueError("hls.act + hls.weight fraction bits must be <= 40 (the 64-bit MAC accumulator)")
-        if self.score_frac > 2 * QK_FRAC or self.score_width > 32:
-            raise ValueError(f"hls.softmax_in must have <= 32 bits and <= {2 * QK_FRAC} fraction bits")
+            frac_names = f"{name('act_width')} - {name('act_int')} + {name('weight_width')} - {name('weight_int')}"
+            raise ValueError(
+                f"{frac_names} (the fraction bits) must be <= 40 (the 64-bit MAC accumulator), "
+                f"got {self.act_frac + self.weight_frac}"
+            )
         if 2 * (self.act_int - 1 + QK_FRAC) + math.ceil(math.log2(max(head_dim, 2))) > 62:
-            raise ValueError("hls.act.integer too large for the 64-bit q.k accumulator at this head_dim")
-        if self.prob_frac > 24:
-            raise ValueError(f"hls.softmax_out_frac must be <= 24, got {self.prob_frac}")
-        if not 8 <= self.gelu_table_frac <= 24:  # the profile's range; wider entries overflow the C++ int table
-            raise ValueError(f"hls.gelu_table_frac must be in 8..24, got {self.gelu_table_frac}")
+            raise ValueError(f"{name('act_int')} too large for the 64-bit q.k accumulator at head_dim {head_dim}")
+
+
+# HLSFormats field -> the device profile field it is read from (HLSFormats.from_profile)
+_PROFILE_FIELDS = {
+    "act_width": "hls.act.width",
+    "act_int": "hls.act.integer",
+    "weight_width": "hls.weight.width",
+    "weight_int": "hls.weight.integer",
+    "score_width": "hls.softmax_in.width",
+    "score_int": "hls.softmax_in.integer",
+    "prob_frac": "hls.softmax_out_frac",
+    "gelu_table_frac": "hls.gelu_table_frac",
+}
 
 
 @dataclass

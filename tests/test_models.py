@@ -100,7 +100,7 @@ def test_bad_model_arguments_are_user_errors_naming_the_argument(name, kwargs, n
 def test_llama_attention_checks_heads_before_dividing():
     from edgeattn.blocks.llama import LlamaAttention
 
-    with pytest.raises(ValueError, match=r"num_heads \(0\)"):
+    with pytest.raises(ValueError, match=r"LlamaAttention: num_heads must be a positive integer, got 0"):
         LlamaAttention(16, 0, seq_len=8)
 
 

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from edgeattn.approx import ApproxGELU, ApproxSoftmax
-from edgeattn.blocks.rep import check_input
+from edgeattn.blocks.rep import check_input, check_positive_ints
 
 __all__ = ["ATTENTION_QUANT_POINTS", "Attention", "Mlp", "add_quant_points"]
 
@@ -55,8 +55,7 @@ class Attention(nn.Module):
         proj_drop: float = 0.0,
     ) -> None:
         super().__init__()
-        if dim <= 0 or num_heads <= 0:
-            raise ValueError(f"Attention: dim ({dim}) and num_heads ({num_heads}) must be positive")
+        check_positive_ints("Attention", dim=dim, num_heads=num_heads)
         if dim % num_heads:
             raise ValueError(f"Attention: dim={dim} must be divisible by num_heads={num_heads}")
         self.dim, self.num_heads = dim, num_heads
@@ -71,7 +70,7 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, N, C) -> (B, N, C)."""
-        check_input("Attention", x, ("N", "T", self.dim))
+        check_input("Attention", x, ("N", "T", self.dim), dtype=self.qkv.weight.dtype)
         b, n, c = x.shape
         x = self.in_quant(x)
         qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
@@ -103,7 +102,10 @@ class Mlp(nn.Module):
         drop: float = 0.0,
     ) -> None:
         super().__init__()
-        out_features = out_features or in_features
+        out_features = in_features if out_features is None else out_features
+        check_positive_ints(
+            "Mlp", in_features=in_features, hidden_features=hidden_features, out_features=out_features
+        )
         self.in_features = in_features
         self.in_quant = nn.Identity()
         self.fc1 = nn.Linear(in_features, hidden_features)
@@ -114,7 +116,7 @@ class Mlp(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(..., in_features) -> (..., out_features)."""
-        check_input("Mlp", x, ("...", self.in_features))
+        check_input("Mlp", x, ("...", self.in_features), dtype=self.fc1.weight.dtype)
         x = self.act(self.fc1(self.in_quant(x)))
         x = self.drop(x)
         return self.drop(self.fc2(self.hidden_quant(x)))

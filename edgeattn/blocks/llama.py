@@ -13,7 +13,7 @@ from torch import nn
 
 from edgeattn.approx import ApproxSoftmax
 from edgeattn.blocks.attention import add_quant_points
-from edgeattn.blocks.rep import check_input, format_shape, static_shape
+from edgeattn.blocks.rep import check_input, check_positive_ints, format_shape, static_shape
 
 __all__ = [
     "RMSNorm",
@@ -31,10 +31,10 @@ __all__ = [
 MASK_VALUE = -1.0e4
 
 
-def check_tokens(where: str, x: object, dim: int, seq_len: int) -> None:
+def check_tokens(where: str, x: object, dim: int, seq_len: int, dtype: torch.dtype | None = None) -> None:
     """Raise ``ValueError`` unless ``x`` is a float (N, T, dim) tensor with 1 <= T <= ``seq_len`` (the RoPE
-    tables and causal mask are built for ``seq_len`` positions)."""
-    check_input(where, x, ("N", "T", dim))
+    tables and causal mask are built for ``seq_len`` positions) and, when given, of ``dtype``."""
+    check_input(where, x, ("N", "T", dim), dtype=dtype)
     shape = static_shape(x)
     if not 1 <= shape[1] <= seq_len:
         raise ValueError(
@@ -47,12 +47,13 @@ class RMSNorm(nn.Module):
 
     def __init__(self, dim: int, eps: float = 1e-6) -> None:
         super().__init__()
+        check_positive_ints("RMSNorm", dim=dim)
         self.dim, self.eps = dim, eps
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(..., dim) -> (..., dim)."""
-        check_input("RMSNorm", x, ("...", self.dim))
+        check_input("RMSNorm", x, ("...", self.dim), dtype=self.weight.dtype)
         return x * torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + self.eps) * self.weight
 
 
@@ -83,10 +84,8 @@ class LlamaAttention(nn.Module):
         self, dim: int, num_heads: int, seq_len: int, softmax: str = "exact", rope_theta: float = 10000.0
     ) -> None:
         super().__init__()
-        if dim <= 0 or num_heads <= 0 or seq_len <= 0:  # before the modulo: num_heads=0 divides by zero
-            raise ValueError(
-                f"LlamaAttention: dim ({dim}), num_heads ({num_heads}) and seq_len ({seq_len}) must be positive"
-            )
+        # before the modulo: num_heads=0 divides by zero
+        check_positive_ints("LlamaAttention", dim=dim, num_heads=num_heads, seq_len=seq_len)
         if dim % num_heads:
             raise ValueError(f"LlamaAttention: dim={dim} must be divisible by num_heads={num_heads}")
         self.dim, self.num_heads = dim, num_heads
@@ -105,7 +104,7 @@ class LlamaAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, T, C) -> (B, T, C)."""
-        check_tokens("LlamaAttention", x, self.dim, self.seq_len)
+        check_tokens("LlamaAttention", x, self.dim, self.seq_len, dtype=self.qkv.weight.dtype)
         b, t, c = x.shape
         x = self.in_quant(x)
         qkv = self.qkv(x).reshape(b, t, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
@@ -128,6 +127,7 @@ class SwiGLU(nn.Module):
 
     def __init__(self, dim: int, hidden_dim: int) -> None:
         super().__init__()
+        check_positive_ints("SwiGLU", dim=dim, hidden_dim=hidden_dim)
         self.dim = dim
         self.in_quant = nn.Identity()
         self.gate_proj = nn.Linear(dim, hidden_dim, bias=False)
@@ -138,7 +138,7 @@ class SwiGLU(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(..., dim) -> (..., dim)."""
-        check_input("SwiGLU", x, ("...", self.dim))
+        check_input("SwiGLU", x, ("...", self.dim), dtype=self.gate_proj.weight.dtype)
         x = self.in_quant(x)
         return self.down_proj(self.hidden_quant(self.act(self.gate_proj(x)) * self.up_proj(x)))
 
@@ -150,6 +150,7 @@ class LlamaBlock(nn.Module):
         self, dim: int, num_heads: int, hidden_dim: int, seq_len: int, softmax: str = "exact"
     ) -> None:
         super().__init__()
+        check_positive_ints("LlamaBlock", dim=dim, num_heads=num_heads, hidden_dim=hidden_dim, seq_len=seq_len)
         self.dim, self.seq_len = dim, seq_len
         self.attn_norm = RMSNorm(dim)
         self.attn = LlamaAttention(dim, num_heads, seq_len, softmax=softmax)
@@ -158,6 +159,6 @@ class LlamaBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, T, dim) -> (B, T, dim), T <= seq_len."""
-        check_tokens("LlamaBlock", x, self.dim, self.seq_len)
+        check_tokens("LlamaBlock", x, self.dim, self.seq_len, dtype=self.attn_norm.weight.dtype)
         x = x + self.attn(self.attn_norm(x))
         return x + self.mlp(self.mlp_norm(x))

@@ -35,6 +35,7 @@ __all__ = [
     "set_weight_bias",
     "check_positive_ints",
     "check_input",
+    "param_dtype",
     "format_shape",
     "static_shape",
 ]
@@ -144,19 +145,39 @@ def static_shape(x: torch.Tensor) -> tuple[int, ...]:
         return tuple(int(d) for d in x.shape)
 
 
-def check_input(where: str, x: object, shape: Sequence[int | str], what: str = "input") -> None:
+def param_dtype(module: nn.Module) -> torch.dtype | None:
+    """The dtype of ``module``'s first floating-point parameter (``None`` if it has none): the input dtype its
+    layers compute in, for :func:`check_input`'s ``dtype``."""
+    for p in module.parameters():
+        if p.is_floating_point():
+            return p.dtype
+    return None
+
+
+def check_input(
+    where: str, x: object, shape: Sequence[int | str], what: str = "input", dtype: torch.dtype | None = None
+) -> None:
     """Raise ``ValueError("{where} expects {what} of shape (N, 3, H, W), got (3, 32, 32)")`` unless ``x`` is a
-    floating-point tensor that fits ``shape``.
+    floating-point tensor that fits ``shape`` (and has ``dtype``, when given).
 
     ``shape`` entries: an int must match exactly; a name (``"N"``, ``"H"``) takes any size; a leading ``"..."``
     takes any number of leading dims. Only the rank and sizes fixed at construction are compared, never the
     batch or another axis an exporter may make dynamic: the check is Python on static shapes, so traced and
     exported graphs do not change.
+
+    ``dtype``: the dtype of the caller's weights; a float64 or bfloat16 input to a float32 layer would otherwise
+    fail inside torch. Not compared under autocast, which casts inputs to the weights' precision itself.
     """
     if not isinstance(x, torch.Tensor):
         raise ValueError(f"{where} expects {what} as a torch.Tensor, got {type(x).__name__}")
     if not x.is_floating_point():
         raise ValueError(f"{where} expects a floating-point {what}, got {x.dtype}")
+    if dtype is not None and x.dtype != dtype and not torch.is_autocast_enabled(x.device.type):
+        want, got_dtype = _dtype_name(dtype), _dtype_name(x.dtype)
+        raise ValueError(
+            f"{where} expects a {want} {what} (its parameters' dtype), got {got_dtype}: convert the input "
+            f"with .to(torch.{want}) or the model with .to(torch.{got_dtype})"
+        )
     got = static_shape(x)
     variadic = len(shape) > 0 and shape[0] == "..."
     fixed = tuple(shape[1:]) if variadic else tuple(shape)
@@ -164,6 +185,10 @@ def check_input(where: str, x: object, shape: Sequence[int | str], what: str = "
     tail = got[len(got) - len(fixed) :] if rank_ok else ()
     if not rank_ok or any(isinstance(want, int) and size != want for want, size in zip(fixed, tail, strict=True)):
         raise ValueError(f"{where} expects {what} of shape {format_shape(shape)}, got {format_shape(got)}")
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
 
 
 def _check_channels(name: str, in_ch: int, out_ch: int, groups: int) -> None:
@@ -227,7 +252,7 @@ class ConvBN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, in_channels, H, W) -> (N, out_channels, H', W')."""
-        check_input("ConvBN", x, ("N", self.in_channels, "H", "W"))
+        check_input("ConvBN", x, ("N", self.in_channels, "H", "W"), dtype=self.conv.weight.dtype)
         if self.deployed:
             return self.act(self.conv(x))
         return self.act(self.bn(self.conv(x)))
@@ -291,9 +316,13 @@ class RepConv(nn.Module):
         self.act = make_act(act)
         self.deployed = False
 
+    def _weight(self) -> torch.Tensor:
+        """The first conv's weight in either form: its dtype is the one inputs must have."""
+        return self.reparam_conv.weight if self.deployed else self.branches[0].conv.weight
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, in_channels, H, W) -> (N, out_channels, H', W')."""
-        check_input("RepConv", x, ("N", self.in_channels, "H", "W"))
+        check_input("RepConv", x, ("N", self.in_channels, "H", "W"), dtype=self._weight().dtype)
         if self.deployed:
             return self.act(self.reparam_conv(x))
         out = self.branches[0](x)
@@ -352,9 +381,13 @@ class MultiGroupConv1x1(nn.Module):
         self.branches = nn.ModuleList([ConvBN(in_channels, out_channels, 1, 1, g) for g in groups])
         self.deployed = False
 
+    def _weight(self) -> torch.Tensor:
+        """The first conv's weight in either form: its dtype is the one inputs must have."""
+        return self.reparam_conv.weight if self.deployed else self.branches[0].conv.weight
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, in_channels, H, W) -> (N, out_channels, H, W)."""
-        check_input("MultiGroupConv1x1", x, ("N", self.in_channels, "H", "W"))
+        check_input("MultiGroupConv1x1", x, ("N", self.in_channels, "H", "W"), dtype=self._weight().dtype)
         if self.deployed:
             return self.reparam_conv(x)
         out = self.branches[0](x)

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from edgeattn.blocks.fmvit import FMBlock, HFBlock
-from edgeattn.blocks.rep import RepConv, check_input
+from edgeattn.blocks.rep import RepConv, check_input, param_dtype
 from edgeattn.models._checks import check_positive_int, check_positive_ints, check_positive_numbers
 from edgeattn.models.registry import register_model
 
@@ -129,7 +129,7 @@ class FMViT(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> the last stage's (B, widths[-1], H/32, W/32) map."""
-        check_input(self.model_name, x, ("N", self.input_size[0], "H", "W"))
+        check_input(self.model_name, x, ("N", self.input_size[0], "H", "W"), dtype=param_dtype(self))
         return self.stages(self.stem(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from edgeattn.blocks.ela import ELA
-from edgeattn.blocks.rep import ConvBN, check_input
+from edgeattn.blocks.rep import ConvBN, check_input, param_dtype
 from edgeattn.blocks.ulsam import ULSAM
 from edgeattn.models._checks import check_positive_int
 from edgeattn.models.registry import register_model
@@ -126,7 +126,7 @@ class MobileNetV2(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, in_chans, H, W) -> (B, num_classes)."""
-        check_input(self.model_name, x, ("N", self.input_size[0], "H", "W"))
+        check_input(self.model_name, x, ("N", self.input_size[0], "H", "W"), dtype=param_dtype(self))
         return self.classifier(self.features(x).mean(dim=(2, 3)))
 
 

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from edgeattn.blocks.attention import Attention, Mlp
-from edgeattn.blocks.rep import check_input
+from edgeattn.blocks.rep import check_input, param_dtype
 from edgeattn.models._checks import check_positive_int, check_positive_number
 from edgeattn.models.registry import register_model
 
@@ -89,7 +89,7 @@ class VisionTransformer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, in_chans, img_size, img_size) -> (B, num_classes)."""
-        check_input(self.model_name, x, ("N", *self.input_size))
+        check_input(self.model_name, x, ("N", *self.input_size), dtype=param_dtype(self))
         x = self.patch_embed(x).flatten(2).transpose(1, 2)  # (B, N, D)
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
         x = self.norm(self.blocks(x))

@@ -226,7 +226,7 @@ def efficiency(
 
 
 def profile_artifacts(
-    paths: Sequence[str | Path],
+    paths: str | Path | Sequence[str | Path],
     runtime: str = "auto",
     device: str | None = None,
     warmup: int = 10,
@@ -249,7 +249,10 @@ def profile_artifacts(
     (``iters`` each, or for ``seconds`` in total; default ``DEFAULT_ITERS``), interleaved across artifacts.
     ``per_layer`` adds the runtime's own per-layer breakdown over ``layer_runs`` extra inferences.
     Ctrl-C during warm-up or timing returns the results measured so far with ``interrupted=True``.
+    ``paths``: one artifact (a ``str`` or ``Path``) or a sequence of them.
     """
+    if isinstance(paths, (str, Path)):  # one artifact, not a sequence of characters
+        paths = [paths]
     if not paths:
         raise EdgeAttnError("give at least one artifact to profile")
     check_settings(

@@ -10,12 +10,15 @@ from edgeattn.profile.schema import ProfileReport
 
 
 def check_plot_path(path: str | Path) -> None:
-    """Raise an :class:`EdgeAttnError` unless matplotlib can write ``path``'s format (by suffix; none = PNG).
+    """Raise an :class:`EdgeAttnError` unless ``path`` is not a folder and matplotlib can write its format (by
+    suffix; none = PNG).
 
     Called before measuring, so ``--plot lat.txt`` fails at once instead of after the timed runs.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
+    if Path(path).is_dir():
+        raise EdgeAttnError(f"--plot '{path}' is a folder; give a file name such as '{Path(path) / 'latency.png'}'")
     suffix = Path(path).suffix.lower().lstrip(".")
     formats = FigureCanvasAgg.get_supported_filetypes()
     if suffix and suffix not in formats:
