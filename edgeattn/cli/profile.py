@@ -33,7 +33,8 @@ def _parse_shapes(specs: list[str] | None) -> dict[str, list[int]]:
 @sigterm_as_interrupt()  # SIGTERM stops the timing like Ctrl-C
 def profile(
     artifacts: list[Path] = typer.Argument(
-        None, help="Artifacts to profile: .onnx, .xml (OpenVINO IR), .engine/.plan (TensorRT), .mlpackage."
+        None,
+        help="Artifacts to profile: .onnx, .xml (OpenVINO IR), .engine/.plan/.trt (TensorRT), .mlpackage/.mlmodel.",
     ),
     runtime: str = typer.Option(
         "auto", "--runtime", "-r", help="auto|onnxruntime|openvino|tensorrt|coreml (auto: by file extension)."
