@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from edgeattn.approx import ApproxGELU, ApproxSoftmax
-from edgeattn.blocks.rep import check_input, check_positive_ints
+from edgeattn.blocks.rep import check_input, check_positive_ints, param_dtype
 
 __all__ = ["ATTENTION_QUANT_POINTS", "Attention", "Mlp", "add_quant_points"]
 
@@ -70,7 +70,7 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, N, C) -> (B, N, C)."""
-        check_input("Attention", x, ("N", "T", self.dim), dtype=self.qkv.weight.dtype)
+        check_input("Attention", x, ("N", "T", self.dim), dtype=param_dtype(self))
         b, n, c = x.shape
         x = self.in_quant(x)
         qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
@@ -116,7 +116,7 @@ class Mlp(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(..., in_features) -> (..., out_features)."""
-        check_input("Mlp", x, ("...", self.in_features), dtype=self.fc1.weight.dtype)
+        check_input("Mlp", x, ("...", self.in_features), dtype=param_dtype(self))
         x = self.act(self.fc1(self.in_quant(x)))
         x = self.drop(x)
         return self.drop(self.fc2(self.hidden_quant(x)))

@@ -13,7 +13,7 @@ from torch import nn
 
 from edgeattn.approx import ApproxSoftmax
 from edgeattn.blocks.attention import add_quant_points
-from edgeattn.blocks.rep import check_input, check_positive_ints, format_shape, static_shape
+from edgeattn.blocks.rep import check_input, check_positive_ints, format_shape, param_dtype, static_shape
 
 __all__ = [
     "RMSNorm",
@@ -53,7 +53,7 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(..., dim) -> (..., dim)."""
-        check_input("RMSNorm", x, ("...", self.dim), dtype=self.weight.dtype)
+        check_input("RMSNorm", x, ("...", self.dim), dtype=param_dtype(self))
         return x * torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + self.eps) * self.weight
 
 
@@ -104,7 +104,7 @@ class LlamaAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, T, C) -> (B, T, C)."""
-        check_tokens("LlamaAttention", x, self.dim, self.seq_len, dtype=self.qkv.weight.dtype)
+        check_tokens("LlamaAttention", x, self.dim, self.seq_len, dtype=param_dtype(self))
         b, t, c = x.shape
         x = self.in_quant(x)
         qkv = self.qkv(x).reshape(b, t, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
@@ -138,7 +138,7 @@ class SwiGLU(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(..., dim) -> (..., dim)."""
-        check_input("SwiGLU", x, ("...", self.dim), dtype=self.gate_proj.weight.dtype)
+        check_input("SwiGLU", x, ("...", self.dim), dtype=param_dtype(self))
         x = self.in_quant(x)
         return self.down_proj(self.hidden_quant(self.act(self.gate_proj(x)) * self.up_proj(x)))
 
@@ -159,6 +159,6 @@ class LlamaBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, T, dim) -> (B, T, dim), T <= seq_len."""
-        check_tokens("LlamaBlock", x, self.dim, self.seq_len, dtype=self.attn_norm.weight.dtype)
+        check_tokens("LlamaBlock", x, self.dim, self.seq_len, dtype=param_dtype(self))
         x = x + self.attn(self.attn_norm(x))
         return x + self.mlp(self.mlp_norm(x))

@@ -252,7 +252,7 @@ class ConvBN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, in_channels, H, W) -> (N, out_channels, H', W')."""
-        check_input("ConvBN", x, ("N", self.in_channels, "H", "W"), dtype=self.conv.weight.dtype)
+        check_input("ConvBN", x, ("N", self.in_channels, "H", "W"), dtype=param_dtype(self))
         if self.deployed:
             return self.act(self.conv(x))
         return self.act(self.bn(self.conv(x)))
@@ -316,13 +316,9 @@ class RepConv(nn.Module):
         self.act = make_act(act)
         self.deployed = False
 
-    def _weight(self) -> torch.Tensor:
-        """The first conv's weight in either form: its dtype is the one inputs must have."""
-        return self.reparam_conv.weight if self.deployed else self.branches[0].conv.weight
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, in_channels, H, W) -> (N, out_channels, H', W')."""
-        check_input("RepConv", x, ("N", self.in_channels, "H", "W"), dtype=self._weight().dtype)
+        check_input("RepConv", x, ("N", self.in_channels, "H", "W"), dtype=param_dtype(self))
         if self.deployed:
             return self.act(self.reparam_conv(x))
         out = self.branches[0](x)
@@ -381,13 +377,9 @@ class MultiGroupConv1x1(nn.Module):
         self.branches = nn.ModuleList([ConvBN(in_channels, out_channels, 1, 1, g) for g in groups])
         self.deployed = False
 
-    def _weight(self) -> torch.Tensor:
-        """The first conv's weight in either form: its dtype is the one inputs must have."""
-        return self.reparam_conv.weight if self.deployed else self.branches[0].conv.weight
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, in_channels, H, W) -> (N, out_channels, H, W)."""
-        check_input("MultiGroupConv1x1", x, ("N", self.in_channels, "H", "W"), dtype=self._weight().dtype)
+        check_input("MultiGroupConv1x1", x, ("N", self.in_channels, "H", "W"), dtype=param_dtype(self))
         if self.deployed:
             return self.reparam_conv(x)
         out = self.branches[0](x)
