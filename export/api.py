@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import inspect
 import math
 import os
 import time
@@ -110,15 +111,22 @@ def _load_ckpt(path: str) -> tuple[Any, dict[str, Any]]:
 
 
 def resolve_model(
-    model: Any, checkpoint: str | None, profile: Any, model_kwargs: dict[str, Any] | None, seed: int = 0
+    model: Any,
+    checkpoint: str | None,
+    profile: Any,
+    model_kwargs: dict[str, Any] | None,
+    seed: int = 0,
+    sample_shape: tuple[int, ...] | None = None,
 ) -> tuple[Any, str, dict[str, Any] | None]:
     """(module in eval mode, name for the report, checkpoint meta or None).
 
     A registry model is built with the profile's softmax and GELU approximations (explicit ``model_kwargs``
     win) and random weights drawn from ``seed`` (the same artifact and parity figures every run; the caller's
     global torch RNG is left as it was); a trained model (checkpoint, in-memory module) keeps its own and must
-    match the profile's.
+    match the profile's. ``sample_shape`` is the shape of the given parity inputs, if any: it sets the export
+    input of an in-memory module without ``input_size`` (:func:`_input_shape`).
     """
+    model = _check_model_arg(model)
     if not isinstance(model, str):
         if checkpoint:
             raise EdgeAttnError("--checkpoint goes with a registry model name, not an in-memory module")
@@ -126,7 +134,7 @@ def resolve_model(
         _check_approximations(model, profile, "the model", fix)
         module = copy.deepcopy(model).eval()  # the caller's model keeps its training flag (and everything else)
         if not is_token_model(module):
-            _probe_forward(module, (1, *_input_shape(module, profile, 1)[1:]))
+            _probe_forward(module, (1, *_input_shape(module, profile, 1, sample_shape)[1:]))
         return module, type(model).__name__, None
     from edgeattn.models import approximation_kwargs, create_model, is_language_model, list_models
 
@@ -209,14 +217,31 @@ def _probe_forward(module: Any, shape: tuple[int, ...]) -> None:
 
     try:
         with torch.no_grad():
-            module(torch.zeros(shape))
+            out = module(torch.zeros(shape))
     except Exception as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise EdgeAttnError(
             f"the model cannot run on the export input, float32 {list(shape)} ({first}); edgeattn export handles "
-            "vision models with (B, C, H, W) float inputs: give the module an input_size (C, H, W) or pass a "
-            "profile whose export.input_shape it takes"
+            "vision models with (B, C, H, W) float inputs: give the module an input_size (C, H, W), pass "
+            "inputs= of the shape it takes, or pass a profile whose export.input_shape it takes"
         ) from None
+    from edgeattn.export.parity import require_tensor_output
+
+    require_tensor_output(out)
+
+
+def _check_model_arg(model: Any) -> Any:
+    """``model`` as resolve_model takes it (a path-like becomes its string); one line for anything that is
+    neither a registry name, a checkpoint path nor an ``nn.Module``."""
+    import torch
+
+    if isinstance(model, os.PathLike):
+        return os.fspath(model)
+    if not isinstance(model, (str, torch.nn.Module)):
+        raise EdgeAttnError(
+            f"model must be a registry model name, a checkpoint path or a torch nn.Module, got {type(model).__name__}"
+        )
+    return model
 
 
 # model_kwargs the CLI sets, by the flag that sets them
@@ -371,11 +396,16 @@ def _refuse_coreml_flags(opset: int | None, exporter: str, dynamic_batch: bool |
         raise EdgeAttnError("--dynamic-batch does not apply to --target coreml (a static batch; set it with --batch)")
 
 
-def _input_shape(model: Any, profile: Any, batch: int | None) -> tuple[int, ...]:
-    """The export input's shape: ``(batch, *input_size)``, ``(batch, seq_len)`` for a token-id model without
-    ``input_size``, else the profile's ``export.input_shape`` (``batch`` overrides its first dimension)."""
+def _input_shape(
+    model: Any, profile: Any, batch: int | None, sample_shape: tuple[int, ...] | None = None
+) -> tuple[int, ...]:
+    """The export input's shape: ``(batch, *input_size)``; for a model without ``input_size``,
+    ``(batch, *sample_shape[1:])`` when parity inputs were given, ``(batch, seq_len)`` for a token-id model, else
+    the profile's ``export.input_shape``. ``batch`` overrides the first dimension of any of them."""
     size = getattr(model, "input_size", None)
-    if size is None and is_token_model(model):
+    if size is None and sample_shape is not None:
+        size = tuple(sample_shape[1:])
+    elif size is None and is_token_model(model):
         size = (int(model.seq_len),)
     base = tuple(profile.export.input_shape)
     rest = tuple(size) if size is not None else base[1:]
@@ -507,6 +537,101 @@ def _calibration_batches(
     return [torch.randn(16, *shape[1:], generator=gen)]
 
 
+# what each export_model argument must be, when called from Python (typer hands the CLI's values over typed)
+_ARG_KINDS = {
+    "target": (str, False),
+    "precision": (str, True),
+    "checkpoint": (str, True),
+    "opset": (int, True),
+    "batch": (int, True),
+    "dynamic_batch": (bool, True),
+    "atol": (float, True),
+    "force": (bool, False),
+    "n_inputs": (int, False),
+    "model_kwargs": (dict, True),
+    "exporter": (str, False),
+    "cpu_isa": (str, True),
+    "threads": (int, False),
+    "seed": (int, False),
+    "torch_threads": (int, True),
+    "noise_floor": (bool, False),
+}
+_KIND_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "True or False", dict: "a dict"}
+
+
+def _kind_ok(value: Any, kind: type) -> bool:
+    if kind is int:  # numpy integers count; bools do not (True is not a batch size)
+        return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+    if kind is float:
+        return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+    if kind is bool:
+        return isinstance(value, (bool, np.bool_))
+    return isinstance(value, kind)
+
+
+def _check_arg_types(args: dict[str, Any]) -> None:
+    """Refuse an argument of the wrong type in one line that names it, before any work."""
+    for name, value in args.items():
+        if name not in _ARG_KINDS:
+            continue
+        kind, optional = _ARG_KINDS[name]
+        if (value is None and optional) or _kind_ok(value, kind):
+            continue
+        want = _KIND_NAMES[kind] + (" or None" if optional else "")
+        raise EdgeAttnError(f"{name} must be {want}, got {value!r} ({type(value).__name__})")
+    exporter = args.get("exporter", "torchscript")
+    if exporter not in ("torchscript", "dynamo"):
+        raise EdgeAttnError(f"exporter must be torchscript or dynamo, got '{exporter}'")
+
+
+def _checked_samples(name: str, value: Any) -> np.ndarray | None:
+    """``inputs``/``calib_inputs`` as an array of samples (N, ...), refused in one line when it is not numeric,
+    holds no sample, or holds NaN/inf (the gate would compare NaN with NaN, PTQ would fit scales to them)."""
+    if value is None:
+        return None
+    try:
+        arr = np.asarray(value)
+    except Exception as exc:  # ragged lists, tensors on another device
+        raise EdgeAttnError(f"{name} must be an array of samples (N, ...): {exc}") from None
+    if arr.dtype.kind not in "biuf" or arr.ndim < 2 or len(arr) == 0:
+        raise EdgeAttnError(
+            f"{name} must be a numeric array of samples (N, ...) with N >= 1, got {arr.dtype} of shape "
+            f"{list(arr.shape)}"
+        )
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        bad = int((~np.isfinite(arr)).sum())
+        raise EdgeAttnError(f"{name} holds {bad} non-finite value(s) (NaN or inf) of {arr.size}; give finite samples")
+    return arr
+
+
+def _check_sample_shape(module: Any, sample_shape: tuple[int, ...]) -> None:
+    """Refuse given parity inputs whose sample shape is not the model's ``input_size`` (the shape it is
+    exported, traced and calibrated with)."""
+    size = getattr(module, "input_size", None)
+    if size is not None and tuple(int(d) for d in size) != tuple(sample_shape[1:]):
+        want = ", ".join(str(int(d)) for d in size)
+        raise EdgeAttnError(
+            f"inputs: samples of shape {list(sample_shape[1:])} do not match the model's input_size "
+            f"{[int(d) for d in size]}; give inputs of shape (N, {want})"
+        )
+
+
+def _calibration_note(batches: list[Any], shape: tuple[int, ...], vocab: int | None, meta: dict | None) -> str:
+    """The report note saying what PTQ calibrated on when no calibration data was given ('' when the
+    checkpoint names its own data: :func:`_own_data_notes` says what happened to it)."""
+    if (meta or {}).get("data_path"):
+        return ""
+    n = sum(len(b) for b in batches)
+    if vocab is not None:
+        what = "standard-library text windows" if vocab >= 256 else "random token-id sequences"
+        data = f"{n} {what} of {shape[1]} tokens"
+    elif len(shape) == 4:
+        data = f"{n} digits images at {shape[2]}x{shape[3]}"
+    else:
+        data = f"{n} random normal inputs of shape {list(shape[1:])}"
+    return f"PTQ calibrated on {data}; pass calib_inputs= for your own data"
+
+
 # ----------------------------------------------------------------------------------------------------------
 # the run
 # ----------------------------------------------------------------------------------------------------------
@@ -551,7 +676,8 @@ def export_model(
         atol: overrides the profile's ``max_abs`` tolerance (fraction of the output range).
         n_inputs / inputs: parity inputs (``inputs`` replaces the generated ones), 1 to :data:`MAX_N_INPUTS`.
             With a static batch there must be at least one batch of them (the first batch is also the example
-            the model is traced with).
+            the model is traced with). ``inputs`` (finite, ``(N, ...)``) sets the export input of a module
+            without ``input_size`` to ``(batch, *inputs.shape[1:])``; a module with one must match it.
         seed: draws the generated parity inputs, the PTQ calibration batches and a registry model's random
             weights (the same artifact and figures on every run).
         cpu_isa: run OpenVINO's CPU plugin capped at this oneDNN ISA (e.g. ``"AVX2"``, any case; one of
@@ -575,6 +701,7 @@ def export_model(
     :class:`ParityFailure` (exit 3) after writing everything when a gate fails, and :class:`LintFailure` (exit 5)
     after writing report.json alone (every finding, no artifact) when TensorRT's lint finds an error.
     """
+    _check_arg_types({k: v for k, v in locals().items() if k not in ("model", "profile", "out_dir")})
     with _torch_threads(torch_threads):
         return _export_model(
             model,
@@ -599,6 +726,10 @@ def export_model(
             cache=cache,
             noise_floor=noise_floor,
         )
+
+
+# the keyword arguments export_all passes on (taken once: tests replace export_model with stand-ins)
+_EXPORT_ARGS = frozenset(inspect.signature(export_model).parameters) - {"model", "target", "profile", "out_dir"}
 
 
 @contextlib.contextmanager
@@ -646,6 +777,10 @@ def _export_model(
     from edgeattn.device_profile import DeviceProfile, load_profile
 
     t_start = time.perf_counter()
+    model = _check_model_arg(model)
+    inputs = _checked_samples("inputs", inputs)
+    calib_inputs = _checked_samples("calib_inputs", calib_inputs)
+    sample_shape = None if inputs is None else tuple(inputs.shape)
     if target not in TARGETS:
         raise EdgeAttnError(f"unknown target '{target}'; choose one of {', '.join(TARGETS)}")
     prof = profile if isinstance(profile, DeviceProfile) else load_profile(profile)
@@ -682,13 +817,18 @@ def _export_model(
         repr(prof.export.input_shape),
         prof.approx.softmax,
         prof.approx.gelu,
+        None if sample_shape is None else sample_shape[1:],
     )
     stage_s: dict[str, float] = {}  # seconds per stage; ~0 where the cache served it
     t0 = time.perf_counter()
     module, name, meta = _cached(
-        cache, ("model", *model_key, seed), lambda: resolve_model(model, checkpoint, prof, model_kwargs, seed)
+        cache,
+        ("model", *model_key, seed),
+        lambda: resolve_model(model, checkpoint, prof, model_kwargs, seed, sample_shape),
     )
     _refuse_unsupported_input(name, module, target)
+    if sample_shape is not None:
+        _check_sample_shape(module, sample_shape)
     from edgeattn.export.onnx_export import is_quantized
     from edgeattn.quant.adaptive import has_token_adaptive, strip_token_adaptive
 
@@ -719,7 +859,7 @@ def _export_model(
         and prof.coreml.compute_precision == "fp16"
     ):
         prec = "fp16"
-    shape = _input_shape(module, prof, batch)
+    shape = _input_shape(module, prof, batch, sample_shape)
     vocab = int(module.vocab_size) if is_token_model(module) else None  # token ids in [0, vocab)
     dyn = prof.export.dynamic_batch if dynamic_batch is None else dynamic_batch
     notes: list[str] = [ckpt["note"]] if ckpt and ckpt["note"] else []
@@ -737,24 +877,20 @@ def _export_model(
 
         calib_key = ("ptq", *model_key, prof.quant.model_dump_json(), shape, seed)
         t0 = time.perf_counter()
-        module = _cached(
-            cache if calib_inputs is None else None,
-            calib_key,
-            lambda: ptq(
-                module,
-                prof,
-                _cached(
-                    cache if calib_inputs is None else None,
-                    ("calib", shape, seed, vocab, *map((meta or {}).get, ("data_path", "resize", "data_fingerprint"))),
-                    lambda: _calibration_batches(shape, calib_inputs, seed, vocab, meta),
-                ),
-            ).eval(),
+        shared = cache if calib_inputs is None else None
+        batches = _cached(
+            shared,
+            ("calib", shape, seed, vocab, *map((meta or {}).get, ("data_path", "resize", "data_fingerprint"))),
+            lambda: _calibration_batches(shape, calib_inputs, seed, vocab, meta),
         )
+        module = _cached(shared, calib_key, lambda: ptq(module, prof, batches).eval())
         stage_s["ptq"] = round(time.perf_counter() - t0, 3)
         quantized = True
         if ckpt:
             ckpt["profile_quant_applied"] = True
         notes.append("float model quantized by PTQ (edgeattn.quant.ptq) with the profile's bit widths")
+        if calib_inputs is None and (note := _calibration_note(batches, shape, vocab, meta)):
+            notes.append(note)
     elif prec == "int8" and not quantized:  # Core ML
         notes.append(
             "Core ML int8 of a float model: weights stored int8 by coremltools' linear_quantize_weights, "
@@ -806,6 +942,13 @@ def _export_model(
     t0 = time.perf_counter()
     ref = _cached(cache, ref_key, lambda: reference_outputs(module, x))
     stage_s["reference"] = round(time.perf_counter() - t0, 3)
+    if not np.isfinite(ref).all():  # nothing to gate against: refused before any artifact is staged
+        bad = int((~np.isfinite(ref)).sum())
+        raise EdgeAttnError(
+            f"{name}'s torch output on the parity inputs is not finite ({bad} of {ref.size} values NaN or inf): "
+            "the parity gate has no reference to compare with; check the model's forward (a division by zero, "
+            "an overflow) and its inputs"
+        )
     report.timings_s.update(stage_s)
     report.outputs = [
         {"name": "output", "shape": ["batch" if dyn else shape[0], *ref.shape[1:]], "dtype": "float32"}
@@ -935,8 +1078,20 @@ def export_all(
     from edgeattn.device_profile import DeviceProfile, load_profile
 
     if "cache" in kwargs:
-        raise ValueError("export_all builds its own cache; do not pass cache=")
-    targets = [targets] if isinstance(targets, str) else list(targets)
+        raise EdgeAttnError("export_all builds its own cache; do not pass cache=")
+    unknown_args = sorted(set(kwargs) - _EXPORT_ARGS)
+    if unknown_args:
+        raise EdgeAttnError(f"export_all got an unexpected argument '{unknown_args[0]}'")
+    _check_arg_types({"force": force, **kwargs})
+    for key in ("inputs", "calib_inputs"):
+        kwargs[key] = _checked_samples(key, kwargs.get(key))
+    if isinstance(targets, str):
+        targets = [targets]
+    elif not isinstance(targets, (list, tuple, set, frozenset)) or not all(isinstance(t, str) for t in targets):
+        raise EdgeAttnError(f"targets must be a target name or a list of them, got {targets!r}")
+    targets = list(targets)
+    if profiles is not None and not isinstance(profiles, dict):
+        raise EdgeAttnError(f"profiles must be a dict of target -> profile, got {type(profiles).__name__}")
     if not targets:
         raise EdgeAttnError("export_all needs at least one target")
     unknown = [t for t in targets if t not in TARGETS]

@@ -23,6 +23,7 @@ import copy
 import io
 import logging
 import os
+import sys
 import tempfile
 import warnings
 from collections import Counter
@@ -86,6 +87,41 @@ def _quiet():
 
 
 @contextlib.contextmanager
+def _quiet_stderr_fd():
+    """Send what is written to file descriptor 2 during the block to a discarded temp file.
+
+    torch's TorchScript exporter turns its C++ ONNX log on for every export (``setup_onnx_logging`` tests the
+    function object, not its result) and, when an op has no symbolic, logs the whole "Torch IR graph at
+    exception": tens of lines before our one-line error. That log is sent to std::cerr here, whose descriptor
+    is discarded (Python-level redirects cannot catch C++ writes); standard output is left alone, so the CLI's
+    progress display keeps drawing there."""
+    import torch
+
+    set_stream = getattr(torch._C, "_jit_set_onnx_log_output_stream", None)
+    with contextlib.suppress(Exception):
+        sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:  # no such descriptor (an embedded interpreter): nothing to silence
+        yield
+        return
+    try:
+        if set_stream is not None:
+            set_stream("stderr")
+        with tempfile.TemporaryFile() as sink:
+            os.dup2(sink.fileno(), 2)
+            yield
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        if set_stream is not None:
+            with contextlib.suppress(Exception):
+                set_stream("stdout")  # torch's default
+
+
+@contextlib.contextmanager
 def _no_mha_fastpath():
     """Trace ``nn.MultiheadAttention`` (and the ``nn.Transformer*`` layers) through their plain ops: in eval mode
     without grad torch takes a fused fast path (``aten::_native_multi_head_attention``) that no ONNX exporter
@@ -126,7 +162,7 @@ def _torch_export(
         kwargs.pop("external_data")
     with tempfile.TemporaryDirectory(prefix="edgeattn-onnx-") as tmp:
         path = os.path.join(tmp, "model.onnx")
-        with _quiet(), torch.no_grad(), _no_mha_fastpath():
+        with _quiet(), _quiet_stderr_fd(), torch.no_grad(), _no_mha_fastpath():
             if quantized:
                 from brevitas.export import export_onnx_qcdq
 

@@ -32,6 +32,8 @@ from typing import Any
 
 import numpy as np
 
+from edgeattn.errors import EdgeAttnError
+
 __all__ = [
     "ParityResult",
     "compare_outputs",
@@ -434,6 +436,15 @@ def first_diverging_node(
     }
 
 
+def require_tensor_output(out: Any) -> None:
+    """Refuse, in one line, a forward result that is not one tensor (a tuple, a dict, a dataclass): the
+    artifact has one output, which the gate compares with this one."""
+    import torch
+
+    if not isinstance(out, torch.Tensor):
+        raise EdgeAttnError(f"export takes a model with one tensor output; got {type(out).__name__}")
+
+
 def reference_outputs(model: Any, inputs: np.ndarray, batch: int = 8) -> np.ndarray:
     """The PyTorch reference (eval mode, fake-quant for quantized models) on ``inputs``."""
     import torch
@@ -442,7 +453,9 @@ def reference_outputs(model: Any, inputs: np.ndarray, batch: int = 8) -> np.ndar
     outs = []
     with torch.no_grad():
         for i in range(0, len(inputs), batch):
-            outs.append(model(torch.from_numpy(inputs[i : i + batch])).float().numpy())
+            out = model(torch.from_numpy(inputs[i : i + batch]))
+            require_tensor_output(out)
+            outs.append(out.float().numpy())
     return np.concatenate(outs, axis=0)
 
 
