@@ -143,7 +143,7 @@ def resolve_model(
         module, meta = _load_ckpt(model)
         _refuse_image_flags(str(meta.get("model", model)), module, model_kwargs)  # before the kwargs check
         _check_model_kwargs(model, module, meta, model_kwargs)
-        _check_approximations(module, profile, f"checkpoint '{model}'")
+        _check_approximations(module, profile, f"checkpoint '{model}'", set_by=meta.get("model_kwargs"))
         return module, str(meta.get("model", model)), meta
     if model not in list_models():
         raise EdgeAttnError(f"unknown model '{model}'; registered models: {', '.join(list_models())}")
@@ -155,7 +155,7 @@ def resolve_model(
             )
         _refuse_image_flags(model, module, model_kwargs)
         _check_model_kwargs(checkpoint, module, meta, model_kwargs)
-        _check_approximations(module, profile, f"checkpoint '{checkpoint}'")
+        _check_approximations(module, profile, f"checkpoint '{checkpoint}'", set_by=meta.get("model_kwargs"))
         return module, model, meta
     if is_language_model(model):  # before building it: create_model would name 'img_size', not the flag
         _refuse_image_flags(model, None, model_kwargs)
@@ -267,19 +267,37 @@ def _check_model_kwargs(path: str, module: Any, meta: dict[str, Any], model_kwar
         )
 
 
-def _check_approximations(module: Any, profile: Any, what: str, fix: str = "") -> None:
+def _check_approximations(
+    module: Any, profile: Any, what: str, fix: str = "", set_by: dict[str, Any] | None = None
+) -> None:
     """Refuse a trained model whose softmax or GELU approximation is not the one the profile deploys: its weights
-    were fitted to the one it has, so it is not swapped behind the user's back."""
+    were fitted to the one it has, so it is not swapped behind the user's back. ``set_by`` is a checkpoint's
+    ``meta["model_kwargs"]``: where an entry of it chose the method, the message names that entry, since
+    fine-tuning with the profile would not help while the entry is set (explicit model_kwargs win)."""
     from edgeattn.approx import approximations_in
 
     wanted = {"softmax": profile.approx.softmax, "gelu": profile.approx.gelu}
-    fix = fix or f"fine-tune it with that profile (edgeattn qat --profile {profile.name})"
-    for op, methods in approximations_in(module).items():
-        if methods and methods != {wanted[op]}:
-            raise EdgeAttnError(
-                f"{what} computes {op} with {', '.join(sorted(methods))}, but profile '{profile.name}' deploys "
-                f"{op} '{wanted[op]}': {fix}, or use a profile whose approx.{op} is {', '.join(sorted(methods))}"
-            )
+    found = approximations_in(module)
+    differ = {op: ", ".join(sorted(m)) for op, m in found.items() if m and m != {wanted[op]}}
+    if not differ:
+        return
+    op, have = next(iter(differ.items()))
+    # the model_kwargs entries that chose a differing method (every one: fixing one would only reveal the next)
+    entries = {k: v for k, v in (set_by or {}).items() if k in differ and isinstance(v, str) and v in found[k]}
+    if entries and not fix:
+        named = ", ".join(f"{k}: {v}" for k, v in entries.items())
+        approx = " and ".join(f"approx.{k} {v}" for k, v in entries.items())
+        why = (
+            f"the checkpoint's model_kwargs set {named} (meta['model_kwargs'], which wins over the qat profile's "
+            f"approx), so its qat run must not set {'them' if len(entries) > 1 else 'it'}, or must use a profile "
+            f"with {approx}; or export with such a profile"
+        )
+    else:
+        why = fix or f"fine-tune it with that profile (edgeattn qat --profile {profile.name})"
+        why += f", or use a profile whose approx.{op} is {have}"
+    raise EdgeAttnError(
+        f"{what} computes {op} with {have}, but profile '{profile.name}' deploys {op} '{wanted[op]}': {why}"
+    )
 
 
 # what report.json's ``checkpoint.quant`` copies from a checkpoint's QuantConfig (meta["quant"])
@@ -339,6 +357,8 @@ def _checkpoint_section(
         "exported_bits": _module_bits(module) if quantized else None,
         "profile_quant_applied": False,  # True once PTQ quantized a float model with the profile's quant
     }
+    if stripped:  # how far stripping moved the outputs: measured on the parity inputs by _export_model
+        section["token_adaptive_gap"] = None
     section["note"] = _checkpoint_note(section, prof) if quantized else ""
     return section
 
@@ -359,6 +379,84 @@ def _checkpoint_note(section: dict[str, Any], prof: Any) -> str:
     if differ:
         line += f"; its bits differ from profile '{prof.name}' ({', '.join(differ)})"
     return line
+
+
+# the widest integer a QCDQ graph carries: QuantizeLinear/DequantizeLinear are int8/uint8 (brevitas' ONNX export
+# refuses more, after PTQ has run)
+QCDQ_MAX_BITS = 8
+
+
+def _refuse_wide_profile_bits(target: str, prof: Any) -> None:
+    """Refuse (exit 2, before calibration) a profile whose ``quant`` asks PTQ for more bits than an ONNX-based
+    target's Q/DQ carry."""
+    if target == "coreml":
+        return
+    for key in ("weight_bits", "act_bits"):
+        bits = getattr(prof.quant, key)
+        if bits > QCDQ_MAX_BITS:
+            raise EdgeAttnError(
+                f"profile '{prof.name}': quant.{key} is {bits}, but the {target} export carries 2 to "
+                f"{QCDQ_MAX_BITS} bits (int8 QuantizeLinear/DequantizeLinear); set quant.{key} to {QCDQ_MAX_BITS} "
+                "or less"
+            )
+
+
+def _refuse_wide_model_bits(target: str, section: dict[str, Any]) -> None:
+    """Refuse (exit 2) a quantized model whose own quantizers hold more bits than an ONNX-based target's Q/DQ
+    carry (``section``: report.json's ``checkpoint``, whose ``exported_bits`` lists them)."""
+    bits = section.get("exported_bits") or {}
+    wide = {k: [b for b in v if b > QCDQ_MAX_BITS] for k, v in bits.items()}
+    wide = {k: v for k, v in wide.items() if v}
+    if target == "coreml" or not wide:
+        return
+    what = f"checkpoint '{section['path']}'" if section["path"] else f"module {section['module']}"
+    held = " and ".join(f"{'/'.join(map(str, v))}-bit {k}" for k, v in wide.items())
+    raise EdgeAttnError(
+        f"{what} holds {held} quantizers, but the {target} export carries 2 to {QCDQ_MAX_BITS} bits (int8 "
+        f"QuantizeLinear/DequantizeLinear); quantize it with at most {QCDQ_MAX_BITS} bits (quant weight_bits, "
+        "act_bits and overrides)"
+    )
+
+
+def _token_adaptive_gap(adaptive: Any, x: np.ndarray, stripped_ref: np.ndarray) -> dict[str, Any]:
+    """How far stripping token-adaptive bits moves the outputs, in the gate's figures: the trained (adaptive)
+    model on the parity inputs ``x`` is the reference, the stripped model's outputs ``stripped_ref`` are compared
+    with it. Reported only, never gated: the artifact is the stripped model."""
+    from edgeattn.export.parity import _metrics, reference_outputs
+
+    m = _metrics(reference_outputs(adaptive, x), stripped_ref)
+    return {k: m[k] for k in ("max_abs_rel_range", "cosine", "top1")} | {"n_inputs": len(x)}
+
+
+def _load_adaptive(path: str) -> Any:
+    """The token-adaptive checkpoint ``path`` as trained (not stripped); raises EdgeAttnError for a file that
+    loads only stripped (token-adaptive, from before pooled-key scores)."""
+    from edgeattn.quant.checkpoint import load_checkpoint
+
+    return load_checkpoint(path)[0]
+
+
+def _is_float_source(model: Any, checkpoint: str | None) -> bool:
+    """Whether ``model`` is certainly a float model before it is resolved: a registry name built here (no
+    checkpoint) or an in-memory module without quantizers. A checkpoint file is known only once loaded."""
+    if isinstance(model, str):
+        from edgeattn.models import list_models
+
+        return checkpoint is None and model in list_models() and not Path(model).is_file()
+    from edgeattn.export.onnx_export import is_quantized
+
+    return not is_quantized(model)
+
+
+def _gap_line(gap: dict[str, Any] | None, problem: str) -> str:
+    """The tail of the stripping note: what stripping cost on the parity inputs, or why it was not measured."""
+    if gap is None:
+        return f"; what stripping costs was not measured ({problem})"
+    return (
+        f"; against the token-adaptive model as trained, the stripped one is off by max {gap['max_abs_rel_range']:.3g}"
+        f" of the range, cosine {gap['cosine']:.4f}, top-1 agreement {gap['top1']:.3f} on the {gap['n_inputs']} "
+        "parity inputs (checkpoint.token_adaptive_gap; the QAT top-1 is the adaptive model's)"
+    )
 
 
 def _check_batch_fits(
@@ -803,6 +901,8 @@ def _export_model(
     if target == "coreml":
         _refuse_coreml_flags(opset, exporter, dynamic_batch)
     _check_batch_fits(target, prof, batch, dynamic_batch, n_inputs, inputs)
+    if (precision or prof.precision) == "int8" and _is_float_source(model, checkpoint):
+        _refuse_wide_profile_bits(target, prof)  # a float checkpoint is checked once loaded, before its PTQ
     out = replaceable_dir(out_dir)  # refuses '.', a folder above it, a file: before any work
     _require_backend(target)
     if out.exists() and any(out.iterdir()) and not force:
@@ -835,11 +935,15 @@ def _export_model(
     # per-token mixed precision has no ONNX form: export (and check against) the model with every token at act_bits
     # (a checkpoint comes stripped by _load_ckpt; its meta says it was token-adaptive)
     token_adaptive = bool(((meta or {}).get("quant") or {}).get("token_adaptive"))
+    adaptive = None  # an in-memory model as trained, per-token bits included (a checkpoint's is loaded for the gap)
     if has_token_adaptive(module):
         token_adaptive = True
+        adaptive = module
         module = _cached(cache, ("strip", *model_key), lambda: strip_token_adaptive(copy.deepcopy(module)))
     quantized = is_quantized(module)
     ckpt = _checkpoint_section(model, checkpoint, module, meta, prof, token_adaptive)  # before any PTQ
+    if quantized and ckpt:
+        _refuse_wide_model_bits(target, ckpt)
     if not quantized and not (meta or {}).get("reparameterized"):
         from edgeattn.reparameterize import reparameterize
 
@@ -866,6 +970,7 @@ def _export_model(
     if target == "coreml" and dyn:  # only the profile can ask for it here: the flag is refused above
         notes.append(f"the profile's dynamic_batch does not apply to Core ML: a static batch of {shape[0]}")
         dyn = False
+    ta_note = len(notes)  # the index of the stripping note, which the measured gap completes
     if token_adaptive:
         notes.append(
             "token-adaptive bits stripped (edgeattn.quant.adaptive.strip_token_adaptive): every token runs at the "
@@ -873,6 +978,7 @@ def _export_model(
         )
     calibrated = prec == "int8" and not quantized and target != "coreml"
     if calibrated:
+        _refuse_wide_profile_bits(target, prof)
         from edgeattn.quant import ptq
 
         calib_key = ("ptq", *model_key, prof.quant.model_dump_json(), shape, seed)
@@ -949,6 +1055,20 @@ def _export_model(
             "the parity gate has no reference to compare with; check the model's forward (a division by zero, "
             "an overflow) and its inputs"
         )
+    if token_adaptive and ckpt is not None:
+        t0 = time.perf_counter()
+        gap, problem = None, ""
+        try:
+            gap = _cached(
+                cache,
+                ("ta-gap", *model_key, x.shape, float(x.sum())),
+                lambda: _token_adaptive_gap(adaptive if adaptive is not None else _load_adaptive(ckpt["path"]), x, ref),
+            )
+        except EdgeAttnError as exc:  # a file from before pooled-key scores loads only stripped
+            problem = str(exc)
+        ckpt["token_adaptive_gap"] = gap
+        notes[ta_note] += _gap_line(gap, problem)
+        stage_s["token_adaptive_gap"] = round(time.perf_counter() - t0, 3)
     report.timings_s.update(stage_s)
     report.outputs = [
         {"name": "output", "shape": ["batch" if dyn else shape[0], *ref.shape[1:]], "dtype": "float32"}
@@ -1008,7 +1128,7 @@ def _export_model(
             d = named["first_diverging_node"]
             runtime = "" if named is first else f" in {named['runtime']}"
             where = f"; first diverging node {d['node']} ({d['op_type']}){runtime}"
-        hint = _saturation_hint(module, first["runtime"], cpu_isa)
+        hint = _saturation_hint(module, first["runtime"], cpu_isa, (meta or {}).get("quant"))
         raise ParityFailure(
             f"parity gate failed for {name} on {first['runtime']}: {'; '.join(first['failures'])}{where}{hint} "
             f"(report: {out / 'report.json'})",
@@ -1021,9 +1141,10 @@ def _export_model(
 _NO_VNNI_ISAS = frozenset({"SSE41", "AVX", "AVX2", "AVX512_CORE"})
 
 
-def _saturation_hint(module: Any, runtime: str, cpu_isa: str | None) -> str:
+def _saturation_hint(module: Any, runtime: str, cpu_isa: str | None, quant: dict[str, Any] | None = None) -> str:
     """The likely cause when a CPU int8 runtime fails on a CPU (or ISA cap) without VNNI and the model has 8-bit
-    weights or 8-bit K/V, which saturate those kernels' 16-bit pair sums; '' when that is not the case."""
+    weights or 8-bit K/V, which saturate those kernels' 16-bit pair sums; '' when that is not the case. ``quant``
+    (a checkpoint's QuantConfig as a dict) lets it name the ``overrides`` patterns that set the wide weights."""
     if not runtime.startswith(("openvino", "onnxruntime")) or runtime == "onnxruntime-noopt":
         return ""  # ONNX Runtime without graph optimisations computes exact integers
     if cpu_isa:  # already normalised (upper case) by export_model
@@ -1038,7 +1159,10 @@ def _saturation_hint(module: Any, runtime: str, cpu_isa: str | None) -> str:
     from edgeattn.quant.config import KV_POINTS
 
     layers = (qnn.QuantLinear, qnn.QuantConv1d, qnn.QuantConv2d)
-    weights = any(float(m.weight_quant.bit_width()) > 7 for m in module.modules() if isinstance(m, layers))
+    wide_layers = [
+        n for n, m in module.named_modules() if isinstance(m, layers) and float(m.weight_quant.bit_width()) > 7
+    ]
+    weights = bool(wide_layers)
     kv = any(
         float(m.act_quant.bit_width()) > 7
         for n, m in module.named_modules()
@@ -1048,10 +1172,33 @@ def _saturation_hint(module: Any, runtime: str, cpu_isa: str | None) -> str:
     if not wide:
         return ""
     cpu = f"the {cpu_isa} cap" if cpu_isa else "this CPU"
+    patterns = _wide_weight_overrides(wide_layers, quant)
+    cause = (
+        f" (set by quant.overrides {', '.join(repr(p) for p in patterns)}: give them weight_bits 7 or less)"
+        if patterns
+        else ""
+    )
     return (
         f"; {cpu} has no VNNI: its int8 kernels add products in pairs in 16 bits, and the model's 8-bit "
-        f"{' and '.join(wide)} saturate them; quantize for host-cpu or intel-avx2-openvino (7-bit weights, K and V)"
+        f"{' and '.join(wide)}{cause} saturate them; quantize for host-cpu or intel-avx2-openvino (7-bit weights, K "
+        "and V)"
     )
+
+
+def _wide_weight_overrides(layers: list[str], quant: dict[str, Any] | None) -> list[str]:
+    """The ``overrides`` patterns of a checkpoint's QuantConfig (``quant``) that gave any of ``layers`` (module
+    names) more than 7 weight bits: for each layer the last matching pattern with ``weight_bits``, as
+    :meth:`edgeattn.quant.config.QuantConfig.weight_bits_for` picks it."""
+    from edgeattn.quant.config import matches_module
+
+    overrides = (quant or {}).get("overrides") or {}
+    setting = [p for p, o in overrides.items() if (o or {}).get("weight_bits") is not None]
+    found: list[str] = []
+    for name in layers:
+        chosen = [p for p in setting if matches_module(name, p)]
+        if chosen and overrides[chosen[-1]]["weight_bits"] > 7 and chosen[-1] not in found:
+            found.append(chosen[-1])
+    return found
 
 
 def export_all(
@@ -1103,11 +1250,14 @@ def export_all(
     if extra:
         raise EdgeAttnError(f"profiles given for targets not exported: {', '.join(extra)}")
     _check_counts(kwargs.get("n_inputs", 32), kwargs.get("threads", 2))
+    float_source = _is_float_source(_check_model_arg(model), kwargs.get("checkpoint"))
     resolved = {}
     for t in targets:
         p = (profiles or {}).get(t, DEFAULT_PROFILES[t])
         resolved[t] = p if isinstance(p, DeviceProfile) else load_profile(p)
         resolved[t].require_target(t)
+        if float_source and (kwargs.get("precision") or resolved[t].precision) == "int8":
+            _refuse_wide_profile_bits(t, resolved[t])  # before any target's work
         _check_batch_fits(
             t,
             resolved[t],

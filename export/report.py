@@ -49,7 +49,8 @@ class ExportReport:
     profile: dict[str, Any]
     out_dir: str
     # a trained model (checkpoint or in-memory module): its path, the quant config it was trained with ("float"
-    # for a float one), the bits its quantizers hold and whether the profile's quant applies (None: registry model)
+    # for a float one), the bits its quantizers hold, whether the profile's quant applies and, for a token-adaptive
+    # model exported stripped, how far stripping moved its outputs (token_adaptive_gap). None: registry model
     checkpoint: dict[str, Any] | None = None
     # the settings this run used where a flag can override the profile (opset as written in the ONNX file,
     # exporter, batch, dynamic batch, runtime threads, OpenVINO ISA cap, noise floor on/off, input seed)
