@@ -305,6 +305,7 @@ _CKPT_QUANT_KEYS = (
     "weight_bits",
     "act_bits",
     "kv_max_bits",
+    "weight_max_bits",
     "preset",
     "quantize_linear",
     "quantize_attention",

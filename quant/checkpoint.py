@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import pickle
+import warnings
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -200,7 +201,9 @@ def _deploy_and_quantize(model: nn.Module, meta: dict[str, Any]) -> nn.Module:
         from edgeattn.quant.config import QuantConfig
         from edgeattn.quant.quantize import quantize_model
 
-        model = quantize_model(model, QuantConfig.parse(meta["quant"], "checkpoint meta 'quant'"), inplace=True)
+        with warnings.catch_warnings():  # an override's cap or a pattern left float was said at training time
+            warnings.filterwarnings("ignore", message="quantize_model: overrides pattern")
+            model = quantize_model(model, QuantConfig.parse(meta["quant"], "checkpoint meta 'quant'"), inplace=True)
     return model
 
 

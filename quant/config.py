@@ -38,6 +38,8 @@ _BITS_RE = re.compile(r"w(\d+)a(\d+)")  # used with fullmatch: '$' would accept 
 # without VNNI adds u8 x s8 products in pairs in 16 bits; the first operand spans 0..255 after its +128 shift,
 # so the second must stay within +-64 (7 bits) for 2 * 255 * 64 = 32640 to fit, exactly like a weight.
 KV_POINTS = ("k_quant", "v_quant")
+# The weight bits of such a CPU (x86 without VNNI): 2 * 255 * 64 = 32640 fits 16 bits, 2 * 255 * 128 does not.
+NO_VNNI_BITS = 7
 
 
 def _check_bits(value: int | None, what: str) -> int | None:
@@ -98,6 +100,11 @@ class QuantConfig(BaseModel):
         description="at most this many bits for K and V (k_quant, v_quant), the attention matmuls' second operands "
         "(7 on x86 without VNNI, where an 8-bit second operand saturates the int8 kernels' 16-bit pair sums)",
     )
+    weight_max_bits: int | None = Field(
+        None,
+        description="at most this many weight bits in any layer, overrides included (7 on x86 without VNNI, where "
+        "8-bit weights saturate the int8 kernels' 16-bit pair sums); None: no cap",
+    )
     token_adaptive: bool = Field(False, description="EdgeQAT token-importance-aware activation bits")
     token_ratio: float = Field(0.5, ge=0.0, le=1.0, description="fraction of tokens that get low_act_bits")
     importance: Importance = Field(
@@ -120,7 +127,7 @@ class QuantConfig(BaseModel):
         except ValidationError as err:
             raise EdgeAttnError(format_validation_error(_SOURCE.get(), err)) from None
 
-    @field_validator("weight_bits", "act_bits", "low_act_bits", "softmax_bits", "kv_max_bits")
+    @field_validator("weight_bits", "act_bits", "low_act_bits", "softmax_bits", "kv_max_bits", "weight_max_bits")
     @classmethod
     def _bits(cls, v: int | None, info: Any) -> int | None:
         return _check_bits(v, info.field_name)
@@ -177,6 +184,7 @@ class QuantConfig(BaseModel):
             "quantize_attention": q.quantize_attention,
             "quantize_linear": q.quantize_linear,
             "kv_max_bits": q.kv_max_bits,
+            "weight_max_bits": _no_vnni_weight_cap(q),
         }
         data.update(updates)
         return cls.parse(data, f"profile '{profile.name}'")
@@ -184,8 +192,8 @@ class QuantConfig(BaseModel):
     def with_bits(self, setting: str) -> QuantConfig:
         """A copy at a bit setting: ``"w8a8"``, ``"w4a8"``, ``"w4a4"`` (any ``wNaM``) or ``"profile"``.
 
-        For ``"profile"`` the config is returned unchanged. A 7-bit-weight profile (x86 without VNNI) keeps
-        its 7-bit cap: ``w8a8`` on it means 7-bit weights, since 8-bit weights would saturate there
+        For ``"profile"`` the config is returned unchanged. A config with ``weight_max_bits`` (x86 without VNNI:
+        7) keeps its cap: ``w8a8`` on it means 7-bit weights, since 8-bit weights would saturate there
         (``kv_max_bits`` is kept too).
         """
         if setting == "profile":
@@ -196,8 +204,10 @@ class QuantConfig(BaseModel):
         m = _BITS_RE.fullmatch(setting.lower())
         assert m is not None  # bits_problem checked it
         wb, ab = int(m.group(1)), int(m.group(2))
-        if self.preset in ("openvino", "generic") and self.weight_bits == 7 and wb == 8:
-            wb = 7
+        # a config from before weight_max_bits (e.g. a checkpoint's) is capped by the rule from_profile uses
+        cap = self.weight_max_bits if self.weight_max_bits is not None else _no_vnni_weight_cap(self)
+        if cap is not None:
+            wb = min(wb, cap)
         data = self.model_dump()
         data.update(weight_bits=wb, act_bits=ab, low_act_bits=min(self.low_act_bits, ab))
         return QuantConfig.parse(data, f"bits '{setting}'")
@@ -210,11 +220,14 @@ class QuantConfig(BaseModel):
         return any(o.float for pat, o in self.overrides.items() if matches_module(name, pat))
 
     def weight_bits_for(self, name: str) -> int:
-        """Weight bits for the module called ``name`` (last matching override wins)."""
+        """Weight bits for the module called ``name`` (last matching override wins; then capped at
+        ``weight_max_bits``)."""
         bits = self.weight_bits
         for pat, o in self.overrides.items():
             if o.weight_bits is not None and matches_module(name, pat):
                 bits = o.weight_bits
+        if self.weight_max_bits is not None:
+            bits = min(bits, self.weight_max_bits)
         return bits
 
     def act_bits_for(self, name: str) -> int:
@@ -227,6 +240,17 @@ class QuantConfig(BaseModel):
         if self.kv_max_bits is not None and name.rsplit(".", 1)[-1] in KV_POINTS:
             bits = min(bits, self.kv_max_bits)
         return bits
+
+
+def _no_vnni_weight_cap(quant: Any) -> int | None:
+    """7 for a profile's quant spec (or a QuantConfig) that targets x86 without VNNI, else ``None``.
+
+    Such a profile (intel-avx2-openvino, host-cpu resolved on that CPU) says so by its 7-bit weights or its 7-bit
+    K/V cap, both that CPU's limit; an OpenVINO/generic preset runs there. A copy asking for fewer bits keeps the cap.
+    """
+    if quant.preset not in ("openvino", "generic"):
+        return None
+    return NO_VNNI_BITS if NO_VNNI_BITS in (quant.weight_bits, quant.kv_max_bits) else None
 
 
 def matches_module(name: str, pattern: str) -> bool:

@@ -86,24 +86,24 @@ def quantize_model(model: nn.Module, config_or_profile: Any = None, *, inplace: 
         name.rsplit(".", 1)[0] if "." in name else "" for name, m in qmodel.named_modules() if is_quant_point(name, m)
     }
     replacements: list[tuple[nn.Module, nn.Module]] = []
+    quantized: list[str] = []
+    kept_float: dict[str, str] = {}  # name -> the setting that keeps this layer or quant point in float
     for name, module in qmodel.named_modules():
-        if not name or config.is_float(name):
+        if not name or not (type(module) in SWAPPED or is_quant_point(name, module)):
             continue
-        parent = name.rsplit(".", 1)[0] if "." in name else ""
+        why = _why_float(qmodel, name, module, config)
+        if why is not None:
+            kept_float[name] = why
+            continue
+        quantized.append(name)
         if type(module) in SWAPPED:
-            if type(module) is nn.Linear and not config.quantize_linear:
-                continue
-            quant_input = parent not in blocks_with_points
-            replacements.append((module, _quant_layer(module, name, config, quant_input)))
-        elif is_quant_point(name, module):
-            leaf = name.rsplit(".", 1)[-1]
-            if leaf in ATTENTION_POINTS and not config.quantize_attention:
-                continue
-            if not config.quantize_linear and _feeds_only_linear(qmodel.get_submodule(parent), leaf):
-                continue
-            replacements.append((module, _quant_point(leaf, name, config)))
+            parent = name.rsplit(".", 1)[0] if "." in name else ""
+            replacements.append((module, _quant_layer(module, name, config, parent not in blocks_with_points)))
+        else:
+            replacements.append((module, _quant_point(name.rsplit(".", 1)[-1], name, config)))
     _replace_everywhere(qmodel, {id(old): new for old, new in replacements})
     _warn_unquantized(qmodel, config)
+    _warn_overrides(config, quantized, kept_float)
     init_weight_scales(qmodel)
     if config.token_adaptive:
         from edgeattn.quant.adaptive import enable_token_adaptive
@@ -111,6 +111,45 @@ def quantize_model(model: nn.Module, config_or_profile: Any = None, *, inplace: 
         enable_token_adaptive(qmodel, config)
     qmodel.quant_config = config  # type: ignore[assignment]  # read by checkpoint/export code
     return qmodel.eval()
+
+
+def _why_float(model: nn.Module, name: str, module: nn.Module, config: QuantConfig) -> str | None:
+    """The config setting that leaves a swappable layer or quant point in float, or ``None`` to quantize it."""
+    if config.is_float(name):
+        return "float_layers or a float override"
+    if type(module) is nn.Linear:
+        return None if config.quantize_linear else "quantize_linear is false"
+    if type(module) in SWAPPED:
+        return None
+    parent, leaf = name.rsplit(".", 1) if "." in name else ("", name)
+    if leaf in ATTENTION_POINTS and not config.quantize_attention:
+        return "quantize_attention is false"
+    if not config.quantize_linear and _feeds_only_linear(model.get_submodule(parent), leaf):
+        return "quantize_linear is false"
+    return None
+
+
+def _warn_overrides(config: QuantConfig, quantized: list[str], kept_float: dict[str, str]) -> None:
+    """Warn, naming the pattern, about an ``overrides`` entry whose bits do not reach the model as written: weight
+    bits above ``weight_max_bits`` (capped), or bits on layers that all stay float (ignored)."""
+    cap = config.weight_max_bits
+    for pat, o in config.overrides.items():
+        if o.float or (o.weight_bits is None and o.act_bits is None):
+            continue
+        covered = [n for n in quantized if matches_module(n, pat)]
+        if covered and cap is not None and o.weight_bits is not None and o.weight_bits > cap:
+            warnings.warn(
+                f"quantize_model: overrides pattern '{pat}' asks for {o.weight_bits}-bit weights; capped at "
+                f"weight_max_bits {cap} (x86 without VNNI: wider weights saturate its int8 kernels' 16-bit sums)",
+                stacklevel=3,
+            )
+        reasons = sorted({why for n, why in kept_float.items() if matches_module(n, pat)})
+        if not covered and reasons:
+            warnings.warn(
+                f"quantize_model: overrides pattern '{pat}' is ignored: every layer and quant point it covers stays "
+                f"float ({'; '.join(reasons)})",
+                stacklevel=3,
+            )
 
 
 def _refuse_quantized(model: nn.Module) -> None:

@@ -412,6 +412,38 @@ def model_kwargs_for(cfg: TrainConfig, info: dict[str, Any]) -> dict[str, Any]:
     return {**base, **approximation_kwargs(cfg.model, approx.softmax, approx.gelu), **cfg.model_kwargs}
 
 
+def check_model_approximations(cfg: TrainConfig) -> None:
+    """Refuse ``model_kwargs`` softmax/gelu that differ from the profile's approx: the trained model would compute
+    another function than the one the profile deploys, and ``edgeattn export`` with that profile refuses it."""
+    from edgeattn.device_profile import load_profile
+
+    profile = load_profile(cfg.profile)
+    for op in ("softmax", "gelu"):
+        wanted = getattr(profile.approx, op)
+        value = cfg.model_kwargs.get(op, wanted)
+        if value != wanted:
+            raise EdgeAttnError(
+                f"model_kwargs: {op}={value!r} differs from profile '{profile.name}' approx.{op} {wanted!r}, so export "
+                f"with that profile would refuse the trained model; drop {op} from model_kwargs (the profile sets "
+                f"it), or use a profile whose approx.{op} is {value!r} (e.g. a copy with approx: {{{op}: {value}}})"
+            )
+
+
+def default_bits_note(cfg: TrainConfig) -> str | None:
+    """One line when ``bits`` was left at its default and the profile's own weight/act bits differ from it, e.g.
+    ``bits w8a8 (the default); profile 'zcu102-hls' is W16A16: --bits profile trains at its widths``."""
+    if "bits" in cfg.model_fields_set:
+        return None
+    profile = QuantConfig.from_profile(cfg.profile)
+    used = profile.with_bits(cfg.bits)  # a 7-bit-weight profile keeps its cap here: w8a8 means W7A8 on it
+    if (used.weight_bits, used.act_bits) == (profile.weight_bits, profile.act_bits):
+        return None
+    return (
+        f"bits {cfg.bits} (the default); profile '{cfg.profile}' is W{profile.weight_bits}A{profile.act_bits}: "
+        "--bits profile trains at its widths"
+    )
+
+
 def quant_config_for(cfg: TrainConfig, info: dict[str, Any]) -> QuantConfig:
     """The run's QuantConfig: profile, bit setting, then ``cfg.quant`` updates and the token-adaptive flag."""
     base = QuantConfig.from_profile(cfg.profile).with_bits(cfg.bits)
@@ -1348,6 +1380,7 @@ def _run(cfg: TrainConfig, resume: bool, show: bool, dist: _Dist, force: bool) -
             f"--resume: the run in '{out_dir}' was made with {state['world_size']} process(es), not {dist.world}; "
             "resume it with the same torchrun --nproc_per_node, or start a new run (--force or another --output)"
         )
+    check_model_approximations(cfg)
     train, val, info = load_data(cfg)
     check_shards(cfg.batch_size, len(train), dist.world)
     task = info["task"]
@@ -1721,5 +1754,7 @@ __all__ = [
     "attention_fidelity",
     "load_data",
     "quant_config_for",
+    "check_model_approximations",
+    "default_bits_note",
     "main",
 ]

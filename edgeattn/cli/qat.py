@@ -68,7 +68,14 @@ def qat(
 ) -> None:
     """Quantization-aware training (EdgeQAT) with a PTQ baseline; writes checkpoints and metrics.json."""
     from edgeattn.errors import EdgeAttnError
-    from edgeattn.quant.train import TrainingDiverged, build_config, process_rank, resumable, run
+    from edgeattn.quant.train import (
+        TrainingDiverged,
+        build_config,
+        default_bits_note,
+        process_rank,
+        resumable,
+        run,
+    )
 
     if fp_checkpoint is not None and fp_checkpoint.is_dir():
         raise EdgeAttnError(f"--fp-checkpoint '{fp_checkpoint}' is a folder, not a checkpoint file")
@@ -110,6 +117,9 @@ def qat(
         # the inputs: the data (a file or an image folder), the config, the FP checkpoint, a profile YAML
         inputs = (cfg.data, config, fp_checkpoint, cfg.profile)
         check_report_path(json_out, "--json", force, inputs, resume=resume)
+    note = default_bits_note(cfg)
+    if note is not None and process_rank() == 0:
+        console.print(f"[yellow]note[/]: {note}")
     if fp_checkpoint is not None:  # fail before any training if the checkpoint is unusable
         from edgeattn.quant.checkpoint import read_checkpoint_file
 
@@ -139,9 +149,8 @@ def _print_table(result: dict) -> None:
     from rich.table import Table
 
     metric = result.get("metric", "top1")
-    table = Table(
-        title=f"{result.get('model')} on {result.get('data')}, {result.get('bits')} ({result.get('profile')})"
-    )
+    title = f"{result.get('model')} on {result.get('data')}, {_bits_title(result)} ({result.get('profile')})"
+    table = Table(title=title)
     table.add_column("model")
     table.add_column("top-1 %" if metric == "top1" else "perplexity", justify="right")
     table.add_column("attention KL vs FP", justify="right")
@@ -159,3 +168,16 @@ def _print_table(result: dict) -> None:
         table.add_row(label, f"{value:.2f}", "" if kl_value is None else f"{kl_value:.5f}")
     console.print(table)
     console.print(f"outputs in {result.get('output_dir')} ({result.get('seconds', 0):.1f} s)")
+
+
+def _bits_title(result: dict) -> str:
+    """The bits the run quantized at, from its QuantConfig: ``W7A8``, ``W8A8, mixed: 2 overrides, 1 float layers``
+    (a result without one, the ``bits`` setting)."""
+    qc = result.get("quant_config")
+    if not qc:
+        return str(result.get("bits"))
+    weight_bits = min(qc["weight_bits"], qc.get("weight_max_bits") or qc["weight_bits"])
+    title = f"W{weight_bits}A{qc['act_bits']}"
+    counts = ((len(qc.get("overrides") or {}), "overrides"), (len(qc.get("float_layers") or ()), "float layers"))
+    mixed = [f"{n} {what}" for n, what in counts if n]
+    return f"{title}, mixed: {', '.join(mixed)}" if mixed else title
