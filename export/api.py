@@ -315,29 +315,13 @@ _CKPT_QUANT_KEYS = (
 )
 
 
-def _module_bits(module: Any) -> dict[str, list[int]]:
-    """The bit widths the module's own brevitas quantizers hold (what its ONNX Q/DQ carries): weights of the
-    quantized Conv/Linear layers, activation quant points, and K/V (:data:`edgeattn.quant.config.KV_POINTS`)."""
-    from brevitas import nn as qnn
-    from edgeattn.quant.config import KV_POINTS
-
-    found: dict[str, set[int]] = {"weight": set(), "activation": set(), "kv": set()}
-    layers = (qnn.QuantLinear, qnn.QuantConv1d, qnn.QuantConv2d)
-    for name, m in module.named_modules():
-        if isinstance(m, layers) and m.weight_quant.bit_width() is not None:
-            found["weight"].add(int(round(float(m.weight_quant.bit_width()))))
-        elif isinstance(m, qnn.QuantIdentity) and m.act_quant.bit_width() is not None:
-            kind = "kv" if name.endswith(KV_POINTS) else "activation"
-            found[kind].add(int(round(float(m.act_quant.bit_width()))))
-    return {k: sorted(v) for k, v in found.items()}
-
-
 def _checkpoint_section(
     model: Any, checkpoint: str | None, module: Any, meta: dict[str, Any] | None, prof: Any, stripped: bool
 ) -> dict[str, Any] | None:
     """report.json's ``checkpoint``: what a trained model (a checkpoint or an in-memory module) holds, and
     whether the profile's ``quant`` applies to it. None for a registry model built here."""
     from edgeattn.export.onnx_export import is_quantized
+    from edgeattn.quant.quantize import held_bits
 
     path = checkpoint or (model if isinstance(model, str) and meta is not None else None)
     if path is None and isinstance(model, str):
@@ -355,7 +339,7 @@ def _checkpoint_section(
         "module": None if path is not None else type(module).__name__,
         "quant": quant,
         "token_adaptive_stripped": stripped,
-        "exported_bits": _module_bits(module) if quantized else None,
+        "exported_bits": held_bits(module) if quantized else None,
         "profile_quant_applied": False,  # True once PTQ quantized a float model with the profile's quant
     }
     if stripped:  # how far stripping moved the outputs: measured on the parity inputs by _export_model

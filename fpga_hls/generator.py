@@ -247,23 +247,41 @@ def check_reference(kind: str) -> None:
         raise EdgeAttnError(f"--reference must be one of {', '.join(REFERENCES)}, got {kind!r}")
 
 
-def reference_label(net: Any, fmt: G.HLSFormats, kind: str = "design") -> tuple[str, str | None]:
+def reference_label(
+    net: Any, fmt: G.HLSFormats, kind: str = "design", part: Any = None
+) -> tuple[str, str | None]:
     """What the golden model is compared with: ``(label, bits)``, bits like ``"W4A4"`` (``None``: float model).
 
     A quantized model (``edgeattn.quant.quantize_model``, e.g. from an ``edgeattn qat`` checkpoint) runs with its
     quantized weights and, for ``kind="checkpoint"``, with its activation quantizers on (which the design does not
-    have: its activations are ``ap_fixed<act>``); for ``kind="design"`` with them off.
+    have: its activations are ``ap_fixed<act>``); for ``kind="design"`` with them off. ``bits`` are those the
+    quantizers of ``part`` hold (the layer the design implements; default the whole model), so a mixed-precision
+    checkpoint is labelled by what this design holds, not by its global setting.
     """
     from edgeattn.export.onnx_export import is_quantized
 
     if not is_quantized(net):
         return "the float model", None
-    cfg = getattr(net, "quant_config", None)
-    bits = f"W{cfg.weight_bits}A{cfg.act_bits}" if cfg is not None else "brevitas"
+    bits = _held_bits_label(net if part is None else part)
     design = f"ap_fixed<{fmt.act_width},{fmt.act_int}>"
     if kind == "design":
         return f"the {bits} checkpoint's quantized weights with float activations (the design's are {design})", bits
     return f"the fake-quant {bits} model (its activations are quantized; the design's are {design})", bits
+
+
+def _held_bits_label(part: Any) -> str:
+    """``"W4A8"`` from the bit widths ``part``'s quantizers hold; several widths as ``W4/8A8``, and float layers
+    beside quantized ones counted (``W4A8 + 2 float layers``); ``"float"`` when it holds no quantized layer."""
+    from edgeattn.quant.quantize import held_bits
+    from torch import nn
+
+    held = held_bits(part)
+    acts = sorted({*held["activation"], *held["kv"]})
+    floats = sum(type(m) in (nn.Linear, nn.Conv1d, nn.Conv2d) for m in part.modules())
+    if not held["weight"]:
+        return "float"
+    label = "W" + "/".join(map(str, held["weight"])) + ("A" + "/".join(map(str, acts)) if acts else "A-float")
+    return label + (f" + {floats} float layer{'s' if floats != 1 else ''}" if floats else "")
 
 
 @contextlib.contextmanager
@@ -434,7 +452,7 @@ def generate_project(
     est = estimate(shape, hls, fmt)
     top = "vit_top" if layer is None else "encoder_layer_top"
     part = net if layer is None else net.blocks[layer]
-    label, bits = reference_label(net, fmt, reference)
+    label, bits = reference_label(net, fmt, reference, part)
     info = ProjectInfo(
         path=out_dir,
         model=name,

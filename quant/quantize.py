@@ -292,6 +292,23 @@ def _quant_layer(module: nn.Module, name: str, config: QuantConfig, quant_input:
     return new
 
 
+def held_bits(module: nn.Module) -> dict[str, list[int]]:
+    """The bit widths ``module``'s own brevitas quantizers hold (what its ONNX Q/DQ or HLS weights carry), sorted:
+    ``{"weight": [...], "activation": [...], "kv": [...]}``: weights of the quantized Conv/Linear layers,
+    activation quant points, and K/V (:data:`edgeattn.quant.config.KV_POINTS`). Empty lists for a float module."""
+    from edgeattn.quant.config import KV_POINTS
+
+    found: dict[str, set[int]] = {"weight": set(), "activation": set(), "kv": set()}
+    layers = (qnn.QuantLinear, qnn.QuantConv1d, qnn.QuantConv2d)
+    for name, m in module.named_modules():
+        if isinstance(m, layers) and m.weight_quant.bit_width() is not None:
+            found["weight"].add(int(round(float(m.weight_quant.bit_width()))))
+        elif isinstance(m, qnn.QuantIdentity) and m.act_quant.bit_width() is not None:
+            kind = "kv" if name.endswith(KV_POINTS) else "activation"
+            found[kind].add(int(round(float(m.act_quant.bit_width()))))
+    return {k: sorted(v) for k, v in found.items()}
+
+
 def quant_layers(model: nn.Module) -> dict[str, nn.Module]:
     """Name -> brevitas layer/quant point of a quantized model (for reports and tests)."""
     kinds = (qnn.QuantLinear, qnn.QuantConv1d, qnn.QuantConv2d, qnn.QuantIdentity)

@@ -196,3 +196,23 @@ def test_csim_matches_the_golden_model_and_passes_against_the_design(tmp_path, c
     assert report["gate"]["passed"] and report["gate"]["cosine"] == pytest.approx(cos, abs=1e-12)
     assert rel < 0.01 and cos > 0.9995
     assert "csim: 0 mismatches" in out
+
+
+def test_a_mixed_precision_checkpoint_is_labelled_by_the_bits_of_the_part_the_design_holds(tmp_path):
+    """The sweep's mixed run (blocks.0 4-bit weights, blocks.1.mlp float) was labelled "W8A8" for every part: the
+    label came from the global bits. Now it comes from the quantizers of the layer (or model) implemented."""
+    from edgeattn.fpga_hls import generate_project
+    from edgeattn.quant import QuantConfig, ptq
+
+    kwargs = {**TINY, "depth": 2, "softmax": "online", "gelu": "edgemoe"}
+    torch.manual_seed(11)
+    model = create_model("vit_tiny", **kwargs).eval()
+    cfg = QuantConfig.from_profile("zcu102-hls").with_bits("w8a8")
+    cfg = cfg.model_copy(update={"overrides": {"blocks.0.*": {"weight_bits": 4}, "blocks.1.mlp": {"float": True}}})
+    cfg = QuantConfig.parse(cfg.model_dump())
+    qmodel = ptq(model, cfg, [torch.randn(16, 3, 16, 16, generator=torch.Generator().manual_seed(1))])
+    want = {0: "W4A8", 1: "W8A8 + 2 float layers", None: "W4/8A8 + 2 float layers"}
+    for layer, bits in want.items():
+        info = generate_project(qmodel, "zcu102-hls", tmp_path / f"p{layer}", layer=layer, vectors=1)
+        assert info.reference_bits == bits, layer
+        assert info.reference.startswith(f"the {bits} checkpoint's quantized weights"), info.reference
