@@ -606,6 +606,7 @@ def test_report_says_what_a_quantized_checkpoint_holds(tmp_path, capsys):
         "weight_bits": 4,
         "act_bits": 8,
         "kv_max_bits": 7,
+        "weight_max_bits": None,
         "preset": "openvino",
         "quantize_linear": True,
         "quantize_attention": True,
