@@ -14,6 +14,8 @@ from torch import nn
 import edgeattn
 from edgeattn.approx import GELU_METHODS, SOFTMAX_METHODS, gelu, online_softmax_chunked, softmax
 from edgeattn.blocks import CFB, ELA, ELA_VARIANTS, GMLP, RLMHSA, ULSAM, FMBlock, HFBlock, MultiGroupConv1x1, RepConv
+from edgeattn.blocks.attention import Attention, Mlp
+from edgeattn.blocks.llama import LlamaAttention, LlamaBlock, RMSNorm, SwiGLU
 from edgeattn.models import count_macs, create_model
 from edgeattn.models.mobilenetv2 import InvertedResidual
 
@@ -326,6 +328,16 @@ def test_mobilenetv2_ela_sits_after_depthwise_before_projection():
         (lambda: RepConv(4, 4, 3, stride=0), "RepConv: stride must be a positive integer, got 0"),
         (lambda: RepConv(4, 4, -1), "RepConv: kernel_size must be a positive integer, got -1"),
         (lambda: RepConv(4, 4, 3, num_branches=2.0), "RepConv: num_branches must be a positive integer, got 2.0"),
+        (lambda: Mlp(8, 0), "Mlp: hidden_features must be a positive integer, got 0"),
+        (lambda: Mlp(8, -1), "Mlp: hidden_features must be a positive integer, got -1"),
+        (lambda: Mlp(8, 4, out_features=0), "Mlp: out_features must be a positive integer, got 0"),
+        (lambda: Mlp(8.0, 4), "Mlp: in_features must be a positive integer, got 8.0"),
+        (lambda: RMSNorm(0), "RMSNorm: dim must be a positive integer, got 0"),
+        (lambda: SwiGLU(8, 0), "SwiGLU: hidden_dim must be a positive integer, got 0"),
+        (lambda: Attention(8.0, 2), "Attention: dim must be a positive integer, got 8.0"),
+        (lambda: Attention(8, 0), "Attention: num_heads must be a positive integer, got 0"),
+        (lambda: LlamaAttention(8, 2, seq_len=0), "LlamaAttention: seq_len must be a positive integer, got 0"),
+        (lambda: LlamaBlock(8, 2, 0, seq_len=4), "LlamaBlock: hidden_dim must be a positive integer, got 0"),
     ],
 )
 def test_bad_block_arguments_are_one_value_error(make, message):
