@@ -163,7 +163,7 @@ def test_the_results_table_names_the_bits_the_model_has():
     with console.capture() as cap:
         _print_table(result)
     text = " ".join(cap.get().split())
-    assert "m on d, W7A8, mixed: 2 overrides, 1 float layers (p)" in text and "w8a8" not in text
+    assert "m on d, W7A8, mixed: 2 overrides, 1 float layer (p)" in text and "w8a8" not in text
     result["quant_config"] = QuantConfig().with_bits("w4a4").model_dump(mode="json")
     with console.capture() as cap:
         _print_table(result)

@@ -171,13 +171,13 @@ def _print_table(result: dict) -> None:
 
 
 def _bits_title(result: dict) -> str:
-    """The bits the run quantized at, from its QuantConfig: ``W7A8``, ``W8A8, mixed: 2 overrides, 1 float layers``
+    """The bits the run quantized at, from its QuantConfig: ``W7A8``, ``W8A8, mixed: 2 overrides, 1 float layer``
     (a result without one, the ``bits`` setting)."""
     qc = result.get("quant_config")
     if not qc:
         return str(result.get("bits"))
     weight_bits = min(qc["weight_bits"], qc.get("weight_max_bits") or qc["weight_bits"])
     title = f"W{weight_bits}A{qc['act_bits']}"
-    counts = ((len(qc.get("overrides") or {}), "overrides"), (len(qc.get("float_layers") or ()), "float layers"))
-    mixed = [f"{n} {what}" for n, what in counts if n]
+    counts = ((len(qc.get("overrides") or {}), "override"), (len(qc.get("float_layers") or ()), "float layer"))
+    mixed = [f"{n} {what}{'s' if n > 1 else ''}" for n, what in counts if n]
     return f"{title}, mixed: {', '.join(mixed)}" if mixed else title
