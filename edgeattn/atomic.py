@@ -31,19 +31,24 @@ def current_umask() -> int:
 
 
 def publish_modes(path: str | Path) -> None:
-    """Give ``path`` (a file, or a folder and everything under it) the modes the umask gives new files."""
+    """Give ``path`` (a file, or a folder and everything under it) the modes the umask gives new files; a file that
+    was executable (the C simulation's ``build/csim.exe``) stays executable."""
     mask = current_umask()
     root = Path(path)
-    file_mode, dir_mode = 0o666 & ~mask, 0o777 & ~mask
+    dir_mode = 0o777 & ~mask
+
+    def file_mode(f: str | Path) -> int:
+        return (0o777 if os.stat(f).st_mode & 0o111 else 0o666) & ~mask
+
     if not root.is_dir():
-        os.chmod(root, file_mode)
+        os.chmod(root, file_mode(root))
         return
     os.chmod(root, dir_mode)
     for dirpath, dirnames, filenames in os.walk(root):
         for d in dirnames:
             os.chmod(os.path.join(dirpath, d), dir_mode)
         for f in filenames:
-            os.chmod(os.path.join(dirpath, f), file_mode)
+            os.chmod(os.path.join(dirpath, f), file_mode(os.path.join(dirpath, f)))
 
 
 @contextmanager

@@ -754,11 +754,15 @@ def _rebase_files(folder: Path, old: Path, new: Path) -> None:
             text = path.read_text(encoding="utf-8")
         except UnicodeDecodeError:  # binary
             continue
-        was, now = str(old), str(new)
-        if path.suffix == ".json":  # as JSON escapes them
-            was, now = json.dumps(was)[1:-1], json.dumps(now)[1:-1]
-        if was in text:
-            write_text_atomic(path, text.replace(was, now))
+        forms = [(str(old), str(new))]
+        if path.suffix == ".json":  # escaped as JSON writes them: with \u escapes (ensure_ascii) or raw UTF-8
+            forms = [(json.dumps(str(old), ensure_ascii=a)[1:-1], json.dumps(str(new), ensure_ascii=a)[1:-1])
+                     for a in (True, False)]
+        rebased = text
+        for was, now in forms:
+            rebased = rebased.replace(was, now)
+        if rebased != text:
+            write_text_atomic(path, rebased)
 
 
 def _rebase_torch_file(path: Path, old: str, new: str) -> None:

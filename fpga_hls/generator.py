@@ -702,7 +702,7 @@ def _tcl(info: ProjectInfo, hls) -> str:
     text = (
         resources.files("edgeattn.fpga_hls").joinpath("templates/build_prj.tcl").read_text(encoding="utf-8")
     )
-    safe = "".join(ch if ch.isalnum() or ch == "_" else "_" for ch in info.path.name) or "edgeattn"
+    safe = "".join(ch if (ch.isascii() and ch.isalnum()) or ch == "_" else "_" for ch in info.path.name) or "edgeattn"
     subs = {
         "@MODEL@": _comment(info.model) + ("" if info.layer is None else f" layer {info.layer}"),
         "@PROJECT@": safe,

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import pickle
+import shutil
 import warnings
 import zipfile
 from collections.abc import Iterator
@@ -81,7 +82,13 @@ def atomic_torch_save(obj: Any, path: str | Path) -> Path:
     """``torch.save`` to a temp file in the same folder, then rename over ``path``
     (:func:`edgeattn.atomic.atomic_path`: the file gets the same umask modes as the run's JSON files)."""
     with atomic_path(path, suffix=".tmp") as tmp:
-        torch.save(obj, tmp)
+        try:
+            torch.save(obj, tmp)
+        except RuntimeError as exc:  # torch's writer reports a full disk as "enforce fail ... unexpected pos"
+            free = shutil.disk_usage(Path(tmp).parent).free
+            raise EdgeAttnError(
+                f"cannot write '{path}': {str(exc).strip().splitlines()[0]} ({free} bytes free on its disk)"
+            ) from None
     return Path(path)
 
 

@@ -195,6 +195,12 @@ class TrainConfig(BaseModel):
             raise ValueError(f"{problem}, got {v!r}")
         return v.lower()
 
+    @field_validator("output_dir", "fp_checkpoint", "data")
+    @classmethod
+    def _home(cls, v: str | None) -> str | None:
+        # a YAML config's "~/runs" is no shell word: expand it as the shell would, not make a folder named "~"
+        return os.path.expanduser(v) if isinstance(v, str) and v.startswith("~") else v
+
     @field_validator("*", mode="before")
     @classmethod
     def _not_a_bool(cls, v: Any, info: ValidationInfo) -> Any:

@@ -9,6 +9,8 @@ Ctrl-C ends with exit code 130, also where a library swallowed it and failed aft
 
 from __future__ import annotations
 
+import errno
+import os
 import signal
 import sys
 import threading
@@ -86,6 +88,8 @@ def run_app(typer_app: typer.Typer, argv: list[str] | None = None, prog_name: st
                 return fail(str(exc), 2)
             # A file or folder the user named that cannot be read or written (not a folder, read-only, disk
             # full): one line, as for other bad input. An OSError naming no path is a bug and keeps its traceback.
+            if exc.filename is None and exc.errno in (errno.ENOSPC, errno.EDQUOT):  # a write() names no file
+                return fail(f"cannot write the output: {os.strerror(exc.errno)} (the artifacts are not published)", 2)
             if exc.filename is None:
                 raise
             return fail(_os_error_line(exc), 2)

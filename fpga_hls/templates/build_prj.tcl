@@ -3,8 +3,14 @@
 #   vitis_hls -f build_prj.tcl "cosim=0 export=0"   only some steps
 array set opt {csim 1 csynth 1 cosim 1 export 1}
 foreach item [split [join $::argv " "] " "] {
+    if {$item eq ""} { continue }
     set kv [split $item =]
-    if {[llength $kv] == 2 && [info exists opt([lindex $kv 0])]} { set opt([lindex $kv 0]) [lindex $kv 1] }
+    if {[llength $kv] != 2 || ![info exists opt([lindex $kv 0])] || [lsearch -exact {0 1} [lindex $kv 1]] < 0} {
+        # a typo must not run the whole flow (cosim of a whole model takes hours)
+        puts stderr "build_prj.tcl: unknown option '$item'; give csim, csynth, cosim or export as =0 or =1"
+        exit 1
+    }
+    set opt([lindex $kv 0]) [lindex $kv 1]
 }
 
 open_project -reset @PROJECT@_prj
