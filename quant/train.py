@@ -1045,9 +1045,47 @@ def run(
     with _threads(cfg.num_threads):
         dist = _Dist()
         try:
-            return _run(cfg, resume, progress and dist.is_main, dist, force)
+            with _output_lock(Path(cfg.output_dir), dist.is_main):
+                return _run(cfg, resume, progress and dist.is_main, dist, force)
         finally:
             dist.close()
+
+
+@contextlib.contextmanager
+def _output_lock(out_dir: Path, main: bool) -> Iterator[None]:
+    """One ``edgeattn qat`` run per output folder at a time: the main process holds an exclusive ``flock`` on the
+    folder while the run lasts, so a second run there (with --force, or started at the same moment) is refused in
+    one line instead of mixing its files with the first's. A folder created here and left empty is removed."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no advisory locks
+        fcntl = None
+    if not main or fcntl is None:
+        yield
+        return
+    created = False
+    try:
+        if not out_dir.exists():
+            out_dir.mkdir(parents=True)
+            created = True
+        fd = os.open(out_dir, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:  # a file, or a folder that cannot be made: _run says so in one line
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise EdgeAttnError(
+                f"output directory '{out_dir}' is in use by another edgeattn qat run; wait for it to finish or "
+                "use another --output"
+            ) from None
+        yield
+    finally:
+        os.close(fd)
+        if created:
+            with contextlib.suppress(OSError):  # only while still empty
+                out_dir.rmdir()
 
 
 def frozen_teacher(fp_model: nn.Module, meta: dict[str, Any]) -> nn.Module:

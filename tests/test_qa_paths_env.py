@@ -114,3 +114,27 @@ def test_build_script_options(tmp_path, argv, code, ran):
     assert steps == ran
     if code:
         assert "unknown option" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_a_second_qat_run_on_a_folder_in_use_is_refused(tmp_path):
+    """Two runs on one -o (the second with --force) used to interleave: fp.pt from one, state.pt and metrics.json
+    from the other, both exit 0. The running one holds a lock on the folder; the second is refused."""
+    import fcntl
+
+    from _tiny_runs import tiny_cfg
+    from edgeattn.quant.train import TrainConfig, run
+
+    out = tmp_path / "run"
+    out.mkdir()
+    fd = os.open(out, os.O_RDONLY | os.O_DIRECTORY)  # what a running qat holds
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(EdgeAttnError, match="is in use by another edgeattn qat run"):
+            run(TrainConfig.parse(tiny_cfg(out)), progress=False, force=True)
+        assert list(out.iterdir()) == []
+    finally:
+        os.close(fd)
+    missing = tmp_path / "new"  # a folder made for a run that then fails validation is not left behind
+    with pytest.raises(ValueError, match="depth must be a positive integer"):  # refused before any training
+        run(TrainConfig.parse(tiny_cfg(missing, model_kwargs={"depth": 0})), progress=False)
+    assert not missing.exists()
