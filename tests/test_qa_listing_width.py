@@ -47,3 +47,22 @@ def test_columns_set_wraps_to_it_and_cuts_no_name():
     assert "…" not in out and max(len(line) for line in out.splitlines()) <= 80
     # the name column never wraps: every field name is still one cell
     assert [c for c in _first_cells(out) if c] == [row[0] for row in describe_fields()]
+
+
+def test_a_table_wider_than_the_console_is_printed_whole_and_the_width_restored():
+    """print_whole_table is the one mechanism for both the listings and the profiler's tables; before, the
+    profiler's version passed width= to Console.print, which rich caps at the console's width: a no-op."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from edgeattn.profile.report import print_whole_table
+
+    console = Console(width=40, record=True)
+    table = Table()
+    for name in ("a", "b", "c"):
+        table.add_column(name, no_wrap=True)
+    table.add_row("8213.4711", "12345678901234", "0.217400000000")
+    print_whole_table(console, table)
+    text = console.export_text()
+    assert "…" not in text and "8213.4711" in text and "12345678901234" in text and "0.217400000000" in text
+    assert max(len(line) for line in text.splitlines()) > 40 and console.width == 40

@@ -6,7 +6,6 @@ import os
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
@@ -22,8 +21,9 @@ def _print_listing(table: Table) -> None:
     if console.is_terminal or os.environ.get("COLUMNS"):
         console.print(table)
         return
-    natural = console.measure(table, options=console.options.update_width(10**4)).maximum
-    Console(width=max(natural, console.width)).print(table)  # print() itself never goes past the console's width
+    from edgeattn.profile.report import print_whole_table  # here: the profiler package is slow to import
+
+    print_whole_table(console, table, natural=True)
 
 
 @app.command("list")

@@ -24,13 +24,25 @@ def _g(x: float | None) -> str:
     return f"{x:.{max(0, 3 - len(str(int(abs(x)))))}f}" if abs(x) >= 1 else f"{x:.4f}"
 
 
-def _print_table(console: Console, table: Table) -> None:
-    """Print ``table`` no narrower than its minimum width (its widest number or word per column).
+def print_whole_table(console: Console, table: Table, natural: bool = False) -> None:
+    """Print ``table`` no narrower than its minimum width (its widest number or word per column) or, with
+    ``natural``, its natural width (one line per row), even where that is wider than ``console``.
 
-    Below that rich would crop numbers to "8213.…" or drop a column's values; on a narrow console (80 columns
-    when stdout is a pipe) the table is printed wider instead, every figure whole.
+    Below its minimum width rich would crop numbers to "8213.…" or drop a column's values; on a narrow console (80
+    columns when stdout is a pipe) the table is printed wider instead, every figure whole. ``Console.print(width=)``
+    never goes past the console's own width, so the console's width is raised for this one table.
     """
-    console.print(table, width=max(console.width, console.measure(table).minimum), crop=False)
+    measured = console.measure(table, options=console.options.update_width(10**4))
+    need = measured.maximum if natural else measured.minimum
+    if need <= console.width:
+        console.print(table, crop=False)
+        return
+    saved = console._width  # None: detected from the terminal on each print, as before
+    console.width = need
+    try:
+        console.print(table, crop=False)
+    finally:
+        console._width = saved
 
 
 def render_table(report: ProfileReport, console: Console | None = None, top_layers: int = 12) -> None:
@@ -71,7 +83,7 @@ def render_table(report: ProfileReport, console: Console | None = None, top_laye
             _g(lat and lat.throughput),  # 4 significant digits: a slow model's 0.217/s is not "0"
             _f(r.ratio_to_first, ".2f"),
         )
-    _print_table(console, t)
+    print_whole_table(console, t)
     console.print(
         "runtimes: " + ", ".join(sorted({f"{r.runtime} {r.runtime_version}" for r in report.results})),
         highlight=False,
@@ -97,7 +109,7 @@ def render_table(report: ProfileReport, console: Console | None = None, top_laye
             f"{_f(ef.peak_gmacs, '.0f')} {ef.peak_precision}",  # peak GMAC/s at the compute precision
             _f(ef.fraction_of_peak * 100 if ef.fraction_of_peak is not None else None, ".1f"),
         )
-    _print_table(console, e)
+    print_whole_table(console, e)
     for r in report.results:
         if r.efficiency.note:
             console.print(f"[yellow]{r.label}: {r.efficiency.note}[/]", highlight=False)
@@ -136,7 +148,7 @@ def render_table(report: ProfileReport, console: Console | None = None, top_laye
                 f"{layer.time_ms:.4f}" + ("~" if layer.estimated else ""),
                 f"{layer.share * 100:.1f}",
             )
-        _print_table(console, lt)
+        print_whole_table(console, lt)
         console.print(
             "time by precision: " + ", ".join(f"{k} {v:.3f} ms" for k, v in b.by_precision.items()),
             highlight=False,
