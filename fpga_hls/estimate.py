@@ -4,16 +4,19 @@ Not a synthesis result: a first-order model of the loops in the templates, with 
 in the returned ``arithmetic`` lines so a reader can check it. Assumptions (docs/hls.md):
 
 - every pipelined loop runs at II=1; a loop costs ``trips + depth`` cycles;
-- the MAC array is ``mac_rows x mac_cols``; one linear layer ``IN -> OUT`` over ``n`` rows costs, per
-  output tile, ``n`` (bias init) + per input tile ``(mac_cols + n + D_mac)`` (tile load, rows)
-  + ``n`` (drain);
+- the MAC array is ``mac_rows x mac_cols``, one unit shared by every linear layer; one linear layer
+  ``IN -> OUT`` over ``n`` rows costs, per output tile, ``mac_cols`` (bias load) + ``n`` (drain) + per input
+  tile ``(mac_cols + n + D_mac)`` (tile load, rows);
 - attention: two passes (Q.K^T with the online softmax, then A.V) of ``STEPS = (ceil(N/P)-1)(N+P) + P-1 + N``
   steps per head, plus the exp/reciprocal pipeline depths;
 - a DSP48E2 multiplies 27 x 18 bits: an ``a x b``-bit product takes ``ceil(a/27) * ceil(b/18)`` DSPs
   (larger operand on the 27-bit port);
 - LayerNorm and residual adds process ``mac_rows`` / ``mac_cols`` elements per cycle;
-- BRAM18K holds 18 Kbit (width up to 36 bits); a buffer partitioned into ``k`` banks takes ``k`` times
-  ``ceil(width/36) * ceil(depth/512)`` blocks; weights stream from DDR (not counted on chip).
+- a BRAM18K holds 18 Kbit as 16K x 1, 8K x 2, 4K x 4, 2K x 9, 1K x 18 or 512 x 36; a buffer partitioned into
+  ``k`` banks takes ``k`` times the blocks of one bank in its cheapest shape. The activation buffers all have
+  one shape (``EA_MAX_ROWS x EA_BUF_W``, :func:`buffer_width`), in :func:`buffer_banks` cyclic banks;
+- the weights stream from DDR, ``mac_rows`` weights per cycle during a tile load (``ddr`` in the result); the
+  biases, LayerNorm parameters and (whole ViT) tokens are on-chip ROMs (``parameters``).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-__all__ = ["LayerShape", "estimate", "dsp_per_mult"]
+__all__ = ["LayerShape", "buffer_banks", "buffer_width", "estimate", "dsp_per_mult"]
 
 D_MAC = 6  # MAC array pipeline depth (multiply, adder tree of 16, accumulate)
 D_EXP = 8  # exp pipeline: x*log2e multiply, table reads, 25x25 product, shift
@@ -46,19 +49,43 @@ class LayerShape:
     classes: int = 0
 
 
+def buffer_width(shape: LayerShape, hls) -> int:
+    """Row width of the design's activation buffers: they all have one shape (so that one MAC unit serves every
+    linear layer), as wide as the widest row a layer reads or writes. The head is the exception: it runs in
+    passes of whole output tiles, so its class count does not widen every buffer (hence at least ``mac_cols``)."""
+    return max(3 * shape.dim, shape.hidden, shape.experts, shape.patch_dim, hls.mac_cols)
+
+
+def buffer_banks(shape: LayerShape, hls) -> int:
+    """Cyclic banks of a buffer row: enough for every unrolled access to touch distinct banks (the MAC unit's
+    ``mac_rows`` inputs and ``mac_cols`` outputs, a head's ``head_dim``-wide Q, K or V row), at most one per
+    element."""
+    return min(math.lcm(hls.mac_rows, hls.mac_cols, shape.dim // shape.heads), buffer_width(shape, hls))
+
+
 def dsp_per_mult(a_bits: int, b_bits: int) -> int:
     """DSP48E2 slices for an ``a x b``-bit multiplier (27 x 18 native)."""
     a, b = max(a_bits, b_bits), min(a_bits, b_bits)
     return min(math.ceil(a / 27) * math.ceil(b / 18), math.ceil(a / 18) * math.ceil(b / 27))
 
 
+BRAM18K_SHAPES = ((1, 16384), (2, 8192), (4, 4096), (9, 2048), (18, 1024), (36, 512))  # (width, depth)
+
+
 def _bram(width: int, depth: int, banks: int = 1) -> int:
+    """BRAM18K blocks of a ``width``-bit, ``depth``-deep buffer split into ``banks`` cyclic banks."""
     per_bank_depth = math.ceil(depth / banks)
-    return banks * math.ceil(width / 36) * math.ceil(per_bank_depth / 512)
+    per_bank = min(math.ceil(width / w) * math.ceil(per_bank_depth / d) for w, d in BRAM18K_SHAPES)
+    return banks * per_bank
 
 
 def _linear_cycles(n: int, fin: int, fout: int, r: int, c: int) -> int:
-    return math.ceil(fout / c) * (2 * n + math.ceil(fin / r) * (c + n + D_MAC))
+    return math.ceil(fout / c) * (c + n + math.ceil(fin / r) * (c + n + D_MAC))
+
+
+def _weight_words(fin: int, fout: int, r: int, c: int) -> int:
+    """DDR words of one ``fin -> fout`` weight matrix: whole ``c x r`` tiles, one word per tile row."""
+    return math.ceil(fout / c) * math.ceil(fin / r) * c
 
 
 def estimate(shape: LayerShape, hls, formats) -> dict:
@@ -77,7 +104,9 @@ def estimate(shape: LayerShape, hls, formats) -> dict:
 
     qkv = _linear_cycles(n, d, 3 * d, r, c)
     proj = _linear_cycles(n, d, d, r, c)
-    lines.append(f"linear(n,IN,OUT) = ceil(OUT/{c}) * (2n + ceil(IN/{r}) * ({c} + n + {D_MAC}))")
+    lines.append(
+        f"linear(n,IN,OUT) = ceil(OUT/{c}) * ({c} bias + n drain + ceil(IN/{r}) * ({c} + n + {D_MAC}))"
+    )
     lines.append(f"qkv  = linear({n},{d},{3 * d}) = {qkv}")
     lines.append(f"proj = linear({n},{d},{d}) = {proj}")
     rounds = math.ceil(n / p)
@@ -160,18 +189,28 @@ def estimate(shape: LayerShape, hls, formats) -> dict:
         f"GELU {dsp['gelu']}; LayerNorm {r} lanes {dsp['layernorm']}; "
         f"total {dsp['total']} of {hls.dsp_budget}"
     )
+    width, banks = buffer_width(shape, hls), buffer_banks(shape, hls)
+    buffers = 3 + (1 if shape.experts else 0)  # x and the scratch buffers a, b (+ c: the MoE's gathered tokens)
+    params = shape.depth * 4 * d  # 4 LayerNorm ROMs (gamma, beta of both norms), each in mac_rows banks
+    biases = shape.depth * 4 * d + (shape.depth - shape.moe_layers) * (f + d)
+    biases += shape.moe_layers * (shape.experts + shape.experts * (f + d))
+    if shape.patch_dim:
+        biases += d + shape.classes
+    tokens = (d + n * d + 2 * d) if shape.patch_dim else 0  # class token, positions, final norm
     bram = {
-        "activations": 4 * _bram(aw, n * d) + _bram(aw, n * 3 * d),
-        "mlp_hidden": _bram(aw, n * f),
+        "activations": buffers * _bram(aw, n * width, banks),
         "mac_accumulator": _bram(64, n, 1) * c,
         "scores": _bram(formats.score_width, n * n, p),
         "softmax_stats": _bram(64, n),
+        "parameters": 4 * _bram(aw, params // 4, r) + _bram(aw, biases) + (_bram(aw, tokens) if tokens else 0),
     }
     bram["total"] = sum(bram.values())
     lines.append(
-        f"BRAM18K: 4 x act[{n}][{d}] + qkv[{n}][{3 * d}] = {bram['activations']}; hidden[{n}][{f}] = "
-        f"{bram['mlp_hidden']}; acc {c} banks x 64b x {n} = {bram['mac_accumulator']}; scores {n}x{n}x"
-        f"{formats.score_width}b in {p} banks = {bram['scores']}; total {bram['total']} of {hls.bram_budget}"
+        f"BRAM18K: {buffers} activation buffers [{n}][{width}] x {aw}b in {banks} banks = {bram['activations']}; "
+        f"acc {c} banks x 64b x {n} = {bram['mac_accumulator']}; scores {n}x{n}x{formats.score_width}b in {p} "
+        f"banks = {bram['scores']}; stats {bram['softmax_stats']}; parameters (LayerNorm 4 x {params // 4} in {r} "
+        f"banks, biases {biases}, tokens {tokens}) = {bram['parameters']}; total {bram['total']} of "
+        f"{hls.bram_budget}"
     )
     clock = float(hls.clock_mhz)
     latency_us = total / clock
@@ -183,6 +222,26 @@ def estimate(shape: LayerShape, hls, formats) -> dict:
         f"DSP/MAC / {hls.dsp_budget} DSPs = {floor_cycles:.0f} cycles = {floor_us:.1f} us; "
         f"efficiency = floor / latency = {floor_us / latency_us:.3f}"
     )
+    ww = _weight_words
+    words = shape.depth * (ww(d, 3 * d, r, c) + ww(d, d, r, c)) + dense_layers * (ww(d, f, r, c) + ww(f, d, r, c))
+    if shape.experts:
+        e = shape.experts
+        words += shape.moe_layers * (ww(d, e, r, c) + e * (ww(d, f, r, c) + ww(f, d, r, c)))
+    if shape.patch_dim:
+        words += ww(shape.patch_dim, d, r, c) + ww(d, shape.classes, r, c)
+    word_bits = r * formats.weight_width
+    weight_bytes = words * word_bits // 8
+    ddr = {
+        "weight_words": words,
+        "word_bits": word_bits,
+        "weight_bytes": weight_bytes,  # read once per inference (every expert active, as balanced routing assumes)
+        "peak_gb_s": word_bits * clock * 1e6 / 8 / 1e9,  # during a tile load: one word per cycle
+        "average_gb_s": weight_bytes / (latency_us * 1e-6) / 1e9,
+    }
+    lines.append(
+        f"DDR weights: {words} words x {word_bits}b = {weight_bytes} bytes per inference; peak {word_bits}b x "
+        f"{clock:g} MHz = {ddr['peak_gb_s']:.2f} GB/s during tile loads, average {ddr['average_gb_s']:.3f} GB/s"
+    )
     return {
         "shape": shape.__dict__,
         "parallelism": {"mac_rows": r, "mac_cols": c, "attn_parallel": p},
@@ -191,6 +250,7 @@ def estimate(shape: LayerShape, hls, formats) -> dict:
         "cycles": cyc,
         "dsp": dsp,
         "bram18k": bram,
+        "ddr": ddr,
         "latency_us": latency_us,
         "dsp_floor_us": floor_us,
         "efficiency": floor_us / latency_us,

@@ -55,7 +55,7 @@ def _weight(layer: Any) -> Any:
 
     They are then quantized to the profile's ``ap_fixed`` weight type by :func:`_q`. A power-of-two scale (the
     ``fpga`` preset) no finer than the weight LSB (4-bit QAT weights: scale ~2^-7 against 2^-14) puts every value
-    exactly on that grid, so the trained values reach ``weights.h`` unchanged. Otherwise (a finer power-of-two
+    exactly on that grid, so the trained values reach the weight image unchanged. Otherwise (a finer power-of-two
     scale, as 16-bit weights under 1 in magnitude get; or a float scale from another preset) each value is rounded
     again, half to even, to the nearest multiple of the weight LSB: :func:`requantized_weights` measures that
     change. Biases stay float in these checkpoints (``QuantConfig.bias`` is ``"float"``): quantized from ``bias``.

@@ -10,6 +10,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from _hls_toolchain import project_weight
 from edgeattn.fpga_hls import HLSFormats, LayerShape, estimate, estimate_model, generate_project
 from edgeattn.fpga_hls import golden as G
 from edgeattn.fpga_hls.estimate import dsp_per_mult
@@ -187,8 +188,8 @@ def test_dsp_per_mult_and_estimate_arithmetic():
     assert dsp_per_mult(26, 26) == 2
     hls = load_profile("zcu102-hls").hls
     est = estimate(LayerShape(tokens=65, dim=192, heads=3, hidden=768), hls, FMT)
-    # hand-computed: qkv = ceil(576/16) * (2*65 + ceil(192/16) * (16 + 65 + 6)) = 36 * (130 + 12*87)
-    assert est["cycles"]["qkv"] == 36 * (130 + 12 * 87)
+    # hand-computed: qkv = ceil(576/16) * (16 bias + 65 drain + ceil(192/16) * (16 + 65 + 6)) = 36 * (81 + 12*87)
+    assert est["cycles"]["qkv"] == 36 * (81 + 12 * 87)
     # reordered attention, P = 4: (ceil(65/4) - 1) * (65 + 4) + 3 + 65 steps per pass
     assert "= 1172" in est["arithmetic"][3]
     assert est["macs"] == 65 * 192 * 576 + 65 * 192 * 192 + 2 * 3 * 65 * 65 * 64 + 2 * 65 * 192 * 768
@@ -350,13 +351,12 @@ def test_gelu_table_fraction_bits_are_bounded():
         HLSFormats(gelu_table_frac=25).check()  # entries past 2^31 would wrap in the C++ int table
 
 
-def _header_array(text: str, name: str, count: int) -> np.ndarray:
-    body = text[text.index(f" {name}[") :]
-    body = body[body.index("{") + 1 : body.index("}")]
-    return np.array([int(v) for v in body.replace("\n", " ").split(",")[:count]], dtype=np.int64)
+def _weight(prj, name: str, like: np.ndarray) -> np.ndarray:
+    """Layer-0 weight ``name`` of a project's DDR image, flat, in the shape of ``like`` (out x whatever)."""
+    return project_weight(prj, name, (like.shape[0], like.size // like.shape[0])).ravel()
 
 
-def test_cli_checkpoint_weights_reach_the_headers(tmp_path, capsys):
+def test_cli_checkpoint_weights_reach_the_weight_image(tmp_path, capsys):
     import json
 
     from edgeattn.quant.checkpoint import save_checkpoint
@@ -372,8 +372,7 @@ def test_cli_checkpoint_weights_reach_the_headers(tmp_path, capsys):
     plain = tmp_path / "sd.pt"
     torch.save(model.state_dict(), plain)
     assert main(["hls", "edge_moe_vit", "-o", str(tmp_path / "a"), "--checkpoint", str(plain), *sets]) == 0
-    text = (tmp_path / "a/firmware/weights.h").read_text()
-    assert np.array_equal(_header_array(text, "qkv_w", 96 * 32), expect.ravel())
+    assert np.array_equal(_weight(tmp_path / "a", "qkv", expect), expect.ravel())
     out = capsys.readouterr().out
     assert "fixed point vs the float model:" in " ".join(out.split())
     note = [ln for ln in out.splitlines() if ln.startswith("note:")]
@@ -383,8 +382,7 @@ def test_cli_checkpoint_weights_reach_the_headers(tmp_path, capsys):
     meta = {"model": "edge_moe_vit", "model_kwargs": kwargs, "quant": None, "reparameterized": False}
     save_checkpoint(ckpt, model, meta)
     assert main(["hls", "edge_moe_vit", "-o", str(tmp_path / "b"), "--checkpoint", str(ckpt)]) == 0
-    text = (tmp_path / "b/firmware/weights.h").read_text()
-    assert np.array_equal(_header_array(text, "qkv_w", 96 * 32), expect.ravel())
+    assert np.array_equal(_weight(tmp_path / "b", "qkv", expect), expect.ravel())
     assert json.loads((tmp_path / "b/project.json").read_text())["reference"] == "the float model"
     note = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("note:")]
     assert len(note) == 1 and "was trained with softmax exact and gelu exact" in note[0]
@@ -447,24 +445,23 @@ def test_cli_4bit_checkpoint_weights_are_the_trained_ones(tmp_path, capsys):
             "--reference", "checkpoint"]
     assert main(["hls", "vit_tiny", "-o", str(prj), "--checkpoint", str(ckpt), *args]) == 0
     out = capsys.readouterr().out
-    text = (prj / "firmware/weights.h").read_text()
     blk = qmodel.blocks[0]
     layers = {
-        "qkv_w": blk.attn.qkv,
-        "proj_w": blk.attn.proj,
-        "fc1_w": blk.mlp.fc1,
-        "fc2_w": blk.mlp.fc2,
-        "patch_w": qmodel.patch_embed,
-        "head_w": qmodel.head,
+        "qkv": blk.attn.qkv,
+        "proj": blk.attn.proj,
+        "fc1": blk.mlp.fc1,
+        "fc2": blk.mlp.fc2,
+        "patch": qmodel.patch_embed,
+        "head": qmodel.head,
     }
     for name, layer in layers.items():
-        expect = _expected_raw(layer, 4).ravel()
-        got = _header_array(text, name, expect.size)
+        raw = _expected_raw(layer, 4)
+        expect, got = raw.ravel(), _weight(prj, name, raw)
         assert len(np.unique(got)) <= 15, name  # 4-bit narrow range: -7..7 steps of the scale
         assert np.array_equal(got, expect), name
     # not the float master weights (what was generated before)
-    master = np.round(model.blocks[0].attn.qkv.weight.detach().double().numpy() * 2**W_FRAC).ravel()
-    assert not np.array_equal(_header_array(text, "qkv_w", master.size), master)
+    master = np.round(model.blocks[0].attn.qkv.weight.detach().double().numpy() * 2**W_FRAC)
+    assert not np.array_equal(_weight(prj, "qkv", master), master.ravel())
     # the reference is the checkpoint's fake-quant model, and the project says so
     saved = json.loads((prj / "project.json").read_text())
     assert saved["reference_bits"] == "W4A4" and saved["reference"].startswith("the fake-quant W4A4 model")
@@ -503,7 +500,7 @@ def test_cli_notes_for_what_the_design_does_not_take(tmp_path, capsys):
     lin = qmodel.blocks[0].attn.qkv
     value = lin.quant_weight().value.detach().double().numpy()
     assert float(lin.quant_weight().scale.detach()) < 2.0**-W_FRAC
-    got = _header_array((prj / "firmware/weights.h").read_text(), "qkv_w", value.size)
+    got = _weight(prj, "qkv", value)
     assert np.array_equal(got, np.round(value * 2**W_FRAC).astype(np.int64).ravel())
     q = saved["stats"]["quant_weights"]
     assert q["tensors"] == 4 and q["rerounded"] == 4  # qkv, proj, fc1, fc2 of the layer

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import time
 from pathlib import Path
@@ -22,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from _hls_toolchain import require_toolchain
+from _hls_toolchain import header_ints, project_bias, project_weight, require_toolchain
 from edgeattn.fpga_hls import HLSFormats, LayerShape, estimate, estimate_model, generate_project
 from edgeattn.fpga_hls import csim as csim_mod
 from edgeattn.fpga_hls import generator as gen_mod
@@ -172,54 +171,59 @@ def test_estimate_for_a_non_square_mac_array_matches_hand_arithmetic():
     hls = prof.hls.model_copy(update={"mac_rows": 5, "mac_cols": 7, "attn_parallel": 3, "clock_mhz": 250.0})
     fmt = HLSFormats(act_width=24, act_int=8, weight_width=12, weight_int=2, prob_frac=10, gelu_table_frac=12)
     est = estimate(LayerShape(tokens=17, dim=32, heads=2, hidden=128), hls, fmt)
-    # linear(17,IN,OUT) = ceil(OUT/7) * (34 + ceil(IN/5) * (7 + 17 + 6)); qkv 14*(34+7*30) = 3416,
-    # proj 5*244 = 1220; steps (6-1)*(17+3) + 2 + 17 = 119, attention 2*(2*(119+8)+42) = 592;
-    # LayerNorm 2*17*(3*7+36) = 1938; residual 2*17*5 = 170; MLP 19*244 + 5 + 5*(34+26*30) = 8711
+    # linear(17,IN,OUT) = ceil(OUT/7) * (7 bias + 17 drain + ceil(IN/5) * (7 + 17 + 6)); qkv 14*(24+7*30) = 3276,
+    # proj 5*234 = 1170; steps (6-1)*(17+3) + 2 + 17 = 119, attention 2*(2*(119+8)+42) = 592;
+    # LayerNorm 2*17*(3*7+36) = 1938; residual 2*17*5 = 170; MLP 19*234 + 5 + 5*(24+26*30) = 8471
     assert est["cycles"] == {
-        "qkv": 3416, "proj": 1220, "attention": 592, "layernorm": 1938, "residual": 170,
-        "mlp_dense": 8711, "mlp_moe": 0, "total": 16047,
+        "qkv": 3276, "proj": 1170, "attention": 592, "layernorm": 1938, "residual": 170,
+        "mlp_dense": 8471, "mlp_moe": 0, "total": 15617,
     }  # fmt: skip
     # 24x12-bit MAC: 1 DSP; q.k 24x24: 2; A.V 10x24: 1; exp 25x25 + 2 x 17x25: 4; LayerNorm 32x32: 4
     assert est["dsp"] == {
         "mac_array": 35, "attention_qk": 96, "attention_av": 48, "softmax_exp": 24, "gelu": 7,
         "layernorm": 45, "total": 255,
     }  # fmt: skip
-    # 24-bit words, 512 deep: act 4*ceil(544/512) + ceil(1632/512) = 12; hidden ceil(2176/512) = 5;
-    # accumulators 7 * 2 (64 bits) = 14; scores 3 banks of ceil(289/3) = 97 -> 3; stats 2
+    # buffers 17 x max(3*32, 128, 7) = 128 wide in min(lcm(5, 7, 16), 128) = 128 banks of 17 x 24 bits: one
+    # block each, 3 buffers (x, a, b; no MoE) = 384; accumulators 7 banks of 17 x 64 bits (2 x 36 wide) = 14;
+    # scores 3 banks of ceil(289/3) = 97 x 16 bits = 3; stats 17 x 64 bits = 2; parameters: 4 LayerNorm ROMs of
+    # 32 in 5 banks (20) + 4*32 + 128 + 32 = 288 biases x 24 bits (1) = 21
     assert est["bram18k"] == {
-        "activations": 12, "mlp_hidden": 5, "mac_accumulator": 14, "scores": 3, "softmax_stats": 2, "total": 36,
+        "activations": 384, "mac_accumulator": 14, "scores": 3, "softmax_stats": 2, "parameters": 21, "total": 424,
     }  # fmt: skip
+    # weights: qkv 14*7*7 + proj 5*7*7 + fc1 19*7*7 + fc2 5*26*7 = 686 + 245 + 931 + 910 = 2772 words of 5 x 12 bits
+    assert est["ddr"]["weight_words"] == 2772 and est["ddr"]["weight_bytes"] == 2772 * 60 // 8
+    assert est["ddr"]["peak_gb_s"] == pytest.approx(60 * 250e6 / 8 / 1e9)
     macs = 17 * 32 * 96 + 17 * 32 * 32 + 2 * 2 * 17 * 17 * 16 + 2 * 17 * 32 * 128
     assert est["macs"] == macs == 227392
-    assert est["latency_us"] == pytest.approx(16047 / 250)
+    assert est["latency_us"] == pytest.approx(15617 / 250)
     assert est["dsp_floor_us"] == pytest.approx(macs * 1 / 2520 / 250)
 
 
-def _header_array(text: str, name: str) -> np.ndarray:
-    m = re.search(r"static const \w+ " + name + r"\[[^=]*\] = \{(.*?)\};", text, re.S)
-    assert m is not None, name
-    return np.array([int(v) for v in m.group(1).replace("\n", " ").split(",")], dtype=np.int64)
-
-
-def test_weights_header_at_other_widths_holds_the_rounded_torch_weights(tmp_path):
+def test_weight_image_at_other_widths_holds_the_rounded_torch_weights(tmp_path):
     torch.manual_seed(0)
     net = create_model("edge_moe_vit", embed_dim=32, depth=2, num_heads=2, img_size=16, patch_size=4).eval()
     fmt = HLSFormats(act_width=24, act_int=8, weight_width=12, weight_int=2)
     prj = tmp_path / "w"
     generate_project(net, "zcu102-hls", prj, layer=1, vectors=1, formats=fmt)
-    text = (prj / "firmware/weights.h").read_text()
     block = net.blocks[1]
-    # weights: round half to even of w * 2^10 (ap_fixed<12,2>); biases and gamma: * 2^16 (ap_fixed<24,8>)
-    for name, tensor, frac in [
-        ("qkv_w", block.attn.qkv.weight, 10),
-        ("proj_w", block.attn.proj.weight, 10),
-        ("qkv_b", block.attn.qkv.bias, 16),
-        ("ln2_g", block.norm2.weight, 16),
-        ("gate_w", block.mlp.gates[block.mlp.task].weight, 10),
-        ("efc1_w", torch.stack([e.fc1.weight for e in block.mlp.experts]), 10),
+    experts = len(block.mlp.experts)
+
+    def rounded(tensor, frac: int) -> np.ndarray:
+        return np.round(tensor.detach().double().numpy() * 2.0**frac).astype(np.int64)
+
+    # weights (DDR image): round half to even of w * 2^10 (ap_fixed<12,2>); biases and gamma: * 2^16 (ap_fixed<24,8>)
+    for name, tensor, index in [
+        ("qkv", block.attn.qkv.weight, 0),
+        ("proj", block.attn.proj.weight, 0),
+        ("gate", block.mlp.gates[block.mlp.task].weight, 0),
+        *[("efc1", e.fc1.weight, i) for i, e in enumerate(block.mlp.experts)],
+        *[("efc2", e.fc2.weight, i) for i, e in enumerate(block.mlp.experts)],
     ]:
-        expect = np.round(tensor.detach().double().numpy().ravel() * 2.0**frac).astype(np.int64)
-        assert np.array_equal(_header_array(text, name), expect), name
+        expect = rounded(tensor, 10)
+        assert np.array_equal(project_weight(prj, name, expect.shape, index), expect), (name, index)
+    assert np.array_equal(project_bias(prj, "qkv", 96), rounded(block.attn.qkv.bias, 16))
+    assert np.array_equal(project_bias(prj, "efc2", 32, experts - 1), rounded(block.mlp.experts[-1].fc2.bias, 16))
+    assert np.array_equal(header_ints(prj, "ln2_g"), rounded(block.norm2.weight, 16))
     # tb_float.dat holds the torch block's outputs exactly (run_csim's reference), for the same seeded images
     images = torch.randn(1, *net.input_size, generator=torch.Generator().manual_seed(0))
     seen = {}

@@ -317,7 +317,7 @@ def hls(
     console.print(
         f"estimate: {est['cycles']['total']} cycles = {est['latency_us']:.1f} us at {est['clock_mhz']:g} MHz "
         f"(DSP floor {est['dsp_floor_us']:.1f} us), DSP {est['dsp']['total']}, "
-        f"BRAM18K {est['bram18k']['total']}"
+        f"BRAM18K {est['bram18k']['total']}, weights {est['ddr']['weight_bytes'] / 1e6:.2f} MB from DDR"
     )
     if not est["fits"]:
         console.print(

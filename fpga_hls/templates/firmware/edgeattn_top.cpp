@@ -1,54 +1,91 @@
 // edgeattn HLS accelerator: top functions for one encoder layer and for a whole tiny ViT.
-// These sources are the same for every model; parameters.h and weights.h are generated per model.
+// These sources are the same for every model; parameters.h and weights.h are generated per model, and the
+// linear layers' weights are read from DDR through the wmem port (tb_data/weights.dat holds its contents).
 #include "edgeattn_top.h"
 
 #include "ea/ea_encoder.h"
 
-void encoder_layer_top(const ea::act_t x_in[EA_TOKENS][EA_DIM], ea::act_t x_out[EA_TOKENS][EA_DIM]) {
+// The tops' activation buffers: the residual stream x and the layer's scratch buffers a, b (and c, the MoE's
+// gathered tokens, one row when the model has no MoE layer). All have one shape and one banking, so that the
+// one MAC unit can read and write any of them.
+static const int EA_C_ROWS = EA_N_MOE > 0 ? EA_MAX_ROWS : 1;
+
+void encoder_layer_top(const ea::act_t x_in[EA_TOKENS][EA_DIM], ea::act_t x_out[EA_TOKENS][EA_DIM],
+                       const ea::wword_t wmem[EA_WEIGHT_WORDS]) {
 #pragma HLS INTERFACE mode=m_axi port=x_in offset=slave bundle=gmem0 depth=EA_LAYER_DEPTH
 #pragma HLS INTERFACE mode=m_axi port=x_out offset=slave bundle=gmem1 depth=EA_LAYER_DEPTH
+#pragma HLS INTERFACE mode=m_axi port=wmem offset=slave bundle=gmem2 depth=EA_WEIGHT_WORDS
 #pragma HLS INTERFACE mode=s_axilite port=return
-    static ea::act_t x[EA_TOKENS][EA_DIM];
+#pragma HLS ALLOCATION function instances=mac_linear limit=1
+    using namespace ea;
+    static act_buf_t x, buf_a, buf_b;
+    static act_t buf_c[EA_C_ROWS][EA_BUF_W];
+#pragma HLS ARRAY_PARTITION variable=x type=cyclic factor=EA_MAC_BANKS dim=2
+#pragma HLS ARRAY_PARTITION variable=buf_a type=cyclic factor=EA_MAC_BANKS dim=2
+#pragma HLS ARRAY_PARTITION variable=buf_b type=cyclic factor=EA_MAC_BANKS dim=2
+#pragma HLS ARRAY_PARTITION variable=buf_c type=cyclic factor=EA_MAC_BANKS dim=2
+#pragma HLS ARRAY_PARTITION variable=ln1_g type=cyclic factor=EA_MAC_R dim=2
+#pragma HLS ARRAY_PARTITION variable=ln1_b type=cyclic factor=EA_MAC_R dim=2
+#pragma HLS ARRAY_PARTITION variable=ln2_g type=cyclic factor=EA_MAC_R dim=2
+#pragma HLS ARRAY_PARTITION variable=ln2_b type=cyclic factor=EA_MAC_R dim=2
 LOAD:
     for (int n = 0; n < EA_TOKENS; n++)
         for (int d = 0; d < EA_DIM; d++) x[n][d] = x_in[n][d];
-    ea::encoder_layer(x, EA_LAYER);
+    encoder_layer(x, buf_a, buf_b, buf_c, EA_LAYER, wmem);
 STORE:
     for (int n = 0; n < EA_TOKENS; n++)
         for (int d = 0; d < EA_DIM; d++) x_out[n][d] = x[n][d];
 }
 
 #if EA_HAS_VIT
-void vit_top(const ea::act_t image[EA_IN_CHANS][EA_IMG][EA_IMG], ea::act_t logits[EA_CLASSES]) {
+void vit_top(const ea::act_t image[EA_IN_CHANS][EA_IMG][EA_IMG], ea::act_t logits[EA_CLASSES],
+             const ea::wword_t wmem[EA_WEIGHT_WORDS]) {
 #pragma HLS INTERFACE mode=m_axi port=image offset=slave bundle=gmem0 depth=EA_IMAGE_DEPTH
 #pragma HLS INTERFACE mode=m_axi port=logits offset=slave bundle=gmem1 depth=EA_CLASSES
+#pragma HLS INTERFACE mode=m_axi port=wmem offset=slave bundle=gmem2 depth=EA_WEIGHT_WORDS
 #pragma HLS INTERFACE mode=s_axilite port=return
+#pragma HLS ALLOCATION function instances=mac_linear limit=1
     using namespace ea;
     static const int GRID = EA_IMG / EA_PATCH;
-    static act_t patches[EA_NUM_PATCHES][EA_PATCH_DIM];
-    static act_t embed[EA_NUM_PATCHES][EA_DIM];
-    static act_t x[EA_TOKENS][EA_DIM];
-    static act_t xn[1][EA_DIM];
-    static act_t out[1][EA_CLASSES];
+    static const int HEAD_CHUNK = (EA_BUF_W / EA_MAC_C) * EA_MAC_C;  // classes per head pass: whole output tiles
+    static const int HEAD_IN_TILES = (EA_DIM + EA_MAC_R - 1) / EA_MAC_R;  // input tiles of the head's weight
+    static act_buf_t x, buf_a, buf_b;
+    static act_t buf_c[EA_C_ROWS][EA_BUF_W];
+#pragma HLS ARRAY_PARTITION variable=x type=cyclic factor=EA_MAC_BANKS dim=2
+#pragma HLS ARRAY_PARTITION variable=buf_a type=cyclic factor=EA_MAC_BANKS dim=2
+#pragma HLS ARRAY_PARTITION variable=buf_b type=cyclic factor=EA_MAC_BANKS dim=2
+#pragma HLS ARRAY_PARTITION variable=buf_c type=cyclic factor=EA_MAC_BANKS dim=2
+#pragma HLS ARRAY_PARTITION variable=ln1_g type=cyclic factor=EA_MAC_R dim=2
+#pragma HLS ARRAY_PARTITION variable=ln1_b type=cyclic factor=EA_MAC_R dim=2
+#pragma HLS ARRAY_PARTITION variable=ln2_g type=cyclic factor=EA_MAC_R dim=2
+#pragma HLS ARRAY_PARTITION variable=ln2_b type=cyclic factor=EA_MAC_R dim=2
+#pragma HLS ARRAY_PARTITION variable=norm_g type=cyclic factor=EA_MAC_R dim=1
+#pragma HLS ARRAY_PARTITION variable=norm_b type=cyclic factor=EA_MAC_R dim=1
 
 PATCHES:  // patch p = (py, px), feature (c, ky, kx): the Conv2d(kernel = stride = patch) as a linear layer
     for (int p = 0; p < EA_NUM_PATCHES; p++)
         for (int c = 0; c < EA_IN_CHANS; c++)
             for (int ky = 0; ky < EA_PATCH; ky++)
                 for (int kx = 0; kx < EA_PATCH; kx++)
-                    patches[p][(c * EA_PATCH + ky) * EA_PATCH + kx] =
+                    buf_a[p][(c * EA_PATCH + ky) * EA_PATCH + kx] =
                         image[c][(p / GRID) * EA_PATCH + ky][(p % GRID) * EA_PATCH + kx];
-    mac_linear<EA_PATCH_DIM, EA_DIM, MAC_PLAIN>(patches, embed, EA_NUM_PATCHES, patch_w, patch_b, 0, 0);
+    mac_linear(buf_a, buf_b, EA_NUM_PATCHES, EA_PATCH_DIM, EA_DIM, MAC_PLAIN, wmem, patch_w_off, patch_b_off);
 TOKENS:  // class token first, then the patches, plus the position table
     for (int n = 0; n < EA_TOKENS; n++)
         for (int d = 0; d < EA_DIM; d++) {
-            act_t t = (n == 0) ? from_raw<act_t>(cls_token[d]) : embed[n - 1][d];
+            act_t t = (n == 0) ? from_raw<act_t>(cls_token[d]) : buf_b[n - 1][d];
             x[n][d] = act_t(t + from_raw<act_t>(pos_embed[n][d]));
         }
 LAYERS:
-    for (int l = 0; l < EA_DEPTH; l++) encoder_layer(x, l);
-    layernorm<EA_DIM>(x, xn, 1, norm_g, norm_b);  // only the class token feeds the head
-    mac_linear<EA_DIM, EA_CLASSES, MAC_PLAIN>(xn, out, 1, head_w, head_b, 0, 0);
-    for (int c = 0; c < EA_CLASSES; c++) logits[c] = out[0][c];
+    for (int l = 0; l < EA_DEPTH; l++) encoder_layer(x, buf_a, buf_b, buf_c, l, wmem);
+    layernorm<EA_DIM>(x, buf_a, 1, norm_g, norm_b);  // only the class token feeds the head
+HEAD:  // in passes of HEAD_CHUNK classes when there are more classes than a buffer row holds
+    for (int c0 = 0; c0 < EA_CLASSES; c0 += HEAD_CHUNK) {
+        const int n_out = (EA_CLASSES - c0 < HEAD_CHUNK) ? EA_CLASSES - c0 : HEAD_CHUNK;
+        // the weight's output tiles lie one after another, HEAD_IN_TILES * MAC_C words each
+        const int w_off = head_w_off + (c0 / EA_MAC_C) * HEAD_IN_TILES * EA_MAC_C;
+        mac_linear(buf_a, buf_b, 1, EA_DIM, n_out, MAC_PLAIN, wmem, w_off, head_b_off + c0);
+        for (int c = 0; c < n_out; c++) logits[c0 + c] = buf_b[0][c];
+    }
 }
 #endif

@@ -40,7 +40,7 @@ inline bool slot_task(int t, int j, int &row, int &pos) {
 // One head: qkv rows hold [q | k | v] (each D wide, head h at columns h*HD..h*HD+HD-1); o gets the head's
 // columns of the merged-heads output.
 template <int N, int D, int HD, int P>
-void attention_head(const act_t qkv[][3 * D], act_t o[][D], int h, qscale_t qscale) {
+void attention_head(const act_buf_t qkv, act_buf_t o, int h, qscale_t qscale) {
     static score_t S[N][N];
     static softmax_stats_t stats[N];
     qk_t qreg[P][HD];
@@ -121,7 +121,7 @@ AV_STEPS:  // pass 2: A.V with the deferred exp(s - m) * (1/d), same schedule, o
 }
 
 template <int N, int D, int H, int P>
-void multihead_attention(const act_t qkv[][3 * D], act_t o[][D], qscale_t qscale) {
+void multihead_attention(const act_buf_t qkv, act_buf_t o, qscale_t qscale) {
 HEADS:
     for (int h = 0; h < H; h++) {
         attention_head<N, D, D / H, P>(qkv, o, h, qscale);

@@ -2,7 +2,8 @@
 //
 //   x = x + proj(attention(LN1(x)))
 //   x = x + MLP(LN2(x))        MLP = fc2(gelu(fc1(.))) or the MoE MLP, per layer (ea_layer_moe[l])
-// The weights of layer l are the l-th slices of the generated arrays in weights.h.
+// Layer l's LayerNorm parameters are the l-th rows of the ROMs in weights.h; its linear layers' weights are read
+// from DDR (wmem) at the word offsets weights.h lists, and their biases from bias_rom.
 #ifndef EA_ENCODER_H
 #define EA_ENCODER_H
 
@@ -18,7 +19,7 @@ namespace ea {
 static const int N = EA_TOKENS;
 static const int D = EA_DIM;
 
-inline void residual_add(act_t x[][EA_DIM], const act_t y[][EA_DIM]) {
+inline void residual_add(act_buf_t x, const act_buf_t y) {
 RESID:
     for (int n = 0; n < N; n++) {
         for (int d = 0; d < D; d++) {
@@ -29,40 +30,35 @@ RESID:
     }
 }
 
-inline void encoder_layer(act_t x[][EA_DIM], int l) {
-    static act_t xn[N][D];
-    static act_t qkv[N][3 * D];
-#pragma HLS ARRAY_PARTITION variable=qkv type=cyclic factor=EA_MAC_R dim=2
-    static act_t ao[N][D];
-    static act_t po[N][D];
-#if EA_N_DENSE > 0
-    static act_t hid[N][EA_HIDDEN];
-#endif
+// Layer l on the residual stream x. Every buffer is an act_buf_t (see ea_types.h), owned by the top: a and b
+// ping-pong (each step reads one and writes the other), c holds the MoE's gathered tokens.
+//   a = LN1(x); b = qkv(a); a = attention(b); b = proj(a); x += b
+//   a = LN2(x); dense: b = gelu(fc1(a)); a = fc2(b); x += a      MoE: x += moe(a), with c and b as scratch
+inline void encoder_layer(act_buf_t x, act_buf_t a, act_buf_t b, act_t c[][EA_BUF_W], int l, const wword_t *wmem) {
+#pragma HLS INLINE
     const qscale_t qscale = from_raw<qscale_t>(ap_uint<EA_SCALE_F + 1>(EA_QSCALE_RAW));
 
-    layernorm<D>(x, xn, N, ln1_g[l], ln1_b[l]);
-    mac_linear<D, 3 * D, MAC_PLAIN>(xn, qkv, N, qkv_w[l], qkv_b[l], 0, 0);
-    multihead_attention<N, D, EA_HEADS, EA_ATTN_P>(qkv, ao, qscale);
-    mac_linear<D, D, MAC_PLAIN>(ao, po, N, proj_w[l], proj_b[l], 0, 0);
-    residual_add(x, po);
+    layernorm<D>(x, a, N, ln1_g[l], ln1_b[l]);
+    mac_linear(a, b, N, D, 3 * D, MAC_PLAIN, wmem, qkv_w_off[l], qkv_b_off[l]);
+    multihead_attention<N, D, EA_HEADS, EA_ATTN_P>(b, a, qscale);
+    mac_linear(a, b, N, D, D, MAC_PLAIN, wmem, proj_w_off[l], proj_b_off[l]);
+    residual_add(x, b);
 
-    layernorm<D>(x, xn, N, ln2_g[l], ln2_b[l]);
+    layernorm<D>(x, a, N, ln2_g[l], ln2_b[l]);
     const int m = layer_moe[l];
 #if EA_N_DENSE > 0
     if (m < 0) {
         const int f = layer_dense[l];
-        mac_linear<D, EA_HIDDEN, MAC_GELU>(xn, hid, N, fc1_w[f], fc1_b[f], 0, 0);
-        mac_linear<EA_HIDDEN, D, MAC_PLAIN>(hid, po, N, fc2_w[f], fc2_b[f], 0, 0);
-        residual_add(x, po);
+        mac_linear(a, b, N, D, EA_HIDDEN, MAC_GELU, wmem, fc1_w_off[f], fc1_b_off[f]);
+        mac_linear(b, a, N, EA_HIDDEN, D, MAC_PLAIN, wmem, fc2_w_off[f], fc2_b_off[f]);
+        residual_add(x, a);
     }
 #endif
 #if EA_N_MOE > 0
-    if (m >= 0) {
-        moe_mlp<N, D, EA_HIDDEN, EA_EXPERTS, EA_TOPK>(xn, x, gate_w[m], gate_b[m], efc1_w[m], efc1_b[m],
-                                                      efc2_w[m], efc2_b[m]);
-    }
+    if (m >= 0) moe_mlp<N, D, EA_HIDDEN, EA_EXPERTS, EA_TOPK>(a, x, c, b, wmem, m);
 #endif
     (void)m;
+    (void)c;
 }
 
 }  // namespace ea

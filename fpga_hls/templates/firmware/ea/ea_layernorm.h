@@ -41,7 +41,7 @@ ISQRT:
 }
 
 template <int D>
-void layernorm(const act_t x[][D], act_t y[][D], int n_rows, const araw_t gamma[D], const araw_t beta[D]) {
+void layernorm(const act_buf_t x, act_buf_t y, int n_rows, const araw_t gamma[D], const araw_t beta[D]) {
     const int sh = ACT_F - EA_LN_F;
 ROWS:
     for (int r = 0; r < n_rows; r++) {

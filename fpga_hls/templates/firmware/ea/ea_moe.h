@@ -4,7 +4,8 @@
 // (largest logit first, ties to the lower expert index) and their mixing weights are the online softmax of
 // those K scores. Tokens are then queued per expert, and each expert with a non-empty queue runs once over
 // its queue: its weights are read once per image, not once per token. The expert's second linear
-// scatter-accumulates gate * output straight into the residual stream (MAC_MOE_ACC).
+// scatter-accumulates gate * output straight into the residual stream (MAC_MOE_ACC). Every linear here runs
+// on the one shared MAC unit.
 #ifndef EA_MOE_H
 #define EA_MOE_H
 
@@ -14,19 +15,18 @@
 
 namespace ea {
 
+#if EA_N_MOE > 0  // the offsets it reads exist only in a model with MoE layers
+// MoE MLP of MoE layer m: resid += sum over each token's top-K experts of gate * expert(xn). xq and hid are
+// the caller's scratch buffers (free while the MLP runs); the gate logits go to hid before the experts reuse it.
 template <int N, int D, int HID, int E, int K>
-void moe_mlp(const act_t xn[][D], act_t resid[][D], const wraw_t gate_w[E][D], const araw_t gate_b[E],
-             const wraw_t w1[E][HID][D], const araw_t b1[E][HID], const wraw_t w2[E][D][HID],
-             const araw_t b2[E][D]) {
-    static act_t logits[N][E];
+void moe_mlp(const act_buf_t xn, act_buf_t resid, act_buf_t xq, act_buf_t hid, const wword_t *wmem, int m) {
+#pragma HLS INLINE
     static short queue[E][N];
     static prob_t queue_gate[E][N];
-    static act_t xq[N][D];
-    static act_t hid[N][HID];
     short qlen[E];
 #pragma HLS ARRAY_PARTITION variable=qlen type=complete
 
-    mac_linear<D, E, MAC_PLAIN>(xn, logits, N, gate_w, gate_b, 0, 0);
+    mac_linear(xn, hid, N, D, E, MAC_PLAIN, wmem, gate_w_off[m], gate_b_off[m]);  // gate logits: hid[n][e]
 
     for (int e = 0; e < E; e++) qlen[e] = 0;
 ROUTE:  // top-K per token, mixing weights, and the per-expert token queues
@@ -39,36 +39,40 @@ ROUTE:  // top-K per token, mixing weights, and the per-expert token queues
         for (int k = 0; k < K; k++) {
             int best = -1;
             for (int e = 0; e < E; e++) {
-                if (!taken[e] && (best < 0 || logits[n][e] > logits[n][best])) best = e;
+                if (!taken[e] && (best < 0 || hid[n][e] > hid[n][best])) best = e;
             }
             taken[best] = true;
             pick[k] = best;
-            softmax_update(run, score_t(logits[n][best]));
+            softmax_update(run, score_t(hid[n][best]));
         }
         softmax_stats_t st = softmax_finish(run);
         i64_t carry = 0;
         for (int k = 0; k < K; k++) {
             int e = pick[k];
             queue[e][qlen[e]] = n;
-            queue_gate[e][qlen[e]] = softmax_prob(score_t(logits[n][e]), st, carry);
+            queue_gate[e][qlen[e]] = softmax_prob(score_t(hid[n][e]), st, carry);
             qlen[e]++;
         }
     }
 
-EXPERTS:  // each active expert's weights stream through the MAC array once for all of its tokens
+EXPERTS:  // each active expert's weights stream through the MAC unit once for all of its tokens
     for (int e = 0; e < E; e++) {
         if (qlen[e] == 0) continue;
+    GATHER:  // the expert's tokens, and their routing for the unit's scatter-accumulate
         for (int j = 0; j < qlen[e]; j++) {
 #pragma HLS LOOP_TRIPCOUNT min=0 max=N
             for (int d = 0; d < D; d++) {
 #pragma HLS PIPELINE II=1
                 xq[j][d] = xn[queue[e][j]][d];
             }
+            mac_dst[j] = queue[e][j];
+            mac_gate[j] = queue_gate[e][j];
         }
-        mac_linear<D, HID, MAC_GELU>(xq, hid, qlen[e], w1[e], b1[e], 0, 0);
-        mac_linear<HID, D, MAC_MOE_ACC>(hid, resid, qlen[e], w2[e], b2[e], queue[e], queue_gate[e]);
+        mac_linear(xq, hid, qlen[e], D, HID, MAC_GELU, wmem, efc1_w_off[m][e], efc1_b_off[m][e]);
+        mac_linear(hid, resid, qlen[e], HID, D, MAC_MOE_ACC, wmem, efc2_w_off[m][e], efc2_b_off[m][e]);
     }
 }
+#endif
 
 }  // namespace ea
 

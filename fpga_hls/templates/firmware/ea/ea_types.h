@@ -30,9 +30,20 @@ typedef ap_fixed<EA_SM_IN_W, EA_SM_IN_I, AP_TRN, AP_SAT> score_t;
 typedef ap_ufixed<EA_SM_OUT_F, 0> prob_t;            // softmax probabilities in [0, 1 - 2^-F]
 typedef ap_fixed<64, 64 - ACT_F - EA_SM_OUT_F> av_acc_t;  // A.V accumulator (exact)
 
-// Weights and parameters are stored as raw two's-complement integers (ROM contents) and reinterpreted.
-typedef EA_WRAW_T wraw_t;
+// Parameters (biases, LayerNorm, tokens) are stored as raw two's-complement integers (ROM contents) and
+// reinterpreted.
 typedef EA_ARAW_T araw_t;
+
+// The linear layers' weights live in DDR, read through the wmem m_axi port as words of EA_MAC_R weights:
+// lane k in bits [k * EA_W_W, (k + 1) * EA_W_W). One word is one row of a weight tile (docs/hls.md, "Weights in
+// DDR"), so a tile load reads one word per cycle.
+typedef ap_uint<EA_MAC_R * EA_W_W> wword_t;
+
+// Every activation buffer that the MAC unit reads or writes has this one shape, so that one MAC unit (one
+// function instance) can serve every linear layer: EA_BUF_W is the widest row any layer reads or writes.
+// Each is split into EA_MAC_BANKS cyclic banks along the row (a multiple of EA_MAC_R and of EA_MAC_C), so
+// the unit reads EA_MAC_R inputs and writes EA_MAC_C outputs of a row in one cycle.
+typedef act_t act_buf_t[EA_MAX_ROWS][EA_BUF_W];
 
 template <class T, class R>
 inline T from_raw(R raw) {
