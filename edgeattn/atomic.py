@@ -6,6 +6,7 @@ permissions a plain ``open()`` / ``mkdir()`` would have given it under the proce
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import tempfile
@@ -121,18 +122,21 @@ def check_writable_folder(folder: str | Path, what: str) -> None:
 
 
 @contextmanager
-def staging_dir(out_dir: str | Path, suffix: str = "") -> Iterator[Path]:
+def staging_dir(out_dir: str | Path, suffix: str = "", replace: bool = True) -> Iterator[Path]:
     """Yield an empty folder beside ``out_dir``; when the block succeeds it becomes ``out_dir``.
 
     An existing ``out_dir`` is replaced only then (callers check ``--force`` before entering); on failure the
     staging folder is removed and ``out_dir`` is left as it was. ``out_dir`` must pass :func:`replaceable_dir`.
     ``suffix`` ends the staging folder's name, for writers that insist on one (Core ML's ``.mlpackage``).
+    ``replace=False`` (no ``--force``): an ``out_dir`` that appeared while the block ran (another run's) is never
+    replaced, see :func:`publish_dir`; an empty one found here on entry still is, as the callers' checks allow.
     """
     tmp = _new_staging_dir(out_dir, suffix)
     out_dir = replaceable_dir(out_dir)
+    seen = dir_id(out_dir)
     try:
         yield tmp
-        publish_dir(tmp, out_dir)
+        publish_dir(tmp, out_dir, replace=replace, seen=seen)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -157,14 +161,36 @@ def _new_staging_dir(out_dir: str | Path, suffix: str = "") -> Path:
         raise EdgeAttnError(f"output folder '{out_dir}': cannot write beside it ({exc.strerror or exc})") from None
 
 
-def publish_dir(tmp: str | Path, out_dir: str | Path) -> None:
+class OutputTakenError(EdgeAttnError):
+    """The output folder was made by another run while this one worked, and ``--force`` was not given."""
+
+
+def dir_id(path: str | Path) -> tuple[int, int] | None:
+    """``path``'s identity (device, inode), to tell later whether it is still the same folder; None if absent."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def publish_dir(
+    tmp: str | Path, out_dir: str | Path, replace: bool = True, seen: tuple[int, int] | None = None
+) -> None:
     """Make ``tmp`` (a folder beside ``out_dir``) become ``out_dir``, with the modes the umask gives.
 
-    A previous ``out_dir`` is first renamed aside and deleted only once ``tmp`` has taken its place, so an
-    interruption never leaves a mix of both, nor the old folder half-deleted with the new one lost.
+    ``replace=True`` (``--force``): a previous ``out_dir`` is first renamed aside and deleted only once ``tmp`` has
+    taken its place, so an interruption never leaves a mix of both, nor the old folder half-deleted with the new
+    one lost. ``replace=False``: ``out_dir`` must not exist, except as the empty folder ``seen`` (its
+    :func:`dir_id` when the run started, which the caller's start check let through); anything else, even an
+    empty folder made meanwhile, raises :class:`OutputTakenError` and leaves ``tmp`` and ``out_dir`` as they are.
+    Each case is one rename that cannot replace a folder holding files, so two runs never both publish.
     """
     tmp, out_dir = Path(tmp), Path(out_dir)
     publish_modes(tmp)  # files staged inside with mkstemp are private too
+    if not replace:
+        _publish_new(tmp, out_dir, seen)
+        return
     if not out_dir.exists():
         os.replace(tmp, out_dir)
         return
@@ -172,6 +198,40 @@ def publish_dir(tmp: str | Path, out_dir: str | Path) -> None:
     os.replace(out_dir, old)  # onto the empty folder just made: POSIX rename allows it
     os.replace(tmp, out_dir)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _publish_new(tmp: Path, out_dir: Path, seen: tuple[int, int] | None) -> None:
+    """:func:`publish_dir` without replacing: see there."""
+    try:
+        if seen is not None and dir_id(out_dir) == seen:
+            # the empty folder found at the start: a POSIX rename replaces it only while it is still empty
+            os.rename(tmp, out_dir)
+        else:
+            _rename_noreplace(tmp, out_dir)
+    except (FileExistsError, NotADirectoryError, IsADirectoryError) as exc:
+        raise OutputTakenError(
+            f"output folder '{out_dir}' was created by another run while this one worked; "
+            "rerun with --force to replace it"
+        ) from exc
+    except OSError as exc:
+        if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+            raise
+        raise OutputTakenError(
+            f"output folder '{out_dir}' was filled by another run while this one worked; "
+            "rerun with --force to replace it"
+        ) from exc
+
+
+def _rename_noreplace(src: Path, dst: Path) -> None:
+    """Rename the folder ``src`` to ``dst``, which must not exist (``FileExistsError`` otherwise, also for an
+    empty folder, which a plain POSIX rename would silently replace). ``mkdir(dst)`` claims the name exclusively,
+    and the rename then replaces only that empty folder of ours (it fails if someone put files in it meanwhile);
+    a reader may see ``dst`` empty for that moment."""
+    os.mkdir(dst)
+    try:
+        os.rename(src, dst)
+    except OSError as exc:
+        raise FileExistsError(exc.errno, exc.strerror, str(dst)) from None
 
 
 def keep_aside(tmp: str | Path, out_dir: str | Path, label: str) -> Path:

@@ -22,12 +22,13 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import shutil
 import signal
 import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,15 @@ from typing import Any
 from rich.console import Console
 from rich.markup import escape
 
-from edgeattn.atomic import keep_aside, make_staging_dir, publish_dir, replaceable_dir, write_text_atomic
+from edgeattn.atomic import (
+    OutputTakenError,
+    dir_id,
+    keep_aside,
+    make_staging_dir,
+    publish_dir,
+    replaceable_dir,
+    write_text_atomic,
+)
 from edgeattn.errors import EdgeAttnError
 from edgeattn.report import Report, fmt
 
@@ -714,25 +723,32 @@ def run_demo(out_dir: Path, settings: DemoSettings | None = None, force: bool = 
     if had_output and not force:
         raise EdgeAttnError(f"output directory '{out_dir}' is not empty; use --force to replace it")
     console = console or Console()
+    seen = dir_id(out_dir)  # an empty out_dir found now may be replaced; one made by another run meanwhile may not
     staging = make_staging_dir(out_dir)
     demo = Demo(staging, settings or DemoSettings(), console, final=out_dir)
     try:
         results = demo.run()
         _rebase_files(staging, staging, out_dir)  # before the rename: the published folder never names the staging one
     except BaseException as exc:
-        if had_output:
+        where = None
+        if not had_output:
+            with suppress(OutputTakenError):  # another run's output there: kept aside below instead
+                publish_dir(staging, out_dir, replace=force, seen=seen)
+                where = out_dir
+        if where is None:
             where = keep_aside(staging, out_dir, "partial")
             console.print(f"[yellow]The previous output in {escape(str(out_dir))} is unchanged; this run's "
                           f"partial output is in {escape(str(where))}[/]")
-        else:
-            where = out_dir
-            publish_dir(staging, out_dir)
         _rebase_results(demo.results, staging, where)
         _rebase_files(where, staging, where)
         if isinstance(exc, KeyboardInterrupt):
-            raise DemoInterrupted(where, kept_aside=had_output) from exc
+            raise DemoInterrupted(where, kept_aside=where != out_dir) from exc
         raise
-    publish_dir(staging, out_dir)
+    try:
+        publish_dir(staging, out_dir, replace=force, seen=seen)
+    except OutputTakenError:  # another run published out_dir while this one worked: its output stays
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     _rebase_results(results, staging, out_dir)
     return results
 

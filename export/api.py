@@ -14,6 +14,7 @@ import inspect
 import math
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from typing import Any
 import numpy as np
 from edgeattn.export.report import ExportReport, LintFailure, ParityFailure, environment, write_report
 
-from edgeattn.atomic import replaceable_dir, staging_dir
+from edgeattn.atomic import OutputTakenError, replaceable_dir, staging_dir
 from edgeattn.errors import EdgeAttnError
 from edgeattn.hostinfo import MAX_THREADS
 
@@ -833,6 +834,18 @@ def _torch_threads(n: int | None):
         torch.set_num_threads(before)
 
 
+@contextlib.contextmanager
+def _staged(out: Path, force: bool) -> Iterator[Path]:
+    """:func:`staging_dir` for ``out``: without ``force`` a folder another run published there meanwhile is not
+    replaced but refused, with the exit code of the start check's refusal (6)."""
+    try:
+        with staging_dir(out, replace=force) as stage:
+            yield stage
+    except OutputTakenError as exc:
+        exc.exit_code = 6
+        raise
+
+
 def _export_model(
     model: Any,
     target: str,
@@ -1062,7 +1075,7 @@ def _export_model(
     import torch
 
     # staged beside ``out``; renamed into place (replacing an old ``out``) only when the block succeeds
-    with staging_dir(out) as stage:
+    with _staged(out, force) as stage:
         example = torch.from_numpy(np.ascontiguousarray(x[: shape[0]]))
         job = _Job(
             module=module,
