@@ -5,12 +5,14 @@
 - the estimate's weight-word count (its own formula) equals the packed image's size;
 - a non-square MAC array with a head wider than a buffer row (the head runs in passes) is bit-exact in C
   simulation, and so is every weight read back from the image by the documented layout;
-- the test bench names the first output that differs, and a short weight image stops it with one line.
+- the test bench names the first output that differs, runs the first N vectors when asked (cosim), and a short
+  weight image stops it with one line.
 """
 
 from __future__ import annotations
 
 import re
+import subprocess
 
 import numpy as np
 import pytest
@@ -57,6 +59,9 @@ def test_one_mac_unit_reads_every_weight_from_ddr(tmp_path):
     assert not re.search(r"\b(qkv|proj|fc1|fc2|gate|efc1|efc2|patch|head)_w\[", weights_h)
     words = _define(prj, "EA_WEIGHT_WORDS")
     assert len((prj / "tb_data/weights.dat").read_text().splitlines()) == words + 1
+    readme = " ".join((prj / "README.md").read_text().split())
+    assert f"`wmem` holds {words} words of 256 bits ({words * 32} bytes)" in readme
+    assert "`vit_top`: image (C x H x W act_t) on gmem0, logits on gmem1; `wmem` (the weights) on gmem2" in readme
     # the matrices the design runs (task 0's gates and head), each padded to whole 16 x 16 tiles
     mats = [net.patch_embed.weight.flatten(1), net.head.weight]
     for b in net.blocks:
@@ -122,6 +127,13 @@ def test_testbench_names_the_first_mismatch_and_refuses_a_short_weight_image(tmp
     report = run_csim(prj)
     assert report["mismatches"] == 2
     assert f"first_mismatch=vector1[3] got={want - 1} want={want}" in report["testbench_summary"]
+    # an argument limits the vectors (build_prj.tcl's cosim_vectors): vector 0 matches
+    exe = prj / "build/csim.exe"
+    one = subprocess.run([str(exe), "1"], cwd=prj, capture_output=True, text=True, timeout=120)
+    assert one.returncode == 0 and "EDGEATTN_CSIM vectors=1 outputs=544 mismatches=0" in one.stdout
+    for bad in ("0", "x", "2x"):
+        proc = subprocess.run([str(exe), bad], cwd=prj, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2 and "positive number of vectors" in proc.stdout, bad
 
     image = prj / "tb_data/weights.dat"
     image.write_text("\n".join(image.read_text().splitlines()[:-1]) + "\n")

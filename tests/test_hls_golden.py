@@ -223,6 +223,8 @@ def test_generator_writes_an_hls4ml_shaped_project(tmp_path):
         "tb_data/tb_float.dat",
         "build_prj.tcl",
         "project.json",
+        "README.md",
+        "tb_data/weights.dat",
     ):
         assert (prj / rel).is_file(), rel
     assert info.top == "encoder_layer_top" and info.shape.experts == 4 and info.shape.tokens == 17

@@ -116,6 +116,33 @@ def test_build_script_options(tmp_path, argv, code, ran):
         assert "unknown option" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.skipif(shutil.which("tclsh") is None, reason="tclsh is not installed (the Tcl check needs it)")
+@pytest.mark.parametrize(
+    ("argv", "code", "cosim"),
+    [
+        ("", 0, "cosim_design -argv 1"),  # cosim of a whole model takes minutes per vector: one by default
+        ("cosim_vectors=3 export=0", 0, "cosim_design -argv 3"),
+        ("cosim_vectors=all", 0, "cosim_design"),
+        ("cosim_vectors=0", 1, None),
+        ("cosim_vectors=two", 1, None),
+        ("cosim_vectors", 1, None),
+    ],
+)
+def test_build_script_cosim_vectors(tmp_path, argv, code, cosim):
+    from importlib import resources
+
+    tcl = resources.files("edgeattn.fpga_hls").joinpath("templates/build_prj.tcl").read_text(encoding="utf-8")
+    script = tmp_path / "run.tcl"
+    script.write_text(STUBS + tcl.replace("@PROJECT@", "p").replace("@TOP@", "t").replace("@PART@", "x")
+                      .replace("@PERIOD_NS@", "3.333").replace("@MODEL@", "m"))
+    proc = subprocess.run(["tclsh", str(script), *argv.split()], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == code, proc.stderr
+    lines = [line.strip() for line in proc.stdout.splitlines() if line.startswith("cosim_design")]
+    assert lines == ([cosim] if cosim else [])
+    if code:
+        assert "unknown option" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
 def test_a_second_qat_run_on_a_folder_in_use_is_refused(tmp_path):
     """Two runs on one -o (the second with --force) used to interleave: fp.pt from one, state.pt and metrics.json
     from the other, both exit 0. The running one holds a lock on the folder; the second is refused."""

@@ -6,7 +6,7 @@
 //                        weight ints (lane 0 first); the top reads it through the wmem port
 // tb_data/csim_results.dat  written here: the top function's raw output ints, one vector per line
 // Returns 0 only when every output equals the golden model bit for bit; the summary line names the first
-// output that does not.
+// output that does not. An optional argument N runs only the first N vectors (build_prj.tcl's cosim_vectors).
 #include <cstdio>
 #include <cstdlib>
 
@@ -56,7 +56,16 @@ static bool load_weights() {
     return true;
 }
 
-int main() {
+int main(int argc, char **argv) {
+    long limit = -1;  // every vector
+    if (argc > 1) {
+        char *end = 0;
+        limit = strtol(argv[1], &end, 10);
+        if (*argv[1] == '\0' || *end != '\0' || limit < 1) {
+            printf("EDGEATTN_CSIM error=the argument must be a positive number of vectors, got '%s'\n", argv[1]);
+            return 2;
+        }
+    }
     if (!load_weights()) return 2;
     FILE *fin = fopen("tb_data/tb_input.dat", "r");
     FILE *fgold = fopen("tb_data/tb_golden.dat", "r");
@@ -70,6 +79,7 @@ int main() {
         printf("EDGEATTN_CSIM error=tb_input.dat header does not match the generated sizes\n");
         return 2;
     }
+    if (limit > 0 && limit < vectors) vectors = (int)limit;
     ea::act_t *in_flat = reinterpret_cast<ea::act_t *>(in_buf);
     ea::act_t *out_flat = reinterpret_cast<ea::act_t *>(out_buf);
     long mismatches = 0;
