@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from importlib import resources
@@ -88,7 +89,7 @@ class ProjectInfo:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "path": str(self.path),
+            "path": os.path.abspath(self.path),  # absolute: the working folder is not recorded
             "model": self.model,
             "top": self.top,
             "layer": self.layer,

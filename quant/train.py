@@ -1485,7 +1485,7 @@ def _run(cfg: TrainConfig, resume: bool, show: bool, dist: _Dist, force: bool) -
         "quant_config": qcfg.model_dump(mode="json"),
         "losses": cfg.losses.model_dump(),
         "token_adaptive": cfg.token_adaptive,
-        "output_dir": str(out_dir),
+        "output_dir": os.path.abspath(out_dir),  # absolute: the run's working folder is not recorded
         "world_size": dist.world,
         "split": split,
         "train_samples": len(train),
@@ -1507,7 +1507,7 @@ def _run(cfg: TrainConfig, resume: bool, show: bool, dist: _Dist, force: bool) -
                 result["fp_train_seconds"] = time.perf_counter() - t_fp
                 stop.check(dist)
             stage = "FP validation"
-            result["fp_checkpoint"] = str(cfg.fp_checkpoint or fp_path)
+            result["fp_checkpoint"] = os.path.abspath(cfg.fp_checkpoint or fp_path)
             result["model"] = fp_meta["model"]  # the outputs are labelled with what the FP checkpoint holds
             teacher = frozen_teacher(fp_model, fp_meta)
             result["fp32"], result["fp32_nll"] = validation_metrics(teacher, val, task, dist=dist)
@@ -1562,7 +1562,7 @@ def _run(cfg: TrainConfig, resume: bool, show: bool, dist: _Dist, force: bool) -
             prog.log(f"QAT  ({result['metric']}): {result['qat']:.3f}")
             if dist.is_main:
                 save_checkpoint(out_dir / "model.pt", ptq_model, q_meta)
-                result["checkpoint"] = str(out_dir / "model.pt")
+                result["checkpoint"] = os.path.abspath(out_dir / "model.pt")
         except KeyboardInterrupt:
             result.update(status="interrupted", stopped={"stage": stage})
         except _Diverged as div:
