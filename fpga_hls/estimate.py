@@ -5,8 +5,11 @@ in the returned ``arithmetic`` lines so a reader can check it. Assumptions (docs
 
 - every pipelined loop runs at II=1; a loop costs ``trips + depth`` cycles;
 - the MAC array is ``mac_rows x mac_cols``, one unit shared by every linear layer; one linear layer
-  ``IN -> OUT`` over ``n`` rows costs, per output tile, ``mac_cols`` (bias load) + ``n`` (drain) + per input
-  tile ``(mac_cols + n + D_mac)`` (tile load, rows);
+  ``IN -> OUT`` over ``n`` rows costs, per output tile, ``mac_cols`` (bias load) + ``D_DDR`` (the first word of
+  the DDR burst) + ``ceil(IN/mac_rows) * mac_cols`` (the burst: the tile's weight column) + ``n`` (drain) + per
+  input tile ``(mac_cols + n + D_mac)`` (tile load from the column, rows);
+- the tops' copies run one element per cycle: a layer's input and output (``2 n D``), the ViT's image gather
+  (``(n - 1) patch_dim``) and token assembly (``n D``);
 - attention: two passes (Q.K^T with the online softmax, then A.V) of ``STEPS = (ceil(N/P)-1)(N+P) + P-1 + N``
   steps per head, plus the exp/reciprocal pipeline depths;
 - a DSP48E2 multiplies 27 x 18 bits: an ``a x b``-bit product takes ``ceil(a/27) * ceil(b/18)`` DSPs
@@ -15,7 +18,7 @@ in the returned ``arithmetic`` lines so a reader can check it. Assumptions (docs
 - a BRAM18K holds 18 Kbit as 16K x 1, 8K x 2, 4K x 4, 2K x 9, 1K x 18 or 512 x 36; a buffer partitioned into
   ``k`` banks takes ``k`` times the blocks of one bank in its cheapest shape. The activation buffers all have
   one shape (``EA_MAX_ROWS x EA_BUF_W``, :func:`buffer_width`), in :func:`buffer_banks` cyclic banks;
-- the weights stream from DDR, ``mac_rows`` weights per cycle during a tile load (``ddr`` in the result); the
+- the weights stream from DDR, ``mac_rows`` weights per cycle during a burst (``ddr`` in the result); the
   biases, LayerNorm parameters and (whole ViT) tokens are on-chip ROMs (``parameters``).
 """
 
@@ -24,13 +27,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-__all__ = ["LayerShape", "buffer_banks", "buffer_width", "estimate", "dsp_per_mult"]
+__all__ = ["LayerShape", "buffer_banks", "buffer_width", "dsp_per_mult", "estimate", "weight_column_words"]
 
 D_MAC = 6  # MAC array pipeline depth (multiply, adder tree of 16, accumulate)
 D_EXP = 8  # exp pipeline: x*log2e multiply, table reads, 25x25 product, shift
 D_RECIP = 42  # restoring divider for 1/d (one quotient bit per cycle, 40 + 2)
 D_GELU = 5  # |x|, table read, interpolation multiply, subtract
 D_LN = 36  # isqrt (32) + divider start-up per row, not overlapped
+D_DDR = 64  # cycles from an m_axi read request to its first word: Vitis HLS schedules bursts with a default 64
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,11 @@ def buffer_banks(shape: LayerShape, hls) -> int:
     return min(math.lcm(hls.mac_rows, hls.mac_cols, shape.dim // shape.heads), buffer_width(shape, hls))
 
 
+def weight_column_words(shape: LayerShape, hls) -> int:
+    """Words of the MAC unit's weight-column buffer: one output tile's weights for the widest input a layer has."""
+    return math.ceil(buffer_width(shape, hls) / hls.mac_rows) * hls.mac_cols
+
+
 def dsp_per_mult(a_bits: int, b_bits: int) -> int:
     """DSP48E2 slices for an ``a x b``-bit multiplier (27 x 18 native)."""
     a, b = max(a_bits, b_bits), min(a_bits, b_bits)
@@ -80,7 +89,8 @@ def _bram(width: int, depth: int, banks: int = 1) -> int:
 
 
 def _linear_cycles(n: int, fin: int, fout: int, r: int, c: int) -> int:
-    return math.ceil(fout / c) * (c + n + math.ceil(fin / r) * (c + n + D_MAC))
+    tiles = math.ceil(fin / r)
+    return math.ceil(fout / c) * (c + D_DDR + tiles * c + n + tiles * (c + n + D_MAC))
 
 
 def _weight_words(fin: int, fout: int, r: int, c: int) -> int:
@@ -105,7 +115,8 @@ def estimate(shape: LayerShape, hls, formats) -> dict:
     qkv = _linear_cycles(n, d, 3 * d, r, c)
     proj = _linear_cycles(n, d, d, r, c)
     lines.append(
-        f"linear(n,IN,OUT) = ceil(OUT/{c}) * ({c} bias + n drain + ceil(IN/{r}) * ({c} + n + {D_MAC}))"
+        f"linear(n,IN,OUT) = ceil(OUT/{c}) * ({c} bias + {D_DDR} DDR latency + ceil(IN/{r})*{c} weight column "
+        f"+ n drain + ceil(IN/{r}) * ({c} + n + {D_MAC}))"
     )
     lines.append(f"qkv  = linear({n},{d},{3 * d}) = {qkv}")
     lines.append(f"proj = linear({n},{d},{d}) = {proj}")
@@ -152,13 +163,20 @@ def estimate(shape: LayerShape, hls, formats) -> dict:
         f"{shape.moe_layers} moe mlp"
     )
     if shape.patch_dim:
-        embed = _linear_cycles(n - 1, shape.patch_dim, d, r, c) + n * math.ceil(d / c)
+        gather = (n - 1) * shape.patch_dim
+        embed = gather + _linear_cycles(n - 1, shape.patch_dim, d, r, c) + n * d
         head = (3 * math.ceil(d / r) + D_LN) + _linear_cycles(1, d, shape.classes, r, c)
         cyc.update(patch_embed=embed, head=head)
         total += embed + head
         lines.append(
-            f"+ patch embed linear({n - 1},{shape.patch_dim},{d}) + pos add = {embed}, + norm/head = {head}"
+            f"+ image gather {gather} + patch embed linear({n - 1},{shape.patch_dim},{d}) + tokens {n}*{d} = "
+            f"{embed}, + norm/head = {head}"
         )
+    else:
+        io = 2 * n * d
+        cyc.update(io=io)
+        total += io
+        lines.append(f"+ layer input and output copies 2*{n}*{d} = {io}")
     cyc["total"] = total
     lines.append(f"total cycles = {total}")
 
@@ -200,6 +218,7 @@ def estimate(shape: LayerShape, hls, formats) -> dict:
     bram = {
         "activations": buffers * _bram(aw, n * width, banks),
         "mac_accumulator": _bram(64, n, 1) * c,
+        "weight_column": _bram(r * formats.weight_width, weight_column_words(shape, hls)),
         "scores": _bram(formats.score_width, n * n, p),
         "softmax_stats": _bram(64, n),
         "parameters": 4 * _bram(aw, params // 4, r) + _bram(aw, biases) + (_bram(aw, tokens) if tokens else 0),
@@ -207,7 +226,8 @@ def estimate(shape: LayerShape, hls, formats) -> dict:
     bram["total"] = sum(bram.values())
     lines.append(
         f"BRAM18K: {buffers} activation buffers [{n}][{width}] x {aw}b in {banks} banks = {bram['activations']}; "
-        f"acc {c} banks x 64b x {n} = {bram['mac_accumulator']}; scores {n}x{n}x{formats.score_width}b in {p} "
+        f"acc {c} banks x 64b x {n} = {bram['mac_accumulator']}; weight column {weight_column_words(shape, hls)} x "
+        f"{r * formats.weight_width}b = {bram['weight_column']}; scores {n}x{n}x{formats.score_width}b in {p} "
         f"banks = {bram['scores']}; stats {bram['softmax_stats']}; parameters (LayerNorm 4 x {params // 4} in {r} "
         f"banks, biases {biases}, tokens {tokens}) = {bram['parameters']}; total {bram['total']} of "
         f"{hls.bram_budget}"
@@ -235,12 +255,13 @@ def estimate(shape: LayerShape, hls, formats) -> dict:
         "weight_words": words,
         "word_bits": word_bits,
         "weight_bytes": weight_bytes,  # read once per inference (every expert active, as balanced routing assumes)
-        "peak_gb_s": word_bits * clock * 1e6 / 8 / 1e9,  # during a tile load: one word per cycle
+        "peak_gb_s": word_bits * clock * 1e6 / 8 / 1e9,  # during a weight-column burst: one word per cycle
         "average_gb_s": weight_bytes / (latency_us * 1e-6) / 1e9,
     }
     lines.append(
         f"DDR weights: {words} words x {word_bits}b = {weight_bytes} bytes per inference; peak {word_bits}b x "
-        f"{clock:g} MHz = {ddr['peak_gb_s']:.2f} GB/s during tile loads, average {ddr['average_gb_s']:.3f} GB/s"
+        f"{clock:g} MHz = {ddr['peak_gb_s']:.2f} GB/s during weight-column bursts, average "
+        f"{ddr['average_gb_s']:.3f} GB/s"
     )
     return {
         "shape": shape.__dict__,

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 from edgeattn.fpga_hls import golden as G
-from edgeattn.fpga_hls.estimate import LayerShape, buffer_banks, buffer_width, estimate
+from edgeattn.fpga_hls.estimate import LayerShape, buffer_banks, buffer_width, estimate, weight_column_words
 from edgeattn.fpga_hls.extract import (
     SUPPORTED_SHAPE,
     check_vit,
@@ -569,6 +569,7 @@ def _parameters_h(
         ("EA_MAX_ROWS", s.tokens, "rows of every activation buffer"),
         ("EA_BUF_W", buffer_width(s, hls), "row width of every activation buffer"),
         ("EA_MAC_BANKS", buffer_banks(s, hls), "cyclic banks of each buffer row"),
+        ("EA_WCOL_WORDS", weight_column_words(s, hls), "words of the MAC unit's weight-column buffer"),
         ("EA_WEIGHT_WORDS", img.n_words, f"words of the DDR weight image ({hls.mac_rows} weights each)"),
         ("EA_BIAS_LEN", int(img.bias.size), "entries of bias_rom"),
         ("EA_DIM", s.dim, ""),

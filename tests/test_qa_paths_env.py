@@ -85,8 +85,8 @@ def test_a_config_home_path_is_expanded(monkeypatch, tmp_path):
 
 STUBS = "".join(
     f"proc {name} {{args}} {{ puts \"{name} $args\" }}\n"
-    for name in ("open_project", "set_top", "add_files", "open_solution", "set_part", "create_clock", "csim_design",
-                 "csynth_design", "cosim_design", "export_design")
+    for name in ("open_project", "set_top", "add_files", "open_solution", "set_part", "create_clock",
+                 "config_interface", "csim_design", "csynth_design", "cosim_design", "export_design")
 )
 
 

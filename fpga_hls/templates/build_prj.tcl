@@ -30,6 +30,9 @@ add_files -tb tb_data
 open_solution -reset solution1 -flow_target vivado
 set_part {@PART@}
 create_clock -period @PERIOD_NS@ -name default
+# 64-bit m_axi addresses: the weight image may sit anywhere in the board's DDR (the vivado flow of some Vitis
+# releases defaults to 32-bit addresses)
+config_interface -m_axi_addr64
 
 if {$opt(csim)} { csim_design }
 if {$opt(csynth)} { csynth_design }

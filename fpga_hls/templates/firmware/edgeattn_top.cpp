@@ -16,8 +16,8 @@ void encoder_layer_top(const ea::act_t x_in[EA_TOKENS][EA_DIM], ea::act_t x_out[
 #pragma HLS INTERFACE mode=m_axi port=x_out offset=slave bundle=gmem1 depth=EA_LAYER_DEPTH
 #pragma HLS INTERFACE mode=m_axi port=wmem offset=slave bundle=gmem2 depth=EA_WEIGHT_WORDS
 #pragma HLS INTERFACE mode=s_axilite port=return
-#pragma HLS ALLOCATION function instances=mac_linear limit=1
-    using namespace ea;
+    using namespace ea;  // before the pragma: Vitis resolves its instances= name at this point
+#pragma HLS ALLOCATION function instances=ea::mac_linear limit=1
     static act_buf_t x, buf_a, buf_b;
     static act_t buf_c[EA_C_ROWS][EA_BUF_W];
 #pragma HLS ARRAY_PARTITION variable=x type=cyclic factor=EA_MAC_BANKS dim=2
@@ -28,6 +28,9 @@ void encoder_layer_top(const ea::act_t x_in[EA_TOKENS][EA_DIM], ea::act_t x_out[
 #pragma HLS ARRAY_PARTITION variable=ln1_b type=cyclic factor=EA_MAC_R dim=2
 #pragma HLS ARRAY_PARTITION variable=ln2_g type=cyclic factor=EA_MAC_R dim=2
 #pragma HLS ARRAY_PARTITION variable=ln2_b type=cyclic factor=EA_MAC_R dim=2
+#pragma HLS ARRAY_PARTITION variable=EA_GELU_DELTA type=complete
+#pragma HLS ARRAY_PARTITION variable=EA_EXP2_HI type=complete
+#pragma HLS ARRAY_PARTITION variable=EA_EXP2_LO type=complete
 LOAD:
     for (int n = 0; n < EA_TOKENS; n++)
         for (int d = 0; d < EA_DIM; d++) x[n][d] = x_in[n][d];
@@ -44,8 +47,8 @@ void vit_top(const ea::act_t image[EA_IN_CHANS][EA_IMG][EA_IMG], ea::act_t logit
 #pragma HLS INTERFACE mode=m_axi port=logits offset=slave bundle=gmem1 depth=EA_CLASSES
 #pragma HLS INTERFACE mode=m_axi port=wmem offset=slave bundle=gmem2 depth=EA_WEIGHT_WORDS
 #pragma HLS INTERFACE mode=s_axilite port=return
-#pragma HLS ALLOCATION function instances=mac_linear limit=1
-    using namespace ea;
+    using namespace ea;  // before the pragma: Vitis resolves its instances= name at this point
+#pragma HLS ALLOCATION function instances=ea::mac_linear limit=1
     static const int GRID = EA_IMG / EA_PATCH;
     static const int HEAD_CHUNK = (EA_BUF_W / EA_MAC_C) * EA_MAC_C;  // classes per head pass: whole output tiles
     static const int HEAD_IN_TILES = (EA_DIM + EA_MAC_R - 1) / EA_MAC_R;  // input tiles of the head's weight
@@ -59,16 +62,21 @@ void vit_top(const ea::act_t image[EA_IN_CHANS][EA_IMG][EA_IMG], ea::act_t logit
 #pragma HLS ARRAY_PARTITION variable=ln1_b type=cyclic factor=EA_MAC_R dim=2
 #pragma HLS ARRAY_PARTITION variable=ln2_g type=cyclic factor=EA_MAC_R dim=2
 #pragma HLS ARRAY_PARTITION variable=ln2_b type=cyclic factor=EA_MAC_R dim=2
+#pragma HLS ARRAY_PARTITION variable=EA_GELU_DELTA type=complete
+#pragma HLS ARRAY_PARTITION variable=EA_EXP2_HI type=complete
+#pragma HLS ARRAY_PARTITION variable=EA_EXP2_LO type=complete
 #pragma HLS ARRAY_PARTITION variable=norm_g type=cyclic factor=EA_MAC_R dim=1
 #pragma HLS ARRAY_PARTITION variable=norm_b type=cyclic factor=EA_MAC_R dim=1
 
-PATCHES:  // patch p = (py, px), feature (c, ky, kx): the Conv2d(kernel = stride = patch) as a linear layer
-    for (int p = 0; p < EA_NUM_PATCHES; p++)
-        for (int c = 0; c < EA_IN_CHANS; c++)
-            for (int ky = 0; ky < EA_PATCH; ky++)
-                for (int kx = 0; kx < EA_PATCH; kx++)
-                    buf_a[p][(c * EA_PATCH + ky) * EA_PATCH + kx] =
-                        image[c][(p / GRID) * EA_PATCH + ky][(p % GRID) * EA_PATCH + kx];
+PATCHES:  // the image in its own order (one burst), each pixel to its patch p = (py, px) and feature (c, ky, kx):
+          // the Conv2d(kernel = stride = patch) as a linear layer
+    for (int i = 0; i < EA_IN_CHANS * EA_IMG * EA_IMG; i++) {
+#pragma HLS PIPELINE II=1
+        const int c = i / (EA_IMG * EA_IMG), yy = (i / EA_IMG) % EA_IMG, xx = i % EA_IMG;
+        const act_t v = image[c][yy][xx];
+        if (yy < GRID * EA_PATCH && xx < GRID * EA_PATCH)  // a border no patch covers is read and dropped
+            buf_a[(yy / EA_PATCH) * GRID + xx / EA_PATCH][(c * EA_PATCH + yy % EA_PATCH) * EA_PATCH + xx % EA_PATCH] = v;
+    }
     mac_linear(buf_a, buf_b, EA_NUM_PATCHES, EA_PATCH_DIM, EA_DIM, MAC_PLAIN, wmem, patch_w_off, patch_b_off);
 TOKENS:  // class token first, then the patches, plus the position table
     for (int n = 0; n < EA_TOKENS; n++)

@@ -45,12 +45,14 @@ void attention_head(const act_buf_t qkv, act_buf_t o, int h, qscale_t qscale) {
     static softmax_stats_t stats[N];
     qk_t qreg[P][HD];
     qk_t krow[HD];
+    qk_t qrow_s[HD];  // the Q row of the slot starting this step
     softmax_row_t run[P];
     av_acc_t oacc[P][HD];
     i64_t carry[P];  // per-row rounding residual of the deferred probabilities (error diffusion)
     act_t vrow[HD];
 #pragma HLS ARRAY_PARTITION variable=qreg type=complete dim=0
 #pragma HLS ARRAY_PARTITION variable=krow type=complete
+#pragma HLS ARRAY_PARTITION variable=qrow_s type=complete
 #pragma HLS ARRAY_PARTITION variable=oacc type=complete dim=0
 #pragma HLS ARRAY_PARTITION variable=vrow type=complete
 #pragma HLS ARRAY_PARTITION variable=S type=cyclic factor=P dim=1
@@ -68,14 +70,23 @@ QK_STEPS:  // pass 1: scores and online softmax statistics
 #pragma HLS UNROLL
             krow[d] = qk_t(qkv[key][k0 + d]);
         }
+        // the one slot that can start a query at step t: js = t mod (N+P) in round t div (N+P). Its Q row is read
+        // here, once, so the synthesized loop has one Q read per step rather than one guarded read per slot
+        const int js = t % (N + P), qrow = js + (t / (N + P)) * P;
+        if (js < P && qrow < N) {
+            for (int d = 0; d < HD; d++) {
+#pragma HLS UNROLL
+                qrow_s[d] = qk_t(qkv[qrow][q0 + d] * qscale);
+            }
+        }
         for (int j = 0; j < P; j++) {
 #pragma HLS UNROLL
             int row, pos;
             if (!slot_task<N, P>(t, j, row, pos)) continue;
-            if (pos == 0) {  // at most one slot starts per step: one Q row read
+            if (pos == 0) {  // then j == js and row == qrow
                 for (int d = 0; d < HD; d++) {
 #pragma HLS UNROLL
-                    qreg[j][d] = qk_t(qkv[row][q0 + d] * qscale);
+                    qreg[j][d] = qrow_s[d];
                 }
                 softmax_init(run[j]);
             }
@@ -110,11 +121,13 @@ AV_STEPS:  // pass 2: A.V with the deferred exp(s - m) * (1/d), same schedule, o
                 av_acc_t prev = (pos == 0) ? av_acc_t(0) : oacc[j][d];
                 oacc[j][d] = prev + p * vrow[d];
             }
-            if (pos == N - 1) {
-                for (int d = 0; d < HD; d++) {
+        }
+        // the one slot that can finish a query at step t (its key sweep started N-1 steps ago): one o row written
+        const int u = t - (N - 1), jf = u % (N + P), frow = jf + (u / (N + P)) * P;
+        if (u >= 0 && jf < P && frow < N) {
+            for (int d = 0; d < HD; d++) {
 #pragma HLS UNROLL
-                    o[row][h * HD + d] = act_t(oacc[j][d]);
-                }
+                o[frow][h * HD + d] = act_t(oacc[jf][d]);
             }
         }
     }

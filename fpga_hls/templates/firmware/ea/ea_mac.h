@@ -3,8 +3,9 @@
 // One EA_MAC_R x EA_MAC_C array of multipliers serves every linear layer (QKV, projection, MLP, MoE experts,
 // gate, patch embedding, head): mac_linear is one function, not a template, its sizes are run-time arguments
 // and the tops allow one instance of it (ALLOCATION), so every call shares the same array and accumulators.
-// It is weight stationary: a MAC_C x MAC_R weight tile is read from DDR once (one wmem word per cycle) and
-// every input row streams past it, so each weight is read once per layer call. Products and sums are exact
+// It is weight stationary: per output tile, the weights of every input tile are read from DDR in one burst
+// (one wmem word per cycle); each MAC_C x MAC_R tile is then loaded from that on-chip copy and every input row
+// streams past it, so each weight is read from DDR once per layer call. Products and sums are exact
 // in acc_t; the only rounding is the final conversion to act_t (floor, wrap). Modes:
 //   MAC_PLAIN    y[r] = act(x[r] W^T + b)
 //   MAC_GELU     y[r] = gelu(act(x[r] W^T + b))                 (fused GELU on the way out)
@@ -31,6 +32,7 @@ inline void mac_linear(const act_buf_t x, act_buf_t y, int n_rows, int in, int o
                        int w_off, int b_off) {
 #pragma HLS INLINE off
     static acc_t acc[EA_MAX_ROWS][EA_MAC_C];
+    static wword_t wcol[EA_WCOL_WORDS];  // one output tile's weights: every input tile, read in one DDR burst
     weight_t wtile[EA_MAC_C][EA_MAC_R];
     act_t breg[EA_MAC_C];
 #pragma HLS ARRAY_PARTITION variable=acc type=complete dim=2
@@ -47,19 +49,25 @@ OUT_TILES:
 #pragma HLS PIPELINE II=1
             breg[c] = (ot + c < out) ? from_raw<act_t>(bias_rom[b_off + ot + c]) : act_t(0);
         }
+    WEIGHT_COLUMN:  // the DDR latency once per output tile, not once per tile
+        for (int i = 0; i < in_tiles * EA_MAC_C; i++) {
+#pragma HLS LOOP_TRIPCOUNT min=1 max=EA_WCOL_WORDS
+#pragma HLS PIPELINE II=1
+            wcol[i] = wmem[word + i];
+        }
+        word += in_tiles * EA_MAC_C;
     IN_TILES:
         for (int it = 0; it < in; it += EA_MAC_R) {
 #pragma HLS LOOP_TRIPCOUNT min=1 max=EA_BUF_W / EA_MAC_R
-        LOAD_TILE:  // one weight tile per (output tile, input tile): MAC_C words, one per cycle, a DDR burst
+        LOAD_TILE:  // one weight tile per (output tile, input tile): MAC_C words, one per cycle, from on chip
             for (int c = 0; c < EA_MAC_C; c++) {
 #pragma HLS PIPELINE II=1
-                wword_t w = wmem[word + c];
+                wword_t w = wcol[(it / EA_MAC_R) * EA_MAC_C + c];
                 for (int k = 0; k < EA_MAC_R; k++) {
 #pragma HLS UNROLL
                     wtile[c][k] = from_raw<weight_t>(w.range(k * EA_W_W + EA_W_W - 1, k * EA_W_W));
                 }
             }
-            word += EA_MAC_C;
         ROWS:
             for (int r = 0; r < n_rows; r++) {
 #pragma HLS LOOP_TRIPCOUNT min=1 max=EA_MAX_ROWS
@@ -84,6 +92,9 @@ OUT_TILES:
         for (int r = 0; r < n_rows; r++) {
 #pragma HLS LOOP_TRIPCOUNT min=1 max=EA_MAX_ROWS
 #pragma HLS PIPELINE II=1
+// MAC_MOE_ACC reads and writes y at row mac_dst[r]: distinct rows (a token is queued once per expert), so no
+// dependence from one iteration to the next; the other modes only write y
+#pragma HLS DEPENDENCE variable=y type=inter direction=RAW dependent=false
             for (int c = 0; c < EA_MAC_C; c++) {
 #pragma HLS UNROLL
                 if (ot + c >= out) continue;
