@@ -54,6 +54,7 @@ def test_one_mac_unit_reads_every_weight_from_ddr(tmp_path):
         body = body[: body.index("\n}\n")]
         assert "#pragma HLS INTERFACE mode=m_axi port=wmem offset=slave bundle=gmem2" in body, fn
         assert "#pragma HLS ALLOCATION function instances=ea::mac_linear limit=1" in body, fn
+        assert "#pragma HLS ALLOCATION function instances=ea::layernorm limit=1" in body, fn
     # weights.h: parameters and offsets only; every weight is in the image
     weights_h = (prj / "firmware/weights.h").read_text()
     assert not re.search(r"\b(qkv|proj|fc1|fc2|gate|efc1|efc2|patch|head)_w\[", weights_h)

@@ -18,6 +18,7 @@ void encoder_layer_top(const ea::act_t x_in[EA_TOKENS][EA_DIM], ea::act_t x_out[
 #pragma HLS INTERFACE mode=s_axilite port=return
     using namespace ea;  // before the pragma: Vitis resolves its instances= name at this point
 #pragma HLS ALLOCATION function instances=ea::mac_linear limit=1
+#pragma HLS ALLOCATION function instances=ea::layernorm limit=1
     static act_buf_t x, buf_a, buf_b;
     static act_t buf_c[EA_C_ROWS][EA_BUF_W];
 #pragma HLS ARRAY_PARTITION variable=x type=cyclic factor=EA_MAC_BANKS dim=2
@@ -49,6 +50,7 @@ void vit_top(const ea::act_t image[EA_IN_CHANS][EA_IMG][EA_IMG], ea::act_t logit
 #pragma HLS INTERFACE mode=s_axilite port=return
     using namespace ea;  // before the pragma: Vitis resolves its instances= name at this point
 #pragma HLS ALLOCATION function instances=ea::mac_linear limit=1
+#pragma HLS ALLOCATION function instances=ea::layernorm limit=1
     static const int GRID = EA_IMG / EA_PATCH;
     static const int HEAD_CHUNK = (EA_BUF_W / EA_MAC_C) * EA_MAC_C;  // classes per head pass: whole output tiles
     static const int HEAD_IN_TILES = (EA_DIM + EA_MAC_R - 1) / EA_MAC_R;  // input tiles of the head's weight
@@ -86,7 +88,7 @@ TOKENS:  // class token first, then the patches, plus the position table
         }
 LAYERS:
     for (int l = 0; l < EA_DEPTH; l++) encoder_layer(x, buf_a, buf_b, buf_c, l, wmem);
-    layernorm<EA_DIM>(x, buf_a, 1, norm_g, norm_b);  // only the class token feeds the head
+    layernorm(x, buf_a, 1, norm_g, norm_b);  // only the class token feeds the head
 HEAD:  // in passes of HEAD_CHUNK classes when there are more classes than a buffer row holds
     for (int c0 = 0; c0 < EA_CLASSES; c0 += HEAD_CHUNK) {
         const int n_out = (EA_CLASSES - c0 < HEAD_CHUNK) ? EA_CLASSES - c0 : HEAD_CHUNK;

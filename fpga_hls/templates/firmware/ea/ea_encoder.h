@@ -38,13 +38,13 @@ inline void encoder_layer(act_buf_t x, act_buf_t a, act_buf_t b, act_t c[][EA_BU
 #pragma HLS INLINE
     const qscale_t qscale = from_raw<qscale_t>(ap_uint<EA_SCALE_F + 1>(EA_QSCALE_RAW));
 
-    layernorm<D>(x, a, N, ln1_g[l], ln1_b[l]);
+    layernorm(x, a, N, ln1_g[l], ln1_b[l]);
     mac_linear(a, b, N, D, 3 * D, MAC_PLAIN, wmem, qkv_w_off[l], qkv_b_off[l]);
     multihead_attention<N, D, EA_HEADS, EA_ATTN_P>(b, a, qscale);
     mac_linear(a, b, N, D, D, MAC_PLAIN, wmem, proj_w_off[l], proj_b_off[l]);
     residual_add(x, b);
 
-    layernorm<D>(x, a, N, ln2_g[l], ln2_b[l]);
+    layernorm(x, a, N, ln2_g[l], ln2_b[l]);
     const int m = layer_moe[l];
 #if EA_N_DENSE > 0
     if (m < 0) {

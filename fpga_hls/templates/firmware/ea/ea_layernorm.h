@@ -40,8 +40,11 @@ ISQRT:
     return root;
 }
 
-template <int D>
-void layernorm(const act_buf_t x, act_buf_t y, int n_rows, const araw_t gamma[D], const araw_t beta[D]) {
+// One function for every LayerNorm of the design (all are EA_DIM wide): the tops allow one instance of it.
+inline void layernorm(const act_buf_t x, act_buf_t y, int n_rows, const araw_t gamma[EA_DIM],
+                      const araw_t beta[EA_DIM]) {
+#pragma HLS INLINE off
+    const int D = EA_DIM;
     const int sh = ACT_F - EA_LN_F;
 ROWS:
     for (int r = 0; r < n_rows; r++) {
