@@ -13,6 +13,7 @@ import os
 import shutil
 import stat
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -90,6 +91,17 @@ STUBS = "".join(
 )
 
 
+def _run_build_script(tmp_path: Path, argv: str) -> subprocess.CompletedProcess:
+    """build_prj.tcl (placeholders filled) under tclsh with every Vitis command stubbed to print its arguments."""
+    from importlib import resources
+
+    tcl = resources.files("edgeattn.fpga_hls").joinpath("templates/build_prj.tcl").read_text(encoding="utf-8")
+    script = tmp_path / "run.tcl"
+    script.write_text(STUBS + tcl.replace("@PROJECT@", "p").replace("@TOP@", "t").replace("@PART@", "x")
+                      .replace("@PERIOD_NS@", "3.333").replace("@MODEL@", "m"))
+    return subprocess.run(["tclsh", str(script), *argv.split()], capture_output=True, text=True, timeout=60)
+
+
 @pytest.mark.skipif(shutil.which("tclsh") is None, reason="tclsh is not installed (the Tcl check needs it)")
 @pytest.mark.parametrize(
     ("argv", "code", "ran"),
@@ -102,13 +114,7 @@ STUBS = "".join(
     ],
 )
 def test_build_script_options(tmp_path, argv, code, ran):
-    from importlib import resources
-
-    tcl = resources.files("edgeattn.fpga_hls").joinpath("templates/build_prj.tcl").read_text(encoding="utf-8")
-    script = tmp_path / "run.tcl"
-    script.write_text(STUBS + tcl.replace("@PROJECT@", "p").replace("@TOP@", "t").replace("@PART@", "x")
-                      .replace("@PERIOD_NS@", "3.333").replace("@MODEL@", "m"))
-    proc = subprocess.run(["tclsh", str(script), *argv.split()], capture_output=True, text=True, timeout=60)
+    proc = _run_build_script(tmp_path, argv)
     assert proc.returncode == code, proc.stderr
     steps = [line.split()[0] for line in proc.stdout.splitlines() if line.endswith("_design") or "_design " in line]
     assert steps == ran
@@ -129,13 +135,7 @@ def test_build_script_options(tmp_path, argv, code, ran):
     ],
 )
 def test_build_script_cosim_vectors(tmp_path, argv, code, cosim):
-    from importlib import resources
-
-    tcl = resources.files("edgeattn.fpga_hls").joinpath("templates/build_prj.tcl").read_text(encoding="utf-8")
-    script = tmp_path / "run.tcl"
-    script.write_text(STUBS + tcl.replace("@PROJECT@", "p").replace("@TOP@", "t").replace("@PART@", "x")
-                      .replace("@PERIOD_NS@", "3.333").replace("@MODEL@", "m"))
-    proc = subprocess.run(["tclsh", str(script), *argv.split()], capture_output=True, text=True, timeout=60)
+    proc = _run_build_script(tmp_path, argv)
     assert proc.returncode == code, proc.stderr
     lines = [line.strip() for line in proc.stdout.splitlines() if line.startswith("cosim_design")]
     assert lines == ([cosim] if cosim else [])
