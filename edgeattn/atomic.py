@@ -213,8 +213,8 @@ def _publish_new(tmp: Path, out_dir: Path, seen: tuple[int, int] | None) -> None
             f"output folder '{out_dir}' was created by another run while this one worked; "
             "rerun with --force to replace it"
         ) from exc
-    except OSError as exc:
-        if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+    except OSError as exc:  # EEXIST arrives as FileExistsError, above
+        if exc.errno != errno.ENOTEMPTY:
             raise
         raise OutputTakenError(
             f"output folder '{out_dir}' was filled by another run while this one worked; "
