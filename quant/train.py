@@ -458,8 +458,26 @@ def quant_config_for(cfg: TrainConfig, info: dict[str, Any]) -> QuantConfig:
     if info["task"] == "language":
         # EdgeQAT leaves the o_proj input, embeddings and lm_head in float
         data["float_layers"] = ("*lm_head*", "*.proj_in_quant")
+    _refuse_lifted_caps(base, cfg)
     data.update(cfg.quant)
     return QuantConfig.parse(data, "quant settings")
+
+
+def _refuse_lifted_caps(base: QuantConfig, cfg: TrainConfig) -> None:
+    """A ``quant:`` section may lower the profile's hardware caps (``weight_max_bits``, ``kv_max_bits``), not lift
+    them: on x86 without VNNI a wider weight or K/V saturates the int8 kernels' 16-bit pair sums, so a null (no cap)
+    or a larger value would train a model that the target then computes wrongly."""
+    for key in ("weight_max_bits", "kv_max_bits"):
+        cap = getattr(base, key)
+        if cap is None or key not in cfg.quant:
+            continue
+        asked = cfg.quant[key]
+        if asked is None or (isinstance(asked, int) and asked > cap):
+            raise EdgeAttnError(
+                f"quant.{key}: {'null' if asked is None else asked} would lift the {cap}-bit cap of profile "
+                f"'{cfg.profile}' (x86 without VNNI: wider values saturate its int8 kernels' 16-bit sums); leave {key} "
+                f"out or set it to at most {cap}"
+            )
 
 
 # ---------------------------------------------------------------------------------------------- distributed
