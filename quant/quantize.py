@@ -113,10 +113,13 @@ def quantize_model(model: nn.Module, config_or_profile: Any = None, *, inplace: 
     return qmodel.eval()
 
 
+FLOAT_BY_CONFIG = "float_layers or a float override"  # the user's own choice, unlike the profile's switches
+
+
 def _why_float(model: nn.Module, name: str, module: nn.Module, config: QuantConfig) -> str | None:
     """The config setting that leaves a swappable layer or quant point in float, or ``None`` to quantize it."""
     if config.is_float(name):
-        return "float_layers or a float override"
+        return FLOAT_BY_CONFIG
     if type(module) is nn.Linear:
         return None if config.quantize_linear else "quantize_linear is false"
     if type(module) in SWAPPED:
@@ -143,11 +146,21 @@ def _warn_overrides(config: QuantConfig, quantized: list[str], kept_float: dict[
                 f"weight_max_bits {cap} (x86 without VNNI: wider weights saturate its int8 kernels' 16-bit sums)",
                 stacklevel=3,
             )
-        reasons = sorted({why for n, why in kept_float.items() if matches_module(n, pat)})
+        kept = {n: why for n, why in kept_float.items() if matches_module(n, pat)}
+        reasons = sorted(set(kept.values()))
         if not covered and reasons:
             warnings.warn(
                 f"quantize_model: overrides pattern '{pat}' is ignored: every layer and quant point it covers stays "
                 f"float ({'; '.join(reasons)})",
+                stacklevel=3,
+            )
+        # part of the subtree kept float by the profile (not by the user's own float_layers): say how much is left
+        by_profile = {n: why for n, why in kept.items() if why != FLOAT_BY_CONFIG}
+        if covered and by_profile:
+            warnings.warn(
+                f"quantize_model: overrides pattern '{pat}' reaches {len(covered)} of the "
+                f"{len(covered) + len(kept)} layers and quant points it covers; {len(by_profile)} stay float "
+                f"({'; '.join(sorted(set(by_profile.values())))}, e.g. '{min(by_profile)}')",
                 stacklevel=3,
             )
 
