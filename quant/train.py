@@ -25,13 +25,18 @@ continues (except ``num_threads`` and ``output_dir``; ``epochs`` too, since the 
 ``--force`` first removes the previous run's files (:data:`RUN_FILES`, nothing else); an ``fp_checkpoint`` must hold
 this run's model, model_kwargs and data and have been trained on the same train/val split (its meta's ``split``,
 :func:`split_settings`; a checkpoint from before that field only gets a warning).
+
+Modules: this one holds the data and model setup, stop handling, the training phases, :func:`run` and :func:`main`;
+the settings, presets and flags are in :mod:`edgeattn.quant.train_config`, torchrun / DDP in
+:mod:`edgeattn.quant.distributed`, and the run folder (:data:`RUN_FILES`, the ``--resume`` and ``fp_checkpoint``
+checks, ``--force``, the folder's lock) in :mod:`edgeattn.quant.run_files`. Their public names are re-exported here:
+``from edgeattn.quant.train import X`` works for them as before.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
-import json
 import math
 import os
 import random
@@ -41,12 +46,11 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-import yaml
 from edgeattn.quant.checkpoint import (
     atomic_torch_save,
     load_checkpoint,
@@ -54,274 +58,56 @@ from edgeattn.quant.checkpoint import (
     read_checkpoint_file,
     save_checkpoint,
 )
-from edgeattn.quant.config import QuantConfig, bits_problem, format_validation_error
-from edgeattn.quant.losses import (
-    DISTRIBUTION_ROW_FLOOR,
-    Probe,
-    attention_kl,
-    distribution_loss,
-    entropy_loss,
-    kd_loss,
+from edgeattn.quant.config import QuantConfig
+from edgeattn.quant.distributed import (  # noqa: F401 (re-exports, see the module docstring)
+    LAUNCH_HINT,
+    _Dist,
+    _launched_rank,
+    check_shards,
+    dist_env,
+    has_unused_parameters,
+    process_rank,
 )
+from edgeattn.quant.losses import Probe, attention_kl, distribution_loss, entropy_loss, kd_loss
 from edgeattn.quant.ptq import calibrate
 from edgeattn.quant.quantize import quantize_model
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    ValidationInfo,
-    field_validator,
-    model_validator,
+from edgeattn.quant.run_files import (  # noqa: F401 (re-exports, see the module docstring)
+    RESUME_FREE_KEYS,
+    RUN_FILES,
+    STATE_KEYS,
+    _check_fp_meta,
+    _check_resume_config,
+    _check_same_content,
+    _clear_run,
+    _load_state,
+    _output_lock,
+    _state_fingerprint,
+    resumable,
+)
+from edgeattn.quant.train_config import (  # noqa: F401 (re-exports, see the module docstring)
+    BUILTIN_DATA,
+    FLAG_NAMES,
+    LANGUAGE_MODELS,
+    LOW_BIT_QAT,
+    OWNED_QUANT_KEYS,
+    PRESETS,
+    LossConfig,
+    TrainConfig,
+    build_config,
+    default_bits_note,
+    preset_config,
+    quant_config_for,
+    read_config_file,
 )
 from torch import nn
 from torch.utils.data import TensorDataset
 
 from edgeattn.atomic import check_writable_folder
-from edgeattn.data import DEFAULT_RESIZE, LEGACY_RESIZE, Resize
 from edgeattn.errors import EdgeAttnError
-from edgeattn.hostinfo import MAX_SEED, MAX_THREADS  # bounds shared with export, profile and hls
-from edgeattn.yaml_files import describe_yaml_error, load_yaml, read_utf8
-
-LANGUAGE_MODELS = ("tiny_llama",)
-# QuantConfig fields that TrainConfig sets itself: in ``quant`` they would silently fight the top-level setting
-OWNED_QUANT_KEYS = {
-    "weight_bits": "bits (e.g. bits: w4a8; per layer: quant.overrides)",
-    "act_bits": "bits (e.g. bits: w4a8; per layer: quant.overrides)",
-    "token_adaptive": "token_adaptive",
-    "token_ratio": "token_ratio",
-    "calibration": "calibration",
-}
-
-
-def read_config_file(path: str | Path) -> dict[str, Any]:
-    """The settings mapping of a YAML config file (an empty file is no settings); one clear error for a missing,
-    non-UTF-8, invalid or non-mapping file, or a key given twice."""
-    path = Path(path)
-    if path.is_dir():
-        raise EdgeAttnError(f"config file '{path}' is a folder, not a file")
-    if not path.is_file():
-        raise EdgeAttnError(f"config file '{path}' not found")
-    text = read_utf8(path)
-    if text is None:
-        raise EdgeAttnError(f"config file '{path}': not UTF-8 text (is it a YAML config?)")
-    try:
-        data = load_yaml(text)
-    except yaml.YAMLError as err:
-        raise EdgeAttnError(f"config file '{path}': {describe_yaml_error(err)}") from None
-    if data is None:  # empty, or only comments
-        return {}
-    if not isinstance(data, dict):
-        raise EdgeAttnError(f"config file '{path}': expected a mapping of settings, got {type(data).__name__}")
-    return data
-
-
-class LossConfig(BaseModel):
-    """Which EdgeQAT losses are on, and their weights. All off = plain QAT (cross-entropy only)."""
-
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # an inf / nan weight only poisons the loss
-
-    kd: bool = Field(True, description="logit distillation from the FP model")
-    kd_alpha: float = Field(0.5, ge=0.0, le=1.0, description="weight of the KD term vs cross-entropy")
-    kd_temperature: float = Field(2.0, gt=0.0, description="distillation temperature")
-    # Off by default: over 10 seeds (fmvit_t on digits, FP 20 epochs) it raised the attention KL to the FP model
-    # 110x at W8A8 and 4.2x at W4A8 (it maximises the Q/K variance) and did not help top-1
-    # (-0.06, -0.17 points). Chosen on seeds 0-4, confirmed on 5-9; docs/qat.md, "Ablations over ten seeds".
-    entropy: bool = Field(False, description="entropy loss on quantized Q and K (the paper's; off by default)")
-    entropy_weight: float = Field(0.1, ge=0.0)
-    distribution: bool = Field(True, description="attention-logit distribution loss vs the FP teacher")
-    distribution_weight: float = Field(1.0, ge=0.0)
-    distribution_row_floor: float = Field(
-        DISTRIBUTION_ROW_FLOOR,
-        ge=0.0,
-        description="floor of a student logit row's norm, relative to the teacher row's, in the cosine (0: none)",
-    )
-
-
-class TrainConfig(BaseModel):
-    """Everything one ``edgeattn qat`` run needs (YAML keys = these field names; unknown keys are errors)."""
-
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # lr, fp_lr, ...: finite numbers only
-
-    model: str = Field("fmvit_t", description="registry name (edgeattn models list)")
-    model_kwargs: dict[str, Any] = Field(default_factory=dict, description="extra model factory arguments")
-    data: str = Field("digits", description="'digits', 'stdlib', an image folder (root/<class>/*) or a text file")
-    img_size: int = Field(32, ge=8, description="vision input size (digits are upsampled to it)")
-    resize: Resize = Field(
-        DEFAULT_RESIZE,
-        description="image folders: how an image becomes img_size x img_size; crop: shorter side scaled to img_size, "
-        "centre cropped (aspect kept, timm/torchvision's eval transform); stretch: both sides scaled",
-    )
-    in_chans: int = Field(3, ge=1)
-    seq_len: int = Field(64, ge=2, description="language-model context length")
-    corpus_bytes: int = Field(400_000, ge=1000, description="bytes of stdlib source used for 'stdlib'")
-    max_train_samples: int | None = Field(None, ge=1, description="cap on training samples (fast runs)")
-    max_val_samples: int | None = Field(None, ge=1, description="cap on validation samples")
-    profile: str = Field("host-cpu", description="device profile name or YAML path")
-    bits: str = Field("w8a8", description="'profile' or wNaM (w8a8, w4a8, w4a4)")
-    quant: dict[str, Any] = Field(default_factory=dict, description="QuantConfig field updates (overrides ...)")
-    token_adaptive: bool = Field(False, description="EdgeQAT token-importance-aware bits")
-    token_ratio: float = Field(0.5, ge=0.0, le=1.0)
-    losses: LossConfig = Field(default_factory=LossConfig)
-    fp_checkpoint: str | None = Field(None, description="start from this FP checkpoint instead of training one")
-    fp_epochs: int = Field(6, ge=0, description="epochs of FP training when no fp_checkpoint is given")
-    fp_lr: float = Field(2e-3, gt=0.0)
-    epochs: int = Field(2, ge=0, description="QAT epochs")
-    lr: float = Field(1e-4, gt=0.0, description="QAT peak learning rate (AdamW)")
-    lr_schedule: Literal["cosine", "constant", "step"] = Field("cosine")
-    grad_clip: float | None = Field(None, gt=0.0, description="clip the QAT gradient's global L2 norm to this")
-    weight_decay: float = Field(0.0, ge=0.0, description="QAT weight decay")
-    augment_shift: int = Field(
-        0,
-        ge=0,
-        description="vision: shift every training image by a random 0..N pixels per axis each step, FP training "
-        "and QAT (edgeattn.data.random_shift); 0 = off",
-    )
-    batch_size: int = Field(64, ge=1, description="global batch size (split over DDP processes)")
-    calib_samples: int = Field(256, ge=1, description="PTQ calibration samples")
-    calibration: Literal["percentile", "minmax"] = Field("percentile", description="PTQ statistic")
-    seed: int = Field(0, ge=0, le=MAX_SEED, description="seeds the data split, initialisation and data order")
-    output_dir: str = Field("runs/qat")
-    num_threads: int | None = Field(
-        None, ge=1, le=MAX_THREADS, description="torch intra-op threads (default: leave as is)"
-    )
-    skip_qat: bool = Field(False, description="stop after the PTQ baseline")
-
-    @field_validator("bits")
-    @classmethod
-    def _bits(cls, v: str) -> str:
-        problem = bits_problem(v)
-        if problem is not None:  # the key or flag is named in front of this (format_validation_error)
-            raise ValueError(f"{problem}, got {v!r}")
-        return v.lower()
-
-    @field_validator("output_dir", "fp_checkpoint", "data")
-    @classmethod
-    def _home(cls, v: str | None) -> str | None:
-        # a YAML config's "~/runs" is no shell word: expand it as the shell would, not make a folder named "~"
-        return os.path.expanduser(v) if isinstance(v, str) and v.startswith("~") else v
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _not_a_bool(cls, v: Any, info: ValidationInfo) -> Any:
-        # YAML's true/false are not numbers here (pydantic would read true as 1 in an int or float setting)
-        if isinstance(v, bool):
-            annotation = cls.model_fields[info.field_name].annotation  # int, float | None, str, ...
-            if (set(get_args(annotation)) - {type(None)} or {annotation}) <= {int, float}:
-                raise ValueError(f"expected a number, got {v!r}")
-        return v
-
-    @field_validator("quant")
-    @classmethod
-    def _quant_keys(cls, v: dict[str, Any]) -> dict[str, Any]:
-        for key in v:
-            if key in OWNED_QUANT_KEYS:
-                raise ValueError(f"'{key}' is set by the top-level {OWNED_QUANT_KEYS[key]}, not under quant")
-            if key not in QuantConfig.model_fields:
-                raise ValueError(f"unknown key '{key}' (QuantConfig fields: {', '.join(QuantConfig.model_fields)})")
-        return v
-
-    @model_validator(mode="after")
-    def _augment_fits(self) -> TrainConfig:
-        if self.augment_shift and self.is_language:
-            raise ValueError("augment_shift moves images; it does not apply to a language model's text")
-        if "resize" in self.model_fields_set and self.is_language:  # only when given: the default must work
-            raise ValueError("resize brings images to img_size; it does not apply to a language model's text")
-        if self.augment_shift >= self.img_size:
-            raise ValueError(f"augment_shift {self.augment_shift} must be smaller than img_size {self.img_size}")
-        return self
-
-    @model_validator(mode="after")
-    def _data_fits_model(self) -> TrainConfig:
-        from edgeattn.models import is_language_model, list_models
-
-        if self.model not in list_models():  # refused with the list of models when the model is built
-            return self
-        text = self.data == "stdlib" or Path(self.data).is_file()
-        images = self.data == "digits" or Path(self.data).is_dir()
-        if is_language_model(self.model) and images:
-            raise ValueError(
-                f"model '{self.model}' is a language model and data '{self.data}' is images: give data 'stdlib' "
-                "or a text file"
-            )
-        if not is_language_model(self.model) and text:
-            raise ValueError(
-                f"model '{self.model}' is a vision model and data '{self.data}' is text: give data 'digits' or an "
-                "image folder (root/<class>/*)"
-            )
-        return self
-
-    @classmethod
-    def parse(cls, data: Any, source: str = "config", flags: dict[str, str] | None = None) -> TrainConfig:
-        """Validate a mapping; one clear error line naming the key and where it came from: ``source``, or for a
-        key in ``flags`` (setting -> flag) that flag, e.g. ``--threads``."""
-        if not isinstance(data, dict):
-            raise EdgeAttnError(f"{source}: expected a mapping of settings, got {type(data).__name__}")
-        try:
-            return cls.model_validate(data)
-        except ValidationError as err:
-            loc = err.errors()[0]["loc"]
-            key = str(loc[0]) if loc else ""
-            if flags and key in flags:
-                source = flags[key]
-            raise EdgeAttnError(format_validation_error(source, err)) from None
-
-    @classmethod
-    def from_yaml(cls, path: str | Path, **updates: Any) -> TrainConfig:
-        """Read a YAML config file and apply ``updates`` (flag values) on top."""
-        data = read_config_file(path)
-        data.update(updates)
-        return cls.parse(data, f"config file '{path}'")
-
-    @property
-    def is_language(self) -> bool:
-        return self.model in LANGUAGE_MODELS or self.data == "stdlib" or Path(self.data).is_file()
-
-
-# Presets: "demo" is the fast path for `edgeattn demo` (FP 4 epochs + QAT 1 epoch: about 2 minutes on 2 cores).
-# "w4a8"/"w4a4": 4-bit weights need a longer, hotter QAT than W8A8 (measured on fmvit_t / digits from one FP
-# checkpoint, W4A8 EdgeQAT: 2 epochs at lr 1e-4 -> 91.1 top-1, 6 at 1e-4 -> 93.0, 6 at 5e-4 -> 96.4 = FP32;
-# see benchmarks/qat.json). W8A8 keeps lr 1e-4: 5e-4 was no better there. At W4A4, unclipped EdgeQAT stalled 8-26
-# points low in 5 of 10 seeds (gradient spikes early in epoch 1); clipping the gradient norm at 1.0 ended every
-# stall (96.8 +- 1.2 over 10 seeds, plain QAT with the same clip 96.2; docs/qat.md, "W4A4: gradient clipping").
-# The spikes were later traced to single attention-logit rows quantized to ~0 in the distribution loss, now bounded
-# by its row floor (LossConfig.distribution_row_floor); the preset keeps the clip as well.
-LOW_BIT_QAT: dict[str, Any] = {"epochs": 6, "lr": 5e-4}
-PRESETS: dict[str, dict[str, Any]] = {
-    "default": {},
-    "demo": {"fp_epochs": 4, "epochs": 1, "calib_samples": 128},
-    "w4a8": {"bits": "w4a8", **LOW_BIT_QAT},
-    "w4a4": {"bits": "w4a4", **LOW_BIT_QAT, "grad_clip": 1.0},
-    "llama": {
-        "model": "tiny_llama",
-        "data": "stdlib",
-        "seq_len": 64,
-        # 10 FP epochs on every window: validation perplexity 2.24, against 2.86 after 4 epochs; 20 overfit (2.41
-        # against 2.26 on the benchmark's validation windows). docs/qat.md, "Language rows from a trained FP model"
-        "fp_epochs": 10,
-        "epochs": 2,
-        "fp_lr": 2e-3,
-        # from the same 10 FP models, 2 QAT epochs: perplexity 2.2263 at lr 1e-3 against 2.2425 at 1e-4, lower in 10
-        # of 10 seeds (PTQ 2.2461). docs/qat.md, "The llama preset's QAT lr"
-        "lr": 1e-3,
-        "batch_size": 32,
-        "corpus_bytes": 300_000,
-    },
-}
-
-
-def preset_config(name: str, **updates: Any) -> TrainConfig:
-    """A :class:`TrainConfig` from a named preset (``default``, ``demo``, ``w4a8``, ``w4a4``, ``llama``) plus
-    updates."""
-    if name not in PRESETS:
-        raise EdgeAttnError(f"unknown preset '{name}'; presets: {', '.join(PRESETS)}")
-    return TrainConfig.parse({**PRESETS[name], **updates}, f"preset '{name}'")
+from edgeattn.hostinfo import MAX_SEED, MAX_THREADS  # noqa: F401 (TrainConfig's bounds, re-exported)
 
 
 # ---------------------------------------------------------------------------------------------- data / model
-BUILTIN_DATA = ("digits", "stdlib")  # the data sets that ship with edgeattn; any other ``data`` is a path
-
-
 def load_data(cfg: TrainConfig) -> tuple[TensorDataset, TensorDataset, dict[str, Any]]:
     """(train, val, info) for ``cfg.data``; info has ``task`` ('vision'|'language'), classes or vocab and, for a
     user's folder or file, ``data_fingerprint`` (``edgeattn.data.data_fingerprint``)."""
@@ -433,212 +219,6 @@ def check_model_approximations(cfg: TrainConfig) -> None:
                 f"with that profile would refuse the trained model; drop {op} from model_kwargs (the profile sets "
                 f"it), or use a profile whose approx.{op} is {value!r} (e.g. a copy with approx: {{{op}: {value}}})"
             )
-
-
-def default_bits_note(cfg: TrainConfig) -> str | None:
-    """One line when ``bits`` was left at its default and the profile's own weight/act bits differ from it, e.g.
-    ``bits w8a8 (the default); profile 'zcu102-hls' is W16A16: --bits profile trains at its widths``."""
-    if "bits" in cfg.model_fields_set:
-        return None
-    profile = QuantConfig.from_profile(cfg.profile)
-    used = profile.with_bits(cfg.bits)  # a 7-bit-weight profile keeps its cap here: w8a8 means W7A8 on it
-    if (used.weight_bits, used.act_bits) == (profile.weight_bits, profile.act_bits):
-        return None
-    return (
-        f"bits {cfg.bits} (the default); profile '{cfg.profile}' is W{profile.weight_bits}A{profile.act_bits}: "
-        "--bits profile trains at its widths"
-    )
-
-
-def quant_config_for(cfg: TrainConfig, info: dict[str, Any]) -> QuantConfig:
-    """The run's QuantConfig: profile, bit setting, then ``cfg.quant`` updates and the token-adaptive flag."""
-    base = QuantConfig.from_profile(cfg.profile).with_bits(cfg.bits)
-    data = base.model_dump()
-    data.update(calibration=cfg.calibration, token_adaptive=cfg.token_adaptive, token_ratio=cfg.token_ratio)
-    if info["task"] == "language":
-        # EdgeQAT leaves the o_proj input, embeddings and lm_head in float
-        data["float_layers"] = ("*lm_head*", "*.proj_in_quant")
-    _refuse_lifted_caps(base, cfg)
-    data.update(cfg.quant)
-    return QuantConfig.parse(data, "quant settings")
-
-
-def _refuse_lifted_caps(base: QuantConfig, cfg: TrainConfig) -> None:
-    """A ``quant:`` section may lower the profile's hardware caps (``weight_max_bits``, ``kv_max_bits``), not lift
-    them: on x86 without VNNI a wider weight or K/V saturates the int8 kernels' 16-bit pair sums, so a null (no cap)
-    or a larger value would train a model that the target then computes wrongly."""
-    for key in ("weight_max_bits", "kv_max_bits"):
-        cap = getattr(base, key)
-        if cap is None or key not in cfg.quant:
-            continue
-        asked = cfg.quant[key]
-        if asked is None or (isinstance(asked, int) and asked > cap):
-            raise EdgeAttnError(
-                f"quant.{key}: {'null' if asked is None else asked} would lift the {cap}-bit cap of profile "
-                f"'{cfg.profile}' (x86 without VNNI: wider values saturate its int8 kernels' 16-bit sums); leave {key} "
-                f"out or set it to at most {cap}"
-            )
-
-
-# ---------------------------------------------------------------------------------------------- distributed
-LAUNCH_HINT = "launch with torchrun, which sets both, or unset RANK and WORLD_SIZE for one process"
-
-
-def dist_env() -> tuple[int, int]:
-    """``(rank, world_size)`` from torchrun's ``RANK`` and ``WORLD_SIZE``; ``(0, 1)`` when neither is set.
-
-    One :class:`EdgeAttnError` for a partial or inconsistent pair: a ``RANK=1`` without ``WORLD_SIZE`` would
-    otherwise train alone as a non-main process and write nothing, a ``WORLD_SIZE=0`` fail in the first training
-    step.
-    """
-    raw = {name: os.environ.get(name) for name in ("RANK", "WORLD_SIZE")}
-    given = {name: value for name, value in raw.items() if value is not None}
-    if not given:
-        return 0, 1
-    if len(given) == 1:
-        (name, value), missing = next(iter(given.items())), ({"RANK", "WORLD_SIZE"} - set(given)).pop()
-        raise EdgeAttnError(f"environment: {name}={value} is set but {missing} is not; {LAUNCH_HINT}")
-    values: dict[str, int] = {}
-    for name, value in given.items():
-        try:
-            values[name] = int(value)
-        except ValueError:
-            raise EdgeAttnError(f"environment: {name}={value!r} is not a whole number; {LAUNCH_HINT}") from None
-    rank, world = values["RANK"], values["WORLD_SIZE"]
-    if world < 1 or not 0 <= rank < world:
-        raise EdgeAttnError(
-            f"environment: RANK={rank} with WORLD_SIZE={world}: need WORLD_SIZE >= 1 and 0 <= RANK < WORLD_SIZE; "
-            f"{LAUNCH_HINT}"
-        )
-    return rank, world
-
-
-def process_rank() -> int:
-    """This process's rank under ``torchrun`` (``RANK``), 0 when not launched by it (see :func:`dist_env`)."""
-    return dist_env()[0]
-
-
-def _launched_rank() -> int:
-    """``RANK`` as torchrun sets it when ``WORLD_SIZE`` > 1, else 0; never raises (for deciding who prints)."""
-    try:
-        return int(os.environ["RANK"]) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else 0
-    except (KeyError, ValueError):
-        return 0
-
-
-def check_shards(batch_size: int, n_train: int, world: int) -> None:
-    """Refuse a run that ``world`` processes cannot share exactly: ``batch_size`` is global and each process takes
-    ``batch_size / world`` samples of every batch (a remainder would silently shrink or grow the batch), and each
-    process needs at least one training sample per epoch (else nothing is trained)."""
-    if world == 1:
-        return
-    if batch_size % world:
-        lower = batch_size - batch_size % world
-        sizes = f"{lower} or {lower + world}" if lower else str(world)
-        raise EdgeAttnError(
-            f"batch_size {batch_size} is not a multiple of the {world} processes (WORLD_SIZE): it is the global "
-            f"batch, split evenly over them; use a batch_size of {sizes}"
-        )
-    if n_train < world:
-        raise EdgeAttnError(
-            f"{n_train} training sample(s) for {world} processes (WORLD_SIZE): each needs at least one; use fewer "
-            "processes or more samples (max_train_samples)"
-        )
-
-
-class _Dist:
-    """Process-group facts; single process when not launched by torchrun."""
-
-    def __init__(self) -> None:
-        self.rank, self.world = dist_env()
-        self.active = False
-        if self.world > 1:
-            import torch.distributed as dist
-
-            if not dist.is_initialized():
-                dist.init_process_group("gloo")
-                self.active = True
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            import torch.distributed as dist
-
-            dist.barrier()
-
-    def close(self) -> None:
-        if self.active:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
-
-    def any_rank(self, flag: bool) -> bool:
-        """True if ``flag`` is set on any process: all ranks stop at the same step (no hanging all-reduce)."""
-        return self.any_rank_flags(flag)[0]
-
-    def any_rank_flags(self, *flags: bool) -> tuple[bool, ...]:
-        """Each flag OR-ed over the processes, in one all-reduce (the stop and divergence checks of a step)."""
-        if self.world == 1:
-            return flags
-        import torch.distributed as dist
-
-        t = torch.tensor([1.0 if f else 0.0 for f in flags])
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        return tuple(bool(v > 0) for v in t.tolist())
-
-    def mean_over_ranks(self, values: dict[str, float]) -> dict[str, float]:
-        """Average each value over the processes (identity for one process)."""
-        if self.world == 1 or not values:
-            return values
-        import torch.distributed as dist
-
-        keys = sorted(values)
-        t = torch.tensor([values[k] for k in keys], dtype=torch.float64)
-        dist.all_reduce(t)
-        return {k: float(v) / self.world for k, v in zip(keys, t.tolist(), strict=True)}
-
-    def sum_over_ranks(self, values: list[float]) -> list[float]:
-        """Add each value up over the processes, in float64 (identity for one process)."""
-        if self.world == 1:
-            return values
-        import torch.distributed as dist
-
-        t = torch.tensor(values, dtype=torch.float64)
-        dist.all_reduce(t)
-        return t.tolist()
-
-    def wrap(self, model: nn.Module, example: torch.Tensor) -> nn.Module:
-        """``model`` in DDP under torchrun (as is for one process). DDP looks for parameters without a gradient
-        after every step only when ``example`` shows some (token-adaptive bits leave the first block's low-bit
-        scales unused): the search costs a graph traversal per step, and torch warns on every rank when it finds
-        nothing."""
-        if self.world == 1:
-            return model
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
-        return DDP(model, find_unused_parameters=has_unused_parameters(model, example))
-
-
-def has_unused_parameters(model: nn.Module, example: torch.Tensor) -> bool:
-    """True if a forward and backward pass of ``example`` (in eval mode) leaves a trainable parameter of ``model``
-    without a gradient. The RNG, the training flag and the gradients are left as they were."""
-    grads = {p: p.grad for p in model.parameters()}
-    was = model.training
-    model.eval()
-    try:
-        for p in grads:
-            p.grad = None
-        with torch.random.fork_rng(devices=[]):  # keeps the RNG stream where it was: --resume stays exact
-            out = model(example)
-            (out[0] if isinstance(out, (tuple, list)) else out).float().sum().backward()
-        return any(p.requires_grad and p.grad is None for p in grads)
-    finally:
-        for p, g in grads.items():
-            p.grad = g
-        model.train(was)
 
 
 # ---------------------------------------------------------------------------------------------- stop handling
@@ -1069,43 +649,6 @@ def run(
             dist.close()
 
 
-@contextlib.contextmanager
-def _output_lock(out_dir: Path, main: bool) -> Iterator[None]:
-    """One ``edgeattn qat`` run per output folder at a time: the main process holds an exclusive ``flock`` on the
-    folder while the run lasts, so a second run there (with --force, or started at the same moment) is refused in
-    one line instead of mixing its files with the first's. A folder created here and left empty is removed."""
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: no advisory locks
-        fcntl = None
-    if not main or fcntl is None:
-        yield
-        return
-    created = False
-    try:
-        if not out_dir.exists():
-            out_dir.mkdir(parents=True)
-            created = True
-        fd = os.open(out_dir, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:  # a file, or a folder that cannot be made: _run says so in one line
-        yield
-        return
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise EdgeAttnError(
-                f"output directory '{out_dir}' is in use by another edgeattn qat run; wait for it to finish or "
-                "use another --output"
-            ) from None
-        yield
-    finally:
-        os.close(fd)
-        if created:
-            with contextlib.suppress(OSError):  # only while still empty
-                out_dir.rmdir()
-
-
 def frozen_teacher(fp_model: nn.Module, meta: dict[str, Any]) -> nn.Module:
     """The FP model in deploy form (reparameterized unless its checkpoint already is), in eval mode with every
     parameter frozen: the teacher of the QAT losses and the model that PTQ quantizes."""
@@ -1137,246 +680,6 @@ def qat_optimizer(
         p.requires_grad_(True)
     opt = torch.optim.AdamW(list(student.parameters()), lr=cfg.lr, weight_decay=cfg.weight_decay)
     return opt, _make_scheduler(opt, cfg.lr_schedule, cfg.epochs * steps_per_epoch)
-
-
-# ---------------------------------------------------------------------------------------------- run files
-# Every file a run writes into its output directory: what --force removes and what marks a directory as holding a
-# run. Nothing else in the directory is touched.
-RUN_FILES = ("fp.pt", "ptq.pt", "qat_last.pt", "model.pt", "state.pt", "metrics.json", "result.json")
-# Settings that --resume may change: they do not change a single number of the run (where it is written, how many
-# threads compute it). Everything else, ``epochs`` included, must match: the lr schedule spans all the epochs, so a
-# run extended by --epochs is not the run it would have been uninterrupted.
-RESUME_FREE_KEYS = frozenset({"num_threads", "output_dir"})
-STATE_KEYS = ("model", "optimizer", "scheduler", "rng", "history", "epoch", "config")
-
-
-def resumable(out_dir: str | Path) -> bool:
-    """Whether ``--resume`` can continue the run in ``out_dir``: it needs ``state.pt`` (a complete QAT epoch) or
-    ``fp.pt`` (a finished FP training). A run stopped during FP training has neither and starts over with --force."""
-    out_dir = Path(out_dir)
-    return (out_dir / "state.pt").is_file() or (out_dir / "fp.pt").is_file()
-
-
-def _dotted(d: dict[str, Any], key: str = "") -> dict[str, Any]:
-    """Nested dicts as one level with dotted keys: {"a": {"b": 1}} -> {"a.b": 1}."""
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and v:
-            out.update(_dotted(v, f"{key}{k}."))
-        else:
-            out[f"{key}{k}"] = v
-    return out
-
-
-def _difference(
-    saved: dict[str, Any], current: dict[str, Any], ignore: frozenset[str] = frozenset()
-) -> tuple[str, Any, Any] | None:
-    """The first setting (a dotted key for nested ones) that differs between two settings mappings, as
-    ``(key, saved value, current value)`` (``'<unset>'`` where one lacks it); ``None`` when they agree."""
-    a = {k: v for k, v in _dotted(saved).items() if k.split(".")[0] not in ignore}
-    b = {k: v for k, v in _dotted(current).items() if k.split(".")[0] not in ignore}
-    for k in list(b) + [k for k in a if k not in b]:
-        if a.get(k, "<unset>") != b.get(k, "<unset>"):
-            return k, a.get(k, "<unset>"), b.get(k, "<unset>")
-    return None
-
-
-def _check_resume_config(saved: Any, cfg: TrainConfig, source: Path, data_path: str | None = None) -> None:
-    """Refuse to resume a run whose recorded settings differ from ``cfg`` (naming the first differing key).
-
-    ``data_path``: the absolute path of the run's own data as recorded then (``data_meta``). With it, a folder or
-    file is the same data when ``cfg.data`` resolves to that path, from whatever working directory and however
-    spelled; a relative ``data`` that names another folder from here is refused. Without it (a file from an older
-    edgeattn) the two ``data`` settings are compared as paths from the current working directory."""
-    if not isinstance(saved, dict):
-        raise EdgeAttnError(f"--resume: '{source}' records no run settings; rerun with --force to start over")
-    # a setting added to TrainConfig after the run was written: the run had its default (e.g. augment_shift 0),
-    # except resize, whose default is not what came before it: those runs stretched their images
-    defaults = {**TrainConfig.model_construct().model_dump(mode="json"), "resize": LEGACY_RESIZE}
-    saved = {**{k: v for k, v in defaults.items() if k not in saved}, **saved}
-    ignore = RESUME_FREE_KEYS if _is_image_folder(cfg) else RESUME_FREE_KEYS | {"resize"}  # it changes no number
-    if data_path is not None and cfg.data not in BUILTIN_DATA and saved.get("data") not in BUILTIN_DATA:
-        now = str(Path(cfg.data).resolve())
-        if now != data_path:
-            raise EdgeAttnError(
-                f"--resume: the run in '{source.parent}' was made with data={data_path!r}, not {now!r}; resume it "
-                "with the same settings, or start a new run (--force or another --output)"
-            )
-        saved["data"] = cfg.data
-    elif _same_data(saved.get("data"), cfg.data):  # the same folder or file, however spelled
-        saved["data"] = cfg.data
-    diff = _difference(saved, cfg.model_dump(mode="json"), ignore)
-    if diff is not None:
-        key, was, now = diff
-        hint = " (more epochs are a new lr schedule: start a new run from its fp.pt)" if key == "epochs" else ""
-        raise EdgeAttnError(
-            f"--resume: the run in '{source.parent}' was made with {key}={was!r}, not {now!r}{hint}; resume it "
-            "with the same settings, or start a new run (--force or another --output)"
-        )
-
-
-def _load_state(path: Path, cfg: TrainConfig) -> dict[str, Any]:
-    """``state.pt`` for --resume, loaded with ``weights_only=True`` and checked against ``cfg``; a corrupt file, one
-    from an older edgeattn (pickled numpy RNG state) or a run with other settings is one clear error."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many types for a bad file; every one means "cannot resume"
-        raise EdgeAttnError(
-            f"--resume: '{path}' cannot be read ({type(err).__name__}: corrupt, or written by an older edgeattn); "
-            "rerun with --force to start over"
-        ) from None
-    if not isinstance(state, dict) or any(k not in state for k in STATE_KEYS):
-        raise EdgeAttnError(f"--resume: '{path}' is not a QAT state file; rerun with --force to start over")
-    # a state.pt from before it recorded data_path: the run's checkpoint of the same epoch has it
-    data_path = state.get("data_path") or _checkpoint_data_path(path.parent / "qat_last.pt")
-    _check_resume_config(state["config"], cfg, path, data_path)
-    return state
-
-
-def _checkpoint_data_path(path: Path) -> str | None:
-    """The ``data_path`` a run's checkpoint records; ``None`` where it records none or cannot be read."""
-    try:
-        return read_checkpoint_file(path)["meta"].get("data_path")
-    except EdgeAttnError:
-        return None
-
-
-def _state_fingerprint(state: dict[str, Any], out_dir: Path) -> str | None:
-    """The data fingerprint a run's ``state.pt`` records, else its ``qat_last.pt`` of the same epoch (a state.pt
-    from before it recorded one); ``None`` where neither does."""
-    if state.get("data_fingerprint"):
-        return state["data_fingerprint"]
-    try:
-        return read_checkpoint_file(out_dir / "qat_last.pt")["meta"].get("data_fingerprint")
-    except EdgeAttnError:
-        return None
-
-
-def _check_same_content(recorded: str | None, info: dict[str, Any], what: str) -> None:
-    """Refuse data whose content is not what a run or checkpoint was trained on: ``recorded`` (its
-    ``data_fingerprint``) against this data's (``info``). Nothing to compare for built-in data or a record from
-    before fingerprints (its classes are compared in :func:`_check_fp_meta`)."""
-    now = info.get("data_fingerprint")
-    if recorded is not None and now is not None and recorded != now:
-        raise EdgeAttnError(
-            f"{what} was trained on other content of this data: files were replaced, added, removed or renamed "
-            "since (its data fingerprint differs); restore the data, or train a new model on it (a new run "
-            "without that checkpoint)"
-        )
-
-
-def _is_image_folder(cfg: TrainConfig) -> bool:
-    """Whether ``cfg.data`` is a user's image folder (the data that ``resize`` applies to)."""
-    return cfg.data not in BUILTIN_DATA and Path(cfg.data).is_dir()
-
-
-def _same_data(a: Any, b: str) -> bool:
-    """Whether two ``data`` settings name the same data ('digits', 'stdlib', or the same path however spelled)."""
-    if a == b:
-        return True
-    if not isinstance(a, str) or a in BUILTIN_DATA or b in BUILTIN_DATA:
-        return False
-    return Path(a).resolve() == Path(b).resolve()
-
-
-def _check_fp_meta(
-    meta: dict[str, Any],
-    source: str,
-    cfg: TrainConfig,
-    kwargs: dict[str, Any],
-    split: dict[str, Any],
-    warn: bool,
-    info: dict[str, Any] | None = None,
-) -> None:
-    """Refuse an FP checkpoint that is not the model this run describes, that was trained on another train/val
-    split or whose class names (``meta["classes"]``, where recorded) are not the data's (``info["classes"]``): the
-    same folder with a class renamed has the same count, so labels would silently mean other classes. Warn about
-    one from an older edgeattn that does not record its split."""
-    if meta.get("quant"):
-        raise EdgeAttnError(f"fp_checkpoint '{source}' is quantized; give a float checkpoint")
-    if meta.get("model") != cfg.model:
-        raise EdgeAttnError(
-            f"fp_checkpoint '{source}' holds a '{meta.get('model')}' model, this run is for '{cfg.model}'; "
-            f"set model: {meta.get('model')} (and its model_kwargs) or use another checkpoint"
-        )
-    # compared in JSON form: a checkpoint keeps tuples where a YAML config gives lists. An approximation left out
-    # is the factories' default, 'exact' (model_kwargs_for names only the others)
-    saved_kwargs, run_kwargs = dict(meta.get("model_kwargs") or {}), dict(kwargs)
-    for key in ("softmax", "gelu"):
-        if (key in saved_kwargs) != (key in run_kwargs):
-            saved_kwargs.setdefault(key, "exact")
-            run_kwargs.setdefault(key, "exact")
-    diff = _difference(_as_json({"model_kwargs": saved_kwargs}), _as_json({"model_kwargs": run_kwargs}))
-    if diff is not None:
-        key, was, now = diff
-        raise EdgeAttnError(
-            f"fp_checkpoint '{source}' was built with {key}={was!r}, this run has {now!r} (model_kwargs, "
-            "the profile's approx, img_size, in_chans, seq_len and the data's classes must match)"
-        )
-    for op in ("softmax", "gelu"):  # methods set after construction, which save_checkpoint records
-        saved_methods = (meta.get("approximations") or {}).get(op)
-        if saved_methods and saved_methods != [run_kwargs.get(op, "exact")]:
-            raise EdgeAttnError(
-                f"fp_checkpoint '{source}' computes {op} {', '.join(saved_methods)}, this run builds "
-                f"{run_kwargs.get(op, 'exact')!r} (the profile's approx and model_kwargs must match)"
-            )
-    # "data" as given (relative to the folder that run started in) or "data_path" (made absolute then): either
-    # naming this run's data will do; the classes and split checks below still apply
-    saved_data = [d for d in (meta.get("data"), meta.get("data_path")) if d is not None]
-    if saved_data and not any(_same_data(d, cfg.data) for d in saved_data):  # none: an older edgeattn
-        raise EdgeAttnError(
-            f"fp_checkpoint '{source}' was trained on data '{saved_data[-1]}', this run uses '{cfg.data}'"
-        )
-    # a checkpoint that names its data was written by edgeattn qat, which stretched images before resize existed; one
-    # that names none (saved from the Python API) says nothing about how its images were prepared
-    was = meta.get("resize", LEGACY_RESIZE)
-    if saved_data and _is_image_folder(cfg) and was != cfg.resize:
-        raise EdgeAttnError(
-            f"fp_checkpoint '{source}' was trained on images brought to img_size by resize={was!r}, this run has "
-            f"resize={cfg.resize!r}; run with resize={was!r} or train a new FP model (no fp_checkpoint)"
-        )
-    saved_classes, run_classes = meta.get("classes"), (info or {}).get("classes")
-    if saved_classes is not None and run_classes is not None and list(saved_classes) != list(run_classes):
-        pairs = zip(list(saved_classes) + [None], list(run_classes) + [None], strict=False)
-        label, (was, now) = next((i, ab) for i, ab in enumerate(pairs) if ab[0] != ab[1])
-        raise EdgeAttnError(
-            f"fp_checkpoint '{source}' was trained on other classes: label {label} is {was!r} there and "
-            f"{now!r} in this data"
-        )
-    saved = meta.get("split")
-    if saved is None:
-        if warn:  # older checkpoints: still usable, but nothing says which samples the teacher saw
-            print(
-                f"warning: fp_checkpoint '{source}' does not record its train/val split (an older edgeattn wrote "
-                f"it); its validation scores are only honest if it was trained with {split}",
-                file=sys.stderr,
-            )
-        return
-    diff = _difference(_as_json(saved), _as_json(split))
-    if diff is not None:
-        key, was, now = diff
-        raise EdgeAttnError(
-            f"fp_checkpoint '{source}' was trained with {key}={was!r}, this run has {key}={now!r}: another "
-            f"train/val split, so the teacher would be evaluated on samples it was trained on; run with "
-            f"{key}={was!r} or train a new FP model (no fp_checkpoint)"
-        )
-
-
-def _as_json(value: Any) -> Any:
-    """``value`` as JSON would hold it (tuples become lists), for comparing settings saved in different forms."""
-    return json.loads(json.dumps(value, default=str))
-
-
-def _clear_run(out_dir: Path, keep: Path | None) -> None:
-    """--force: remove the previous run's files (:data:`RUN_FILES` and their leftover temp files) from ``out_dir``,
-    except ``keep`` (an --fp-checkpoint that lives there). Other files in the folder are left alone."""
-    keep = keep.resolve() if keep is not None else None
-    for name in RUN_FILES:
-        # temp files of atomic writes: ".NAME.<random>.tmp" (checkpoints), ".NAME.<random><suffix>" (JSON)
-        temps = [*out_dir.glob(f".{name}.*.tmp"), *out_dir.glob(f".{name}.*{Path(name).suffix}")]
-        for path in [out_dir / name, *temps]:
-            if path.is_file() and path.resolve() != keep:
-                path.unlink()
 
 
 def _check_quant_patterns(cfg: TrainConfig, model: nn.Module) -> None:
@@ -1734,38 +1037,6 @@ def _qat(
 
 # ---------------------------------------------------------------------------------------------- command line
 RANK_ERROR_GRACE_S = 3.0  # how long a failed rank > 0 waits for torchrun to stop it before printing its error
-FLAG_NAMES = {"num_threads": "threads", "output_dir": "output"}  # settings whose flag has another name
-
-
-def build_config(config_file: str | None = None, preset: str | None = None, **flags: Any) -> TrainConfig:
-    """Config from an optional preset, then an optional YAML file, then flags (``None`` flags are ignored)."""
-    if preset and preset not in PRESETS:
-        raise EdgeAttnError(f"unknown preset '{preset}'; presets: {', '.join(PRESETS)}")
-    data: dict[str, Any] = dict(PRESETS[preset]) if preset else {}
-    source = f"preset '{preset}'" if preset else "settings"
-    if config_file:
-        data.update(read_config_file(config_file))
-        source = f"config file '{config_file}'"
-    losses = data.get("losses")
-    if losses is not None and not isinstance(losses, dict):
-        raise EdgeAttnError(
-            f"{source}: 'losses': expected a mapping (kd, kd_alpha, entropy, distribution, ...), "
-            f"got {type(losses).__name__}"
-        )
-    losses = dict(losses or {})
-    given: dict[str, str] = {}  # setting -> the flag that set it, to name it in an error
-    for key in list(flags):
-        if key.startswith("loss_"):
-            value = flags.pop(key)
-            if value is not None:
-                losses[key[len("loss_") :]] = value
-    if losses:
-        data["losses"] = losses
-    for key, value in flags.items():
-        if value is not None:
-            data[key] = value
-            given[key] = "--" + FLAG_NAMES.get(key, key.replace("_", "-"))
-    return TrainConfig.parse(data, source, given)
 
 
 def main(argv: list[str] | None = None) -> int:
