@@ -31,7 +31,9 @@ __all__ = [
 def estimate_model(model: Any, profile: Any, layer: int | None = 0, attn_parallel: int | None = None) -> dict:
     """Analytical estimate for encoder layer ``layer`` of ``model`` (``None``: whole ViT) on ``profile``.
 
-    The model, layer and ``attn_parallel`` are checked as :func:`generate_project` checks them.
+    The model, layer and ``attn_parallel`` are checked as :func:`generate_project` checks them; an
+    ``attn_parallel`` above the model's token count is clamped to it as the generated design is (the result's
+    ``parallelism`` holds ``attn_parallel``, the slots counted, and ``attn_parallel_requested``).
     """
     from edgeattn.fpga_hls.generator import _resolve_target, model_shape
 

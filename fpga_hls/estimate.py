@@ -14,7 +14,10 @@ in the returned ``arithmetic`` lines so a reader can check it. Assumptions (docs
   steps per head, plus the exp/reciprocal pipeline depths;
 - a DSP48E2 multiplies 27 x 18 bits: an ``a x b``-bit product takes ``ceil(a/27) * ceil(b/18)`` DSPs
   (larger operand on the 27-bit port);
-- LayerNorm and residual adds process ``mac_rows`` / ``mac_cols`` elements per cycle;
+- LayerNorm and residual adds process ``mac_rows`` / ``mac_cols`` elements per cycle; a LayerNorm row adds its
+  isqrt (``ceil(var width / 2)`` iterations) and its divider (``2^(LN_F + LN_R) / s``: one quotient bit per cycle,
+  ``LN_F + LN_R + 2``, as ``D_RECIP``); its multipliers are as wide as :func:`layernorm_widths` derives;
+- ``attn_parallel`` above the token count is clamped to it (:func:`attn_slots`): more slots could never be busy;
 - a BRAM18K holds 18 Kbit as 16K x 1, 8K x 2, 4K x 4, 2K x 9, 1K x 18 or 512 x 36; a buffer partitioned into
   ``k`` banks takes ``k`` times the blocks of one bank in its cheapest shape. The activation buffers all have
   one shape (``EA_MAX_ROWS x EA_BUF_W``, :func:`buffer_width`), in :func:`buffer_banks` cyclic banks;
@@ -26,14 +29,27 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from fractions import Fraction
+from functools import lru_cache
 
-__all__ = ["LayerShape", "buffer_banks", "buffer_width", "dsp_per_mult", "estimate", "weight_column_words"]
+from edgeattn.fpga_hls.golden import LN_INV_FRAC, ln_eps_raw
+
+__all__ = [
+    "LayerNormWidths",
+    "LayerShape",
+    "attn_slots",
+    "buffer_banks",
+    "buffer_width",
+    "dsp_per_mult",
+    "estimate",
+    "layernorm_widths",
+    "weight_column_words",
+]
 
 D_MAC = 6  # MAC array pipeline depth (multiply, adder tree of 16, accumulate)
 D_EXP = 8  # exp pipeline: x*log2e multiply, table reads, 25x25 product, shift
 D_RECIP = 42  # restoring divider for 1/d (one quotient bit per cycle, 40 + 2)
 D_GELU = 5  # |x|, table read, interpolation multiply, subtract
-D_LN = 36  # isqrt (32) + divider start-up per row, not overlapped
 D_DDR = 64  # cycles from an m_axi read request to its first word: Vitis HLS schedules bursts with a default 64
 
 
@@ -51,6 +67,7 @@ class LayerShape:
     moe_layers: int = 0
     patch_dim: int = 0  # > 0: whole ViT (patch embedding + head)
     classes: int = 0
+    ln_eps: float = 1e-6  # every LayerNorm's eps: it bounds the LayerNorm's variance and 1/std (layernorm_widths)
 
 
 def buffer_width(shape: LayerShape, hls) -> int:
@@ -76,6 +93,193 @@ def dsp_per_mult(a_bits: int, b_bits: int) -> int:
     """DSP48E2 slices for an ``a x b``-bit multiplier (27 x 18 native)."""
     a, b = max(a_bits, b_bits), min(a_bits, b_bits)
     return min(math.ceil(a / 27) * math.ceil(b / 18), math.ceil(a / 18) * math.ceil(b / 27))
+
+
+def attn_slots(shape: LayerShape, hls) -> int:
+    """Query rows in flight that the design builds: the profile's (or ``--parallel``'s) ``attn_parallel``, at most
+    the token count (a slot beyond it could never hold a query)."""
+    return max(1, min(hls.attn_parallel, shape.tokens))
+
+
+# ----------------------------------------------------------------------------------- LayerNorm datapath widths
+@dataclass(frozen=True)
+class LayerNormWidths:
+    """Worst-case bit widths of the LayerNorm datapath (``ea_layernorm.h``, docs/hls.md "LayerNorm widths").
+
+    Signed widths (two's complement) except ``var``, ``s`` and ``inv``, which are unsigned. ``ranges`` holds the
+    integer bounds ``(lo, hi)`` each width is derived from: every value the golden model's LayerNorm computes, for
+    any activations and any gamma/beta of the activation type, lies inside them.
+    """
+
+    sum: int
+    mean: int
+    d: int
+    e: int
+    e2: int  # e * e
+    sq: int  # sum of e * e
+    var: int
+    sqrt_iters: int  # bit-serial isqrt iterations: ceil(var / 2)
+    s: int  # isqrt(var)
+    inv: int  # 2^(LN_F + LN_R) / s
+    dinv: int  # d * inv
+    yn: int  # (d * inv) >> LN_R
+    yg: int  # yn * gamma
+    z: int  # ((yn * gamma) >> ACT_F) + beta, before the wrap to the activation width
+    ranges: dict[str, tuple[int, int]]
+
+    def defines(self) -> list[tuple[str, int, str]]:
+        """``(macro, value, comment)`` for parameters.h: the ``EA_LN_*_W`` widths and the isqrt iteration count."""
+        names = [
+            ("SUM", "sum(x)"), ("MEAN", "floor(sum / D)"), ("D", "d = x - mean"), ("E", "e = d >> (ACT_F - LN_F)"),
+            ("E2", "e * e"), ("SQ", "sum(e * e)"), ("VAR", "var (unsigned)"), ("S", "s = isqrt(var) (unsigned)"),
+            ("INV", "inv = 2^(LN_F + LN_R) / s (unsigned)"), ("DINV", "d * inv"), ("YN", "yn = (d * inv) >> LN_R"),
+            ("YG", "yn * gamma"), ("Z", "(yn * gamma >> ACT_F) + beta"),
+        ]  # fmt: skip
+        out = [(f"EA_LN_{key}_W", getattr(self, key.lower()), f"LayerNorm {what}") for key, what in names]
+        out.append(("EA_LN_SQRT_ITERS", self.sqrt_iters, "isqrt iterations: ceil(EA_LN_VAR_W / 2)"))
+        return out
+
+
+def _sbits(lo: int, hi: int) -> int:
+    """Smallest two's-complement width holding every integer in ``[lo, hi]``."""
+    w = 1
+    while lo < -(1 << (w - 1)) or hi > (1 << (w - 1)) - 1:
+        w += 1
+    return w
+
+
+def _ubits(hi: int) -> int:
+    """Smallest unsigned width holding ``0 .. hi``."""
+    return max(1, int(hi).bit_length())
+
+
+def _shift(v: int, s: int) -> int:
+    """``v >> s`` (floor), a left shift for negative ``s`` (golden.py's ``_shift`` on one integer)."""
+    return v >> s if s >= 0 else v << (-s)
+
+
+def _sqrt_hi(v: Fraction) -> Fraction:
+    """A rational upper bound of ``sqrt(v)`` (``v >= 0``), within ``2^-32`` of it."""
+    scaled = math.ceil(v * (1 << 64))
+    return Fraction(math.isqrt(scaled) + 1, 1 << 32)
+
+
+def _sum_sq_bound(dim: int, x_lo: int, x_hi: int, sh: int) -> int:
+    """Upper bound of ``sum(e^2)`` over a row of ``dim`` activations in ``[x_lo, x_hi]``.
+
+    ``d = x - floor(mean)``: ``sum(d^2) = sum((x - mu)^2) + D (mu - mean)^2 <= D (x_hi - x_lo)^2 / 4 + (D-1)^2 / D``
+    (the spread of values in an interval is at most half its width; ``mu - mean < 1``). ``e = floor(d / 2^sh)``
+    gives ``|e| <= |d| / 2^sh + (1 - 2^-sh)``, so by the triangle inequality on the vectors
+    ``sqrt(sum(e^2)) <= sqrt(sum(d^2)) / 2^sh + (1 - 2^-sh) sqrt(D)``.
+    """
+    sum_d2 = Fraction(dim * (x_hi - x_lo) ** 2, 4) + Fraction((dim - 1) ** 2, dim)
+    if sh < 0:  # e = d << -sh exactly
+        return math.floor(sum_d2 * (1 << (-2 * sh)))
+    slack = 1 - Fraction(1, 1 << sh)
+    return math.floor((_sqrt_hi(sum_d2) / (1 << sh) + slack * _sqrt_hi(Fraction(dim))) ** 2)
+
+
+def _dinv_bound(dim: int, frac: int, ln_f: int, eps_raw: int, s_hi: int, d_abs: int) -> int:
+    """Upper bound of ``|d * inv|`` over every row (d and inv together, not each at its own extreme).
+
+    A row whose ``s = isqrt(var)`` has ``var <= s^2 + 2s``, so ``sum(e^2) <= D (s^2 + 2s + 1 - eps_raw) - 1``
+    and ``|e| <= isqrt`` of that; ``|d| <= 2^sh |e| + 2^sh - 1`` (floor) and ``inv = floor(2^(LN_F + LN_R) / s)``.
+    That is evaluated for each ``s`` from the smallest, ``isqrt(eps_raw)``, until the continuous form
+    ``2^(ACT_F + LN_R) (sqrt(D) (s + 1) + 1) / s`` (which falls with ``s``) is no larger than the largest value so
+    far (after 2^16 steps: needs no more bits than it): it bounds every larger ``s``. (A left shift, ``sh < 0``,
+    uses the continuous form alone.)
+    """
+    sh = frac - ln_f
+    one = 1 << (ln_f + LN_INV_FRAC)
+    sqrt_d = _sqrt_hi(Fraction(dim))
+    scale = Fraction(one << sh) if sh >= 0 else Fraction(one, 1 << (-sh))
+
+    def continuous(s: int) -> int:
+        return math.floor(scale * (sqrt_d * (s + 1) + 1) / s)
+
+    s_lo = math.isqrt(eps_raw)
+    if sh < 0:
+        return continuous(s_lo)
+    best = 0
+    s = s_lo
+    while s <= s_hi and s - s_lo < (1 << 20):
+        bound = continuous(s)
+        if bound <= best or (s - s_lo >= (1 << 16) and _sbits(-bound, bound) <= _sbits(-best, best)):
+            return max(best, bound)  # bounds every s from here on (in no more bits than best)
+        q = dim * (s * s + 2 * s + 1 - eps_raw) - 1
+        if q >= 0:
+            best = max(best, min(d_abs, (math.isqrt(q) << sh) + (1 << sh) - 1) * (one // s))
+        s += 1
+    return max(best, continuous(s))
+
+
+@lru_cache(maxsize=64)
+def layernorm_widths(formats, dim: int, eps: float = 1e-6) -> LayerNormWidths:
+    """Exact worst-case widths of the LayerNorm's intermediates for ``formats`` (an ``HLSFormats``) at ``dim``.
+
+    The inputs, gamma and beta may be any value of the activation type ``ap_fixed<act_width, act_int>``; ``eps``
+    (with ``LN_F`` fraction bits twice: ``EA_LN_EPS_RAW``) fixes the smallest variance. Each intermediate's range
+    follows from the previous ones (docs/hls.md, "LayerNorm widths"); ``sum(e^2)`` and ``d * inv`` use the joint
+    bounds of :func:`_sum_sq_bound` and :func:`_dinv_bound`, the others are attained by some row.
+    """
+    a, frac, ln_f, r = formats.act_width, formats.act_frac, formats.ln_frac(dim), LN_INV_FRAC
+    sh = frac - ln_f
+    eps_raw = ln_eps_raw(eps, ln_f)
+    x_lo, x_hi = -(1 << (a - 1)), (1 << (a - 1)) - 1
+    rg: dict[str, tuple[int, int]] = {"sum": (dim * x_lo, dim * x_hi), "mean": (x_lo, x_hi)}
+    # d is largest for one x at the top and every other at the bottom (the floor of the mean only lowers it)
+    d_hi = x_hi - (x_hi + (dim - 1) * x_lo) // dim
+    d_lo = x_lo - (x_lo + (dim - 1) * x_hi) // dim
+    rg["d"] = (d_lo, d_hi)
+    rg["e"] = (_shift(d_lo, sh), _shift(d_hi, sh))
+    e2_hi = max(v * v for v in rg["e"])
+    rg["e2"] = (0, e2_hi)
+    rg["sq"] = (0, min(dim * e2_hi, _sum_sq_bound(dim, x_lo, x_hi, sh)))
+    rg["var"] = (eps_raw, rg["sq"][1] // dim + eps_raw)
+    rg["s"] = (math.isqrt(rg["var"][0]), math.isqrt(rg["var"][1]))
+    one = 1 << (ln_f + r)
+    rg["inv"] = (one // rg["s"][1], one // rg["s"][0])
+    d_abs = max(-d_lo, d_hi)
+    dinv = min(d_abs * rg["inv"][1], _dinv_bound(dim, frac, ln_f, eps_raw, rg["s"][1], d_abs))
+    rg["dinv"] = (max(-dinv, d_lo * rg["inv"][1]), min(dinv, d_hi * rg["inv"][1]))
+    rg["yn"] = (rg["dinv"][0] >> r, rg["dinv"][1] >> r)
+    corners = [y * g for y in rg["yn"] for g in (x_lo, x_hi)]
+    rg["yg"] = (min(corners), max(corners))
+    rg["z"] = ((rg["yg"][0] >> frac) + x_lo, (rg["yg"][1] >> frac) + x_hi)
+    var_w = _ubits(rg["var"][1])
+    return LayerNormWidths(
+        sum=_sbits(*rg["sum"]),
+        mean=_sbits(*rg["mean"]),
+        d=_sbits(*rg["d"]),
+        e=_sbits(*rg["e"]),
+        e2=_sbits(*rg["e2"]),
+        sq=_sbits(*rg["sq"]),
+        var=var_w,
+        sqrt_iters=math.ceil(var_w / 2),
+        s=_ubits(rg["s"][1]),
+        inv=_ubits(rg["inv"][1]),
+        dinv=_sbits(*rg["dinv"]),
+        yn=_sbits(*rg["yn"]),
+        yg=_sbits(*rg["yg"]),
+        z=_sbits(*rg["z"]),
+        ranges=rg,
+    )
+
+
+def layernorm_dsp(w: LayerNormWidths, act_width: int) -> dict[str, int]:
+    """DSP48E2 slices of one LayerNorm lane's three multipliers at the derived widths (``inv`` is unsigned: one
+    more bit as a signed operand)."""
+    return {
+        "e*e": dsp_per_mult(w.e, w.e),
+        "d*inv": dsp_per_mult(w.d, w.inv + 1),
+        "yn*gamma": dsp_per_mult(w.yn, act_width),
+    }
+
+
+def layernorm_row_latency(w: LayerNormWidths, ln_f: int) -> int:
+    """Cycles a row spends outside its three lane loops: the isqrt, then the divider ``2^(LN_F + LN_R) / s``
+    (one quotient bit per cycle + 2, like ``D_RECIP``)."""
+    return w.sqrt_iters + ln_f + LN_INV_FRAC + 2
 
 
 BRAM18K_SHAPES = ((1, 16384), (2, 8192), (4, 4096), (9, 2048), (18, 1024), (36, 512))  # (width, depth)
@@ -108,9 +312,11 @@ def estimate(shape: LayerShape, hls, formats) -> dict:
     """
     n, d, h, f = shape.tokens, shape.dim, shape.heads, shape.hidden
     hd = d // h
-    r, c, p = hls.mac_rows, hls.mac_cols, hls.attn_parallel
+    r, c, p = hls.mac_rows, hls.mac_cols, attn_slots(shape, hls)
     lines: list[str] = []
     cyc: dict[str, int] = {}
+    if p != hls.attn_parallel:
+        lines.append(f"attention slots P = min(attn_parallel {hls.attn_parallel}, tokens {n}) = {p}")
 
     qkv = _linear_cycles(n, d, 3 * d, r, c)
     proj = _linear_cycles(n, d, d, r, c)
@@ -128,8 +334,15 @@ def estimate(shape: LayerShape, hls, formats) -> dict:
         f"attention = heads * (2*(steps + D_exp {D_EXP}) + D_recip {D_RECIP}) = "
         f"{h}*(2*({steps}+{D_EXP})+{D_RECIP}) = {attn}"
     )
-    ln = 2 * n * (3 * math.ceil(d / r) + D_LN)
-    lines.append(f"layernorm x2 = 2 * n * (3 passes * ceil(D/{r} lanes) + {D_LN}) = {ln}")
+    lnw = layernorm_widths(formats, d, shape.ln_eps)
+    ln_f = formats.ln_frac(d)
+    d_ln = layernorm_row_latency(lnw, ln_f)
+    ln = 2 * n * (3 * math.ceil(d / r) + d_ln)
+    lines.append(
+        f"layernorm row = 3 passes * ceil(D/{r} lanes) + isqrt {lnw.sqrt_iters} (var {lnw.var} bits) + divider "
+        f"{ln_f + LN_INV_FRAC + 2} (2^{ln_f + LN_INV_FRAC} / s); layernorm x2 = 2 * n * (3 * {math.ceil(d / r)} "
+        f"+ {d_ln}) = {ln}"
+    )
     resid = 2 * n * math.ceil(d / c)
     lines.append(f"residual adds = 2 * n * ceil(D/{c} lanes) = {resid}")
     dense_mlp = _linear_cycles(n, d, f, r, c) + D_GELU + _linear_cycles(n, f, d, r, c)
@@ -165,7 +378,7 @@ def estimate(shape: LayerShape, hls, formats) -> dict:
     if shape.patch_dim:
         gather = (n - 1) * shape.patch_dim
         embed = gather + _linear_cycles(n - 1, shape.patch_dim, d, r, c) + n * d
-        head = (3 * math.ceil(d / r) + D_LN) + _linear_cycles(1, d, shape.classes, r, c)
+        head = (3 * math.ceil(d / r) + d_ln) + _linear_cycles(1, d, shape.classes, r, c)
         cyc.update(patch_embed=embed, head=head)
         total += embed + head
         lines.append(
@@ -191,20 +404,22 @@ def estimate(shape: LayerShape, hls, formats) -> dict:
     aw, ww = formats.act_width, formats.weight_width
     qk_bits = formats.act_int + 16
     dsp_mac = dsp_per_mult(aw, ww)
+    ln_dsp = layernorm_dsp(lnw, aw)
     dsp = {
         "mac_array": r * c * dsp_mac,
         "attention_qk": p * hd * dsp_per_mult(qk_bits, qk_bits),
         "attention_av": p * hd * dsp_per_mult(formats.prob_frac, aw),
         "softmax_exp": 2 * p * (dsp_per_mult(25, 25) + dsp_per_mult(17, 25) + dsp_per_mult(17, 25)),
         "gelu": c * dsp_per_mult(18, 18),
-        "layernorm": r * (1 + 2 * dsp_per_mult(32, 32)),  # per lane: e^2, d*inv, y*gamma
+        "layernorm": r * sum(ln_dsp.values()),  # per lane: e*e, d*inv, yn*gamma at the derived widths
     }
     dsp["total"] = sum(dsp.values())
     lines.append(
         f"DSP: MAC array {r}x{c} x {dsp_mac} ({aw}x{ww}-bit) = {dsp['mac_array']}; q.k {p}x{hd} x "
         f"{dsp_per_mult(qk_bits, qk_bits)} ({qk_bits}x{qk_bits}) = {dsp['attention_qk']}; A.V {p}x{hd} x "
         f"{dsp_per_mult(formats.prob_frac, aw)} = {dsp['attention_av']}; exp/prob {dsp['softmax_exp']}; "
-        f"GELU {dsp['gelu']}; LayerNorm {r} lanes {dsp['layernorm']}; "
+        f"GELU {dsp['gelu']}; LayerNorm {r} lanes x (e*e {lnw.e}x{lnw.e} {ln_dsp['e*e']} + d*inv "
+        f"{lnw.d}x{lnw.inv + 1} {ln_dsp['d*inv']} + yn*gamma {lnw.yn}x{aw} {ln_dsp['yn*gamma']}) = {dsp['layernorm']}; "
         f"total {dsp['total']} of {hls.dsp_budget}"
     )
     width, banks = buffer_width(shape, hls), buffer_banks(shape, hls)
@@ -265,7 +480,9 @@ def estimate(shape: LayerShape, hls, formats) -> dict:
     )
     return {
         "shape": shape.__dict__,
-        "parallelism": {"mac_rows": r, "mac_cols": c, "attn_parallel": p},
+        # attn_parallel: the slots built; attn_parallel_requested: the profile's or --parallel's (more than the
+        # tokens is clamped to them)
+        "parallelism": {"mac_rows": r, "mac_cols": c, "attn_parallel": p, "attn_parallel_requested": hls.attn_parallel},
         "clock_mhz": clock,
         "macs": macs,
         "cycles": cyc,

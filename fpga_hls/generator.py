@@ -34,7 +34,15 @@ from typing import Any
 
 import numpy as np
 from edgeattn.fpga_hls import golden as G
-from edgeattn.fpga_hls.estimate import LayerShape, buffer_banks, buffer_width, estimate, weight_column_words
+from edgeattn.fpga_hls.estimate import (
+    LayerShape,
+    attn_slots,
+    buffer_banks,
+    buffer_width,
+    estimate,
+    layernorm_widths,
+    weight_column_words,
+)
 from edgeattn.fpga_hls.extract import (
     SUPPORTED_SHAPE,
     check_vit,
@@ -208,6 +216,7 @@ def model_shape(net: Any, layer: int | None) -> LayerShape:
         moe_layers=len(moe),
         patch_dim=int(net.patch_embed.weight[0].numel()) if layer is None else 0,
         classes=int(net.head.out_features) if layer is None else 0,
+        ln_eps=float(blocks[0].norm1.eps),
     )
 
 
@@ -380,7 +389,9 @@ def generate_project(
         layer: which encoder layer becomes ``encoder_layer_top``; ``None`` builds ``vit_top`` for the model.
         vectors: number of test vectors (images through the model).
         seed: seed of the random test images, and of a registry model's weights when ``model`` is a name.
-        attn_parallel: query rows in flight (default: the profile's ``hls.attn_parallel``).
+        attn_parallel: query rows in flight (default: the profile's ``hls.attn_parallel``); more than the model's
+            tokens is clamped to the token count (a slot beyond it could never be busy), and both figures are
+            recorded (``estimate["parallelism"]``: ``attn_parallel``, ``attn_parallel_requested``).
         formats: override the profile's widths (for width sweeps).
         force: replace an existing ``out_dir``.
         model_name: name recorded in the project (default: the registry name or class name).
@@ -455,6 +466,8 @@ def generate_project(
 
     shape = model_shape(net, layer)
     est = estimate(shape, hls, fmt)
+    requested = hls.attn_parallel
+    hls = hls.model_copy(update={"attn_parallel": attn_slots(shape, hls)})  # what the design builds
     top = "vit_top" if layer is None else "encoder_layer_top"
     part = net if layer is None else net.blocks[layer]
     label, bits = reference_label(net, fmt, reference, part)
@@ -480,6 +493,7 @@ def generate_project(
             "scores": stats.scores,
             "max_abs": stats.max_abs,
             "attn_parallel": hls.attn_parallel,
+            "attn_parallel_requested": requested,
             "part": hls.part,
             "clock_mhz": hls.clock_mhz,
             "profile": prof.name,
@@ -562,6 +576,7 @@ def _parameters_h(
         ("EA_LN_F", ln_f, "LayerNorm centred-value fraction bits"),
         ("EA_LN_R", G.LN_INV_FRAC, "LayerNorm 1/std fraction bits"),
         ("EA_LN_EPS_RAW", G.ln_eps_raw(eps, ln_f), f"LayerNorm eps {eps:g}"),
+        *layernorm_widths(fmt, s.dim, eps).defines(),
         ("EA_ATTN_P", hls.attn_parallel, "query rows in flight"),
         ("EA_MAC_R", hls.mac_rows, "MAC array rows (inputs per cycle)"),
         ("EA_MAC_C", hls.mac_cols, "MAC array columns (outputs per cycle)"),

@@ -173,6 +173,19 @@ def _notes(info: Any, meta: dict | None, checkpoint: Path | None) -> list[str]:
     return _token_adaptive_note(meta) + _approx_note(info, meta) + _requantized_note(info)
 
 
+def _parallel_note(info: Any, parallel: int | None) -> list[str]:
+    """One line when the query rows in flight asked for exceed the model's tokens (the design builds fewer)."""
+    par = info.estimate["parallelism"]
+    used, asked = par["attn_parallel"], par["attn_parallel_requested"]
+    if used == asked:
+        return []
+    source = f"--parallel {asked}" if parallel is not None else f"the profile's attn_parallel {asked}"
+    return [
+        f"{source} is more than the model's {info.shape.tokens} tokens: the design keeps {used} query rows in "
+        f"flight (a slot beyond the token count could never be busy)"
+    ]
+
+
 def _reference_phrase(info: Any) -> str:
     """What the golden model was compared with, for the summary lines."""
     bits = info.reference_bits
@@ -220,7 +233,7 @@ def hls(
         "design computes) or 'checkpoint' (its fake-quant model, activation quantizers on).",
     ),
     parallel: int | None = typer.Option(
-        None, "--parallel", help="Query rows in flight (default: the profile's)."
+        None, "--parallel", help="Query rows in flight (default: the profile's); at most the model's tokens."
     ),
     seed: int = typer.Option(0, "--seed", help="Seed of random test images (and of the random weights)."),
     sets: list[str] = typer.Option(
@@ -301,7 +314,7 @@ def hls(
             reference=reference,
         )
     summary = info.to_json()
-    for note in _notes(info, meta, checkpoint):
+    for note in _parallel_note(info, parallel) + _notes(info, meta, checkpoint):
         console.print(f"note: {note}", highlight=False, soft_wrap=True, markup=False)
     vs = _reference_phrase(info)
     console.print(f"test vectors: {info.vectors_source['description']}", highlight=False, soft_wrap=True)

@@ -5,6 +5,10 @@
 //   e = d >> (ACT_F - LN_F);  var = floor(sum(e^2) / D) + eps      (LN_F fraction bits, var: 2*LN_F)
 //   s = isqrt(var);  inv = floor(2^(LN_F + LN_R) / s)                (1/std with LN_R fraction bits)
 //   y = (d * inv) >> LN_R;  out = act(((y * gamma) >> ACT_F) + beta)
+//
+// Every intermediate is exactly as wide as its worst case over any activations, gamma and beta of the
+// activation type (EA_LN_*_W in parameters.h, derived by fpga_hls/estimate.py layernorm_widths), so each
+// multiplier is only as wide as its operands need (docs/hls.md, "LayerNorm widths").
 #ifndef EA_LAYERNORM_H
 #define EA_LAYERNORM_H
 
@@ -12,22 +16,36 @@
 
 namespace ea {
 
-typedef ap_int<64> wide_t;
-typedef ap_uint<64> uwide_t;
+typedef ap_int<EA_LN_SUM_W> ln_sum_t;    // sum(x)
+typedef ap_int<EA_LN_MEAN_W> ln_mean_t;  // floor(sum / D)
+typedef ap_int<EA_LN_D_W> ln_d_t;        // d = x - mean
+typedef ap_int<EA_LN_E_W> ln_e_t;        // e = d >> (ACT_F - LN_F)
+typedef ap_int<EA_LN_E2_W> ln_e2_t;      // e * e
+typedef ap_int<EA_LN_SQ_W> ln_sq_t;      // sum(e * e)
+typedef ap_uint<EA_LN_VAR_W> ln_var_t;   // floor(sum(e * e) / D) + eps
+typedef ap_uint<EA_LN_S_W> ln_s_t;       // isqrt(var)
+typedef ap_uint<EA_LN_INV_W> ln_inv_t;   // 2^(LN_F + LN_R) / s
+typedef ap_int<EA_LN_DINV_W> ln_dinv_t;  // d * inv
+typedef ap_int<EA_LN_YN_W> ln_yn_t;      // (d * inv) >> LN_R
+typedef ap_int<EA_LN_YG_W> ln_yg_t;      // yn * gamma
+typedef ap_int<EA_LN_Z_W> ln_z_t;        // (yn * gamma >> ACT_F) + beta, before the wrap to act_t
 
 // floor(a / b) for b > 0 (C++ '/' rounds toward zero).
-inline wide_t floor_div(wide_t a, int b) {
+template <int W>
+inline ap_int<W> floor_div(ap_int<W> a, int b) {
 #pragma HLS INLINE
-    wide_t q = a / b;
+    ap_int<W> q = a / b;
     if (a < 0 && q * b != a) q -= 1;
     return q;
 }
 
-// floor(sqrt(v)), bit by bit: 32 fixed iterations, no multiplier.
-inline uwide_t isqrt64(uwide_t v) {
-    uwide_t rem = v, root = 0, bit = uwide_t(1) << 62;
+// floor(sqrt(v)), bit by bit: EA_LN_SQRT_ITERS = ceil(EA_LN_VAR_W / 2) fixed iterations, no multiplier.
+// rem <= v < 2^(2 ITERS) and root < 2^(2 ITERS - 1) throughout, so 2 ITERS bits hold both.
+inline ln_s_t ln_isqrt(ln_var_t v) {
+    typedef ap_uint<2 * EA_LN_SQRT_ITERS> sqrt_work_t;
+    sqrt_work_t rem = v, root = 0, bit = sqrt_work_t(1) << (2 * EA_LN_SQRT_ITERS - 2);
 ISQRT:
-    for (int i = 0; i < 32; i++) {
+    for (int i = 0; i < EA_LN_SQRT_ITERS; i++) {
 #pragma HLS PIPELINE II=1
         if (rem >= root + bit) {
             rem -= root + bit;
@@ -37,7 +55,7 @@ ISQRT:
         }
         bit = bit >> 2;
     }
-    return root;
+    return ln_s_t(root);
 }
 
 // One function for every LayerNorm of the design (all are EA_DIM wide): the tops allow one instance of it.
@@ -48,33 +66,35 @@ inline void layernorm(const act_buf_t x, act_buf_t y, int n_rows, const araw_t g
     const int sh = ACT_F - EA_LN_F;
 ROWS:
     for (int r = 0; r < n_rows; r++) {
-        wide_t sum = 0;
+        ln_sum_t sum = 0;
     SUM:  // EA_MAC_R lanes per cycle; the integer sums are exact, so the adder tree's order does not matter
         for (int j = 0; j < D; j++) {
 #pragma HLS PIPELINE II=1
 #pragma HLS UNROLL factor=EA_MAC_R
-            sum += wide_t(act_raw(x[r][j]));
+            sum += act_raw(x[r][j]);
         }
-        wide_t mean = floor_div(sum, D);
-        wide_t sq = 0;
+        ln_mean_t mean = floor_div(sum, D);
+        ln_sq_t sq = 0;
     VAR:
         for (int j = 0; j < D; j++) {
 #pragma HLS PIPELINE II=1
 #pragma HLS UNROLL factor=EA_MAC_R
-            wide_t d = wide_t(act_raw(x[r][j])) - mean;
-            wide_t e = sh >= 0 ? wide_t(d >> sh) : wide_t(d << (-sh));
-            sq += e * e;
+            ln_d_t d = act_raw(x[r][j]) - mean;
+            ln_e_t e = sh >= 0 ? ln_e_t(d >> sh) : ln_e_t(ln_e_t(d) << (-sh));
+            sq += ln_e2_t(e * e);
         }
-        uwide_t var = uwide_t(floor_div(sq, D)) + uwide_t(EA_LN_EPS_RAW);
-        uwide_t s = isqrt64(var);
-        wide_t inv = wide_t((uwide_t(1) << (EA_LN_F + EA_LN_R)) / s);
+        ln_var_t var = ln_var_t(floor_div(sq, D)) + ln_var_t(EA_LN_EPS_RAW);
+        ln_s_t s = ln_isqrt(var);
+        ln_inv_t inv = ln_inv_t((ap_uint<EA_LN_F + EA_LN_R + 1>(1) << (EA_LN_F + EA_LN_R)) / s);
     NORM:
         for (int j = 0; j < D; j++) {
 #pragma HLS PIPELINE II=1
 #pragma HLS UNROLL factor=EA_MAC_R
-            wide_t d = wide_t(act_raw(x[r][j])) - mean;
-            wide_t yn = (d * inv) >> EA_LN_R;
-            wide_t z = ((yn * wide_t(gamma[j])) >> ACT_F) + wide_t(beta[j]);
+            ln_d_t d = act_raw(x[r][j]) - mean;
+            ln_dinv_t p = d * inv;
+            ln_yn_t yn = p >> EA_LN_R;
+            ln_yg_t yg = yn * ap_int<EA_ACT_W>(gamma[j]);
+            ln_z_t z = (yg >> ACT_F) + ap_int<EA_ACT_W>(beta[j]);
             act_t out;
             out.range(EA_ACT_W - 1, 0) = z.range(EA_ACT_W - 1, 0);  // wrap to the activation width
             y[r][j] = out;
