@@ -81,7 +81,7 @@ def compile_testbench(project_dir: str | Path, *, cxx: str | None = None, timeou
     os.close(fd)
     cmd = [
         compiler,
-        "-O2",
+        "-O3",  # -O2 leaves the 65-bit ap_private adds of the MAC accumulator out of line: 25% slower runs
         "-std=c++14",
         "-w",
         "-I",
