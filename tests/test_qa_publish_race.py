@@ -204,7 +204,7 @@ def test_hls_project_race_is_refused_and_force_still_replaces(tmp_path, monkeypa
     torch.manual_seed(0)
     net = create_model("edge_moe_vit", embed_dim=32, depth=2, num_heads=2, img_size=16, patch_size=4).eval()
     out = tmp_path / "prj"
-    write = gen_mod._write_project
+    write = gen_mod.write_project
 
     def racing(dst, *args, **kwargs):
         write(dst, *args, **kwargs)
@@ -212,7 +212,7 @@ def test_hls_project_race_is_refused_and_force_still_replaces(tmp_path, monkeypa
             out.mkdir()
             (out / "project.json").write_text("the other run\n")
 
-    monkeypatch.setattr(gen_mod, "_write_project", racing)
+    monkeypatch.setattr(gen_mod, "write_project", racing)
     with pytest.raises(OutputTakenError) as info:
         generate_project(net, "zcu102-hls", out, layer=0, vectors=1)
     assert str(info.value) == _taken(out) and info.value.exit_code == 2
