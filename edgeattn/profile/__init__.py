@@ -7,8 +7,10 @@ Python API::
     render_table(report)            # rich tables on the console
     plot_report(report, "lat.png")  # latency distributions + per-layer stacked bars
 
-Modules: :mod:`~edgeattn.profile.runners` (one runner per runtime), :mod:`~edgeattn.profile.measure` (timing
-loop, statistics, interleaving), :mod:`~edgeattn.profile.layers` (per-layer breakdown in one schema),
+Modules: :mod:`~edgeattn.profile.runners` (the runner interface and ``open_runner``; one module per runtime:
+:mod:`~edgeattn.profile.ort_runner`, :mod:`~edgeattn.profile.openvino_runner`,
+:mod:`~edgeattn.profile.tensorrt_runner`, :mod:`~edgeattn.profile.coreml_runner`), :mod:`~edgeattn.profile.measure`
+(timing loop, statistics, interleaving), :mod:`~edgeattn.profile.layers` (per-layer breakdown in one schema),
 :mod:`~edgeattn.profile.macs` (MACs counted from the graph), :mod:`~edgeattn.profile.system` (host and peak),
 :mod:`~edgeattn.profile.schema` (pydantic result models), :mod:`~edgeattn.profile.plot`,
 :mod:`~edgeattn.profile.report` (terminal tables).

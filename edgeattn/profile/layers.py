@@ -209,7 +209,7 @@ def read_ort_trace(
     Node events are named ``<node>_kernel_time`` (category ``Node``); runs are delimited by the
     ``model_run`` session events. The first ``skip_runs`` runs are ignored (warm-up inside the trace).
     ``event_overhead_ms`` (the profiler's own cost inside each node event, as measured by
-    :meth:`edgeattn.profile.runners.OrtRunner.profile_layers`) is subtracted from every event, floored at 0.
+    :meth:`edgeattn.profile.ort_runner.OrtRunner.profile_layers`) is subtracted from every event, floored at 0.
     """
     events = _trace_events(trace)
     run_ends = sorted(
@@ -408,7 +408,7 @@ def ort_macs_by_precision(
     elements where they differ. The note says when that was done, or what was left out.
 
     ``node_macs`` (graph node and output tensor names -> the graph's MACs of that node, as
-    :func:`edgeattn.profile.runners.onnx_node_macs` gives) takes precedence over a kernel's shapes wherever the trace
+    :func:`edgeattn.profile.ort_runner.onnx_node_macs` gives) takes precedence over a kernel's shapes wherever the trace
     node maps back to a graph node (:func:`graph_name_candidates`): ORT's NCHWc convolutions record their channels
     padded to the SIMD block (3->24 runs as 3->32), which would count MACs the model does not have. The counts never
     exceed ``graph_macs``: where they would, they are scaled down to it.
