@@ -37,5 +37,5 @@ def estimate_model(model: Any, profile: Any, layer: int | None = 0, attn_paralle
     """
     from edgeattn.fpga_hls.generator import _resolve_target, model_shape
 
-    net, _name, _prof, hls = _resolve_target(model, profile, layer, attn_parallel)
-    return estimate(model_shape(net, layer), hls, HLSFormats.from_profile(hls))
+    net, name, _prof, hls = _resolve_target(model, profile, layer, attn_parallel)
+    return estimate(model_shape(net, layer, name), hls, HLSFormats.from_profile(hls))

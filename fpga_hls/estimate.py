@@ -89,10 +89,19 @@ def weight_column_words(shape: LayerShape, hls) -> int:
     return math.ceil(buffer_width(shape, hls) / hls.mac_rows) * hls.mac_cols
 
 
+def _dsp_tiles(bits: int, port: int) -> int:
+    """Pieces of a signed ``bits``-wide operand on a ``port``-bit signed DSP port: the top piece carries the sign
+    (``port`` bits), every lower piece is unsigned, so it uses only ``port - 1`` of them."""
+    return 1 + max(0, math.ceil((bits - port) / (port - 1)))
+
+
 def dsp_per_mult(a_bits: int, b_bits: int) -> int:
-    """DSP48E2 slices for an ``a x b``-bit multiplier (27 x 18 native)."""
-    a, b = max(a_bits, b_bits), min(a_bits, b_bits)
-    return min(math.ceil(a / 27) * math.ceil(b / 18), math.ceil(a / 18) * math.ceil(b / 27))
+    """DSP48E2 slices for a signed ``a x b``-bit multiplier: its 27 x 18 signed tiles, the cheaper orientation
+    (36 x 36 takes 2 x 3 = 6: the lower pieces are unsigned 26 and 17 bits)."""
+    return min(
+        _dsp_tiles(a_bits, 27) * _dsp_tiles(b_bits, 18),
+        _dsp_tiles(b_bits, 27) * _dsp_tiles(a_bits, 18),
+    )
 
 
 def attn_slots(shape: LayerShape, hls) -> int:
@@ -276,10 +285,21 @@ def layernorm_dsp(w: LayerNormWidths, act_width: int) -> dict[str, int]:
     }
 
 
-def layernorm_row_latency(w: LayerNormWidths, ln_f: int) -> int:
-    """Cycles a row spends outside its three lane loops: the isqrt, then the divider ``2^(LN_F + LN_R) / s``
-    (one quotient bit per cycle + 2, like ``D_RECIP``)."""
-    return w.sqrt_iters + ln_f + LN_INV_FRAC + 2
+def layernorm_mean_var_dividers(w: LayerNormWidths, dim: int) -> int:
+    """Cycles of a row's two divisions by the constant ``D``, ``floor(sum / D)`` and ``floor(sum(e^2) / D)``: none
+    when ``D`` is a power of two (a shift), else a divider each, one quotient bit per cycle + 2 (like
+    ``D_RECIP``; the quotients are ``mean`` and at most ``var`` bits wide). Vitis may instead turn a constant
+    divisor into a multiply, which would cost DSPs and save most of these cycles; no synthesis run here says."""
+    if dim & (dim - 1) == 0:
+        return 0
+    return (w.mean + 2) + (w.var + 2)
+
+
+def layernorm_row_latency(w: LayerNormWidths, ln_f: int, dim: int) -> int:
+    """Cycles a row spends outside its three lane loops: the mean and variance dividers
+    (:func:`layernorm_mean_var_dividers`), the isqrt, then the divider ``2^(LN_F + LN_R) / s`` (one quotient bit
+    per cycle + 2, like ``D_RECIP``)."""
+    return layernorm_mean_var_dividers(w, dim) + w.sqrt_iters + ln_f + LN_INV_FRAC + 2
 
 
 BRAM18K_SHAPES = ((1, 16384), (2, 8192), (4, 4096), (9, 2048), (18, 1024), (36, 512))  # (width, depth)
@@ -336,12 +356,16 @@ def estimate(shape: LayerShape, hls, formats) -> dict:
     )
     lnw = layernorm_widths(formats, d, shape.ln_eps)
     ln_f = formats.ln_frac(d)
-    d_ln = layernorm_row_latency(lnw, ln_f)
+    d_ln = layernorm_row_latency(lnw, ln_f, d)
+    d_mv = layernorm_mean_var_dividers(lnw, d)
     ln = 2 * n * (3 * math.ceil(d / r) + d_ln)
+    mean_var = (
+        f"sum/{d} and sq/{d} shifts 0" if d_mv == 0 else f"dividers sum/{d} {lnw.mean}+2 and sq/{d} {lnw.var}+2"
+    )
     lines.append(
-        f"layernorm row = 3 passes * ceil(D/{r} lanes) + isqrt {lnw.sqrt_iters} (var {lnw.var} bits) + divider "
-        f"{ln_f + LN_INV_FRAC + 2} (2^{ln_f + LN_INV_FRAC} / s); layernorm x2 = 2 * n * (3 * {math.ceil(d / r)} "
-        f"+ {d_ln}) = {ln}"
+        f"layernorm row = 3 passes * ceil(D/{r} lanes) + {mean_var} + isqrt {lnw.sqrt_iters} (var {lnw.var} bits) "
+        f"+ divider {ln_f + LN_INV_FRAC + 2} (2^{ln_f + LN_INV_FRAC} / s); layernorm x2 = 2 * n * "
+        f"(3 * {math.ceil(d / r)} + {d_ln}) = {ln}"
     )
     resid = 2 * n * math.ceil(d / c)
     lines.append(f"residual adds = 2 * n * ceil(D/{c} lanes) = {resid}")

@@ -188,14 +188,22 @@ def _resolve_target(
     return net, name, prof, hls
 
 
-def model_shape(net: Any, layer: int | None) -> LayerShape:
-    """The sizes the accelerator is built for: encoder layer ``layer`` of ``net``, or (``None``) the whole ViT."""
+def model_shape(net: Any, layer: int | None, name: str = "model") -> LayerShape:
+    """The sizes the accelerator is built for: encoder layer ``layer`` of ``net``, or (``None``) the whole ViT.
+
+    Raises EdgeAttnError (naming ``name``) when the LayerNorms it holds differ in eps: the templates build one
+    LayerNorm, its widths derived from one eps.
+    """
     from edgeattn.models.edge_moe_vit import MoEMlp
 
     blocks = list(net.blocks) if layer is None else [net.blocks[layer]]
     attn = blocks[0].attn
     moe = [b.mlp for b in blocks if isinstance(b.mlp, MoEMlp)]
     first_mlp = moe[0].experts[0] if moe else blocks[0].mlp
+    norms = [n for b in blocks for n in (b.norm1, b.norm2)] + ([net.norm] if layer is None else [])
+    eps = {float(n.eps) for n in norms}
+    if len(eps) > 1:
+        raise EdgeAttnError(f"{name}: all LayerNorms must share one eps for the templates, got {sorted(eps)}")
     return LayerShape(
         tokens=int(net.pos_embed.shape[1]),
         dim=attn.qkv.in_features,
@@ -207,7 +215,7 @@ def model_shape(net: Any, layer: int | None) -> LayerShape:
         moe_layers=len(moe),
         patch_dim=int(net.patch_embed.weight[0].numel()) if layer is None else 0,
         classes=int(net.head.out_features) if layer is None else 0,
-        ln_eps=float(blocks[0].norm1.eps),
+        ln_eps=eps.pop(),
     )
 
 
@@ -420,9 +428,8 @@ def generate_project(
     tol = resolve_tolerance(hls, (tolerance or {}).get("max_abs"), (tolerance or {}).get("min_cosine"))
     fmt = formats or G.HLSFormats.from_profile(hls)
     name = model_name or default_name
-    blocks = list(net.blocks) if layer is None else [net.blocks[layer]]
-    attn0 = blocks[0].attn
-    dim, heads = attn0.qkv.in_features, attn0.num_heads
+    shape = model_shape(net, layer, name)
+    dim, heads = shape.dim, shape.heads
     try:
         fmt.check(head_dim=dim // heads, profile=formats is None)
     except ValueError as exc:
@@ -455,7 +462,6 @@ def generate_project(
     metrics = compare(fmt.act.dequantize(gold), ref)
     approx_metrics = compare(approx_ref, ref)
 
-    shape = model_shape(net, layer)
     est = estimate(shape, hls, fmt)
     requested = hls.attn_parallel
     hls = hls.model_copy(update={"attn_parallel": attn_slots(shape, hls)})  # what the design builds

@@ -186,6 +186,10 @@ def test_dsp_per_mult_and_estimate_arithmetic():
     assert dsp_per_mult(18, 27) == 1
     assert dsp_per_mult(32, 16) == 2
     assert dsp_per_mult(26, 26) == 2
+    # a wide operand's lower pieces are unsigned: 26 bits on the 27-bit port, 17 on the 18-bit one
+    assert dsp_per_mult(36, 36) == 2 * 3  # 27 + 26 >= 36 ; 18 + 17 + 17 >= 36
+    assert dsp_per_mult(27, 36) == 1 * 3  # (36 on the 27-bit port: 2 x 27 on the 18-bit port: 2 = 4)
+    assert dsp_per_mult(44, 35) == 2 * 2 and dsp_per_mult(54, 35) == 3 * 2  # 27 + 26 = 53 < 54
     hls = load_profile("zcu102-hls").hls
     est = estimate(LayerShape(tokens=65, dim=192, heads=3, hidden=768), hls, FMT)
     # hand-computed: qkv = ceil(576/16) * (16 bias + 64 DDR latency + 12*16 weight column + 65 drain

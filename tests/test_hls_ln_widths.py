@@ -29,6 +29,7 @@ from edgeattn.fpga_hls.estimate import dsp_per_mult, layernorm_widths
 
 from edgeattn.cli import main
 from edgeattn.device_profile import load_profile
+from edgeattn.errors import EdgeAttnError
 from edgeattn.models import create_model
 
 FIELDS = ("sum", "mean", "d", "e", "e2", "sq", "var", "s", "inv", "dinv", "yn", "yg", "z")
@@ -193,8 +194,42 @@ def test_default_widths_and_the_estimates_layernorm_dsps():
     # per lane, 27 x 18 tiles: e*e 28x28 -> 2*2; d*inv 33 x 35 (inv unsigned) -> 2*2; yn*gamma 27x32 -> 1*2
     assert (dsp_per_mult(28, 28), dsp_per_mult(33, 35), dsp_per_mult(27, 32)) == (4, 4, 2)
     assert est["dsp"]["layernorm"] == 16 * (4 + 4 + 2)
-    # a row: 3 passes of ceil(192/16) = 12, isqrt 27, divider 2^41 / s: 41 + 2
-    assert est["cycles"]["layernorm"] == 2 * 65 * (3 * 12 + 27 + 43)
+    # a row: 3 passes of ceil(192/16) = 12; 192 is no power of two, so floor(sum / 192) and floor(sq / 192) are
+    # dividers, one quotient bit a cycle + 2: mean 32 + 2, var 53 + 2; isqrt 27; divider 2^41 / s: 41 + 2
+    assert est["cycles"]["layernorm"] == 2 * 65 * (3 * 12 + (32 + 2) + (53 + 2) + 27 + 43)
+
+
+def test_a_power_of_two_dim_divides_by_shifts():
+    hls = load_profile("zcu102-hls").hls
+    for dim, dividers in ((128, 0), (192, (32 + 2) + (53 + 2)), (256, 0)):
+        w = layernorm_widths(HLSFormats(), dim, 1e-6)
+        est = estimate(LayerShape(tokens=65, dim=dim, heads=2, hidden=4 * dim), hls, HLSFormats())
+        # LN_F = 17 at all three, so the 1/s divider is 2^41 / s: 41 + 2
+        assert est["cycles"]["layernorm"] == 2 * 65 * (3 * dim // 16 + dividers + w.sqrt_iters + 43), dim
+        assert ("shifts 0" in "".join(est["arithmetic"])) == (dividers == 0)
+
+
+def test_every_layernorm_must_share_one_eps(tmp_path):
+    prof = load_profile("zcu102-hls")
+    model = _small()
+    model.blocks[1].norm2.eps = 1e-5  # the other three keep 1e-6
+    got = r"all LayerNorms must share one eps for the templates, got \[1e-06, 1e-05\]"
+    with pytest.raises(EdgeAttnError, match=got):
+        estimate_model(model, prof, layer=None)
+    with pytest.raises(EdgeAttnError, match="share one eps"):
+        generate_project(model, prof, tmp_path / "p", layer=None, vectors=1)
+    assert not (tmp_path / "p").exists()
+    # one layer holds only its own two: layer 0 builds, layer 1 is refused
+    assert estimate_model(model, prof, layer=0)["shape"]["ln_eps"] == 1e-6
+    with pytest.raises(EdgeAttnError, match="share one eps"):
+        estimate_model(model, prof, layer=1)
+    # a model whose LayerNorms all say 1e-5 is estimated at 1e-5 (its larger eps bounds 1/std lower)
+    for norm in [b.norm1 for b in model.blocks] + [b.norm2 for b in model.blocks] + [model.norm]:
+        norm.eps = 1e-5
+    est = estimate_model(model, prof, layer=None)
+    assert est["shape"]["ln_eps"] == 1e-5
+    fmt = HLSFormats.from_profile(prof.hls)
+    assert layernorm_widths(fmt, 32, 1e-5).inv < layernorm_widths(fmt, 32, 1e-6).inv
 
 
 # ----------------------------------------------------------------------------------- (b) the C++ at these widths
