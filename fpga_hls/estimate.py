@@ -12,10 +12,11 @@ in the returned ``arithmetic`` lines so a reader can check it. Assumptions (docs
   (``(n - 1) patch_dim``) and token assembly (``n D``);
 - attention: two passes (Q.K^T with the online softmax, then A.V) of ``STEPS = (ceil(N/P)-1)(N+P) + P-1 + N``
   steps per head, plus the exp/reciprocal pipeline depths;
-- a DSP48E2 multiplies 27 x 18 bits: an ``a x b``-bit product takes ``ceil(a/27) * ceil(b/18)`` DSPs
-  (larger operand on the 27-bit port);
-- LayerNorm and residual adds process ``mac_rows`` / ``mac_cols`` elements per cycle; a LayerNorm row adds its
-  isqrt (``ceil(var width / 2)`` iterations) and its divider (``2^(LN_F + LN_R) / s``: one quotient bit per cycle,
+- a DSP48E2 multiplies 27 x 18 signed bits: a signed ``a x b``-bit product takes its tiles, the lower pieces of a
+  wide operand unsigned (26 and 17 bits), in the cheaper orientation (:func:`dsp_per_mult`);
+- LayerNorm and residual adds process ``mac_rows`` / ``mac_cols`` elements per cycle; a LayerNorm row adds its two
+  divisions by ``D`` (multiplies by a constant, ``D_DIV_DIM`` each; shifts for a power-of-two ``D``), its isqrt
+  (``ceil(var width / 2)`` iterations) and its divider (``2^(LN_F + LN_R) / s``: one quotient bit per cycle,
   ``LN_F + LN_R + 2``, as ``D_RECIP``); its multipliers are as wide as :func:`layernorm_widths` derives;
 - ``attn_parallel`` above the token count is clamped to it (:func:`attn_slots`): more slots could never be busy;
 - a BRAM18K holds 18 Kbit as 16K x 1, 8K x 2, 4K x 4, 2K x 9, 1K x 18 or 512 x 36; a buffer partitioned into
@@ -49,6 +50,7 @@ __all__ = [
 D_MAC = 6  # MAC array pipeline depth (multiply, adder tree of 16, accumulate)
 D_EXP = 8  # exp pipeline: x*log2e multiply, table reads, 25x25 product, shift
 D_RECIP = 42  # restoring divider for 1/d (one quotient bit per cycle, 40 + 2)
+D_DIV_DIM = 6  # LayerNorm's floor(n / D): one tiled wide multiply by a constant and a shift (as deep as D_MAC)
 D_GELU = 5  # |x|, table read, interpolation multiply, subtract
 D_DDR = 64  # cycles from an m_axi read request to its first word: Vitis HLS schedules bursts with a default 64
 
@@ -112,6 +114,27 @@ def attn_slots(shape: LayerShape, hls) -> int:
 
 # ----------------------------------------------------------------------------------- LayerNorm datapath widths
 @dataclass(frozen=True)
+class DimDivider:
+    """``floor(n / D)`` for ``0 <= n < 2^bits`` as ``(n * mult) >> shift``, with ``shift = bits + ceil(log2 D)``
+    and ``mult = ceil(2^shift / D)``: exact because ``mult * D - 2^shift < D <= 2^ceil(log2 D)`` (Granlund and
+    Montgomery 1994, theorem 4.2), so the LayerNorm divides by its width without a divider. ``mult`` has at most
+    ``bits + 2`` bits; for a power-of-two ``D`` it is ``2^bits`` and the product a shift."""
+
+    bits: int
+    mult: int
+    shift: int
+
+    def __call__(self, n: int) -> int:
+        return (n * self.mult) >> self.shift
+
+
+def dim_divider(dim: int, bits: int) -> DimDivider:
+    """The :class:`DimDivider` for dividends of ``bits`` bits (``(dim - 1).bit_length()`` is ``ceil(log2 dim)``)."""
+    shift = bits + (dim - 1).bit_length()
+    return DimDivider(bits, -(-(1 << shift) // dim), shift)
+
+
+@dataclass(frozen=True)
 class LayerNormWidths:
     """Worst-case bit widths of the LayerNorm datapath (``ea_layernorm.h``, docs/hls.md "LayerNorm widths").
 
@@ -134,10 +157,14 @@ class LayerNormWidths:
     yn: int  # (d * inv) >> LN_R
     yg: int  # yn * gamma
     z: int  # ((yn * gamma) >> ACT_F) + beta, before the wrap to the activation width
+    mean_bias_q: int  # floor(sum / D) = floor((sum + D * mean_bias_q) / D) - mean_bias_q, a dividend >= 0
+    mean_div: DimDivider  # floor((sum + D * mean_bias_q) / D): sum + bias < 2^(sum + 1)
+    var_div: DimDivider  # floor(sum(e * e) / D): 0 <= sum(e * e) < 2^(sq - 1)
     ranges: dict[str, tuple[int, int]]
 
-    def defines(self) -> list[tuple[str, int, str]]:
-        """``(macro, value, comment)`` for parameters.h: the ``EA_LN_*_W`` widths and the isqrt iteration count."""
+    def defines(self) -> list[tuple[str, int | str, str]]:
+        """``(macro, value, comment)`` for parameters.h: the ``EA_LN_*_W`` widths, the isqrt iteration count and
+        the two divisions by ``D`` (``EA_LN_MEAN_*``, ``EA_LN_VAR_*``: :class:`DimDivider`)."""
         names = [
             ("SUM", "sum(x)"), ("MEAN", "floor(sum / D)"), ("D", "d = x - mean"), ("E", "e = d >> (ACT_F - LN_F)"),
             ("E2", "e * e"), ("SQ", "sum(e * e)"), ("VAR", "var (unsigned)"), ("S", "s = isqrt(var) (unsigned)"),
@@ -146,6 +173,16 @@ class LayerNormWidths:
         ]  # fmt: skip
         out = [(f"EA_LN_{key}_W", getattr(self, key.lower()), f"LayerNorm {what}") for key, what in names]
         out.append(("EA_LN_SQRT_ITERS", self.sqrt_iters, "isqrt iterations: ceil(EA_LN_VAR_W / 2)"))
+        log2_d = self.mean_div.shift - self.mean_div.bits  # ceil(log2 D), for the comments
+        out += [
+            ("EA_LN_MEAN_BIAS_Q", f"{self.mean_bias_q}LL", "mean = floor((sum + D * BIAS_Q) / D) - BIAS_Q"),
+            ("EA_LN_MEAN_DIV_N", self.mean_div.bits, "bits of sum + D * BIAS_Q (>= 0)"),
+            ("EA_LN_MEAN_DIV_M", f"{self.mean_div.mult}ULL", "ceil(2^S / D): floor(n / D) = (n * M) >> S"),
+            ("EA_LN_MEAN_DIV_S", self.mean_div.shift, f"N + ceil(log2 D) = N + {log2_d}"),
+            ("EA_LN_VAR_DIV_N", self.var_div.bits, "bits of sum(e * e) (>= 0)"),
+            ("EA_LN_VAR_DIV_M", f"{self.var_div.mult}ULL", "ceil(2^S / D)"),
+            ("EA_LN_VAR_DIV_S", self.var_div.shift, f"N + {log2_d}"),
+        ]
         return out
 
 
@@ -256,6 +293,8 @@ def layernorm_widths(formats, dim: int, eps: float = 1e-6) -> LayerNormWidths:
     rg["yg"] = (min(corners), max(corners))
     rg["z"] = ((rg["yg"][0] >> frac) + x_lo, (rg["yg"][1] >> frac) + x_hi)
     var_w = _ubits(rg["var"][1])
+    sum_w, sq_w = _sbits(*rg["sum"]), _sbits(*rg["sq"])
+    mean_bias_q = -(-(1 << (sum_w - 1)) // dim)  # D * bias_q >= 2^(sum_w - 1) >= -sum
     return LayerNormWidths(
         sum=_sbits(*rg["sum"]),
         mean=_sbits(*rg["mean"]),
@@ -271,6 +310,9 @@ def layernorm_widths(formats, dim: int, eps: float = 1e-6) -> LayerNormWidths:
         yn=_sbits(*rg["yn"]),
         yg=_sbits(*rg["yg"]),
         z=_sbits(*rg["z"]),
+        mean_bias_q=mean_bias_q,
+        mean_div=dim_divider(dim, sum_w + 1),  # sum + bias < 2^(sum_w - 1) + 2^(sum_w - 1) + D <= 2^(sum_w + 1)
+        var_div=dim_divider(dim, sq_w - 1),  # sq is a signed sq_w-bit value >= 0
         ranges=rg,
     )
 
@@ -285,21 +327,23 @@ def layernorm_dsp(w: LayerNormWidths, act_width: int) -> dict[str, int]:
     }
 
 
-def layernorm_mean_var_dividers(w: LayerNormWidths, dim: int) -> int:
-    """Cycles of a row's two divisions by the constant ``D``, ``floor(sum / D)`` and ``floor(sum(e^2) / D)``: none
-    when ``D`` is a power of two (a shift), else a divider each, one quotient bit per cycle + 2 (like
-    ``D_RECIP``; the quotients are ``mean`` and at most ``var`` bits wide). Vitis may instead turn a constant
-    divisor into a multiply, which would cost DSPs and save most of these cycles; no synthesis run here says."""
-    if dim & (dim - 1) == 0:
+def _pow2(dim: int) -> bool:
+    return dim & (dim - 1) == 0
+
+
+def layernorm_dim_divider_dsp(w: LayerNormWidths, dim: int) -> int:
+    """DSP48E2 slices of the row's two multiplies by ``ceil(2^S / D)`` (``n * M``, both unsigned: one more bit
+    each as signed operands); none for a power-of-two ``D``, where the product is a shift."""
+    if _pow2(dim):
         return 0
-    return (w.mean + 2) + (w.var + 2)
+    return sum(dsp_per_mult(div.bits + 1, div.bits + 3) for div in (w.mean_div, w.var_div))
 
 
 def layernorm_row_latency(w: LayerNormWidths, ln_f: int, dim: int) -> int:
-    """Cycles a row spends outside its three lane loops: the mean and variance dividers
-    (:func:`layernorm_mean_var_dividers`), the isqrt, then the divider ``2^(LN_F + LN_R) / s`` (one quotient bit
-    per cycle + 2, like ``D_RECIP``)."""
-    return layernorm_mean_var_dividers(w, dim) + w.sqrt_iters + ln_f + LN_INV_FRAC + 2
+    """Cycles a row spends outside its three lane loops: the two divisions by ``D`` (``D_DIV_DIM`` each, none
+    for a power-of-two ``D``), the isqrt, then the divider ``2^(LN_F + LN_R) / s`` (one quotient bit per cycle
+    + 2, like ``D_RECIP``)."""
+    return (0 if _pow2(dim) else 2 * D_DIV_DIM) + w.sqrt_iters + ln_f + LN_INV_FRAC + 2
 
 
 BRAM18K_SHAPES = ((1, 16384), (2, 8192), (4, 4096), (9, 2048), (18, 1024), (36, 512))  # (width, depth)
@@ -357,11 +401,8 @@ def estimate(shape: LayerShape, hls, formats) -> dict:
     lnw = layernorm_widths(formats, d, shape.ln_eps)
     ln_f = formats.ln_frac(d)
     d_ln = layernorm_row_latency(lnw, ln_f, d)
-    d_mv = layernorm_mean_var_dividers(lnw, d)
     ln = 2 * n * (3 * math.ceil(d / r) + d_ln)
-    mean_var = (
-        f"sum/{d} and sq/{d} shifts 0" if d_mv == 0 else f"dividers sum/{d} {lnw.mean}+2 and sq/{d} {lnw.var}+2"
-    )
+    mean_var = f"sum/{d} and sq/{d} " + ("shifts 0" if _pow2(d) else f"multiplies 2*{D_DIV_DIM}")
     lines.append(
         f"layernorm row = 3 passes * ceil(D/{r} lanes) + {mean_var} + isqrt {lnw.sqrt_iters} (var {lnw.var} bits) "
         f"+ divider {ln_f + LN_INV_FRAC + 2} (2^{ln_f + LN_INV_FRAC} / s); layernorm x2 = 2 * n * "
@@ -435,7 +476,8 @@ def estimate(shape: LayerShape, hls, formats) -> dict:
         "attention_av": p * hd * dsp_per_mult(formats.prob_frac, aw),
         "softmax_exp": 2 * p * (dsp_per_mult(25, 25) + dsp_per_mult(17, 25) + dsp_per_mult(17, 25)),
         "gelu": c * dsp_per_mult(18, 18),
-        "layernorm": r * sum(ln_dsp.values()),  # per lane: e*e, d*inv, yn*gamma at the derived widths
+        # per lane: e*e, d*inv, yn*gamma at the derived widths; per row: the two multiplies of the divisions by D
+        "layernorm": r * sum(ln_dsp.values()) + layernorm_dim_divider_dsp(lnw, d),
     }
     dsp["total"] = sum(dsp.values())
     lines.append(
@@ -443,7 +485,8 @@ def estimate(shape: LayerShape, hls, formats) -> dict:
         f"{dsp_per_mult(qk_bits, qk_bits)} ({qk_bits}x{qk_bits}) = {dsp['attention_qk']}; A.V {p}x{hd} x "
         f"{dsp_per_mult(formats.prob_frac, aw)} = {dsp['attention_av']}; exp/prob {dsp['softmax_exp']}; "
         f"GELU {dsp['gelu']}; LayerNorm {r} lanes x (e*e {lnw.e}x{lnw.e} {ln_dsp['e*e']} + d*inv "
-        f"{lnw.d}x{lnw.inv + 1} {ln_dsp['d*inv']} + yn*gamma {lnw.yn}x{aw} {ln_dsp['yn*gamma']}) = {dsp['layernorm']}; "
+        f"{lnw.d}x{lnw.inv + 1} {ln_dsp['d*inv']} + yn*gamma {lnw.yn}x{aw} {ln_dsp['yn*gamma']}) + /{d} "
+        f"{layernorm_dim_divider_dsp(lnw, d)} = {dsp['layernorm']}; "
         f"total {dsp['total']} of {hls.dsp_budget}"
     )
     width, banks = buffer_width(shape, hls), buffer_banks(shape, hls)

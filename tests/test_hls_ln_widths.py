@@ -25,7 +25,7 @@ import torch
 from _hls_toolchain import require_toolchain
 from edgeattn.fpga_hls import HLSFormats, LayerShape, estimate, estimate_model, find_ap_types, generate_project
 from edgeattn.fpga_hls import golden as G
-from edgeattn.fpga_hls.estimate import dsp_per_mult, layernorm_widths
+from edgeattn.fpga_hls.estimate import dim_divider, dsp_per_mult, layernorm_dsp, layernorm_widths
 
 from edgeattn.cli import main
 from edgeattn.device_profile import load_profile
@@ -193,20 +193,46 @@ def test_default_widths_and_the_estimates_layernorm_dsps():
     est = estimate(LayerShape(tokens=65, dim=192, heads=3, hidden=768), load_profile("zcu102-hls").hls, HLSFormats())
     # per lane, 27 x 18 tiles: e*e 28x28 -> 2*2; d*inv 33 x 35 (inv unsigned) -> 2*2; yn*gamma 27x32 -> 1*2
     assert (dsp_per_mult(28, 28), dsp_per_mult(33, 35), dsp_per_mult(27, 32)) == (4, 4, 2)
-    assert est["dsp"]["layernorm"] == 16 * (4 + 4 + 2)
-    # a row: 3 passes of ceil(192/16) = 12; 192 is no power of two, so floor(sum / 192) and floor(sq / 192) are
-    # dividers, one quotient bit a cycle + 2: mean 32 + 2, var 53 + 2; isqrt 27; divider 2^41 / s: 41 + 2
-    assert est["cycles"]["layernorm"] == 2 * 65 * (3 * 12 + (32 + 2) + (53 + 2) + 27 + 43)
+    # and once a row, the two divisions by 192 as multiplies: sum + bias (41 bits) x M (43): 2*3; sq (60) x M (62):
+    # 3*4, unsigned, so each one bit wider as signed operands
+    assert (dsp_per_mult(42, 44), dsp_per_mult(61, 63)) == (6, 12)
+    assert est["dsp"]["layernorm"] == 16 * (4 + 4 + 2) + 6 + 12
+    # a row: 3 passes of ceil(192/16) = 12; the two multiplies by 1/192's constant, 6 each; isqrt 27; divider
+    # 2^41 / s: 41 + 2
+    assert est["cycles"]["layernorm"] == 2 * 65 * (3 * 12 + 2 * 6 + 27 + 43)
 
 
 def test_a_power_of_two_dim_divides_by_shifts():
     hls = load_profile("zcu102-hls").hls
-    for dim, dividers in ((128, 0), (192, (32 + 2) + (53 + 2)), (256, 0)):
+    for dim, cycles, dsps in ((128, 0, 0), (192, 12, 18), (256, 0, 0)):
         w = layernorm_widths(HLSFormats(), dim, 1e-6)
         est = estimate(LayerShape(tokens=65, dim=dim, heads=2, hidden=4 * dim), hls, HLSFormats())
         # LN_F = 17 at all three, so the 1/s divider is 2^41 / s: 41 + 2
-        assert est["cycles"]["layernorm"] == 2 * 65 * (3 * dim // 16 + dividers + w.sqrt_iters + 43), dim
-        assert ("shifts 0" in "".join(est["arithmetic"])) == (dividers == 0)
+        assert est["cycles"]["layernorm"] == 2 * 65 * (3 * dim // 16 + cycles + w.sqrt_iters + 43), dim
+        assert est["dsp"]["layernorm"] == 16 * sum(layernorm_dsp(w, 32).values()) + dsps, dim
+        assert ("shifts 0" in "".join(est["arithmetic"])) == (cycles == 0)
+        if cycles == 0:  # the multiplier is 2^N: the product is a shift
+            assert w.mean_div.mult == 1 << w.mean_div.bits and w.var_div.mult == 1 << w.var_div.bits
+
+
+@pytest.mark.parametrize("dim", [3, 7, 32, 192, 197, 768, 1000])
+def test_division_by_the_width_is_exact_at_every_edge(dim):
+    """``DimDivider`` against Python's floor division: around every multiple of D at both ends of the range, at
+    the range's ends, and 20,000 random dividends; the signed mean through its bias likewise."""
+    rng = np.random.default_rng(dim)
+    for bits in (8, 20, 41, 60, 62):
+        div = dim_divider(dim, bits)
+        assert div.mult < 1 << (bits + 2)
+        top = (1 << bits) - 1
+        edges = {top, top - 1, 0, 1} | {k * dim + o for k in range(4) for o in (-1, 0, 1)}
+        edges |= {(top // dim - k) * dim + o for k in range(4) for o in (-1, 0, 1)}
+        n = [v for v in edges if 0 <= v <= top] + [int(v) for v in rng.integers(0, top, 20_000, dtype=np.uint64)]
+        assert [div(v) for v in n] == [v // dim for v in n], (dim, bits)
+    w = layernorm_widths(HLSFormats(act_width=12, act_int=4), dim, 1e-6)
+    lo, hi = w.ranges["sum"]
+    assert lo + dim * w.mean_bias_q >= 0 and hi + dim * w.mean_bias_q < 1 << w.mean_div.bits
+    for v in [lo, lo + 1, -1, 0, 1, hi - 1, hi] + [int(t) for t in rng.integers(lo, hi, 20_000)]:
+        assert w.mean_div(v + dim * w.mean_bias_q) - w.mean_bias_q == v // dim
 
 
 def test_every_layernorm_must_share_one_eps(tmp_path):
@@ -300,16 +326,20 @@ def _variances(var_w: int) -> list[int]:
     return sorted(vals)
 
 
-@pytest.mark.parametrize("act", [(32, 10), (16, 6)])
-def test_cpp_layernorm_is_bit_exact_on_extreme_rows(tmp_path, act):
+@pytest.mark.parametrize(("act", "dim"), [((32, 10), 32), ((16, 6), 32), ((32, 10), 48), ((16, 6), 48)])
+def test_cpp_layernorm_is_bit_exact_on_extreme_rows(tmp_path, act, dim):
+    """At D = 32 the divisions by D are shifts; at D = 48 they are multiplies by ceil(2^S / 48) (div_by_dim)."""
     require_toolchain()
     fmt = HLSFormats(act_width=act[0], act_int=act[1], weight_width=16 if act[0] == 32 else 8, weight_int=2)
     prj = tmp_path / "p"
-    generate_project(_small(), "zcu102-hls", prj, layer=0, vectors=1, formats=fmt)
-    dim, eps = 32, 1e-6
+    generate_project(_small(embed_dim=dim, num_heads=dim // 16), "zcu102-hls", prj, layer=0, vectors=1, formats=fmt)
+    eps = 1e-6
+    assert _define(prj, "EA_DIM") == dim
     w = layernorm_widths(fmt, dim, eps)
     assert _define(prj, "EA_LN_DINV_W") == w.dinv and _define(prj, "EA_LN_SQRT_ITERS") == w.sqrt_iters
     assert _define(prj, "EA_LN_VAR_W") == w.var and _define(prj, "EA_LN_INV_W") == w.inv
+    for name, div in (("MEAN", w.mean_div), ("VAR", w.var_div)):  # the divisions by D (exact: the test above)
+        assert [_define(prj, f"EA_LN_{name}_DIV_{k}") for k in "NMS"] == [div.bits, div.mult, div.shift]
     rows = np.concatenate([_extreme_rows(fmt.act_width, dim), _spike_rows(fmt, dim, eps)])
     sets = _gamma_beta(fmt.act_width, dim)
     variances = _variances(w.var)

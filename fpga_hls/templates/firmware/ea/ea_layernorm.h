@@ -1,7 +1,7 @@
 // edgeattn HLS library: fixed-point LayerNorm (specification in docs/hls.md, golden model in golden.py).
 //
 // Integer steps on the raw activation bits (ACT_F fraction bits):
-//   mean = floor(sum(x) / D);  d = x - mean
+//   mean = floor(sum(x) / D);  d = x - mean                         (both "/ D" as a multiply: div_by_dim)
 //   e = d >> (ACT_F - LN_F);  var = floor(sum(e^2) / D) + eps      (LN_F fraction bits, var: 2*LN_F)
 //   s = isqrt(var);  inv = floor(2^(LN_F + LN_R) / s)                (1/std with LN_R fraction bits)
 //   y = (d * inv) >> LN_R;  out = act(((y * gamma) >> ACT_F) + beta)
@@ -30,13 +30,15 @@ typedef ap_int<EA_LN_YN_W> ln_yn_t;      // (d * inv) >> LN_R
 typedef ap_int<EA_LN_YG_W> ln_yg_t;      // yn * gamma
 typedef ap_int<EA_LN_Z_W> ln_z_t;        // (yn * gamma >> ACT_F) + beta, before the wrap to act_t
 
-// floor(a / b) for b > 0 (C++ '/' rounds toward zero).
-template <int W>
-inline ap_int<W> floor_div(ap_int<W> a, int b) {
+// floor(n / EA_DIM) for 0 <= n < 2^N without a divider: (n * M) >> S with S = N + ceil(log2 EA_DIM) and
+// M = ceil(2^S / EA_DIM) < 2^(N + 2), exact because M * EA_DIM - 2^S < EA_DIM <= 2^ceil(log2 EA_DIM) (Granlund and
+// Montgomery 1994, theorem 4.2). M and S are in parameters.h (EA_LN_MEAN_DIV_*, EA_LN_VAR_DIV_*); for a power-of-two
+// EA_DIM, M is 2^N and the product a shift.
+template <int N>
+inline ap_uint<N> div_by_dim(ap_uint<N> n, unsigned long long m, int s) {
 #pragma HLS INLINE
-    ap_int<W> q = a / b;
-    if (a < 0 && q * b != a) q -= 1;
-    return q;
+    ap_uint<2 * N + 2> p = ap_uint<2 * N + 2>(n) * ap_uint<N + 2>(m);
+    return ap_uint<N>(p >> s);
 }
 
 // floor(sqrt(v)), bit by bit: EA_LN_SQRT_ITERS = ceil(EA_LN_VAR_W / 2) fixed iterations, no multiplier.
@@ -73,7 +75,11 @@ ROWS:
 #pragma HLS UNROLL factor=EA_MAC_R
             sum += act_raw(x[r][j]);
         }
-        ln_mean_t mean = floor_div(sum, D);
+        // floor(sum / D) = floor((sum + D * BIAS_Q) / D) - BIAS_Q, the dividend made non-negative
+        typedef ap_int<EA_LN_MEAN_DIV_N + 1> mean_work_t;
+        ap_uint<EA_LN_MEAN_DIV_N> biased = mean_work_t(sum) + mean_work_t(EA_LN_MEAN_BIAS_Q) * D;
+        ln_mean_t mean = mean_work_t(div_by_dim<EA_LN_MEAN_DIV_N>(biased, EA_LN_MEAN_DIV_M, EA_LN_MEAN_DIV_S)) -
+                         mean_work_t(EA_LN_MEAN_BIAS_Q);
         ln_sq_t sq = 0;
     VAR:
         for (int j = 0; j < D; j++) {
@@ -83,7 +89,9 @@ ROWS:
             ln_e_t e = sh >= 0 ? ln_e_t(d >> sh) : ln_e_t(ln_e_t(d) << (-sh));
             sq += ln_e2_t(e * e);
         }
-        ln_var_t var = ln_var_t(floor_div(sq, D)) + ln_var_t(EA_LN_EPS_RAW);
+        ap_uint<EA_LN_VAR_DIV_N> sq_u = sq;  // sq >= 0
+        ln_var_t var = ln_var_t(div_by_dim<EA_LN_VAR_DIV_N>(sq_u, EA_LN_VAR_DIV_M, EA_LN_VAR_DIV_S)) +
+                       ln_var_t(EA_LN_EPS_RAW);
         ln_s_t s = ln_isqrt(var);
         ln_inv_t inv = ln_inv_t((ap_uint<EA_LN_F + EA_LN_R + 1>(1) << (EA_LN_F + EA_LN_R)) / s);
     NORM:
