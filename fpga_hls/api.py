@@ -11,9 +11,11 @@ from __future__ import annotations
 from typing import Any
 
 from edgeattn.fpga_hls.csim import find_ap_types, find_compiler, run_csim
-from edgeattn.fpga_hls.estimate import LayerShape, estimate
+from edgeattn.fpga_hls.estimate import LayerShape, estimate, layernorm_widths
 from edgeattn.fpga_hls.generator import ProjectInfo, generate_project
 from edgeattn.fpga_hls.golden import HLSFormats
+
+from edgeattn.errors import EdgeAttnError
 
 __all__ = [
     "HLSFormats",
@@ -37,5 +39,11 @@ def estimate_model(model: Any, profile: Any, layer: int | None = 0, attn_paralle
     """
     from edgeattn.fpga_hls.generator import _resolve_target, model_shape
 
-    net, name, _prof, hls = _resolve_target(model, profile, layer, attn_parallel)
-    return estimate(model_shape(net, layer, name), hls, HLSFormats.from_profile(hls))
+    net, name, prof, hls = _resolve_target(model, profile, layer, attn_parallel)
+    shape, fmt = model_shape(net, layer, name), HLSFormats.from_profile(hls)
+    try:
+        fmt.check(head_dim=shape.dim // shape.heads, profile=True)
+        layernorm_widths(fmt, shape.dim, shape.ln_eps)
+    except ValueError as exc:
+        raise EdgeAttnError(f"profile '{prof.name}': {exc}") from None
+    return estimate(shape, hls, fmt)

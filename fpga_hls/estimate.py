@@ -129,7 +129,15 @@ class DimDivider:
 
 
 def dim_divider(dim: int, bits: int) -> DimDivider:
-    """The :class:`DimDivider` for dividends of ``bits`` bits (``(dim - 1).bit_length()`` is ``ceil(log2 dim)``)."""
+    """The :class:`DimDivider` for dividends of ``bits`` bits (``(dim - 1).bit_length()`` is ``ceil(log2 dim)``).
+
+    ``mult`` is below ``2^(bits + 1)``, so ``bits`` is at most 63 for it to fit the templates' 64-bit constant.
+    """
+    if bits > 63:
+        raise ValueError(
+            f"the LayerNorm's floor(n / {dim}) would take {bits}-bit dividends (at most 63, so its constant fits "
+            "64 bits): use fewer activation integer bits or a narrower activation width"
+        )
     shift = bits + (dim - 1).bit_length()
     return DimDivider(bits, -(-(1 << shift) // dim), shift)
 

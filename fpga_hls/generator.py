@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 from edgeattn.fpga_hls import golden as G
-from edgeattn.fpga_hls.estimate import LayerShape, attn_slots, estimate
+from edgeattn.fpga_hls.estimate import LayerShape, attn_slots, estimate, layernorm_widths
 from edgeattn.fpga_hls.extract import (
     SUPPORTED_SHAPE,
     check_vit,
@@ -432,6 +432,7 @@ def generate_project(
     dim, heads = shape.dim, shape.heads
     try:
         fmt.check(head_dim=dim // heads, profile=formats is None)
+        layernorm_widths(fmt, dim, shape.ln_eps)  # a LayerNorm too wide for the 64-bit divide constants
     except ValueError as exc:
         where = "formats" if formats is not None else f"profile '{prof.name}'"
         raise EdgeAttnError(f"{where}: {exc}") from None

@@ -228,6 +228,8 @@ def test_division_by_the_width_is_exact_at_every_edge(dim):
         edges |= {(top // dim - k) * dim + o for k in range(4) for o in (-1, 0, 1)}
         n = [v for v in edges if 0 <= v <= top] + [int(v) for v in rng.integers(0, top, 20_000, dtype=np.uint64)]
         assert [div(v) for v in n] == [v // dim for v in n], (dim, bits)
+    with pytest.raises(ValueError, match="at most 63"):
+        dim_divider(dim, 64)
     w = layernorm_widths(HLSFormats(act_width=12, act_int=4), dim, 1e-6)
     lo, hi = w.ranges["sum"]
     assert lo + dim * w.mean_bias_q >= 0 and hi + dim * w.mean_bias_q < 1 << w.mean_div.bits
@@ -385,3 +387,15 @@ def test_parallel_above_the_token_count_is_clamped_and_said(tmp_path, capsys):
     assert "note: --parallel 40 is more than the model's 17 tokens: the design keeps 17 query rows in flight" in out
     assert main([*args, "-o", str(tmp_path / "d"), "--vectors", "1", "--parallel", "17"]) == 0
     assert "note:" not in capsys.readouterr().out
+
+
+def test_a_layernorm_too_wide_for_64_bit_divide_constants_is_refused():
+    # every format HLSFormats.check accepts stays at or below 61-bit dividends (32-bit activations, D up to 65536);
+    # one it refuses (27 integer bits, for the q.k accumulator) would make sum(e * e) at D = 4095 a 65-bit signed
+    # value, whose constant ceil(2^S / D) the templates' 64-bit literal would silently wrap: layernorm_widths refuses
+    fmt = HLSFormats(act_width=32, act_int=27)
+    with pytest.raises(ValueError, match=r"floor\(n / 4095\) would take 64-bit dividends \(at most 63"):
+        layernorm_widths(fmt, 4095, 1e-6)
+    for dim in (4095, 4096, 65536):
+        w = layernorm_widths(HLSFormats(act_width=32, act_int=15), dim, 1e-12)  # the widest check() accepts
+        assert max(w.mean_div.bits, w.var_div.bits) <= 61 and w.var_div.mult < 1 << 62, dim
