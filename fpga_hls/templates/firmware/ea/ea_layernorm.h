@@ -31,7 +31,7 @@ typedef ap_int<EA_LN_YG_W> ln_yg_t;      // yn * gamma
 typedef ap_int<EA_LN_Z_W> ln_z_t;        // (yn * gamma >> ACT_F) + beta, before the wrap to act_t
 
 // floor(n / EA_DIM) for 0 <= n < 2^N without a divider: (n * M) >> S with S = N + ceil(log2 EA_DIM) and
-// M = ceil(2^S / EA_DIM) < 2^(N + 2), exact because M * EA_DIM - 2^S < EA_DIM <= 2^ceil(log2 EA_DIM) (Granlund and
+// M = ceil(2^S / EA_DIM) < 2^(N + 1), exact because M * EA_DIM - 2^S < EA_DIM <= 2^ceil(log2 EA_DIM) (Granlund and
 // Montgomery 1994, theorem 4.2). M and S are in parameters.h (EA_LN_MEAN_DIV_*, EA_LN_VAR_DIV_*); for a power-of-two
 // EA_DIM, M is 2^N and the product a shift.
 template <int N>
