@@ -11,11 +11,9 @@ from __future__ import annotations
 from typing import Any
 
 from edgeattn.fpga_hls.csim import find_ap_types, find_compiler, run_csim
-from edgeattn.fpga_hls.estimate import LayerShape, estimate, layernorm_widths
+from edgeattn.fpga_hls.estimate import LayerShape, estimate
 from edgeattn.fpga_hls.generator import ProjectInfo, generate_project
 from edgeattn.fpga_hls.golden import HLSFormats
-
-from edgeattn.errors import EdgeAttnError
 
 __all__ = [
     "HLSFormats",
@@ -37,13 +35,9 @@ def estimate_model(model: Any, profile: Any, layer: int | None = 0, attn_paralle
     ``attn_parallel`` above the model's token count is clamped to it as the generated design is (the result's
     ``parallelism`` holds ``attn_parallel``, the slots counted, and ``attn_parallel_requested``).
     """
-    from edgeattn.fpga_hls.generator import _resolve_target, model_shape
+    from edgeattn.fpga_hls.generator import _resolve_target, check_formats, model_shape
 
     net, name, prof, hls = _resolve_target(model, profile, layer, attn_parallel)
     shape, fmt = model_shape(net, layer, name), HLSFormats.from_profile(hls)
-    try:
-        fmt.check(head_dim=shape.dim // shape.heads, profile=True)
-        layernorm_widths(fmt, shape.dim, shape.ln_eps)
-    except ValueError as exc:
-        raise EdgeAttnError(f"profile '{prof.name}': {exc}") from None
+    check_formats(fmt, shape, f"profile '{prof.name}'", profile=True)
     return estimate(shape, hls, fmt)

@@ -188,6 +188,17 @@ def _resolve_target(
     return net, name, prof, hls
 
 
+def check_formats(fmt: G.HLSFormats, shape: LayerShape, where: str, profile: bool) -> None:
+    """EdgeAttnError starting with ``where`` when the templates cannot take ``fmt`` for ``shape``: a field out of range
+    (:meth:`~.golden.HLSFormats.check`, naming the profile's fields if ``profile``) or a LayerNorm too wide for the
+    64-bit divide constants (:func:`~.estimate.layernorm_widths`, cached: the project reuses it)."""
+    try:
+        fmt.check(head_dim=shape.dim // shape.heads, profile=profile)
+        layernorm_widths(fmt, shape.dim, shape.ln_eps)
+    except ValueError as exc:
+        raise EdgeAttnError(f"{where}: {exc}") from None
+
+
 def model_shape(net: Any, layer: int | None, name: str = "model") -> LayerShape:
     """The sizes the accelerator is built for: encoder layer ``layer`` of ``net``, or (``None``) the whole ViT.
 
@@ -429,13 +440,7 @@ def generate_project(
     fmt = formats or G.HLSFormats.from_profile(hls)
     name = model_name or default_name
     shape = model_shape(net, layer, name)
-    dim, heads = shape.dim, shape.heads
-    try:
-        fmt.check(head_dim=dim // heads, profile=formats is None)
-        layernorm_widths(fmt, dim, shape.ln_eps)  # a LayerNorm too wide for the 64-bit divide constants
-    except ValueError as exc:
-        where = "formats" if formats is not None else f"profile '{prof.name}'"
-        raise EdgeAttnError(f"{where}: {exc}") from None
+    check_formats(fmt, shape, "formats" if formats is not None else f"profile '{prof.name}'", profile=formats is None)
 
     # the parameters the hardware holds, quantized to the profile's widths
     mp: G.ModelParams | None = model_params(net, fmt) if layer is None else None
