@@ -399,3 +399,17 @@ def test_a_layernorm_too_wide_for_64_bit_divide_constants_is_refused():
     for dim in (4095, 4096, 65536):
         w = layernorm_widths(HLSFormats(act_width=32, act_int=15), dim, 1e-12)  # the widest check() accepts
         assert max(w.mean_div.bits, w.var_div.bits) <= 61 and w.var_div.mult < 1 << 62, dim
+
+
+def test_estimate_model_checks_the_profile_formats_as_generate_project_does(tmp_path):
+    # 20 integer bits of a 32-bit activation fit the profile schema, but q.k at head_dim 16 overflows the 64-bit
+    # accumulator: both entry points refuse it in the same words, naming the profile field
+    prof = load_profile("zcu102-hls")
+    act = prof.hls.act.model_copy(update={"width": 32, "integer": 20})
+    prof = prof.model_copy(update={"hls": prof.hls.model_copy(update={"act": act})})
+    got = r"profile 'zcu102-hls': hls\.act\.integer too large for the 64-bit q\.k accumulator at head_dim 16"
+    with pytest.raises(EdgeAttnError, match=got):
+        estimate_model(_small(), prof, layer=0)
+    with pytest.raises(EdgeAttnError, match=got):
+        generate_project(_small(), prof, tmp_path / "p", layer=0, vectors=1)
+    assert not (tmp_path / "p").exists()
