@@ -1,6 +1,7 @@
-"""QA of `edgeattn profile` on users' own models: MACs of ONNX Runtime's padded NCHWc convolutions, inputs of
-unknown rank, one batch across dynamic-batch inputs, OpenVINO load errors, checkpoints and model names given as
-artifacts, a repeated --shape, OpenVINO's whole-microsecond counters on tiny models.
+"""QA of `edgeattn profile` on users' own models: MACs of ONNX Runtime's padded NCHWc convolutions (also fused
+with a residual Add), inputs of unknown rank, one batch across dynamic-batch inputs, OpenVINO load errors,
+checkpoints and model names given as artifacts, a repeated --shape, OpenVINO's whole-microsecond counters on tiny
+models.
 """
 
 from __future__ import annotations
@@ -116,6 +117,76 @@ def test_counts_never_exceed_the_graphs_and_keep_their_proportions():
     assert sum(macs.values()) == 1_000_000
     # reference: the proportions of the raw counts, in float64
     assert macs["int8"] / 1e6 == pytest.approx(800 / (PADDED_MACS + 800), abs=1e-6)
+
+
+def _residual_net(path: Path, dtype: int) -> None:
+    """Conv 3->24 (3x3) -> Relu = r0; r0 + Conv 24->24 (3x3)(r0) -> Relu = r1 (the residual Add takes the Conv
+    second); Conv 24->40 (1x1)(r1) + Conv 24->40 (1x1)(r1) = y (an Add of two Convs). Padding 1, 32x32 image."""
+    np_dtype = np.float16 if dtype == TensorProto.FLOAT16 else np.float32
+    rng = np.random.default_rng(1)
+    inits = []
+    for i, (cin, cout, k) in enumerate([(3, 24, 3), (24, 24, 3), (24, 40, 1), (24, 40, 1)]):
+        w = (rng.standard_normal((cout, cin, k, k)) * 0.1).astype(np_dtype)
+        inits += [numpy_helper.from_array(w, f"w{i}"), numpy_helper.from_array(np.zeros(cout, np_dtype), f"b{i}")]
+
+    def conv(i: int, x: str, out: str) -> onnx.NodeProto:
+        pads = [1, 1, 1, 1] if i < 2 else [0, 0, 0, 0]
+        return helper.make_node("Conv", [x, f"w{i}", f"b{i}"], [out], name=f"/conv{i}", pads=pads)
+
+    nodes = [
+        conv(0, "x", "c0"),
+        helper.make_node("Relu", ["c0"], ["r0"], name="/relu0"),
+        conv(1, "r0", "c1"),
+        helper.make_node("Add", ["r0", "c1"], ["s0"], name="/add0"),
+        helper.make_node("Relu", ["s0"], ["r1"], name="/relu1"),
+        conv(2, "r1", "c2"),
+        conv(3, "r1", "c3"),
+        helper.make_node("Add", ["c2", "c3"], ["y"], name="/add1"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "residual",
+        [helper.make_tensor_value_info("x", dtype, [1, 3, 32, 32])],
+        [helper.make_tensor_value_info("y", dtype, None)],
+        inits,
+    )
+    onnx.save(helper.make_model(graph, opset_imports=OPSET), str(path))
+
+
+# by hand: output elements x (input channels x kernel area) per Conv, same padding
+RESIDUAL_MACS = 24 * 1024 * 3 * 9 + 24 * 1024 * 24 * 9 + 2 * 40 * 1024 * 24  # 663552 + 5308416 + 1966080
+
+
+def _ort_trace(path: Path, x: np.ndarray, prefix: Path) -> list[dict]:
+    """ONNX Runtime's profiling trace of one inference (default optimisations, one thread)."""
+    import json
+
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.enable_profiling, options.profile_file_prefix, options.intra_op_num_threads = True, str(prefix), 1
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    session.run(None, {"x": x})
+    return json.loads(Path(session.end_profiling()).read_text())
+
+
+@pytest.mark.parametrize("dtype", [TensorProto.FLOAT, TensorProto.FLOAT16], ids=["fp32", "fp16"])
+def test_convolutions_fused_with_a_residual_add_take_their_graph_nodes_macs(tmp_path, dtype):
+    """ONNX Runtime 1.x fuses both Adds into NCHWc Convs (the Add's other operand becomes the kernel's fourth
+    input) with channels padded to 32/48. The fused kernels keep their Conv's output name, so each takes its graph
+    node's MACs: all of them, nothing scaled; the padded shapes alone would count more."""
+    path = tmp_path / "residual.onnx"
+    _residual_net(path, dtype)
+    x = np.random.default_rng(0).standard_normal((1, 3, 32, 32))
+    trace = _ort_trace(path, x.astype(np.float16 if dtype == TensorProto.FLOAT16 else np.float32), tmp_path / "t")
+    kernels = [e for e in trace if e.get("cat") == "Node" and e["args"].get("op_name") in ("Conv", "FusedConv")]
+    fused = [e for e in kernels if len(e["args"]["input_type_shape"]) == 4]
+    assert len(kernels) == 4 and len(fused) == 2, [e["name"] for e in fused]  # both Adds fused into a Conv
+    table = onnx_node_macs(onnx.load(str(path)), {"x": [1, 3, 32, 32]})
+    assert sum(table[f"/conv{i}"] for i in range(4)) == RESIDUAL_MACS == 7938048
+    assert ort_macs_by_precision(trace, RESIDUAL_MACS, table) == ({"fp32": RESIDUAL_MACS}, "")
+    padded, note = ort_macs_by_precision(trace)  # what the kernels' own shapes tell
+    assert padded["fp32"] > RESIDUAL_MACS and note == ""
 
 
 # ---------------------------------------------------------------- input shapes
