@@ -366,6 +366,7 @@ def first_diverging_node(
     tolerance: Any,
     *,
     max_steps: int = 12,
+    cosine_samples: np.ndarray | None = None,
 ) -> dict[str, Any] | None:
     """Bisect ``model`` (ONNX) for the first node whose output in ``run_candidate`` leaves ``tolerance``.
 
@@ -375,6 +376,9 @@ def first_diverging_node(
     the topological order, ``log2(tensors)`` runs), then walks upstream from the node found while one of its
     inputs diverges too (a parallel branch that agrees can hide the divergence from the search), so that the
     node returned has inputs that agree and an output that does not.
+    ``cosine_samples`` (one bool per sample of ``x``): the samples whose cosine counts, as the gate counted them
+    at the output (:func:`cosine_resolvable`); the max abs error always covers every sample. Without it every
+    sample's cosine counts, so a sample the gate left out as near zero could name a node upstream of the fault.
     Returns ``{"node", "tensor", "op_type", "index", "max_abs_rel_range", "cosine", "exact"}`` or None;
     ``exact`` is False when ``max_steps`` ran out before the search converged.
     """
@@ -382,13 +386,18 @@ def first_diverging_node(
     if not candidates:
         return None
     ops = {n.output[0]: n.op_type for n in model.graph.node if n.output}
+    counted = None if cosine_samples is None else np.asarray(cosine_samples, dtype=bool)
+    if counted is not None and counted.shape != (len(x),):
+        raise ValueError(f"cosine_samples needs one bool per input sample ({len(x)}), got shape {counted.shape}")
 
     def check(i: int) -> tuple[bool, dict[str, float]]:
         tensor = candidates[i][0]
         sub = _with_output(model, tensor)
-        ref = run_ort(ort_reference_session(sub.SerializeToString()), x)
-        got = run_candidate(sub, x)
-        m = _metrics(ref.reshape(len(x), -1), np.asarray(got).reshape(len(x), -1))
+        ref = run_ort(ort_reference_session(sub.SerializeToString()), x).reshape(len(x), -1)
+        got = np.asarray(run_candidate(sub, x)).reshape(len(x), -1)
+        m = _metrics(ref, got)
+        if counted is not None:
+            m["cosine"] = float(_cosines(ref[counted], got[counted]).min(initial=1.0))
         ok = m["max_abs_rel_range"] <= tolerance.max_abs and m["cosine"] >= tolerance.min_cosine
         return ok, m
 

@@ -105,14 +105,15 @@ def _bisect_worst(
     job: _Job, x: np.ndarray, ref: np.ndarray, got: np.ndarray, bisect: Any, cosine_counted: np.ndarray | None = None
 ) -> tuple[dict[str, Any] | None, str]:
     """Bisect on the static batch holding the input whose output misses the tolerance the most (where the
-    divergence shows; another batch's output may still agree), its cosine counted only where the gate judged it
-    (``cosine_counted``). Returns (the node or None, a note or '')."""
+    divergence shows; another batch's output may still agree), each probed tensor's cosine counted only on the
+    samples whose output cosine the gate judged (``cosine_counted``). ``bisect(inputs, counted_or_None)`` runs the
+    search. Returns (the node or None, a note or '')."""
     from edgeattn.export.parity import worst_batch
 
     rows = worst_batch(ref, got, job.shape[0], job.tol, cosine_counted)
     where = f"inputs {rows.start}..{rows.stop - 1}"
     try:
-        node = bisect(x[rows])
+        node = bisect(x[rows], None if cosine_counted is None else cosine_counted[rows])
     except Exception as exc:  # bisecting is best effort; the failure itself is what matters
         return None, f"bisect failed: {type(exc).__name__}: {exc}"
     if node is None:
@@ -210,7 +211,9 @@ def _run_onnx_based(job: _Job) -> None:
                 ref_run,
                 run_batched(lambda b: run_ort(sess, b), x_run, batch),
                 "onnxruntime",
-                bisect=lambda xb: first_diverging_node(onnx_model, xb, run_ort_model, tol),
+                bisect=lambda xb, counted: first_diverging_node(
+                    onnx_model, xb, run_ort_model, tol, cosine_samples=counted
+                ),
             )
     elif target == "tensorrt":
         spec = prof.tensorrt
@@ -295,7 +298,9 @@ def _run_onnx_based(job: _Job) -> None:
                     got,
                     label,
                     _OV_COMPUTE.get(infer_prec, "fp32"),
-                    bisect=lambda xb: first_diverging_node(ov_model, xb, probe.run_model, tol),
+                    bisect=lambda xb, counted: first_diverging_node(
+                        ov_model, xb, probe.run_model, tol, cosine_samples=counted
+                    ),
                 )
             if prec == "int8" and not cpu_isa:
                 report.kernels = kernel_report(r, x_run[:batch], ov_model)

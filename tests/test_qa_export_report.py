@@ -211,16 +211,18 @@ def _model(nodes: list, inits: list, out: str) -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
-def _tampered_runner(name: str, factor: float):
-    """A "runtime under test": ONNX Runtime on the probe model with initializer ``name`` multiplied by ``factor``."""
+def _tampered_runner(name: str, factor: float, **more: float):
+    """A "runtime under test": ONNX Runtime on the probe model with initializer ``name`` multiplied by ``factor``
+    (and each initializer named in ``more`` by its value)."""
+    factors = {name: factor, **more}
 
     def run(sub: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
         probe = onnx.ModelProto()
         probe.CopyFrom(sub)
         for init in probe.graph.initializer:
-            if init.name == name:
+            if init.name in factors:
                 values = numpy_helper.to_array(init)
-                init.CopyFrom(numpy_helper.from_array((values * factor).astype(values.dtype), name))
+                init.CopyFrom(numpy_helper.from_array((values * factors[init.name]).astype(values.dtype), init.name))
         return _ort(probe, x, False)
 
     return run
@@ -284,6 +286,30 @@ def test_bisection_walks_up_out_of_a_parallel_branch_that_agrees():
     run = _tampered_runner("ca", 3.0)
     found = first_diverging_node(model, XS, run, TOL)
     assert found["node"] == "a" == _brute_force_first(model, XS, run, TOL)
+
+
+def test_bisection_counts_the_cosine_only_on_the_samples_the_gate_judged():
+    """``x -> Add(b) = h -> Mul(w) = y``. The runtime's ``b`` is off by 1e-4 (harmless: 3e-5 of the range) and its
+    ``w`` has the wrong sign (the fault). Sample 0 sits at ``x = -b``, so its ``h`` is ~1e-6 and the 1e-4 offset turns
+    it (cosine far below 0.999); the gate leaves such a near-zero sample's cosine out. Counting every sample's
+    cosine, the search names the Add; counting the gate's samples, the Mul, the node the max abs error names."""
+    b = np.array([1.0, -2.0, 0.5, 1.5], np.float32)
+    inits = [numpy_helper.from_array(b, "b"), numpy_helper.from_array(np.full(4, 2.0, np.float32), "w")]
+    nodes = [
+        helper.make_node("Add", ["x", "b"], ["h"], name="shift"),
+        helper.make_node("Mul", ["h", "w"], ["y"], name="scale"),
+    ]
+    model = _model(nodes, inits, "y")
+    x = np.stack([-b + np.float32(1e-6) * np.array([-1, 1, 1, -1], np.float32), np.array([2, 1, -3, 0.5])])
+    x = x.astype(np.float32)
+    run = _tampered_runner("b", 1.0001, w=-1.0)
+    everyone = first_diverging_node(model, x, run, TOL)
+    assert everyone["node"] == "shift" and everyone["cosine"] < 0.5
+    judged = first_diverging_node(model, x, run, TOL, cosine_samples=np.array([False, True]))
+    assert judged["node"] == "scale" == _brute_force_first(model, x, run, TOL)
+    assert judged["cosine"] == pytest.approx(-1.0, abs=1e-6)  # sample 1: the sign flip
+    with pytest.raises(ValueError, match="one bool per input sample"):
+        first_diverging_node(model, x, run, TOL, cosine_samples=np.array([True]))
 
 
 # ------------------------------------------------------------------------------------------------------------ lint

@@ -122,6 +122,29 @@ def test_bisection_starts_on_the_worst_judged_sample_not_the_near_zero_one():
     assert worst_batch(REF, got, 2, INT8, clear) == slice(0, 2)
 
 
+def test_bisection_counts_the_cosine_on_the_samples_the_gate_judged():
+    """The search gets, with the worst batch's inputs, which of them the gate's cosine counted: with a fault on
+    sample 2, the batch 2..3 and (True, False), sample 3 being the near-zero one; without a floor, None."""
+    from edgeattn.export.runners import _bisect_worst
+
+    got = REF + NOISE
+    got[2, 2] += 0.5
+    calls = []
+
+    def bisect(xb, counted):
+        calls.append((xb.copy(), counted))
+        return {"node": "n"}
+
+    job = SimpleNamespace(shape=(2, 3), tol=INT8)
+    x = np.arange(4.0)[:, None]
+    clear = cosine_resolvable(REF, _floor(0.06), INT8.min_cosine)
+    node, note = _bisect_worst(job, x, REF, got, bisect, clear)
+    assert (node, note) == ({"node": "n", "inputs": [2, 4]}, "")
+    assert calls[0][0].ravel().tolist() == [2.0, 3.0] and calls[0][1].tolist() == [True, False]
+    _bisect_worst(job, x, REF, got, bisect)
+    assert calls[1][1] is None
+
+
 def test_console_line_says_over_how_many_samples_the_cosine_is():
     res = compare_outputs(REF, REF + NOISE, INT8, runtime="onnxruntime", noise_floor=_floor(0.04))
     rep = ExportReport("m", "onnx", "int8", {}, "out", parity=[res.to_dict()])
