@@ -192,6 +192,9 @@ class HLSTolerance(_Strict):
     min_cosine: float | None = Field(None, ge=-1, le=1, description="smallest per-vector cosine similarity")
 
 
+MAX_WEIGHT_WORD_BITS = 1024  # ap_uint's default maximum width; also the widest m_axi data port in Vitis HLS
+
+
 class HLSSpec(_Strict):
     """FPGA (Vitis HLS) settings for the Edge-MoE-style accelerator."""
 
@@ -209,6 +212,19 @@ class HLSSpec(_Strict):
     dsp_budget: int = Field(ge=1, description="DSP slices available")
     bram_budget: int = Field(ge=1, description="BRAM18K blocks available")
     tolerance: HLSTolerance = Field(HLSTolerance(), description="accuracy gate of the generated design")
+
+    @model_validator(mode="after")
+    def _weight_word_fits(self) -> HLSSpec:
+        # one DDR word holds a weight per MAC row (wword_t = ap_uint<MAC_R * W>, one m_axi beat): ap_uint's
+        # default limit and the widest m_axi port are both 1024 bits
+        bits = self.mac_rows * self.weight.width
+        if bits > MAX_WEIGHT_WORD_BITS:
+            raise ValueError(
+                f"mac_rows x weight.width is {self.mac_rows} x {self.weight.width} = {bits} bits, over the "
+                f"{MAX_WEIGHT_WORD_BITS}-bit weight word (one m_axi beat); at most "
+                f"{MAX_WEIGHT_WORD_BITS // self.weight.width} rows at {self.weight.width}-bit weights"
+            )
+        return self
 
 
 class DeviceProfile(_Strict):

@@ -128,6 +128,26 @@ def test_an_hls_profile_must_deploy_what_the_cpp_computes(tmp_path, softmax, gel
     )
 
 
+@pytest.mark.parametrize(("rows", "width", "ok"), [(64, 16, True), (65, 16, False), (128, 8, True), (129, 8, False)])
+def test_an_hls_profile_keeps_the_weight_word_within_1024_bits(tmp_path, capsys, rows, width, ok):
+    """One DDR word carries a weight per MAC row (ap_uint<mac_rows * width>); 1040 bits did not compile."""
+    data = load_profile("zcu102-hls").model_dump(mode="json")
+    data["hls"].update(mac_rows=rows, weight={"width": width, "integer": 2})
+    path = tmp_path / "wide.yaml"
+    path.write_text(yaml.safe_dump(data))
+    if ok:
+        assert load_profile(path).hls.mac_rows == rows
+        return
+    with pytest.raises(ProfileError) as err:
+        load_profile(path)
+    assert str(err.value) == (
+        f"{path}: field 'hls': value error, mac_rows x weight.width is {rows} x {width} = {rows * width} bits, over "
+        f"the 1024-bit weight word (one m_axi beat); at most {1024 // width} rows at {width}-bit weights"
+    )
+    assert main(["hls", "vit_tiny", "-o", str(tmp_path / "prj"), "-p", str(path)]) == 2
+    assert "Traceback" not in capsys.readouterr().err and not (tmp_path / "prj").exists()
+
+
 def test_export_refuses_a_profile_with_an_empty_input_shape_before_exporting(tmp_path, capsys):
     path = _bad_profile(tmp_path, lambda d: d["export"].update(input_shape=[]))
     rc = main(["export", "fmvit_t", "-t", "onnx", "-p", str(path), "-o", str(tmp_path / "out")])
