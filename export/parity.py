@@ -235,15 +235,30 @@ def _capped_message(tol: dict[str, float], floor: Any, atol_given: bool) -> str:
     )
 
 
+def shown_beside(value: float, bound: float, spec: str) -> str:
+    """``value`` formatted with ``spec``, with more significant digits where ``spec`` would print it equal to
+    ``bound`` or on its other side (a cosine of 0.99999965 against 1 is ``0.9999996``, not ``1.000000``)."""
+    text = format(value, spec)
+    for digits in range(7, 18):
+        shown = float(text)
+        if shown != bound and (shown > bound) == (value > bound):
+            return text
+        text = format(value, f".{digits}g")
+    return repr(float(value))
+
+
 def _failures(m: dict[str, float], tol: dict[str, float], cos_counted: int = 0, n: int = 0) -> list[str]:
     failures = []
     if not m["max_abs_rel_range"] <= tol["max_abs"]:
-        failures.append(f"max abs error {m['max_abs_rel_range']:.3g} of the output range > {tol['max_abs']:g}")
+        err = shown_beside(m["max_abs_rel_range"], tol["max_abs"], ".3g")
+        failures.append(f"max abs error {err} of the output range > {tol['max_abs']:.10g}")
     if not m["cosine"] >= tol["min_cosine"]:
         over = f" (over {cos_counted}/{n} samples clear of the rounding noise)" if cos_counted < n else ""
-        failures.append(f"cosine {m['cosine']:.6f} < {tol['min_cosine']:g}{over}")
+        cos = shown_beside(m["cosine"], tol["min_cosine"], ".6f")
+        failures.append(f"cosine {cos} < {tol['min_cosine']:.10g}{over}")
     if not m["top1"] >= tol["min_top1_agreement"]:
-        failures.append(f"top-1 agreement {m['top1']:.3f} < {tol['min_top1_agreement']:g}")
+        top1 = shown_beside(m["top1"], tol["min_top1_agreement"], ".3f")
+        failures.append(f"top-1 agreement {top1} < {tol['min_top1_agreement']:.10g}")
     return failures
 
 

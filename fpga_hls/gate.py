@@ -71,13 +71,16 @@ def resolve_tolerance(
 def gate_result(fixed: np.ndarray, ref: np.ndarray, tolerance: dict[str, float]) -> dict[str, Any]:
     """``{"tolerance", "max_abs", "max_abs_rel_range", "cosine", "passed", "failures"}``: the figures of
     ``fixed`` against ``ref`` and the verdict; each failure is one phrase naming the figure and its bound."""
+    from edgeattn.export.parity import shown_beside
+
     fig = figures(fixed, ref)
     failures = []
     if not fig["max_abs_rel_range"] <= tolerance["max_abs"]:
+        err = shown_beside(fig["max_abs_rel_range"], tolerance["max_abs"], ".3g")
         failures.append(
-            f"max abs error {fig['max_abs_rel_range']:.3g} of the output range > {tolerance['max_abs']:.10g} "
-            f"({_OPTION['max_abs']})"
+            f"max abs error {err} of the output range > {tolerance['max_abs']:.10g} ({_OPTION['max_abs']})"
         )
     if not fig["cosine"] >= tolerance["min_cosine"]:
-        failures.append(f"cosine {fig['cosine']:.6f} < {tolerance['min_cosine']:.10g} ({_OPTION['min_cosine']})")
+        cos = shown_beside(fig["cosine"], tolerance["min_cosine"], ".6f")
+        failures.append(f"cosine {cos} < {tolerance['min_cosine']:.10g} ({_OPTION['min_cosine']})")
     return {"tolerance": dict(tolerance), **fig, "passed": not failures, "failures": failures}

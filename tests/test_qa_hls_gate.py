@@ -223,6 +223,20 @@ def test_the_gate_line_prints_a_fine_bound_whole_and_the_cosine_finer():
     gate = {"tolerance": {"max_abs": 0.1, "min_cosine": 0.9999999}, "passed": False}
     line = _gate_line({**gate, "max_abs_rel_range": 0.01, "cosine": 0.99999985}, "the model")
     assert "smallest cosine 0.99999985 (bound 0.9999999): FAILED" in line
+    # a bound of exactly 1: the console line and the error line both show the shortfall (0.99999965 once read
+    # "cosine 1.000000 < 1")
+    one = {"tolerance": {"max_abs": 0.1, "min_cosine": 1.0}, "passed": False}
+    line = _gate_line({**one, "max_abs_rel_range": 0.01, "cosine": 0.99999965}, "the model")
+    assert "smallest cosine 0.9999997 (bound 1): FAILED" in line
+    fixed, ref = np.array([[1.0, 0.0], [1.0, 1.0]]), np.array([[1.0, 0.0], [1.0, 1.0008]])
+    g = gate_result(fixed, ref, {"max_abs": 0.0008, "min_cosine": 1.0})
+    # by hand: vector 1's cosine (1 + 1.0008) / (sqrt 2 * sqrt(1 + 1.0008^2)) = 0.99999992; max abs 0.0008 over
+    # the range 1.0008 = 0.00079936051 (3 digits would read 0.000799, below its bound: 7 are shown)
+    cos = 2.0008 / (math.sqrt(2) * math.sqrt(1 + 1.0008**2))
+    assert g["cosine"] == pytest.approx(cos, abs=1e-15) and 0.9999999 < cos < 1
+    assert g["failures"] == [f"cosine {cos:.7g} < 1 (--min-cosine)"]
+    g = gate_result(fixed, ref, {"max_abs": 0.0007993, "min_cosine": 0.0})
+    assert g["failures"] == ["max abs error 0.0007993605 of the output range > 0.0007993 (--atol)"]
     default = {"tolerance": {"max_abs": 0.1, "min_cosine": 0.99}, "passed": True}
     line = _gate_line({**default, "max_abs_rel_range": 0.01, "cosine": 0.999971}, "x")
     assert "smallest cosine 0.999971 (bound 0.99)" in line

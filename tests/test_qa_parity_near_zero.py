@@ -9,6 +9,7 @@ at the scale of the rounding flip that optimised ONNX Runtime makes on it, recom
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -143,6 +144,18 @@ def test_bisection_counts_the_cosine_on_the_samples_the_gate_judged():
     assert calls[0][0].ravel().tolist() == [2.0, 3.0] and calls[0][1].tolist() == [True, False]
     _bisect_worst(job, x, REF, got, bisect)
     assert calls[1][1] is None
+
+
+def test_a_failure_line_never_prints_a_figure_on_the_passing_side_of_its_bound():
+    """A cosine of 0.99999992 against --min-cosine 1 once read "cosine 1.000000 < 1"; the figure gets the digits
+    that show it below the bound (by hand: (1 + 1.0008) / (sqrt 2 * sqrt(1 + 1.0008^2)) = 0.99999992)."""
+    ref, out = np.array([[1.0, 0.0], [1.0, 1.0008]]), np.array([[1.0, 0.0], [1.0, 1.0]])
+    tol = SimpleNamespace(max_abs=1.0, min_cosine=1.0, min_top1_agreement=0.0)
+    res = compare_outputs(ref, out, tol, runtime="x")
+    cos = 2.0008 / (math.sqrt(2) * math.sqrt(1 + 1.0008**2))
+    assert res.failures == [f"cosine {cos:.7g} < 1"] and f"{cos:.7g}" == "0.9999999"
+    tol = SimpleNamespace(max_abs=10.0, min_cosine=0.99, min_top1_agreement=0.0)  # an ordinary miss: 6 places
+    assert compare_outputs(ref, out * [1, -1], tol, runtime="x").failures == ["cosine -0.000400 < 0.99"]
 
 
 def test_console_line_says_over_how_many_samples_the_cosine_is():

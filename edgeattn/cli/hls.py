@@ -365,13 +365,17 @@ def hls(
 
 def _gate_line(gate: dict, vs: str) -> str:
     """The accuracy gate's figures, bounds and verdict on one console line."""
+    from edgeattn.export.parity import shown_beside
+
     tol = gate["tolerance"]
     verdict = "passed" if gate["passed"] else "FAILED"
     bound = f"{tol['min_cosine']:.10g}"  # whole: --min-cosine 0.9999999 is not "bound 1"
     places = max(6, len(bound.partition(".")[2]) + 1)  # the cosine shows one place more than its bound
+    err = shown_beside(gate["max_abs_rel_range"], tol["max_abs"], ".3g")
+    cos = shown_beside(gate["cosine"], tol["min_cosine"], f".{places}f")  # never "1.000000 (bound 1): FAILED"
     return (
-        f"accuracy gate vs {vs}: max abs err {gate['max_abs_rel_range']:.3g} of the output range "
-        f"(bound {tol['max_abs']:.10g}), smallest cosine {gate['cosine']:.{places}f} (bound {bound}): {verdict}"
+        f"accuracy gate vs {vs}: max abs err {err} of the output range (bound {tol['max_abs']:.10g}), "
+        f"smallest cosine {cos} (bound {bound}): {verdict}"
     )
 
 
