@@ -77,8 +77,17 @@ def vector_images(
         from edgeattn.data import digits_dataset
 
         c, h, w = size
+        why = f"{fallback}; " if fallback else ""
         if h != w:
-            raise EdgeAttnError(f"--vectors-from data: digits images are square, the model takes {h}x{w}")
+            raise EdgeAttnError(
+                f"--vectors-from data: {why}digits images are square, the model takes {h}x{w} "
+                "(use --vectors-from random)"
+            )
+        if h < 8:  # digits are 8x8 and are upsampled, never shrunk
+            raise EdgeAttnError(
+                f"--vectors-from data: {why}digits images are 8x8, larger than the model's {h}x{w} input "
+                "(use --vectors-from random)"
+            )
         images = digits_dataset(img_size=h, in_chans=c, split="val", seed=0).tensors[0]
         data, split_seed = "digits", 0
         what = f"digits validation images, 8x8 upsampled to {h}x{w}"

@@ -175,6 +175,11 @@ def test_overflow_is_still_caught_on_real_images(tmp_path, capsys):
         (["--min-cosine", "1.5"], "--min-cosine must be in [-1, 1]"),
         (["--vectors-from", "imagenet"], "--vectors-from must be one of data, random"),
         (["--vectors-from", "data", "--vectors", "999"], "validation split holds only 359 images"),
+        # a 4x4 model: digits (8x8) are upsampled, never shrunk; once an internal digits_dataset error
+        (
+            ["--set", "img_size=4", "--vectors-from", "data"],
+            "--vectors-from data: digits images are 8x8, larger than the model's 4x4 input (use --vectors-from random)",
+        ),
     ],
 )
 def test_bad_gate_and_vector_options_are_one_line(tmp_path, capsys, args, phrase):
