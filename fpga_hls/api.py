@@ -35,9 +35,9 @@ def estimate_model(model: Any, profile: Any, layer: int | None = 0, attn_paralle
     ``attn_parallel`` above the model's token count is clamped to it as the generated design is (the result's
     ``parallelism`` holds ``attn_parallel``, the slots counted, and ``attn_parallel_requested``).
     """
-    from edgeattn.fpga_hls.generator import _resolve_target, check_formats, model_shape
+    from edgeattn.fpga_hls.generator import _resolve_target, check_formats, model_shape, profile_label
 
     net, name, prof, hls = _resolve_target(model, profile, layer, attn_parallel)
     shape, fmt = model_shape(net, layer, name), HLSFormats.from_profile(hls)
-    check_formats(fmt, shape, f"profile '{prof.name}'", profile=True)
+    check_formats(fmt, shape, profile_label(profile, prof), profile=True)
     return estimate(shape, hls, fmt)

@@ -188,6 +188,17 @@ def _resolve_target(
     return net, name, prof, hls
 
 
+def profile_label(profile: Any, prof: Any) -> str:
+    """How error lines name the profile: ``profile 'zcu102-hls'`` for a shipped one or a DeviceProfile, the file
+    for one read from a path (``my.yaml (profile 'zcu102-hls')``), so that a copy's mistake is not laid at the
+    shipped profile's door."""
+    from edgeattn.device_profile import names_a_file
+
+    if isinstance(profile, str | Path) and names_a_file(profile):
+        return f"{profile} (profile '{prof.name}')"
+    return f"profile '{prof.name}'"
+
+
 def check_formats(fmt: G.HLSFormats, shape: LayerShape, where: str, profile: bool) -> None:
     """EdgeAttnError starting with ``where`` when the templates cannot take ``fmt`` for ``shape``: a field out of range
     (:meth:`~.golden.HLSFormats.check`, naming the profile's fields if ``profile``) or a LayerNorm too wide for the
@@ -440,7 +451,7 @@ def generate_project(
     fmt = formats or G.HLSFormats.from_profile(hls)
     name = model_name or default_name
     shape = model_shape(net, layer, name)
-    check_formats(fmt, shape, "formats" if formats is not None else f"profile '{prof.name}'", profile=formats is None)
+    check_formats(fmt, shape, "formats" if formats is not None else profile_label(profile, prof), formats is None)
 
     # the parameters the hardware holds, quantized to the profile's widths
     mp: G.ModelParams | None = model_params(net, fmt) if layer is None else None

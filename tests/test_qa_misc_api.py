@@ -196,6 +196,30 @@ def test_generate_project_profile_widths_are_named_by_the_profile(tmp_path):
         generate_project("vit_tiny", prof.model_copy(update={"hls": hls}), tmp_path / "prj", vectors=1)
 
 
+def test_a_profile_read_from_a_file_is_named_by_its_path(tmp_path, capsys):
+    """A copy of zcu102-hls with a width the templates cannot take: the error names the file (the shipped profile
+    is fine), in the estimate and the project alike, and the CLI says it in one line."""
+    import yaml
+    from edgeattn.fpga_hls import estimate_model
+
+    from edgeattn.cli import main
+    from edgeattn.device_profile import load_profile
+
+    data = load_profile("zcu102-hls").model_dump(mode="json")
+    data["hls"]["softmax_in"]["width"] = 40
+    path = tmp_path / "mine.yaml"
+    path.write_text(yaml.safe_dump(data))
+    want = f"{path} (profile 'zcu102-hls'): hls.softmax_in.width must be in 2..32, got 40"
+    with pytest.raises(EdgeAttnError) as info:
+        estimate_model("vit_tiny", str(path))
+    assert str(info.value) == want
+    with pytest.raises(EdgeAttnError) as info:
+        generate_project("vit_tiny", path, tmp_path / "prj", vectors=1)
+    assert str(info.value) == want
+    assert main(["hls", "vit_tiny", "-o", str(tmp_path / "prj"), "-p", str(path)]) == 2
+    assert capsys.readouterr().err == f"error: {want}\n" and not (tmp_path / "prj").exists()
+
+
 @pytest.mark.parametrize("name", ["vit_tiny", "edge_moe_vit", "fmvit_t", "mobilenetv2"])
 def test_model_names_itself_for_a_wrong_input_dtype(name):
     from edgeattn.models import create_model
