@@ -131,7 +131,7 @@ def test_testbench_names_the_first_mismatch_and_refuses_a_short_weight_image(tmp
     # an argument limits the vectors (build_prj.tcl's cosim_vectors): vector 0 matches
     exe = prj / "build/csim.exe"
     one = subprocess.run([str(exe), "1"], cwd=prj, capture_output=True, text=True, timeout=120)
-    assert one.returncode == 0 and "EDGEATTN_CSIM vectors=1 outputs=544 mismatches=0" in one.stdout
+    assert one.returncode == 0 and "EDGEATTN_CSIM vectors=1 outputs_per_vector=544 mismatches=0" in one.stdout
     for bad in ("0", "x", "2x"):
         proc = subprocess.run([str(exe), bad], cwd=prj, capture_output=True, text=True, timeout=120)
         assert proc.returncode == 2 and "positive number of vectors" in proc.stdout, bad

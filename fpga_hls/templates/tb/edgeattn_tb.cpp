@@ -114,7 +114,7 @@ int main(int argc, char **argv) {
     fclose(fin);
     fclose(fgold);
     fclose(fout);
-    printf("EDGEATTN_CSIM vectors=%d outputs=%d mismatches=%ld", vectors, OUT_LEN, mismatches);
+    printf("EDGEATTN_CSIM vectors=%d outputs_per_vector=%d mismatches=%ld", vectors, OUT_LEN, mismatches);
     if (mismatches) printf(" first_mismatch=vector%d[%d] got=%lld want=%lld", bad_v, bad_i, bad_got, bad_want);
     printf("\n");
     return mismatches == 0 ? 0 : 1;
