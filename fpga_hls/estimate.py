@@ -87,8 +87,12 @@ def buffer_banks(shape: LayerShape, hls) -> int:
 
 
 def weight_column_words(shape: LayerShape, hls) -> int:
-    """Words of the MAC unit's weight-column buffer: one output tile's weights for the widest input a layer has."""
-    return math.ceil(buffer_width(shape, hls) / hls.mac_rows) * hls.mac_cols
+    """Words of the MAC unit's weight-column buffer: one output tile's weights for the widest input a linear layer
+    has, ``ceil(in / mac_rows) * mac_cols``. Inputs are ``dim`` (QKV, projection, fc1, MoE gate and experts' fc1,
+    head), ``hidden`` (fc2) and ``patch_dim`` (patch embedding); the buffer row (``3 * dim`` for QKV's output) can be
+    wider."""
+    widest_in = max(shape.dim, shape.hidden, shape.patch_dim)
+    return math.ceil(widest_in / hls.mac_rows) * hls.mac_cols
 
 
 def _dsp_tiles(bits: int, port: int) -> int:

@@ -205,6 +205,31 @@ def test_estimate_for_a_non_square_mac_array_matches_hand_arithmetic():
     assert est["dsp_floor_us"] == pytest.approx(macs * 1 / 2520 / 250)
 
 
+def test_weight_column_holds_the_widest_linear_input_not_the_buffer_row(tmp_path):
+    """D=24, hidden 36, patch 4x4x3 = 48 on a 3x33 MAC array: the buffer row is 3D = 72 (QKV's output), but no
+    linear layer reads more than 48 inputs, so the column holds ceil(48/3) * 33 = 528 words (it was sized from the
+    row: ceil(72/3) * 33 = 792). The whole ViT then runs bit-exactly in C simulation."""
+    require_toolchain()
+    from edgeattn.fpga_hls import run_csim
+    from edgeattn.fpga_hls.estimate import buffer_width, weight_column_words
+
+    prof = load_profile("zcu102-hls")
+    prof = prof.model_copy(update={"hls": prof.hls.model_copy(update={"mac_rows": 3, "mac_cols": 33})})
+    torch.manual_seed(0)
+    kwargs = {"embed_dim": 24, "num_heads": 2, "img_size": 16, "depth": 2, "mlp_ratio": 1.5}
+    net = create_model("edge_moe_vit", **kwargs).eval()
+    prj = tmp_path / "wcol"
+    info = generate_project(net, prof, prj, layer=None, vectors=2)
+    shape = info.shape
+    assert (shape.dim, shape.hidden, shape.patch_dim) == (24, 36, 48) and buffer_width(shape, prof.hls) == 72
+    assert weight_column_words(shape, prof.hls) == 528
+    assert "#define EA_WCOL_WORDS 528" in (prj / "firmware/parameters.h").read_text()
+    assert run_csim(prj)["mismatches"] == 0
+    # a dense layer whose fc2 input (hidden 128) is the widest: ceil(128/5) * 7 = 182 words
+    assert weight_column_words(LayerShape(tokens=17, dim=32, heads=2, hidden=128), prof.hls.model_copy(
+        update={"mac_rows": 5, "mac_cols": 7})) == 182
+
+
 def test_weight_image_at_other_widths_holds_the_rounded_torch_weights(tmp_path):
     torch.manual_seed(0)
     net = create_model("edge_moe_vit", embed_dim=32, depth=2, num_heads=2, img_size=16, patch_size=4).eval()
