@@ -97,6 +97,22 @@ def replaceable_dir(out_dir: str | Path) -> Path:
     return out
 
 
+def refuse_replacing_inputs(out_dir: str | Path, inputs: dict[str, str | Path | None]) -> None:
+    """:class:`EdgeAttnError` when replacing ``out_dir`` as a whole would delete a file this command reads:
+    ``inputs`` maps a label (``"the checkpoint"``) to a path (``None`` or a path that does not exist is skipped),
+    and one that is ``out_dir`` or lies inside it is refused (``-o run1 --force`` beside ``run1/fp.pt``)."""
+    out = Path(out_dir).resolve()
+    for label, path in inputs.items():
+        if path is None or not Path(path).exists():
+            continue
+        src = Path(path).resolve()
+        if src == out or out in src.parents:
+            raise EdgeAttnError(
+                f"output folder '{out_dir}' holds {label} '{path}', which this command reads; replacing the "
+                "folder would delete it: name another folder"
+            )
+
+
 def check_writable_folder(folder: str | Path, what: str) -> None:
     """Raise an :class:`EdgeAttnError` (its message starts with ``what``) unless files can be created in
     ``folder``, or, if it does not exist yet, in its nearest existing ancestor (where it would be created). Checked

@@ -58,7 +58,7 @@ from edgeattn.export.sources import (
 )
 from edgeattn.export.sources import TOKEN_TARGETS as TOKEN_TARGETS
 
-from edgeattn.atomic import OutputTakenError, replaceable_dir, staging_dir
+from edgeattn.atomic import OutputTakenError, refuse_replacing_inputs, replaceable_dir, staging_dir
 from edgeattn.errors import EdgeAttnError
 from edgeattn.hostinfo import MAX_THREADS
 
@@ -275,6 +275,7 @@ def _export_model(
     if (precision or prof.precision) == "int8" and _is_float_source(model, checkpoint):
         _refuse_wide_profile_bits(target, prof)  # a float checkpoint is checked once loaded, before its PTQ
     out = replaceable_dir(out_dir)  # refuses '.', a folder above it, a file: before any work
+    refuse_replacing_inputs(out_dir, _path_inputs(model, checkpoint, profile))
     _require_backend(target)
     if out.exists() and any(out.iterdir()) and not force:
         raise EdgeAttnError(
@@ -572,6 +573,19 @@ def _wide_weight_overrides(layers: list[str], quant: dict[str, Any] | None) -> l
     return found
 
 
+def _path_inputs(model: Any, checkpoint: Any, profile: Any) -> dict[str, Any]:
+    """The files an export reads that a user names by path: a checkpoint given as the model or as ``checkpoint``,
+    and a profile YAML (a shipped profile name or a DeviceProfile is no file)."""
+    from edgeattn.device_profile import names_a_file
+
+    paths: dict[str, Any] = {"the checkpoint": checkpoint}
+    if isinstance(model, str | Path) and Path(model).suffix in (".pt", ".pth"):
+        paths["the model checkpoint"] = model
+    if isinstance(profile, str | Path) and names_a_file(profile):
+        paths["the profile"] = profile
+    return paths
+
+
 def export_all(
     model: Any,
     out_dir: str | Path,
@@ -651,6 +665,8 @@ def export_all(
         raise EdgeAttnError(f"output folder '{out_dir}' exists and is not a folder")
     for t in targets:
         d = replaceable_dir(root / t)  # each out_dir/<target> is replaced as a whole: same rules
+        given = (profiles or {}).get(t)
+        refuse_replacing_inputs(root / t, _path_inputs(model, kwargs.get("checkpoint"), given))
         if d.exists() and any(d.iterdir()) and not force:
             raise EdgeAttnError(
                 f"output directory '{root / t}' exists and is not empty; pass --force to replace it",

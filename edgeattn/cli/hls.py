@@ -250,7 +250,7 @@ def hls(
     """Generate an HLS C++ project (Vitis HLS) for the Edge-MoE-style attention accelerator."""
     import torch
 
-    from edgeattn.atomic import check_writable_folder, replaceable_dir
+    from edgeattn.atomic import check_writable_folder, refuse_replacing_inputs, replaceable_dir
     from edgeattn.errors import EdgeAttnError
     from edgeattn.fpga_hls import find_ap_types, find_compiler, generate_project, run_csim
     from edgeattn.fpga_hls.gate import resolve_tolerance
@@ -267,6 +267,11 @@ def hls(
     check_reference(reference)
     resolve_tolerance(None, atol, min_cosine)  # out-of-range bounds fail before any work
     replaceable_dir(output)  # not '.', a folder above it, or a file
+    from edgeattn.device_profile import names_a_file
+
+    refuse_replacing_inputs(
+        output, {"the checkpoint": checkpoint, "the profile": profile if names_a_file(profile) else None}
+    )
     if json_out is not None:  # before generating and simulating, not after
         check_report_path(json_out, "--json", force, with_run_files((checkpoint, profile)), output=output)
     check_writable_folder(Path(os.path.abspath(output)).parent, f"output folder '{output}'")
