@@ -103,19 +103,23 @@ def require_openvino():
 
 
 def for_openvino(onnx_model: Any) -> tuple[Any, dict[str, int]]:
-    """A copy of ``onnx_model`` with two OpenVINO int8 defects worked around, and how many rewrites of each.
+    """A copy of ``onnx_model`` with three OpenVINO int8 defects worked around, and how many rewrites of each.
 
     OpenVINO 2026.4's CPU plugin computes an int8 Conv whose quantized input is a Concat wrongly
-    (:func:`edgeattn.export.qdq.split_concat_conv`, ``"concat_split"``), and an average pool of a quantized
-    input wrongly when a Clip follows it (:func:`edgeattn.export.qdq.pool_to_depthwise_conv`, ``"pool_as_conv"``).
-    Both rewrites compute the same integers.
+    (:func:`edgeattn.export.qdq.split_concat_conv`, ``"concat_split"``), an average pool of a quantized
+    input wrongly when a Clip follows it (:func:`edgeattn.export.qdq.pool_to_depthwise_conv`, ``"pool_as_conv"``),
+    and a residual Add wrongly when the int8 Conv that made its skip input has no bias
+    (:func:`edgeattn.export.qdq.add_conv_bias`, ``"conv_bias"``, a 1e-30 bias). All three compute the same
+    integers.
     """
     import onnx
-    from edgeattn.export.qdq import pool_to_depthwise_conv, split_concat_conv
+    from edgeattn.export.qdq import add_conv_bias, pool_to_depthwise_conv, split_concat_conv
 
     copy = onnx.ModelProto()
     copy.CopyFrom(onnx_model)
-    return copy, {"concat_split": split_concat_conv(copy), "pool_as_conv": pool_to_depthwise_conv(copy)}
+    counts = {"concat_split": split_concat_conv(copy), "pool_as_conv": pool_to_depthwise_conv(copy)}
+    counts["conv_bias"] = add_conv_bias(copy)  # after the rewrites that make Convs of their own
+    return copy, counts
 
 
 def convert_to_ir(onnx_path: str | Path, xml_path: str | Path, *, compress_to_fp16: bool = False) -> Path:

@@ -28,6 +28,7 @@ from onnx import helper, numpy_helper
 
 __all__ = [
     "QDQSummary",
+    "add_conv_bias",
     "clean_qdq",
     "constant_values",
     "fold_dq_transpose",
@@ -589,3 +590,47 @@ def pool_to_depthwise_conv(model: onnx.ModelProto) -> int:
         node.CopyFrom(conv)
         rewritten += 1
     return rewritten
+
+
+# the bias :func:`add_conv_bias` writes: not zero (OpenVINO drops a zero bias, and with it the workaround) and below
+# float32's resolution of any value an int8 activation takes (its ulp at 1e-7 is 1e-14), so no output moves
+TINY_BIAS = 1e-30
+
+
+def add_conv_bias(model: onnx.ModelProto) -> int:
+    """Give every Conv of a float32 quantized input (``DequantizeLinear`` on input 0) that has no bias a bias of
+    :data:`TINY_BIAS`, in place; returns how many.
+
+    It exists for OpenVINO: its CPU plugin (2026.4) loses a residual branch when the int8 Conv that made the
+    skip input has no bias: in ``Q/DQ -> Conv_a -> {Q/DQ -> 1x1 -> dw 3x3 -> 1x1 -> Conv_c, skip} -> Add`` the
+    output was the skip alone (least squares: 1.0 x skip + 0.0 x branch; 33% of the output range off ONNX Runtime,
+    cosine 0.70). A bias on Conv_a avoids it, but only a non-zero one: OpenVINO removes a zero bias. MobileNet-V2
+    models whose folded BatchNorms have zero shift (fresh from ``create_model``) export bias-free convolutions
+    exactly so; trained ones have biases.
+    """
+    graph = model.graph
+    producers = {o: n for n in graph.node for o in n.output}
+    values = constant_values(graph)
+    added = 0
+    for node in graph.node:
+        has_bias = len(node.input) > 2 and bool(node.input[2])
+        if node.op_type != "Conv" or has_bias:
+            continue
+        src = producers.get(node.input[0])
+        if src is None or src.op_type != "DequantizeLinear":
+            continue
+        scale = values.get(src.input[1])
+        if scale is None or scale.dtype != np.float32:  # TINY_BIAS would round to 0 in float16
+            continue
+        w = values.get(node.input[1])
+        if w is None:
+            w_src = producers.get(node.input[1])
+            w = values.get(w_src.input[0]) if w_src is not None and w_src.op_type == "DequantizeLinear" else None
+        if w is None or w.ndim < 1:
+            continue
+        name = _unique_name(graph, f"{node.name or node.output[0]}_bias")
+        graph.initializer.append(numpy_helper.from_array(np.full(w.shape[0], TINY_BIAS, np.float32), name))
+        del node.input[2:]
+        node.input.append(name)
+        added += 1
+    return added

@@ -273,6 +273,11 @@ def _run_onnx_based(job: _Job) -> None:
                 " mean Conv (same values; works around OpenVINO CPU's wrong int8 pooling before a Clip, see"
                 " docs/export.md)"
             )
+        if rewrites["conv_bias"]:
+            report.notes.append(
+                f"OpenVINO IR: {rewrites['conv_bias']} int8 Conv(s) without bias given a 1e-30 bias (same values;"
+                " works around OpenVINO CPU's lost residual branch after a bias-free int8 Conv, see docs/export.md)"
+            )
         if any(rewrites.values()):
             ov_onnx = save_onnx(ov_model, stage / ".openvino_input.onnx")
         xml = convert_to_ir(ov_onnx, stage / "model.xml", compress_to_fp16=compress and prec != "int8")

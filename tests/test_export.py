@@ -416,7 +416,7 @@ def test_split_concat_conv_is_exact_and_fixes_openvino():
     x = np.random.default_rng(7).standard_normal((4, 8, 8, 8)).astype(np.float32)
     exported = export_onnx(model, torch.from_numpy(x[:1]), precision="int8", dynamic_batch=True)
     rewritten, counts = for_openvino(exported.model)
-    assert counts == {"concat_split": 1, "pool_as_conv": 0}
+    assert counts == {"concat_split": 1, "pool_as_conv": 0, "conv_bias": 1}  # the second part carries no bias
     assert "Concat" not in [node.op_type for node in rewritten.graph.node]
     onnx.checker.check_model(rewritten, full_check=True)
     ref = reference_outputs(model, x)

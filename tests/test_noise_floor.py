@@ -147,3 +147,16 @@ def test_export_reports_when_a_gate_passed_only_within_the_floor(tmp_path):
 
     with pytest.raises(ParityFailure):
         export_model(model, "onnx", "host-cpu", tmp_path / "c", atol=tight, noise_floor=False, **common)
+
+
+def test_a_classifier_sample_within_twice_the_noise_of_a_tie_is_not_top1_stable():
+    """The margin rule, by hand: margins 0.5, 0.02, 0.3 and 0.2 against logit moves 0.1, 0.15, 0.1 and 0.1: a sample
+    counts only if its margin exceeds twice its move (0.5 > 0.2; 0.02 < 0.3; 0.3 > 0.2; 0.2 = 0.2 is not beyond).
+    Outputs with several positions per sample keep the members' verdict."""
+    from edgeattn.export.noise_floor import _margin_clear
+
+    ref = np.array([[1.0, 0.5, 0.0], [0.62, 0.6, 0.1], [0.0, 0.3, 0.6], [0.4, 0.2, 0.0]])
+    dev = np.array([0.1, 0.15, 0.1, 0.1])
+    assert _margin_clear(ref, dev).tolist() == [True, False, True, False]
+    assert _margin_clear(ref[:, None, :], dev).all()  # (N, positions, classes): not judged by margin
+    assert _margin_clear(ref[:, :1], dev).all()  # one logit: no margin to speak of
