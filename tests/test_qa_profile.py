@@ -147,6 +147,27 @@ def test_macs_of_strided_grouped_dilated_conv_transposed_conv_and_gemms(tmp_path
     assert openvino_macs(ov_model) == (hand, 0)  # the second counter, on OpenVINO's own graph
 
 
+def test_macs_of_a_grouped_transposed_conv_in_both_counters(tmp_path):
+    """OpenVINO names a grouped ConvTranspose GroupConvolutionBackpropData; its MACs were left out (no note)."""
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((8, 3, 4, 4)).astype(np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("ConvTranspose", ["x", "w"], ["y"], group=2, strides=[2, 2])],
+        "gct",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 8, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [w],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    hand = 2 * 8 * 8 * 8 * 3 * 4 * 4  # in elements x Cout/groups x kH x kW (Cout = 2 groups x 3)
+    assert hand == 49152 and onnx_macs(model, {"x": [2, 8, 8, 8]}) == (hand, 0)
+    path = tmp_path / "gct.onnx"
+    onnx.save(model, str(path))
+    ov_model = ov.Core().read_model(str(path))
+    assert "GroupConvolutionBackpropData" in {op.get_type_name() for op in ov_model.get_ordered_ops()}
+    assert openvino_macs(ov_model) == (hand, 0)
+
+
 # ---------------------------------------------------------------- tables never cut a number
 
 

@@ -134,6 +134,7 @@ def openvino_macs(model: Any) -> tuple[int, int]:
             "Convolution",
             "GroupConvolution",
             "ConvolutionBackpropData",
+            "GroupConvolutionBackpropData",
             "MatMul",
             "ScaledDotProductAttention",
         ):
@@ -155,6 +156,8 @@ def openvino_macs(model: Any) -> tuple[int, int]:
             total += math.prod(out_dims) * math.prod(w[2:])
         elif kind == "ConvolutionBackpropData":  # weights [Cin, Cout, k...]
             total += math.prod(a) * math.prod(w[1:])
+        elif kind == "GroupConvolutionBackpropData":  # weights [G, Cin/G, Cout/G, k...]
+            total += math.prod(a) * math.prod(w[2:])
         else:
             attrs = op.get_attributes()
             k = a[0] if len(a) == 1 else a[-2] if attrs.get("transpose_a") else a[-1]
