@@ -248,9 +248,12 @@ def test_one_shape_sets_the_batch_of_every_dynamic_batch_input(tmp_path, runtime
         runner.close()
     runner = open_runner(tmp_path / "two.onnx", runtime, batch=2, shapes={"x": [2, 32]})
     try:
-        assert runner.input_shapes == {"x": [2, 32], "y": [2, 16]}  # --batch wins
+        assert runner.input_shapes == {"x": [2, 32], "y": [2, 16]}  # --batch sets y's batch too
     finally:
         runner.close()
+    # a --shape running another batch than --batch: once ran batch 3 and reported throughput for 2
+    with pytest.raises(EdgeAttnError, match=r"^--batch 2 and --shape x=3x32 give '.*two.onnx' two batches; drop one"):
+        open_runner(tmp_path / "two.onnx", runtime, batch=2, shapes={"x": [3, 32]})
 
 
 def test_different_batches_are_refused_where_another_input_needs_one():

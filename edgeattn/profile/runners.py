@@ -175,8 +175,15 @@ def resolve_shapes(
     dynamic-batch input has its own ``--shape``.
     """
     shapes = shapes or {}
+    dynamic = [name for name, dims in inputs.items() if dims and dims[0] is None]
+    if batch is not None:  # throughput and MACs are per --batch: a --shape that runs another batch would skew both
+        for name in dynamic:
+            if shapes.get(name) and int(shapes[name][0]) != batch:
+                raise EdgeAttnError(
+                    f"--batch {batch} and --shape {name}={'x'.join(map(str, shapes[name]))} give '{artifact}' two "
+                    "batches; drop one, or make them agree"
+                )
     if batch is None:
-        dynamic = [name for name, dims in inputs.items() if dims and dims[0] is None]
         given = {name: int(shapes[name][0]) for name in dynamic if shapes.get(name)}
         if len(set(given.values())) == 1:
             batch = next(iter(given.values()))
