@@ -167,6 +167,25 @@ def test_bad_settings_are_refused_by_the_python_api(tmp_path, monkeypatch):
         profile_artifacts([tmp_path / "m.onnx"], infer_precision="f64")
 
 
+def test_openvino_options_are_refused_where_no_artifact_runs_in_openvino(art, monkeypatch, capsys):
+    """--hint throughput --infer-precision f16 on an ONNX Runtime artifact ran plain fp32 ONNX Runtime and recorded
+    both as the run's settings."""
+    for args, given in (
+        (["--infer-precision", "f16"], "--infer-precision f16"),
+        (["--hint", "throughput", "--infer-precision", "f16"], "--hint throughput and --infer-precision f16"),
+    ):
+        monkeypatch.setattr(measure, "open_runner", _no_loading)
+        assert main(["profile", str(art / "small.onnx"), *args]) == 2
+        assert _err(capsys) == (
+            f"error: {given} apply to OpenVINO artifacts (.xml), and none of these runs in OpenVINO"
+        )
+    monkeypatch.undo()
+    onnx_only = profile_artifacts([art / "small.onnx"], warmup=0, iters=2, threads=1)
+    assert (onnx_only.settings["hint"], onnx_only.settings["infer_precision"]) == (None, None)
+    both = profile_artifacts([art / "small.onnx", art / "small.xml"], warmup=0, iters=2, threads=1, hint="none")
+    assert both.settings["hint"] == "none"  # applied to the .xml
+
+
 def test_every_artifact_is_checked_before_the_first_loads(tmp_path, monkeypatch):
     monkeypatch.setattr(measure, "open_runner", _no_loading)
     (tmp_path / "a.onnx").touch()

@@ -266,8 +266,15 @@ def profile_artifacts(
         threads=threads,
     )
     paths = [Path(p) for p in paths]
-    for path in paths:  # every path before the first (slow) load
-        check_artifact(path, runtime)
+    runtimes = [check_artifact(path, runtime) for path in paths]  # every path before the first (slow) load
+    on_openvino = "openvino" in runtimes
+    if not on_openvino:  # OpenVINO's options would be recorded as applied while nothing used them
+        given = [f"--{flag} {value}" for flag, value in (("hint", hint), ("infer-precision", infer_precision))
+                 if value is not None and (flag != "hint" or value != "latency")]  # fmt: skip
+        if given:
+            raise EdgeAttnError(
+                f"{' and '.join(given)} apply to OpenVINO artifacts (.xml), and none of these runs in OpenVINO"
+            )
     if iters is None and seconds is None:
         iters = DEFAULT_ITERS
     sysrec = system.system_record()
@@ -396,8 +403,8 @@ def profile_artifacts(
             "seconds": seconds,
             "batch": batch,
             "threads": threads,
-            "hint": hint,
-            "infer_precision": infer_precision,
+            "hint": hint if on_openvino else None,  # OpenVINO's options: none where no artifact ran in it
+            "infer_precision": infer_precision if on_openvino else None,
             "per_layer": per_layer,
             "layer_runs": layer_runs,
             "block": block,
