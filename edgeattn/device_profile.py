@@ -114,9 +114,10 @@ class ExportSpec(_Strict):
     @field_validator("input_shape")
     @classmethod
     def _shape_is_real(cls, shape: tuple[int, ...]) -> tuple[int, ...]:
-        # a batch dim and at least one more (language models take (batch, tokens)); no empty dims
-        if len(shape) < 2:
-            raise ValueError("needs at least 2 dims (batch first)")
+        # (batch, tokens) for language models or NCHW for vision ones; no empty dims. A 3-dim shape was once
+        # taken for (C, H, W) by nothing and for a batch of 3 by the export
+        if len(shape) not in (2, 4):
+            raise ValueError("needs 2 dims (batch, tokens) or 4 (N, C, H, W)")
         if any(d < 1 for d in shape):
             raise ValueError("every dim must be >= 1")
         return shape

@@ -122,8 +122,17 @@ def resolve_model(
     if is_language_model(model):  # before building it: create_model would name 'img_size', not the flag
         _refuse_image_flags(model, None, model_kwargs)
     kwargs = {**approximation_kwargs(model, profile.approx.softmax, profile.approx.gelu), **(model_kwargs or {})}
-    if not is_language_model(model):
-        c, h, _ = profile.export.input_shape[1:4] if len(profile.export.input_shape) == 4 else (3, 224, 224)
+    shape = tuple(profile.export.input_shape)
+    if is_language_model(model):
+        if len(shape) == 2:  # (batch, tokens): the context the profile deploys
+            kwargs.setdefault("seq_len", shape[1])
+    else:
+        c, h, w = shape[1:4] if len(shape) == 4 else (3, 224, 224)
+        if h != w and "img_size" not in kwargs:
+            raise EdgeAttnError(
+                f"profile '{profile.name}' gives input_shape {list(shape)}, not square: registry vision models are "
+                f"built at img_size x img_size; pass --img-size, or export your own nn.Module for {h}x{w}"
+            )
         kwargs.setdefault("img_size", h)
         kwargs.setdefault("in_chans", c)
     import torch

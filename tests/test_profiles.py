@@ -84,8 +84,11 @@ def _bad_profile(tmp_path, mutate) -> Path:
         (lambda d: d.pop("runtime"), "field 'runtime' is required"),
         (lambda d: d.pop("tensorrt"), "'tensorrt' section is missing"),
         (lambda d: d["runtime"].update(name="tflite"), "field 'runtime.name'"),
-        (lambda d: d["export"].update(input_shape=[]), "field 'export.input_shape': value error, needs at least 2"),
-        (lambda d: d["export"].update(input_shape=[8]), "field 'export.input_shape': value error, needs at least 2"),
+        (lambda d: d["export"].update(input_shape=[]), "field 'export.input_shape': value error, needs 2 dims"),
+        (lambda d: d["export"].update(input_shape=[8]), "field 'export.input_shape': value error, needs 2 dims"),
+        # once read as a batch of 3 at 224 px by the export
+        (lambda d: d["export"].update(input_shape=[3, 32, 32]), "needs 2 dims (batch, tokens) or 4 (N, C, H, W)"),
+        (lambda d: d["export"].update(input_shape=[1, 3, 8, 8, 8]), "needs 2 dims (batch, tokens) or 4 (N, C, H, W)"),
         (lambda d: d["export"].update(input_shape=[1, 3, 0, 224]), "every dim must be >= 1, got [1, 3, 0, 224]"),
         (lambda d: d["export"].update(input_shape=[1, -3, 224, 224]), "every dim must be >= 1"),
         (lambda d: d["tolerance"]["int8"].update(max_abs=-1), "field 'tolerance.int8.max_abs'"),

@@ -202,3 +202,42 @@ def test_hls_refuses_a_state_dict_with_nan_weights(tmp_path, capsys):
         "it is from a diverged run"
     ]
     assert not (tmp_path / "p").exists() and _leftovers(tmp_path) == []
+
+
+def _profile_with_shape(tmp_path: Path, shape: list[int]) -> Path:
+    import yaml
+
+    from edgeattn.device_profile import load_profile
+
+    data = load_profile("host-cpu").model_dump(mode="json")
+    data["name"] = "shaped"
+    data["export"]["input_shape"] = shape
+    path = tmp_path / "shaped.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_a_non_square_profile_shape_is_refused_for_a_registry_vision_model(tmp_path, capsys):
+    """[1, 3, 32, 48] was exported as [1, 3, 32, 32] without a word: registry vision models are square."""
+    prof = _profile_with_shape(tmp_path, [1, 3, 32, 48])
+    out = tmp_path / "o"
+    assert main(["export", "mobilenetv2", "-t", "onnx", "-p", str(prof), "--precision", "fp32", "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        "error: profile 'shaped' gives input_shape [1, 3, 32, 48], not square: registry vision models are built at "
+        "img_size x img_size; pass --img-size, or export your own nn.Module for 32x48\n"
+    )
+    assert not out.exists()
+
+
+def test_a_batch_tokens_profile_sets_the_language_models_context(tmp_path, capsys):
+    """(batch, tokens) = [2, 16]: the ONNX takes [2, 16] token ids (it took the model's own 128 tokens)."""
+    import onnx
+
+    prof = _profile_with_shape(tmp_path, [2, 16])
+    out = tmp_path / "lm"
+    args = ["export", "tiny_llama", "-t", "onnx", "-p", str(prof), "--precision", "fp32", "--n-inputs", "2"]
+    assert main([*args, "-o", str(out)]) == 0, capsys.readouterr().err
+    model = onnx.load(str(out / "model.onnx"))
+    dims = [[d.dim_value for d in i.type.tensor_type.shape.dim] for i in model.graph.input]
+    assert dims == [[2, 16]]
