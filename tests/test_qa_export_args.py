@@ -241,3 +241,27 @@ def test_a_batch_tokens_profile_sets_the_language_models_context(tmp_path, capsy
     model = onnx.load(str(out / "model.onnx"))
     dims = [[d.dim_value for d in i.type.tensor_type.shape.dim] for i in model.graph.input]
     assert dims == [[2, 16]]
+
+
+def test_int8_export_of_a_non_square_model_calibrates_on_random_images(tmp_path):
+    """A (3, 16, 24) model: digits (square) once calibrated it at 16x16 and crashed in torch ('mat1 and mat2 shapes
+    cannot be multiplied'); now PTQ calibrates on random normal images of its own shape, and the note says so."""
+    from edgeattn.export import export_model
+    from torch import nn
+
+    class Wide(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.input_size = (3, 16, 24)
+            self.conv = nn.Conv2d(3, 8, 3, padding=1)
+            self.fc = nn.Linear(8 * 16 * 24, 10)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(torch.relu(self.conv(x)).flatten(1))
+
+    torch.manual_seed(0)
+    report = export_model(Wide().eval(), "onnx", "host-cpu", tmp_path / "w", precision="int8", n_inputs=8)
+    assert all(p["passed"] for p in report.parity)
+    assert "PTQ calibrated on 16 random normal inputs of shape [3, 16, 24]; pass calib_inputs= for your own data" in (
+        report.notes
+    )
