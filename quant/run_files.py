@@ -64,13 +64,44 @@ def _difference(
     return None
 
 
-def _check_resume_config(saved: Any, cfg: TrainConfig, source: Path, data_path: str | None = None) -> None:
+def teacher_fingerprint(state_dict: Any) -> str:
+    """SHA-256 over an FP model's tensors (names, dtypes, shapes, bytes): the teacher a QAT run distils from.
+    ``state.pt`` records it, so that ``--resume`` can refuse another FP model under the same path (or accept the
+    same one under another spelling of it)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name in sorted(state_dict):
+        t = state_dict[name].detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
+
+
+def check_teacher(state: dict[str, Any] | None, fp_source: Path, out_dir: Path) -> None:
+    """Refuse, in one line, to resume the QAT epochs of ``state`` with an FP teacher other than the one they were
+    distilled from (``state["teacher_fingerprint"]``; a state from an older edgeattn records none)."""
+    recorded = (state or {}).get("teacher_fingerprint")
+    if not recorded:
+        return
+    if teacher_fingerprint(read_checkpoint_file(fp_source)["state_dict"]) != recorded:
+        raise EdgeAttnError(
+            f"--resume: '{fp_source}' is not the FP model the run in '{out_dir}' distilled its QAT epochs from "
+            "(its weights differ); resume with that FP model, or start a new run (--force or another --output)"
+        )
+
+
+def _check_resume_config(
+    saved: Any, cfg: TrainConfig, source: Path, data_path: str | None = None, teacher_recorded: bool = False
+) -> None:
     """Refuse to resume a run whose recorded settings differ from ``cfg`` (naming the first differing key).
 
     ``data_path``: the absolute path of the run's own data as recorded then (``data_meta``). With it, a folder or
     file is the same data when ``cfg.data`` resolves to that path, from whatever working directory and however
     spelled; a relative ``data`` that names another folder from here is refused. Without it (a file from an older
-    edgeattn) the two ``data`` settings are compared as paths from the current working directory."""
+    edgeattn) the two ``data`` settings are compared as paths from the current working directory.
+    ``teacher_recorded``: the state records its FP teacher's fingerprint (:func:`check_teacher` compares the
+    content), so ``fp_checkpoint`` may be spelled another way (absolute, from another working directory)."""
     if not isinstance(saved, dict):
         raise EdgeAttnError(f"--resume: '{source}' records no run settings; rerun with --force to start over")
     # a setting added to TrainConfig after the run was written: the run had its default (e.g. augment_shift 0),
@@ -78,6 +109,8 @@ def _check_resume_config(saved: Any, cfg: TrainConfig, source: Path, data_path: 
     defaults = {**TrainConfig.model_construct().model_dump(mode="json"), "resize": LEGACY_RESIZE}
     saved = {**{k: v for k, v in defaults.items() if k not in saved}, **saved}
     ignore = RESUME_FREE_KEYS if _is_image_folder(cfg) else RESUME_FREE_KEYS | {"resize"}  # it changes no number
+    if teacher_recorded and bool(saved.get("fp_checkpoint")) == bool(cfg.fp_checkpoint):
+        ignore = ignore | {"fp_checkpoint"}  # the path's spelling: its content is checked by check_teacher
     if data_path is not None and cfg.data not in BUILTIN_DATA and saved.get("data") not in BUILTIN_DATA:
         now = str(Path(cfg.data).resolve())
         if now != data_path:
@@ -112,7 +145,7 @@ def _load_state(path: Path, cfg: TrainConfig) -> dict[str, Any]:
         raise EdgeAttnError(f"--resume: '{path}' is not a QAT state file; rerun with --force to start over")
     # a state.pt from before it recorded data_path: the run's checkpoint of the same epoch has it
     data_path = state.get("data_path") or _checkpoint_data_path(path.parent / "qat_last.pt")
-    _check_resume_config(state["config"], cfg, path, data_path)
+    _check_resume_config(state["config"], cfg, path, data_path, bool(state.get("teacher_fingerprint")))
     return state
 
 

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import math
 import os
 import random
@@ -82,7 +83,9 @@ from edgeattn.quant.run_files import (  # noqa: F401 (re-exports, see the module
     _load_state,
     _output_lock,
     _state_fingerprint,
+    check_teacher,
     resumable,
+    teacher_fingerprint,
 )
 from edgeattn.quant.train_config import (  # noqa: F401 (re-exports, see the module docstring)
     BUILTIN_DATA,
@@ -767,6 +770,17 @@ def _run(cfg: TrainConfig, resume: bool, show: bool, dist: _Dist, force: bool) -
         _check_same_content(fp_saved.get("data_fingerprint"), info, f"--resume: the run in '{out_dir}'")
     if state is not None:  # the QAT epochs: state.pt's record (fp.pt's may come from another run's fp_checkpoint)
         _check_same_content(_state_fingerprint(state, out_dir), info, f"--resume: the run in '{out_dir}'")
+        if fp_source is not None:  # the teacher the epochs were distilled from, by content (before any write)
+            check_teacher(state, fp_source, out_dir)
+        done = _finished_run(out_dir, state, cfg)
+        if done is not None:  # redoing PTQ would rewrite ptq.pt, model.pt and result.json for nothing
+            if show:
+                print(
+                    f"note: the run in '{out_dir}' is complete ({cfg.epochs} of {cfg.epochs} QAT epochs): nothing to "
+                    "resume; its files are unchanged",
+                    file=sys.stderr,
+                )
+            return done
     from edgeattn.models import create_model
 
     # a bad model name or argument, or token-adaptive settings the model cannot take, fail here: before --force
@@ -828,6 +842,7 @@ def _run(cfg: TrainConfig, resume: bool, show: bool, dist: _Dist, force: bool) -
                 result["fp_train_seconds"] = time.perf_counter() - t_fp
                 stop.check(dist)
             stage = "FP validation"
+            fp_fingerprint = teacher_fingerprint(model_state_dict(fp_model))  # as fp.pt holds it
             result["fp_checkpoint"] = os.path.abspath(cfg.fp_checkpoint or fp_path)
             result["model"] = fp_meta["model"]  # the outputs are labelled with what the FP checkpoint holds
             teacher = frozen_teacher(fp_model, fp_meta)
@@ -855,6 +870,8 @@ def _run(cfg: TrainConfig, resume: bool, show: bool, dist: _Dist, force: bool) -
                 "data": cfg.data,
                 "split": split,
                 **recorded_data,
+                # the FP model distilled from (as fp.pt holds it): --resume refuses another (check_teacher)
+                "teacher_fingerprint": fp_fingerprint,
             }
             if dist.is_main:
                 save_checkpoint(out_dir / "ptq.pt", ptq_model, q_meta)
@@ -921,6 +938,18 @@ def _diverged_error(
         "(result.json: status diverged)",
         result,
     )
+
+
+def _finished_run(out_dir: Path, state: dict[str, Any], cfg: TrainConfig) -> dict[str, Any] | None:
+    """The ``result.json`` of a run that ``state`` shows complete (every QAT epoch, ``model.pt`` written, status
+    done); ``None`` when something is left to do or the record cannot be read."""
+    if int(state.get("epoch", 0)) < cfg.epochs or not (out_dir / "model.pt").is_file():
+        return None
+    try:
+        result = json.loads((out_dir / "result.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return result if isinstance(result, dict) and result.get("status") == "done" else None
 
 
 def _finish(result: dict[str, Any], out_dir: Path, t0: float, dist: _Dist) -> dict[str, Any]:
@@ -1019,6 +1048,7 @@ def _qat(
                 "config": cfg.model_dump(mode="json"),
                 "world_size": dist.world,  # --resume needs the same number of processes
             }
+            state["teacher_fingerprint"] = q_meta.get("teacher_fingerprint")
             if q_meta.get("data_path"):  # --resume compares the data by this absolute path and this content
                 state["data_path"] = q_meta["data_path"]
                 state["data_fingerprint"] = q_meta.get("data_fingerprint")

@@ -783,3 +783,43 @@ def test_module_entry_point_is_the_qat_command(tmp_path, monkeypatch, capsys):
     assert T.main(["--model", "vit_tiny", "-o", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.endswith("boom") and len(err.splitlines()) == 1
+
+
+def test_resume_of_a_finished_run_changes_nothing_and_says_so(fp_run, tmp_path, capsys):
+    """Resuming a complete run redid PTQ and rewrote ptq.pt, model.pt and result.json (dropping
+    fp_train_seconds); now it returns the run's result.json and leaves every file as it was."""
+    out = _copy_run(fp_run, tmp_path / "r")
+    before = _snapshot(out)
+    res = T.run(tiny_cfg(out, epochs=1), resume=True, progress=True)
+    assert _snapshot(out) == before
+    assert res == json.loads((out / "result.json").read_text()) and "fp_train_seconds" in res
+    assert "is complete (1 of 1 QAT epochs): nothing to resume; its files are unchanged" in capsys.readouterr().err
+
+
+def test_resume_checks_the_fp_teacher_by_content_not_by_how_its_path_is_spelled(fp_run, tmp_path, monkeypatch):
+    """The QAT epochs are distilled from one FP model: another one at the same path is refused before any file
+    is written (it was taken silently, and the losses left the run's curve); the same one spelled another way (an
+    absolute path for a relative one) is accepted (it was refused as another setting)."""
+    ext = tmp_path / "ext"
+    ext.mkdir()
+    shutil.copy(fp_run / "fp.pt", ext / "fp.pt")
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "r"
+    first = T.run(tiny_cfg(out, epochs=2, fp_checkpoint="ext/fp.pt"), progress=False)
+    assert first["status"] == "done"
+    (out / "model.pt").unlink()  # as if stopped after the last epoch's state: resuming has work left
+    state = torch.load(out / "state.pt", weights_only=True)
+    assert state["teacher_fingerprint"] == T.teacher_fingerprint(torch.load(ext / "fp.pt")["state_dict"])
+    # the same FP model, spelled as an absolute path: accepted, and the run ends where it would have
+    res = T.run(tiny_cfg(out, epochs=2, fp_checkpoint=str(ext / "fp.pt")), resume=True, progress=False)
+    assert res["status"] == "done" and res["qat"] == first["qat"]
+    # another FP model at the same path: refused, nothing written
+    other = torch.load(ext / "fp.pt", weights_only=True)
+    name = next(k for k, v in other["state_dict"].items() if v.is_floating_point())
+    other["state_dict"][name] = other["state_dict"][name] + 0.01
+    torch.save(other, ext / "fp.pt")
+    (out / "model.pt").unlink()
+    before = _snapshot(out)
+    with pytest.raises(T.EdgeAttnError, match=r"^--resume: 'ext/fp.pt' is not the FP model the run in '.*r' "):
+        T.run(tiny_cfg(out, epochs=2, fp_checkpoint="ext/fp.pt"), resume=True, progress=False)
+    assert _snapshot(out) == before
