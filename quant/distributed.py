@@ -143,6 +143,19 @@ class _Dist:
         dist.all_reduce(t)
         return t.tolist()
 
+    def broadcast_from_main(self, model: nn.Module) -> None:
+        """Give every process rank 0's parameters and buffers of ``model``. DDP averages gradients, but each rank
+        updates its BatchNorm running statistics from its own shard; after FP training rank 0 saves ``fp.pt`` and
+        the other ranks would otherwise distil from a teacher of their own (a resumed run, which loads ``fp.pt``
+        everywhere, then left the uninterrupted run's curve)."""
+        if self.world == 1:
+            return
+        import torch.distributed as dist
+
+        with torch.no_grad():
+            for tensor in [*model.parameters(), *model.buffers()]:
+                dist.broadcast(tensor.data, src=0)
+
     def wrap(self, model: nn.Module, example: torch.Tensor) -> nn.Module:
         """``model`` in DDP under torchrun (as is for one process). DDP looks for parameters without a gradient
         after every step only when ``example`` shows some (token-adaptive bits leave the first block's low-bit

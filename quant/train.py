@@ -839,6 +839,7 @@ def _run(cfg: TrainConfig, resume: bool, show: bool, dist: _Dist, force: bool) -
                 fp_model = create_model(cfg.model, **kwargs)
                 t_fp = time.perf_counter()
                 _train_fp(cfg, fp_model, train, dist, prog, stop)
+                dist.broadcast_from_main(fp_model)  # one teacher on every rank: the fp.pt rank 0 saves
                 result["fp_train_seconds"] = time.perf_counter() - t_fp
                 stop.check(dist)
             stage = "FP validation"
@@ -905,7 +906,8 @@ def _run(cfg: TrainConfig, resume: bool, show: bool, dist: _Dist, force: bool) -
             result.update(status="interrupted", stopped={"stage": stage})
         except _Diverged as div:
             raise _diverged_error(div, cfg, result, out_dir, t0, dist) from None
-    return _finish(result, out_dir, t0, dist)
+        with stop.holding():  # a second signal now waits for result.json, then stops (exit 130, not 143)
+            return _finish(result, out_dir, t0, dist)
 
 
 def _diverged_error(

@@ -240,3 +240,34 @@ def test_ddp_looks_for_unused_parameters_only_when_there_are_some() -> None:
     assert all(p.grad is None for p in list(plain.parameters())[1:])
     assert T.has_unused_parameters(adaptive, x[:2]) is True
     assert not adaptive.training
+
+
+def _broadcast_worker(rank: int, port: int, out: str) -> None:
+    """One of two gloo processes: a BatchNorm whose running statistics differ per rank (as after DDP training, each
+    rank updating them from its own shard), then broadcast_from_main; writes what it holds afterwards."""
+    import os
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist = T._Dist()
+    try:
+        bn = torch.nn.BatchNorm2d(3)
+        with torch.no_grad():
+            bn.running_mean.fill_(float(rank + 1))
+            bn.running_var.fill_(float(10 * (rank + 1)))
+            bn.weight.fill_(float(rank + 2))
+        dist.broadcast_from_main(bn)
+        torch.save({k: v.clone() for k, v in bn.state_dict().items()}, f"{out}/rank{rank}.pt")
+    finally:
+        dist.close()
+
+
+def test_broadcast_from_main_gives_every_rank_rank_0s_batchnorm_statistics(no_dist_env, tmp_path):
+    """After DDP FP training each rank kept its own BatchNorm running statistics while rank 0 saved fp.pt, so rank 1
+    distilled from another teacher and a resumed fmvit_t run (fp.pt on every rank) left the uninterrupted curve."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_broadcast_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
+    zero, one = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    assert torch.equal(zero["running_mean"], torch.full((3,), 1.0))  # rank 0's own
+    for key in ("running_mean", "running_var", "weight", "bias", "num_batches_tracked"):
+        assert torch.equal(one[key], zero[key]), key

@@ -22,7 +22,8 @@ from edgeattn.quant import train as T
 from edgeattn.quant.checkpoint import load_checkpoint
 
 # Runs the command with optional slow stages: SLOW_CALIB seconds before PTQ calibration, SLOW_FIDELITY seconds
-# before each attention-fidelity pass (PTQ's last step), and a marker file once FP training has started.
+# before each attention-fidelity pass (PTQ's last step), SLOW_FINISH seconds before result.json is written, and a
+# marker file once FP training has started.
 LAUNCHER = """
 import os, sys, time
 from pathlib import Path
@@ -42,7 +43,14 @@ def marked_train_fp(cfg, *a, **k):
     Path(cfg.output_dir).parent.joinpath("fp_started").touch()  # the output folder may not exist yet
     return train_fp(cfg, *a, **k)
 
+finish = T._finish
+
+def slow_finish(*a, **k):
+    time.sleep(float(os.environ.get("SLOW_FINISH", "0")))
+    return finish(*a, **k)
+
 T.calibrated_ptq_model, T.attention_fidelity, T._train_fp = slow_calib, slow_fidelity, marked_train_fp
+T._finish = slow_finish
 sys.exit(T.main(sys.argv[1:]))
 """
 
@@ -148,6 +156,20 @@ def test_a_second_ctrl_c_stops_at_once(tmp_path):
     assert res["status"] == "interrupted" and res["stopped"] == {"stage": "PTQ"}
     assert not (out / "ptq.pt").exists() and not list(out.glob(".*tmp*"))
     load_checkpoint(out / "fp.pt")  # still whole
+
+
+def test_a_second_sigterm_while_result_json_is_written_waits_for_it_and_exits_130(tmp_path):
+    """The stop handler was taken down before result.json was written: a second SIGTERM then killed the process
+    (exit 143) and could land before the file. Now it waits for result.json and stops as Ctrl-C does."""
+    out = tmp_path / "run"
+    proc = _start(_cfg(tmp_path, out), SLOW_CALIB=2, SLOW_FINISH=4)
+    _wait_for(proc, out / "fp.pt")
+    time.sleep(0.3)  # into the 2 s calibration: the first signal stops the run at its end, then result.json waits 4 s
+    rc, _seconds, _stdout, stderr = _stop(proc, signal.SIGTERM, signal.SIGTERM, gap=3.5)
+    assert rc == 130, stderr
+    assert stderr.count(T.STOP_NOTICE) == 1 and "Traceback" not in stderr
+    res = _result(out)
+    assert res["status"] == "interrupted" and res["stopped"] == {"stage": "PTQ"}
 
 
 def test_ctrl_c_during_fp_training_prints_only_the_stop_line(tmp_path):

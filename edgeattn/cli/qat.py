@@ -11,9 +11,10 @@ from pathlib import Path
 
 import typer
 
-from edgeattn.cli._common import check_report_path, console, write_json
+from edgeattn.cli._common import check_report_path, console, sigterm_as_interrupt, write_json
 
 
+@sigterm_as_interrupt()  # outside the run's own stop handler (after it, a second SIGTERM): 130, as Ctrl-C
 def qat(
     config: Path | None = typer.Option(None, "--config", "-c", help="YAML config file (keys: docs/qat.md)."),
     preset: str | None = typer.Option(None, "--preset", help="Start from a preset: default, demo, w4a8, w4a4, llama."),
