@@ -251,13 +251,15 @@ def load_checkpoint(
     """
     payload = read_checkpoint_file(path)
     meta = payload["meta"]
+    # the model the weights were loaded into: the caller's (named by its class), else the registry's
+    target = f"your {type(model).__name__}" if model is not None else f"model '{meta.get('model')}'"
     model = build_model(meta, model, f"checkpoint '{path}'")
     try:
         model.load_state_dict(payload["state_dict"], strict=True)
     except RuntimeError as err:
         detail = _state_mismatch(model, payload["state_dict"]) or str(err).strip().splitlines()[-1].strip()
         raise EdgeAttnError(
-            f"checkpoint '{path}' does not match model '{meta.get('model')}': {detail}; check meta's "
+            f"checkpoint '{path}' (a '{meta.get('model')}' model) does not match {target}: {detail}; check meta's "
             f"reparameterized ({meta.get('reparameterized')}), quant and model_kwargs against the model"
         ) from None
     if (meta.get("quant") or {}).get("token_adaptive"):

@@ -42,6 +42,13 @@ KV_POINTS = ("k_quant", "v_quant")
 NO_VNNI_BITS = 7
 
 
+def _refuse_bool(value: Any, what: str) -> Any:
+    """A bool is an int to pydantic's lax mode (True would become 1 bit): name it instead."""
+    if isinstance(value, bool):
+        raise ValueError(f"{what} must be a number of bits, got {value}")
+    return value
+
+
 def _check_bits(value: int | None, what: str) -> int | None:
     if value is None:
         return value
@@ -58,6 +65,11 @@ class LayerOverride(BaseModel):
     weight_bits: int | None = Field(None, description="weight bits of matching Linear/Conv layers")
     act_bits: int | None = Field(None, description="activation bits of matching quant points")
     float: bool = Field(False, description="leave matching modules in float")
+
+    @field_validator("weight_bits", "act_bits", mode="before")
+    @classmethod
+    def _not_a_bool(cls, v: Any, info: Any) -> Any:
+        return _refuse_bool(v, info.field_name)
 
     @field_validator("weight_bits")
     @classmethod
@@ -126,6 +138,13 @@ class QuantConfig(BaseModel):
             super().__init__(**data)
         except ValidationError as err:
             raise EdgeAttnError(format_validation_error(_SOURCE.get(), err)) from None
+
+    @field_validator(
+        "weight_bits", "act_bits", "low_act_bits", "softmax_bits", "kv_max_bits", "weight_max_bits", mode="before"
+    )
+    @classmethod
+    def _not_a_bool(cls, v: Any, info: Any) -> Any:
+        return _refuse_bool(v, info.field_name)
 
     @field_validator("weight_bits", "act_bits", "low_act_bits", "softmax_bits", "kv_max_bits", "weight_max_bits")
     @classmethod

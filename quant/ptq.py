@@ -40,6 +40,8 @@ def calibrate(model: nn.Module, batches: Iterable[Any], max_samples: int = 256) 
     """Run up to ``max_samples`` inputs of ``batches`` (tensors, (x, y) tuples, or dicts of keyword inputs for a
     model with several inputs) through ``model`` in calibration mode; returns the number of samples used. The
     model's training flag is kept."""
+    if isinstance(max_samples, bool) or not isinstance(max_samples, int) or max_samples < 1:
+        raise ValueError(f"calibrate: max_samples must be an integer >= 1, got {max_samples!r}")
     seen = 0
     was_training = model.training
     model.eval()

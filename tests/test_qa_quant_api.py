@@ -102,6 +102,22 @@ def test_state_dict_mismatch_names_the_first_key(tmp_path):
     path = save_checkpoint(tmp_path / "f.pt", model, {**META, "quant": QuantConfig()})
     with pytest.raises(EdgeAttnError, match=r"does not match model 'vit_tiny': missing key '[^']+' \(and \d+ more\)"):
         load_checkpoint(path)
+    # your own model given to rebuild from is the one named (the checkpoint's model was named as if it were yours)
+    other = save_checkpoint(tmp_path / "o.pt", model, META)
+    with pytest.raises(EdgeAttnError, match=r"\(a 'vit_tiny' model\) does not match your VisionTransformer: size mismatch"):
+        load_checkpoint(other, model=create_model("vit_tiny", img_size=32, num_classes=7))
+
+
+def test_bool_bit_widths_and_a_zero_calibration_budget_are_named():
+    """True was taken as 1 bit ('must be between 2 and 16 bits, got 1'); max_samples=0 read 'no calibration
+    samples were given' although samples were."""
+    with pytest.raises(EdgeAttnError, match=r"'weight_bits': weight_bits must be a number of bits, got True"):
+        QuantConfig.parse({"weight_bits": True}, "x")
+    with pytest.raises(EdgeAttnError, match=r"act_bits must be a number of bits, got False"):
+        QuantConfig.parse({"overrides": {"head": {"act_bits": False}}}, "x")
+    for bad in (0, -1, True):
+        with pytest.raises(ValueError, match=rf"^calibrate: max_samples must be an integer >= 1, got {bad!r}$"):
+            calibrate(nn.Linear(2, 2), [torch.randn(2, 2)], max_samples=bad)
 
 
 # ----------------------------------------------------------------------------------------- set_approximations
