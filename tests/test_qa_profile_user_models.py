@@ -42,10 +42,15 @@ def _conv_net(path: Path, dtype: int = TensorProto.FLOAT16) -> None:
         if i < 2:
             nodes.append(helper.make_node("Relu", [out], [f"r{i}"], name=f"/{2 * i + 1}/Relu"))
             x = f"r{i}"
+    _save_net(path, nodes, inits, dtype, [1, 3, 64, 64])
+
+
+def _save_net(path: Path, nodes: list, inits: list, dtype: int, shape: list[int]) -> None:
+    """An ONNX model of ``nodes`` from input ``x`` (``shape``) to output ``y``, saved at ``path``."""
     graph = helper.make_graph(
         nodes,
-        "net",
-        [helper.make_tensor_value_info("x", dtype, [1, 3, 64, 64])],
+        path.stem,
+        [helper.make_tensor_value_info("x", dtype, shape)],
         [helper.make_tensor_value_info("y", dtype, None)],
         inits,
     )
@@ -143,14 +148,7 @@ def _residual_net(path: Path, dtype: int) -> None:
         conv(3, "r1", "c3"),
         helper.make_node("Add", ["c2", "c3"], ["y"], name="/add1"),
     ]
-    graph = helper.make_graph(
-        nodes,
-        "residual",
-        [helper.make_tensor_value_info("x", dtype, [1, 3, 32, 32])],
-        [helper.make_tensor_value_info("y", dtype, None)],
-        inits,
-    )
-    onnx.save(helper.make_model(graph, opset_imports=OPSET), str(path))
+    _save_net(path, nodes, inits, dtype, [1, 3, 32, 32])
 
 
 # by hand: output elements x (input channels x kernel area) per Conv, same padding

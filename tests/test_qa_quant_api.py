@@ -104,7 +104,8 @@ def test_state_dict_mismatch_names_the_first_key(tmp_path):
         load_checkpoint(path)
     # your own model given to rebuild from is the one named (the checkpoint's model was named as if it were yours)
     other = save_checkpoint(tmp_path / "o.pt", model, META)
-    with pytest.raises(EdgeAttnError, match=r"\(a 'vit_tiny' model\) does not match your VisionTransformer: size mismatch"):
+    want = r"\(a 'vit_tiny' model\) does not match your VisionTransformer: size mismatch"
+    with pytest.raises(EdgeAttnError, match=want):
         load_checkpoint(other, model=create_model("vit_tiny", img_size=32, num_classes=7))
 
 
