@@ -89,24 +89,28 @@ def replaceable_dir(out_dir: str | Path) -> Path:
     before any long work, so bad output paths fail fast.
     """
     out = Path(out_dir).resolve()
-    cwd = Path.cwd().resolve()
-    if out == cwd or out in cwd.parents:
+    if is_within(Path.cwd(), out):
         raise EdgeAttnError(f"output folder '{out_dir}' is the working directory or holds it; name a new folder")
     if out.exists() and not out.is_dir():
         raise EdgeAttnError(f"output folder '{out_dir}' exists and is not a folder")
     return out
 
 
+def is_within(path: str | Path, folder: str | Path) -> bool:
+    """Whether ``path`` is ``folder`` or lies inside it (both resolved: links and ``..`` followed), i.e. whether
+    replacing ``folder`` as a whole would take ``path`` with it."""
+    path, folder = Path(path).resolve(), Path(folder).resolve()
+    return path == folder or folder in path.parents
+
+
 def refuse_replacing_inputs(out_dir: str | Path, inputs: dict[str, str | Path | None]) -> None:
     """:class:`EdgeAttnError` when replacing ``out_dir`` as a whole would delete a file this command reads:
     ``inputs`` maps a label (``"the checkpoint"``) to a path (``None`` or a path that does not exist is skipped),
     and one that is ``out_dir`` or lies inside it is refused (``-o run1 --force`` beside ``run1/fp.pt``)."""
-    out = Path(out_dir).resolve()
     for label, path in inputs.items():
         if path is None or not Path(path).exists():
             continue
-        src = Path(path).resolve()
-        if src == out or out in src.parents:
+        if is_within(path, out_dir):
             raise EdgeAttnError(
                 f"output folder '{out_dir}' holds {label} '{path}', which this command reads; replacing the "
                 "folder would delete it: name another folder"

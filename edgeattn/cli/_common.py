@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import Progress, ProgressColumn
 
-from edgeattn.atomic import check_writable_folder, write_text_atomic
+from edgeattn.atomic import check_writable_folder, is_within, write_text_atomic
 from edgeattn.errors import EdgeAttnError
 
 console = Console()
@@ -91,10 +91,8 @@ def check_report_path(
     ``inputs`` (a file, or anything inside an input folder; ``None`` and paths that do not exist are skipped), with
     or without ``--force``; an existing file only with ``--force`` (or ``resume``: the same run's report, continued).
     """
-    if output is not None:
-        report, out = path.resolve(), output.resolve()
-        if report == out or out in report.parents:
-            raise EdgeAttnError(f"{flag} '{path}' is inside the output folder '{output}'; write it elsewhere")
+    if output is not None and is_within(path, output):
+        raise EdgeAttnError(f"{flag} '{path}' is inside the output folder '{output}'; write it elsewhere")
     check_output_path(path, flag)
     for given in inputs:
         if given is not None and _same_or_inside(path, Path(given)):
