@@ -119,12 +119,13 @@ def rounding_noise_floor(
         worst["max_abs_rel_range"] = max(worst["max_abs_rel_range"], m["max_abs_rel_range"])
         worst["cosine"] = min(worst["cosine"], m["cosine"])
         worst["top1"] = min(worst["top1"], m["top1"])
-        dev = np.linalg.norm((np.asarray(out, dtype=np.float64) - ref64).reshape(n, -1), axis=1)
+        out64 = np.asarray(out, dtype=np.float64)
+        moved = (out64 - ref64).reshape(n, -1)  # this member's deviation, per sample
+        dev = np.linalg.norm(moved, axis=1)
         worst["max_norm_rel_range"] = max(worst["max_norm_rel_range"], float(dev.max(initial=0.0)) / _span(ref64))
         stable &= top1_per_sample(reference, out) == 1.0
-        sample_cos = np.minimum(sample_cos, _cosines(ref64, np.asarray(out, dtype=np.float64)))
-        moved = np.abs(np.asarray(out, dtype=np.float64) - ref64).reshape(n, -1)
-        sample_dev = np.maximum(sample_dev, moved.max(axis=1, initial=0.0))
+        sample_cos = np.minimum(sample_cos, _cosines(ref64, out64))
+        sample_dev = np.maximum(sample_dev, np.abs(moved).max(axis=1, initial=0.0))
     stable &= _margin_clear(ref64, sample_dev)
     return NoiseFloor(
         compute=compute,

@@ -78,13 +78,14 @@ def teacher_fingerprint(state_dict: Any) -> str:
     return digest.hexdigest()
 
 
-def check_teacher(state: dict[str, Any] | None, fp_source: Path, out_dir: Path) -> None:
+def check_teacher(state: dict[str, Any] | None, fp_payload: dict[str, Any], fp_source: Path, out_dir: Path) -> None:
     """Refuse, in one line, to resume the QAT epochs of ``state`` with an FP teacher other than the one they were
-    distilled from (``state["teacher_fingerprint"]``; a state from an older edgeattn records none)."""
+    distilled from (``state["teacher_fingerprint"]``; a state from an older edgeattn records none). ``fp_payload``:
+    the checkpoint file at ``fp_source`` as :func:`read_checkpoint_file` returned it."""
     recorded = (state or {}).get("teacher_fingerprint")
     if not recorded:
         return
-    if teacher_fingerprint(read_checkpoint_file(fp_source)["state_dict"]) != recorded:
+    if teacher_fingerprint(fp_payload["state_dict"]) != recorded:
         raise EdgeAttnError(
             f"--resume: '{fp_source}' is not the FP model the run in '{out_dir}' distilled its QAT epochs from "
             "(its weights differ); resume with that FP model, or start a new run (--force or another --output)"

@@ -756,14 +756,17 @@ def _run(cfg: TrainConfig, resume: bool, show: bool, dist: _Dist, force: bool) -
     split = split_settings(cfg)
     qcfg = quant_config_for(cfg, info)
     fp_source: Path | None = None  # the FP checkpoint to start from, checked here and loaded below
+    fp_payload: dict[str, Any] = {}  # its file, read once for the checks
     if cfg.fp_checkpoint:
         fp_source = Path(cfg.fp_checkpoint)
-        fp_saved = read_checkpoint_file(fp_source)["meta"]
+        fp_payload = read_checkpoint_file(fp_source)
+        fp_saved = fp_payload["meta"]
         _check_fp_meta(fp_saved, str(fp_source), cfg, kwargs, split, dist.is_main, info)
         _check_same_content(fp_saved.get("data_fingerprint"), info, f"fp_checkpoint '{fp_source}'")
     elif resume and fp_path.is_file():
         fp_source = fp_path
-        fp_saved = read_checkpoint_file(fp_path)["meta"]
+        fp_payload = read_checkpoint_file(fp_path)
+        fp_saved = fp_payload["meta"]
         if state is None and "config" in fp_saved:  # stopped before QAT's first epoch: fp.pt has the settings
             _check_resume_config(fp_saved["config"], cfg, fp_path, fp_saved.get("data_path"))
         _check_fp_meta(fp_saved, str(fp_path), cfg, kwargs, split, dist.is_main, info)
@@ -771,7 +774,7 @@ def _run(cfg: TrainConfig, resume: bool, show: bool, dist: _Dist, force: bool) -
     if state is not None:  # the QAT epochs: state.pt's record (fp.pt's may come from another run's fp_checkpoint)
         _check_same_content(_state_fingerprint(state, out_dir), info, f"--resume: the run in '{out_dir}'")
         if fp_source is not None:  # the teacher the epochs were distilled from, by content (before any write)
-            check_teacher(state, fp_source, out_dir)
+            check_teacher(state, fp_payload, fp_source, out_dir)
         done = _finished_run(out_dir, state, cfg)
         if done is not None:  # redoing PTQ would rewrite ptq.pt, model.pt and result.json for nothing
             if show:
@@ -781,6 +784,7 @@ def _run(cfg: TrainConfig, resume: bool, show: bool, dist: _Dist, force: bool) -
                     file=sys.stderr,
                 )
             return done
+    del fp_payload  # its weights: load_checkpoint reads them into the model below, where the run needs them
     from edgeattn.models import create_model
 
     # a bad model name or argument, or token-adaptive settings the model cannot take, fail here: before --force
@@ -1049,8 +1053,8 @@ def _qat(
                 "epoch": epoch + 1,
                 "config": cfg.model_dump(mode="json"),
                 "world_size": dist.world,  # --resume needs the same number of processes
+                "teacher_fingerprint": q_meta.get("teacher_fingerprint"),  # --resume checks it (check_teacher)
             }
-            state["teacher_fingerprint"] = q_meta.get("teacher_fingerprint")
             if q_meta.get("data_path"):  # --resume compares the data by this absolute path and this content
                 state["data_path"] = q_meta["data_path"]
                 state["data_fingerprint"] = q_meta.get("data_fingerprint")
