@@ -78,12 +78,20 @@ def _to_model_input(images: torch.Tensor, img_size: int, in_chans: int) -> torch
     return (images.clamp(0, 1) - 0.5) / 0.5
 
 
+DIGITS_SIZE = 8  # scikit-learn's digits are 8x8; digits_dataset upsamples them, never shrinks them
+
+
+def digits_fit(height: int, width: int) -> bool:
+    """Whether digits images can be a model's ``height`` x ``width`` input: square and at least 8 px."""
+    return height == width and height >= DIGITS_SIZE
+
+
 def digits_dataset(img_size: int = 32, in_chans: int = 3, split: Split = "train", seed: int = 0) -> TensorDataset:
     """scikit-learn digits as ``TensorDataset(images (N, in_chans, img_size, img_size), labels (N,))``."""
     from sklearn.datasets import load_digits
 
     _check_split(split)
-    if img_size < 8 or in_chans < 1:
+    if img_size < DIGITS_SIZE or in_chans < 1:
         raise ValueError(f"digits_dataset: img_size must be >= 8 and in_chans >= 1, got {img_size}, {in_chans}")
     digits = load_digits()
     labels = digits.target.astype(np.int64)

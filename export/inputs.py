@@ -85,17 +85,19 @@ def _parity_inputs(
     data = (meta or {}).get("data") or (meta or {}).get("dataset")
     name = data.get("name") if isinstance(data, dict) else data
     real = _own_data(meta, shape, "val")  # the user's image folder the checkpoint was trained on
-    if real is None and name == "digits" and digits_fit(shape):
+    if real is None and name == "digits" and _digits_fit(shape):
         from edgeattn.data import digits_dataset
 
         real = digits_dataset(img_size=shape[2], in_chans=shape[1], split="val", seed=0).tensors[0]
     return _with_real(x, real)
 
 
-def digits_fit(shape: tuple[int, ...]) -> bool:
-    """Whether digits images (8x8, upsampled square) fit an NCHW input ``shape``: square and at least 8 px. Other
-    inputs (a 16x24 model) calibrate on random normal images and get no real parity inputs."""
-    return len(shape) == 4 and shape[2] == shape[3] and shape[2] >= 8
+def _digits_fit(shape: tuple[int, ...]) -> bool:
+    """Whether digits images fit an NCHW input ``shape`` (:func:`edgeattn.data.digits_fit`). Other inputs (a 16x24
+    model) calibrate on random normal images and get no real parity inputs."""
+    from edgeattn.data import digits_fit
+
+    return len(shape) == 4 and digits_fit(shape[2], shape[3])
 
 
 def _with_real(x: np.ndarray, real: Any) -> tuple[np.ndarray, dict[str, int]]:
@@ -175,7 +177,7 @@ def _calibration_batches(
         return [stdlib_corpus(seq_len=shape[1], split="train", seed=seed).tensors[0][:64]]
     from edgeattn.data import digits_dataset
 
-    if digits_fit(shape):
+    if _digits_fit(shape):
         ds = digits_dataset(img_size=shape[2], in_chans=shape[1], split="train", seed=seed)
         return [ds.tensors[0][:64]]
     return [torch.randn(16, *shape[1:], generator=gen)]
@@ -269,7 +271,7 @@ def _calibration_note(batches: list[Any], shape: tuple[int, ...], vocab: int | N
     if vocab is not None:
         what = "standard-library text windows" if vocab >= 256 else "random token-id sequences"
         data = f"{n} {what} of {shape[1]} tokens"
-    elif digits_fit(shape):
+    elif _digits_fit(shape):
         data = f"{n} digits images at {shape[2]}x{shape[3]}"
     else:
         data = f"{n} random normal inputs of shape {list(shape[1:])}"

@@ -74,20 +74,17 @@ def vector_images(
         split_seed = int((meta.get("split") or {}).get("seed", 0))  # type: ignore[union-attr]
         what = f"validation images of the checkpoint's data ({data})"
     else:
-        from edgeattn.data import digits_dataset
+        from edgeattn.data import digits_dataset, digits_fit
 
         c, h, w = size
-        why = f"{fallback}; " if fallback else ""
-        if h != w:
-            raise EdgeAttnError(
-                f"--vectors-from data: {why}digits images are square, the model takes {h}x{w} "
-                "(use --vectors-from random)"
+        if not digits_fit(h, w):
+            why = f"{fallback}; " if fallback else ""
+            problem = (
+                f"digits images are square, the model takes {h}x{w}"
+                if h != w
+                else f"digits images are 8x8, larger than the model's {h}x{w} input"
             )
-        if h < 8:  # digits are 8x8 and are upsampled, never shrunk
-            raise EdgeAttnError(
-                f"--vectors-from data: {why}digits images are 8x8, larger than the model's {h}x{w} input "
-                "(use --vectors-from random)"
-            )
+            raise EdgeAttnError(f"--vectors-from data: {why}{problem} (use --vectors-from random)")
         images = digits_dataset(img_size=h, in_chans=c, split="val", seed=0).tensors[0]
         data, split_seed = "digits", 0
         what = f"digits validation images, 8x8 upsampled to {h}x{w}"
