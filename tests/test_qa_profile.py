@@ -231,16 +231,25 @@ def test_bad_plot_is_refused_before_measuring(art, tmp_path, monkeypatch, capsys
 # ---------------------------------------------------------------- a broken IR: one line, no runtime noise
 
 
-def test_broken_ir_is_one_line_without_frontend_noise(art, tmp_path):
-    (tmp_path / "bad.xml").write_text((art / "small.xml").read_text()[:300])  # cut mid-tag
-    (tmp_path / "bad.bin").write_bytes((art / "small.bin").read_bytes())
+@pytest.mark.parametrize("broken", ["ir", "onnx"])
+def test_broken_file_in_openvino_is_one_line_without_frontend_noise(art, tmp_path, broken):
+    if broken == "ir":
+        path = tmp_path / "bad.xml"
+        path.write_text((art / "small.xml").read_text()[:300])  # cut mid-tag
+        (tmp_path / "bad.bin").write_bytes((art / "small.bin").read_bytes())
+        runtime = []
+    else:  # OpenVINO probes every frontend on it; TensorFlow's logged two abseil lines and a banner before
+        path = tmp_path / "bad.onnx"
+        path.write_text("garbage\n")
+        runtime = ["--runtime", "openvino"]
     proc = subprocess.run(
         [
             sys.executable,
             "-c",
             "import sys; from edgeattn.cli import main; sys.exit(main())",
             "profile",
-            str(tmp_path / "bad.xml"),
+            str(path),
+            *runtime,
         ],
         capture_output=True,
         text=True,
@@ -249,7 +258,8 @@ def test_broken_ir_is_one_line_without_frontend_noise(art, tmp_path):
     )
     assert proc.returncode == 2
     assert len(proc.stderr.splitlines()) == 1, proc.stderr  # TensorFlow's frontend printed 3 lines before it
-    assert "cannot load" in proc.stderr and "Exception from" not in proc.stderr
+    assert proc.stderr.startswith(f"error: cannot load '{path}' with openvino:"), proc.stderr
+    assert "Exception from" not in proc.stderr
 
 
 def test_first_line_skips_where_openvino_raised():

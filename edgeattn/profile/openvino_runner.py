@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from edgeattn.errors import EdgeAttnError
+from edgeattn.native_stderr import native_stderr_discarded
 from edgeattn.openvino_core import openvino_core
 from edgeattn.profile import layers as L
 from edgeattn.profile.runners import Runner, _first_line, make_input, resolve_shapes
@@ -71,10 +72,11 @@ class OpenVINORunner(Runner):
                 f"OpenVINO IR '{path}' has no weights file beside it ({path.with_suffix('.bin').name})"
             )
         try:
-            # an IR is read with its weights named: OpenVINO then tries no other frontend on a broken .xml
-            # (its TensorFlow frontend would print parse errors on stderr before the one-line error)
+            # an IR is read with its weights named, so OpenVINO tries no other frontend on a broken .xml; on a
+            # broken .onnx it probes them all, and its TensorFlow frontend logs parse errors on fd 2 (abseil)
             weights = [str(path.with_suffix(".bin"))] if path.suffix.lower() == ".xml" else []
-            model = self.core.read_model(str(path), *weights)
+            with native_stderr_discarded():
+                model = self.core.read_model(str(path), *weights)
         except Exception as exc:
             raise EdgeAttnError(f"cannot load '{path}' with openvino: {_first_line(exc)}") from exc
         declared: dict[str, list[int | None] | None] = {}
