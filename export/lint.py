@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 import onnx
-from edgeattn.export.qdq import constant_values
+from edgeattn.export.qdq import constant_values, node_attr
 
 __all__ = ["AttentionFusion", "LintFinding", "attention_fusion", "lint_tensorrt", "unsupported_ops"]
 
@@ -281,13 +281,6 @@ def _name(node: onnx.NodeProto) -> str:
     return node.name or f"{node.op_type}({node.output[0]})"
 
 
-def _attr(node: onnx.NodeProto, name: str, default: Any) -> Any:
-    for a in node.attribute:
-        if a.name == name:
-            return onnx.helper.get_attribute_value(a)
-    return default
-
-
 def unsupported_ops(model: onnx.ModelProto, supported: frozenset[str] = TENSORRT_OPS) -> list[onnx.NodeProto]:
     """Nodes of the default ONNX domain whose op the runtime cannot import (custom domains included)."""
     return [n for n in model.graph.node if n.domain not in ("", "ai.onnx") or n.op_type not in supported]
@@ -425,7 +418,7 @@ def _qdq_int_dtype(g: _Graph, node: onnx.NodeProto, zp: np.ndarray | None) -> np
     if zp is not None:
         return zp.dtype
     if node.op_type == "QuantizeLinear":
-        return _ONNX_INT_DTYPES.get(_attr(node, "output_dtype", onnx.TensorProto.UINT8))
+        return _ONNX_INT_DTYPES.get(node_attr(node, "output_dtype", onnx.TensorProto.UINT8))
     init = g.inits.get(node.input[0])
     if init is not None:
         return _ONNX_INT_DTYPES.get(init.data_type)
@@ -456,11 +449,11 @@ def _weight_axis_rule(g: _Graph, node: onnx.NodeProto, dq: onnx.NodeProto) -> li
     if scale is None or scale.size <= 1:
         return []
     ndim = len(src.dims)
-    axis = _attr(dq, "axis", 1) % ndim
+    axis = node_attr(dq, "axis", 1) % ndim
     if node.op_type in ("Conv", "ConvTranspose"):
         want = 0 if node.op_type == "Conv" else 1
     elif node.op_type == "Gemm":
-        want = 0 if _attr(node, "transB", 0) else 1
+        want = 0 if node_attr(node, "transB", 0) else 1
     else:
         want = ndim - 1
     # a weight reshaped/transposed on its way makes the axis ambiguous: only check direct feeds

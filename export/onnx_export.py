@@ -6,7 +6,8 @@ Two exporters (``exporter=``):
   the profile's opset directly. On 2 shared cores it exports a quantized ``fmvit_t`` in ~10 s where the
   dynamo path takes ~45-85 s (torch.export traces and decomposes brevitas' Python quantizers).
 * ``"dynamo"``: torch's default exporter in torch >= 2.9 (brevitas' dynamo manager for quantized
-  models); it writes opset 18, lower opsets come from onnx's version converter.
+  models); it writes opset 18, lower opsets come from onnx's version converter, helped by
+  :mod:`edgeattn.export.lowering` where it has no adapter (LayerNorm below 17, BatchNorm below 15, Add/Reshape...).
 
 "Clean" means: no initializers listed as graph inputs; brevitas' weight chains (``W -> Q -> Clip -> DQ``,
 or an int8 constant behind a Clip after torch's constant folding) rewritten to int8 initializers feeding
@@ -23,7 +24,6 @@ import copy
 import io
 import logging
 import os
-import sys
 import tempfile
 import warnings
 from collections import Counter
@@ -32,10 +32,12 @@ from pathlib import Path
 from typing import Any
 
 import onnx
+from edgeattn.export.lowering import lower_opset
 from edgeattn.export.qdq import clean_qdq, remove_initializer_inputs, remove_unused, topological_sort
 
 from edgeattn.atomic import atomic_path
 from edgeattn.errors import EdgeAttnError
+from edgeattn.native_stderr import native_stderr_discarded
 
 __all__ = ["ExportedONNX", "export_onnx", "is_quantized", "node_counts", "save_onnx"]
 
@@ -88,34 +90,21 @@ def _quiet():
 
 @contextlib.contextmanager
 def _quiet_stderr_fd():
-    """Send what is written to file descriptor 2 during the block to a discarded temp file.
+    """Discard what torch's C++ ONNX log writes during the block.
 
     torch's TorchScript exporter turns its C++ ONNX log on for every export (``setup_onnx_logging`` tests the
     function object, not its result) and, when an op has no symbolic, logs the whole "Torch IR graph at
     exception": tens of lines before our one-line error. That log is sent to std::cerr here, whose descriptor
-    is discarded (Python-level redirects cannot catch C++ writes); standard output is left alone, so the CLI's
-    progress display keeps drawing there."""
+    is discarded; standard output is left alone, so the CLI's progress display keeps drawing there."""
     import torch
 
     set_stream = getattr(torch._C, "_jit_set_onnx_log_output_stream", None)
-    with contextlib.suppress(Exception):
-        sys.stderr.flush()
-    try:
-        saved = os.dup(2)
-    except OSError:  # no such descriptor (an embedded interpreter): nothing to silence
-        yield
-        return
     try:
         if set_stream is not None:
             set_stream("stderr")
-        with tempfile.TemporaryFile() as sink:
-            os.dup2(sink.fileno(), 2)
+        with native_stderr_discarded():
             yield
     finally:
-        with contextlib.suppress(Exception):
-            sys.stderr.flush()
-        os.dup2(saved, 2)
-        os.close(saved)
         if set_stream is not None:
             with contextlib.suppress(Exception):
                 set_stream("stdout")  # torch's default
@@ -217,13 +206,8 @@ def export_onnx(
         with _quiet():
             proto = optimizer.optimize(proto)
     elif opset < _TORCH_MIN_OPSET:
-        from onnx import version_converter
-
-        try:
-            proto = version_converter.convert_version(proto, opset)
-        except Exception as exc:
-            raise EdgeAttnError(f"cannot lower the ONNX graph to opset {opset}: {exc}", exit_code=5) from exc
-        _drop_opset18_reduce_attrs(proto)
+        proto, decomposed = lower_opset(proto, opset)
+        cleanup.update({f"{op}_decomposed": n for op, n in decomposed.items()})
     if precision == "fp16":
         proto = _to_fp16(proto)
         topological_sort(proto)
@@ -231,17 +215,6 @@ def export_onnx(
     proto = onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True, data_prop=True)
     onnx.checker.check_model(proto, full_check=True)
     return ExportedONNX(model=proto, quantized=quantized, precision=precision, opset=opset, cleanup=cleanup)
-
-
-def _drop_opset18_reduce_attrs(proto: onnx.ModelProto) -> None:
-    """onnx's 18->17 adapter moves Reduce* axes to the attribute but leaves ``noop_with_empty_axes``
-    (an opset-18 attribute) behind; with axes present its value does not matter, so drop it."""
-    for node in proto.graph.node:
-        if node.op_type.startswith("Reduce") and node.op_type != "ReduceSum":
-            keep = [a for a in node.attribute if a.name != "noop_with_empty_axes"]
-            if len(keep) != len(node.attribute):
-                del node.attribute[:]
-                node.attribute.extend(keep)
 
 
 def _to_fp16(proto: onnx.ModelProto) -> onnx.ModelProto:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import onnx
@@ -31,9 +32,11 @@ __all__ = [
     "add_conv_bias",
     "clean_qdq",
     "constant_values",
+    "drop_attr",
     "fold_dq_transpose",
     "fold_weight_qcdq",
     "move_activation_clips",
+    "node_attr",
     "pool_to_depthwise_conv",
     "remove_unused",
     "topological_sort",
@@ -62,18 +65,24 @@ def constant_values(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
     return values
 
 
-def _attr(node: onnx.NodeProto, name: str, default):
+def node_attr(node: onnx.NodeProto, name: str, default: Any = None) -> Any:
+    """The value of ``node``'s attribute ``name``, or ``default`` when the node does not set it."""
     for attr in node.attribute:
         if attr.name == name:
             return helper.get_attribute_value(attr)
     return default
 
 
+def drop_attr(node: onnx.NodeProto, name: str) -> None:
+    """Remove ``node``'s attribute ``name`` if it is set."""
+    keep = [a for a in node.attribute if a.name != name]
+    if len(keep) != len(node.attribute):
+        del node.attribute[:]
+        node.attribute.extend(keep)
+
+
 def _set_attr(node: onnx.NodeProto, name: str, value) -> None:
-    for i, attr in enumerate(node.attribute):
-        if attr.name == name:
-            del node.attribute[i]
-            break
+    drop_attr(node, name)
     node.attribute.append(helper.make_attribute(name, value))
 
 
@@ -133,7 +142,7 @@ def _const_int_weight(
         if dtype_enum not in _INT_RANGES:
             return None
         lo_t, hi_t, np_t = _INT_RANGES[dtype_enum]
-        axis = _attr(q, "axis", 1)
+        axis = node_attr(q, "axis", 1)
         # QuantizeLinear rounds half to even (np.rint) and saturates to the zero point's type
         ints = np.rint(weight / _broadcast(scale, weight.ndim, axis)) + _broadcast(
             zp.astype(np.float64), weight.ndim, axis
@@ -203,8 +212,8 @@ def fold_dq_transpose(model: onnx.ModelProto) -> int:
             continue  # the int8 tensor is shared: leave it
         tr = nxt[0]
         w = numpy_helper.to_array(inits[dq.input[0]])
-        perm = list(_attr(tr, "perm", list(range(w.ndim))[::-1]))
-        axis = _attr(dq, "axis", 1) % w.ndim
+        perm = list(node_attr(tr, "perm", list(range(w.ndim))[::-1]))
+        axis = node_attr(dq, "axis", 1) % w.ndim
         new = numpy_helper.from_array(np.ascontiguousarray(np.transpose(w, perm)), dq.input[0])
         inits[dq.input[0]].CopyFrom(new)
         scale = consts.get(dq.input[1])
@@ -435,7 +444,7 @@ def split_concat_conv(model: onnx.ModelProto) -> int:
     drop: set[int] = set()
     rewritten = 0
     for cat in graph.node:
-        if cat.op_type != "Concat" or _attr(cat, "axis", 0) != 1:
+        if cat.op_type != "Concat" or node_attr(cat, "axis", 0) != 1:
             continue
         nxt = users.get(cat.output[0], [])
         clip = None  # the float Clip of a sub-8-bit quantizer (move_activation_clips), clipped per part below
@@ -449,13 +458,13 @@ def split_concat_conv(model: onnx.ModelProto) -> int:
             continue
         dq = dqs[0]
         convs = users.get(dq.output[0], [])
-        if len(convs) != 1 or convs[0].op_type != "Conv" or _attr(convs[0], "group", 1) != 1:
+        if len(convs) != 1 or convs[0].op_type != "Conv" or node_attr(convs[0], "group", 1) != 1:
             continue
         conv = convs[0]
         wdq = next((n for n in graph.node if n.output[0] == conv.input[1]), None)
         if wdq is None or wdq.op_type != "DequantizeLinear" or wdq.input[0] not in inits:
             continue
-        if _attr(wdq, "axis", 1) != 0 or len(users.get(wdq.input[0], [])) != 1:
+        if node_attr(wdq, "axis", 1) != 0 or len(users.get(wdq.input[0], [])) != 1:
             continue
         chans = [shapes.get(a, [0, 0])[1] if len(shapes.get(a, [])) > 1 else 0 for a in cat.input]
         w = numpy_helper.to_array(inits[wdq.input[0]])
@@ -560,24 +569,24 @@ def pool_to_depthwise_conv(model: onnx.ModelProto) -> int:
         src = producers.get(node.input[0])
         if src is None or src.op_type != "DequantizeLinear" or not _feeds_clip(node.output[0], users):
             continue
-        kernel = list(_attr(node, "kernel_shape", []))
+        kernel = list(node_attr(node, "kernel_shape", []))
         shape = shapes.get(node.input[0], [])
-        pads = list(_attr(node, "pads", [0] * 2 * len(kernel)))
+        pads = list(node_attr(node, "pads", [0] * 2 * len(kernel)))
         if (
             len(kernel) != 2
             or len(shape) != 4
             or shape[1] <= 0
             or any(pads)
-            or _attr(node, "ceil_mode", 0)
-            or _attr(node, "auto_pad", b"NOTSET") not in (b"NOTSET", b"VALID")
-            or any(d != 1 for d in _attr(node, "dilations", [1, 1]))
+            or node_attr(node, "ceil_mode", 0)
+            or node_attr(node, "auto_pad", b"NOTSET") not in (b"NOTSET", b"VALID")
+            or any(d != 1 for d in node_attr(node, "dilations", [1, 1]))
         ):
             continue
         channels = shape[1]
         weight = np.full((channels, 1, *kernel), 1.0 / (kernel[0] * kernel[1]), np.float32)
         w_name = _unique_name(graph, f"{node.name or node.output[0]}_mean_weight")
         graph.initializer.append(numpy_helper.from_array(weight, w_name))
-        strides = list(_attr(node, "strides", [1, 1]))
+        strides = list(node_attr(node, "strides", [1, 1]))
         conv = helper.make_node(
             "Conv",
             [node.input[0], w_name],
