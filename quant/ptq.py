@@ -4,10 +4,17 @@ The statistic (``minmax``: abs-max / min-max, ``percentile``: e.g. the 99.99th p
 quantizers built by :mod:`edgeattn.quant.presets` from ``QuantConfig.calibration``; this module feeds data through
 brevitas' own ``calibration_mode`` (quantization off, statistics averaged over the batches), after which every
 activation scale is fixed and the model fake-quantizes. Weight scales need no data (initialised from the weights).
+
+A calibration batch runs as one forward pass unless its activations would not fit in
+:data:`CALIBRATION_BYTES`: :func:`ptq` measures one sample's largest layer output on the float model and splits
+larger batches (``edge_moe_vit`` at 224 px has 3,137 tokens: a 64-image batch needed over 24 GB). brevitas
+averages its statistics over forward passes, so a split batch calibrates slightly differently; batches that fit
+(every registered model at its own size, and at 224 px but for ``edge_moe_vit``) are not split.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable
 from typing import Any
 
@@ -16,6 +23,14 @@ from brevitas.graph.calibrate import calibration_mode
 from edgeattn.quant.config import QuantConfig
 from edgeattn.quant.quantize import quantize_model
 from torch import nn
+
+__all__ = ["CALIBRATION_BYTES", "calibrate", "ptq", "samples_per_forward"]
+
+# the activation memory one calibration forward may take
+CALIBRATION_BYTES = 2 * 1024**3
+# a calibration forward's peak per sample, in multiples of its largest layer output: the float output, its
+# fake-quantized copy, the statistic's working copies (a percentile sorts one) and the next layer's input
+_PEAK_PER_LARGEST_OUTPUT = 6
 
 
 def _inputs(batch: Any) -> torch.Tensor | dict[str, torch.Tensor]:
@@ -35,13 +50,51 @@ def _inputs(batch: Any) -> torch.Tensor | dict[str, torch.Tensor]:
     )
 
 
+def _forward(model: nn.Module, x: torch.Tensor | dict[str, torch.Tensor], start: int, n: int) -> None:
+    """``model`` on samples ``start .. start + n`` of ``x`` (a tensor, or a dict of keyword inputs)."""
+    if isinstance(x, dict):
+        model(**{k: v[start : start + n] for k, v in x.items()})
+    else:
+        model(x[start : start + n])
+
+
 @torch.no_grad()
-def calibrate(model: nn.Module, batches: Iterable[Any], max_samples: int = 256) -> int:
+def samples_per_forward(model: nn.Module, batch: Any, budget: int | None = None) -> int:
+    """How many samples of ``batch``'s kind one calibration forward may take within ``budget`` bytes (default
+    :data:`CALIBRATION_BYTES`): measured from the largest layer output of a one-sample forward of the float
+    ``model`` (eval mode; every module's training flag is restored), times a peak factor for calibration."""
+    budget = CALIBRATION_BYTES if budget is None else budget
+    largest = [0]
+
+    def note(module: nn.Module, args: Any, out: Any) -> None:
+        if isinstance(out, torch.Tensor):
+            largest[0] = max(largest[0], out.numel() * out.element_size())
+
+    modes = [(m, m.training) for m in model.modules()]
+    leaves = [m for m in model.modules() if not any(True for _ in m.children())]
+    hooks = [m.register_forward_hook(note) for m in leaves]
+    model.eval()
+    try:
+        _forward(model, _inputs(batch), 0, 1)
+    finally:
+        for h in hooks:
+            h.remove()
+        for m, training in modes:
+            m.training = training
+    return max(1, budget // max(1, largest[0] * _PEAK_PER_LARGEST_OUTPUT))
+
+
+@torch.no_grad()
+def calibrate(
+    model: nn.Module, batches: Iterable[Any], max_samples: int = 256, max_batch: int | None = None
+) -> int:
     """Run up to ``max_samples`` inputs of ``batches`` (tensors, (x, y) tuples, or dicts of keyword inputs for a
-    model with several inputs) through ``model`` in calibration mode; returns the number of samples used. The
-    model's training flag is kept."""
+    model with several inputs) through ``model`` in calibration mode, at most ``max_batch`` samples per forward
+    pass (default: each batch whole); returns the number of samples used. The model's training flag is kept."""
     if isinstance(max_samples, bool) or not isinstance(max_samples, int) or max_samples < 1:
         raise ValueError(f"calibrate: max_samples must be an integer >= 1, got {max_samples!r}")
+    if max_batch is not None and (isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1):
+        raise ValueError(f"calibrate: max_batch must be an integer >= 1 or None, got {max_batch!r}")
     seen = 0
     was_training = model.training
     model.eval()
@@ -53,10 +106,9 @@ def calibrate(model: nn.Module, batches: Iterable[Any], max_samples: int = 256) 
                 take = min(size, max_samples - seen)
                 if take <= 0:
                     break
-                if isinstance(x, dict):
-                    model(**{k: v[:take] for k, v in x.items()})
-                else:
-                    model(x[:take])
+                step = take if max_batch is None else max_batch
+                for start in range(0, take, step):
+                    _forward(model, x, start, min(step, take - start))
                 seen += take
     finally:  # a batch that raises must not leave the caller's model in eval mode
         model.train(was_training)
@@ -81,6 +133,10 @@ def ptq(
     config = resolve_config(config_or_profile) if config_or_profile is not None else QuantConfig()
     if method is not None:
         config = QuantConfig.parse({**config.model_dump(), "calibration": method}, "ptq method")
-    qmodel = quantize_model(model, config)
-    calibrate(qmodel, batches, max_samples=max_samples)
+    qmodel = quantize_model(model, config)  # a copy: ``model`` stays float
+    batches = iter(batches)
+    first = next(batches, None)
+    # measured on the float model: its forward changes nothing, while a forward of qmodel would calibrate
+    per_forward = samples_per_forward(model, first) if first is not None else None
+    calibrate(qmodel, [] if first is None else itertools.chain([first], batches), max_samples, per_forward)
     return qmodel.eval()

@@ -10,6 +10,7 @@ import torch
 from brevitas import nn as qnn
 from edgeattn.quant import QuantConfig, calibrate, ptq, quantize_model
 from edgeattn.quant.checkpoint import load_checkpoint, save_checkpoint
+from edgeattn.quant.ptq import samples_per_forward
 from torch import nn
 
 from edgeattn.errors import EdgeAttnError
@@ -261,6 +262,55 @@ def test_percentile_calibration_clips_outliers():
     scale = float(q[0].input_quant.scale().detach())
     ref = float(np.percentile(x.abs().numpy(), 99.9)) / 128.0
     assert scale == pytest.approx(ref, rel=0.02)
+
+
+def test_samples_per_forward_is_the_budget_over_six_times_the_largest_layer_output():
+    model = nn.Sequential(nn.Linear(8, 1000), nn.ReLU(), nn.Linear(1000, 4)).train()
+    model[1].eval()
+    # the largest output is 1000 float32 per sample = 4,000 bytes; a calibration forward is counted at 6x that
+    assert samples_per_forward(model, torch.randn(64, 8), budget=240_000) == 10
+    assert samples_per_forward(model, torch.randn(64, 8), budget=1) == 1
+    assert [m.training for m in model] == [True, False, True]  # every flag as it was
+
+
+def test_calibrate_splits_a_batch_into_forwards_of_max_batch():
+    torch.manual_seed(2)
+    x = torch.randn(64, 8) * 3
+    q = quantize_model(nn.Sequential(nn.Linear(8, 4)), {"calibration": "minmax"})
+    sizes: list[int] = []
+    q.register_forward_pre_hook(lambda module, args: sizes.append(len(args[0])))
+    assert calibrate(q, [x], max_samples=60, max_batch=16) == 60
+    assert sizes == [16, 16, 16, 12]
+    # brevitas averages its statistic over forwards: the mean of the four parts' abs-max
+    parts = [x[i : i + 16][: 60 - i].abs().max() for i in range(0, 60, 16)]
+    assert float(q[0].input_quant.scale().detach()) == pytest.approx(float(sum(parts) / 4) / 128.0, rel=1e-5)
+    with pytest.raises(ValueError, match="max_batch must be an integer >= 1 or None, got 0"):
+        calibrate(q, [x], max_batch=0)
+
+
+def test_ptq_splits_only_batches_that_would_not_fit(monkeypatch):
+    import importlib
+
+    ptq_module = importlib.import_module("edgeattn.quant.ptq")  # edgeattn.quant.ptq is also the function's name
+    seen: list[int | None] = []
+    real = ptq_module.calibrate
+
+    def spy(q, batches, max_samples, max_batch):
+        seen.append(max_batch)
+        return real(q, batches, max_samples, max_batch)
+
+    monkeypatch.setattr(ptq_module, "calibrate", spy)
+    # at the default budget vit_tiny keeps a 64-image batch whole at 224 px; edge_moe_vit (3,137 tokens: 118 MB of
+    # attention map per image) is split
+    vit = create_model("vit_tiny", img_size=224)
+    assert samples_per_forward(vit, torch.randn(1, 3, 224, 224)) >= 64
+    moe = create_model("edge_moe_vit", img_size=224)
+    assert samples_per_forward(moe, torch.randn(1, 3, 224, 224)) == 2 * 1024**3 // (6 * 3 * 3137 * 3137 * 4)
+    x = torch.randn(64, 8)
+    ptq(nn.Sequential(nn.Linear(8, 1000)), None, [x])
+    monkeypatch.setattr(ptq_module, "CALIBRATION_BYTES", 240_000)
+    ptq(nn.Sequential(nn.Linear(8, 1000)), None, [x])
+    assert seen[1] == 10 and seen[0] >= 64  # the default budget leaves a 64-sample batch whole
 
 
 def test_overrides_and_float_layers():
