@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -85,15 +86,57 @@ def replaceable_dir(out_dir: str | Path) -> Path:
     """``out_dir`` as an absolute path, or an :class:`EdgeAttnError` if replacing it as a whole would be unsafe.
 
     Refused: the working directory or a folder above it (``-o .``, ``-o ..``: replacing it would delete the
-    caller's own files and the folder they stand in), and an existing path that is not a folder. Callers check this
-    before any long work, so bad output paths fail fast.
+    caller's own files and the folder they stand in), a folder inside or holding one of :func:`protected_folders`
+    (the running edgeattn package, the Python environment's libraries: ``-o ~/project --force`` over the repository
+    of an editable install, ``-o .venv/lib``) or holding ``sys.prefix``, and an existing path that is not a folder.
+    Callers check this before any long work, so bad output paths fail fast.
     """
     out = Path(out_dir).resolve()
     if is_within(Path.cwd(), out):
         raise EdgeAttnError(f"output folder '{out_dir}' is the working directory or holds it; name a new folder")
+    held = [(what, f) for what, f in protected_folders() if is_within(f, out) or is_within(out, f)]
+    prefix = Path(sys.prefix).resolve()
+    held += [("this Python environment", prefix)] if is_within(prefix, out) else []
+    if held:
+        what, folder = held[0]
+        where = "holds" if is_within(folder, out) else "is inside"
+        raise EdgeAttnError(
+            f"output folder '{out_dir}' {where} {what} ({folder}); replacing it would delete part of it: "
+            "name a new folder"
+        )
     if out.exists() and not out.is_dir():
         raise EdgeAttnError(f"output folder '{out_dir}' exists and is not a folder")
     return out
+
+
+def package_folders() -> list[Path]:
+    """The folders the running edgeattn is imported from: the package and the folders its subpackages map to
+    (in an editable install ``export/``, ``quant/``, ``fpga_hls/`` and ``profiles/`` beside it), resolved."""
+    import importlib.util
+
+    folders: list[Path] = []
+    for name in ("edgeattn", "edgeattn.export", "edgeattn.quant", "edgeattn.fpga_hls", "edgeattn.profiles"):
+        spec = importlib.util.find_spec(name)
+        for location in (spec.submodule_search_locations or []) if spec is not None else []:
+            folder = Path(location).resolve()
+            if folder not in folders:
+                folders.append(folder)
+    return folders
+
+
+def protected_folders() -> list[tuple[str, Path]]:
+    """Folders no output may replace or be written into, each with a label for messages: those of the edgeattn
+    package this process runs (its shipped profiles included) and the Python environment's library and script
+    folders (``sysconfig``). :func:`replaceable_dir` also refuses a folder holding ``sys.prefix``."""
+    import sysconfig
+
+    found = [("the installed edgeattn package", folder) for folder in package_folders()]
+    paths = sysconfig.get_paths()
+    for key in ("stdlib", "platstdlib", "purelib", "platlib", "scripts"):
+        folder = Path(paths[key]).resolve() if key in paths else None
+        if folder is not None and all(folder != f for _, f in found):
+            found.append(("this Python environment", folder))
+    return found
 
 
 def is_within(path: str | Path, folder: str | Path) -> bool:

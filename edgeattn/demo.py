@@ -725,11 +725,17 @@ def run_demo(out_dir: Path, settings: DemoSettings | None = None, force: bool = 
     console = console or Console()
     seen = dir_id(out_dir)  # an empty out_dir found now may be replaced; one made by another run meanwhile may not
     staging = make_staging_dir(out_dir)
-    demo = Demo(staging, settings or DemoSettings(), console, final=out_dir)
+    demo: Demo | None = None
     try:
+        demo = Demo(staging, settings or DemoSettings(), console, final=out_dir)
         results = demo.run()
         _rebase_files(staging, staging, out_dir)  # before the rename: the published folder never names the staging one
     except BaseException as exc:
+        if demo is None:  # stopped before any step (a SIGTERM as the run set up): nothing to keep
+            shutil.rmtree(staging, ignore_errors=True)
+            if isinstance(exc, KeyboardInterrupt):
+                raise DemoInterrupted(out_dir, kept_aside=False) from exc
+            raise
         where = None
         if not had_output:
             with suppress(OutputTakenError):  # another run's output there: kept aside below instead

@@ -201,7 +201,7 @@ class HLSSpec(_Strict):
 
     part: str = Field(min_length=1, description="FPGA part, e.g. xczu9eg-ffvb1156-2-e (ZCU102)")
     board: str = Field("", description="board name, informational")
-    clock_mhz: float = Field(gt=0, description="target clock")
+    clock_mhz: float = Field(gt=0, allow_inf_nan=False, description="target clock")
     act: FixedPoint = Field(description="activation type")
     weight: FixedPoint = Field(description="linear-layer weight type")
     softmax_in: FixedPoint = Field(FixedPoint(width=16, integer=6), description="attention score type")
@@ -275,8 +275,13 @@ class DeviceProfile(_Strict):
         return self
 
     def tolerance_for(self, precision: str) -> Tolerance:
-        """Parity thresholds for ``precision``, falling back to the shipped defaults."""
-        return self.tolerance.get(precision) or _default_tolerances()[precision]  # type: ignore[index]
+        """Parity thresholds for ``precision`` (fp32, fp16 or int8), falling back to the shipped defaults."""
+        defaults = _default_tolerances()
+        if precision not in defaults:
+            raise ProfileError(
+                f"no parity tolerance for precision '{precision}'; one of {', '.join(defaults)} (profile '{self.name}')"
+            )
+        return self.tolerance.get(precision) or defaults[precision]  # type: ignore[call-overload]
 
     def require_target(self, target: str) -> None:
         """Raise a ProfileError if this profile is not written for ``target``."""
@@ -298,19 +303,26 @@ def shipped_profile_names() -> list[str]:
 
 def _format_validation_error(source: str, err: ValidationError) -> str:
     first = err.errors()[0]
-    loc = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    parts = [str(part) for part in first["loc"]]
+    key = parts[-1:] == ["[key]"]  # pydantic's marker for a bad key of a mapping (tolerance: {int4: ...})
+    loc = ".".join(parts[:-2] if key else parts)
     got = first.get("input")
     if first["type"] == "extra_forbidden":
         return f"{source}: unknown field '{loc}'"
     if first["type"] == "missing":
         return f"{source}: field '{loc}' is required but missing"
     got_text = "" if isinstance(got, dict) else f", got {got!r}"
-    msg = first["msg"]  # pydantic's sentences start upper case; only that letter is lowered (values keep theirs)
-    return f"{source}: field '{loc}': {msg[:1].lower()}{msg[1:]}{got_text}"
+    msg = first["msg"].removeprefix("Value error, ")  # our validators' own sentences
+    msg = f"{msg[:1].lower()}{msg[1:]}"  # pydantic's start upper case; only that letter is lowered
+    if key:
+        return f"{source}: field '{loc}' has the key {got!r}: {msg}"
+    return f"{source}: field '{loc}': {msg}{got_text}" if loc else f"{source}: {msg}{got_text}"
 
 
 def profile_from_mapping(data: Any, source: str) -> DeviceProfile:
     """Validate a parsed YAML mapping; errors name ``source``, the field and what was expected."""
+    if data is None:  # yaml.safe_load of an empty or comment-only file
+        raise ProfileError(f"{source}: the file is empty; a profile is a mapping of fields (edgeattn profiles fields)")
     if not isinstance(data, dict):
         raise ProfileError(f"{source}: expected a mapping of profile fields, got {type(data).__name__}")
     try:

@@ -84,8 +84,8 @@ def _bad_profile(tmp_path, mutate) -> Path:
         (lambda d: d.pop("runtime"), "field 'runtime' is required"),
         (lambda d: d.pop("tensorrt"), "'tensorrt' section is missing"),
         (lambda d: d["runtime"].update(name="tflite"), "field 'runtime.name'"),
-        (lambda d: d["export"].update(input_shape=[]), "field 'export.input_shape': value error, needs 2 dims"),
-        (lambda d: d["export"].update(input_shape=[8]), "field 'export.input_shape': value error, needs 2 dims"),
+        (lambda d: d["export"].update(input_shape=[]), "field 'export.input_shape': needs 2 dims"),
+        (lambda d: d["export"].update(input_shape=[8]), "field 'export.input_shape': needs 2 dims"),
         # once read as a batch of 3 at 224 px by the export
         (lambda d: d["export"].update(input_shape=[3, 32, 32]), "needs 2 dims (batch, tokens) or 4 (N, C, H, W)"),
         (lambda d: d["export"].update(input_shape=[1, 3, 8, 8, 8]), "needs 2 dims (batch, tokens) or 4 (N, C, H, W)"),
@@ -125,7 +125,7 @@ def test_an_hls_profile_must_deploy_what_the_cpp_computes(tmp_path, softmax, gel
         load_profile(path)
     # one line; the message keeps its own case ("C++", "GELU") and names what the profile says
     assert str(err.value) == (
-        f"{path}: field '(top level)': value error, targets lists 'hls', whose C++ datapath computes softmax "
+        f"{path}: targets lists 'hls', whose C++ datapath computes softmax "
         f"'online' and GELU 'edgemoe'; approx says softmax '{softmax}', gelu '{gelu}' "
         "(set approx: {softmax: online, gelu: edgemoe})"
     )
@@ -144,7 +144,7 @@ def test_an_hls_profile_keeps_the_weight_word_within_1024_bits(tmp_path, capsys,
     with pytest.raises(ProfileError) as err:
         load_profile(path)
     assert str(err.value) == (
-        f"{path}: field 'hls': value error, mac_rows x weight.width is {rows} x {width} = {rows * width} bits, over "
+        f"{path}: field 'hls': mac_rows x weight.width is {rows} x {width} = {rows * width} bits, over "
         f"the 1024-bit weight word (one m_axi beat); at most {1024 // width} rows at {width}-bit weights"
     )
     assert main(["hls", "vit_tiny", "-o", str(tmp_path / "prj"), "-p", str(path)]) == 2

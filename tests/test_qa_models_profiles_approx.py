@@ -53,7 +53,7 @@ TWICE = "lists onnx more than once, got ['onnx', 'onnx']"
         ("quant", "act_signed", "yes", f"field 'quant.act_signed': {BOOL}, got 'yes'"),
         ("export", "input_shape", [1, 3, "224", 224], f"field 'export.input_shape.2': {INT}, got '224'"),
         (None, "targets", [], "field 'targets': tuple should have at least 1 item after validation, not 0, got []"),
-        (None, "targets", ["onnx", "onnx"], f"field 'targets': value error, {TWICE}"),
+        (None, "targets", ["onnx", "onnx"], f"field 'targets': {TWICE}"),
         (None, "name", "", f"field 'name': {EMPTY} character, got ''"),
         ("runtime", "device", "", f"field 'runtime.device': {EMPTY} character, got ''"),
     ],

@@ -80,6 +80,8 @@ def run_app(typer_app: typer.Typer, argv: list[str] | None = None, prog_name: st
         except KeyboardInterrupt:
             return fail("interrupted", 130)
         except (EdgeAttnError, ValueError, OSError) as exc:
+            if isinstance(exc, EdgeAttnError) and exc.exit_code == 130:  # the command's own word on the interrupt
+                return fail(str(exc), 130)
             if interrupted:  # an error that followed a Ctrl-C a library swallowed: report the Ctrl-C
                 return fail("interrupted", 130)
             if isinstance(exc, EdgeAttnError):

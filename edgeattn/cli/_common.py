@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import Progress, ProgressColumn
 
-from edgeattn.atomic import check_writable_folder, is_within, write_text_atomic
+from edgeattn.atomic import check_writable_folder, is_within, protected_folders, write_text_atomic
 from edgeattn.errors import EdgeAttnError
 
 console = Console()
@@ -86,14 +86,19 @@ def check_report_path(
 ) -> None:
     """Refuse, before any work, a report path (``--json``, ``--plot``) that would destroy something.
 
-    The one rule of every command: :func:`check_output_path`'s checks; never the command's ``output`` folder or
-    anything inside it (replaced as a whole, which would take the report with it); never one of the command's
-    ``inputs`` (a file, or anything inside an input folder; ``None`` and paths that do not exist are skipped), with
-    or without ``--force``; an existing file only with ``--force`` (or ``resume``: the same run's report, continued).
+    The one rule of every command: :func:`check_output_path`'s checks; never a path in one of
+    :func:`~edgeattn.atomic.protected_folders` (a shipped profile YAML, the environment's libraries); never the
+    command's ``output`` folder or anything inside it (replaced as a whole, which would take the report with it);
+    never one of the command's ``inputs`` (a file, or anything inside an input folder; ``None`` and paths that do
+    not exist are skipped), with or without ``--force``; an existing file only with ``--force`` (or ``resume``: the
+    same run's report, continued).
     """
     if output is not None and is_within(path, output):
         raise EdgeAttnError(f"{flag} '{path}' is inside the output folder '{output}'; write it elsewhere")
     check_output_path(path, flag)
+    for what, folder in protected_folders():  # a shipped profile, a source file: not even with --force
+        if is_within(path, folder):
+            raise EdgeAttnError(f"{flag} '{path}' is inside {what} ({folder}); write it elsewhere")
     for given in inputs:
         if given is not None and _same_or_inside(path, Path(given)):
             raise EdgeAttnError(f"{flag} '{path}' would overwrite the input '{given}'; write it elsewhere")

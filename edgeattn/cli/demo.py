@@ -8,9 +8,10 @@ from pathlib import Path
 import typer
 from rich.markup import escape
 
-from edgeattn.cli._common import console
+from edgeattn.cli._common import console, sigterm_as_interrupt
 
 
+@sigterm_as_interrupt()  # SIGTERM unwinds like Ctrl-C: exit 130, the staging folder removed, the report kept
 def demo(
     output: Path = typer.Option(Path("out/demo"), "--output", "-o", help="Folder for everything the demo writes."),
     force: bool = typer.Option(

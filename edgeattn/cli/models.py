@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import re
 from pathlib import Path
 
 import typer
@@ -11,6 +12,9 @@ from edgeattn.cli._common import check_report_path, console, transient_progress,
 from edgeattn.errors import EdgeAttnError
 
 app = typer.Typer(help="Models in the registry.", no_args_is_help=True)
+
+# the counts run a forward pass at that size; 8192 px is past every edge deployment and still a size torch can hold
+MAX_IMG_SIZE = 8192
 
 
 def _describe(name: str, img_size: int | None = None, quiet_language: bool = False) -> dict:
@@ -30,9 +34,20 @@ def _describe(name: str, img_size: int | None = None, quiet_language: bool = Fal
             f"--img-size: model '{name}' takes no image size (a language model: its input is token ids)"
         )
     kwargs = {"img_size": img_size} if img_size is not None and takes_img_size else {}
-    train = create_model(name, **kwargs).eval()
-    deploy = edgeattn.reparameterize(train)
-    x = example_input(train)
+    try:
+        train = create_model(name, **kwargs).eval()
+        deploy = edgeattn.reparameterize(train)
+        x = example_input(train)
+        macs, macs_train = count_macs(deploy, x), count_macs(train, x)
+    except (RuntimeError, MemoryError) as exc:  # the counts run a real forward pass (attention grows as size^4)
+        if isinstance(exc, RuntimeError) and "allocate" not in str(exc):
+            raise
+        asked = re.search(r"allocate (\d+) bytes", str(exc))
+        tried = f" (torch tried to allocate {int(asked.group(1)) / 1e9:.1f} GB)" if asked else ""
+        raise EdgeAttnError(
+            f"--img-size {img_size}: counting {name} at {img_size}x{img_size} needs more memory than this machine "
+            f"has free{tried}; try a smaller size"
+        ) from None
     bn = (torch.nn.modules.batchnorm._BatchNorm,)
     return {
         "name": name,
@@ -40,8 +55,8 @@ def _describe(name: str, img_size: int | None = None, quiet_language: bool = Fal
         "input_dtype": str(x.dtype).replace("torch.", ""),
         "params": count_params(deploy),
         "params_train": count_params(train),
-        "macs": count_macs(deploy, x),
-        "macs_train": count_macs(train, x),
+        "macs": macs,
+        "macs_train": macs_train,
         "batchnorm_train": sum(isinstance(m, bn) for m in train.modules()),
         "reparam_blocks": sum(callable(getattr(m, "reparameterize", None)) for m in train.modules()),
     }
@@ -50,14 +65,19 @@ def _describe(name: str, img_size: int | None = None, quiet_language: bool = Fal
 @app.command("list")
 def list_cmd(
     img_size: int | None = typer.Option(
-        None, "--img-size", min=8, help="Input side for the vision models (default: each model's own)."
+        None,
+        "--img-size",
+        min=8,
+        max=MAX_IMG_SIZE,
+        help="Input side for the vision models (default: each model's own).",
     ),
     json_out: Path | None = typer.Option(None, "--json", help="Also write the table as JSON to this file."),
     force: bool = typer.Option(False, "--force", help="Replace an existing --json file."),
 ) -> None:
-    """List every registered model with parameters and MACs at its default input (deploy form; train form
-    in brackets, where over-parameterized branches and BatchNorm add to it). Language models keep their
-    own input under --img-size."""
+    """List every registered model with parameters and MACs at its default input.
+
+    Each figure is the deploy form's, with the train form's in brackets where over-parameterized branches and
+    BatchNorm add to it. Language models keep their own input under --img-size."""
     import torch
     from rich.table import Table
 
@@ -105,7 +125,9 @@ def list_cmd(
 @app.command("info")
 def info(
     name: str = typer.Argument(..., help="Registered model name (see `edgeattn models list`)."),
-    img_size: int | None = typer.Option(None, "--img-size", min=8, help="Input side for vision models."),
+    img_size: int | None = typer.Option(
+        None, "--img-size", min=8, max=MAX_IMG_SIZE, help="Input side for vision models."
+    ),
     json_out: Path | None = typer.Option(None, "--json", help="Also write the figures as JSON to this file."),
     force: bool = typer.Option(False, "--force", help="Replace an existing --json file."),
 ) -> None:

@@ -75,7 +75,7 @@ def show(
     console.print(f"[bold]{escape(profile.name)}[/]: {escape(profile.description)}", highlight=False)
     # allow_unicode: names stay readable (not "\xFC" escapes); width: one line per value, as in the file
     text = yaml.safe_dump(payload["profile"], sort_keys=False, allow_unicode=True, width=10**6)
-    console.print(escape(text.rstrip()), highlight=False)
+    console.print(escape(text.rstrip()), highlight=False, soft_wrap=True)  # rich would re-wrap at 80 in a pipe
     if profile.name == HOST_PROFILE:
         from edgeattn.hostinfo import detect_host
 

@@ -89,6 +89,11 @@ class EdgeMoEViT(VisionTransformer):
             "edge_moe_vit", num_experts=num_experts, top_k=top_k, num_tasks=num_tasks, moe_every=moe_every
         )
         super().__init__(**vit_kwargs)
+        if moe_every > len(self.blocks):  # no block would get the MoE layer: a plain ViT under this name
+            raise ValueError(
+                f"edge_moe_vit: moe_every={moe_every} leaves no MoE layer in {len(self.blocks)} blocks; "
+                f"use 1..{len(self.blocks)}"
+            )
         dim = self.head.in_features
         gelu = vit_kwargs.get("gelu", "exact")
         self.num_tasks = num_tasks

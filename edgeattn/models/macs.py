@@ -14,16 +14,18 @@ def count_macs(model: nn.Module, example_input: torch.Tensor | tuple[torch.Tenso
 
     torch's FlopCounterMode counts matmul/linear/conv/attention FLOPs as 2 per multiply-accumulate, so MACs
     are its total divided by 2. Elementwise ops (norms, activations, softmax) are not counted, as is usual
-    for published MAC figures. Runs in eval mode under ``no_grad`` and restores the training flag.
+    for published MAC figures. Runs in eval mode under ``no_grad`` and restores every module's training flag
+    (a model in training with some BatchNorms frozen in eval keeps them so).
     """
     inputs = example_input if isinstance(example_input, tuple) else (example_input,)
-    was_training = model.training
+    modes = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
             model(*inputs)
     finally:
-        model.train(was_training)
+        for m, training in modes:
+            m.training = training
     return int(counter.get_total_flops()) // 2
 
 
