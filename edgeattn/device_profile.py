@@ -18,7 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
 
-from edgeattn.errors import ProfileError
+from edgeattn.errors import ProfileError, did_you_mean
 from edgeattn.yaml_files import describe_yaml_error, load_yaml, read_utf8
 
 Target = Literal["onnx", "tensorrt", "openvino", "coreml", "hls"]
@@ -360,7 +360,8 @@ def load_profile(name_or_path: str | Path) -> DeviceProfile:
     else:
         names = shipped_profile_names()
         if text_name not in names:
-            raise ProfileError(f"unknown profile '{text_name}'; shipped profiles: {', '.join(names)}")
+            hint = did_you_mean(text_name, names)
+            raise ProfileError(f"unknown profile '{text_name}'{hint}; shipped profiles: {', '.join(names)}")
         resource = resources.files("edgeattn.profiles").joinpath(f"{text_name}.yaml")
         source = f"profiles/{text_name}.yaml"
         data = _read_yaml(resource.read_text(encoding="utf-8"), source)

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeattn.errors import EdgeAttnError
+from edgeattn.errors import EdgeAttnError, did_you_mean
 
 # the targets edgeattn export writes (defined here, beside TOKEN_TARGETS, and re-exported by edgeattn.export.api)
 TARGETS = ("onnx", "tensorrt", "openvino", "coreml")
@@ -108,7 +108,8 @@ def resolve_model(
         _check_approximations(module, profile, f"checkpoint '{model}'", set_by=meta.get("model_kwargs"))
         return module, str(meta.get("model", model)), meta
     if model not in list_models():
-        raise EdgeAttnError(f"unknown model '{model}'; registered models: {', '.join(list_models())}")
+        hint = did_you_mean(model, list_models())
+        raise EdgeAttnError(f"unknown model '{model}'{hint}; registered models: {', '.join(list_models())}")
     if checkpoint:
         module, meta = _load_ckpt(checkpoint)
         if meta.get("model") != model:

@@ -118,7 +118,7 @@ def test_encoder_layer_cosine_at_default_widths_meets_target():
 
 
 def test_error_grows_as_fraction_bits_shrink():
-    model = create_model("edge_moe_vit", embed_dim=48, depth=1, img_size=16).eval()
+    model = create_model("vit_tiny", embed_dim=48, depth=1, img_size=16).eval()  # one dense block, 17 tokens
     block = model.blocks[0]
     x, ref = _block_io(block, n=17, dim=48)
     errs = []

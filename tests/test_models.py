@@ -185,6 +185,13 @@ def test_cli_models_list_and_info(tmp_path, capsys):
     assert json.loads(info.read_text())["params"] == rows["mobilenetv2_ulsam"]["params"]
 
 
+# vit_tiny names itself and the patch size it chose (the user never named one)
+PATCH_9 = (
+    "vit_tiny: img_size=9 must be divisible by its patch size, 4 at this size (4 below 112 px, 16 from 112 px); "
+    "or pass patch_size"
+)
+
+
 def test_cli_img_size_a_model_cannot_take(tmp_path, capsys, monkeypatch):
     """``info`` refuses --img-size for a language model (it was ignored without a word); ``list`` shows the models
     that cannot take the size as '-' with the reason, instead of failing the whole list at the first one."""
@@ -198,15 +205,15 @@ def test_cli_img_size_a_model_cannot_take(tmp_path, capsys, monkeypatch):
     out = tmp_path / "models.json"
     assert main(["models", "list", "--img-size", "9", "--json", str(out)]) == 0
     rows = {r["name"]: r for r in json.loads(out.read_text())}
-    assert rows["vit_tiny"] == {"name": "vit_tiny", "error": "vit: img_size=9 must be divisible by patch_size=4"}
+    assert rows["vit_tiny"] == {"name": "vit_tiny", "error": PATCH_9}
     assert rows["tiny_llama"]["input_shape"] == [1, 128]  # language models keep their own input
-    assert "vit_tiny: not at --img-size 9: vit: img_size=9 must be divisible by patch_size=4" in " ".join(
+    assert f"vit_tiny: not at --img-size 9: {PATCH_9}" in " ".join(
         capsys.readouterr().out.split()
     )
     monkeypatch.setattr(models, "list_models", lambda: ["vit_tiny"])
     assert main(["models", "list", "--img-size", "9"]) == 2
     assert capsys.readouterr().err.strip() == (
-        "error: --img-size 9: no registered model takes it (vit: img_size=9 must be divisible by patch_size=4)"
+        f"error: --img-size 9: no registered model takes it ({PATCH_9})"
     )
 
 

@@ -120,7 +120,11 @@ def test_the_demos_interrupt_message_is_kept(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setattr("edgeattn.demo.run_demo", interrupted_run)
     out = tmp_path / "d"
-    assert main(["demo", "--fast", "-o", str(out)]) == 130
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)  # the CLI installs its own over Python's only
+    try:
+        assert main(["demo", "--fast", "-o", str(out)]) == 130
+    finally:
+        signal.signal(signal.SIGINT, before)
     err = capsys.readouterr().err.strip()
     assert err == f"error: interrupted; {out / 'report.md'} and summary.json say which steps ran"  # old: "interrupted"
 
@@ -204,3 +208,17 @@ def test_profiles_show_keeps_each_value_on_one_line_in_a_pipe(capsys, monkeypatc
     description = load_profile("apple-a17-coreml").description
     assert len(description) > 80 - len("description: ")  # long enough that rich wrapped it at 80 columns
     assert f"description: {description}" in out
+
+
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (["models", "info", "fmvit_tt"], "error: unknown model 'fmvit_tt' (did you mean 'fmvit_t'?); valid models: "),
+        (["profiles", "show", "jetson-orin"], "error: unknown profile 'jetson-orin' (did you mean 'jetson-orin-trt10'"),
+        (["models", "info", "resnet9"], "error: unknown model 'resnet9'; valid models: "),  # nothing close: no guess
+    ],
+)
+def test_a_mistyped_name_gets_the_closest_one(args, line, capsys):
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(line) and len(err.splitlines()) == 1, err

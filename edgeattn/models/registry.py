@@ -9,7 +9,7 @@ from typing import TypeVar
 
 from torch import nn
 
-from edgeattn.errors import EdgeAttnError
+from edgeattn.errors import EdgeAttnError, did_you_mean
 
 __all__ = [
     "register_model",
@@ -51,7 +51,8 @@ def model_entrypoint(name: str) -> Callable[..., nn.Module]:
     """The factory registered as ``name``; raises ``EdgeAttnError`` naming the valid models otherwise."""
     _load_builtin()
     if name not in _REGISTRY:
-        raise EdgeAttnError(f"unknown model {name!r}; valid models: {', '.join(sorted(_REGISTRY))}")
+        hint = did_you_mean(name, _REGISTRY)
+        raise EdgeAttnError(f"unknown model {name!r}{hint}; valid models: {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[name]
 
 

@@ -114,6 +114,11 @@ def vit_tiny(
     if patch_size is None:
         check_positive_int("vit", img_size=img_size)  # compared below, before the model checks it
         patch_size = 16 if img_size >= 112 else 4
+        if img_size % patch_size:  # the user never named a patch size: say which one applies and why
+            raise ValueError(
+                f"vit_tiny: img_size={img_size} must be divisible by its patch size, {patch_size} at this size "
+                "(4 below 112 px, 16 from 112 px); or pass patch_size"
+            )
     model = VisionTransformer(
         img_size=img_size,
         patch_size=patch_size,
