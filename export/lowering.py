@@ -9,6 +9,7 @@ onnx's converter has no way down for some ops torch's dynamo exporter writes:
 * ``BatchNormalization`` has no 15 -> 14 adapter. Below 15 an inference-mode BatchNorm (one output, constant
   statistics) becomes ``Mul`` and ``Add`` with per-channel constants folded in float64:
   ``y = x * s + t``, ``s = gamma / sqrt(var + eps)``, ``t = beta - mean * s``.
+* ``Shape`` with ``start``/``end`` (15; torch writes it for a dynamic batch) becomes ``Shape`` and ``Slice``.
 * ``Add``, ``Mul``, ``Reshape`` (14 -> 13), ``Pow`` (15 -> 14) and a few more have no downgrade adapter although
   their newer versions only accept more element types (``Reshape`` 14 adds ``allowzero``, which changes nothing
   when it is 0 or the constant target shape holds no 0): the same node is valid at the older version. These are
@@ -33,6 +34,7 @@ __all__ = ["SAME_MEANING_SINCE_13", "decompose_for_opset", "lower_opset"]
 
 LAYERNORM_SINCE = 17
 BATCHNORM_15_SINCE = 15
+SHAPE_RANGE_SINCE = 15  # Shape's start/end attributes (torch writes them to read the batch of a dynamic input)
 # ops whose versions from 13 to 18 differ only in the element types they accept (Reshape: see above); checked
 # against onnx's schemas in tests/test_export_lowering.py
 SAME_MEANING_SINCE_13 = frozenset(
@@ -44,31 +46,33 @@ _HELD = "ai.edgeattn.held"  # the private domain held nodes wait in while the co
 
 def lower_opset(proto: onnx.ModelProto, opset: int) -> tuple[onnx.ModelProto, dict[str, int]]:
     """``proto`` (opset 18) lowered to ``opset``: the rewrites of :func:`decompose_for_opset`, then onnx's
-    converter with the :data:`SAME_MEANING_SINCE_13` nodes held out of its way.
+    converter with the :data:`SAME_MEANING_SINCE_13` nodes (and ``Shape``/``Split`` nodes that use nothing newer
+    than opset 13) held out of its way.
 
-    Returns the lowered model and how many nodes of each kind were decomposed. ``proto`` is changed in place.
-    Raises :class:`~edgeattn.errors.EdgeAttnError` (exit code 5) when the converter still fails.
+    Returns the lowered model and how many nodes of each kind were decomposed. ``proto`` is changed in place (its
+    held nodes are put back if the converter fails). Raises :class:`~edgeattn.errors.EdgeAttnError` (exit code 5)
+    when the converter still fails.
     """
     from onnx import version_converter
 
     done = decompose_for_opset(proto, opset)
-    constants = {t.name: t for t in proto.graph.initializer}
-    held = 0
+    info = _tensor_info(proto)
+    constants = _constants(proto)
+    held: list[onnx.NodeProto] = []
     for node in proto.graph.node:
-        if node.domain in ("", "ai.onnx") and node.op_type in SAME_MEANING_SINCE_13:
-            if node.op_type == "Reshape":
-                # torch writes allowzero=1; it differs from Reshape 13 only where the target shape holds a 0
-                shape = constants.get(node.input[1])
-                if int(node_attr(node, "allowzero", 0)) and (shape is None or 0 in numpy_helper.to_array(shape)):
-                    continue  # Reshape 13 cannot say it: left to the converter, which says so
-                drop_attr(node, "allowzero")
+        if node.domain in ("", "ai.onnx") and _holdable(node, constants, info, opset):
             node.domain = _HELD
-            held += 1
+            held.append(node)
     if held:
         proto.opset_import.append(helper.make_opsetid(_HELD, 1))
     try:
         lowered = version_converter.convert_version(proto, opset)
     except Exception as exc:
+        for node in held:  # the caller's model stays a valid ONNX model
+            node.domain = ""
+        imports = [o for o in proto.opset_import if o.domain != _HELD]
+        del proto.opset_import[:]
+        proto.opset_import.extend(imports)
         raise EdgeAttnError(f"cannot lower the ONNX graph to opset {opset}: {exc}", exit_code=5) from exc
     for node in lowered.graph.node:
         if node.domain == _HELD:
@@ -83,6 +87,46 @@ def lower_opset(proto: onnx.ModelProto, opset: int) -> tuple[onnx.ModelProto, di
     return lowered, done
 
 
+def _holdable(node: onnx.NodeProto, constants: dict[str, np.ndarray], info: dict, opset: int) -> bool:
+    """Whether ``node`` means at ``opset`` what it means at 18, once the attributes that say nothing at 18 are
+    dropped (changed in place); refuses in one line a Reshape that needs ``allowzero``."""
+    op = node.op_type
+    if op == "Reshape":
+        # torch writes allowzero=1; it differs from Reshape 13 only where the target shape holds a 0
+        shape = constants.get(node.input[1])
+        if not int(node_attr(node, "allowzero", 0)) or (shape is not None and 0 not in shape):
+            drop_attr(node, "allowzero")  # says nothing here
+        elif opset < 14:
+            raise EdgeAttnError(
+                f"cannot lower {_label(node)} below opset 14: allowzero=1 with a target shape that is computed at "
+                "run time or holds a 0, which Reshape 13 reads as 'copy that dimension'; use --opset 14 or higher",
+                exit_code=5,
+            )
+        return True  # Reshape 14 keeps allowzero
+    if op == "Shape":  # Shape 15 added start/end; without them it is Shape 13
+        return not any(a.name in ("start", "end") for a in node.attribute)
+    if op == "Split":
+        return _split_as_13(node, info)
+    return op in SAME_MEANING_SINCE_13
+
+
+def _split_as_13(node: onnx.NodeProto, info: dict) -> bool:
+    """Split 18 added ``num_outputs`` (the last part may be smaller); without it, or with parts that divide the
+    axis evenly, Split 13 (equal parts, one per output) means the same."""
+    parts = node_attr(node, "num_outputs", None)
+    if parts is None:
+        return True
+    if len(node.input) > 1 and node.input[1]:
+        return False  # both given: not a valid Split 18 anyway; the converter says so
+    shape = info.get(node.input[0], (None, None))[0]
+    axis = int(node_attr(node, "axis", 0))
+    size = shape[axis] if shape is not None and -len(shape) <= axis < len(shape) else None
+    if not isinstance(size, int) or size % int(parts):
+        return False
+    drop_attr(node, "num_outputs")
+    return True
+
+
 def decompose_for_opset(proto: onnx.ModelProto, opset: int) -> dict[str, int]:
     """Rewrite, in place, the ops of an opset-18 ``proto`` that onnx's converter cannot take down to ``opset``.
 
@@ -91,16 +135,21 @@ def decompose_for_opset(proto: onnx.ModelProto, opset: int) -> dict[str, int]:
     done: dict[str, int] = {}
     if opset >= LAYERNORM_SINCE:
         return done
-    ranks = _ranks(proto)
+    info = _tensor_info(proto)
     names = _NameSource(proto)
     out: list[onnx.NodeProto] = []
     for node in proto.graph.node:
         if node.domain in ("", "ai.onnx") and node.op_type == "LayerNormalization":
-            out.extend(_layernorm_nodes(proto, node, ranks, names))
+            out.extend(_layernorm_nodes(proto, node, info, names))
             done["LayerNormalization"] = done.get("LayerNormalization", 0) + 1
         elif node.domain in ("", "ai.onnx") and node.op_type == "BatchNormalization" and opset < BATCHNORM_15_SINCE:
-            out.extend(_batchnorm_nodes(proto, node, ranks, names))
+            out.extend(_batchnorm_nodes(proto, node, info, names))
             done["BatchNormalization"] = done.get("BatchNormalization", 0) + 1
+        elif node.domain in ("", "ai.onnx") and node.op_type == "Shape" and opset < SHAPE_RANGE_SINCE and any(
+            a.name in ("start", "end") for a in node.attribute
+        ):
+            out.extend(_shape_nodes(proto, node, names))
+            done["Shape"] = done.get("Shape", 0) + 1
         else:
             out.append(node)
     del proto.graph.node[:]
@@ -126,17 +175,33 @@ class _NameSource:
         return name
 
 
-def _ranks(proto: onnx.ModelProto) -> dict[str, int]:
-    """The rank of every tensor shape inference can tell."""
+def _tensor_info(proto: onnx.ModelProto) -> dict[str, tuple[list | None, np.dtype | None]]:
+    """Shape (dims: ints, or None where unknown) and numpy dtype of every tensor shape inference can tell."""
     inferred = onnx.shape_inference.infer_shapes(proto)
     g = inferred.graph
-    ranks = {
-        v.name: len(v.type.tensor_type.shape.dim)
-        for v in (*g.input, *g.output, *g.value_info)
-        if v.type.tensor_type.HasField("shape")
-    }
-    ranks.update({t.name: len(t.dims) for t in g.initializer})
-    return ranks
+    info: dict[str, tuple[list | None, np.dtype | None]] = {}
+    for v in (*g.input, *g.output, *g.value_info):
+        t = v.type.tensor_type
+        shape = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim] if t.HasField("shape") else None
+        dtype = helper.tensor_dtype_to_np_dtype(t.elem_type) if t.elem_type else None
+        info[v.name] = (shape, dtype)
+    for init in g.initializer:
+        info[init.name] = (list(init.dims), helper.tensor_dtype_to_np_dtype(init.data_type))
+    return info
+
+
+def _constants(proto: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """The value of every initializer and ``Constant`` node output."""
+    values = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+    for node in proto.graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            values[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+    return values
+
+
+def _rank(info: dict, name: str) -> int | None:
+    shape = info.get(name, (None, None))[0]
+    return None if shape is None else len(shape)
 
 
 def _label(node: onnx.NodeProto) -> str:
@@ -149,23 +214,29 @@ def _constant(proto: onnx.ModelProto, names: _NameSource, base: str, value: np.n
     return name
 
 
-def _layernorm_nodes(proto, node, ranks, names) -> list[onnx.NodeProto]:
+def _layernorm_nodes(proto, node, info, names) -> list[onnx.NodeProto]:
     cannot = f"cannot lower {_label(node)} below opset {LAYERNORM_SINCE}"
     stop = f"use --opset {LAYERNORM_SINCE} or higher"
-    if any(out for out in node.output[1:]):
-        raise EdgeAttnError(f"{cannot}: its Mean/InvStdDev outputs are used; {stop}")
+    read = {name for n in proto.graph.node for name in n.input} | {o.name for o in proto.graph.output}
+    if any(out and out in read for out in node.output[1:]):
+        raise EdgeAttnError(f"{cannot}: its Mean/InvStdDev outputs are read; {stop}")
     x = node.input[0]
     axis = int(node_attr(node, "axis", -1))
+    rank = _rank(info, x)
     if axis < 0:
         axes = list(range(axis, 0))
-    elif x in ranks:
-        axes = list(range(axis - ranks[x], 0))
+    elif rank is not None:
+        axes = list(range(axis - rank, 0))
     else:
         raise EdgeAttnError(f"{cannot}: the rank of its input is unknown; {stop}")
+    dtype = info.get(x, (None, None))[1]
+    if dtype is not None and dtype != np.float32 and int(node_attr(node, "stash_type", 1)) == 1:
+        # LayerNorm computes a float16/bfloat16/float64 input in float32 (stash_type 1); the chain would not
+        raise EdgeAttnError(f"{cannot}: its {dtype} input is normalised in float32 (stash_type); {stop}")
     eps = float(node_attr(node, "epsilon", 1e-5))
     base = node.name or node.output[0]
     axes_c = _constant(proto, names, f"{base}_axes", np.asarray(axes, dtype=np.int64))
-    eps_c = _constant(proto, names, f"{base}_eps", np.asarray(eps, dtype=np.float32))
+    eps_c = _constant(proto, names, f"{base}_eps", np.asarray(eps, dtype=dtype or np.float32))
     t = {k: names(f"{base}_{k}") for k in ("mean", "centred", "square", "var", "var_eps", "std", "normed")}
     nodes = [
         helper.make_node("ReduceMean", [x, axes_c], [t["mean"]], name=names(f"{base}_mean"), keepdims=1),
@@ -186,7 +257,7 @@ def _layernorm_nodes(proto, node, ranks, names) -> list[onnx.NodeProto]:
     return nodes
 
 
-def _batchnorm_nodes(proto, node, ranks, names) -> list[onnx.NodeProto]:
+def _batchnorm_nodes(proto, node, info, names) -> list[onnx.NodeProto]:
     cannot = f"cannot lower {_label(node)} below opset {BATCHNORM_15_SINCE}"
     stop = f"use --opset {BATCHNORM_15_SINCE} or higher"
     if int(node_attr(node, "training_mode", 0)) or len([o for o in node.output if o]) > 1:
@@ -196,14 +267,16 @@ def _batchnorm_nodes(proto, node, ranks, names) -> list[onnx.NodeProto]:
     if missing:
         raise EdgeAttnError(f"{cannot}: its statistics are not constants ({', '.join(missing)}); {stop}")
     x = node.input[0]
-    if x not in ranks:
+    rank = _rank(info, x)
+    if rank is None:
         raise EdgeAttnError(f"{cannot}: the rank of its input is unknown; {stop}")
     gamma, beta, mean, var = (numpy_helper.to_array(inits[name]).astype(np.float64) for name in node.input[1:5])
-    dtype = numpy_helper.to_array(inits[node.input[1]]).dtype
+    # the Mul/Add take the input's type (BatchNormalization 15 allows statistics of another float type)
+    dtype = info.get(x, (None, None))[1] or numpy_helper.to_array(inits[node.input[1]]).dtype
     scale = gamma / np.sqrt(var + float(node_attr(node, "epsilon", 1e-5)))
     shift = beta - mean * scale
     # (C,) -> (C, 1, ..., 1): channels are axis 1 of an input of rank r
-    per_channel = (-1,) + (1,) * (ranks[x] - 2)
+    per_channel = (-1,) + (1,) * (rank - 2)
     base = node.name or node.output[0]
     scale_c = _constant(proto, names, f"{base}_scale", scale.reshape(per_channel).astype(dtype))
     shift_c = _constant(proto, names, f"{base}_shift", shift.reshape(per_channel).astype(dtype))
@@ -211,4 +284,20 @@ def _batchnorm_nodes(proto, node, ranks, names) -> list[onnx.NodeProto]:
     return [
         helper.make_node("Mul", [x, scale_c], [scaled], name=names(f"{base}_mul")),
         helper.make_node("Add", [scaled, shift_c], [node.output[0]], name=names(f"{base}_add")),
+    ]
+
+
+def _shape_nodes(proto, node, names) -> list[onnx.NodeProto]:
+    """``Shape(x, start, end)`` (15) as ``Slice(Shape(x), start, end)``: Slice clamps and counts negative indices
+    from the end as Shape's range does."""
+    start = int(node_attr(node, "start", 0))
+    end = node_attr(node, "end", None)
+    base = node.name or node.output[0]
+    whole = names(f"{base}_whole")
+    starts = _constant(proto, names, f"{base}_start", np.asarray([start], dtype=np.int64))
+    ends = _constant(proto, names, f"{base}_end", np.asarray([np.iinfo(np.int64).max if end is None else int(end)]))
+    axes = _constant(proto, names, f"{base}_axis", np.asarray([0], dtype=np.int64))
+    return [
+        helper.make_node("Shape", [node.input[0]], [whole], name=names(f"{base}_shape")),
+        helper.make_node("Slice", [whole, starts, ends, axes], [node.output[0]], name=names(f"{base}_slice")),
     ]
