@@ -86,23 +86,23 @@ def replaceable_dir(out_dir: str | Path) -> Path:
     """``out_dir`` as an absolute path, or an :class:`EdgeAttnError` if replacing it as a whole would be unsafe.
 
     Refused: the working directory or a folder above it (``-o .``, ``-o ..``: replacing it would delete the
-    caller's own files and the folder they stand in), a folder inside or holding one of :func:`protected_folders`
-    (the running edgeattn package, the Python environment's libraries: ``-o ~/project --force`` over the repository
-    of an editable install, ``-o .venv/lib``) or holding ``sys.prefix``, and an existing path that is not a folder.
+    caller's own files and the folder they stand in), a folder :func:`refuse_protected` refuses (inside the running
+    edgeattn package or the Python environment's libraries, or directly in ``sys.prefix``: ``-o .venv/lib``), one
+    holding one of them or ``sys.prefix`` (``-o ~/project --force`` over the repository of an editable install), and
+    an existing path that is not a folder.
     Callers check this before any long work, so bad output paths fail fast.
     """
     out = Path(out_dir).resolve()
     if is_within(Path.cwd(), out):
         raise EdgeAttnError(f"output folder '{out_dir}' is the working directory or holds it; name a new folder")
-    held = [(what, f) for what, f in protected_folders() if is_within(f, out) or is_within(out, f)]
+    refuse_protected(out_dir, "output folder")
     prefix = Path(sys.prefix).resolve()
+    held = [(what, f) for what, f in protected_folders() if is_within(f, out)]
     held += [("this Python environment", prefix)] if is_within(prefix, out) else []
     if held:
         what, folder = held[0]
-        where = "holds" if is_within(folder, out) else "is inside"
         raise EdgeAttnError(
-            f"output folder '{out_dir}' {where} {what} ({folder}); replacing it would delete part of it: "
-            "name a new folder"
+            f"output folder '{out_dir}' holds {what} ({folder}); replacing it would delete it: name a new folder"
         )
     if out.exists() and not out.is_dir():
         raise EdgeAttnError(f"output folder '{out_dir}' exists and is not a folder")
@@ -137,6 +137,20 @@ def protected_folders() -> list[tuple[str, Path]]:
         if folder is not None and all(folder != f for _, f in found):
             found.append(("this Python environment", folder))
     return found
+
+
+def refuse_protected(path: str | Path, what: str) -> None:
+    """:class:`EdgeAttnError` when writing ``path`` (a file, or a folder written into) would land in one of
+    :func:`protected_folders` or directly in ``sys.prefix`` (a venv's ``pyvenv.cfg``). The location written is
+    checked: a link there is replaced, not followed, so only its folder is resolved."""
+    written = Path(os.path.abspath(path))
+    written = written.parent.resolve() / written.name
+    owners = [(label, f) for label, f in protected_folders() if written == f or f in written.parents]
+    prefix = Path(sys.prefix).resolve()
+    owners += [("this Python environment", prefix)] if written.parent == prefix else []
+    if owners:
+        label, folder = owners[0]
+        raise EdgeAttnError(f"{what} '{path}' is inside {label} ({folder}); write it elsewhere")
 
 
 def is_within(path: str | Path, folder: str | Path) -> bool:

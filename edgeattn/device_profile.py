@@ -279,7 +279,8 @@ class DeviceProfile(_Strict):
         defaults = _default_tolerances()
         if precision not in defaults:
             raise ProfileError(
-                f"no parity tolerance for precision '{precision}'; one of {', '.join(defaults)} (profile '{self.name}')"
+                f"no parity tolerance for precision '{precision}': it must be one of {', '.join(defaults)} "
+                f"(profile '{self.name}')"
             )
         return self.tolerance.get(precision) or defaults[precision]  # type: ignore[call-overload]
 

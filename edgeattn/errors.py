@@ -28,7 +28,18 @@ class MissingBackendError(EdgeAttnError):
 
 
 def did_you_mean(name: str, choices: Iterable[str]) -> str:
-    """`` (did you mean 'x'?)`` for the closest of ``choices`` to a mistyped ``name`` (difflib's ratio >= 0.6), or
-    ``""`` when none is close: for "unknown ..." messages, which list every choice as well."""
-    close = difflib.get_close_matches(str(name), list(choices), n=1, cutoff=0.6)
-    return f" (did you mean '{close[0]}'?)" if close else ""
+    """`` (did you mean 'x'?)`` for what a mistyped ``name`` most likely meant among ``choices``, or ``""``: for
+    "unknown ..." messages, which list every choice as well. Case is ignored; a name that starts some choices gets
+    them (``vit`` -> ``vit_tiny``; ``fmvit`` -> three), otherwise the closest by difflib's ratio (>= 0.6)."""
+    by_lower = {c.lower(): c for c in choices}
+    typed = str(name).lower()
+    starts = [c for low, c in sorted(by_lower.items()) if low.startswith(typed) and low != typed]
+    if typed in by_lower:  # the same name in another case
+        starts = [by_lower[typed]]
+    if not starts:
+        starts = [by_lower[c] for c in difflib.get_close_matches(typed, list(by_lower), n=1, cutoff=0.6)]
+    if not starts:
+        return ""
+    if len(starts) == 1:
+        return f" (did you mean '{starts[0]}'?)"
+    return f" (did you mean one of {', '.join(repr(c) for c in starts)}?)"

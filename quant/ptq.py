@@ -103,12 +103,16 @@ def calibrate(
             for batch in batches:
                 x = _inputs(batch)
                 size = len(next(iter(x.values()))) if isinstance(x, dict) else len(x)
-                take = min(size, max_samples - seen)
-                if take <= 0:
+                if seen >= max_samples:
                     break
-                step = take if max_batch is None else max_batch
-                for start in range(0, take, step):
-                    _forward(model, x, start, min(step, take - start))
+                take = min(size, max_samples - seen)
+                if take == 0:  # an empty batch: the next one may hold samples
+                    continue
+                # parts of near-equal size: brevitas weighs every forward pass alike
+                parts = 1 if max_batch is None else -(-take // max_batch)
+                for k in range(parts):
+                    start, stop = k * take // parts, (k + 1) * take // parts
+                    _forward(model, x, start, stop - start)
                 seen += take
     finally:  # a batch that raises must not leave the caller's model in eval mode
         model.train(was_training)

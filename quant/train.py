@@ -105,7 +105,7 @@ from edgeattn.quant.train_config import (  # noqa: F401 (re-exports, see the mod
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from edgeattn.atomic import check_writable_folder
+from edgeattn.atomic import check_writable_folder, refuse_protected
 from edgeattn.errors import EdgeAttnError
 from edgeattn.hostinfo import MAX_SEED, MAX_THREADS  # noqa: F401 (TrainConfig's bounds, re-exported)
 
@@ -734,6 +734,7 @@ def _run(cfg: TrainConfig, resume: bool, show: bool, dist: _Dist, force: bool) -
         )
     if out_dir.exists() and not out_dir.is_dir():
         raise EdgeAttnError(f"output directory '{out_dir}' exists and is not a folder")
+    refuse_protected(out_dir, "output directory")  # not in the package or the environment's libraries
     check_writable_folder(out_dir, f"output directory '{out_dir}'")
     existing = [n for n in RUN_FILES if (out_dir / n).is_file()]
     if not resume and not force and existing:

@@ -27,7 +27,7 @@ import pytest
 import torch
 import yaml
 
-from edgeattn.atomic import package_folders, protected_folders, replaceable_dir
+from edgeattn.atomic import package_folders, protected_folders, refuse_protected, replaceable_dir
 from edgeattn.cli import main
 from edgeattn.device_profile import load_profile, profile_from_mapping
 from edgeattn.errors import EdgeAttnError, ProfileError
@@ -59,12 +59,39 @@ def test_no_output_folder_holds_or_lies_in_the_running_software(tmp_path, monkey
     with pytest.raises(EdgeAttnError, match=r"is inside the installed edgeattn package"):
         replaceable_dir(pkg / "blocks")
     purelib = Path(sysconfig.get_paths()["purelib"]).resolve()
-    with pytest.raises(EdgeAttnError, match=r"(holds|is inside) (this Python environment|the installed edgeattn)"):
-        replaceable_dir(purelib.parent)  # .venv/lib: what `demo --force -o .venv/lib` deleted
+    with pytest.raises(EdgeAttnError, match=r"is inside this Python environment"):
+        replaceable_dir(purelib.parent.parent)  # .venv/lib: what `demo --force -o .venv/lib` deleted
     with pytest.raises(EdgeAttnError, match=r"holds this Python environment"):
         replaceable_dir(Path(sys.prefix))  # the whole environment
     labels = {what for what, _ in protected_folders()}
     assert labels == {"the installed edgeattn package", "this Python environment"}
+
+
+def test_a_written_path_is_judged_where_it_is_written(tmp_path, monkeypatch):
+    """`--json` replaces a link, it does not write through it: the link's own folder counts, not its target."""
+    shipped = _shipped("host-cpu")
+    (tmp_path / "flink.yaml").symlink_to(shipped)
+    refuse_protected(tmp_path / "flink.yaml", "--json")  # only the link would be replaced: allowed
+    (tmp_path / "pkg").symlink_to(shipped.parent)
+    with pytest.raises(EdgeAttnError, match=r"is inside the installed edgeattn package"):
+        refuse_protected(tmp_path / "pkg" / "host-cpu.yaml", "--json")  # through a linked folder: refused
+    env = tmp_path / "env"
+    (env / "bin").mkdir(parents=True)
+    (env / "bin" / "python").symlink_to(sys.executable)  # a venv's interpreter is a link out of the venv
+    monkeypatch.setattr(sys, "prefix", str(env))
+    monkeypatch.setattr(sysconfig, "get_paths", lambda: {"scripts": str(env / "bin")})
+    for name in ("pyvenv.cfg", "bin/python"):  # old code: both passed, and --force replaced them
+        with pytest.raises(EdgeAttnError, match=r"is inside this Python environment"):
+            refuse_protected(env / name, "--json")
+
+
+def test_qat_refuses_an_output_folder_in_the_package(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    run = package_folders()[-1] / "qat-run-refused"
+    assert main(["qat", "-m", "vit_tiny", "-o", str(run), "--epochs", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: output directory '{run}' is inside the installed edgeattn package"), err
+    assert not run.exists()
 
 
 def test_demo_refuses_the_environment_before_any_work(tmp_path, monkeypatch, capsys):
@@ -74,7 +101,7 @@ def test_demo_refuses_the_environment_before_any_work(tmp_path, monkeypatch, cap
     assert main(["demo", "--fast", "--force", "-o", str(lib)]) == 2
     assert time.perf_counter() - t0 < 30  # refused before the training
     err = capsys.readouterr().err.strip()
-    assert "replacing it would delete part of it: name a new folder" in err and len(err.splitlines()) == 1
+    assert "is inside this Python environment" in err and len(err.splitlines()) == 1
     assert Path(sysconfig.get_paths()["purelib"]).is_dir()
 
 
@@ -172,7 +199,9 @@ def test_tolerance_for_names_an_unknown_precision():
     prof = load_profile("zcu102-hls")
     with pytest.raises(ProfileError) as err:
         prof.tolerance_for("fixed")
-    assert str(err.value) == "no parity tolerance for precision 'fixed'; one of fp32, fp16, int8 (profile 'zcu102-hls')"
+    assert str(err.value) == (
+        "no parity tolerance for precision 'fixed': it must be one of fp32, fp16, int8 (profile 'zcu102-hls')"
+    )
     assert prof.tolerance_for("int8").min_cosine == 0.995
 
 
@@ -222,3 +251,20 @@ def test_a_mistyped_name_gets_the_closest_one(args, line, capsys):
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(line) and len(err.splitlines()) == 1, err
+
+
+@pytest.mark.parametrize(
+    ("typed", "hint"),
+    [
+        ("vit", " (did you mean 'vit_tiny'?)"),  # a start of one name (difflib preferred 'fmvit_t')
+        ("fmvit", " (did you mean one of 'fmvit_b', 'fmvit_s', 'fmvit_t'?)"),  # a start of three: all of them
+        ("VIT_TINY", " (did you mean 'vit_tiny'?)"),  # another case
+        ("edge-moe-vit", " (did you mean 'edge_moe_vit'?)"),
+        ("resnet9", ""),
+    ],
+)
+def test_did_you_mean_prefers_what_the_name_starts(typed, hint):
+    from edgeattn.errors import did_you_mean
+    from edgeattn.models import list_models
+
+    assert did_you_mean(typed, list_models()) == hint

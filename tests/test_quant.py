@@ -279,10 +279,11 @@ def test_calibrate_splits_a_batch_into_forwards_of_max_batch():
     q = quantize_model(nn.Sequential(nn.Linear(8, 4)), {"calibration": "minmax"})
     sizes: list[int] = []
     q.register_forward_pre_hook(lambda module, args: sizes.append(len(args[0])))
-    assert calibrate(q, [x], max_samples=60, max_batch=16) == 60
-    assert sizes == [16, 16, 16, 12]
+    assert calibrate(q, [x[:0], x], max_samples=61, max_batch=16) == 61  # an empty batch is skipped, not the end
+    assert sizes == [15, 15, 15, 16]  # near-equal parts: brevitas weighs every forward alike
     # brevitas averages its statistic over forwards: the mean of the four parts' abs-max
-    parts = [x[i : i + 16][: 60 - i].abs().max() for i in range(0, 60, 16)]
+    bounds = [0, 15, 30, 45, 61]
+    parts = [x[a:b].abs().max() for a, b in zip(bounds, bounds[1:], strict=False)]
     assert float(q[0].input_quant.scale().detach()) == pytest.approx(float(sum(parts) / 4) / 128.0, rel=1e-5)
     with pytest.raises(ValueError, match="max_batch must be an integer >= 1 or None, got 0"):
         calibrate(q, [x], max_batch=0)

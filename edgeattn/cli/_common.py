@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import Progress, ProgressColumn
 
-from edgeattn.atomic import check_writable_folder, is_within, protected_folders, write_text_atomic
+from edgeattn.atomic import check_writable_folder, is_within, refuse_protected, write_text_atomic
 from edgeattn.errors import EdgeAttnError
 
 console = Console()
@@ -96,9 +96,7 @@ def check_report_path(
     if output is not None and is_within(path, output):
         raise EdgeAttnError(f"{flag} '{path}' is inside the output folder '{output}'; write it elsewhere")
     check_output_path(path, flag)
-    for what, folder in protected_folders():  # a shipped profile, a source file: not even with --force
-        if is_within(path, folder):
-            raise EdgeAttnError(f"{flag} '{path}' is inside {what} ({folder}); write it elsewhere")
+    refuse_protected(path, flag)  # a shipped profile, a source file, the environment: not even with --force
     for given in inputs:
         if given is not None and _same_or_inside(path, Path(given)):
             raise EdgeAttnError(f"{flag} '{path}' would overwrite the input '{given}'; write it elsewhere")
