@@ -7,6 +7,7 @@ permissions a plain ``open()`` / ``mkdir()`` would have given it under the proce
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import shutil
 import sys
@@ -109,7 +110,8 @@ def replaceable_dir(out_dir: str | Path) -> Path:
     return out
 
 
-def package_folders() -> list[Path]:
+@functools.lru_cache(maxsize=1)
+def package_folders() -> tuple[Path, ...]:
     """The folders the running edgeattn is imported from: the package and the folders its subpackages map to
     (in an editable install ``export/``, ``quant/``, ``fpga_hls/`` and ``profiles/`` beside it), resolved."""
     import importlib.util
@@ -121,7 +123,7 @@ def package_folders() -> list[Path]:
             folder = Path(location).resolve()
             if folder not in folders:
                 folders.append(folder)
-    return folders
+    return tuple(folders)
 
 
 def protected_folders() -> list[tuple[str, Path]]:
@@ -208,14 +210,16 @@ def staging_dir(out_dir: str | Path, suffix: str = "", replace: bool = True) -> 
     ``replace=False`` (no ``--force``): an ``out_dir`` that appeared while the block ran (another run's) is never
     replaced, see :func:`publish_dir`; an empty one found here on entry still is, as the callers' checks allow.
     """
-    tmp = _new_staging_dir(out_dir, suffix)
-    out_dir = replaceable_dir(out_dir)
-    seen = dir_id(out_dir)
-    try:
+    out = replaceable_dir(out_dir)
+    seen = dir_id(out)
+    tmp: Path | None = None
+    try:  # created inside the try: a Ctrl-C or SIGTERM right after it still removes it
+        tmp = _new_staging_dir(out_dir, suffix)
         yield tmp
-        publish_dir(tmp, out_dir, replace=replace, seen=seen)
+        publish_dir(tmp, out, replace=replace, seen=seen)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def make_staging_dir(out_dir: str | Path) -> Path:

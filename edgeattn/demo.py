@@ -724,15 +724,17 @@ def run_demo(out_dir: Path, settings: DemoSettings | None = None, force: bool = 
         raise EdgeAttnError(f"output directory '{out_dir}' is not empty; use --force to replace it")
     console = console or Console()
     seen = dir_id(out_dir)  # an empty out_dir found now may be replaced; one made by another run meanwhile may not
-    staging = make_staging_dir(out_dir)
+    staging: Path | None = None
     demo: Demo | None = None
-    try:
+    try:  # the staging folder is made inside the try: a stop right after it still removes it
+        staging = make_staging_dir(out_dir)
         demo = Demo(staging, settings or DemoSettings(), console, final=out_dir)
         results = demo.run()
         _rebase_files(staging, staging, out_dir)  # before the rename: the published folder never names the staging one
     except BaseException as exc:
-        if demo is None:  # stopped before any step (a SIGTERM as the run set up): nothing to keep
-            shutil.rmtree(staging, ignore_errors=True)
+        if staging is None or demo is None:  # stopped before any step (a SIGTERM as the run set up): nothing to keep
+            if staging is not None:
+                shutil.rmtree(staging, ignore_errors=True)
             if isinstance(exc, KeyboardInterrupt):
                 raise DemoInterrupted(out_dir, kept_aside=False) from exc
             raise
