@@ -24,6 +24,8 @@ from edgeattn.quant.config import QuantConfig
 from edgeattn.quant.quantize import quantize_model
 from torch import nn
 
+from edgeattn.models import eval_mode
+
 __all__ = ["CALIBRATION_BYTES", "calibrate", "ptq", "samples_per_forward"]
 
 # the activation memory one calibration forward may take
@@ -70,17 +72,14 @@ def samples_per_forward(model: nn.Module, batch: Any, budget: int | None = None)
         if isinstance(out, torch.Tensor):
             largest[0] = max(largest[0], out.numel() * out.element_size())
 
-    modes = [(m, m.training) for m in model.modules()]
     leaves = [m for m in model.modules() if not any(True for _ in m.children())]
     hooks = [m.register_forward_hook(note) for m in leaves]
-    model.eval()
     try:
-        _forward(model, _inputs(batch), 0, 1)
+        with eval_mode(model):
+            _forward(model, _inputs(batch), 0, 1)
     finally:
         for h in hooks:
             h.remove()
-        for m, training in modes:
-            m.training = training
     return max(1, budget // max(1, largest[0] * _PEAK_PER_LARGEST_OUTPUT))
 
 
@@ -96,26 +95,22 @@ def calibrate(
     if max_batch is not None and (isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1):
         raise ValueError(f"calibrate: max_batch must be an integer >= 1 or None, got {max_batch!r}")
     seen = 0
-    was_training = model.training
-    model.eval()
-    try:
-        with calibration_mode(model):
-            for batch in batches:
-                x = _inputs(batch)
-                size = len(next(iter(x.values()))) if isinstance(x, dict) else len(x)
-                if seen >= max_samples:
-                    break
-                take = min(size, max_samples - seen)
-                if take == 0:  # an empty batch: the next one may hold samples
-                    continue
-                # parts of near-equal size: brevitas weighs every forward pass alike
-                parts = 1 if max_batch is None else -(-take // max_batch)
-                for k in range(parts):
-                    start, stop = k * take // parts, (k + 1) * take // parts
-                    _forward(model, x, start, stop - start)
-                seen += take
-    finally:  # a batch that raises must not leave the caller's model in eval mode
-        model.train(was_training)
+    # a batch that raises must not leave the caller's model in eval mode; each module keeps its own flag
+    with eval_mode(model), calibration_mode(model):
+        for batch in batches:
+            x = _inputs(batch)
+            size = len(next(iter(x.values()))) if isinstance(x, dict) else len(x)
+            if seen >= max_samples:
+                break
+            take = min(size, max_samples - seen)
+            if take == 0:  # an empty batch: the next one may hold samples
+                continue
+            # parts of near-equal size: brevitas weighs every forward pass alike
+            parts = 1 if max_batch is None else -(-take // max_batch)
+            for k in range(parts):
+                start, stop = k * take // parts, (k + 1) * take // parts
+                _forward(model, x, start, stop - start)
+            seen += take
     if seen == 0:
         raise ValueError("calibrate: no calibration samples were given")
     return seen

@@ -289,6 +289,13 @@ def test_calibrate_splits_a_batch_into_forwards_of_max_batch():
         calibrate(q, [x], max_batch=0)
 
 
+def test_calibrate_gives_every_module_its_own_training_flag_back():
+    q = quantize_model(nn.Sequential(nn.Linear(8, 4), nn.BatchNorm1d(4)), {"calibration": "minmax"}).train()
+    q[1].eval()  # frozen statistics while the rest trains
+    calibrate(q, [torch.randn(16, 8)])
+    assert (q.training, q[0].training, q[1].training) == (True, True, False)  # was: the BatchNorm training again
+
+
 def test_ptq_splits_only_batches_that_would_not_fit(monkeypatch):
     import importlib
 

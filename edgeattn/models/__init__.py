@@ -11,6 +11,7 @@ import importlib
 
 from edgeattn.models.inputs import example_input
 from edgeattn.models.macs import count_macs, count_params
+from edgeattn.models.modes import eval_mode
 from edgeattn.models.registry import (
     approximation_kwargs,
     create_model,
@@ -38,5 +39,6 @@ __all__ = [
     "model_entrypoint",
     "count_macs",
     "count_params",
+    "eval_mode",
     "example_input",
 ]

@@ -6,6 +6,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from edgeattn.models.modes import eval_mode
+
 __all__ = ["count_macs", "count_params"]
 
 
@@ -18,14 +20,8 @@ def count_macs(model: nn.Module, example_input: torch.Tensor | tuple[torch.Tenso
     (a model in training with some BatchNorms frozen in eval keeps them so).
     """
     inputs = example_input if isinstance(example_input, tuple) else (example_input,)
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            model(*inputs)
-    finally:
-        for m, training in modes:
-            m.training = training
+    with eval_mode(model), torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(*inputs)
     return int(counter.get_total_flops()) // 2
 
 
