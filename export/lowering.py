@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from edgeattn.export.qdq import drop_attr, node_attr
+from edgeattn.export.qdq import constant_values, drop_attr, node_attr
 from onnx import helper, numpy_helper
 
 from edgeattn.errors import EdgeAttnError
@@ -55,9 +55,9 @@ def lower_opset(proto: onnx.ModelProto, opset: int) -> tuple[onnx.ModelProto, di
     """
     from onnx import version_converter
 
-    done = decompose_for_opset(proto, opset)
-    info = _tensor_info(proto)
-    constants = _constants(proto)
+    info = _tensor_info(proto)  # the rewrites keep every name the rest of the graph reads: it stays true
+    done = decompose_for_opset(proto, opset, info)
+    constants = constant_values(proto.graph)
     held: list[onnx.NodeProto] = []
     for node in proto.graph.node:
         if node.domain in ("", "ai.onnx") and _holdable(node, constants, info, opset):
@@ -127,15 +127,16 @@ def _split_as_13(node: onnx.NodeProto, info: dict) -> bool:
     return True
 
 
-def decompose_for_opset(proto: onnx.ModelProto, opset: int) -> dict[str, int]:
+def decompose_for_opset(proto: onnx.ModelProto, opset: int, info: dict | None = None) -> dict[str, int]:
     """Rewrite, in place, the ops of an opset-18 ``proto`` that onnx's converter cannot take down to ``opset``.
 
-    Returns how many nodes of each kind were rewritten (empty when nothing needed it).
+    ``info`` is :func:`_tensor_info` of ``proto`` when the caller has it. Returns how many nodes of each kind were
+    rewritten (empty when nothing needed it).
     """
     done: dict[str, int] = {}
     if opset >= LAYERNORM_SINCE:
         return done
-    info = _tensor_info(proto)
+    info = _tensor_info(proto) if info is None else info
     names = _NameSource(proto)
     out: list[onnx.NodeProto] = []
     for node in proto.graph.node:
@@ -188,15 +189,6 @@ def _tensor_info(proto: onnx.ModelProto) -> dict[str, tuple[list | None, np.dtyp
     for init in g.initializer:
         info[init.name] = (list(init.dims), helper.tensor_dtype_to_np_dtype(init.data_type))
     return info
-
-
-def _constants(proto: onnx.ModelProto) -> dict[str, np.ndarray]:
-    """The value of every initializer and ``Constant`` node output."""
-    values = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
-    for node in proto.graph.node:
-        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
-            values[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
-    return values
 
 
 def _rank(info: dict, name: str) -> int | None:
