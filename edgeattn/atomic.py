@@ -214,7 +214,7 @@ def staging_dir(out_dir: str | Path, suffix: str = "", replace: bool = True) -> 
     seen = dir_id(out)
     tmp: Path | None = None
     try:  # created inside the try: a Ctrl-C or SIGTERM right after it still removes it
-        tmp = _new_staging_dir(out_dir, suffix)
+        tmp = _new_staging_dir(out, out_dir, suffix)
         yield tmp
         publish_dir(tmp, out, replace=replace, seen=seen)
     finally:
@@ -227,13 +227,13 @@ def make_staging_dir(out_dir: str | Path) -> Path:
     :func:`publish_dir` is a rename), for work that must not touch ``out_dir`` until it has ended. The caller
     publishes it with :func:`publish_dir` or keeps it with :func:`keep_aside`; :func:`staging_dir` is the
     all-or-nothing form. ``out_dir`` must pass :func:`replaceable_dir`."""
-    return _new_staging_dir(out_dir)
+    return _new_staging_dir(replaceable_dir(out_dir), out_dir)
 
 
-def _new_staging_dir(out_dir: str | Path, suffix: str = "") -> Path:
-    """The hidden staging folder beside ``out_dir``; a parent that cannot take it is refused first, in the words
-    every command uses, naming the user's path (not the internal temporary name)."""
-    out = replaceable_dir(out_dir)
+def _new_staging_dir(out: Path, out_dir: str | Path, suffix: str = "") -> Path:
+    """The hidden staging folder beside ``out`` (``out_dir`` as :func:`replaceable_dir` returned it); a parent
+    that cannot take it is refused first, in the words every command uses, naming the user's path ``out_dir`` (not
+    the internal temporary name)."""
     check_writable_folder(out.parent, f"output folder '{out_dir}'")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
