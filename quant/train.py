@@ -1082,12 +1082,14 @@ def main(argv: list[str] | None = None) -> int:
     import typer
 
     from edgeattn.cli import run_app
+    from edgeattn.cli._usage import OneLineUsageCommand
     from edgeattn.cli.qat import qat
 
     single = typer.Typer(
         add_completion=False, pretty_exceptions_enable=False, context_settings={"help_option_names": ["-h", "--help"]}
     )
-    single.command()(qat)  # a one-command app: usage reads "python -m edgeattn.quant.train [OPTIONS]"
+    # a one-command app: usage reads "python -m edgeattn.quant.train [OPTIONS]"
+    single.command(cls=OneLineUsageCommand)(qat)
     args = sys.argv[1:] if argv is None else argv
     if _launched_rank() == 0:
         return run_app(single, args, prog_name="python -m edgeattn.quant.train")

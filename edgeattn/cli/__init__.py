@@ -4,7 +4,8 @@ Each subcommand lives in its own module here and imports heavy libraries (torch,
 function body, so ``edgeattn --help`` stays fast. Errors a user can cause are raised as
 :class:`edgeattn.errors.EdgeAttnError` (or ``ValueError``) and end as one line on stderr with the
 error's exit code; so does an ``OSError`` about a path (exit 2). Anything else is a bug and keeps its traceback.
-Ctrl-C ends with exit code 130, also where a library swallowed it and failed afterwards.
+Ctrl-C ends with exit code 130, also where a library swallowed it and failed afterwards. A usage error (unknown
+option, unparsable value, missing argument) is one line too, with exit 2 (:mod:`edgeattn.cli._usage`).
 """
 
 from __future__ import annotations
@@ -23,9 +24,11 @@ import typer
 from edgeattn import __version__
 from edgeattn.cli import approx, demo, export, hls, models, profile, profiles, qat
 from edgeattn.cli._common import fail
+from edgeattn.cli._usage import OneLineUsageGroup
 
 app = typer.Typer(
     name="edgeattn",
+    cls=OneLineUsageGroup,
     help="Take attention models from PyTorch to edge hardware: approximate, quantize, export, profile, HLS.",
     no_args_is_help=True,
     add_completion=False,
