@@ -158,7 +158,7 @@ def export_model(
     :class:`ParityFailure` (exit 3) after writing everything when a gate fails, and :class:`LintFailure` (exit 5)
     after writing report.json alone (every finding, no artifact) when TensorRT's lint finds an error.
     """
-    _check_arg_types({k: v for k, v in locals().items() if k not in ("model", "profile", "out_dir")})
+    _check_arg_types({k: v for k, v in locals().items() if k not in ("model", "profile")})
     with _torch_threads(torch_threads):
         return _export_model(
             model,
@@ -614,7 +614,7 @@ def export_all(
     unknown_args = sorted(set(kwargs) - _EXPORT_ARGS)
     if unknown_args:
         raise EdgeAttnError(f"export_all got an unexpected argument '{unknown_args[0]}'")
-    _check_arg_types({"force": force, **kwargs})
+    _check_arg_types({"out_dir": out_dir, "force": force, **kwargs})
     for key in ("inputs", "calib_inputs"):
         kwargs[key] = _checked_samples(key, kwargs.get(key))
     if isinstance(targets, str):

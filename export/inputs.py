@@ -8,11 +8,13 @@ static batch, and of the flags Core ML does not honour.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
 
 from edgeattn.errors import EdgeAttnError
+from edgeattn.hostinfo import MAX_SEED
 
 
 def _check_batch_fits(
@@ -184,7 +186,8 @@ def _calibration_batches(
 
 
 # what each export_model argument must be, when called from Python (typer hands the CLI's values over typed)
-_ARG_KINDS = {
+_ARG_KINDS: dict[str, tuple[Any, bool]] = {
+    "out_dir": (os.PathLike, False),
     "target": (str, False),
     "precision": (str, True),
     "checkpoint": (str, True),
@@ -199,10 +202,14 @@ _ARG_KINDS = {
     "cpu_isa": (str, True),
     "threads": (int, False),
     "seed": (int, False),
+    "cache": (dict, True),
     "torch_threads": (int, True),
     "noise_floor": (bool, False),
 }
-_KIND_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "True or False", dict: "a dict"}
+_KIND_NAMES = {
+    str: "a string", int: "an integer", float: "a number", bool: "True or False", dict: "a dict",
+    os.PathLike: "a path (str or Path)",
+}
 
 
 def _kind_ok(value: Any, kind: type) -> bool:
@@ -212,6 +219,8 @@ def _kind_ok(value: Any, kind: type) -> bool:
         return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
     if kind is bool:
         return isinstance(value, (bool, np.bool_))
+    if kind is os.PathLike:
+        return isinstance(value, (str, os.PathLike))
     return isinstance(value, kind)
 
 
@@ -225,6 +234,9 @@ def _check_arg_types(args: dict[str, Any]) -> None:
             continue
         want = _KIND_NAMES[kind] + (" or None" if optional else "")
         raise EdgeAttnError(f"{name} must be {want}, got {value!r} ({type(value).__name__})")
+    seed = args.get("seed", 0)
+    if not 0 <= seed <= MAX_SEED:
+        raise EdgeAttnError(f"seed must be an integer in 0..{MAX_SEED}, got {seed}")
     exporter = args.get("exporter", "torchscript")
     if exporter not in ("torchscript", "dynamo"):
         raise EdgeAttnError(f"exporter must be torchscript or dynamo, got '{exporter}'")

@@ -92,6 +92,8 @@ def resolve_model(
     if not isinstance(model, str):
         if checkpoint:
             raise EdgeAttnError("--checkpoint goes with a registry model name, not an in-memory module")
+        if model_kwargs:  # they build a registry model; a module given in memory is exported as it was built
+            raise EdgeAttnError("model_kwargs go with a registry model name, not an in-memory module")
         fix = "switch it with edgeattn.approx.set_approximations and fine-tune it"
         _check_approximations(model, profile, "the model", fix)
         module = copy.deepcopy(model).eval()  # the caller's model keeps its training flag (and everything else)

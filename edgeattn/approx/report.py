@@ -299,13 +299,11 @@ def plot_report(report: dict[str, Any], path: str) -> None:
     """GELU error curves per method (float and fixed) and a softmax error summary, as a PNG (atomic write)."""
     from pathlib import Path
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # not pyplot: the caller's backend and figure list stay untouched
 
     curves = report["_curves"]
-    fig, axes = plt.subplots(1, 3, figsize=(17, 5))
+    fig = Figure(figsize=(17, 5))
+    axes = fig.subplots(1, 3)
     colors = {m: f"C{i}" for i, m in enumerate(curves)}
     for ax, repr_ in zip(axes[:2], ("float", "fixed"), strict=False):
         for method, by_repr in curves.items():
@@ -337,9 +335,5 @@ def plot_report(report: dict[str, Any], path: str) -> None:
     )
     axes[2].legend(fontsize=8)
     fig.tight_layout()
-    path_ = Path(path)
-    try:
-        with atomic_path(path_, suffix=".png") as tmp:
-            fig.savefig(tmp, dpi=110)
-    finally:
-        plt.close(fig)
+    with atomic_path(Path(path), suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=110)

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import gc
 import math
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
+from numbers import Integral, Real
 from pathlib import Path
 
 import numpy as np
@@ -42,10 +44,17 @@ def failed_parity(path: str | Path) -> bool:
 
 
 def latency_stats(samples_ms: Sequence[float], batch: int) -> LatencyStats:
-    """Mean, std (ddof=1), min, max, p50/p90/p99 (linear interpolation) and throughput of ``samples_ms``."""
-    if not samples_ms:
-        raise ValueError("no samples")
+    """Mean, std (ddof=1), min, max, p50/p90/p99 (linear interpolation) and throughput of ``samples_ms``
+    (a list or 1-D array of finite times >= 0, in ms) for inferences of ``batch`` samples each."""
+    if isinstance(samples_ms, (str, bytes)):
+        raise ValueError(f"samples_ms must be a list of times in ms, got {samples_ms!r}")
     a = np.asarray(samples_ms, dtype=np.float64)
+    if a.ndim != 1 or a.size == 0:
+        raise ValueError(f"samples_ms must be a non-empty list of times in ms, got shape {list(a.shape)}")
+    if not np.isfinite(a).all() or (a < 0).any():
+        raise ValueError("samples_ms must hold finite times >= 0")
+    if isinstance(batch, bool) or not isinstance(batch, Integral) or batch < 1:
+        raise ValueError(f"batch must be an integer >= 1, got {batch!r}")
     mean = float(a.mean())
     return LatencyStats(
         count=int(a.size),
@@ -137,26 +146,40 @@ def check_settings(
     infer_precision: str | None = None,
     batch: int | None = None,
     threads: int | None = None,
+    turn_ms: float = 25.0,
 ) -> None:
     """Raise one :class:`EdgeAttnError` (CLI exit 2) naming the first bad profiling setting, else return.
 
     Called by :func:`profile_artifacts` before any model loads, so a bad number fails at once instead of
-    after a long load (or never: a NaN or infinite ``seconds`` would time forever). ``hint`` and
+    after a long load (or never: a NaN or infinite ``iters`` or ``seconds`` would time forever). ``hint`` and
     ``infer_precision`` are checked for every runtime, though only OpenVINO uses them, so a typo is never
     recorded in a report as if it had been applied.
     """
     if iters is not None and seconds is not None:
         raise EdgeAttnError("give either --iters or --seconds, not both")
-    if iters is not None and iters < 1:
-        raise EdgeAttnError(f"--iters must be >= 1, got {iters}")
-    if seconds is not None and not (math.isfinite(seconds) and seconds > 0):
-        raise EdgeAttnError(f"--seconds must be a finite number > 0, got {seconds}")
-    if warmup < 0:
-        raise EdgeAttnError(f"--warmup must be >= 0, got {warmup}")
-    if layer_runs < 1:
-        raise EdgeAttnError(f"--layer-runs must be >= 1, got {layer_runs}")
+    if iters is not None:
+        _check_count("--iters", iters, 1)
+    if seconds is not None:
+        _check_duration("--seconds", seconds)
+    _check_count("--warmup", warmup, 0)
+    _check_count("--layer-runs", layer_runs, 1)
+    _check_duration("turn_ms", turn_ms)
     check_batch_and_threads(batch, threads)
     check_openvino_options(hint, infer_precision)
+
+
+def _check_count(flag: str, value: object, minimum: int) -> None:
+    """``value`` must be an integer (not a bool, a float or a numeric string) >= ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, Integral):
+        raise EdgeAttnError(f"{flag} must be an integer, got {value!r}")
+    if value < minimum:
+        raise EdgeAttnError(f"{flag} must be >= {minimum}, got {value}")
+
+
+def _check_duration(flag: str, value: object) -> None:
+    """``value`` must be a finite real number > 0."""
+    if isinstance(value, bool) or not isinstance(value, Real) or not (math.isfinite(value) and value > 0):
+        raise EdgeAttnError(f"{flag} must be a finite number > 0, got {value!r}")
 
 
 def _check_shape_names(
@@ -251,8 +274,10 @@ def profile_artifacts(
     Ctrl-C during warm-up or timing returns the results measured so far with ``interrupted=True``.
     ``paths``: one artifact (a ``str`` or ``Path``) or a sequence of them.
     """
-    if isinstance(paths, (str, Path)):  # one artifact, not a sequence of characters
+    if isinstance(paths, (str, os.PathLike)):  # one artifact, not a sequence of characters
         paths = [paths]
+    if not isinstance(paths, Sequence):
+        raise EdgeAttnError(f"paths must be an artifact path or a list of them, got {paths!r}")
     if not paths:
         raise EdgeAttnError("give at least one artifact to profile")
     check_settings(
@@ -264,7 +289,15 @@ def profile_artifacts(
         infer_precision=infer_precision,
         batch=batch,
         threads=threads,
+        turn_ms=turn_ms,
     )
+    if shapes is not None and not isinstance(shapes, Mapping):
+        raise EdgeAttnError(f"shapes must map input names to dims, e.g. {{'x': [1, 3, 32, 32]}}, got {shapes!r}")
+    if progress is not None and not callable(progress):
+        raise EdgeAttnError(f"progress must be a function (phase, completed, total) or None, got {progress!r}")
+    bad = [p for p in paths if not isinstance(p, (str, os.PathLike))]
+    if bad:
+        raise EdgeAttnError(f"an artifact must be a path (str or Path), got {bad[0]!r}")
     paths = [Path(p) for p in paths]
     runtimes = [check_artifact(path, runtime) for path in paths]  # every path before the first (slow) load
     on_openvino = "openvino" in runtimes

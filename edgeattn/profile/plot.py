@@ -34,17 +34,15 @@ def plot_report(report: ProfileReport, path: str | Path, top_ops: int = 8) -> Pa
     Left: latency distribution of every artifact (box + individual runs), with p50 and the ratio to the
     first artifact. Right (when per-layer data exists): one stacked bar per artifact, time per op type.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # not pyplot: the caller's backend and figure list stay untouched
 
     path = Path(path)
     check_plot_path(path)
+    if isinstance(top_ops, bool) or not isinstance(top_ops, int) or top_ops < 0:
+        raise EdgeAttnError(f"top_ops must be an integer >= 0, got {top_ops!r}")
     with_layers = any(r.layers for r in report.results)
-    fig, axes = plt.subplots(
-        1, 2 if with_layers else 1, figsize=(12 if with_layers else 7, 4.5), squeeze=False
-    )
+    fig = Figure(figsize=(12 if with_layers else 7, 4.5))
+    axes = fig.subplots(1, 2 if with_layers else 1, squeeze=False)
     ax = axes[0][0]
     data = [r.samples_ms or ([r.latency.p50_ms] if r.latency else [0.0]) for r in report.results]
     labels = [r.label for r in report.results]
@@ -93,9 +91,6 @@ def plot_report(report: ProfileReport, path: str | Path, top_ops: int = 8) -> Pa
         f"{report.system.cpu_model}, {report.settings.get('threads') or 'default'} threads", fontsize=9
     )
     fig.tight_layout()
-    try:
-        with atomic_path(path, suffix=path.suffix or ".png") as tmp:
-            fig.savefig(tmp, dpi=120)
-    finally:
-        plt.close(fig)
+    with atomic_path(path, suffix=path.suffix or ".png") as tmp:
+        fig.savefig(tmp, dpi=120)
     return path

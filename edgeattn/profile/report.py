@@ -8,6 +8,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from edgeattn.errors import EdgeAttnError
 from edgeattn.profile.schema import ProfileReport
 
 _SHORT = {"onnxruntime": "ort", "openvino": "ov", "tensorrt": "trt", "coreml": "coreml"}
@@ -46,7 +47,10 @@ def print_whole_table(console: Console, table: Table, natural: bool = False) -> 
 
 
 def render_table(report: ProfileReport, console: Console | None = None, top_layers: int = 12) -> None:
-    """Print the side-by-side latency table, the efficiency table and (if measured) the top layers."""
+    """Print the side-by-side latency table, the efficiency table and (if measured) the ``top_layers`` slowest
+    layers of each artifact."""
+    if isinstance(top_layers, bool) or not isinstance(top_layers, int) or top_layers < 0:
+        raise EdgeAttnError(f"top_layers must be an integer >= 0, got {top_layers!r}")
     console = console or Console()
     s = report.system
     console.print(

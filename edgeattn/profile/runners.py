@@ -21,6 +21,7 @@ import importlib.util
 import platform
 import time
 from collections.abc import Mapping, Sequence
+from numbers import Integral
 from pathlib import Path
 from typing import Any
 
@@ -301,7 +302,11 @@ def _is_model_name(name: str) -> bool:
 
 
 def check_batch_and_threads(batch: int | None, threads: int | None) -> None:
-    """Raise :class:`EdgeAttnError` if ``batch`` is given and below 1, or ``threads`` outside 1..``MAX_THREADS``."""
+    """Raise :class:`EdgeAttnError` if ``batch`` is given and not an integer >= 1, or ``threads`` not an integer in
+    1..``MAX_THREADS``."""
+    for flag, value in (("--batch", batch), ("--threads", threads)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, Integral)):
+            raise EdgeAttnError(f"{flag} must be an integer, got {value!r}")
     if batch is not None and batch < 1:
         raise EdgeAttnError(f"--batch must be >= 1, got {batch}")
     if threads is not None and threads < 1:
