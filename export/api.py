@@ -122,6 +122,8 @@ def export_model(
     Args:
         model: a registry name, a checkpoint path written by ``edgeattn qat``, or an ``nn.Module`` (float or
             brevitas-quantized; float modules are reparameterized, quantized ones are taken as deploy form).
+            The export works on a copy; forward hooks registered on the module come with it, so they run (and are
+            traced) while the copy is probed, exported and checked.
         target: ``onnx``, ``tensorrt``, ``openvino`` or ``coreml``.
         profile: a DeviceProfile or a profile name/path; it must list ``target``.
         out_dir: created; an existing directory needs ``force=True``.
