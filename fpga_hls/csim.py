@@ -61,9 +61,22 @@ def find_compiler(cxx: str | None = None) -> str:
     return path
 
 
+def _check_timeout(timeout: Any, where: str) -> None:
+    """EdgeAttnError unless ``timeout`` (seconds) is a finite number > 0 (-1 would report "took longer than -1 s")."""
+    from edgeattn.models._checks import check_positive_number
+
+    try:
+        check_positive_number(where, timeout=timeout)
+    except ValueError as exc:
+        raise EdgeAttnError(f"{exc} (seconds)") from None
+
+
 def compile_testbench(project_dir: str | Path, *, cxx: str | None = None, timeout: float = 300.0) -> Path:
-    """Compile the project's test bench; return the executable (under ``PRJ/build/``)."""
-    prj = Path(project_dir).resolve()  # the test bench runs with cwd=prj
+    """Compile the project's test bench; return the executable (under ``PRJ/build/``). ``timeout``: seconds > 0."""
+    from edgeattn.fpga_hls.generator import as_path
+
+    _check_timeout(timeout, "compile_testbench")
+    prj = as_path(project_dir, "project_dir").resolve()  # the test bench runs with cwd=prj
     for rel in (
         "firmware/edgeattn_top.cpp",
         "tb/edgeattn_tb.cpp",
@@ -141,12 +154,14 @@ def run_csim(
     ``golden_max_abs_err_vs_float``,
     ``approx_max_abs_err_vs_float`` (the softmax/GELU approximations' share, in float), ``vectors_source``,
     ``gate`` (the accuracy gate of project.json's tolerance on these outputs), ``compile_s``, ``run_s``,
-    ``top``, ``attn_parallel``, ``estimate`` (from project.json).
+    ``top``, ``attn_parallel``, ``estimate`` (from project.json). ``timeout``: seconds > 0 for the compile and
+    for the run, each.
     """
     from edgeattn.fpga_hls.gate import gate_result, resolve_tolerance
-    from edgeattn.fpga_hls.generator import compare
+    from edgeattn.fpga_hls.generator import as_path, compare
 
-    prj = Path(project_dir).resolve()  # the test bench runs with cwd=prj
+    _check_timeout(timeout, "run_csim")
+    prj = as_path(project_dir, "project_dir").resolve()  # the test bench runs with cwd=prj
     t0 = time.perf_counter()
     exe = compile_testbench(prj, cxx=cxx, timeout=timeout)
     t1 = time.perf_counter()

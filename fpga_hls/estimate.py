@@ -32,8 +32,12 @@ import math
 from dataclasses import dataclass
 from fractions import Fraction
 from functools import lru_cache
+from numbers import Integral, Real
+from typing import Any
 
-from edgeattn.fpga_hls.golden import LN_INV_FRAC, ln_eps_raw
+from edgeattn.fpga_hls.golden import LN_INV_FRAC, HLSFormats, ln_eps_raw
+
+from edgeattn.errors import EdgeAttnError
 
 __all__ = [
     "LayerNormWidths",
@@ -70,6 +74,36 @@ class LayerShape:
     patch_dim: int = 0  # > 0: whole ViT (patch embedding + head)
     classes: int = 0
     ln_eps: float = 1e-6  # every LayerNorm's eps: it bounds the LayerNorm's variance and 1/std (layernorm_widths)
+
+    def __post_init__(self) -> None:
+        """EdgeAttnError naming the first field that no accelerator can have: negative cycles or a division by zero
+        would follow, not an error."""
+        from edgeattn.models._checks import check_positive_int
+
+        try:
+            check_positive_int("LayerShape", tokens=self.tokens, dim=self.dim, heads=self.heads, hidden=self.hidden)
+            check_positive_int("LayerShape", depth=self.depth)
+        except ValueError as exc:
+            raise EdgeAttnError(str(exc)) from None
+        for name in ("experts", "top_k", "moe_layers", "patch_dim", "classes"):
+            value = getattr(self, name)
+            if not isinstance(value, Integral) or isinstance(value, bool) or value < 0:
+                raise EdgeAttnError(f"LayerShape: {name} must be an integer >= 0, got {value!r}")
+        if self.dim % self.heads:
+            raise EdgeAttnError(f"LayerShape: dim {self.dim} must be a multiple of heads {self.heads}")
+        if self.top_k > self.experts or (self.experts > 0) != (self.top_k > 0):
+            raise EdgeAttnError(
+                f"LayerShape: top_k must be in 1..experts with experts > 0 (0 for both: dense), got top_k "
+                f"{self.top_k}, experts {self.experts}"
+            )
+        if self.moe_layers > self.depth or (self.moe_layers > 0) != (self.experts > 0):
+            raise EdgeAttnError(
+                f"LayerShape: moe_layers must be in 1..depth with experts > 0 (0 without), got moe_layers "
+                f"{self.moe_layers}, depth {self.depth}, experts {self.experts}"
+            )
+        eps = self.ln_eps
+        if isinstance(eps, bool) or not isinstance(eps, Real) or not (math.isfinite(eps) and eps >= 0):
+            raise EdgeAttnError(f"LayerShape: ln_eps must be a finite number >= 0, got {eps!r}")
 
 
 def buffer_width(shape: LayerShape, hls) -> int:
@@ -378,14 +412,36 @@ def _weight_words(fin: int, fout: int, r: int, c: int) -> int:
     return math.ceil(fout / c) * math.ceil(fin / r) * c
 
 
-def estimate(shape: LayerShape, hls, formats) -> dict:
+def _hls_section(hls: Any) -> Any:
+    """The ``hls`` section :func:`estimate` reads: ``hls`` itself, or a DeviceProfile's ``hls``."""
+    from edgeattn.device_profile import DeviceProfile, HLSSpec
+
+    if isinstance(hls, DeviceProfile):
+        hls.require_target("hls")  # ProfileError naming the profile when it has no hls section
+        return hls.hls
+    if not isinstance(hls, HLSSpec):
+        raise EdgeAttnError(
+            f"hls must be a profile's hls section (profile.hls) or a DeviceProfile, got {type(hls).__name__}"
+        )
+    return hls
+
+
+def estimate(shape: LayerShape, hls: Any, formats: HLSFormats) -> dict:
     """Cycles, DSPs, BRAM and latency of ``shape`` on the profile's ``hls`` section with ``formats`` widths.
+
+    ``hls`` is a profile's ``hls`` section (``profile.hls``); a :class:`~edgeattn.device_profile.DeviceProfile` is
+    taken too, for its ``hls`` section (the one thing it could mean), and refused when it has none.
 
     Returns a JSON-able dict: ``cycles`` (per part and total), ``dsp``, ``bram18k``, ``latency_us`` at
     ``hls.clock_mhz``, ``dsp_floor_us`` (every DSP busy with a MAC every cycle), ``efficiency`` (floor /
     latency), ``budget`` (the profile's DSP and BRAM18K), ``fits`` (within them) and ``arithmetic`` (the
     formulas with numbers).
     """
+    if not isinstance(shape, LayerShape):
+        raise EdgeAttnError(f"shape must be a LayerShape, got {type(shape).__name__}")
+    if not isinstance(formats, HLSFormats):
+        raise EdgeAttnError(f"formats must be an HLSFormats, got {type(formats).__name__}")
+    hls = _hls_section(hls)
     n, d, h, f = shape.tokens, shape.dim, shape.heads, shape.hidden
     hd = d // h
     r, c, p = hls.mac_rows, hls.mac_cols, attn_slots(shape, hls)

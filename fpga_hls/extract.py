@@ -27,6 +27,12 @@ def _np(t: Any) -> np.ndarray:
 
 def _q(fmt, value: Any, what: str, kind: str) -> np.ndarray:
     arr = _np(value) if not isinstance(value, np.ndarray) else value
+    bad = int(np.count_nonzero(~np.isfinite(arr)))
+    if bad:  # no width holds NaN or inf: "widen hls.*.integer" would not help
+        raise EdgeAttnError(
+            f"{what} holds {bad} non-finite value(s) (NaN or inf) of {arr.size}; no ap_fixed {kind} type can hold "
+            "them (a diverged model?)"
+        )
     try:
         return fmt.quantize(arr, rounding="half-even", saturate=False)
     except ValueError:

@@ -14,6 +14,8 @@ real test vectors) with a margin of at least 2x, and fail weights too narrow to 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from numbers import Real
 from typing import Any
 
 import numpy as np
@@ -48,23 +50,31 @@ def figures(fixed: np.ndarray, ref: np.ndarray) -> dict[str, float]:
 
 
 def resolve_tolerance(
-    hls: Any = None, max_abs: float | None = None, min_cosine: float | None = None
+    hls: Any = None,
+    max_abs: float | None = None,
+    min_cosine: float | None = None,
+    names: Mapping[str, str] = _OPTION,
 ) -> dict[str, float]:
     """The gate's bounds: the given ones, else the profile's ``hls.tolerance`` (where its schema has one), else
-    :data:`DEFAULT_TOLERANCE`. Out-of-range values raise :class:`EdgeAttnError` naming the option."""
+    :data:`DEFAULT_TOLERANCE`. A given bound that is not a number, or any bound out of range, raises
+    :class:`EdgeAttnError` naming it as ``names`` does (the CLI options by default)."""
     tol = dict(DEFAULT_TOLERANCE)
     section = getattr(hls, "tolerance", None)
     for key in tol:
         if section is not None and getattr(section, key, None) is not None:
             tol[key] = float(getattr(section, key))
-    if max_abs is not None:
-        tol["max_abs"] = float(max_abs)
-    if min_cosine is not None:
-        tol["min_cosine"] = float(min_cosine)
+    for key, value in (("max_abs", max_abs), ("min_cosine", min_cosine)):
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, Real):  # float("0.1") would pass a string through
+            raise EdgeAttnError(f"{names[key]} must be a number, got {value!r} ({type(value).__name__})")
+        tol[key] = float(value)
     if not (math.isfinite(tol["max_abs"]) and tol["max_abs"] > 0):
-        raise EdgeAttnError(f"--atol must be a number > 0 (a fraction of the output range), got {tol['max_abs']:g}")
+        raise EdgeAttnError(
+            f"{names['max_abs']} must be a number > 0 (a fraction of the output range), got {tol['max_abs']:g}"
+        )
     if not -1.0 <= tol["min_cosine"] <= 1.0:
-        raise EdgeAttnError(f"--min-cosine must be in [-1, 1], got {tol['min_cosine']:g}")
+        raise EdgeAttnError(f"{names['min_cosine']} must be in [-1, 1], got {tol['min_cosine']:g}")
     return tol
 
 

@@ -48,6 +48,7 @@ from edgeattn.fpga_hls.vectors import vector_images
 from edgeattn.atomic import replaceable_dir, staging_dir
 from edgeattn.errors import EdgeAttnError
 from edgeattn.hostinfo import MAX_SEED
+from edgeattn.models import eval_mode
 
 __all__ = ["REFERENCES", "ProjectInfo", "check_reference", "generate_project", "compare"]
 
@@ -132,7 +133,8 @@ def _resolve_profile(profile: Any):
 
 def _resolve_model(model: Any, seed: int = 0) -> tuple[Any, str]:
     """``(module, name)``; a registry name is built with weights drawn from ``seed`` (as ``edgeattn hls`` does),
-    without touching the caller's random state, so the same call gives the same project every time."""
+    without touching the caller's random state, so the same call gives the same project every time. A given
+    module is returned as it is (not copied): callers run it under :func:`~edgeattn.models.eval_mode`."""
     import torch
     from torch import nn
 
@@ -145,6 +147,16 @@ def _resolve_model(model: Any, seed: int = 0) -> tuple[Any, str]:
     if not isinstance(model, nn.Module):
         raise EdgeAttnError(f"model must be a registry name or a torch model, got {type(model).__name__}")
     return model, type(model).__name__
+
+
+def _refuse_nonfinite(net: Any, name: str) -> None:
+    """EdgeAttnError when ``net``'s weights or buffers hold NaN or inf (a diverged run's): no fixed-point width
+    can hold them, so no profile change helps."""
+    from edgeattn.quant.checkpoint import nonfinite_weights
+
+    bad = nonfinite_weights(net)
+    if bad is not None:
+        raise EdgeAttnError(f"{name} holds non-finite weights ({bad}); no fixed-point type can hold NaN or inf")
 
 
 def _is_int(value: object) -> bool:
@@ -164,8 +176,8 @@ def _resolve_target(
     model: Any, profile: Any, layer: int | None, attn_parallel: int | None, seed: int = 0
 ) -> tuple[Any, str, Any, Any]:
     """Checked (model, name, profile, hls section): the model (a registry name is built from ``seed``) is a
-    supported ViT in eval mode, ``layer`` is one of its encoder layers (or ``None``), and ``attn_parallel`` (when
-    given) overrides the profile's."""
+    supported ViT, ``layer`` is one of its encoder layers (or ``None``), and ``attn_parallel`` (when given)
+    overrides the profile's. The model's training flags are left alone."""
     if layer is not None and not _is_int(layer):
         raise EdgeAttnError(f"layer must be an encoder layer index (an integer) or None, got {layer!r}")
     if attn_parallel is not None and not _is_int(attn_parallel):
@@ -178,7 +190,6 @@ def _resolve_target(
             raise EdgeAttnError(f"attn_parallel must be >= {lo} and <= {hi} (--parallel), got {attn_parallel}")
         hls = hls.model_copy(update={"attn_parallel": int(attn_parallel)})
     net, name = _resolve_model(model, seed)
-    net.eval()
     check_vit(net, name)
     depth = len(net.blocks)
     if depth == 0:
@@ -365,9 +376,9 @@ def _overflow_error(stats: G.GoldenStats, fmt: G.HLSFormats, source: str) -> Edg
     )
 
 
-def _check_tolerance_keys(tolerance: Any) -> None:
+def _check_tolerance(tolerance: Any) -> None:
     """EdgeAttnError unless ``tolerance`` is ``None`` or a mapping with only the gate's keys (a misspelt key
-    would otherwise be ignored and the default bound used)."""
+    would otherwise be ignored and the default bound used), each ``None`` or a bound in the gate's range."""
     if tolerance is None:
         return
     if not isinstance(tolerance, Mapping):
@@ -377,6 +388,35 @@ def _check_tolerance_keys(tolerance: Any) -> None:
         raise EdgeAttnError(
             f"tolerance: unknown key(s) {', '.join(map(repr, unknown))}; allowed: {', '.join(DEFAULT_TOLERANCE)}"
         )
+    resolve_tolerance(None, **tolerance, names={key: f"tolerance[{key!r}]" for key in DEFAULT_TOLERANCE})
+
+
+def as_path(value: Any, name: str) -> Path:
+    """``value`` as a Path; EdgeAttnError naming the argument ``name`` unless it is a str or os.PathLike."""
+    if not isinstance(value, str | os.PathLike) or isinstance(os.fspath(value), bytes):
+        raise EdgeAttnError(f"{name} must be a path (str or os.PathLike), got {value!r} ({type(value).__name__})")
+    return Path(value)
+
+
+def _check_args(force: Any, model_name: Any, check: Any) -> None:
+    """EdgeAttnError naming the first of these :func:`generate_project` arguments whose type is wrong."""
+    if not isinstance(force, bool | np.bool_):  # as export_model: "yes" or 1 is not a meant replace
+        raise EdgeAttnError(f"force must be True or False, got {force!r} ({type(force).__name__})")
+    if model_name is not None and not isinstance(model_name, str):
+        raise EdgeAttnError(f"model_name must be a string or None, got {model_name!r} ({type(model_name).__name__})")
+    if check is not None and not callable(check):
+        raise EdgeAttnError(f"check must be a callable taking the project folder, or None, got {check!r}")
+
+
+def _check_vectors(vectors: Any) -> None:
+    """EdgeAttnError unless ``vectors`` is an integer in 1..MAX_N_INPUTS: ``edgeattn export``'s bound on its
+    parity inputs, as the test vectors (and their outputs) are held in memory at once too."""
+    from edgeattn.export.api import MAX_N_INPUTS
+
+    if not _is_int(vectors) or vectors < 1:
+        raise EdgeAttnError(f"vectors must be an integer >= 1, got {vectors!r}")
+    if vectors > MAX_N_INPUTS:
+        raise EdgeAttnError(f"vectors must be <= {MAX_N_INPUTS} (--vectors), got {vectors}")
 
 
 def generate_project(
@@ -400,21 +440,23 @@ def generate_project(
     """Generate an HLS project for encoder layer ``layer`` of ``model`` (``None``: the whole tiny ViT).
 
     Args:
-        model: a registry name (``vit_tiny``, ``edge_moe_vit``) or a model instance of that shape (eval mode
-            is set here). Its weights are quantized to the profile's widths; a brevitas-quantized model's
-            quantized weights (``quant_weight()``) are, not its float master weights; ``reference`` says what
-            the golden model is compared with (``ProjectInfo.reference`` says it in words).
+        model: a registry name (``vit_tiny``, ``edge_moe_vit``) or a model instance of that shape (run in eval
+            mode; every module gets its own training flag back). Its weights (finite: NaN or inf is refused) are
+            quantized to the profile's widths; a brevitas-quantized model's quantized weights (``quant_weight()``)
+            are, not its float master weights; ``reference`` says what the golden model is compared with
+            (``ProjectInfo.reference`` says it in words).
         profile: a device profile (name, path or :class:`~edgeattn.device_profile.DeviceProfile`) with an
             ``hls`` section.
-        out_dir: project folder; must not exist unless ``force``.
+        out_dir: project folder (a str or os.PathLike); must not exist unless ``force``.
         layer: which encoder layer becomes ``encoder_layer_top``; ``None`` builds ``vit_top`` for the model.
-        vectors: number of test vectors (images through the model).
+        vectors: number of test vectors (images through the model), 1 to
+            :data:`edgeattn.export.api.MAX_N_INPUTS` (as ``edgeattn export``'s parity inputs).
         seed: seed of the random test images, and of a registry model's weights when ``model`` is a name.
         attn_parallel: query rows in flight (default: the profile's ``hls.attn_parallel``); more than the model's
             tokens is clamped to the token count (a slot beyond it could never be busy), and both figures are
             recorded (``estimate["parallelism"]``: ``attn_parallel``, ``attn_parallel_requested``).
         formats: override the profile's widths (for width sweeps).
-        force: replace an existing ``out_dir``.
+        force: replace an existing ``out_dir`` (True or False).
         model_name: name recorded in the project (default: the registry name or class name).
         check: called with the staged project folder once it is complete, before it replaces ``out_dir``
             (e.g. the C simulation): if it raises (or is interrupted), nothing is published and an existing
@@ -422,46 +464,54 @@ def generate_project(
         vectors_from: ``"random"`` (standard-normal images from ``seed``) or ``"data"``: validation images of
             the data ``meta`` (an ``edgeattn qat`` checkpoint's) records, else digits (:mod:`.vectors`).
         meta: the ``edgeattn qat`` checkpoint meta of ``model``, for ``vectors_from="data"``.
-        tolerance: the accuracy gate's bounds, ``{"max_abs": fraction of the output range, "min_cosine": ...}``
-            (either may be left out: :data:`~edgeattn.fpga_hls.gate.DEFAULT_TOLERANCE`). A failed gate does not
-            raise: the project is written and ``ProjectInfo.gate["passed"]`` is False (the CLI exits 1).
+        tolerance: the accuracy gate's bounds, ``{"max_abs": fraction of the output range (> 0), "min_cosine":
+            in [-1, 1]}`` (numbers; either may be left out or ``None``:
+            :data:`~edgeattn.fpga_hls.gate.DEFAULT_TOLERANCE`). A failed gate does not raise: the project is
+            written and ``ProjectInfo.gate["passed"]`` is False (the CLI exits 1).
         reference: for a brevitas-quantized model, ``"design"`` (default): its quantized weights with float
             activations, the arithmetic the design implements; ``"checkpoint"``: its fake-quant model with the
             activation quantizers on, as trained (the total deviation from it). A float model is the reference
             either way.
 
     Raises:
-        EdgeAttnError: unsupported model shape, weights or activations that overflow the declared widths,
-            an existing ``out_dir`` without ``force``.
+        EdgeAttnError: an argument of the wrong type or out of range (before any work), unsupported model
+            shape, non-finite weights, weights or activations that overflow the declared widths, an existing
+            ``out_dir`` without ``force``.
     """
-    out_dir = Path(out_dir)
+    out_dir = as_path(out_dir, "out_dir")
+    _check_args(force, model_name, check)
     replaceable_dir(out_dir)  # not '.', a folder above it, or a file: fail before any work
     if out_dir.exists() and not force:
         raise EdgeAttnError(f"{out_dir} already exists; pass --force to replace it")
-    if not _is_int(vectors) or vectors < 1:
-        raise EdgeAttnError(f"vectors must be an integer >= 1, got {vectors!r}")
+    _check_vectors(vectors)
     if not _is_int(seed) or not 0 <= seed <= MAX_SEED:
         raise EdgeAttnError(f"seed must be an integer in 0..{MAX_SEED}, got {seed!r}")
-    _check_tolerance_keys(tolerance)
+    _check_tolerance(tolerance)
     if formats is not None and not isinstance(formats, G.HLSFormats):
         raise EdgeAttnError(f"formats must be an HLSFormats, got {type(formats).__name__}")
     check_reference(reference)
     net, default_name, prof, hls = _resolve_target(model, profile, layer, attn_parallel, seed)
+    name = model_name or default_name
+    _refuse_nonfinite(net, name)
     tol = resolve_tolerance(hls, (tolerance or {}).get("max_abs"), (tolerance or {}).get("min_cosine"))
     fmt = formats or G.HLSFormats.from_profile(hls)
-    name = model_name or default_name
     shape = model_shape(net, layer, name)
     check_formats(fmt, shape, "formats" if formats is not None else profile_label(profile, prof), formats is None)
 
-    # the parameters the hardware holds, quantized to the profile's widths
-    mp: G.ModelParams | None = model_params(net, fmt) if layer is None else None
-    lps = mp.layers if mp is not None else [layer_params(net.blocks[layer], fmt, f"blocks.{layer}")]
-    _check_uniform(lps, name)
+    part = net if layer is None else net.blocks[layer]
+    # the model runs in eval mode and the caller's gets every module's own training flag back (a brevitas
+    # weight quantizer called in training mode may also update its state)
+    with eval_mode(net):
+        # the parameters the hardware holds, quantized to the profile's widths
+        mp: G.ModelParams | None = model_params(net, fmt) if layer is None else None
+        lps = mp.layers if mp is not None else [layer_params(net.blocks[layer], fmt, f"blocks.{layer}")]
+        _check_uniform(lps, name)
+        requantized = requantized_weights(part, fmt)
 
-    images, source = vector_images(net, vectors, vectors_from, meta, seed)
-    with reference_mode(net, reference):
-        inputs, ref = _reference(net, images, layer)
-        approx_ref = _approx_reference(net, images, layer, prof.approx)
+        images, source = vector_images(net, vectors, vectors_from, meta, seed)
+        with reference_mode(net, reference):
+            inputs, ref = _reference(net, images, layer)
+            approx_ref = _approx_reference(net, images, layer, prof.approx)
     try:
         in_raw = fmt.act.quantize(inputs, rounding="half-even", saturate=False)
     except ValueError:
@@ -483,7 +533,6 @@ def generate_project(
     requested = hls.attn_parallel
     hls = hls.model_copy(update={"attn_parallel": attn_slots(shape, hls)})  # what the design builds
     top = "vit_top" if layer is None else "encoder_layer_top"
-    part = net if layer is None else net.blocks[layer]
     label, bits = reference_label(net, fmt, reference, part)
     info = ProjectInfo(
         path=out_dir,
@@ -513,7 +562,6 @@ def generate_project(
             "profile": prof.name,
         },
     )
-    requantized = requantized_weights(part, fmt)
     if requantized["tensors"]:  # a brevitas-quantized model
         info.stats["quant_weights"] = requantized
 
