@@ -107,7 +107,7 @@ def resolve_model(
         module, meta = _load_ckpt(model)
         _refuse_image_flags(str(meta.get("model", model)), module, model_kwargs)  # before the kwargs check
         _check_model_kwargs(model, module, meta, model_kwargs)
-        _check_approximations(module, profile, f"checkpoint '{model}'", set_by=meta.get("model_kwargs"))
+        _check_approximations(module, profile, f"checkpoint '{model}'", set_by=_kwargs_given(meta))
         return module, str(meta.get("model", model)), meta
     if model not in list_models():
         hint = did_you_mean(model, list_models())
@@ -120,7 +120,7 @@ def resolve_model(
             )
         _refuse_image_flags(model, module, model_kwargs)
         _check_model_kwargs(checkpoint, module, meta, model_kwargs)
-        _check_approximations(module, profile, f"checkpoint '{checkpoint}'", set_by=meta.get("model_kwargs"))
+        _check_approximations(module, profile, f"checkpoint '{checkpoint}'", set_by=_kwargs_given(meta))
         return module, model, meta
     if is_language_model(model):  # before building it: create_model would name 'img_size', not the flag
         _refuse_image_flags(model, None, model_kwargs)
@@ -239,6 +239,14 @@ def _check_model_kwargs(path: str, module: Any, meta: dict[str, Any], model_kwar
             f"{flag} cannot apply to checkpoint '{path}': the model is rebuilt as it was trained, with {has}; "
             "leave it out"
         )
+
+
+def _kwargs_given(meta: dict[str, Any]) -> dict[str, Any]:
+    """The checkpoint's ``model_kwargs`` its maker chose: those ``meta["model_kwargs_given"]`` names (``edgeattn
+    qat`` adds the data's settings and its profile's softmax/GELU to the ones its config gave), else all of them."""
+    kwargs = dict(meta.get("model_kwargs") or {})
+    given = meta.get("model_kwargs_given")
+    return kwargs if given is None else {k: v for k, v in kwargs.items() if k in given}
 
 
 def _check_approximations(

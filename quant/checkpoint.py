@@ -3,7 +3,8 @@
 A checkpoint is one ``torch.save`` file holding ``{"format", "version", "meta", "state_dict"}``. ``meta`` says how
 to rebuild the module before loading the weights:
 
-* ``"model"``: registry name, ``"model_kwargs"``: its keyword arguments;
+* ``"model"``: registry name, ``"model_kwargs"``: its keyword arguments; ``"model_kwargs_given"`` (``edgeattn
+  qat``): which of them the run's config gave, the rest came from the data and the profile (its softmax/GELU);
 * ``"reparameterized"``: whether the weights are the deploy form (``edgeattn.reparameterize``);
 * ``"quant"``: a :class:`~edgeattn.quant.config.QuantConfig` dict, or ``None`` for a float model;
 * ``"approximations"``: the softmax and GELU methods the model computes, ``{"softmax": [...], "gelu": [...]}``

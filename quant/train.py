@@ -809,6 +809,7 @@ def _run(cfg: TrainConfig, resume: bool, show: bool, dist: _Dist, force: bool) -
     fp_meta = {
         "model": cfg.model,
         "model_kwargs": kwargs,
+        "model_kwargs_given": sorted(cfg.model_kwargs),  # the rest: the data's and the profile's approx methods
         "quant": None,
         "reparameterized": False,
         "data": cfg.data,
@@ -871,6 +872,7 @@ def _run(cfg: TrainConfig, resume: bool, show: bool, dist: _Dist, force: bool) -
             q_meta = {
                 "model": fp_meta["model"],
                 "model_kwargs": fp_meta["model_kwargs"],
+                "model_kwargs_given": sorted(cfg.model_kwargs),
                 "quant": qcfg,
                 "reparameterized": True,
                 "data": cfg.data,

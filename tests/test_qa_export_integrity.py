@@ -157,6 +157,26 @@ def test_approximation_refusal_names_the_model_kwargs_entry_that_chose_it(tmp_pa
         export_model(str(ckpt2), "onnx", "host-cpu", tmp_path / "o2", precision="fp32", n_inputs=1)
 
 
+def test_methods_a_qat_profile_chose_keep_the_advice_to_fine_tune_with_the_export_profile(tmp_path):
+    """edgeattn qat writes its profile's softmax/GELU into meta['model_kwargs'] and records which entries its config
+    gave (model_kwargs_given): only those are named. A qat run on zcu102-hls (online, edgemoe) exported for host-cpu
+    was told its model_kwargs set them and that its qat run must not set them, though the user never had."""
+    torch.manual_seed(0)
+    kwargs = {**TINY_VIT, "softmax": "online", "gelu": "edgemoe"}
+    meta = {"model": "vit_tiny", "model_kwargs": kwargs, "model_kwargs_given": []}
+    ckpt = save_checkpoint(tmp_path / "q.pt", create_model("vit_tiny", **kwargs), meta)
+    with pytest.raises(EdgeAttnError) as err:
+        export_model(str(ckpt), "onnx", "host-cpu", tmp_path / "o", precision="fp32", n_inputs=1)
+    assert "fine-tune it with that profile (edgeattn qat --profile host-cpu)" in str(err.value)
+    assert "model_kwargs set" not in str(err.value)
+    # an entry the run's config gave is still named
+    meta["model_kwargs_given"] = ["gelu"]
+    ckpt = save_checkpoint(tmp_path / "g.pt", create_model("vit_tiny", **kwargs), meta)
+    with pytest.raises(EdgeAttnError, match=r"model_kwargs set gelu: edgemoe \(meta\['model_kwargs'\]"):
+        export_model(str(ckpt), "onnx", "host-cpu", tmp_path / "o", precision="fp32", n_inputs=1)
+    assert not (tmp_path / "o").exists()
+
+
 # ------------------------------------------------------------------------ 4: the no-VNNI hint names the overrides
 def test_saturation_hint_names_the_overrides_that_set_8_bit_weights():
     from edgeattn.export.api import _saturation_hint
