@@ -171,14 +171,12 @@ def test_openvino_options_are_refused_where_no_artifact_runs_in_openvino(art, mo
     """--hint throughput --infer-precision f16 on an ONNX Runtime artifact ran plain fp32 ONNX Runtime and recorded
     both as the run's settings."""
     for args, given in (
-        (["--infer-precision", "f16"], "--infer-precision f16"),
-        (["--hint", "throughput", "--infer-precision", "f16"], "--hint throughput and --infer-precision f16"),
+        (["--infer-precision", "f16"], "--infer-precision f16 applies"),
+        (["--hint", "throughput", "--infer-precision", "f16"], "--hint throughput and --infer-precision f16 apply"),
     ):
         monkeypatch.setattr(measure, "open_runner", _no_loading)
         assert main(["profile", str(art / "small.onnx"), *args]) == 2
-        assert _err(capsys) == (
-            f"error: {given} apply to OpenVINO artifacts (.xml), and none of these runs in OpenVINO"
-        )
+        assert _err(capsys) == f"error: {given} to OpenVINO artifacts (.xml), and none of these runs in OpenVINO"
     monkeypatch.undo()
     onnx_only = profile_artifacts([art / "small.onnx"], warmup=0, iters=2, threads=1)
     assert (onnx_only.settings["hint"], onnx_only.settings["infer_precision"]) == (None, None)

@@ -265,3 +265,30 @@ def test_int8_export_of_a_non_square_model_calibrates_on_random_images(tmp_path)
     assert "PTQ calibrated on 16 random normal inputs of shape [3, 16, 24]; pass calib_inputs= for your own data" in (
         report.notes
     )
+
+
+# ------------------------------------------------------------------------------------------------------- --seed
+def test_export_seed_flag_draws_the_registry_weights_and_is_recorded(tmp_path, capsys):
+    """docs/export.md said a registry model's random weights are drawn from --seed, which export did not have."""
+    import json
+
+    import onnx
+    from onnx import numpy_helper
+
+    def weights(out: Path) -> dict:
+        return {t.name: numpy_helper.to_array(t) for t in onnx.load(out / "model.onnx").graph.initializer}
+
+    runs = {}
+    for seed in ("0", "0", "1"):
+        out = tmp_path / f"s{seed}_{len(runs)}"
+        assert main(["export", "vit_tiny", "-t", "onnx", "-p", "host-cpu", "-o", str(out), *SMALL, "--seed", seed]) == 0
+        assert json.loads((out / "report.json").read_text())["settings"]["seed"] == int(seed)
+        runs[out.name] = weights(out)
+    capsys.readouterr()
+    (a, w0), (b, w0_again), (c, w1) = runs.items()
+    big = max(w0, key=lambda k: w0[k].size)
+    assert all((w0[k] == w0_again[k]).all() for k in w0)  # the same seed gives the same weights
+    assert not (w0[big] == w1[big]).all()
+    code, line = _export(capsys, "vit_tiny", tmp_path / "o", *SMALL, "--seed", "-1")
+    assert code == 2 and line == "error: seed must be an integer in 0..4294967295, got -1"
+    assert not (tmp_path / "o").exists()

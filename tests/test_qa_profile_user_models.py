@@ -312,7 +312,9 @@ def test_checkpoint_is_refused_with_the_export_command(tmp_path, capsys, extra):
 def test_model_name_is_refused_with_the_export_command(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert main(["profile", "vit_tiny"]) == 2
-    assert "export it first: edgeattn export vit_tiny --target onnx -o DIR" in capsys.readouterr().err
+    # the hint runs as printed: export needs a profile (it read '--target onnx -o DIR', which export refuses)
+    hint = "export it first: edgeattn export vit_tiny --target onnx --profile host-cpu -o DIR"
+    assert hint in capsys.readouterr().err
     assert main(["profile", "no_such_model"]) == 2
     assert "artifact not found: no_such_model" in capsys.readouterr().err
 

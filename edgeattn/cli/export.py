@@ -47,6 +47,9 @@ def export(
     threads: int = typer.Option(
         2, "--threads", help="Threads of ONNX Runtime and OpenVINO, 1-1024 (torch runs on one)."
     ),
+    seed: int = typer.Option(
+        0, "--seed", help="Seed of a registry model's random weights, the generated parity inputs and PTQ's batches."
+    ),
     noise_floor: bool = typer.Option(
         True,
         "--noise-floor/--no-noise-floor",
@@ -89,6 +92,7 @@ def export(
                 exporter=exporter,
                 cpu_isa=cpu_isa,
                 threads=threads,
+                seed=seed,
                 noise_floor=noise_floor,
             )
         except ParityFailure as exc:

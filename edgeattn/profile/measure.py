@@ -306,7 +306,8 @@ def profile_artifacts(
                  if value is not None and (flag != "hint" or value != "latency")]  # fmt: skip
         if given:
             raise EdgeAttnError(
-                f"{' and '.join(given)} apply to OpenVINO artifacts (.xml), and none of these runs in OpenVINO"
+                f"{' and '.join(given)} {'apply' if len(given) > 1 else 'applies'} to OpenVINO artifacts (.xml), "
+                "and none of these runs in OpenVINO"
             )
     if iters is None and seconds is None:
         iters = DEFAULT_ITERS

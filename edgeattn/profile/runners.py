@@ -288,7 +288,7 @@ _CHECKPOINTS = (".pt", ".pth")
 
 
 def _export_first(path: Path) -> str:
-    return f"export it first: edgeattn export {path} --target onnx -o DIR"
+    return f"export it first: edgeattn export {path} --target onnx --profile host-cpu -o DIR"
 
 
 def _is_model_name(name: str) -> bool:
