@@ -46,6 +46,7 @@ mixed-precision kernels); ``edgeattn export`` and ``edgeattn hls`` do it themsel
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -55,6 +56,7 @@ import torch.nn.functional as F
 from brevitas import nn as qnn
 from edgeattn.quant import presets
 from edgeattn.quant.config import QuantConfig
+from edgeattn.quant.quantize import float_home
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
@@ -107,6 +109,7 @@ class TokenController:
     """Holds the current low-importance token mask while a model runs forward."""
 
     def __init__(self, ratio: float, importance: str) -> None:
+        _check_importance(importance)
         self.ratio = ratio
         self.importance = importance
         self.mask: torch.Tensor | None = None  # (B, N) bool, True = low-importance token
@@ -148,6 +151,7 @@ def received_attention(
     its window's column divided by r^2, and tokens outside every window get 0. ``None`` when the columns are not
     tokens (no ``grid``, or one that does not fit the map).
     """
+    _check_importance(importance)
     b, _heads, n, m = attn.shape
     # per column: attention from token 0 ("first") or averaged over every query row ("mean")
     col = attn[:, :, 0, :].sum(dim=1) if importance == "first" else attn.mean(dim=2).sum(dim=1)
@@ -165,10 +169,18 @@ def received_attention(
     return per_token.reshape(b, n)
 
 
+def _check_importance(importance: str) -> None:
+    """'first' or 'mean' (QuantConfig's 'auto' is resolved to one of them by :func:`token_importance`)."""
+    if importance not in ("first", "mean"):
+        raise ValueError(
+            f"importance must be 'first' or 'mean', got {importance!r} (resolve 'auto' with token_importance)"
+        )
+
+
 def low_importance_mask(score: torch.Tensor, ratio: float) -> torch.Tensor:
     """(B, N) bool mask of the ``floor(ratio * N)`` lowest-scoring tokens per row (ties: lower position)."""
     b, n = score.shape
-    k = int(ratio * n)
+    k = math.floor(ratio * n + 1e-9)  # 0.29 * 100 is 28.999999999999996 in floating point: still 29 tokens
     mask = torch.zeros(b, n, dtype=torch.bool, device=score.device)
     if k > 0:
         idx = torch.argsort(score, dim=1, stable=True)[:, :k]
@@ -249,6 +261,8 @@ def enable_token_adaptive(model: nn.Module, config: QuantConfig) -> TokenControl
                 low = qnn.QuantIdentity(
                     act_quant=presets.act_quant(config, config.low_act_bits), return_quant_tensor=False
                 )
+                home = float_home(module) or float_home(block)  # built as float32 on the CPU: follow the point
+                low = low.to(**home) if home else low
                 setattr(block, point, TokenAdaptiveQuant(module, low, controller, tdim))
         softmax = getattr(block, "softmax", None)
         if layout.attention and isinstance(softmax, nn.Module):

@@ -107,7 +107,8 @@ def save_checkpoint(path: str | Path, model: nn.Module, meta: dict[str, Any]) ->
         if key not in meta:
             raise ValueError(f"save_checkpoint: meta needs '{key}'")
     meta = dict(meta)
-    meta.setdefault("quant", None)
+    # a quantized model without meta['quant'] could not be rebuilt (its quantizers' keys would be 'unexpected')
+    meta.setdefault("quant", getattr(model, "quant_config", None))
     meta.setdefault("reparameterized", False)
     meta["approximations"] = _approximations(model)  # what the weights were fitted to, whatever model_kwargs say
     if hasattr(meta["quant"], "model_dump"):

@@ -118,7 +118,8 @@ class QuantConfig(BaseModel):
         "8-bit weights saturate the int8 kernels' 16-bit pair sums); None: no cap",
     )
     token_adaptive: bool = Field(False, description="EdgeQAT token-importance-aware activation bits")
-    token_ratio: float = Field(0.5, ge=0.0, le=1.0, description="fraction of tokens that get low_act_bits")
+    # below 1: the high-bit quantizer needs tokens to calibrate on (every activation at 4 bits: bits w4a4)
+    token_ratio: float = Field(0.5, ge=0.0, lt=1.0, description="fraction of tokens that get low_act_bits")
     importance: Importance = Field(
         "auto", description="token score: attention from the first token, or mean attention received"
     )

@@ -19,6 +19,7 @@ Tensors are collected with :class:`Probe`, forward hooks on modules whose name e
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -42,6 +43,8 @@ class Probe:
     """
 
     def __init__(self, model: nn.Module, suffixes: Iterable[str]) -> None:
+        if isinstance(suffixes, str):  # would be read as one suffix per character
+            raise ValueError(f"Probe: suffixes must be a list of module names, got the string {suffixes!r}")
         self.model = model
         self.suffixes = tuple(suffixes)
         self.records: dict[str, list[torch.Tensor]] = {s: [] for s in self.suffixes}
@@ -73,6 +76,13 @@ class Probe:
             v.clear()
 
 
+def _same_shape(where: str, student: torch.Tensor, teacher: torch.Tensor) -> None:
+    """Student and teacher tensors are compared element by element: broadcasting one would give a number for the
+    wrong pairs."""
+    if student.shape != teacher.shape:
+        raise ValueError(f"{where}: student {list(student.shape)} and teacher {list(teacher.shape)} differ in shape")
+
+
 def entropy_loss(qs: Sequence[torch.Tensor], ks: Sequence[torch.Tensor]) -> torch.Tensor:
     """EdgeQAT entropy loss from per-layer quantized Q and K tensors (each (B, H, N, head_dim))."""
     if not qs or len(qs) != len(ks):
@@ -102,6 +112,7 @@ def distribution_loss(
     cos_sum = student[0].new_zeros(())
     count = 0
     for s, t in zip(student, teacher, strict=True):
+        _same_shape("distribution_loss", s, t)
         t = t.detach()
         t_norm = t.norm(dim=-1).clamp_min(_NORM_EPS)
         s_norm = torch.maximum(s.norm(dim=-1), row_floor * t_norm).clamp_min(_NORM_EPS)
@@ -128,6 +139,11 @@ def kd_loss(
 
     Logits may be (B, C) or (B, T, V) (the class dim is last). With ``target=None`` only the KD term is used.
     """
+    _same_shape("kd_loss", student_logits, teacher_logits)
+    if not (0.0 <= alpha <= 1.0):
+        raise ValueError(f"kd_loss: alpha must be in [0, 1], got {alpha}")
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"kd_loss: temperature must be a finite number > 0, got {temperature}")
     s = student_logits.reshape(-1, student_logits.shape[-1])
     t = teacher_logits.detach().reshape(-1, teacher_logits.shape[-1])
     kl = F.kl_div(
@@ -148,6 +164,7 @@ def attention_kl(student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor
     total = student[0].new_zeros((), dtype=torch.float64)
     count = 0
     for s, t in zip(student, teacher, strict=True):
+        _same_shape("attention_kl", s, t)
         s64, t64 = s.double().clamp_min(1e-12), t.double().clamp_min(1e-12)
         total = total + (t64 * (t64.log() - s64.log())).sum()
         count += t.numel() // t.shape[-1]

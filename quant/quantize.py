@@ -15,6 +15,7 @@ comes back in eval mode, fake-quantizing; its activation scales still need calib
 from __future__ import annotations
 
 import copy
+import itertools
 import warnings
 from typing import Any
 
@@ -96,11 +97,14 @@ def quantize_model(model: nn.Module, config_or_profile: Any = None, *, inplace: 
             kept_float[name] = why
             continue
         quantized.append(name)
+        parent = name.rsplit(".", 1)[0] if "." in name else ""
         if type(module) in SWAPPED:
-            parent = name.rsplit(".", 1)[0] if "." in name else ""
             replacements.append((module, _quant_layer(module, name, config, parent not in blocks_with_points)))
         else:
-            replacements.append((module, _quant_point(name.rsplit(".", 1)[-1], name, config)))
+            point = _quant_point(name.rsplit(".", 1)[-1], name, config)
+            # brevitas builds quantizers as float32 on the CPU: they follow the block they sit in (float64, GPU)
+            home = float_home(qmodel.get_submodule(parent)) or float_home(qmodel)
+            replacements.append((module, point.to(**home) if home else point))
     _replace_everywhere(qmodel, {id(old): new for old, new in replacements})
     _warn_unquantized(qmodel, config)
     _warn_overrides(config, quantized, kept_float)
@@ -302,7 +306,16 @@ def _quant_layer(module: nn.Module, name: str, config: QuantConfig, quant_input:
     if module.bias is not None:
         new.bias = module.bias
     new.train(module.training)
-    return new
+    # its input quantizer (built as float32 on the CPU) follows the weight; the weight itself is already there
+    return new.to(device=module.weight.device, dtype=module.weight.dtype)
+
+
+def float_home(module: nn.Module) -> dict[str, Any] | None:
+    """``{"device", "dtype"}`` of ``module``'s first floating-point parameter or buffer; ``None`` if it has none."""
+    for tensor in itertools.chain(module.parameters(), module.buffers()):
+        if tensor.is_floating_point():
+            return {"device": tensor.device, "dtype": tensor.dtype}
+    return None
 
 
 def held_bits(module: nn.Module) -> dict[str, list[int]]:

@@ -109,7 +109,7 @@ class TrainConfig(BaseModel):
     bits: str = Field("w8a8", description="'profile' or wNaM (w8a8, w4a8, w4a4)")
     quant: dict[str, Any] = Field(default_factory=dict, description="QuantConfig field updates (overrides ...)")
     token_adaptive: bool = Field(False, description="EdgeQAT token-importance-aware bits")
-    token_ratio: float = Field(0.5, ge=0.0, le=1.0)
+    token_ratio: float = Field(0.5, ge=0.0, lt=1.0)  # QuantConfig's range
     losses: LossConfig = Field(default_factory=LossConfig)
     fp_checkpoint: str | None = Field(None, description="start from this FP checkpoint instead of training one")
     fp_epochs: int = Field(6, ge=0, description="epochs of FP training when no fp_checkpoint is given")

@@ -260,6 +260,12 @@ def softmax(x: torch.Tensor, dim: int = -1, method: str = "exact") -> torch.Tens
     """Softmax of ``x`` along ``dim`` by ``method`` (one of :data:`SOFTMAX_METHODS`). Differentiable."""
     _check_method(method, SOFTMAX_METHODS, "softmax")
     x = _as_tensor(x, "softmax")
+    rank = max(x.dim(), 1)  # a 0-d tensor is one score, as torch.softmax takes it
+    if isinstance(dim, bool) or not isinstance(dim, int) or not -rank <= dim < rank:
+        raise IndexError(f"softmax: dim must be an integer in [{-rank}, {rank - 1}] for a {x.dim()}-D input, "
+                         f"got {dim!r}")
+    if x.dim() == 0:
+        return torch.softmax(x, dim=dim)
     if x.shape[dim] == 0:  # no scores: an empty result, as torch.softmax gives (the row max would not exist)
         return torch.softmax(x, dim=dim)
     return _SOFTMAX[method](x, dim=dim)
@@ -292,7 +298,8 @@ _EDGEMOE_MM_TABLE = edgemoe_table_f64("mm")
 
 def edgemoe_delta(a: torch.Tensor, table: torch.Tensor | None = None) -> torch.Tensor:
     """``delta(|x|) = |x| Phi(-|x|)`` from the 1/32-step table, interpolated, 0 for ``|x| >= 5.5``."""
-    table = (_EDGEMOE_TABLE if table is None else table).to(a.dtype)
+    # the constant table lives on the CPU: it follows the input to its device (a GPU model) and dtype
+    table = (_EDGEMOE_TABLE if table is None else table).to(device=a.device, dtype=a.dtype)
     # ``where`` rather than ``clamp``: clamp keeps NaN, whose int64 cast is not a valid table index. NaN fails
     # ``a < LIMIT`` here and below, so it reads a valid entry, gets delta 0, and ReLU(NaN) - 0 stays NaN.
     s = torch.where(a < EDGEMOE_LIMIT, a, EDGEMOE_LIMIT) * (1 << EDGEMOE_STEP_LOG2)
@@ -373,6 +380,8 @@ class ApproxSoftmax(torch.nn.Module):
     def __init__(self, method: str = "exact", dim: int = -1) -> None:
         super().__init__()
         _check_method(method, SOFTMAX_METHODS, "softmax")
+        if isinstance(dim, bool) or not isinstance(dim, int):
+            raise TypeError(f"ApproxSoftmax: dim must be an integer, got {dim!r}")
         self.method = method
         self.dim = dim
 

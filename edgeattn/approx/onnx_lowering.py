@@ -79,8 +79,11 @@ def export_onnx(
 ) -> Path:
     """Export one approximation as a standalone ONNX model (input ``x`` float32 of ``shape``), atomically.
 
-    Uses torch's default (dynamo) exporter. Raises ``ValueError`` if the graph uses a non-standard op.
+    Uses torch's default (dynamo) exporter. Raises ``ValueError`` if the graph uses a non-standard op or cannot be
+    written at ``opset``.
     """
+    if isinstance(opset, bool) or not isinstance(opset, int):
+        raise ValueError(f"export_onnx: opset must be an integer, got {opset!r}")
     path = Path(path)
     model = approx_module(op, method).eval()
     x = torch.randn(*shape)
@@ -98,9 +101,23 @@ def export_onnx(
                 verbose=False,
             )
             check_ops(tmp)
+            _check_opset_written(tmp, opset)
         finally:
             Path(f"{tmp}.data").unlink(missing_ok=True)
     return path
+
+
+def _check_opset_written(path: str | Path, opset: int) -> None:
+    """torch's exporter converts its opset-18 graph to ``opset`` where onnx's converter can, and otherwise logs the
+    failure and writes opset 18 anyway: a file of another opset than asked for is refused here."""
+    import onnx
+
+    written = {o.version for o in onnx.load(str(path)).opset_import if o.domain in ("", "ai.onnx")}
+    if written != {opset}:
+        raise ValueError(
+            f"export_onnx: torch's exporter could not write opset {opset} (the graph came out at opset "
+            f"{', '.join(map(str, sorted(written)))}); use a newer opset"
+        )
 
 
 def graph_ops(path: str | Path) -> set[tuple[str, str]]:

@@ -59,9 +59,9 @@ def set_approximations(model: nn.Module, softmax: str | None = None, gelu: str |
         if isinstance(child, (ApproxSoftmax, ApproxGELU)):
             child.method = softmax if op == "softmax" else gelu
         elif op == "softmax":
-            setattr(parent, name, ApproxSoftmax(softmax, child.dim))
+            setattr(parent, name, ApproxSoftmax(softmax, child.dim).train(child.training))
         else:
-            setattr(parent, name, ApproxGELU(gelu))
+            setattr(parent, name, ApproxGELU(gelu).train(child.training))
         counts[op] += 1
     _warn_fused(model, {"softmax": softmax, "gelu": gelu})
     return counts
