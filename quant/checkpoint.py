@@ -103,6 +103,8 @@ def _approximations(model: nn.Module) -> dict[str, list[str]]:
 def save_checkpoint(path: str | Path, model: nn.Module, meta: dict[str, Any]) -> Path:
     """Write ``model``'s weights and ``meta`` (see module docstring) atomically to ``path``; ``meta``'s
     ``"approximations"`` is recorded from ``model``."""
+    if not isinstance(meta, dict):
+        raise ValueError(f"save_checkpoint: meta must be a dict with 'model' and 'model_kwargs', got {meta!r:.60}")
     for key in ("model", "model_kwargs"):
         if key not in meta:
             raise ValueError(f"save_checkpoint: meta needs '{key}'")
@@ -251,6 +253,9 @@ def load_checkpoint(
     pooled-key attention saved before those maps scored tokens is refused (its low-bit quantizers there were never
     trained: :func:`edgeattn.quant.adaptive.check_token_scores`).
     """
+    if model is not None and not isinstance(model, nn.Module):
+        what = f"the class {model.__name__}; pass an instance" if isinstance(model, type) else type(model).__name__
+        raise EdgeAttnError(f"load_checkpoint: model must be an nn.Module instance, got {what}")
     payload = read_checkpoint_file(path)
     meta = payload["meta"]
     # the model the weights were loaded into: the caller's (named by its class), else the registry's

@@ -187,3 +187,24 @@ def test_export_onnx_refuses_an_opset_it_could_not_write(tmp_path):
     assert not (tmp_path / "g7.onnx").exists()
     written = export_onnx("gelu", "exact", tmp_path / "g17.onnx", opset=17)
     assert {o.version for o in onnx.load(written).opset_import if o.domain in ("", "ai.onnx")} == {17}
+
+
+def test_a_class_or_a_non_module_is_named_as_such(tmp_path):
+    """set_approximations/approximations_in on a non-module raised AttributeError; load_checkpoint(model=MyNet)
+    (the class) failed with 'Module.modules() missing 1 required positional argument'; save_checkpoint(meta=None)
+    with 'argument of type NoneType is not iterable'."""
+    from edgeattn.approx import approximations_in
+    from edgeattn.errors import EdgeAttnError
+
+    with pytest.raises(TypeError, match="set_approximations takes an nn.Module, got the class Linear; pass an"):
+        set_approximations(nn.Linear, gelu="tanh")
+    with pytest.raises(TypeError, match="approximations_in takes an nn.Module, got str"):
+        approximations_in("vit_tiny")
+    with pytest.raises(ValueError, match="save_checkpoint: meta must be a dict"):
+        save_checkpoint(tmp_path / "m.pt", nn.Linear(2, 2), None)
+    assert not (tmp_path / "m.pt").exists()
+    kwargs = {"img_size": 16, "depth": 1}
+    path = save_checkpoint(tmp_path / "v.pt", create_model("vit_tiny", **kwargs), {"model": "vit_tiny",
+                                                                                   "model_kwargs": kwargs})
+    with pytest.raises(EdgeAttnError, match="load_checkpoint: model must be an nn.Module instance, got the class"):
+        load_checkpoint(path, model=nn.Linear)

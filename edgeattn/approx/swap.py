@@ -30,14 +30,22 @@ def _fused_exact(module: nn.Module) -> tuple[str, ...]:
     return ()
 
 
+def _check_module(model: object, where: str) -> None:
+    """``TypeError`` unless ``model`` is a module instance (a class, e.g. ``MyNet`` for ``MyNet()``, is named so)."""
+    if not isinstance(model, nn.Module):
+        what = f"the class {model.__name__}; pass an instance" if isinstance(model, type) else type(model).__name__
+        raise TypeError(f"{where} takes an nn.Module, got {what}")
+
+
 def set_approximations(model: nn.Module, softmax: str | None = None, gelu: str | None = None) -> dict[str, int]:
     """Make every softmax (``softmax`` given) and GELU (``gelu`` given) module of ``model`` use that method.
 
     In place. ``ApproxSoftmax``/``ApproxGELU`` modules get the new method; ``nn.Softmax(dim)`` and ``nn.GELU``
     modules are replaced by ``ApproxSoftmax(softmax, dim)`` and ``ApproxGELU(gelu)``. Returns how many modules
     now compute each: ``{"softmax": n, "gelu": m}``. Raises ``ValueError`` for an unknown method or an
-    ``nn.Softmax`` without a ``dim`` (its axis depends on the input's rank).
+    ``nn.Softmax`` without a ``dim`` (its axis depends on the input's rank), ``TypeError`` for a non-module.
     """
+    _check_module(model, "set_approximations")
     for arg, method, allowed in (("softmax", softmax, SOFTMAX_METHODS), ("gelu", gelu, GELU_METHODS)):
         if method is not None and method not in allowed:
             raise ValueError(
@@ -111,6 +119,7 @@ def approximations_in(model: nn.Module) -> dict[str, set[str]]:
     ``nn.MultiheadAttention`` (the GELU of an ``nn.Transformer*Layer`` with ``activation="gelu"``). Functional
     calls are not seen.
     """
+    _check_module(model, "approximations_in")
     found: dict[str, set[str]] = {"softmax": set(), "gelu": set()}
     for module in model.modules():
         if isinstance(module, ApproxSoftmax):
