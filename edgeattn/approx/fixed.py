@@ -43,6 +43,8 @@ D_FRAC = 16  # fraction bits of the running sum d (same scale as the exp terms)
 D_WIDTH = 32  # running sum register width (unsigned) -> rows up to 65535 elements
 R_FRAC = 24  # fraction bits of inv_d = 1/d (d >= 1, so inv_d <= 2^24, 25-bit unsigned)
 MAX_ROW = (1 << (D_WIDTH - D_FRAC)) - 1
+PROB_FRAC_MAX = E_FRAC + R_FRAC  # 40: a probability e * inv_d carries 16 + 24 fraction bits
+INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
 
 
 def _half_up(v: float) -> int:
@@ -75,6 +77,42 @@ EDGEMOE_TABLE = edgemoe_table(16)
 EDGEMOE_MM_TABLE = edgemoe_table(16, "mm")
 
 
+# ----------------------------------------------------------------------------------- argument checks
+def _int_arg(v: int, name: str, lo: int, hi: int | None = None, why: str = "") -> int:
+    """``v`` as a Python int if it is an integer in ``lo..hi`` (``hi=None``: no upper bound), else a ValueError
+    naming ``name``, the range and ``why``. Floats are refused: a shift or width of 8.0 is a caller's bug."""
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo or (hi is not None and v > hi):
+        allowed = f"in {lo}..{hi}" if hi is not None else f">= {lo}"
+        raise ValueError(f"argument {name!r} must be an int {allowed}{why}, got {v!r}")
+    return int(v)
+
+
+def _require_int_dtype(arr: np.ndarray, name: str) -> None:
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise ValueError(f"argument {name!r} must be an integer array (the fixed-point ints), got {arr.dtype}")
+
+
+def _int64(v: np.ndarray | int, name: str) -> np.ndarray:
+    """``v`` (numpy integers or Python ints) as int64, else a ValueError naming ``name``.
+
+    Floats are refused rather than truncated (``fx_recip(1.5)`` once computed 1/1), and uint64 values above
+    int64 rather than wrapped by the cast (uint64 is the only integer dtype that can hold them).
+    """
+    arr = np.asarray(v)
+    _require_int_dtype(arr, name)
+    if arr.dtype.kind == "u" and arr.size and arr.max() > INT64_MAX:
+        raise ValueError(f"argument {name!r} does not fit int64: ints must be <= {INT64_MAX}")
+    return arr.astype(np.int64)
+
+
+def _prob_args(out_frac: int, out_width: int | None = None) -> tuple[int, int]:
+    """Checked ``(out_frac, out_width)`` of softmax probabilities (``out_width`` defaults to ``out_frac``)."""
+    why = f" (probabilities are formed with {E_FRAC} + {R_FRAC} fraction bits; 0 leaves a 0-bit output)"
+    out_frac = _int_arg(out_frac, "out_frac", 1, PROB_FRAC_MAX, why)
+    out_width = out_frac if out_width is None else _int_arg(out_width, "out_width", 1, 62)
+    return out_frac, out_width
+
+
 # ----------------------------------------------------------------------------------- formats, rounding
 def round_shift(v: np.ndarray | int, s: int, mode: str = "half-up") -> np.ndarray:
     """``v / 2^s`` rounded to an integer: arithmetic right shift with ``mode`` rounding (``s >= 0``).
@@ -82,23 +120,25 @@ def round_shift(v: np.ndarray | int, s: int, mode: str = "half-up") -> np.ndarra
     ``floor``: ``v >> s``; ``half-up``: ``(v + 2^(s-1)) >> s`` (ties toward +inf); ``half-even``: ties to
     even.
     ``s == 0`` returns ``v`` unchanged. ``>>`` on negative values is the arithmetic (floor) shift.
+    ``v`` must be integers (floats are refused, not truncated). The result is exact for every int64 ``v`` and
+    every ``s``: it is formed from ``v >> s`` and the bits below it, never from ``v + 2^(s-1)`` (which wraps near
+    the ends of int64), and shifts are clamped at 63 (numpy's shift by 64 or more is undefined; from ``s = 63``
+    on ``|v / 2^s| <= 1`` and only the sign and bit 62 matter).
     """
     if mode not in ROUNDING_MODES:
         raise ValueError(f"unknown rounding mode {mode!r}; allowed: {', '.join(ROUNDING_MODES)}")
-    if s < 0:
-        raise ValueError(f"round_shift: argument 's' must be >= 0, got {s}")
-    v = np.asarray(v, dtype=np.int64)
+    s = _int_arg(s, "s", 0)
+    v = _int64(v, "v")
     if s == 0:
         return v.copy()
+    q = v >> min(s, 63)  # floor(v / 2^s)
     if mode == "floor":
-        return v >> s
+        return q
+    half = (v >> min(s - 1, 63)) & 1  # the bit worth half an output LSB (for s > 64: the sign, |v / 2^s| < 1/2)
     if mode == "half-up":
-        return (v + (np.int64(1) << (s - 1))) >> s
-    q = v >> s
-    rem = v - (q << s)
-    half = np.int64(1) << (s - 1)
-    up = (rem > half) | ((rem == half) & ((q & 1) == 1))
-    return q + up.astype(np.int64)
+        return q + half
+    below = v & np.int64((1 << min(s - 1, 63)) - 1)  # the bits under it: all zero on an exact tie
+    return q + (half & ((below != 0) | (q & 1)))  # half-even: a tie rounds up only from an odd q
 
 
 @dataclass(frozen=True)
@@ -158,11 +198,13 @@ class FixedFormat:
             q = np.floor(x + 0.5)
         else:
             q = np.round(x)  # numpy rounds half to even
-        if saturate:
-            q = np.clip(q, self.min_int, self.max_int)
-        elif np.any(q < self.min_int) or np.any(q > self.max_int):
+        # compare with max_int + 1 = 2^(width-1) (2^width unsigned) and min_int, which float64 holds exactly:
+        # max_int itself rounds up to 2^(width-1) in float64 from width 55 on, so clipping at it overflowed by one
+        over, under = q >= self.max_int + 1, q < self.min_int
+        if not saturate and (np.any(over) or np.any(under)):
             raise ValueError(f"FixedFormat.quantize: value out of range [{self.min_value}, {self.max_value}]")
-        return q.astype(np.int64)
+        ints = np.where(over | under, 0.0, q).astype(np.int64)
+        return np.where(over, self.max_int, np.where(under, self.min_int, ints))
 
     def dequantize(self, q: np.ndarray | int) -> np.ndarray:
         """int -> float64 value."""
@@ -176,16 +218,12 @@ class FixedFormat:
     def check(self, q: np.ndarray | int, name: str = "x") -> np.ndarray:
         """``q`` as int64 after checking it is integer and fits; ``ValueError`` naming ``name`` if not."""
         arr = np.asarray(q)
-        if not np.issubdtype(arr.dtype, np.integer):
-            raise ValueError(
-                f"argument {name!r} must be an integer array (the fixed-point ints), got {arr.dtype}"
-            )
-        arr = arr.astype(np.int64)
-        if not self.contains(arr):
+        _require_int_dtype(arr, name)
+        if not self.contains(arr):  # tested before the cast to int64, which would wrap a large uint64
             raise ValueError(
                 f"argument {name!r} does not fit {self}: ints must be in [{self.min_int}, {self.max_int}]"
             )
-        return arr
+        return arr.astype(np.int64)
 
     def __str__(self) -> str:
         return f"{'s' if self.signed else 'u'}fix<{self.width},{self.frac}>"
@@ -205,9 +243,8 @@ def fx_exp2(y: np.ndarray | int, out_frac: int = E_FRAC) -> np.ndarray:
     ``P = EXP2_HI[a] * EXP2_LO[b]`` (2^f with 48 fraction bits, P < 2^50); shift ``sh = 48 - out_frac - n``;
     result ``0`` if ``sh >= 63`` else ``(P + 2^(sh-1)) >> sh``.
     """
-    if not 0 <= out_frac <= 47:
-        raise ValueError(f"fx_exp2: argument 'out_frac' must be in 0..47, got {out_frac}")
-    y = np.asarray(y, dtype=np.int64)
+    _int_arg(out_frac, "out_frac", 0, 2 * EXP_TBL_FRAC - 1, " (fx_exp2)")
+    y = _int64(y, "y")
     if np.any(y > 0):
         raise ValueError("fx_exp2: argument 'y' must be <= 0 (exp arguments are x - max)")
     n = y >> Y_FRAC
@@ -225,9 +262,8 @@ def fx_exp(x: np.ndarray | int, x_frac: int, out_frac: int = E_FRAC) -> np.ndarr
 
     ``y = round_half_up((x * LOG2E_Q) / 2^(x_frac + 24 - 16))`` then :func:`fx_exp2`.
     """
-    if not 0 <= x_frac <= 40:
-        raise ValueError(f"fx_exp: argument 'x_frac' must be in 0..40, got {x_frac}")
-    x = np.asarray(x, dtype=np.int64)
+    _int_arg(x_frac, "x_frac", 0, 40, " (fx_exp)")
+    x = _int64(x, "x")
     if np.any(x > 0):
         raise ValueError("fx_exp: argument 'x' must be <= 0 (exp arguments are x - max)")
     if np.any(x <= -(1 << 38)):
@@ -242,9 +278,9 @@ def fx_recip(d: np.ndarray | int, d_frac: int = D_FRAC, r_frac: int = R_FRAC) ->
 
     One exact integer division per softmax row (an open, vendor-independent restoring divider in HLS).
     """
-    if d_frac + r_frac > 62:
-        raise ValueError("fx_recip: d_frac + r_frac must be <= 62")
-    d = np.asarray(d, dtype=np.int64)
+    _int_arg(d_frac, "d_frac", 0, 62, " (fx_recip)")
+    _int_arg(r_frac, "r_frac", 0, 62 - d_frac, " (fx_recip: d_frac + r_frac must be <= 62)")
+    d = _int64(d, "d")
     if np.any(d <= 0):
         raise ValueError("fx_recip: argument 'd' must be > 0")
     return ((np.int64(1) << (d_frac + r_frac)) + (d >> 1)) // d
@@ -317,11 +353,7 @@ def deferred_weights(
     ``out_width`` defaults to ``out_frac`` (so 1.0 saturates to ``1 - 2^-out_frac``).
     """
     in_fmt = _fmt(in_fmt, "in_fmt")
-    if not 1 <= out_frac <= E_FRAC + R_FRAC:
-        raise ValueError(f"argument 'out_frac' must be in 1..{E_FRAC + R_FRAC}, got {out_frac}")
-    out_width = out_frac if out_width is None else out_width
-    if not 1 <= out_width <= 62:
-        raise ValueError(f"argument 'out_width' must be in 1..62, got {out_width}")
+    out_frac, out_width = _prob_args(out_frac, out_width)
     s = in_fmt.check(s, "s")
     m = np.asarray(m, dtype=np.int64)
     inv_d = np.asarray(inv_d, dtype=np.int64)
@@ -350,7 +382,7 @@ def deferred_weights_nearest(
 ) -> np.ndarray:
     """Like :func:`deferred_weights` but each probability rounded on its own (no residual; order-free)."""
     in_fmt = _fmt(in_fmt, "in_fmt")
-    out_width = out_frac if out_width is None else out_width
+    out_frac, out_width = _prob_args(out_frac, out_width)
     s = in_fmt.check(s, "s")
     sh = E_FRAC + R_FRAC - out_frac
     e = fx_exp(s - np.asarray(m, dtype=np.int64)[..., None], in_fmt.frac, E_FRAC)
@@ -373,6 +405,7 @@ def online_softmax_fixed(
     """
     if rounding not in ("carry", "nearest"):
         raise ValueError(f"argument 'rounding' must be 'carry' or 'nearest', got {rounding!r}")
+    _prob_args(out_frac)  # before pass 1, not after it
     scores = _fmt(in_fmt, "in_fmt").check(scores, "scores")
     if scores.ndim == 0 or scores.shape[-1] == 0:
         raise ValueError("argument 'scores' must have a non-empty last axis")
@@ -390,12 +423,32 @@ def online_softmax_fixed(
 
 
 # ----------------------------------------------------------------------------------- GELU (Edge-MoE)
+GELU_OUT_FRAC_MAX = 40
+_DEFAULT_F = " (it defaults to in_fmt.frac)"
+
+
+def _gelu_out_width(in_fmt: FixedFormat, out_frac: int) -> int:
+    """Width of the GELU output: the input's integer bits, ``out_frac`` and the carry bit of a narrowing rounding.
+
+    A ValueError when it passes 62 bits (:class:`FixedFormat`'s limit): the output ints would not fit their
+    declared format, and beyond 64 bits not int64 either (``ReLU(x) << (out_frac - F)`` wrapped silently).
+    """
+    width = in_fmt.width - in_fmt.frac + out_frac + (1 if out_frac < in_fmt.frac else 0)
+    if width > 62:
+        raise ValueError(
+            f"argument 'out_frac': the GELU output of {in_fmt} with out_frac={out_frac} needs {width} bits, more "
+            f"than 62 (FixedFormat, int64); use out_frac <= {out_frac - (width - 62)}"
+        )
+    return width
+
+
 def gelu_edgemoe_out_format(in_fmt: FixedFormat, out_frac: int | None = None) -> FixedFormat:
     """The declared output format of :func:`gelu_edgemoe_fixed`: signed, the input's integer bits, plus one
-    integer bit when ``out_frac < in_fmt.frac`` (rounding the largest input half-up can carry into it)."""
-    out_frac = in_fmt.frac if out_frac is None else out_frac
-    extra = 1 if out_frac < in_fmt.frac else 0
-    return FixedFormat(in_fmt.width - in_fmt.frac + out_frac + extra, out_frac, True)
+    integer bit when ``out_frac < in_fmt.frac`` (rounding the largest input half-up can carry into it).
+    A ValueError names ``out_frac`` when that needs more than 62 bits."""
+    in_fmt = _fmt(in_fmt, "in_fmt")
+    out_frac = _int_arg(in_fmt.frac if out_frac is None else out_frac, "out_frac", 0, GELU_OUT_FRAC_MAX, _DEFAULT_F)
+    return FixedFormat(_gelu_out_width(in_fmt, out_frac), out_frac, True)
 
 
 def gelu_edgemoe_fixed(
@@ -411,20 +464,29 @@ def gelu_edgemoe_fixed(
     ``delta = T[i] + round_half_up((T[i+1] - T[i]) * w / 2^(F-5))`` (``table_frac`` bits); ReLU(x) and delta
     are brought to ``out_frac`` bits (left shift, or round half-up when narrowing) and subtracted.
     ``table``: ``"exact"`` (Edge-MoE's ``delta(i/32)``) or ``"mm"`` (near-minimax, :func:`edgemoe_table`).
+
+    Limits (ValueError, so nothing wraps int64): the output format :func:`gelu_edgemoe_out_format` must fit 62
+    bits (``W - F + out_frac (+1) <= 62``), and the interpolation product ``(T[i+1] - T[i]) * w`` 63 bits:
+    ``max|T[i+1] - T[i]| * (2^(F-5) - 1) < 2^63`` (``F <= 58`` with the 16-bit tables, ``F <= 34`` with 40-bit ones).
     """
     in_fmt = _fmt(in_fmt, "in_fmt")
     if not in_fmt.signed or in_fmt.frac < EDGEMOE_STEP_LOG2:
         raise ValueError(f"argument 'in_fmt' must be signed with frac >= 5 (1/32 table step), got {in_fmt}")
-    out_frac = in_fmt.frac if out_frac is None else out_frac
-    if not 0 <= out_frac <= 40:
-        raise ValueError(f"argument 'out_frac' must be in 0..40, got {out_frac}")
+    out_frac = _int_arg(in_fmt.frac if out_frac is None else out_frac, "out_frac", 0, GELU_OUT_FRAC_MAX, _DEFAULT_F)
+    _gelu_out_width(in_fmt, out_frac)
     if table_frac == 16 and table in ("exact", "mm"):
         tab = EDGEMOE_TABLE if table == "exact" else EDGEMOE_MM_TABLE
     else:
         tab = edgemoe_table(table_frac, table)
-    x = in_fmt.check(x, "x")
     f = in_fmt.frac
     ws = f - EDGEMOE_STEP_LOG2
+    step = int(np.abs(np.diff(tab)).max())
+    if step * ((1 << ws) - 1) > INT64_MAX:
+        raise ValueError(
+            f"argument 'in_fmt': {in_fmt} has too many fraction bits for table_frac={table_frac}: the interpolation "
+            f"product (T[i+1] - T[i]) * w needs {step.bit_length() + ws} bits, more than 63"
+        )
+    x = in_fmt.check(x, "x")
     a = np.abs(x)
     i = a >> ws
     w = a & ((np.int64(1) << ws) - 1)

@@ -16,7 +16,9 @@ versions of the published anchors so each method can be compared in fixed point 
   residual; ``sigmoid`` and ``tanh``: ``x * sigmoid(z)`` (sigmoid by :func:`fx_exp`, :func:`fx_recip`).
 
 Every function takes integer inputs in a declared :class:`FixedFormat` and returns integers with ``out_frac``
-fraction bits; intermediate widths stay below 63 bits (checked by the tests over the full input range).
+fraction bits; intermediate widths stay below 63 bits (checked by the tests over the full input range), and a
+format for which they would not is refused with a ``ValueError`` naming ``in_fmt`` (the limits are in each
+softmax docstring), before anything is computed.
 """
 
 from __future__ import annotations
@@ -29,11 +31,16 @@ from edgeattn.approx import float_ops as fo
 from edgeattn.approx.fixed import (
     D_FRAC,
     E_FRAC,
+    INT64_MAX,
+    INT64_MIN,
     LOG2E_FRAC,
     LOG2E_Q,
     R_FRAC,
     Y_FRAC,
     FixedFormat,
+    _fmt,
+    _int_arg,
+    _prob_args,
     fx_exp,
     fx_recip,
     gelu_edgemoe_fixed,
@@ -64,30 +71,53 @@ def _normalise(e: np.ndarray, out_frac: int, out_max: int, e_bound: int) -> np.n
 
 
 # ------------------------------------------------------------------------------------------------ softmax
+def _softmax_args(s: np.ndarray, in_fmt: FixedFormat, out_frac: int) -> np.ndarray:
+    """``s`` checked against ``in_fmt`` (a :class:`FixedFormat`) and ``out_frac`` in 1..40, before computing."""
+    _prob_args(out_frac)
+    return _fmt(in_fmt, "in_fmt").check(s, "s")
+
+
+def _out_of_range(in_fmt: FixedFormat, method: str, why: str) -> ValueError:
+    return ValueError(f"argument 'in_fmt': the {method} softmax cannot take {in_fmt}: {why}")
+
+
 def softmax_ibert_fixed(s: np.ndarray, in_fmt: FixedFormat, out_frac: int = 8) -> np.ndarray:
-    """I-BERT integer softmax (i-exp with ``n = 30`` clamp) on ``sfix`` scores."""
+    """I-BERT integer softmax (i-exp with ``n = 30`` clamp) on ``sfix`` scores.
+
+    Needs ``1 <= frac <= 30``: the i-exp polynomial peaks at ``q_b^2 + q_c ~ 2.79 * 2^(2 frac)``, which must stay
+    below 2^63 (checked on the integer constants themselves).
+    """
+    s = _softmax_args(s, in_fmt, out_frac)
     f = in_fmt.frac
-    x = s - s.max(axis=-1, keepdims=True)
     q_ln2 = int(math.floor(fo.LN2 * 2.0**f))
     if q_ln2 < 1:
         raise ValueError(f"argument 'in_fmt' needs frac >= 1 for the ibert softmax, got {in_fmt}")
+    q_b = int(math.floor(fo.IBERT_EXP_B * 2.0**f))
+    q_c = int(math.floor(fo.IBERT_EXP_C / fo.IBERT_EXP_A * 2.0 ** (2 * f)))
+    if q_b * q_b + q_c > INT64_MAX:
+        raise _out_of_range(in_fmt, "ibert", "the i-exp polynomial q_b^2 + q_c passes 2^63 (frac <= 30)")
+    x = s - s.max(axis=-1, keepdims=True)
     x = np.maximum(x, -30 * q_ln2)
     z = (-x) // q_ln2
     p = x + z * q_ln2
-    q_b = int(math.floor(fo.IBERT_EXP_B * 2.0**f))
-    q_c = int(math.floor(fo.IBERT_EXP_C / fo.IBERT_EXP_A * 2.0 ** (2 * f)))
     poly = (p + q_b) ** 2 + q_c  # scale A * 2^-2f
     e = poly >> z
     return _normalise(e, out_frac, (1 << out_frac) - 1, e_bound=q_b * q_b + q_c)  # poly is largest at p = 0
 
 
 def softmax_shift_fixed(s: np.ndarray, in_fmt: FixedFormat, out_frac: int = 8) -> np.ndarray:
-    """I-ViT Shiftmax (ShiftExp with ``n = 15`` clamp) on ``sfix`` scores."""
+    """I-ViT Shiftmax (ShiftExp with ``n = 15`` clamp) on ``sfix`` scores.
+
+    Needs ``frac <= 47``: the exp term ``(1 + r/2) * 2^n`` reaches ``2^(frac + 15)``, which must stay below 2^63.
+    """
+    s = _softmax_args(s, in_fmt, out_frac)
     f = in_fmt.frac
+    n = 15
+    if (1 << (f + n)) > INT64_MAX:
+        raise _out_of_range(in_fmt, "shift", f"its exp terms reach 2^(frac + {n}), past 2^63 (frac <= {62 - n})")
     x = s - s.max(axis=-1, keepdims=True)
     xp = x + (x >> 1) - (x >> 4)
     x0 = -(1 << f)  # -1.0
-    n = 15
     xp = np.maximum(xp, n * x0)
     q = xp // x0  # floor division of two negatives: q >= 0
     r = xp - x0 * q  # in (x0, 0]
@@ -107,7 +137,13 @@ BASE2_KNOTS = np.array(
 
 
 def softmax_base2_fixed(s: np.ndarray, in_fmt: FixedFormat, out_frac: int = 8) -> np.ndarray:
-    """Softermax-style base 2: ``t = s*log2e`` (Q.16), ``m = ceil(max t)``, LPW ``2^frac``, reciprocal."""
+    """Softermax-style base 2: ``t = s*log2e`` (Q.16), ``m = ceil(max t)``, LPW ``2^frac``, reciprocal.
+
+    Needs ``width <= 39`` (unsigned: ``<= 38``): the product ``s * LOG2E_Q`` (``LOG2E_Q ~ 2^24.53``) must fit int64.
+    """
+    s = _softmax_args(s, in_fmt, out_frac)
+    if in_fmt.min_int * LOG2E_Q < INT64_MIN or in_fmt.max_int * LOG2E_Q > INT64_MAX:
+        raise _out_of_range(in_fmt, "base2", "s * LOG2E_Q (25 bits) does not fit int64 (width <= 39, unsigned <= 38)")
     f = in_fmt.frac
     t = round_shift(s * LOG2E_Q, f + LOG2E_FRAC - Y_FRAC, "half-up")
     one = np.int64(1) << Y_FRAC
@@ -137,9 +173,13 @@ def round_shift_var(v: np.ndarray, s: np.ndarray) -> np.ndarray:
 
 
 def softmax_fixed(s: np.ndarray, in_fmt: FixedFormat, method: str, out_frac: int = 8) -> np.ndarray:
-    """Fixed-point softmax of integer scores ``s`` (rows on the last axis) by ``method``."""
+    """Fixed-point softmax of integer scores ``s`` (rows on the last axis) by ``method``.
+
+    ``out_frac`` in 1..40. Input limits (ValueError naming ``in_fmt``): ``online`` width <= 37, ``ibert``
+    1 <= frac <= 30, ``shift`` frac <= 47, ``base2`` width <= 39 (``exact``: none).
+    """
     fo._check_method(method, fo.SOFTMAX_METHODS, "softmax")
-    s = in_fmt.check(s, "s")
+    s = _softmax_args(s, in_fmt, out_frac)
     if method == "exact":
         x = in_fmt.dequantize(s)
         e = np.exp(x - x.max(axis=-1, keepdims=True))
@@ -237,14 +277,13 @@ def gelu_tanh_fixed(x: np.ndarray, in_fmt: FixedFormat, out_frac: int) -> np.nda
 def gelu_fixed(x: np.ndarray, in_fmt: FixedFormat, method: str, out_frac: int | None = None) -> np.ndarray:
     """Fixed-point GELU of integer ``x`` (signed ``in_fmt``, ``frac >= 5``, ``width <= 20``) by ``method``."""
     fo._check_method(method, fo.GELU_METHODS, "gelu")
+    in_fmt = _fmt(in_fmt, "in_fmt")
     if not in_fmt.signed or in_fmt.frac < 5 or in_fmt.width > 20:
         raise ValueError(
             f"argument 'in_fmt' must be signed with frac >= 5 and width <= 20 for the GELU models, "
             f"got {in_fmt}"
         )
-    out_frac = in_fmt.frac if out_frac is None else out_frac
-    if not 0 <= out_frac <= 24:
-        raise ValueError(f"argument 'out_frac' must be in 0..24, got {out_frac}")
+    out_frac = _int_arg(in_fmt.frac if out_frac is None else out_frac, "out_frac", 0, 24)
     x = in_fmt.check(x, "x")
     if method == "exact":
         xf = in_fmt.dequantize(x)
