@@ -275,13 +275,15 @@ def gelu_tanh_fixed(x: np.ndarray, in_fmt: FixedFormat, out_frac: int) -> np.nda
 
 
 def gelu_fixed(x: np.ndarray, in_fmt: FixedFormat, method: str, out_frac: int | None = None) -> np.ndarray:
-    """Fixed-point GELU of integer ``x`` (signed ``in_fmt``, ``frac >= 5``, ``width <= 20``) by ``method``."""
+    """Fixed-point GELU of integer ``x`` (signed ``in_fmt``, ``5 <= frac <= width <= 20``) by ``method``.
+
+    ``frac <= width``: a format with more fraction bits than bits (all of its values inside +-2^(width-1-frac))
+    overflowed ibert's int64 intermediates from frac 31 and gave it wrong results from frac 21."""
     fo._check_method(method, fo.GELU_METHODS, "gelu")
     in_fmt = _fmt(in_fmt, "in_fmt")
-    if not in_fmt.signed or in_fmt.frac < 5 or in_fmt.width > 20:
+    if not in_fmt.signed or not 5 <= in_fmt.frac <= in_fmt.width or in_fmt.width > 20:
         raise ValueError(
-            f"argument 'in_fmt' must be signed with frac >= 5 and width <= 20 for the GELU models, "
-            f"got {in_fmt}"
+            f"argument 'in_fmt' must be signed with 5 <= frac <= width <= 20 for the GELU models, got {in_fmt}"
         )
     out_frac = _int_arg(in_fmt.frac if out_frac is None else out_frac, "out_frac", 0, 24)
     x = in_fmt.check(x, "x")
