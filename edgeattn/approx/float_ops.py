@@ -284,7 +284,8 @@ def edgemoe_table_f64(kind: str = "exact") -> torch.Tensor:
     """
     if kind not in EDGEMOE_TABLE_KINDS:
         raise ValueError(f"argument 'kind': unknown table kind {kind!r}; allowed: {', '.join(EDGEMOE_TABLE_KINDS)}")
-    t = torch.arange(EDGEMOE_ENTRIES, dtype=torch.float64) / (1 << EDGEMOE_STEP_LOG2)
+    # on the CPU whatever the default device (imported under `with torch.device("meta")` it was a meta tensor)
+    t = torch.arange(EDGEMOE_ENTRIES, dtype=torch.float64, device="cpu") / (1 << EDGEMOE_STEP_LOG2)
     delta = t * 0.5 * torch.erfc(t / math.sqrt(2.0))  # t * Phi(-t)
     if kind == "exact":
         return delta
@@ -294,12 +295,24 @@ def edgemoe_table_f64(kind: str = "exact") -> torch.Tensor:
 
 _EDGEMOE_TABLE = edgemoe_table_f64("exact")
 _EDGEMOE_MM_TABLE = edgemoe_table_f64("mm")
+# the tables on each (device, dtype) they have been used on: one copy each, not one per forward (a GPU copy from
+# pageable host memory would block every call)
+_TABLE_COPIES: dict[tuple[str, torch.device, torch.dtype], torch.Tensor] = {}
+
+
+def _table_like(kind: str, a: torch.Tensor) -> torch.Tensor:
+    """The ``kind`` ("exact" or "mm") table on ``a``'s device in ``a``'s dtype."""
+    key = (kind, a.device, a.dtype)
+    if key not in _TABLE_COPIES:
+        table = _EDGEMOE_TABLE if kind == "exact" else _EDGEMOE_MM_TABLE
+        _TABLE_COPIES[key] = table.to(device=a.device, dtype=a.dtype)
+    return _TABLE_COPIES[key]
 
 
 def edgemoe_delta(a: torch.Tensor, table: torch.Tensor | None = None) -> torch.Tensor:
     """``delta(|x|) = |x| Phi(-|x|)`` from the 1/32-step table, interpolated, 0 for ``|x| >= 5.5``."""
     # the constant table lives on the CPU: it follows the input to its device (a GPU model) and dtype
-    table = (_EDGEMOE_TABLE if table is None else table).to(device=a.device, dtype=a.dtype)
+    table = _table_like("exact", a) if table is None else table.to(device=a.device, dtype=a.dtype)
     # ``where`` rather than ``clamp``: clamp keeps NaN, whose int64 cast is not a valid table index. NaN fails
     # ``a < LIMIT`` here and below, so it reads a valid entry, gets delta 0, and ReLU(NaN) - 0 stays NaN.
     s = torch.where(a < EDGEMOE_LIMIT, a, EDGEMOE_LIMIT) * (1 << EDGEMOE_STEP_LOG2)
@@ -319,7 +332,8 @@ def gelu_edgemoe(x: torch.Tensor) -> torch.Tensor:
 
 def gelu_edgemoe_mm(x: torch.Tensor) -> torch.Tensor:
     """Edge-MoE GELU with this project's near-minimax table (same datapath, half the max error)."""
-    return torch.relu(x) - edgemoe_delta(torch.abs(x), _EDGEMOE_MM_TABLE)
+    a = torch.abs(x)
+    return torch.relu(x) - edgemoe_delta(a, _table_like("mm", a))
 
 
 def gelu_ibert(x: torch.Tensor) -> torch.Tensor:

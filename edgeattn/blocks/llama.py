@@ -54,17 +54,22 @@ class RMSNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(..., dim) -> (..., dim)."""
         check_input("RMSNorm", x, ("...", self.dim), dtype=param_dtype(self))
+        if x.dtype in (torch.float16, torch.bfloat16):  # x^2 overflows float16 from |x| > 256: square in float32
+            ms = x.float().pow(2).mean(dim=-1, keepdim=True)
+            return x * torch.rsqrt(ms + self.eps).to(x.dtype) * self.weight
         return x * torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + self.eps) * self.weight
 
 
 def rope_tables(seq_len: int, head_dim: int, theta: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """(cos, sin) tables of shape (seq_len, head_dim) for rotate-half RoPE (computed in float64)."""
+    """(cos, sin) tables of shape (seq_len, head_dim) for rotate-half RoPE, computed in float64 and returned in
+    torch's default dtype and on its default device (where the model's weights are built)."""
     if head_dim % 2:
         raise ValueError(f"RoPE needs an even head_dim, got {head_dim}")
     inv_freq = theta ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
     angles = torch.outer(torch.arange(seq_len, dtype=torch.float64), inv_freq)  # (T, hd/2)
     angles = torch.cat([angles, angles], dim=-1)
-    return angles.cos().float(), angles.sin().float()
+    dtype = torch.get_default_dtype()  # was float32 always: a bfloat16 model then mixed dtypes in q @ k
+    return angles.cos().to(dtype), angles.sin().to(dtype)
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -109,6 +114,8 @@ class LlamaAttention(nn.Module):
         x = self.in_quant(x)
         qkv = self.qkv(x).reshape(b, t, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         cos, sin = self.rope_cos[:t], self.rope_sin[:t]
+        if cos.dtype != qkv.dtype:  # tables built in another default dtype than the model now runs in
+            cos, sin = cos.to(qkv.dtype), sin.to(qkv.dtype)
         q = apply_rope(qkv[0], cos, sin)
         k = apply_rope(qkv[1], cos, sin)
         q = self.q_quant(q * self.scale)

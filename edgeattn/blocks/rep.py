@@ -154,6 +154,14 @@ def param_dtype(module: nn.Module) -> torch.dtype | None:
     return None
 
 
+def _autocast_enabled(device_type: str) -> bool:
+    """torch.is_autocast_enabled for ``device_type``; False where torch has no autocast (the meta device)."""
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except RuntimeError:
+        return False
+
+
 def check_input(
     where: str, x: object, shape: Sequence[int | str], what: str = "input", dtype: torch.dtype | None = None
 ) -> None:
@@ -172,7 +180,7 @@ def check_input(
         raise ValueError(f"{where} expects {what} as a torch.Tensor, got {type(x).__name__}")
     if not x.is_floating_point():
         raise ValueError(f"{where} expects a floating-point {what}, got {x.dtype}")
-    if dtype is not None and x.dtype != dtype and not torch.is_autocast_enabled(x.device.type):
+    if dtype is not None and x.dtype != dtype and not _autocast_enabled(x.device.type):
         want, got_dtype = _dtype_name(dtype), _dtype_name(x.dtype)
         raise ValueError(
             f"{where} expects a {want} {what} (its parameters' dtype), got {got_dtype}: convert the input "

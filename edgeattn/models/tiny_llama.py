@@ -67,12 +67,14 @@ class TinyLlama(nn.Module):
                 f"tiny_llama expects token ids of shape (N, T) with 1 <= T <= seq_len={self.seq_len}, "
                 f"got {format_shape(shape)}"
             )
-        if not _building_graph() and ids.numel():
+        # one host sync per forward (a GPU would otherwise fail with a device-side assert); none on the meta device
+        if not _building_graph() and ids.numel() and ids.device.type != "meta" and bool(
+            ((ids < 0) | (ids >= self.vocab_size)).any()
+        ):
             low, high = int(ids.min()), int(ids.max())
-            if low < 0 or high >= self.vocab_size:
-                raise ValueError(
-                    f"tiny_llama expects token ids in [0, {self.vocab_size}) (vocab_size), got ids from {low} to {high}"
-                )
+            raise ValueError(
+                f"tiny_llama expects token ids in [0, {self.vocab_size}) (vocab_size), got ids from {low} to {high}"
+            )
 
 
 def _building_graph() -> bool:
