@@ -137,7 +137,8 @@ def kd_loss(
 ) -> torch.Tensor:
     """Hinton distillation: ``(1 - alpha) * CE(student, target) + alpha * T^2 * KL(teacher_T || student_T)``.
 
-    Logits may be (B, C) or (B, T, V) (the class dim is last). With ``target=None`` only the KD term is used.
+    Logits may be (B, C) or (B, T, V) (the class dim is last). ``target``: class indices (B,) or (B, T), or class
+    probabilities of the logits' shape (soft labels, e.g. mixup); ``None`` uses the KD term alone.
     """
     _same_shape("kd_loss", student_logits, teacher_logits)
     if not (0.0 <= alpha <= 1.0):
@@ -155,7 +156,11 @@ def kd_loss(
     kd = kl * temperature**2
     if target is None:
         return kd
-    ce = F.cross_entropy(s, target.reshape(-1))
+    if target.is_floating_point():  # probabilities per class (cross_entropy takes them as (N, C))
+        _same_shape("kd_loss target", student_logits, target)
+        ce = F.cross_entropy(s, target.reshape(-1, target.shape[-1]))
+    else:
+        ce = F.cross_entropy(s, target.reshape(-1))
     return (1.0 - alpha) * ce + alpha * kd
 
 

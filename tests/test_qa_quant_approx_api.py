@@ -208,3 +208,19 @@ def test_a_class_or_a_non_module_is_named_as_such(tmp_path):
                                                                                    "model_kwargs": kwargs})
     with pytest.raises(EdgeAttnError, match="load_checkpoint: model must be an nn.Module instance, got the class"):
         load_checkpoint(path, model=nn.Linear)
+
+
+def test_kd_loss_takes_soft_labels():
+    """Probability targets (mixup, label smoothing) failed: 'Expected input batch_size (4) to match target batch_size
+    (40)'. Checked against the cross-entropy written out, and one-hot probabilities against the class indices."""
+    torch.manual_seed(0)
+    s, t = torch.randn(4, 10, dtype=torch.float64), torch.randn(4, 10, dtype=torch.float64)
+    probs = torch.softmax(torch.randn(4, 10, dtype=torch.float64), dim=-1)
+    ce = -(probs * torch.log_softmax(s, dim=-1)).sum(-1).mean()
+    kd = kd_loss(s, t, None, temperature=2.0)
+    assert float(kd_loss(s, t, probs, alpha=0.3)) == pytest.approx(float(0.7 * ce + 0.3 * kd), rel=1e-12)
+    labels = torch.tensor([1, 0, 9, 4])
+    one_hot = torch.nn.functional.one_hot(labels, 10).double()
+    assert float(kd_loss(s, t, one_hot)) == pytest.approx(float(kd_loss(s, t, labels)), rel=1e-12)
+    with pytest.raises(ValueError, match="kd_loss target: student"):
+        kd_loss(s, t, probs[:2])
