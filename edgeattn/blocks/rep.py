@@ -226,7 +226,8 @@ def set_weight_bias(layer: nn.Conv2d | nn.Linear, weight: torch.Tensor, bias: to
     with torch.no_grad():
         ref.copy_(weight.to(ref.dtype))
         if layer.bias is None:
-            layer.bias = nn.Parameter(bias.to(device=ref.device, dtype=ref.dtype))
+            # a frozen layer stays frozen: its new bias follows the weight
+            layer.bias = nn.Parameter(bias.to(device=ref.device, dtype=ref.dtype), requires_grad=ref.requires_grad)
         else:
             layer.bias.copy_(bias.to(ref.dtype))
 
