@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
 from edgeattn.errors import EdgeAttnError
+from edgeattn.hostinfo import MAX_SEED
 
 Split = Literal["train", "val", "all"]
 Resize = Literal["crop", "stretch"]
@@ -52,10 +53,23 @@ def _check_split(split: str) -> None:
         raise ValueError(f"split must be 'train', 'val' or 'all', got {split!r}")
 
 
+def _check_seed(seed: int) -> None:
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"seed must be an integer in 0..{MAX_SEED}, got {seed!r}")
+
+
+def _check_image_args(where: str, img_size: int, in_chans: int) -> None:
+    """A positive int image side and channel count (0 or a float failed deep in PIL or as an empty tensor)."""
+    for name, value in (("img_size", img_size), ("in_chans", in_chans)):
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+            raise ValueError(f"{where}: {name} must be a positive integer, got {value!r}")
+
+
 def _split_indices(labels: np.ndarray, split: str, seed: int) -> np.ndarray:
     """Stratified, seeded train/val split: ``VAL_FRACTION`` of every class goes to val."""
     if split == "all":
         return np.arange(len(labels))
+    _check_seed(seed)
     rng = np.random.default_rng(seed)
     val: list[np.ndarray] = []
     train: list[np.ndarray] = []
@@ -108,7 +122,9 @@ def random_shift(images: torch.Tensor, max_shift: int, generator: torch.Generato
     ``generator`` alone, so a seeded generator gives the same batch every time. ``max_shift`` 0 returns the batch."""
     if max_shift < 0:
         raise ValueError(f"random_shift: max_shift must be >= 0, got {max_shift}")
-    if max_shift == 0:
+    if images.dim() != 4:
+        raise ValueError(f"random_shift: images must be a batch (N, C, H, W), got shape {list(images.shape)}")
+    if max_shift == 0 or len(images) == 0:
         return images
     n, _, h, w = images.shape
     if max_shift >= min(h, w):
@@ -120,7 +136,9 @@ def random_shift(images: torch.Tensor, max_shift: int, generator: torch.Generato
 
 
 def stdlib_sources(max_bytes: int = 2_000_000) -> bytes:
-    """Concatenated bytes of the standard library's ``.py`` files (sorted by path), at most ``max_bytes``."""
+    """Concatenated bytes of the standard library's ``.py`` files (the top-level files sorted by name, then those one
+    folder down sorted by path), at most ``max_bytes`` (a positive integer)."""
+    _check_max_bytes("stdlib_sources", max_bytes)
     root = Path(sysconfig.get_paths()["stdlib"])
     chunks: list[bytes] = []
     total = 0
@@ -138,6 +156,12 @@ def stdlib_sources(max_bytes: int = 2_000_000) -> bytes:
     return b"".join(chunks)[:max_bytes]
 
 
+def _check_max_bytes(where: str, max_bytes: int) -> None:
+    # a negative count sliced bytes off the end, 0 read everything
+    if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1:
+        raise ValueError(f"{where}: max_bytes must be a positive integer, got {max_bytes!r}")
+
+
 def _windows(data: bytes, seq_len: int, split: str) -> TensorDataset:
     _check_split(split)
     if seq_len < 2:
@@ -150,7 +174,8 @@ def _windows(data: bytes, seq_len: int, split: str) -> TensorDataset:
         )
     arr = torch.frombuffer(bytearray(data), dtype=torch.uint8).long()
     n_val = max(1, int(round(n_windows * VAL_FRACTION / 2)))  # 10% of windows for validation
-    # the last windows (a contiguous tail of the corpus) are validation, so no byte is in both splits
+    # the last windows (a contiguous tail of the corpus) are validation, so no window is in both splits (the last
+    # training target byte is the first validation input byte)
     lo, hi = {"train": (0, n_windows - n_val), "val": (n_windows - n_val, n_windows), "all": (0, n_windows)}[split]
     starts = torch.arange(lo, hi) * seq_len
     offs = torch.arange(seq_len)
@@ -171,7 +196,9 @@ def stdlib_corpus(seq_len: int = 64, split: Split = "train", max_bytes: int = 40
 def text_file(
     path: str | Path, seq_len: int = 64, split: Split = "train", max_bytes: int | None = None
 ) -> TensorDataset:
-    """Byte-level next-token windows from a user's text file."""
+    """Byte-level next-token windows from a user's text file (its first ``max_bytes``, a positive integer, if given)."""
+    if max_bytes is not None:
+        _check_max_bytes("text_file", max_bytes)
     path = Path(path)
     if not path.is_file():
         raise EdgeAttnError(f"data path '{path}' does not exist or is not a file")
@@ -179,7 +206,7 @@ def text_file(
     if not data:
         raise EdgeAttnError(f"data file '{path}' is empty")
     try:
-        return _windows(data[:max_bytes] if max_bytes else data, seq_len, split)
+        return _windows(data[:max_bytes] if max_bytes is not None else data, seq_len, split)
     except EdgeAttnError as err:
         raise EdgeAttnError(f"data file '{path}': {err}") from None
 
@@ -278,12 +305,13 @@ def _read_image_folder(
     images = [torch.from_numpy(_read_image(f, img_size, resize)).permute(2, 0, 1) for _, f in files]
     labels = [ci for ci, _ in files]
     if skipped:
-        folders = sorted({f.name for f in skipped if f.is_dir()})
+        folders = [f for f in skipped if f.is_dir()]
+        names = sorted({f.name for f in folders})  # counted one by one, named once ('extra' in two classes: 2)
         kinds = sorted({f.suffix.lower() or f.name for f in skipped if not f.is_dir()})
         print(
             f"warning: data path '{root}': skipped {len(skipped) - len(folders)} file(s) that are not images "
             f"({', '.join(kinds[:5]) or 'none'}) and {len(folders)} folder(s) inside class folders "
-            f"({', '.join(folders[:5]) or 'none'}); images are read from root/<class>/ only, with suffix "
+            f"({', '.join(names[:5]) or 'none'}); images are read from root/<class>/ only, with suffix "
             f"{', '.join(sorted(_IMAGE_SUFFIXES))}",
             file=sys.stderr,
         )
@@ -366,6 +394,8 @@ def image_folder(
     ``"stretch"``, see the module docstring)."""
     _check_split(split)
     _check_resize(resize)
+    _check_image_args("image_folder", img_size, in_chans)
+    _check_seed(seed)
     root = Path(root)
     images, labels, classes = _read_image_folder(root, img_size, resize)
     if split != "all":
@@ -378,6 +408,8 @@ def image_folder_splits(
 ) -> tuple[TensorDataset, TensorDataset, list[str]]:
     """``(train, val, class names)``: the same as two :func:`image_folder` calls, reading the images once."""
     _check_resize(resize)
+    _check_image_args("image_folder_splits", img_size, in_chans)
+    _check_seed(seed)
     root = Path(root)
     images, labels, classes = _read_image_folder(root, img_size, resize)
     _check_splittable(root, labels, classes)

@@ -347,6 +347,11 @@ def load_profile(name_or_path: str | Path) -> DeviceProfile:
     ``host-cpu`` is resolved against the machine it runs on: its weight bit width and K/V cap are capped at what
     the CPU runs exactly (7 bits on x86 without VNNI, see :mod:`edgeattn.hostinfo`); fewer bits are kept.
     """
+    if not isinstance(name_or_path, str | os.PathLike):
+        raise ProfileError(
+            f"a profile is a shipped name or a path to a YAML file, got {type(name_or_path).__name__}; for a mapping "
+            "of profile fields use profile_from_mapping(data, source)"
+        )
     text_name = str(name_or_path)
     if not text_name.strip():
         raise ProfileError("empty profile name; give a shipped profile name or a path to a YAML file")
@@ -377,12 +382,20 @@ def names_a_file(name_or_path: str | Path) -> bool:
 
     A ``.yaml``/``.yml`` name or one with a folder in it is a path. A bare shipped name is the shipped
     profile even where the working directory holds a file or folder of that name (``-o zcu102-hls``); write
-    ``./NAME`` for that file. Any other bare name is a path if it exists.
+    ``./NAME`` for that file, or pass a ``Path`` (which drops the ``./``): a ``Path`` is always a path. Any other
+    bare name is a path if it exists.
     """
+    if isinstance(name_or_path, os.PathLike):
+        return True
     text = str(name_or_path)
     if Path(text).suffix in (".yaml", ".yml") or "/" in text or os.sep in text:
         return True
-    return text not in shipped_profile_names() and Path(text).exists()
+    if text in shipped_profile_names():
+        return False
+    try:
+        return Path(text).exists()
+    except OSError:  # a name too long to be a file name is no file
+        return False
 
 
 def _resolve_host(profile: DeviceProfile) -> DeviceProfile:
