@@ -35,7 +35,8 @@ import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
 from edgeattn.errors import EdgeAttnError
-from edgeattn.hostinfo import MAX_SEED
+from edgeattn.hostinfo import check_seed
+from edgeattn.models._checks import check_positive_int
 
 Split = Literal["train", "val", "all"]
 Resize = Literal["crop", "stretch"]
@@ -53,23 +54,11 @@ def _check_split(split: str) -> None:
         raise ValueError(f"split must be 'train', 'val' or 'all', got {split!r}")
 
 
-def _check_seed(seed: int) -> None:
-    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or not 0 <= seed <= MAX_SEED:
-        raise ValueError(f"seed must be an integer in 0..{MAX_SEED}, got {seed!r}")
-
-
-def _check_image_args(where: str, img_size: int, in_chans: int) -> None:
-    """A positive int image side and channel count (0 or a float failed deep in PIL or as an empty tensor)."""
-    for name, value in (("img_size", img_size), ("in_chans", in_chans)):
-        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-            raise ValueError(f"{where}: {name} must be a positive integer, got {value!r}")
-
-
 def _split_indices(labels: np.ndarray, split: str, seed: int) -> np.ndarray:
     """Stratified, seeded train/val split: ``VAL_FRACTION`` of every class goes to val."""
     if split == "all":
         return np.arange(len(labels))
-    _check_seed(seed)
+    check_seed(seed)
     rng = np.random.default_rng(seed)
     val: list[np.ndarray] = []
     train: list[np.ndarray] = []
@@ -394,8 +383,8 @@ def image_folder(
     ``"stretch"``, see the module docstring)."""
     _check_split(split)
     _check_resize(resize)
-    _check_image_args("image_folder", img_size, in_chans)
-    _check_seed(seed)
+    check_positive_int("image_folder", img_size=img_size, in_chans=in_chans)
+    check_seed(seed)
     root = Path(root)
     images, labels, classes = _read_image_folder(root, img_size, resize)
     if split != "all":
@@ -408,8 +397,8 @@ def image_folder_splits(
 ) -> tuple[TensorDataset, TensorDataset, list[str]]:
     """``(train, val, class names)``: the same as two :func:`image_folder` calls, reading the images once."""
     _check_resize(resize)
-    _check_image_args("image_folder_splits", img_size, in_chans)
-    _check_seed(seed)
+    check_positive_int("image_folder_splits", img_size=img_size, in_chans=in_chans)
+    check_seed(seed)
     root = Path(root)
     images, labels, classes = _read_image_folder(root, img_size, resize)
     _check_splittable(root, labels, classes)

@@ -8,9 +8,12 @@ import platform
 import shutil
 import subprocess
 from importlib import metadata
+from numbers import Integral
 from pathlib import Path
 
 from pydantic import BaseModel, Field
+
+from edgeattn.errors import EdgeAttnError
 
 # ISA features that matter for int8/fp16 kernels on CPUs, as named in /proc/cpuinfo.
 _INTERESTING_FLAGS = (
@@ -22,6 +25,12 @@ _INTERESTING_FLAGS = (
 # makes torch.set_num_threads overflow or a runtime start tens of thousands of threads
 MAX_THREADS = 1024
 MAX_SEED = 2**32 - 1  # numpy's seed range (torch's is wider): the --seed bound of qat and hls
+
+
+def check_seed(seed: object) -> None:
+    """Raise :class:`~edgeattn.errors.EdgeAttnError` unless ``seed`` is an integer (not a bool) in 0..MAX_SEED."""
+    if isinstance(seed, bool) or not isinstance(seed, Integral) or not 0 <= seed <= MAX_SEED:
+        raise EdgeAttnError(f"seed must be an integer in 0..{MAX_SEED}, got {seed!r}")
 
 RUNTIME_PACKAGES = ("torch", "onnx", "onnxruntime", "openvino", "coremltools", "tensorrt", "brevitas", "hls4ml")
 

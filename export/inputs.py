@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from edgeattn.errors import EdgeAttnError
-from edgeattn.hostinfo import MAX_SEED
+from edgeattn.hostinfo import check_seed
 
 
 def _check_batch_fits(
@@ -234,9 +234,7 @@ def _check_arg_types(args: dict[str, Any]) -> None:
             continue
         want = _KIND_NAMES[kind] + (" or None" if optional else "")
         raise EdgeAttnError(f"{name} must be {want}, got {value!r} ({type(value).__name__})")
-    seed = args.get("seed", 0)
-    if not 0 <= seed <= MAX_SEED:
-        raise EdgeAttnError(f"seed must be an integer in 0..{MAX_SEED}, got {seed}")
+    check_seed(args.get("seed", 0))
     exporter = args.get("exporter", "torchscript")
     if exporter not in ("torchscript", "dynamo"):
         raise EdgeAttnError(f"exporter must be torchscript or dynamo, got '{exporter}'")
