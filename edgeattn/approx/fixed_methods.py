@@ -179,16 +179,15 @@ def softmax_fixed(s: np.ndarray, in_fmt: FixedFormat, method: str, out_frac: int
     1 <= frac <= 30, ``shift`` frac <= 47, ``base2`` width <= 39 (``exact``: none).
     """
     fo._check_method(method, fo.SOFTMAX_METHODS, "softmax")
+    integer = {"ibert": softmax_ibert_fixed, "shift": softmax_shift_fixed, "base2": softmax_base2_fixed}
+    if method in integer:  # each checks its arguments with _softmax_args itself
+        return integer[method](s, in_fmt, out_frac)
     s = _softmax_args(s, in_fmt, out_frac)
     if method == "exact":
         x = in_fmt.dequantize(s)
         e = np.exp(x - x.max(axis=-1, keepdims=True))
         return _ideal(e / e.sum(axis=-1, keepdims=True), out_frac, 0, (1 << out_frac) - 1)
-    if method == "online":
-        return online_softmax_fixed(s, in_fmt, out_frac)
-    return {"ibert": softmax_ibert_fixed, "shift": softmax_shift_fixed, "base2": softmax_base2_fixed}[method](
-        s, in_fmt, out_frac
-    )
+    return online_softmax_fixed(s, in_fmt, out_frac)
 
 
 # --------------------------------------------------------------------------------------------------- GELU
