@@ -87,7 +87,7 @@ def replay(cfg: TrainConfig, steps: int) -> list[dict[str, Any]]:
     train, _val, info = load_data(cfg)
     qcfg = quant_config_for(cfg, info)
     seed_everything(cfg.seed)  # as quant.train does before the FP model / PTQ
-    teacher = frozen_teacher(*load_checkpoint(cfg.fp_checkpoint))
+    teacher = frozen_teacher(*load_checkpoint(cfg.fp_checkpoint, dtype=torch.float32))
     student = calibrated_ptq_model(cfg, teacher, qcfg, train)
     seed_everything(cfg.seed + 1)  # as quant.train's QAT loop does
     opt, sched = qat_optimizer(cfg, student, steps_per_epoch(len(train), cfg.batch_size))

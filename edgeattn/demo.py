@@ -432,9 +432,11 @@ class Demo:
 
 
 def _load(path: Path):
+    import torch
+
     from edgeattn.quant.checkpoint import load_checkpoint
 
-    return load_checkpoint(path)
+    return load_checkpoint(path, dtype=torch.float32)
 
 
 def _reparam_summary(model: Any, img_size: int) -> dict[str, Any]:

@@ -58,6 +58,7 @@ def _refuse_nonfinite(path: str, module: Any) -> None:
 
 
 def _load_ckpt(path: str) -> tuple[Any, dict[str, Any]]:
+    import torch
     from edgeattn.quant.checkpoint import load_checkpoint
 
     if Path(path).is_dir():
@@ -65,7 +66,8 @@ def _load_ckpt(path: str) -> tuple[Any, dict[str, Any]]:
     if not Path(path).is_file():
         raise EdgeAttnError(f"checkpoint '{path}' not found", exit_code=7)
     try:
-        module, meta = load_checkpoint(path, strip_token_adaptive=True)  # _export_model strips in-memory modules too
+        # exported in float32 whatever it was saved in; _export_model strips in-memory modules too
+        module, meta = load_checkpoint(path, strip_token_adaptive=True, dtype=torch.float32)
     except EdgeAttnError as exc:
         raise EdgeAttnError(str(exc), exit_code=7) from None
     _refuse_nonfinite(path, module)
@@ -398,9 +400,10 @@ def _token_adaptive_gap(adaptive: Any, x: np.ndarray, stripped_ref: np.ndarray) 
 def _load_adaptive(path: str) -> Any:
     """The token-adaptive checkpoint ``path`` as trained (not stripped); raises EdgeAttnError for a file that
     loads only stripped (token-adaptive, from before pooled-key scores)."""
+    import torch
     from edgeattn.quant.checkpoint import load_checkpoint
 
-    return load_checkpoint(path)[0]
+    return load_checkpoint(path, dtype=torch.float32)[0]
 
 
 def _is_float_source(model: Any, checkpoint: str | None) -> bool:

@@ -56,7 +56,7 @@ import torch.nn.functional as F
 from brevitas import nn as qnn
 from edgeattn.quant import presets
 from edgeattn.quant.config import QuantConfig
-from edgeattn.quant.quantize import float_home
+from edgeattn.quant.quantize import float_home, quant_identity
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
@@ -258,11 +258,8 @@ def enable_token_adaptive(model: nn.Module, config: QuantConfig) -> TokenControl
         for point, tdim in layout.points.items():
             module = getattr(block, point, None)
             if isinstance(module, qnn.QuantIdentity):
-                low = qnn.QuantIdentity(
-                    act_quant=presets.act_quant(config, config.low_act_bits), return_quant_tensor=False
-                )
                 home = float_home(module) or float_home(block)  # built as float32 on the CPU: follow the point
-                low = low.to(**home) if home else low
+                low = quant_identity(presets.act_quant(config, config.low_act_bits), home)
                 setattr(block, point, TokenAdaptiveQuant(module, low, controller, tdim))
         softmax = getattr(block, "softmax", None)
         if layout.attention and isinstance(softmax, nn.Module):

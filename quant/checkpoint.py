@@ -143,12 +143,19 @@ def read_checkpoint_file(path: str | Path) -> dict[str, Any]:
     return payload
 
 
-def build_model(meta: dict[str, Any], model: nn.Module | None = None, source: str = "checkpoint") -> nn.Module:
+def build_model(
+    meta: dict[str, Any],
+    model: nn.Module | None = None,
+    source: str = "checkpoint",
+    dtype: torch.dtype | None = None,
+) -> nn.Module:
     """Rebuild the (possibly reparameterized and quantized) module that ``meta`` describes, untrained.
 
     ``model``: your own float model (an instance of the saved architecture) to rebuild from instead of the
     registry; it is deep-copied, not changed, and must compute the softmax and GELU methods ``meta`` records.
-    ``source`` names the checkpoint in errors.
+    ``source`` names the checkpoint in errors. ``dtype``: the floating dtype to build in (the float model is cast
+    before it is reparameterized and quantized, so the quantizers are built in it too); ``None`` keeps the
+    model's own.
     """
     from edgeattn.models import create_model
 
@@ -156,7 +163,7 @@ def build_model(meta: dict[str, Any], model: nn.Module | None = None, source: st
     if model is not None:
         if saved is not None:
             _check_approximations(model, saved, source)
-        return _deploy_and_quantize(copy.deepcopy(model), meta)
+        return _deploy_and_quantize(_cast(copy.deepcopy(model), dtype), meta)
     try:
         model = create_model(meta["model"], **dict(meta.get("model_kwargs") or {}))
     except (KeyError, TypeError, ValueError) as err:
@@ -164,7 +171,13 @@ def build_model(meta: dict[str, Any], model: nn.Module | None = None, source: st
         raise EdgeAttnError(f"checkpoint meta cannot rebuild model '{meta.get('model')}': {err}{hint}") from None
     if saved is not None:
         _restore_approximations(model, saved, source)
-    return _deploy_and_quantize(model, meta)
+    return _deploy_and_quantize(_cast(model, dtype), meta)
+
+
+def _cast(model: nn.Module, dtype: torch.dtype | None) -> nn.Module:
+    """``model`` in floating ``dtype`` (unchanged for ``None`` or when it is in it already)."""
+    own = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
+    return model if dtype is None or own in (None, dtype) else model.to(dtype)
 
 
 def _methods(names: list[str]) -> str:
@@ -238,10 +251,23 @@ def _state_mismatch(model: nn.Module, state: dict[str, Any]) -> str | None:
     return None
 
 
+def _saved_float_dtype(state: dict[str, Any]) -> torch.dtype | None:
+    """The one floating dtype of ``state``'s tensors, or ``None`` when there are none or several."""
+    dtypes = {v.dtype for v in state.values() if isinstance(v, torch.Tensor) and v.is_floating_point()}
+    return dtypes.pop() if len(dtypes) == 1 else None
+
+
 def load_checkpoint(
-    path: str | Path, *, strip_token_adaptive: bool = False, model: nn.Module | None = None
+    path: str | Path,
+    *,
+    strip_token_adaptive: bool = False,
+    model: nn.Module | None = None,
+    dtype: torch.dtype | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """``(model, meta)`` from a checkpoint written by :func:`save_checkpoint`; the model is in eval mode.
+
+    The model comes back in the floating dtype its weights were saved in (a float64 model's checkpoint loads as
+    float64, not rounded into a float32 model), or in ``dtype`` when given (export and hls ask for float32).
 
     A registry model is rebuilt from ``meta``; a model of your own needs ``model``, a float instance of its
     architecture, which is copied, reparameterized and quantized as ``meta`` says before the weights are loaded
@@ -256,11 +282,16 @@ def load_checkpoint(
     if model is not None and not isinstance(model, nn.Module):
         what = f"the class {model.__name__}; pass an instance" if isinstance(model, type) else type(model).__name__
         raise EdgeAttnError(f"load_checkpoint: model must be an nn.Module instance, got {what}")
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise EdgeAttnError(
+            f"load_checkpoint: dtype must be a floating torch.dtype such as torch.float32, got {dtype!r}"
+        )
     payload = read_checkpoint_file(path)
     meta = payload["meta"]
     # the model the weights were loaded into: the caller's (named by its class), else the registry's
     target = f"your {type(model).__name__}" if model is not None else f"model '{meta.get('model')}'"
-    model = build_model(meta, model, f"checkpoint '{path}'")
+    # built in the saved dtype: loading float64 weights into a float32 model would round them
+    model = build_model(meta, model, f"checkpoint '{path}'", dtype or _saved_float_dtype(payload["state_dict"]))
     try:
         model.load_state_dict(payload["state_dict"], strict=True)
     except RuntimeError as err:

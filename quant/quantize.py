@@ -101,10 +101,9 @@ def quantize_model(model: nn.Module, config_or_profile: Any = None, *, inplace: 
         if type(module) in SWAPPED:
             replacements.append((module, _quant_layer(module, name, config, parent not in blocks_with_points)))
         else:
-            point = _quant_point(name.rsplit(".", 1)[-1], name, config)
             # brevitas builds quantizers as float32 on the CPU: they follow the block they sit in (float64, GPU)
             home = float_home(qmodel.get_submodule(parent)) or float_home(qmodel)
-            replacements.append((module, point.to(**home) if home else point))
+            replacements.append((module, _quant_point(name.rsplit(".", 1)[-1], name, config, home)))
     _replace_everywhere(qmodel, {id(old): new for old, new in replacements})
     _warn_unquantized(qmodel, config)
     _warn_overrides(config, quantized, kept_float)
@@ -264,22 +263,38 @@ def init_weight_scales(model: nn.Module) -> None:
             module.quant_weight()
 
 
-def _quant_point(leaf: str, name: str, config: QuantConfig) -> nn.Module:
+def _quant_point(leaf: str, name: str, config: QuantConfig, home: dict[str, Any] | None) -> nn.Module:
     bits = config.act_bits_for(name)
     if leaf == SOFTMAX_POINT:
         quant = presets.softmax_quant(config, config.softmax_bits or bits)
     else:
         quant = presets.act_quant(config, bits)
-    return qnn.QuantIdentity(act_quant=quant, return_quant_tensor=False)
+    return quant_identity(quant, home)
+
+
+def quant_identity(quant: Any, home: dict[str, Any] | None) -> nn.Module:
+    """A ``QuantIdentity`` with the activation quantizer ``quant`` on ``home``'s device and dtype (as
+    :func:`float_home` gives them; ``None``: brevitas's float32 on the CPU).
+
+    The injector is told the dtype and device, not only the built module: brevitas rebuilds a quantizer from its
+    injector whenever a state dict is loaded, so a quantizer merely moved with ``.to()`` came back float32 on the
+    CPU after ``load_state_dict`` (a float64 model then failed its first forward).
+    """
+    if home is None:
+        return qnn.QuantIdentity(act_quant=quant, return_quant_tensor=False)
+    return qnn.QuantIdentity(act_quant=quant.let(**home), return_quant_tensor=False).to(**home)
 
 
 def _quant_layer(module: nn.Module, name: str, config: QuantConfig, quant_input: bool) -> nn.Module:
-    wq = presets.weight_quant(config, config.weight_bits_for(name))
+    # the injectors know the weight's device and dtype: brevitas rebuilds the quantizers from them on every
+    # load_state_dict (see quant_identity)
+    home = {"device": module.weight.device, "dtype": module.weight.dtype}
+    wq = presets.weight_quant(config, config.weight_bits_for(name)).let(**home)
     common: dict[str, Any] = {
         "bias": module.bias is not None,
         "weight_quant": wq,
         "bias_quant": None,
-        "input_quant": presets.act_quant(config, config.act_bits_for(name)) if quant_input else None,
+        "input_quant": presets.act_quant(config, config.act_bits_for(name)).let(**home) if quant_input else None,
         "output_quant": None,
         "return_quant_tensor": False,
         "device": module.weight.device,

@@ -839,7 +839,7 @@ def _run(cfg: TrainConfig, resume: bool, show: bool, dist: _Dist, force: bool) -
             # ---- FP model
             if fp_source is not None:
                 # loaded here, after seed_everything, as always: building the model draws from the RNG
-                fp_model, fp_meta = load_checkpoint(fp_source)
+                fp_model, fp_meta = load_checkpoint(fp_source, dtype=torch.float32)
                 fp_meta = dict(fp_meta)
             else:
                 fp_model = create_model(cfg.model, **kwargs)

@@ -325,15 +325,25 @@ def edgemoe_delta(a: torch.Tensor, table: torch.Tensor | None = None) -> torch.T
     return torch.where(a < EDGEMOE_LIMIT, delta, torch.zeros_like(delta))
 
 
+def _relu(x: torch.Tensor) -> torch.Tensor:
+    """``max(x, 0)``, whose autograd slope at exactly 0 is 1/2 (torch splits a tie), where ``torch.relu``'s is 0.
+
+    The residual GELUs ``ReLU(x) - delta(|x|)`` are smooth at 0 with slope 1/2 (``delta'(0) = 1/2``), but
+    ``relu`` and ``abs`` both differentiate to 0 there, so autograd gave 0. Same values as ``relu`` (NaN stays
+    NaN, -inf gives 0); exported as ONNX ``Max``.
+    """
+    return torch.maximum(x, x.new_zeros(()))
+
+
 def gelu_edgemoe(x: torch.Tensor) -> torch.Tensor:
     """Edge-MoE GELU: ``ReLU(x) - delta(|x|)``."""
-    return torch.relu(x) - edgemoe_delta(torch.abs(x))
+    return _relu(x) - edgemoe_delta(torch.abs(x))
 
 
 def gelu_edgemoe_mm(x: torch.Tensor) -> torch.Tensor:
     """Edge-MoE GELU with this project's near-minimax table (same datapath, half the max error)."""
     a = torch.abs(x)
-    return torch.relu(x) - edgemoe_delta(a, _table_like("mm", a))
+    return _relu(x) - edgemoe_delta(a, _table_like("mm", a))
 
 
 def gelu_ibert(x: torch.Tensor) -> torch.Tensor:
@@ -362,7 +372,7 @@ def respoly_delta(a: torch.Tensor) -> torch.Tensor:
 
 def gelu_respoly(x: torch.Tensor) -> torch.Tensor:
     """This project's GELU ``ReLU(x) - respoly_delta(|x|)``: ``ibert``'s op count, 3x lower max error."""
-    return torch.relu(x) - respoly_delta(torch.abs(x))
+    return _relu(x) - respoly_delta(torch.abs(x))
 
 
 def gelu_sigmoid(x: torch.Tensor) -> torch.Tensor:

@@ -60,15 +60,17 @@ class RMSNorm(nn.Module):
         return x * torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + self.eps) * self.weight
 
 
-def rope_tables(seq_len: int, head_dim: int, theta: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
+def rope_tables(
+    seq_len: int, head_dim: int, theta: float = 10000.0, dtype: torch.dtype | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(cos, sin) tables of shape (seq_len, head_dim) for rotate-half RoPE, computed in float64 and returned in
-    torch's default dtype and on its default device (where the model's weights are built)."""
+    ``dtype`` (default: torch's default dtype) on torch's default device (where the model's weights are built)."""
     if head_dim % 2:
         raise ValueError(f"RoPE needs an even head_dim, got {head_dim}")
     inv_freq = theta ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
     angles = torch.outer(torch.arange(seq_len, dtype=torch.float64), inv_freq)  # (T, hd/2)
     angles = torch.cat([angles, angles], dim=-1)
-    dtype = torch.get_default_dtype()  # was float32 always: a bfloat16 model then mixed dtypes in q @ k
+    dtype = dtype or torch.get_default_dtype()  # was float32 always: a bfloat16 model then mixed dtypes in q @ k
     return angles.cos().to(dtype), angles.sin().to(dtype)
 
 
@@ -77,6 +79,10 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     half = x.shape[-1] // 2
     rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
     return x * cos + rotated * sin
+
+
+def _rebuild_tables_after_load(module: LlamaAttention, _incompatible_keys: object) -> None:
+    module.reset_parameters()
 
 
 class LlamaAttention(nn.Module):
@@ -100,12 +106,31 @@ class LlamaAttention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim, bias=False)
         self.proj = nn.Linear(dim, dim, bias=False)
         self.softmax = ApproxSoftmax(method=softmax, dim=-1)
+        self.rope_theta = float(rope_theta)
         cos, sin = rope_tables(seq_len, self.head_dim, rope_theta)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
         causal = torch.triu(torch.full((seq_len, seq_len), MASK_VALUE), diagonal=1)
         self.register_buffer("causal_mask", causal, persistent=False)
+        # The tables are not in the state dict, so a model built on the meta device and materialised with
+        # to_empty() would keep uninitialised memory through load_state_dict: rebuild them on every load.
+        self.register_load_state_dict_post_hook(_rebuild_tables_after_load)  # a function: models still pickle
         add_quant_points(self)
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Rebuild the RoPE tables and causal mask in place, on their current device and dtype.
+
+        This module's own state is only these computed buffers (its weights live in ``qkv``/``proj``), so
+        this is what torch's meta-device materialisation (``to_empty()`` then ``reset_parameters()`` on each
+        module, as FSDP does) needs; ``load_state_dict`` calls it too.
+        """
+        device, dtype = self.rope_cos.device, self.rope_cos.dtype
+        with torch.device("cpu"):
+            cos, sin = rope_tables(self.seq_len, self.head_dim, self.rope_theta, dtype=dtype)
+            causal = torch.triu(torch.full((self.seq_len, self.seq_len), MASK_VALUE), diagonal=1)
+        self.rope_cos, self.rope_sin = cos.to(device), sin.to(device)
+        self.causal_mask = causal.to(device=self.causal_mask.device, dtype=self.causal_mask.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, T, C) -> (B, T, C)."""

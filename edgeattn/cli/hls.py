@@ -86,7 +86,7 @@ def _load_model(model: str, checkpoint: Path | None, kwargs: dict) -> tuple[Any,
                 "drop --set (it applies to a plain state_dict)"
             )
         # the design has one width per tensor: every token at act_bits (see _notes)
-        net, meta = load_checkpoint(checkpoint, strip_token_adaptive=True)
+        net, meta = load_checkpoint(checkpoint, strip_token_adaptive=True, dtype=torch.float32)
         if meta.get("model") != model:
             raise EdgeAttnError(
                 f"--checkpoint '{checkpoint}' holds a '{meta.get('model')}' model, not '{model}'"
