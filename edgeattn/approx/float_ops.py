@@ -302,9 +302,13 @@ _TABLE_COPIES: dict[tuple[str, torch.device, torch.dtype], torch.Tensor] = {}
 
 def _table_like(kind: str, a: torch.Tensor) -> torch.Tensor:
     """The ``kind`` ("exact" or "mm") table on ``a``'s device in ``a``'s dtype."""
+    table = _EDGEMOE_TABLE if kind == "exact" else _EDGEMOE_MM_TABLE
+    if type(a) is not torch.Tensor or torch.jit.is_tracing() or torch.compiler.is_compiling():
+        # a graph is being built (a fake tensor under torch.export/dynamo, or jit.trace): its copy is a graph
+        # constant, and a cached one would hand later eager calls a FakeTensor or make two traces differ
+        return table.to(device=a.device, dtype=a.dtype)
     key = (kind, a.device, a.dtype)
     if key not in _TABLE_COPIES:
-        table = _EDGEMOE_TABLE if kind == "exact" else _EDGEMOE_MM_TABLE
         _TABLE_COPIES[key] = table.to(device=a.device, dtype=a.dtype)
     return _TABLE_COPIES[key]
 

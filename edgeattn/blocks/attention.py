@@ -68,6 +68,9 @@ class Attention(nn.Module):
         self.proj_drop = nn.Dropout(proj_drop)
         add_quant_points(self)
 
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, num_heads={self.num_heads}"
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, N, C) -> (B, N, C)."""
         check_input("Attention", x, ("N", "T", self.dim), dtype=param_dtype(self))

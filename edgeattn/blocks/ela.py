@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from edgeattn.blocks.rep import check_input, check_positive_ints
+from edgeattn.blocks.rep import check_input, check_positive_ints, param_dtype
 
 __all__ = ["ELA", "ELA_VARIANTS"]
 
@@ -51,7 +51,7 @@ class ELA(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, C, H, W)."""
-        check_input(f"ELA-{self.variant}", x, ("N", self.channels, "H", "W"))
+        check_input(f"ELA-{self.variant}", x, ("N", self.channels, "H", "W"), dtype=param_dtype(self))
         z_h = x.mean(dim=3)  # (B, C, H): pooled along the width
         z_w = x.mean(dim=2)  # (B, C, W): pooled along the height
         y_h = self.gate(self.gn(self.conv(z_h))).unsqueeze(3)  # (B, C, H, 1)

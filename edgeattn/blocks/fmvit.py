@@ -31,6 +31,7 @@ from edgeattn.blocks.rep import (
     check_positive_ints,
     format_shape,
     fuse_bn_into_linear,
+    param_dtype,
     set_weight_bias,
     static_shape,
 )
@@ -75,7 +76,7 @@ class GMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, dim, H, W) -> (B, dim, H, W)."""
-        check_input("GMLP", x, ("N", self.dim, "H", "W"))
+        check_input("GMLP", x, ("N", self.dim, "H", "W"), dtype=param_dtype(self))
         return self.fc2(self.hidden_quant(self.act(self.fc1(self.in_quant(x)))))
 
 
@@ -115,6 +116,9 @@ class RLMHSA(nn.Module):
         add_quant_points(self, ("in_quant", "kv_in_quant", *ATTENTION_QUANT_POINTS[1:]))
         self.deployed = False
 
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, num_heads={self.num_heads}, sr_ratio={self.sr_ratio}, deployed={self.deployed}"
+
     def pool_ratio(self, h: int, w: int) -> int:
         """The K/V average-pooling window (and stride) on an ``h`` x ``w`` map: ``sr_ratio``, or 1 (no pooling) when
         the map is smaller than that. Static: it depends on the shape only."""
@@ -122,7 +126,7 @@ class RLMHSA(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, C, H, W)."""
-        check_input("RLMHSA", x, ("N", self.dim, "H", "W"))
+        check_input("RLMHSA", x, ("N", self.dim, "H", "W"), dtype=param_dtype(self))
         b, c, h, w = x.shape
         if not self.deployed:
             x = self.norm(x)
@@ -175,8 +179,8 @@ class CFB(nn.Module):
 
     def forward(self, high: torch.Tensor, low: torch.Tensor) -> torch.Tensor:
         """Two (B, dim, H, W) maps -> (B, dim, H, W)."""
-        check_input("CFB", high, ("N", self.dim, "H", "W"), what="high")
-        check_input("CFB", low, ("N", self.dim, "H", "W"), what="low")
+        check_input("CFB", high, ("N", self.dim, "H", "W"), what="high", dtype=param_dtype(self))
+        check_input("CFB", low, ("N", self.dim, "H", "W"), what="low", dtype=param_dtype(self))
         high_shape, low_shape = static_shape(high), static_shape(low)
         if high_shape != low_shape:
             shapes = f"{format_shape(high_shape)} and {format_shape(low_shape)}"
@@ -199,7 +203,7 @@ class HFBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, dim, H, W) -> (B, dim, H, W)."""
-        check_input("HFBlock", x, ("N", self.dim, "H", "W"))
+        check_input("HFBlock", x, ("N", self.dim, "H", "W"), dtype=param_dtype(self))
         x = x + self.mixer(x)
         return x + self.mlp(x)
 
@@ -231,6 +235,6 @@ class FMBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, dim, H, W) -> (B, dim, H, W)."""
-        check_input("FMBlock", x, ("N", self.dim, "H", "W"))
+        check_input("FMBlock", x, ("N", self.dim, "H", "W"), dtype=param_dtype(self))
         x = x + self.cfb(self.high(x), self.attn(x))
         return x + self.mlp(x)

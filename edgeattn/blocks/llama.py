@@ -51,6 +51,9 @@ class RMSNorm(nn.Module):
         self.dim, self.eps = dim, eps
         self.weight = nn.Parameter(torch.ones(dim))
 
+    def extra_repr(self) -> str:
+        return f"{self.dim}, eps={self.eps}"
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(..., dim) -> (..., dim)."""
         check_input("RMSNorm", x, ("...", self.dim), dtype=param_dtype(self))
@@ -126,11 +129,17 @@ class LlamaAttention(nn.Module):
         module, as FSDP does) needs; ``load_state_dict`` calls it too.
         """
         device, dtype = self.rope_cos.device, self.rope_cos.dtype
+        weight = self.qkv.weight
+        if device.type == "meta" and not weight.is_meta:
+            # load_state_dict(assign=True) into a meta-built model replaces the weights but not these buffers
+            device, dtype = weight.device, weight.dtype if weight.is_floating_point() else dtype
         with torch.device("cpu"):
             cos, sin = rope_tables(self.seq_len, self.head_dim, self.rope_theta, dtype=dtype)
-            causal = torch.triu(torch.full((self.seq_len, self.seq_len), MASK_VALUE), diagonal=1)
-        self.rope_cos, self.rope_sin = cos.to(device), sin.to(device)
-        self.causal_mask = causal.to(device=self.causal_mask.device, dtype=self.causal_mask.dtype)
+            causal = torch.triu(torch.full((self.seq_len, self.seq_len), MASK_VALUE, dtype=dtype), diagonal=1)
+        self.rope_cos, self.rope_sin, self.causal_mask = cos.to(device), sin.to(device), causal.to(device)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, num_heads={self.num_heads}, seq_len={self.seq_len}, rope_theta={self.rope_theta:g}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, T, C) -> (B, T, C)."""

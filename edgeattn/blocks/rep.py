@@ -259,6 +259,9 @@ class ConvBN(nn.Module):
         self.in_channels = in_channels
         self.deployed = False
 
+    def extra_repr(self) -> str:
+        return f"deployed={self.deployed}"
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, in_channels, H, W) -> (N, out_channels, H', W')."""
         check_input("ConvBN", x, ("N", self.in_channels, "H", "W"), dtype=param_dtype(self))
@@ -325,6 +328,12 @@ class RepConv(nn.Module):
         self.act = make_act(act)
         self.deployed = False
 
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+            f"groups={self.groups}, deployed={self.deployed}"
+        )
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, in_channels, H, W) -> (N, out_channels, H', W')."""
         check_input("RepConv", x, ("N", self.in_channels, "H", "W"), dtype=param_dtype(self))
@@ -386,6 +395,9 @@ class MultiGroupConv1x1(nn.Module):
         self.branches = nn.ModuleList([ConvBN(in_channels, out_channels, 1, 1, g) for g in groups])
         self.deployed = False
 
+    def extra_repr(self) -> str:
+        return f"{self.in_channels}, {self.out_channels}, groups={self.groups}, deployed={self.deployed}"
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, in_channels, H, W) -> (N, out_channels, H, W)."""
         check_input("MultiGroupConv1x1", x, ("N", self.in_channels, "H", "W"), dtype=param_dtype(self))
@@ -420,7 +432,7 @@ class MultiGroupConv1x1(nn.Module):
             ref = self.branches[0].conv.weight
             conv = nn.Conv2d(
                 self.in_channels, self.out_channels, 1, bias=True, device=ref.device, dtype=ref.dtype
-            )
+            ).requires_grad_(ref.requires_grad)  # a frozen block stays frozen
         set_weight_bias(conv, kernel, bias)
         self.reparam_conv = conv
         del self.branches

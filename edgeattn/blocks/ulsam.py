@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from edgeattn.approx import ApproxSoftmax
-from edgeattn.blocks.rep import check_input, check_positive_ints, fuse_bn, set_weight_bias
+from edgeattn.blocks.rep import check_input, check_positive_ints, fuse_bn, param_dtype, set_weight_bias
 
 __all__ = ["ULSAM"]
 
@@ -46,9 +46,12 @@ class ULSAM(nn.Module):
         self.softmax = ApproxSoftmax(method=softmax, dim=-1)
         self.deployed = False
 
+    def extra_repr(self) -> str:
+        return f"{self.channels}, num_subspaces={self.num_subspaces}, deployed={self.deployed}"
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, m, H, W) -> (B, m, H, W)."""
-        check_input("ULSAM", x, ("N", self.channels, "H", "W"))
+        check_input("ULSAM", x, ("N", self.channels, "H", "W"), dtype=param_dtype(self))
         b, m, h, w = x.shape
         g = self.num_subspaces
         if self.deployed:

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from edgeattn.blocks.attention import Mlp
-from edgeattn.blocks.rep import check_input
+from edgeattn.blocks.rep import check_input, param_dtype
 from edgeattn.models._checks import check_positive_int
 from edgeattn.models.registry import register_model
 from edgeattn.models.vit import VisionTransformer
@@ -54,6 +54,9 @@ class MoEMlp(nn.Module):
         self.experts = nn.ModuleList(Mlp(dim, hidden, gelu=gelu) for _ in range(num_experts))
         self.gates = nn.ModuleList(nn.Linear(dim, num_experts) for _ in range(num_tasks))
 
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, num_experts={self.num_experts}, top_k={self.top_k}, task={self.task}"
+
     def gate_weights(self, x: torch.Tensor) -> torch.Tensor:
         """(..., dim) -> (..., E) mixing weights: softmax over the top-k gate logits, 0 elsewhere."""
         logits = self.gates[self.task](x)
@@ -63,7 +66,7 @@ class MoEMlp(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, N, dim) -> (B, N, dim). Every expert runs (static graph); unselected ones weigh 0."""
-        check_input("MoEMlp", x, ("...", self.dim))
+        check_input("MoEMlp", x, ("...", self.dim), dtype=param_dtype(self))
         weights = self.gate_weights(x)
         out = torch.zeros_like(x)
         for e, expert in enumerate(self.experts):
@@ -107,7 +110,11 @@ class EdgeMoEViT(VisionTransformer):
         self.task = 0
 
     def set_task(self, task: int) -> None:
-        """Select the task whose gates and classifier head are used."""
+        """Select the task whose gates and classifier head are used.
+
+        A run-time setting, like ``train()``/``eval()``: it is not in the state dict (every task's gates and head
+        are), so call it again after loading weights into a fresh model. ``head`` is ``heads[task]``, so the state
+        dict holds the selected head twice (``head.*`` and ``heads.N.*``, one storage)."""
         if not 0 <= task < self.num_tasks:
             raise ValueError(f"edge_moe_vit: task must be in [0, {self.num_tasks}), got {task}")
         self.task = task
