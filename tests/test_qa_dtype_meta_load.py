@@ -123,7 +123,7 @@ def test_dtype_asks_for_float32_as_export_and_hls_do(tmp_path):
         cos = torch.nn.functional.cosine_similarity(loaded(x.float()).double().flatten(), saved(x).flatten(), dim=0)
     assert cos > 0.99
 
-    from export.sources import _load_ckpt
+    from edgeattn.export.sources import _load_ckpt
 
     module, _meta = _load_ckpt(str(path))
     assert {p.dtype for p in module.parameters()} == {torch.float32}
