@@ -56,7 +56,7 @@ import torch.nn.functional as F
 from brevitas import nn as qnn
 from edgeattn.quant import presets
 from edgeattn.quant.config import QuantConfig
-from edgeattn.quant.quantize import float_home, quant_identity
+from edgeattn.quant.quantize import float_home, follow_home_on_load, quant_identity
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
@@ -184,7 +184,9 @@ def low_importance_mask(score: torch.Tensor, ratio: float) -> torch.Tensor:
     mask = torch.zeros(b, n, dtype=torch.bool, device=score.device)
     if k > 0:
         idx = torch.argsort(score, dim=1, stable=True)[:, :k]
-        mask = mask.scatter(1, idx, True)  # out of place: tracing exporters have no in-place scatter_
+        # out of place (tracing exporters have no in-place scatter_), with a tensor source (jit.trace has no
+        # aten::scatter overload for a Python bool)
+        mask = mask.scatter(1, idx, torch.ones_like(idx, dtype=torch.bool))
     return mask
 
 
@@ -269,6 +271,7 @@ def enable_token_adaptive(model: nn.Module, config: QuantConfig) -> TokenControl
                 controller.hooks.append(block.register_forward_pre_hook(_GridHook(score_hook)))
     controller.hooks.append(model.register_forward_pre_hook(_ResetHook(controller)))
     object.__setattr__(model, "token_controller", controller)
+    follow_home_on_load(model)  # the new low-bit points
     return controller
 
 
@@ -351,4 +354,8 @@ def strip_token_adaptive(model: nn.Module) -> nn.Module:
             handle.remove()
         controller.hooks.clear()
         controller.reset()
+    config = getattr(model, "quant_config", None)
+    if swaps and getattr(config, "token_adaptive", False):
+        # what save_checkpoint records: a stripped model rebuilt token-adaptive would not match its own weights
+        model.quant_config = config.model_copy(update={"token_adaptive": False})
     return model

@@ -10,6 +10,8 @@ to rebuild the module before loading the weights:
 * ``"approximations"``: the softmax and GELU methods the model computes, ``{"softmax": [...], "gelu": [...]}``
   (:func:`edgeattn.approx.approximations_in`), re-applied when the registry model is rebuilt (a checkpoint
   without it, from an older edgeattn, gets what ``model_kwargs`` builds);
+* ``"uncalibrated"`` (quantized models): the activation scale/zero-point modules that had seen no statistics when
+  saved; :func:`load_checkpoint` leaves them uncalibrated (their saved placeholders would load as measured values).
 * ``"token_scores"`` (token-adaptive models): :data:`edgeattn.quant.adaptive.TOKEN_SCORES`, the token scoring the
   low-bit quantizers were trained under (see :func:`load_checkpoint`).
 * ``"data"``, ``"split"``, ``"classes"``, ``"data_path"`` and, for a user's image folder, ``"resize"`` (``crop`` or
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import itertools
 import pickle
 import shutil
 import warnings
@@ -103,6 +106,7 @@ def _approximations(model: nn.Module) -> dict[str, list[str]]:
 def save_checkpoint(path: str | Path, model: nn.Module, meta: dict[str, Any]) -> Path:
     """Write ``model``'s weights and ``meta`` (see module docstring) atomically to ``path``; ``meta``'s
     ``"approximations"`` is recorded from ``model``."""
+    model = _unwrapped(model)
     if not isinstance(meta, dict):
         raise ValueError(f"save_checkpoint: meta must be a dict with 'model' and 'model_kwargs', got {meta!r:.60}")
     for key in ("model", "model_kwargs"):
@@ -119,8 +123,27 @@ def save_checkpoint(path: str | Path, model: nn.Module, meta: dict[str, Any]) ->
         from edgeattn.quant.adaptive import TOKEN_SCORES
 
         meta["token_scores"] = TOKEN_SCORES  # what the low-bit quantizers were trained under (see load_checkpoint)
+    if meta["quant"]:
+        from edgeattn.quant.quantize import uncalibrated_stats
+
+        # their placeholder values are saved too (the state dict must be complete), but loading would mark them
+        # measured: load_checkpoint resets these to uncalibrated
+        meta["uncalibrated"] = uncalibrated_stats(model)
     payload = {"format": FORMAT, "version": VERSION, "meta": meta, "state_dict": model_state_dict(model)}
     return atomic_torch_save(payload, path)
+
+
+def _unwrapped(model: nn.Module) -> nn.Module:
+    """The module inside ``torch.compile``'s and DDP/DataParallel's wrappers (their state-dict keys carry a
+    ``_orig_mod.``/``module.`` prefix that the rebuilt model does not have)."""
+    wrappers = (nn.DataParallel, nn.parallel.DistributedDataParallel)
+    while True:
+        if isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            model = model._orig_mod
+        elif isinstance(model, wrappers):
+            model = model.module
+        else:
+            return model
 
 
 def read_checkpoint_file(path: str | Path) -> dict[str, Any]:
@@ -163,7 +186,10 @@ def build_model(
     if model is not None:
         if saved is not None:
             _check_approximations(model, saved, source)
-        return _deploy_and_quantize(_cast(copy.deepcopy(model), dtype), meta)
+        model = copy.deepcopy(_unwrapped(model))
+        if any(t.is_meta for t in itertools.chain(model.parameters(), model.buffers())):
+            model = model.to_empty(device="cpu")  # built on meta to save memory: the weights are loaded next
+        return _deploy_and_quantize(_cast(model, dtype), meta)
     try:
         model = create_model(meta["model"], **dict(meta.get("model_kwargs") or {}))
     except (KeyError, TypeError, ValueError) as err:
@@ -300,6 +326,10 @@ def load_checkpoint(
             f"checkpoint '{path}' (a '{meta.get('model')}' model) does not match {target}: {detail}; check meta's "
             f"reparameterized ({meta.get('reparameterized')}), quant and model_kwargs against the model"
         ) from None
+    if meta.get("uncalibrated"):
+        from edgeattn.quant.quantize import reset_activation_stats
+
+        reset_activation_stats(model, set(meta["uncalibrated"]))
     if (meta.get("quant") or {}).get("token_adaptive"):
         from edgeattn.quant import adaptive
 

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from brevitas.graph.calibrate import calibration_mode
 from edgeattn.quant.config import QuantConfig
-from edgeattn.quant.quantize import quantize_model
+from edgeattn.quant.quantize import float_home, quantize_model, reset_activation_stats
 from torch import nn
 
 from edgeattn.models import eval_mode
@@ -60,6 +60,18 @@ def _forward(model: nn.Module, x: torch.Tensor | dict[str, torch.Tensor], start:
         model(x[start : start + n])
 
 
+def _check_dtype(x: torch.Tensor | dict[str, torch.Tensor], home: dict[str, Any] | None) -> None:
+    """One line for float inputs in another dtype than the model's (brevitas failed inside a layer)."""
+    if home is None:
+        return
+    for value in x.values() if isinstance(x, dict) else [x]:
+        if value.is_floating_point() and value.dtype != home["dtype"]:
+            raise ValueError(
+                f"calibrate: a batch is {value.dtype} but the model computes in {home['dtype']}; convert the batches "
+                f"with .to({home['dtype']}) or the model with .to({value.dtype})"
+            )
+
+
 @torch.no_grad()
 def samples_per_forward(model: nn.Module, batch: Any, budget: int | None = None) -> int:
     """How many samples of ``batch``'s kind one calibration forward may take within ``budget`` bytes (default
@@ -89,12 +101,16 @@ def calibrate(
 ) -> int:
     """Run up to ``max_samples`` inputs of ``batches`` (tensors, (x, y) tuples, or dicts of keyword inputs for a
     model with several inputs) through ``model`` in calibration mode, at most ``max_batch`` samples per forward
-    pass (default: each batch whole); returns the number of samples used. The model's training flag is kept."""
+    pass (default: each batch whole); returns the number of samples used. The model's training flag is kept.
+
+    The activation scales are measured afresh from these batches: a model calibrated before, or loaded from a
+    checkpoint, is recalibrated (brevitas alone ignored a second calibration or mixed it with the old scale)."""
     if isinstance(max_samples, bool) or not isinstance(max_samples, int) or max_samples < 1:
         raise ValueError(f"calibrate: max_samples must be an integer >= 1, got {max_samples!r}")
     if max_batch is not None and (isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1):
         raise ValueError(f"calibrate: max_batch must be an integer >= 1 or None, got {max_batch!r}")
     seen = 0
+    home = float_home(model)
     # a batch that raises must not leave the caller's model in eval mode; each module keeps its own flag
     with eval_mode(model), calibration_mode(model):
         for batch in batches:
@@ -105,6 +121,9 @@ def calibrate(
             take = min(size, max_samples - seen)
             if take == 0:  # an empty batch: the next one may hold samples
                 continue
+            _check_dtype(x, home)
+            if seen == 0:  # the first usable batch is in hand: only now forget the old scales
+                reset_activation_stats(model)
             # parts of near-equal size: brevitas weighs every forward pass alike
             parts = 1 if max_batch is None else -(-take // max_batch)
             for k in range(parts):

@@ -108,6 +108,7 @@ def quantize_model(model: nn.Module, config_or_profile: Any = None, *, inplace: 
     _warn_unquantized(qmodel, config)
     _warn_overrides(config, quantized, kept_float)
     init_weight_scales(qmodel)
+    follow_home_on_load(qmodel)
     if config.token_adaptive:
         from edgeattn.quant.adaptive import enable_token_adaptive
 
@@ -325,6 +326,83 @@ def _quant_layer(module: nn.Module, name: str, config: QuantConfig, quant_input:
     return new.to(device=module.weight.device, dtype=module.weight.dtype)
 
 
+# ------------------------------------------------------------------------------------------------------------
+# brevitas rebuilds every quantizer from its injector whenever a state dict is loaded (REINIT_ON_STATE_DICT_LOAD).
+# The hooks below keep that rebuild where the model is now, and as frozen as it was.
+
+
+def _state_home(state_dict: dict[str, Any], prefix: str) -> dict[str, Any] | None:
+    """Device and dtype of the first floating tensor ``state_dict`` holds under ``prefix``."""
+    for key, value in state_dict.items():
+        if key.startswith(prefix) and isinstance(value, torch.Tensor) and value.is_floating_point():
+            return {"device": value.device, "dtype": value.dtype}
+    return None
+
+
+def _before_load(proxy: nn.Module, state_dict: dict[str, Any], prefix: str, *_rest: Any) -> None:
+    """load_state_dict pre-hook of a brevitas quant proxy: point its injector at the proxy's current device and
+    dtype (a quantized model moved with ``.to()``/``.cuda()`` or materialised with ``to_empty()`` came back float32
+    on the CPU, or on meta) and note which of its parameters are frozen (the rebuilt ones are new Parameters)."""
+    tracked = [m for m in proxy.tracked_module_list if isinstance(getattr(m, "weight", None), torch.Tensor)]
+    home = float_home(tracked[0]) if tracked else float_home(proxy)
+    if home is None or home["device"].type == "meta":  # load_state_dict(assign=True) into a meta-built model
+        home = _state_home(state_dict, prefix) or home
+    if home is not None:
+        proxy.quant_injector = proxy.quant_injector.let(**home)
+    proxy._frozen_before_load = [name for name, p in proxy.named_parameters() if not p.requires_grad]
+
+
+def _after_load(proxy: nn.Module, _incompatible_keys: Any) -> None:
+    """load_state_dict post-hook: the rebuilt quantizer's parameters frozen where the old ones were."""
+    params = dict(proxy.named_parameters())
+    for name in proxy.__dict__.pop("_frozen_before_load", []):
+        if name in params:
+            params[name].requires_grad_(False)
+
+
+def follow_home_on_load(model: nn.Module) -> None:
+    """Give every brevitas quant proxy in ``model`` the load hooks (once): after ``load_state_dict`` its quantizers
+    are on the model's current device and dtype, and frozen where they were."""
+    from brevitas.proxy.quant_proxy import QuantProxyFromInjector
+
+    for module in model.modules():
+        if isinstance(module, QuantProxyFromInjector) and not getattr(module, "_follows_home", False):
+            module.register_load_state_dict_pre_hook(_before_load)
+            module.register_load_state_dict_post_hook(_after_load)
+            module._follows_home = True
+
+
+def reset_activation_stats(model: nn.Module, names: set[str] | None = None) -> None:
+    """Return ``model``'s activation scales and zero points (brevitas's runtime-statistics modules; all of them,
+    or those ``names`` names) to their uncalibrated state, so the next calibration measures them afresh.
+
+    brevitas collects statistics only while a module's step counter is below its limit: a calibrated or loaded
+    model ignored a second calibration, or averaged the new ranges with a stale buffer and multiplied the old scale
+    by the result."""
+    from brevitas.core.scaling.standalone import ParameterFromRuntimeStatsScaling
+    from brevitas.core.zero_point import ParameterFromRuntimeZeroPoint
+
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if names is not None and name not in names:
+                continue
+            if isinstance(module, (ParameterFromRuntimeStatsScaling, ParameterFromRuntimeZeroPoint)):
+                # brevitas's starting values: a scale is multiplied into 1, a zero point added to 0
+                start = 1.0 if isinstance(module, ParameterFromRuntimeStatsScaling) else 0.0
+                module.buffer.fill_(start)
+                module.value.fill_(start)
+                module.counter = 0
+
+
+def uncalibrated_stats(model: nn.Module) -> list[str]:
+    """Names of ``model``'s activation scale/zero-point modules that have seen no statistics yet."""
+    from brevitas.core.scaling.standalone import ParameterFromRuntimeStatsScaling
+    from brevitas.core.zero_point import ParameterFromRuntimeZeroPoint
+
+    kinds = (ParameterFromRuntimeStatsScaling, ParameterFromRuntimeZeroPoint)
+    return [name for name, m in model.named_modules() if isinstance(m, kinds) and m.counter == 0]
+
+
 def float_home(module: nn.Module) -> dict[str, Any] | None:
     """``{"device", "dtype"}`` of ``module``'s first floating-point parameter or buffer; ``None`` if it has none."""
     for tensor in itertools.chain(module.parameters(), module.buffers()):
@@ -337,15 +415,19 @@ def held_bits(module: nn.Module) -> dict[str, list[int]]:
     """The bit widths ``module``'s own brevitas quantizers hold (what its ONNX Q/DQ or HLS weights carry), sorted:
     ``{"weight": [...], "activation": [...], "kv": [...]}``: weights of the quantized Conv/Linear layers,
     activation quant points, and K/V (:data:`edgeattn.quant.config.KV_POINTS`). Empty lists for a float module."""
+    from edgeattn.quant.adaptive import TokenAdaptiveQuant
     from edgeattn.quant.config import KV_POINTS
 
     found: dict[str, set[int]] = {"weight": set(), "activation": set(), "kv": set()}
     layers = (qnn.QuantLinear, qnn.QuantConv1d, qnn.QuantConv2d)
+    # a token-adaptive point's quantizers are its .high and .low: K/V by the point's own name
+    adaptive = {name for name, m in module.named_modules() if isinstance(m, TokenAdaptiveQuant)}
     for name, m in module.named_modules():
         if isinstance(m, layers) and m.weight_quant.bit_width() is not None:
             found["weight"].add(int(round(float(m.weight_quant.bit_width()))))
         elif isinstance(m, qnn.QuantIdentity) and m.act_quant.bit_width() is not None:
-            kind = "kv" if name.endswith(KV_POINTS) else "activation"
+            point = name.rpartition(".")[0] if name.rpartition(".")[0] in adaptive else name
+            kind = "kv" if point.endswith(KV_POINTS) else "activation"
             found[kind].add(int(round(float(m.act_quant.bit_width()))))
     return {k: sorted(v) for k, v in found.items()}
 
