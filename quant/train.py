@@ -778,7 +778,7 @@ def _run(cfg: TrainConfig, resume: bool, show: bool, dist: _Dist, force: bool) -
             check_teacher(state, fp_payload, fp_source, out_dir)
         done = _finished_run(out_dir, state, cfg)
         if done is not None:  # redoing PTQ would rewrite ptq.pt, model.pt and result.json for nothing
-            if show:
+            if dist.is_main:  # a note, not progress: --no-progress keeps it
                 print(
                     f"note: the run in '{out_dir}' is complete ({cfg.epochs} of {cfg.epochs} QAT epochs): nothing to "
                     "resume; its files are unchanged",

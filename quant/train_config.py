@@ -175,6 +175,10 @@ class TrainConfig(BaseModel):
             raise ValueError("augment_shift moves images; it does not apply to a language model's text")
         if "resize" in self.model_fields_set and self.is_language:  # only when given: the default must work
             raise ValueError("resize brings images to img_size; it does not apply to a language model's text")
+        if "img_size" in self.model_fields_set and self.is_language:  # was taken and ignored
+            raise ValueError("img_size is the images' size; a language model's text is cut into seq_len windows")
+        if "in_chans" in self.model_fields_set and self.is_language:
+            raise ValueError("in_chans is the images' channel count; it does not apply to a language model's text")
         if self.augment_shift >= self.img_size:
             raise ValueError(f"augment_shift {self.augment_shift} must be smaller than img_size {self.img_size}")
         return self
@@ -209,7 +213,8 @@ class TrainConfig(BaseModel):
             return cls.model_validate(data)
         except ValidationError as err:
             loc = err.errors()[0]["loc"]
-            key = str(loc[0]) if loc else ""
+            # a check across settings has no location: its message starts with the setting it refuses
+            key = str(loc[0]) if loc else err.errors()[0]["msg"].removeprefix("Value error, ").split(" ", 1)[0]
             if flags and key in flags:
                 source = flags[key]
             raise EdgeAttnError(format_validation_error(source, err)) from None

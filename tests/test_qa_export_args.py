@@ -131,7 +131,7 @@ def test_a_folder_given_as_the_checkpoint_is_named_as_a_folder(tmp_path, capsys,
 # ---------------------------------------------------------------------------------- D6: a diverged checkpoint
 def _checkpoint(path: Path, quantized: bool, poison) -> dict[str, torch.Tensor]:
     """A mobilenetv2 (img 32) checkpoint, float or quantized, whose saved state ``poison`` edits in place."""
-    from edgeattn.quant import quantize_model
+    from edgeattn.quant import calibrate, quantize_model
     from edgeattn.quant.checkpoint import save_checkpoint
 
     from edgeattn.models import create_model
@@ -140,8 +140,9 @@ def _checkpoint(path: Path, quantized: bool, poison) -> dict[str, torch.Tensor]:
     kwargs = {"img_size": 32, "num_classes": 10}
     model = create_model("mobilenetv2", **kwargs).eval()
     meta = {"model": "mobilenetv2", "model_kwargs": kwargs, "quant": None, "reparameterized": False}
-    if quantized:
+    if quantized:  # calibrated, as a diverged run's checkpoint is (an uncalibrated scale loads as uncalibrated)
         model = quantize_model(reparameterize(model), "host-cpu")
+        calibrate(model, [torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))])
         meta.update(quant=model.quant_config, reparameterized=True)
     save_checkpoint(path, model, meta)
     payload = torch.load(path, weights_only=True)

@@ -785,12 +785,14 @@ def test_module_entry_point_is_the_qat_command(tmp_path, monkeypatch, capsys):
     assert err.endswith("boom") and len(err.splitlines()) == 1
 
 
-def test_resume_of_a_finished_run_changes_nothing_and_says_so(fp_run, tmp_path, capsys):
+@pytest.mark.parametrize("progress", [True, False])
+def test_resume_of_a_finished_run_changes_nothing_and_says_so(fp_run, tmp_path, capsys, progress):
     """Resuming a complete run redid PTQ and rewrote ptq.pt, model.pt and result.json (dropping
-    fp_train_seconds); now it returns the run's result.json and leaves every file as it was."""
+    fp_train_seconds); now it returns the run's result.json and leaves every file as it was. The note is not
+    progress: --no-progress hid it."""
     out = _copy_run(fp_run, tmp_path / "r")
     before = _snapshot(out)
-    res = T.run(tiny_cfg(out, epochs=1), resume=True, progress=True)
+    res = T.run(tiny_cfg(out, epochs=1), resume=True, progress=progress)
     assert _snapshot(out) == before
     assert res == json.loads((out / "result.json").read_text()) and "fp_train_seconds" in res
     assert "is complete (1 of 1 QAT epochs): nothing to resume; its files are unchanged" in capsys.readouterr().err

@@ -63,13 +63,15 @@ def set_approximations(model: nn.Module, softmax: str | None = None, gelu: str |
         model.method, counts["softmax"] = softmax, 1
     if gelu is not None and isinstance(model, ApproxGELU):
         model.method, counts["gelu"] = gelu, 1
+    replaced: dict[int, nn.Module] = {}  # one replacement per module: one registered twice stays shared
     for parent, name, child, op in swaps:
         if isinstance(child, (ApproxSoftmax, ApproxGELU)):
             child.method = softmax if op == "softmax" else gelu
-        elif op == "softmax":
-            setattr(parent, name, ApproxSoftmax(softmax, child.dim).train(child.training))
         else:
-            setattr(parent, name, ApproxGELU(gelu).train(child.training))
+            if id(child) not in replaced:
+                new = ApproxSoftmax(softmax, child.dim) if op == "softmax" else ApproxGELU(gelu)
+                replaced[id(child)] = new.train(child.training)
+            setattr(parent, name, replaced[id(child)])
         counts[op] += 1
     _warn_fused(model, {"softmax": softmax, "gelu": gelu})
     return counts
