@@ -188,7 +188,8 @@ def test_resize_with_text_is_refused_only_when_given(tmp_path, capsys):
     out = tmp_path / "o"
     assert cli_main(["qat", "--model", "tiny_llama", "--data", str(text), "--resize", "crop", "-o", str(out)]) == 2
     assert capsys.readouterr().err.strip().splitlines() == [
-        "error: settings: resize brings images to img_size; it does not apply to a language model's text"
+        # the flag that set it (docs/qat.md); this said "settings:" before the docs sweep
+        "error: --resize: resize brings images to img_size; it does not apply to a language model's text"
     ]
     assert not out.exists()
     with pytest.raises(T.EdgeAttnError, match="resize brings images"):
