@@ -202,8 +202,9 @@ def build_model(
 
 def _cast(model: nn.Module, dtype: torch.dtype | None) -> nn.Module:
     """``model`` in floating ``dtype`` (unchanged for ``None`` or when it is in it already)."""
-    own = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
-    return model if dtype is None or own in (None, dtype) else model.to(dtype)
+    from edgeattn.blocks.rep import param_dtype
+
+    return model if dtype is None or param_dtype(model) in (None, dtype) else model.to(dtype)
 
 
 def _methods(names: list[str]) -> str:

@@ -21,7 +21,10 @@ from typing import Any
 
 import torch
 from brevitas import nn as qnn
+from brevitas.core.scaling.standalone import ParameterFromRuntimeStatsScaling
+from brevitas.core.zero_point import ParameterFromRuntimeZeroPoint
 from brevitas.nn.mixin.base import QuantLayerMixin
+from brevitas.proxy.quant_proxy import QuantProxyFromInjector
 from edgeattn.quant import presets
 from edgeattn.quant.config import QuantConfig, is_bit_setting, matches_module
 from torch import nn
@@ -274,28 +277,20 @@ def _quant_point(leaf: str, name: str, config: QuantConfig, home: dict[str, Any]
 
 
 def quant_identity(quant: Any, home: dict[str, Any] | None) -> nn.Module:
-    """A ``QuantIdentity`` with the activation quantizer ``quant`` on ``home``'s device and dtype (as
-    :func:`float_home` gives them; ``None``: brevitas's float32 on the CPU).
-
-    The injector is told the dtype and device, not only the built module: brevitas rebuilds a quantizer from its
-    injector whenever a state dict is loaded, so a quantizer merely moved with ``.to()`` came back float32 on the
-    CPU after ``load_state_dict`` (a float64 model then failed its first forward).
-    """
-    if home is None:
-        return qnn.QuantIdentity(act_quant=quant, return_quant_tensor=False)
-    return qnn.QuantIdentity(act_quant=quant.let(**home), return_quant_tensor=False).to(**home)
+    """A ``QuantIdentity`` with the activation quantizer ``quant``, moved to ``home``'s device and dtype (as
+    :func:`float_home` gives them; ``None``: brevitas's float32 on the CPU). A later ``load_state_dict`` keeps it
+    there through :func:`follow_home_on_load`'s hooks."""
+    point = qnn.QuantIdentity(act_quant=quant, return_quant_tensor=False)
+    return point.to(**home) if home else point
 
 
 def _quant_layer(module: nn.Module, name: str, config: QuantConfig, quant_input: bool) -> nn.Module:
-    # the injectors know the weight's device and dtype: brevitas rebuilds the quantizers from them on every
-    # load_state_dict (see quant_identity)
-    home = {"device": module.weight.device, "dtype": module.weight.dtype}
-    wq = presets.weight_quant(config, config.weight_bits_for(name)).let(**home)
+    wq = presets.weight_quant(config, config.weight_bits_for(name))
     common: dict[str, Any] = {
         "bias": module.bias is not None,
         "weight_quant": wq,
         "bias_quant": None,
-        "input_quant": presets.act_quant(config, config.act_bits_for(name)).let(**home) if quant_input else None,
+        "input_quant": presets.act_quant(config, config.act_bits_for(name)) if quant_input else None,
         "output_quant": None,
         "return_quant_tensor": False,
         "device": module.weight.device,
@@ -363,13 +358,15 @@ def _after_load(proxy: nn.Module, _incompatible_keys: Any) -> None:
 def follow_home_on_load(model: nn.Module) -> None:
     """Give every brevitas quant proxy in ``model`` the load hooks (once): after ``load_state_dict`` its quantizers
     are on the model's current device and dtype, and frozen where they were."""
-    from brevitas.proxy.quant_proxy import QuantProxyFromInjector
-
     for module in model.modules():
         if isinstance(module, QuantProxyFromInjector) and not getattr(module, "_follows_home", False):
             module.register_load_state_dict_pre_hook(_before_load)
             module.register_load_state_dict_post_hook(_after_load)
             module._follows_home = True
+
+
+# brevitas's activation scale and zero point measured from data: a step counter decides whether they still collect
+RUNTIME_STATS = (ParameterFromRuntimeStatsScaling, ParameterFromRuntimeZeroPoint)
 
 
 def reset_activation_stats(model: nn.Module, names: set[str] | None = None) -> None:
@@ -379,14 +376,11 @@ def reset_activation_stats(model: nn.Module, names: set[str] | None = None) -> N
     brevitas collects statistics only while a module's step counter is below its limit: a calibrated or loaded
     model ignored a second calibration, or averaged the new ranges with a stale buffer and multiplied the old scale
     by the result."""
-    from brevitas.core.scaling.standalone import ParameterFromRuntimeStatsScaling
-    from brevitas.core.zero_point import ParameterFromRuntimeZeroPoint
-
     with torch.no_grad():
         for name, module in model.named_modules():
             if names is not None and name not in names:
                 continue
-            if isinstance(module, (ParameterFromRuntimeStatsScaling, ParameterFromRuntimeZeroPoint)):
+            if isinstance(module, RUNTIME_STATS):
                 # brevitas's starting values: a scale is multiplied into 1, a zero point added to 0
                 start = 1.0 if isinstance(module, ParameterFromRuntimeStatsScaling) else 0.0
                 module.buffer.fill_(start)
@@ -396,11 +390,7 @@ def reset_activation_stats(model: nn.Module, names: set[str] | None = None) -> N
 
 def uncalibrated_stats(model: nn.Module) -> list[str]:
     """Names of ``model``'s activation scale/zero-point modules that have seen no statistics yet."""
-    from brevitas.core.scaling.standalone import ParameterFromRuntimeStatsScaling
-    from brevitas.core.zero_point import ParameterFromRuntimeZeroPoint
-
-    kinds = (ParameterFromRuntimeStatsScaling, ParameterFromRuntimeZeroPoint)
-    return [name for name, m in model.named_modules() if isinstance(m, kinds) and m.counter == 0]
+    return [name for name, m in model.named_modules() if isinstance(m, RUNTIME_STATS) and m.counter == 0]
 
 
 def float_home(module: nn.Module) -> dict[str, Any] | None:

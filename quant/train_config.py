@@ -86,6 +86,15 @@ class LossConfig(BaseModel):
     )
 
 
+# settings that only concern images, refused when given with text data (each message starts with its key: parse
+# names the flag that set it)
+IMAGE_ONLY = {
+    "resize": "brings images to img_size; it does not apply to a language model's text",
+    "img_size": "is the images' size; a language model's text is cut into seq_len windows",
+    "in_chans": "is the images' channel count; it does not apply to a language model's text",
+}
+
+
 class TrainConfig(BaseModel):
     """Everything one ``edgeattn qat`` run needs (YAML keys = these field names; unknown keys are errors)."""
 
@@ -173,12 +182,9 @@ class TrainConfig(BaseModel):
     def _augment_fits(self) -> TrainConfig:
         if self.augment_shift and self.is_language:
             raise ValueError("augment_shift moves images; it does not apply to a language model's text")
-        if "resize" in self.model_fields_set and self.is_language:  # only when given: the default must work
-            raise ValueError("resize brings images to img_size; it does not apply to a language model's text")
-        if "img_size" in self.model_fields_set and self.is_language:  # was taken and ignored
-            raise ValueError("img_size is the images' size; a language model's text is cut into seq_len windows")
-        if "in_chans" in self.model_fields_set and self.is_language:
-            raise ValueError("in_chans is the images' channel count; it does not apply to a language model's text")
+        for key, why in IMAGE_ONLY.items():
+            if key in self.model_fields_set and self.is_language:  # only when given: the defaults must work
+                raise ValueError(f"{key} {why}")
         if self.augment_shift >= self.img_size:
             raise ValueError(f"augment_shift {self.augment_shift} must be smaller than img_size {self.img_size}")
         return self

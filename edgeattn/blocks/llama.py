@@ -84,6 +84,14 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return x * cos + rotated * sin
 
 
+def _attention_tables(
+    seq_len: int, head_dim: int, theta: float, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """LlamaAttention's computed buffers on torch's default device: RoPE (cos, sin) and the additive causal mask."""
+    cos, sin = rope_tables(seq_len, head_dim, theta, dtype=dtype)
+    return cos, sin, torch.triu(torch.full((seq_len, seq_len), MASK_VALUE, dtype=dtype), diagonal=1)
+
+
 def _rebuild_tables_after_load(module: LlamaAttention, _incompatible_keys: object) -> None:
     module.reset_parameters()
 
@@ -110,10 +118,9 @@ class LlamaAttention(nn.Module):
         self.proj = nn.Linear(dim, dim, bias=False)
         self.softmax = ApproxSoftmax(method=softmax, dim=-1)
         self.rope_theta = float(rope_theta)
-        cos, sin = rope_tables(seq_len, self.head_dim, rope_theta)
+        cos, sin, causal = _attention_tables(seq_len, self.head_dim, self.rope_theta, torch.get_default_dtype())
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
-        causal = torch.triu(torch.full((seq_len, seq_len), MASK_VALUE), diagonal=1)
         self.register_buffer("causal_mask", causal, persistent=False)
         # The tables are not in the state dict, so a model built on the meta device and materialised with
         # to_empty() would keep uninitialised memory through load_state_dict: rebuild them on every load.
@@ -134,9 +141,8 @@ class LlamaAttention(nn.Module):
             # load_state_dict(assign=True) into a meta-built model replaces the weights but not these buffers
             device, dtype = weight.device, weight.dtype if weight.is_floating_point() else dtype
         with torch.device("cpu"):
-            cos, sin = rope_tables(self.seq_len, self.head_dim, self.rope_theta, dtype=dtype)
-            causal = torch.triu(torch.full((self.seq_len, self.seq_len), MASK_VALUE, dtype=dtype), diagonal=1)
-        self.rope_cos, self.rope_sin, self.causal_mask = cos.to(device), sin.to(device), causal.to(device)
+            tables = _attention_tables(self.seq_len, self.head_dim, self.rope_theta, dtype)
+        self.rope_cos, self.rope_sin, self.causal_mask = (t.to(device) for t in tables)
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, num_heads={self.num_heads}, seq_len={self.seq_len}, rope_theta={self.rope_theta:g}"
